@@ -1,0 +1,113 @@
+//! Types every Cairn crate shares: identifiers as newtypes, units and the limits they obey.
+//!
+//! This crate sits at the bottom of the dependency graph and must not depend on any other Cairn
+//! crate, nor do IO. Later issues add the error codes, the versioned wire records, the `Env`
+//! seam (clock, randomness, spawning) and the transport trait here.
+
+use std::fmt;
+
+/// The unit of checksumming and of direct IO: every chunk-store IO is a multiple of it.
+pub const BLOCK_SIZE: u32 = 4096;
+
+/// The default chunk size (DESIGN.md: "data lives in 4 MiB chunks").
+pub const CHUNK_SIZE_DEFAULT: u32 = 4 << 20;
+
+/// The smallest chunk a store may be formatted with: one block.
+pub const CHUNK_SIZE_MIN: u32 = BLOCK_SIZE;
+
+/// The largest chunk a store may be formatted with. 64 MiB keeps a chunk's per-block checksum
+/// table at 64 KiB, small enough to rewrite whole at every flush of that chunk.
+pub const CHUNK_SIZE_MAX: u32 = 64 << 20;
+
+const _: () = assert!(CHUNK_SIZE_DEFAULT % BLOCK_SIZE == 0);
+const _: () = assert!(CHUNK_SIZE_MAX % BLOCK_SIZE == 0);
+const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_DEFAULT && CHUNK_SIZE_DEFAULT <= CHUNK_SIZE_MAX);
+
+/// A storage pool: a replica count, a failure-domain level and a set of placement groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolId(pub u32);
+
+/// What a chunk belongs to: a volume, an object or a file, numbered by the metadata service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerId(pub u64);
+
+/// Names one chunk cluster-wide: the `index`-th chunk-sized piece of `owner` in `pool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId {
+    /// The pool whose placement groups hold the chunk.
+    pub pool: PoolId,
+    /// The volume, object or file the chunk is part of.
+    pub owner: OwnerId,
+    /// The position of the chunk inside its owner, in chunks.
+    pub index: u32,
+}
+
+impl ChunkId {
+    /// The size of [`ChunkId::to_bytes`].
+    pub const ENCODED_SIZE: usize = 16;
+
+    /// Encodes the id in a fixed little-endian layout (on-disk and wire format).
+    pub fn to_bytes(self) -> [u8; Self::ENCODED_SIZE] {
+        let mut out = [0u8; Self::ENCODED_SIZE];
+        out[0..4].copy_from_slice(&self.pool.0.to_le_bytes());
+        out[4..12].copy_from_slice(&self.owner.0.to_le_bytes());
+        out[12..16].copy_from_slice(&self.index.to_le_bytes());
+        out
+    }
+
+    /// Decodes what [`ChunkId::to_bytes`] produced.
+    pub fn from_bytes(bytes: [u8; Self::ENCODED_SIZE]) -> Self {
+        let pool = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let mut owner = [0u8; 8];
+        owner.copy_from_slice(&bytes[4..12]);
+        let index = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        ChunkId { pool: PoolId(pool), owner: OwnerId(u64::from_le_bytes(owner)), index }
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:x}/{}", self.pool.0, self.owner.0, self.index)
+    }
+}
+
+/// A disk's identity: the UUID in its label, stable when the disk changes slot or path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiskId(pub [u8; 16]);
+
+impl fmt::Display for DiskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        for (i, byte) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DiskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DiskId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_id_round_trips() {
+        let id = ChunkId { pool: PoolId(7), owner: OwnerId(0xdead_beef_0042), index: 99 };
+        assert_eq!(ChunkId::from_bytes(id.to_bytes()), id);
+        assert_eq!(id.to_string(), "7/deadbeef0042/99");
+    }
+
+    #[test]
+    fn disk_id_formats_as_uuid() {
+        let id = DiskId([0x12; 16]);
+        assert_eq!(id.to_string(), "12121212-1212-1212-1212-121212121212");
+    }
+}

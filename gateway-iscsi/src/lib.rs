@@ -1,0 +1,1 @@
+//! iSCSI target for EVS volumes: filled by issue 5 (EVS over iSCSI).

@@ -1,0 +1,500 @@
+//! The chunk store: fixed-size chunks in preallocated files, a CRC-32C per 4 KiB block.
+//!
+//! PERF-CRITICAL: `read` and `write` are on every client IO. No logging on their success paths,
+//! no lock held across an await except the chunk's block range lock.
+//!
+//! # Layout
+//!
+//! A data directory holds the disk label ([`crate::label`]) and `chunks/`, a pool of chunk files
+//! named by a 16-hex-digit number. Every file has the same size (two meta slots and the data,
+//! see [`format`]); files are created, fully allocated and zero-filled ahead of use, so a chunk
+//! write never changes a file's size or extents: it is one direct write into the data area.
+//! Creating a chunk takes a free file from the pool; deleting returns it.
+//!
+//! # Checksums
+//!
+//! Every block written records its CRC-32C in the chunk's in-memory meta image; every read
+//! verifies each block it returns against it. A mismatch is [`Error::Corrupt`] naming the chunk
+//! and block: bad data is never returned. Blocks never written read as zeros without touching
+//! the disk (thin chunks), which also makes reused pool files safe.
+//!
+//! # Durability: what is durable when a call returns
+//!
+//! | call                 | visible to reads | durable (survives power loss)          |
+//! |----------------------|------------------|----------------------------------------|
+//! | `write`              | yes              | no: after the next `flush` returns     |
+//! | `create`             | yes              | no: after the next `flush` returns     |
+//! | `delete`             | yes              | no: after the next `flush` returns     |
+//! | `flush`              | -                | every call that returned before it began |
+//!
+//! This is a disk with a volatile write cache and a FLUSH command, which is what the layer above
+//! needs: the Raft log (the write cache device) is the durable record of every acknowledged
+//! write, and a `flush` is its checkpoint; after a crash the log is replayed from the last
+//! checkpoint.
+//!
+//! # Crash ordering of `flush`
+//!
+//! 1. Capture the meta image of every dirty chunk (bitmap + checksums of completed writes).
+//! 2. fdatasync each dirty file: the data those images describe is durable.
+//! 3. Write each image into the meta slot *not* holding the last durable image.
+//! 4. fdatasync each file again: the new images are durable.
+//!
+//! A crash before 4 completes leaves, per file, the previous durable image or the new one (a torn
+//! image fails its own checksum and the other slot is used). A block written after the last
+//! durable image but overwritten on disk then reads as a checksum error (detected, repaired from
+//! a replica by the layer above) or as its previous content; never as unchecked data.
+//!
+//! A deleted chunk's file is reused only after the flush that made its deletion durable, so a
+//! crash can never pair an old chunk's durable image with a new chunk's data.
+
+mod files;
+mod flush;
+mod format;
+mod lock;
+
+use std::{
+    collections::HashMap,
+    fs,
+    ops::Deref,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use cairn_common::{BLOCK_SIZE, CHUNK_SIZE_DEFAULT, ChunkId, DiskId};
+pub use format::{FORMAT_VERSION, Geometry, MetaImage, SlotState};
+use lock::{Mode, RangeLocks};
+
+use crate::{
+    checksum::block_crcs,
+    error::{Error, Result},
+    io::{self as engine_io, AlignedBuf, EngineFile, EngineOptions, IoEngine},
+    label::{self, Label},
+};
+
+/// Chunk files a flush writes at once; bounds the buffers it holds (each takes one).
+pub const FLUSH_BATCH_MAX: usize = 32;
+
+/// How to open a chunk store.
+#[derive(Clone, Debug)]
+pub struct ChunkStoreOptions {
+    /// Format the directory if it has no label yet.
+    pub create: bool,
+    /// Chunk size when formatting; must match the label when opening.
+    pub chunk_size_bytes: u32,
+    /// Free chunk files to have ready after open (created now if missing).
+    pub preallocate_files: u32,
+    /// The IO engine's choice and sizes.
+    pub engine: EngineOptions,
+}
+
+impl Default for ChunkStoreOptions {
+    fn default() -> Self {
+        ChunkStoreOptions {
+            create: true,
+            chunk_size_bytes: CHUNK_SIZE_DEFAULT,
+            preallocate_files: 0,
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+/// Counters since open.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Completed reads.
+    pub reads: AtomicU64,
+    /// Completed writes.
+    pub writes: AtomicU64,
+    /// Blocks whose checksum failed on read.
+    pub corrupt_blocks: AtomicU64,
+    /// Completed flushes.
+    pub flushes: AtomicU64,
+}
+
+/// A chunk file in the pool, not holding a chunk.
+struct FreeFile {
+    number: u64,
+    file: Arc<EngineFile>,
+    durable_sequence: u64,
+}
+
+struct ChunkMeta {
+    image: MetaImage,
+    /// The sequence of the image last made durable in this file.
+    durable_sequence: u64,
+    /// Changed since the last captured image.
+    dirty: bool,
+    /// Deleted: ops that waited for a lock must not touch it.
+    deleted: bool,
+}
+
+struct Chunk {
+    id: ChunkId,
+    number: u64,
+    file: Arc<EngineFile>,
+    meta: Mutex<ChunkMeta>,
+    locks: RangeLocks,
+}
+
+impl Chunk {
+    fn meta(&self) -> std::sync::MutexGuard<'_, ChunkMeta> {
+        self.meta.lock().expect("invariant: chunk meta lock not poisoned")
+    }
+}
+
+#[derive(Default)]
+struct State {
+    chunks: HashMap<ChunkId, Arc<Chunk>>,
+    free: Vec<FreeFile>,
+    /// Deleted; their free image is not durable yet.
+    freeing: Vec<Arc<Chunk>>,
+    /// Chunks with `dirty` set, each once.
+    dirty: Vec<Arc<Chunk>>,
+    next_file_number: u64,
+    next_generation: u64,
+    damaged: Vec<PathBuf>,
+}
+
+/// The checksummed chunk store of one disk.
+pub struct ChunkStore {
+    chunks_dir: PathBuf,
+    label: Label,
+    geometry: Geometry,
+    engine: Arc<dyn IoEngine>,
+    state: Mutex<State>,
+    flush_lock: tokio::sync::Mutex<()>,
+    stats: Stats,
+}
+
+/// Data read from a chunk: a pool buffer and the window of it that was asked for.
+pub struct ReadBuf {
+    buf: AlignedBuf,
+    start: usize,
+    len: usize,
+}
+
+impl Deref for ReadBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl ChunkStore {
+    /// Opens (formatting if allowed and needed) the store in `dir` with its own engine.
+    pub async fn open(dir: &Path, options: &ChunkStoreOptions) -> Result<ChunkStore> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
+        let engine = engine_io::open_engine(dir, &options.engine)?;
+        ChunkStore::open_with_engine(dir, engine, options).await
+    }
+
+    /// Opens the store in `dir` on a given engine (tests pass a fault-injecting one).
+    pub async fn open_with_engine(
+        dir: &Path,
+        engine: Arc<dyn IoEngine>,
+        options: &ChunkStoreOptions,
+    ) -> Result<ChunkStore> {
+        let label = match label::read(dir)? {
+            Some(label) => label,
+            None if options.create => label::format(dir, options.chunk_size_bytes)?,
+            None => {
+                return Err(Error::BadFormat {
+                    path: dir.join(label::LABEL_FILE),
+                    reason: "no disk label (not a Cairn data directory)".into(),
+                });
+            }
+        };
+        let geometry = Geometry::new(label.chunk_size_bytes).ok_or_else(|| Error::BadFormat {
+            path: dir.join(label::LABEL_FILE),
+            reason: format!("unsupported chunk size {}", label.chunk_size_bytes),
+        })?;
+        let buffer_size = engine.pool().buffer_size_bytes();
+        assert!(geometry.meta_bytes() <= buffer_size, "meta image must fit one buffer");
+        let chunks_dir = dir.join("chunks");
+        fs::create_dir_all(&chunks_dir).map_err(|e| Error::io("mkdir", &chunks_dir, e))?;
+        engine_io::raise_open_files_limit();
+        let store = ChunkStore {
+            chunks_dir,
+            label,
+            geometry,
+            engine,
+            state: Mutex::new(State::default()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            stats: Stats::default(),
+        };
+        store.load().await?;
+        store.preallocate_to(options.preallocate_files).await?;
+        Ok(store)
+    }
+
+    /// The disk's identity, from its label.
+    pub fn disk_id(&self) -> DiskId {
+        self.label.disk_id
+    }
+
+    /// The disk's label.
+    pub fn label(&self) -> &Label {
+        &self.label
+    }
+
+    /// The chunk size.
+    pub fn chunk_size_bytes(&self) -> u32 {
+        self.geometry.chunk_size_bytes()
+    }
+
+    /// The largest single read or write: one engine buffer.
+    pub fn io_size_max(&self) -> u32 {
+        self.engine.pool().buffer_size_bytes().min(self.geometry.chunk_size_bytes())
+    }
+
+    /// The engine this store runs on.
+    pub fn engine(&self) -> &Arc<dyn IoEngine> {
+        &self.engine
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The chunks stored, in no particular order.
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
+        self.state().chunks.keys().copied().collect()
+    }
+
+    /// Free files in the pool.
+    pub fn free_file_count(&self) -> usize {
+        self.state().free.len()
+    }
+
+    /// Chunk files found unreadable at open (both meta images invalid): set aside, never reused.
+    pub fn damaged_files(&self) -> Vec<PathBuf> {
+        self.state().damaged.clone()
+    }
+
+    /// The file holding `chunk` (for tests and tools that inspect or damage it).
+    pub fn chunk_file_path(&self, chunk: ChunkId) -> Result<PathBuf> {
+        Ok(self.chunk(chunk)?.file.path().to_path_buf())
+    }
+
+    /// The file offset of byte `offset_bytes` of a chunk's data.
+    pub fn data_file_offset(&self, offset_bytes: u64) -> u64 {
+        self.geometry.block_offset(0) + offset_bytes
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("invariant: store state lock not poisoned")
+    }
+
+    fn chunk(&self, id: ChunkId) -> Result<Arc<Chunk>> {
+        self.state().chunks.get(&id).cloned().ok_or(Error::NotFound { chunk: id })
+    }
+
+    fn file_path(&self, number: u64, extension: &str) -> PathBuf {
+        self.chunks_dir.join(format!("{number:016x}.{extension}"))
+    }
+
+    /// Creates an empty chunk (every block reads as zeros) from a free file.
+    pub async fn create(&self, id: ChunkId) -> Result<()> {
+        loop {
+            {
+                let mut state = self.state();
+                if state.chunks.contains_key(&id) {
+                    return Err(Error::AlreadyExists { chunk: id });
+                }
+                if let Some(free) = state.free.pop() {
+                    state.next_generation += 1;
+                    let mut image = MetaImage::free(&self.geometry, 0, state.next_generation);
+                    image.state = SlotState::InUse;
+                    image.chunk = id;
+                    let chunk = Arc::new(Chunk {
+                        id,
+                        number: free.number,
+                        file: free.file,
+                        meta: Mutex::new(ChunkMeta {
+                            image,
+                            durable_sequence: free.durable_sequence,
+                            dirty: true,
+                            deleted: false,
+                        }),
+                        locks: RangeLocks::default(),
+                    });
+                    state.dirty.push(chunk.clone());
+                    state.chunks.insert(id, chunk);
+                    return Ok(());
+                }
+            }
+            self.preallocate_one().await?;
+        }
+    }
+
+    /// Deletes a chunk; its file returns to the pool once the deletion is durable.
+    pub async fn delete(&self, id: ChunkId) -> Result<()> {
+        let chunk = self.state().chunks.remove(&id).ok_or(Error::NotFound { chunk: id })?;
+        // Wait for the IO already admitted on the chunk to finish.
+        let last = self.geometry.block_count() - 1;
+        let _all = chunk.locks.lock(0, last, Mode::Exclusive).await;
+        let newly_dirty = {
+            let mut meta = chunk.meta();
+            meta.deleted = true;
+            meta.image.state = SlotState::Free;
+            !std::mem::replace(&mut meta.dirty, true)
+        };
+        let mut state = self.state();
+        if newly_dirty {
+            state.dirty.push(chunk.clone());
+        }
+        state.freeing.push(chunk.clone());
+        Ok(())
+    }
+
+    fn check_range(&self, id: ChunkId, offset_bytes: u64, size_bytes: usize) -> Result<(u32, u32)> {
+        let end = offset_bytes.checked_add(size_bytes as u64);
+        let valid = size_bytes > 0
+            && size_bytes <= self.io_size_max() as usize
+            && end.is_some_and(|end| end <= u64::from(self.geometry.chunk_size_bytes()));
+        if !valid {
+            return Err(Error::OutOfRange {
+                chunk: id,
+                offset_bytes,
+                size_bytes: size_bytes as u64,
+                chunk_size_bytes: self.geometry.chunk_size_bytes(),
+                io_size_max: self.io_size_max(),
+            });
+        }
+        let block = u64::from(BLOCK_SIZE);
+        let first = u32::try_from(offset_bytes / block).expect("invariant: inside a chunk");
+        let last = u32::try_from((offset_bytes + size_bytes as u64 - 1) / block)
+            .expect("invariant: inside a chunk");
+        Ok((first, last))
+    }
+
+    /// Reads `size_bytes` at `offset_bytes` of a chunk, verifying every block's checksum.
+    pub async fn read(&self, id: ChunkId, offset_bytes: u64, size_bytes: usize) -> Result<ReadBuf> {
+        let (first, last) = self.check_range(id, offset_bytes, size_bytes)?;
+        let chunk = self.chunk(id)?;
+        let _range = chunk.locks.lock(first, last, Mode::Shared).await;
+        let mut buf = self.engine.pool().acquire().await;
+        buf.set_len((last - first + 1) as usize * BLOCK_SIZE as usize);
+        let any_written = {
+            let meta = chunk.meta();
+            if meta.deleted {
+                return Err(Error::NotFound { chunk: id });
+            }
+            (first..=last).any(|block| meta.image.is_written(block))
+        };
+        if any_written {
+            let offset = self.geometry.block_offset(first);
+            buf = engine_io::read(&*self.engine, &chunk.file, offset, buf).await?;
+            self.verify(&chunk, first, &mut buf)?;
+        } else {
+            buf.fill(0);
+        }
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        let start = (offset_bytes % u64::from(BLOCK_SIZE)) as usize;
+        Ok(ReadBuf { buf, start, len: size_bytes })
+    }
+
+    /// Checks the blocks in `buf` (starting at block `first`) against their checksums and zeroes
+    /// the ones never written. The caller holds a lock on the blocks.
+    fn verify(&self, chunk: &Chunk, first: u32, buf: &mut AlignedBuf) -> Result<()> {
+        let mut actual = Vec::with_capacity(buf.len() / BLOCK_SIZE as usize);
+        block_crcs(buf, &mut actual);
+        let meta = chunk.meta();
+        for (i, crc) in actual.iter().enumerate() {
+            let block = first + i as u32;
+            if !meta.image.is_written(block) {
+                let at = i * BLOCK_SIZE as usize;
+                buf[at..at + BLOCK_SIZE as usize].fill(0);
+            } else if meta.image.crcs[block as usize] != *crc {
+                self.stats.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Corrupt { chunk: chunk.id, block_index: block });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset_bytes` of a chunk. Partial blocks are read, verified and merged
+    /// first (read-modify-write). Visible to reads on return; durable after the next `flush`.
+    pub async fn write(&self, id: ChunkId, offset_bytes: u64, data: &[u8]) -> Result<()> {
+        let (first, last) = self.check_range(id, offset_bytes, data.len())?;
+        let chunk = self.chunk(id)?;
+        let _range = chunk.locks.lock(first, last, Mode::Exclusive).await;
+        if chunk.meta().deleted {
+            return Err(Error::NotFound { chunk: id });
+        }
+        let mut buf = self.engine.pool().acquire().await;
+        let block = BLOCK_SIZE as usize;
+        let start = (offset_bytes % u64::from(BLOCK_SIZE)) as usize;
+        let span = (last - first + 1) as usize * block;
+        let head_partial = start != 0 || (first == last && data.len() != block);
+        let tail_partial = first != last && (start + data.len()) % block != 0;
+        if head_partial || tail_partial {
+            buf = self.merge_edges(&chunk, first, last, head_partial, tail_partial, buf).await?;
+        }
+        buf.set_len(span);
+        buf[start..start + data.len()].copy_from_slice(data);
+        let mut crcs = Vec::with_capacity(span / block);
+        block_crcs(&buf, &mut crcs);
+        let offset = self.geometry.block_offset(first);
+        drop(engine_io::write(&*self.engine, &chunk.file, offset, buf).await?);
+        let newly_dirty = {
+            let mut meta = chunk.meta();
+            for (i, crc) in crcs.into_iter().enumerate() {
+                meta.image.set_written(first + i as u32, crc);
+            }
+            !std::mem::replace(&mut meta.dirty, true)
+        };
+        if newly_dirty {
+            self.state().dirty.push(chunk.clone());
+        }
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Fills the first and last block of `buf` (span `first..=last`) with their current,
+    /// verified content (zeros if never written) for a read-modify-write.
+    async fn merge_edges(
+        &self,
+        chunk: &Chunk,
+        first: u32,
+        last: u32,
+        head: bool,
+        tail: bool,
+        mut buf: AlignedBuf,
+    ) -> Result<AlignedBuf> {
+        let block = BLOCK_SIZE as usize;
+        // The tail block is read into the buffer's first block and set aside, since IO always
+        // lands at the start of the buffer; then the head block is read in place.
+        let mut tail_content = None;
+        if tail {
+            buf = self.read_block(chunk, last, buf).await?;
+            tail_content = Some(buf[..block].to_vec());
+        }
+        if head {
+            buf = self.read_block(chunk, first, buf).await?;
+        }
+        buf.set_len((last - first + 1) as usize * block);
+        if let Some(content) = tail_content {
+            let at = (last - first) as usize * block;
+            buf[at..at + block].copy_from_slice(&content);
+        }
+        Ok(buf)
+    }
+
+    /// Reads one verified block into the start of `buf` (zeros if never written).
+    async fn read_block(&self, chunk: &Chunk, index: u32, mut buf: AlignedBuf) -> Result<AlignedBuf> {
+        buf.set_len(BLOCK_SIZE as usize);
+        if !chunk.meta().image.is_written(index) {
+            buf.fill(0);
+            return Ok(buf);
+        }
+        let offset = self.geometry.block_offset(index);
+        buf = engine_io::read(&*self.engine, &chunk.file, offset, buf).await?;
+        self.verify(chunk, index, &mut buf)?;
+        Ok(buf)
+    }
+}

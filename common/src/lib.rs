@@ -61,7 +61,11 @@ impl ChunkId {
         let mut owner = [0u8; 8];
         owner.copy_from_slice(&bytes[4..12]);
         let index = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-        ChunkId { pool: PoolId(pool), owner: OwnerId(u64::from_le_bytes(owner)), index }
+        ChunkId {
+            pool: PoolId(pool),
+            owner: OwnerId(u64::from_le_bytes(owner)),
+            index,
+        }
     }
 }
 
@@ -100,7 +104,11 @@ mod tests {
 
     #[test]
     fn chunk_id_round_trips() {
-        let id = ChunkId { pool: PoolId(7), owner: OwnerId(0xdead_beef_0042), index: 99 };
+        let id = ChunkId {
+            pool: PoolId(7),
+            owner: OwnerId(0xdead_beef_0042),
+            index: 99,
+        };
         assert_eq!(ChunkId::from_bytes(id.to_bytes()), id);
         assert_eq!(id.to_string(), "7/deadbeef0042/99");
     }

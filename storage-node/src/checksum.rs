@@ -12,7 +12,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
 
 /// CRC-32C of each block of `data`, whose length must be a block multiple, into `out`.
 pub fn block_crcs(data: &[u8], out: &mut Vec<u32>) {
-    assert!(data.len() % BLOCK_SIZE as usize == 0, "length {} not block aligned", data.len());
+    assert!(
+        data.len() % BLOCK_SIZE as usize == 0,
+        "length {} not block aligned",
+        data.len()
+    );
     out.clear();
     out.extend(data.chunks_exact(BLOCK_SIZE as usize).map(crc32c));
 }

@@ -17,8 +17,15 @@ pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
                 }
             }
         }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     })
     .await;
-    outputs.into_iter().map(|o| o.expect("invariant: every future finished")).collect()
+    outputs
+        .into_iter()
+        .map(|o| o.expect("invariant: every future finished"))
+        .collect()
 }

@@ -66,7 +66,10 @@ impl Label {
 
     fn decode(bytes: &[u8]) -> Result<Label, String> {
         if bytes.len() != LABEL_BYTES {
-            return Err(format!("label is {} bytes, expected {LABEL_BYTES}", bytes.len()));
+            return Err(format!(
+                "label is {} bytes, expected {LABEL_BYTES}",
+                bytes.len()
+            ));
         }
         if bytes[0..8] != LABEL_MAGIC {
             return Err("not a Cairn disk label".into());
@@ -77,7 +80,9 @@ impl Label {
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if version != LABEL_VERSION {
-            return Err(format!("label version {version}, this build reads {LABEL_VERSION}"));
+            return Err(format!(
+                "label version {version}, this build reads {LABEL_VERSION}"
+            ));
         }
         Ok(Label {
             chunk_size_bytes: u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")),
@@ -101,7 +106,9 @@ pub fn read(dir: &Path) -> Result<Option<Label>> {
         .take(LABEL_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io("read", &path, e))?;
-    Label::decode(&bytes).map(Some).map_err(|reason| Error::BadFormat { path, reason })
+    Label::decode(&bytes)
+        .map(Some)
+        .map_err(|reason| Error::BadFormat { path, reason })
 }
 
 /// Writes a new label with a fresh UUID into `dir`, which must not have one.
@@ -112,13 +119,21 @@ pub fn format(dir: &Path, chunk_size_bytes: u32) -> Result<Label> {
             reason: "already formatted; refusing to relabel a disk".into(),
         });
     }
-    let created_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let label = Label { disk_id: random_uuid()?, chunk_size_bytes, created_unix_secs };
+    let created_unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let label = Label {
+        disk_id: random_uuid()?,
+        chunk_size_bytes,
+        created_unix_secs,
+    };
     let temporary = dir.join(format!("{LABEL_FILE}.tmp"));
     let path = dir.join(LABEL_FILE);
     let mut file = File::create(&temporary).map_err(|e| Error::io("create", &temporary, e))?;
-    file.write_all(&label.encode()).map_err(|e| Error::io("write", &temporary, e))?;
-    file.sync_all().map_err(|e| Error::io("fsync", &temporary, e))?;
+    file.write_all(&label.encode())
+        .map_err(|e| Error::io("write", &temporary, e))?;
+    file.sync_all()
+        .map_err(|e| Error::io("fsync", &temporary, e))?;
     fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, e))?;
     sync_dir(dir)?;
     Ok(label)
@@ -169,7 +184,10 @@ mod tests {
         assert_eq!(read(dir.path()).expect("read"), None);
         let label = format(dir.path(), 4 << 20).expect("format");
         assert_eq!(read(dir.path()).expect("read"), Some(label));
-        assert!(format(dir.path(), 4 << 20).is_err(), "relabel must be refused");
+        assert!(
+            format(dir.path(), 4 << 20).is_err(),
+            "relabel must be refused"
+        );
         assert_eq!(label.disk_id.0[6] >> 4, 4, "version-4 UUID");
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use super::{Chunk, ChunkStore, FLUSH_BATCH_MAX, FreeFile, SlotState};
+use super::{Chunk, ChunkStore, FLUSH_BATCH_MAX, FreeSlot, SlotState};
 use crate::{
     error::Result,
     io::{self as engine_io},
@@ -59,24 +59,47 @@ impl ChunkStore {
         meta.image.encode(&self.geometry, &mut bytes);
         let free = meta.image.state == SlotState::Free;
         drop(meta);
-        Some(Pending { chunk, sequence, bytes, free })
+        Some(Pending {
+            chunk,
+            sequence,
+            bytes,
+            free,
+        })
     }
 
     /// Steps 2-4 of the crash ordering for one batch.
     async fn persist(&self, batch: &[Pending]) -> Result<()> {
         let engine = &*self.engine;
-        let syncs = batch.iter().map(|p| engine_io::sync(engine, &p.chunk.file)).collect();
-        join_all(syncs).await.into_iter().collect::<Result<Vec<()>>>()?;
+        // One fdatasync per file, however many of its chunks are in the batch.
+        let mut files: Vec<_> = batch
+            .iter()
+            .map(|p| (p.chunk.place.file_number, &p.chunk.place.file))
+            .collect();
+        files.sort_by_key(|(number, _)| *number);
+        files.dedup_by_key(|(number, _)| *number);
+        let sync_all = || {
+            join_all(
+                files
+                    .iter()
+                    .map(|(_, file)| engine_io::sync(engine, file))
+                    .collect(),
+            )
+        };
+        sync_all().await.into_iter().collect::<Result<Vec<()>>>()?;
         let writes = batch.iter().map(|p| async move {
             let mut buf = engine.pool().acquire().await;
             buf.set_len(p.bytes.len());
             buf.copy_from_slice(&p.bytes);
-            let offset = self.geometry.slot_offset(p.sequence);
-            engine_io::write(engine, &p.chunk.file, offset, buf).await.map(drop)
+            let offset = p.chunk.place.base_bytes + self.geometry.meta_offset(p.sequence);
+            engine_io::write(engine, &p.chunk.place.file, offset, buf)
+                .await
+                .map(drop)
         });
-        join_all(writes.collect()).await.into_iter().collect::<Result<Vec<()>>>()?;
-        let syncs = batch.iter().map(|p| engine_io::sync(engine, &p.chunk.file)).collect();
-        join_all(syncs).await.into_iter().collect::<Result<Vec<()>>>()?;
+        join_all(writes.collect())
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>>>()?;
+        sync_all().await.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(())
     }
 
@@ -90,7 +113,7 @@ impl ChunkStore {
         }
     }
 
-    /// Records durable sequences and returns durably freed files to the pool.
+    /// Records durable sequences and returns durably freed slots to the pool.
     fn complete(&self, done: Vec<Pending>) {
         let mut state = self.state();
         for pending in done {
@@ -98,13 +121,16 @@ impl ChunkStore {
             if !pending.free {
                 continue;
             }
-            let number = pending.chunk.number;
+            let place = &pending.chunk.place;
             let before = state.freeing.len();
-            state.freeing.retain(|chunk| chunk.number != number);
-            assert_eq!(before, state.freeing.len() + 1, "a freed chunk was being freed");
-            state.free.push(FreeFile {
-                number,
-                file: pending.chunk.file.clone(),
+            state.freeing.retain(|chunk| !chunk.place.same_slot(place));
+            assert_eq!(
+                before,
+                state.freeing.len() + 1,
+                "a freed chunk was being freed"
+            );
+            state.free.push(FreeSlot {
+                place: place.clone(),
                 durable_sequence: pending.sequence,
             });
         }

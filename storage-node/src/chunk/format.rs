@@ -1,10 +1,13 @@
 //! The chunk file format, version 1.
 //!
+//! A pool file is a sequence of equal chunk slots; slot `k` starts at `k * slot_bytes`:
+//!
 //! ```text
-//! [ meta slot 0 | meta slot 1 | data: chunk_size bytes ]
+//! file: [ slot 0 | slot 1 | ... | slot N-1 ]
+//! slot: [ meta copy 0 | meta copy 1 | data: chunk_size bytes ]
 //! ```
 //!
-//! Each meta slot is `meta_bytes` long (a multiple of the block size) and holds one image of the
+//! Each meta copy is `meta_bytes` long (a multiple of the block size) and holds one image of the
 //! chunk's metadata:
 //!
 //! ```text
@@ -23,9 +26,9 @@
 //!    end-4  4  CRC-32C of everything before it in the slot
 //! ```
 //!
-//! Images alternate between the slots (`sequence % 2`), so a torn image write leaves the previous
-//! one intact; on open the valid image with the highest sequence wins. All integers are little
-//! endian.
+//! Images alternate between the two copies (`sequence % 2`), so a torn image write leaves the
+//! previous one intact; on open the valid image with the highest sequence wins. The number of
+//! slots in a file follows from its size. All integers are little endian.
 
 use cairn_common::{BLOCK_SIZE, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, ChunkId};
 
@@ -59,7 +62,11 @@ impl Geometry {
         let block_count = chunk_size_bytes / BLOCK_SIZE;
         let used = HEADER_BYTES + block_count.div_ceil(8) as usize + 4 * block_count as usize + 4;
         let meta_bytes = used.next_multiple_of(BLOCK_SIZE as usize) as u32;
-        Some(Geometry { chunk_size_bytes, block_count, meta_bytes })
+        Some(Geometry {
+            chunk_size_bytes,
+            block_count,
+            meta_bytes,
+        })
     }
 
     /// The chunk size.
@@ -72,24 +79,27 @@ impl Geometry {
         self.block_count
     }
 
-    /// The size of one meta slot.
+    /// The size of one meta copy.
     pub fn meta_bytes(&self) -> u32 {
         self.meta_bytes
     }
 
-    /// File offset of meta slot `sequence % 2`.
-    pub fn slot_offset(&self, sequence: u64) -> u64 {
+    /// Offset, inside a slot, of the meta copy an image of `sequence` goes to.
+    pub fn meta_offset(&self, sequence: u64) -> u64 {
         (sequence % 2) * u64::from(self.meta_bytes)
     }
 
-    /// File offset of block `block_index` of the data.
+    /// Offset, inside a slot, of block `block_index` of the data.
     pub fn block_offset(&self, block_index: u32) -> u64 {
-        assert!(block_index <= self.block_count, "block {block_index} out of range");
+        assert!(
+            block_index <= self.block_count,
+            "block {block_index} out of range"
+        );
         2 * u64::from(self.meta_bytes) + u64::from(block_index) * u64::from(BLOCK_SIZE)
     }
 
-    /// The size of a chunk file.
-    pub fn file_size_bytes(&self) -> u64 {
+    /// The size of one chunk slot: both meta copies and the data.
+    pub fn slot_bytes(&self) -> u64 {
         self.block_offset(self.block_count)
     }
 
@@ -180,7 +190,11 @@ impl MetaImage {
     /// Decodes a slot; an error says why the slot is not a valid image of this geometry.
     pub fn decode(geometry: &Geometry, slot: &[u8]) -> Result<MetaImage, String> {
         if slot.len() != geometry.meta_bytes as usize {
-            return Err(format!("slot is {} bytes, expected {}", slot.len(), geometry.meta_bytes));
+            return Err(format!(
+                "slot is {} bytes, expected {}",
+                slot.len(),
+                geometry.meta_bytes
+            ));
         }
         if slot[0..8] != META_MAGIC {
             return Err("no chunk magic".into());
@@ -192,13 +206,18 @@ impl MetaImage {
         }
         let version = u32_at(slot, 8);
         if version != FORMAT_VERSION {
-            return Err(format!("chunk format version {version}, this build reads 1"));
+            return Err(format!(
+                "chunk format version {version}, this build reads 1"
+            ));
         }
         if u32_at(slot, 12) != BLOCK_SIZE {
             return Err(format!("block size {}", u32_at(slot, 12)));
         }
         if u32_at(slot, 16) != geometry.chunk_size_bytes {
-            return Err(format!("chunk size {} differs from the disk's", u32_at(slot, 16)));
+            return Err(format!(
+                "chunk size {} differs from the disk's",
+                u32_at(slot, 16)
+            ));
         }
         let state = match u32_at(slot, 20) {
             0 => SlotState::Free,
@@ -221,11 +240,19 @@ impl MetaImage {
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("invariant: 4-byte slice"))
+    u32::from_le_bytes(
+        bytes[at..at + 4]
+            .try_into()
+            .expect("invariant: 4-byte slice"),
+    )
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("invariant: 8-byte slice"))
+    u64::from_le_bytes(
+        bytes[at..at + 8]
+            .try_into()
+            .expect("invariant: 8-byte slice"),
+    )
 }
 
 #[cfg(test)]
@@ -240,7 +267,8 @@ mod tests {
         assert_eq!(g.block_count(), 1024);
         assert_eq!(g.meta_bytes(), 8192);
         assert_eq!(g.block_offset(0), 16384);
-        assert_eq!(g.file_size_bytes(), 16384 + (4 << 20));
+        assert_eq!(g.slot_bytes(), 16384 + (4 << 20));
+        assert_eq!(g.meta_offset(7), 8192);
         assert!(Geometry::new(4097).is_none());
         assert!(Geometry::new(CHUNK_SIZE_MAX + BLOCK_SIZE).is_none());
     }
@@ -267,9 +295,16 @@ mod tests {
         golden[end..].copy_from_slice(&crc.to_le_bytes());
 
         let image = MetaImage::decode(&g, &golden).expect("golden decodes");
-        let chunk = ChunkId { pool: PoolId(3), owner: OwnerId(7), index: 2 };
+        let chunk = ChunkId {
+            pool: PoolId(3),
+            owner: OwnerId(7),
+            index: 2,
+        };
         assert_eq!(image.state, SlotState::InUse);
-        assert_eq!((image.sequence, image.generation, image.chunk), (5, 9, chunk));
+        assert_eq!(
+            (image.sequence, image.generation, image.chunk),
+            (5, 9, chunk)
+        );
         assert!(!image.is_written(0) && image.is_written(1));
         assert_eq!(image.crcs, vec![0, 0xdead_beef]);
         let mut again = vec![0u8; g.meta_bytes() as usize];
@@ -288,7 +323,10 @@ mod tests {
         for at in [0, 20, 70, 100] {
             let mut bad = bytes.clone();
             bad[at] ^= 0x40;
-            assert!(MetaImage::decode(&g, &bad).is_err(), "flip at {at} must be detected");
+            assert!(
+                MetaImage::decode(&g, &bad).is_err(),
+                "flip at {at} must be detected"
+            );
         }
         let other = Geometry::new(BLOCK_SIZE * 8).expect("valid");
         assert!(MetaImage::decode(&other, &bytes).is_err());

@@ -53,11 +53,23 @@ impl RangeLocks {
             // Registered before the check, so a release between check and wait is not missed.
             released.as_mut().enable();
             {
-                let mut table = self.table.lock().expect("invariant: lock table not poisoned");
-                if !table.held.iter().any(|held| held.conflicts(first, last, mode)) {
+                let mut table = self
+                    .table
+                    .lock()
+                    .expect("invariant: lock table not poisoned");
+                if !table
+                    .held
+                    .iter()
+                    .any(|held| held.conflicts(first, last, mode))
+                {
                     table.next_id += 1;
                     let id = table.next_id;
-                    table.held.push(Held { id, first, last, mode });
+                    table.held.push(Held {
+                        id,
+                        first,
+                        last,
+                        mode,
+                    });
                     return RangeGuard { locks: self, id };
                 }
             }
@@ -73,9 +85,15 @@ pub(crate) struct RangeGuard<'a> {
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut table = self.locks.table.lock().expect("invariant: lock table not poisoned");
+        let mut table = self
+            .locks
+            .table
+            .lock()
+            .expect("invariant: lock table not poisoned");
         let position = table.held.iter().position(|held| held.id == self.id);
-        table.held.swap_remove(position.expect("invariant: a guard's entry exists"));
+        table
+            .held
+            .swap_remove(position.expect("invariant: a guard's entry exists"));
         drop(table);
         self.locks.released.notify_waiters();
     }
@@ -94,7 +112,10 @@ mod tests {
         let waiting = locks.lock(3, 6, Mode::Exclusive);
         tokio::pin!(waiting);
         let poll = futures_poll(waiting.as_mut());
-        assert!(poll.is_none(), "exclusive lock overlapping holders must wait");
+        assert!(
+            poll.is_none(),
+            "exclusive lock overlapping holders must wait"
+        );
         drop(a);
     }
 

@@ -68,14 +68,25 @@ impl fmt::Debug for BufferPool {
 impl BufferPool {
     /// Allocates `count` zeroed buffers of `size_bytes` each, aligned to [`BLOCK_SIZE`].
     pub fn new(count: u32, size_bytes: u32) -> BufferPool {
-        assert!(count > 0 && count <= POOL_BUFFER_COUNT_MAX, "buffer count {count}");
-        assert!(size_bytes > 0 && size_bytes <= POOL_BUFFER_SIZE_MAX, "buffer size {size_bytes}");
-        assert!(size_bytes % BLOCK_SIZE == 0, "buffer size {size_bytes} not block aligned");
+        assert!(
+            count > 0 && count <= POOL_BUFFER_COUNT_MAX,
+            "buffer count {count}"
+        );
+        assert!(
+            size_bytes > 0 && size_bytes <= POOL_BUFFER_SIZE_MAX,
+            "buffer size {size_bytes}"
+        );
+        assert!(
+            size_bytes % BLOCK_SIZE == 0,
+            "buffer size {size_bytes} not block aligned"
+        );
         let total = count as usize * size_bytes as usize;
         let layout = Layout::from_size_align(total, ALIGN).expect("invariant: valid pool layout");
         // SAFETY: layout has a non-zero size (asserted above).
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(ptr) else { alloc::handle_alloc_error(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout)
+        };
         BufferPool {
             shared: Arc::new(PoolShared {
                 region: Region { ptr, layout },
@@ -105,7 +116,12 @@ impl BufferPool {
     /// Takes a buffer, waiting for one to come back if all are in use. Its length starts at its
     /// full capacity; its contents are whatever the last user left.
     pub async fn acquire(&self) -> AlignedBuf {
-        let permit = self.shared.available.acquire().await.expect("invariant: never closed");
+        let permit = self
+            .shared
+            .available
+            .acquire()
+            .await
+            .expect("invariant: never closed");
         permit.forget();
         self.take()
     }
@@ -119,13 +135,23 @@ impl BufferPool {
 
     fn take(&self) -> AlignedBuf {
         let index = {
-            let mut free = self.shared.free.lock().expect("invariant: pool lock not poisoned");
-            free.pop().expect("invariant: a permit guarantees a free buffer")
+            let mut free = self
+                .shared
+                .free
+                .lock()
+                .expect("invariant: pool lock not poisoned");
+            free.pop()
+                .expect("invariant: a permit guarantees a free buffer")
         };
         let offset = index as usize * self.shared.size_bytes;
         // SAFETY: offset < total size of the region.
         let ptr = unsafe { self.shared.region.ptr.add(offset) };
-        AlignedBuf { ptr, len: self.shared.size_bytes, index, pool: self.shared.clone() }
+        AlignedBuf {
+            ptr,
+            len: self.shared.size_bytes,
+            index,
+            pool: self.shared.clone(),
+        }
     }
 
     /// The iovecs covering every buffer, in index order, for io_uring buffer registration.
@@ -171,7 +197,11 @@ impl AlignedBuf {
 
     /// Sets the length in use. Panics if larger than the capacity.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.capacity(), "length {len} over capacity {}", self.capacity());
+        assert!(
+            len <= self.capacity(),
+            "length {len} over capacity {}",
+            self.capacity()
+        );
         self.len = len;
     }
 
@@ -212,7 +242,11 @@ impl fmt::Debug for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let mut free = self.pool.free.lock().expect("invariant: pool lock not poisoned");
+        let mut free = self
+            .pool
+            .free
+            .lock()
+            .expect("invariant: pool lock not poisoned");
         free.push(self.index);
         drop(free);
         self.pool.available.add_permits(1);

@@ -130,7 +130,10 @@ impl FaultyEngine {
 
     /// Activates a fault and returns its id.
     pub fn inject(&self, fault: Fault) -> FaultId {
-        let mut rules = self.rules.lock().expect("invariant: rules lock not poisoned");
+        let mut rules = self
+            .rules
+            .lock()
+            .expect("invariant: rules lock not poisoned");
         rules.next_id += 1;
         let id = FaultId(rules.next_id);
         rules.rules.push(Rule { id, fault, hits: 0 });
@@ -139,30 +142,50 @@ impl FaultyEngine {
 
     /// Removes a fault; returns how often it fired.
     pub fn remove(&self, id: FaultId) -> u64 {
-        let mut rules = self.rules.lock().expect("invariant: rules lock not poisoned");
+        let mut rules = self
+            .rules
+            .lock()
+            .expect("invariant: rules lock not poisoned");
         let position = rules.rules.iter().position(|rule| rule.id == id);
         position.map_or(0, |i| rules.rules.remove(i).hits)
     }
 
     /// Removes every fault.
     pub fn clear(&self) {
-        self.rules.lock().expect("invariant: rules lock not poisoned").rules.clear();
+        self.rules
+            .lock()
+            .expect("invariant: rules lock not poisoned")
+            .rules
+            .clear();
     }
 
     /// How often the fault fired so far.
     pub fn hits(&self, id: FaultId) -> u64 {
-        let rules = self.rules.lock().expect("invariant: rules lock not poisoned");
-        rules.rules.iter().find(|rule| rule.id == id).map_or(0, |rule| rule.hits)
+        let rules = self
+            .rules
+            .lock()
+            .expect("invariant: rules lock not poisoned");
+        rules
+            .rules
+            .iter()
+            .find(|rule| rule.id == id)
+            .map_or(0, |rule| rule.hits)
     }
 
     fn decide(&self, op: &IoOp) -> Decision {
-        let mut rules = self.rules.lock().expect("invariant: rules lock not poisoned");
+        let mut rules = self
+            .rules
+            .lock()
+            .expect("invariant: rules lock not poisoned");
         let mut decision = Decision::default();
         let path = op.file().path();
         let extent = match op {
-            IoOp::Read { offset_bytes, buf, .. } | IoOp::Write { offset_bytes, buf, .. } => {
-                *offset_bytes..*offset_bytes + buf.len() as u64
+            IoOp::Read {
+                offset_bytes, buf, ..
             }
+            | IoOp::Write {
+                offset_bytes, buf, ..
+            } => *offset_bytes..*offset_bytes + buf.len() as u64,
             IoOp::Sync { .. } => 0..0,
         };
         for rule in &mut rules.rules {
@@ -176,14 +199,28 @@ impl FaultyEngine {
                     decision.fail |= p == path;
                     p == path
                 }
-                (Fault::BitFlip { path: p, offset_bytes, bit }, IoOp::Read { .. }) => {
+                (
+                    Fault::BitFlip {
+                        path: p,
+                        offset_bytes,
+                        bit,
+                    },
+                    IoOp::Read { .. },
+                ) => {
                     let hit = p == path && extent.contains(offset_bytes);
                     if hit {
                         decision.flips.push((offset_bytes - extent.start, *bit));
                     }
                     hit
                 }
-                (Fault::TornWrite { path: p, range, keep_blocks }, IoOp::Write { .. }) => {
+                (
+                    Fault::TornWrite {
+                        path: p,
+                        range,
+                        keep_blocks,
+                    },
+                    IoOp::Write { .. },
+                ) => {
                     let hit = p == path && overlaps(range, &extent);
                     if hit {
                         decision.keep_blocks = Some(*keep_blocks);
@@ -232,7 +269,10 @@ impl IoEngine for FaultyEngine {
         };
         if decision.fail {
             let result = Err(io::Error::from_raw_os_error(libc::EIO));
-            finish(IoDone { buf: op.into_buf(), result });
+            finish(IoDone {
+                buf: op.into_buf(),
+                result,
+            });
             return;
         }
         let mut restore_len = None;
@@ -240,7 +280,10 @@ impl IoEngine for FaultyEngine {
             let keep_bytes = (keep_blocks as usize * BLOCK_SIZE as usize).min(buf.len());
             if keep_bytes == 0 {
                 // Nothing of the write reaches the disk: a lost write.
-                finish(IoDone { buf: op.into_buf(), result: Ok(()) });
+                finish(IoDone {
+                    buf: op.into_buf(),
+                    result: Ok(()),
+                });
                 return;
             }
             restore_len = Some(buf.len());
@@ -318,7 +361,10 @@ struct Delayer {
 
 impl Delayer {
     fn schedule(&self, at: Instant, run: Deferred) {
-        let mut state = self.state.lock().expect("invariant: delayer lock not poisoned");
+        let mut state = self
+            .state
+            .lock()
+            .expect("invariant: delayer lock not poisoned");
         state.sequence += 1;
         let sequence = state.sequence;
         state.timers.push(Timer { at, sequence, run });
@@ -326,12 +372,18 @@ impl Delayer {
     }
 
     fn stop(&self) {
-        self.state.lock().expect("invariant: delayer lock not poisoned").stopping = true;
+        self.state
+            .lock()
+            .expect("invariant: delayer lock not poisoned")
+            .stopping = true;
         self.changed.notify_one();
     }
 
     fn run(&self) {
-        let mut state = self.state.lock().expect("invariant: delayer lock not poisoned");
+        let mut state = self
+            .state
+            .lock()
+            .expect("invariant: delayer lock not poisoned");
         loop {
             let now = Instant::now();
             let due = match state.timers.peek() {
@@ -343,11 +395,19 @@ impl Delayer {
                 let timer = state.timers.pop().expect("invariant: peeked");
                 drop(state);
                 (timer.run)();
-                state = self.state.lock().expect("invariant: delayer lock not poisoned");
+                state = self
+                    .state
+                    .lock()
+                    .expect("invariant: delayer lock not poisoned");
                 continue;
             }
             state = match state.timers.peek().map(|timer| timer.at - now) {
-                Some(wait) => self.changed.wait_timeout(state, wait).expect("not poisoned").0,
+                Some(wait) => {
+                    self.changed
+                        .wait_timeout(state, wait)
+                        .expect("not poisoned")
+                        .0
+                }
                 None => self.changed.wait(state).expect("invariant: not poisoned"),
             };
         }

@@ -39,7 +39,10 @@ impl PsyncEngine {
     /// Starts `options.psync_threads` workers; files are opened O_DIRECT if `direct`.
     pub fn new(options: &EngineOptions, direct: bool) -> PsyncEngine {
         let thread_count = options.psync_threads;
-        assert!(thread_count > 0 && thread_count <= PSYNC_THREADS_MAX, "threads {thread_count}");
+        assert!(
+            thread_count > 0 && thread_count <= PSYNC_THREADS_MAX,
+            "threads {thread_count}"
+        );
         assert!(options.queue_depth_max > 0, "queue depth must be positive");
         let pool = BufferPool::new(options.buffer_count, options.buffer_size_bytes);
         let (sender, receiver) = mpsc::sync_channel(options.queue_depth_max as usize);
@@ -53,13 +56,20 @@ impl PsyncEngine {
                     .expect("spawning an IO thread at start-up")
             })
             .collect();
-        PsyncEngine { sender: Some(sender), pool, direct, threads }
+        PsyncEngine {
+            sender: Some(sender),
+            pool,
+            direct,
+            threads,
+        }
     }
 }
 
 impl IoEngine for PsyncEngine {
     fn kind(&self) -> EngineKind {
-        EngineKind::Psync { direct: self.direct }
+        EngineKind::Psync {
+            direct: self.direct,
+        }
     }
 
     fn pool(&self) -> &BufferPool {
@@ -72,14 +82,20 @@ impl IoEngine for PsyncEngine {
 
     fn submit(&self, op: IoOp, done: Callback) {
         op.assert_aligned();
-        let sender = self.sender.as_ref().expect("invariant: sender lives until drop");
+        let sender = self
+            .sender
+            .as_ref()
+            .expect("invariant: sender lives until drop");
         if let Err(error) = sender.try_send(Request { op, done }) {
             let (request, message) = match error {
                 TrySendError::Full(request) => (request, "psync queue full"),
                 TrySendError::Disconnected(request) => (request, "psync threads stopped"),
             };
             let result = Err(io::Error::new(io::ErrorKind::WouldBlock, message));
-            (request.done)(IoDone { buf: request.op.into_buf(), result });
+            (request.done)(IoDone {
+                buf: request.op.into_buf(),
+                result,
+            });
         }
     }
 }
@@ -96,7 +112,9 @@ impl Drop for PsyncEngine {
 fn worker(receiver: &Mutex<Receiver<Request>>) {
     loop {
         let request = {
-            let receiver = receiver.lock().expect("invariant: receiver lock not poisoned");
+            let receiver = receiver
+                .lock()
+                .expect("invariant: receiver lock not poisoned");
             match receiver.recv() {
                 Ok(request) => request,
                 Err(_) => return,
@@ -104,13 +122,20 @@ fn worker(receiver: &Mutex<Receiver<Request>>) {
         };
         let Request { mut op, done } = request;
         let result = execute(&mut op);
-        done(IoDone { buf: op.into_buf(), result });
+        done(IoDone {
+            buf: op.into_buf(),
+            result,
+        });
     }
 }
 
 fn execute(op: &mut IoOp) -> io::Result<()> {
     match op {
-        IoOp::Read { file, offset_bytes, buf } => {
+        IoOp::Read {
+            file,
+            offset_bytes,
+            buf,
+        } => {
             let (fd, offset) = (file.raw_fd(), *offset_bytes);
             let len = buf.len();
             let ptr = buf.as_mut_ptr();
@@ -119,7 +144,11 @@ fn execute(op: &mut IoOp) -> io::Result<()> {
                 unsafe { pread(fd, ptr.add(done), len - done, offset + done as u64) }
             })
         }
-        IoOp::Write { file, offset_bytes, buf } => {
+        IoOp::Write {
+            file,
+            offset_bytes,
+            buf,
+        } => {
             let (fd, offset) = (file.raw_fd(), *offset_bytes);
             let len = buf.len();
             let ptr = buf.as_ptr();
@@ -151,7 +180,10 @@ fn transfer(len: usize, mut step: impl FnMut(usize) -> isize) -> io::Result<()> 
             return Err(error);
         }
         if moved == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short transfer"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short transfer",
+            ));
         }
         done += moved as usize;
     }

@@ -20,21 +20,40 @@ fn write_read_round_trip_aligned_unaligned_and_thin() {
             let store = open_store(dir.path(), choice).await;
             store.create(chunk(0)).await.expect("create");
             // Unwritten space reads as zeros.
-            assert!(store.read(chunk(0), 100, 9000).await.expect("read").iter().all(|b| *b == 0));
+            assert!(
+                store
+                    .read(chunk(0), 100, 9000)
+                    .await
+                    .expect("read")
+                    .iter()
+                    .all(|b| *b == 0)
+            );
             let aligned = pattern(1, 8192);
-            store.write(chunk(0), 4096, &aligned).await.expect("aligned write");
+            store
+                .write(chunk(0), 4096, &aligned)
+                .await
+                .expect("aligned write");
             // Unaligned write spanning a partial head block, a full block and a partial tail.
             let odd = pattern(2, 6000);
-            store.write(chunk(0), 3000, &odd).await.expect("unaligned write");
+            store
+                .write(chunk(0), 3000, &odd)
+                .await
+                .expect("unaligned write");
             let mut expected = vec![0u8; 64 << 10];
             expected[4096..12288].copy_from_slice(&aligned);
             expected[3000..9000].copy_from_slice(&odd);
             // A tiny write inside one block.
-            store.write(chunk(0), 20_001, b"cairn").await.expect("tiny write");
+            store
+                .write(chunk(0), 20_001, b"cairn")
+                .await
+                .expect("tiny write");
             expected[20_001..20_006].copy_from_slice(b"cairn");
             let got = store.read(chunk(0), 0, 64 << 10).await.expect("read all");
             assert!(got[..] == expected[..], "{choice:?}: content matches");
-            let got = store.read(chunk(0), 2999, 13).await.expect("read unaligned");
+            let got = store
+                .read(chunk(0), 2999, 13)
+                .await
+                .expect("read unaligned");
             assert_eq!(&got[..], &expected[2999..3012]);
         });
     }
@@ -45,20 +64,41 @@ fn bad_requests_are_refused_and_change_nothing() {
     let dir = disk_dir();
     block_on(async {
         let store = open_store(dir.path(), EngineChoice::Auto).await;
-        assert!(matches!(store.read(chunk(9), 0, 10).await, Err(Error::NotFound { .. })));
-        assert!(matches!(store.write(chunk(9), 0, b"x").await, Err(Error::NotFound { .. })));
+        assert!(matches!(
+            store.read(chunk(9), 0, 10).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.write(chunk(9), 0, b"x").await,
+            Err(Error::NotFound { .. })
+        ));
         store.create(chunk(1)).await.expect("create");
-        assert!(matches!(store.create(chunk(1)).await, Err(Error::AlreadyExists { .. })));
+        assert!(matches!(
+            store.create(chunk(1)).await,
+            Err(Error::AlreadyExists { .. })
+        ));
         store.write(chunk(1), 0, b"keep").await.expect("write");
         let size = 64 << 10;
-        for (offset, len) in [(size - 1, 2usize), (0, 0), (u64::MAX, 1), (0, (256 << 10) + 1)] {
-            let error = store.read(chunk(1), offset, len).await.err().expect("refused");
+        for (offset, len) in [
+            (size - 1, 2usize),
+            (0, 0),
+            (u64::MAX, 1),
+            (0, (256 << 10) + 1),
+        ] {
+            let error = store
+                .read(chunk(1), offset, len)
+                .await
+                .err()
+                .expect("refused");
             assert!(matches!(error, Error::OutOfRange { .. }), "{error}");
             assert_eq!(error.class(), ErrorClass::Invalid);
             let data = vec![7u8; len];
             assert!(store.write(chunk(1), offset, &data).await.is_err());
         }
-        assert_eq!(&store.read(chunk(1), 0, 4).await.expect("read")[..], b"keep");
+        assert_eq!(
+            &store.read(chunk(1), 0, 4).await.expect("read")[..],
+            b"keep"
+        );
     });
 }
 
@@ -71,31 +111,52 @@ fn flushed_data_survives_reopen_and_crash() {
             let disk = store.disk_id();
             for i in 0..3 {
                 store.create(chunk(i)).await.expect("create");
-                store.write(chunk(i), 4096 * u64::from(i), &pattern(u64::from(i), 5000)).await.expect("write");
+                store
+                    .write(chunk(i), 4096 * u64::from(i), &pattern(u64::from(i), 5000))
+                    .await
+                    .expect("write");
             }
             store.flush().await.expect("flush");
             // Unflushed overwrite, then a crash (drop without flush).
-            store.write(chunk(0), 0, &pattern(99, 4096)).await.expect("write");
+            store
+                .write(chunk(0), 0, &pattern(99, 4096))
+                .await
+                .expect("write");
             store.create(chunk(7)).await.expect("create");
             drop(store);
             let store = open_store(dir.path(), choice).await;
             assert_eq!(store.disk_id(), disk, "same label after reopen");
             for i in 1..3 {
-                let got = store.read(chunk(i), 4096 * u64::from(i), 5000).await.expect("read");
+                let got = store
+                    .read(chunk(i), 4096 * u64::from(i), 5000)
+                    .await
+                    .expect("read");
                 assert!(got[..] == pattern(u64::from(i), 5000)[..], "chunk {i}");
             }
             // The unflushed overwrite landed on disk but not its checksum: detected, not served.
             match store.read(chunk(0), 0, 4096).await {
-                Err(Error::Corrupt { chunk: c, block_index: 0 }) => assert_eq!(c, chunk(0)),
-                other => panic!("expected a checksum error, got {:?}", other.map(|b| b.len())),
+                Err(Error::Corrupt {
+                    chunk: c,
+                    block_index: 0,
+                }) => assert_eq!(c, chunk(0)),
+                other => panic!(
+                    "expected a checksum error, got {:?}",
+                    other.map(|b| b.len())
+                ),
             }
             // Block 1 of chunk 0 was written before the flush and is intact.
             let got = store.read(chunk(0), 4096, 904).await.expect("read");
             assert!(got[..] == pattern(0, 5000)[4096..]);
             // The unflushed creation is gone.
-            assert!(matches!(store.read(chunk(7), 0, 1).await, Err(Error::NotFound { .. })));
+            assert!(matches!(
+                store.read(chunk(7), 0, 1).await,
+                Err(Error::NotFound { .. })
+            ));
             // A full-block rewrite heals the detected block.
-            store.write(chunk(0), 0, &pattern(5, 4096)).await.expect("rewrite");
+            store
+                .write(chunk(0), 0, &pattern(5, 4096))
+                .await
+                .expect("rewrite");
             store.flush().await.expect("flush");
             drop(store);
             let store = open_store(dir.path(), choice).await;
@@ -109,25 +170,50 @@ fn deleted_files_return_to_the_pool_only_after_flush() {
     let dir = disk_dir();
     block_on(async {
         let store = open_store(dir.path(), EngineChoice::Auto).await;
-        assert_eq!(store.free_file_count(), 2, "preallocated");
+        assert_eq!(store.free_slot_count(), 2, "preallocated");
         store.create(chunk(0)).await.expect("create");
-        store.write(chunk(0), 0, &pattern(3, 4096)).await.expect("write");
+        store
+            .write(chunk(0), 0, &pattern(3, 4096))
+            .await
+            .expect("write");
         store.flush().await.expect("flush");
-        let path = store.chunk_file_path(chunk(0)).expect("path");
+        let (path, _) = store.chunk_location(chunk(0)).expect("location");
         let size = fs::metadata(&path).expect("stat").len();
         store.delete(chunk(0)).await.expect("delete");
-        assert!(matches!(store.read(chunk(0), 0, 1).await, Err(Error::NotFound { .. })));
-        assert_eq!(store.free_file_count(), 1, "not reusable before its deletion is durable");
+        assert!(matches!(
+            store.read(chunk(0), 0, 1).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert_eq!(
+            store.free_slot_count(),
+            1,
+            "not reusable before its deletion is durable"
+        );
         store.flush().await.expect("flush");
-        assert_eq!(store.free_file_count(), 2);
+        assert_eq!(store.free_slot_count(), 2);
         // Reuse: the new chunk reads zeros, not the old chunk's data.
         store.create(chunk(1)).await.expect("create");
         store.create(chunk(2)).await.expect("create");
-        store.create(chunk(3)).await.expect("create from a new file when the pool is empty");
+        store
+            .create(chunk(3))
+            .await
+            .expect("create from a new file when the pool is empty");
+        assert_eq!(store.free_slot_count(), 1, "a new pool file of two slots");
         for i in 1..4 {
-            assert!(store.read(chunk(i), 0, 4096).await.expect("read").iter().all(|b| *b == 0));
+            assert!(
+                store
+                    .read(chunk(i), 0, 4096)
+                    .await
+                    .expect("read")
+                    .iter()
+                    .all(|b| *b == 0)
+            );
         }
-        assert_eq!(fs::metadata(&path).expect("stat").len(), size, "file sizes never change");
+        assert_eq!(
+            fs::metadata(&path).expect("stat").len(),
+            size,
+            "file sizes never change"
+        );
         store.flush().await.expect("flush");
         drop(store);
         let store = open_store(dir.path(), EngineChoice::Auto).await;
@@ -152,10 +238,18 @@ fn disk_is_recognised_after_moving_to_another_path() {
         fs::rename(&first, &second).expect("move the disk");
         let found = label::find_disks(&[first.clone(), second.clone()]).expect("scan");
         assert_eq!(found, vec![(disk, second.clone())]);
-        let options = ChunkStoreOptions { create: false, ..small_store(EngineChoice::Auto) };
-        let store = ChunkStore::open(&second, &options).await.expect("open moved disk");
+        let options = ChunkStoreOptions {
+            create: false,
+            ..small_store(EngineChoice::Auto)
+        };
+        let store = ChunkStore::open(&second, &options)
+            .await
+            .expect("open moved disk");
         assert_eq!(store.disk_id(), disk);
-        assert_eq!(&store.read(chunk(0), 0, 7).await.expect("read")[..], b"roaming");
+        assert_eq!(
+            &store.read(chunk(0), 0, 7).await.expect("read")[..],
+            b"roaming"
+        );
         // An unlabelled directory is not silently formatted when creation is off.
         let empty = parent.path().join("empty");
         fs::create_dir(&empty).expect("mkdir");
@@ -182,36 +276,58 @@ fn torn_or_destroyed_meta_images() {
         let store = open_store(dir.path(), EngineChoice::Auto).await;
         store.create(chunk(0)).await.expect("create");
         store.create(chunk(1)).await.expect("create");
-        store.write(chunk(0), 0, &pattern(1, 4096)).await.expect("write");
-        store.write(chunk(1), 0, &pattern(2, 4096)).await.expect("write");
+        store
+            .write(chunk(0), 0, &pattern(1, 4096))
+            .await
+            .expect("write");
+        store
+            .write(chunk(1), 0, &pattern(2, 4096))
+            .await
+            .expect("write");
         store.flush().await.expect("flush");
-        store.write(chunk(0), 8192, &pattern(3, 4096)).await.expect("write");
+        store
+            .write(chunk(0), 8192, &pattern(3, 4096))
+            .await
+            .expect("write");
         store.flush().await.expect("flush");
-        let path0 = store.chunk_file_path(chunk(0)).expect("path");
-        let path1 = store.chunk_file_path(chunk(1)).expect("path");
+        let (path0, base0) = store.chunk_location(chunk(0)).expect("location");
+        let (path1, base1) = store.chunk_location(chunk(1)).expect("location");
+        let slot1 = base1 / store.geometry().slot_bytes();
         drop(store);
         // Tear the newest image of chunk 0: the previous image takes over.
         let meta_bytes = u64::from(Geometry::new(64 << 10).expect("geometry").meta_bytes());
         let mut bytes = fs::read(&path0).expect("read");
         let newest = (0..2u64)
-            .max_by_key(|slot| {
-                let at = (slot * meta_bytes) as usize;
+            .max_by_key(|copy| {
+                let at = (base0 + copy * meta_bytes) as usize;
                 u64::from_le_bytes(bytes[at + 24..at + 32].try_into().expect("8"))
             })
-            .expect("two slots");
-        bytes[(newest * meta_bytes) as usize + 100] ^= 0xff;
+            .expect("two copies");
+        bytes[(base0 + newest * meta_bytes) as usize + 100] ^= 0xff;
         fs::write(&path0, &bytes).expect("write");
         // Destroy both images of chunk 1.
         let mut bytes = fs::read(&path1).expect("read");
-        bytes[..2 * meta_bytes as usize].fill(0x5a);
+        bytes[base1 as usize..(base1 + 2 * meta_bytes) as usize].fill(0x5a);
         fs::write(&path1, &bytes).expect("write");
 
         let store = open_store(dir.path(), EngineChoice::Auto).await;
-        assert!(store.read(chunk(0), 0, 4096).await.expect("older image")[..] == pattern(1, 4096)[..]);
+        assert!(
+            store.read(chunk(0), 0, 4096).await.expect("older image")[..] == pattern(1, 4096)[..]
+        );
         // The older image predates the second write: its block reads as never written.
-        assert!(store.read(chunk(0), 8192, 4096).await.expect("read").iter().all(|b| *b == 0));
-        assert!(matches!(store.read(chunk(1), 0, 1).await, Err(Error::NotFound { .. })));
-        assert_eq!(store.damaged_files(), vec![path1]);
+        assert!(
+            store
+                .read(chunk(0), 8192, 4096)
+                .await
+                .expect("read")
+                .iter()
+                .all(|b| *b == 0)
+        );
+        assert!(matches!(
+            store.read(chunk(1), 0, 1).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert_eq!(store.damaged_slots(), vec![(path1, slot1 as u32)]);
     });
 }
 
@@ -224,23 +340,34 @@ fn unfinished_preallocation_is_removed_on_open() {
         fs::write(&stray, b"half").expect("write");
         let store = open_store(dir.path(), EngineChoice::Auto).await;
         assert!(!stray.exists());
-        assert_eq!(store.free_file_count(), 2);
+        assert_eq!(store.free_slot_count(), 2);
     });
 }
 
 #[test]
 fn buffered_fallback_stores_and_checks() {
     let test = "storage_node::chunk_store::buffered_fallback_stores_and_checks";
-    with_ramfs_dir(test, |dir| block_on(async {
-        let store = open_store(dir, EngineChoice::Auto).await;
-        assert_eq!(store.engine().kind(), cairn_storage_node::io::EngineKind::Psync { direct: false });
-        store.create(chunk(0)).await.expect("create");
-        store.write(chunk(0), 123, &pattern(8, 10_000)).await.expect("write");
-        store.flush().await.expect("flush");
-        drop(store);
-        let store = open_store(dir, EngineChoice::Auto).await;
-        assert!(store.read(chunk(0), 123, 10_000).await.expect("read")[..] == pattern(8, 10_000)[..]);
-    }));
+    with_ramfs_dir(test, |dir| {
+        block_on(async {
+            let store = open_store(dir, EngineChoice::Auto).await;
+            assert_eq!(
+                store.engine().kind(),
+                cairn_storage_node::io::EngineKind::Psync { direct: false }
+            );
+            store.create(chunk(0)).await.expect("create");
+            store
+                .write(chunk(0), 123, &pattern(8, 10_000))
+                .await
+                .expect("write");
+            store.flush().await.expect("flush");
+            drop(store);
+            let store = open_store(dir, EngineChoice::Auto).await;
+            assert!(
+                store.read(chunk(0), 123, 10_000).await.expect("read")[..]
+                    == pattern(8, 10_000)[..]
+            );
+        })
+    });
 }
 
 /// Goal: overlapping concurrent reads and writes never produce a checksum error or a torn
@@ -277,6 +404,12 @@ fn concurrent_overlapping_io_is_consistent() {
             });
         }
         local.await;
-        assert_eq!(store.stats().corrupt_blocks.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            store
+                .stats()
+                .corrupt_blocks
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     });
 }

@@ -11,10 +11,14 @@ use std::{
 
 use cairn_storage_node::{
     Error,
-    io::{self, EngineChoice, EngineKind, IoDone, IoEngine, IoOp, fault::FaultyEngine, open_engine},
+    io::{
+        self, EngineChoice, EngineKind, IoDone, IoEngine, IoOp, fault::FaultyEngine, open_engine,
+    },
 };
 
-use super::support::{block_on, disk_dir, engine, engine_cases, pattern, small_engine, with_ramfs_dir};
+use super::support::{
+    block_on, disk_dir, engine, engine_cases, pattern, small_engine, with_ramfs_dir,
+};
 
 /// Runs every check against one engine whose files live in `dir`.
 fn suite(name: &str, engine: &Arc<dyn IoEngine>, dir: &Path) {
@@ -37,7 +41,9 @@ fn round_trip_at_sizes_and_offsets(engine: &Arc<dyn IoEngine>, dir: &Path) {
             let mut buf = engine.pool().acquire().await;
             buf.set_len(len);
             buf.copy_from_slice(&data);
-            let buf = io::write(&**engine, &file, offset, buf).await.expect("write");
+            let buf = io::write(&**engine, &file, offset, buf)
+                .await
+                .expect("write");
             assert_eq!(buf.len(), len, "write hands the buffer back intact");
             drop(buf);
             io::sync(&**engine, &file).await.expect("sync");
@@ -45,7 +51,10 @@ fn round_trip_at_sizes_and_offsets(engine: &Arc<dyn IoEngine>, dir: &Path) {
             buf.set_len(len);
             buf.fill(0xaa);
             let buf = io::read(&**engine, &file, offset, buf).await.expect("read");
-            assert!(buf[..] == data[..], "read returns what was written at {offset}+{len}");
+            assert!(
+                buf[..] == data[..],
+                "read returns what was written at {offset}+{len}"
+            );
         }
     });
 }
@@ -72,7 +81,9 @@ fn concurrent_io_keeps_every_byte(engine: &Arc<dyn IoEngine>, dir: &Path) {
             async move {
                 let mut buf = engine.pool().acquire().await;
                 buf.set_len(4096);
-                let buf = io::read(&*engine, &file, b * 4096, buf).await.expect("read");
+                let buf = io::read(&*engine, &file, b * 4096, buf)
+                    .await
+                    .expect("read");
                 assert!(buf[..] == pattern(b + 100, 4096)[..], "block {b}");
             }
         });
@@ -87,9 +98,24 @@ fn read_past_end_fails_and_returns_buffer(engine: &Arc<dyn IoEngine>, dir: &Path
         let available = engine.pool().available();
         let mut buf = engine.pool().acquire().await;
         buf.set_len(8192);
-        let (buf, result) = io::run(&**engine, IoOp::Read { file, offset_bytes: 0, buf }).await;
-        assert!(matches!(result, Err(Error::Io { .. })), "short read is an error: {result:?}");
-        assert_eq!(buf.map(|b| b.len()), Some(8192), "buffer handed back on error");
+        let (buf, result) = io::run(
+            &**engine,
+            IoOp::Read {
+                file,
+                offset_bytes: 0,
+                buf,
+            },
+        )
+        .await;
+        assert!(
+            matches!(result, Err(Error::Io { .. })),
+            "short read is an error: {result:?}"
+        );
+        assert_eq!(
+            buf.map(|b| b.len()),
+            Some(8192),
+            "buffer handed back on error"
+        );
         assert_eq!(engine.pool().available(), available);
     });
 }
@@ -116,11 +142,16 @@ fn every_callback_runs_once_under_overload(engine: &Arc<dyn IoEngine>, dir: &Pat
         );
     }
     for _ in 0..count {
-        receiver.recv_timeout(std::time::Duration::from_secs(60)).expect("every callback runs");
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("every callback runs");
     }
     let (ok, busy) = (ok.load(Ordering::SeqCst), busy.load(Ordering::SeqCst));
     assert_eq!(ok + busy, count);
-    assert!(ok >= 16, "at least a queue's worth succeeds: ok={ok} busy={busy}");
+    assert!(
+        ok >= 16,
+        "at least a queue's worth succeeds: ok={ok} busy={busy}"
+    );
 }
 
 async fn join<F>(futures: Vec<F>) -> Vec<F::Output>
@@ -156,7 +187,10 @@ fn conformance_every_engine() {
 fn auto_choice_picks_uring_where_direct_io_works() {
     let disk = disk_dir();
     let options = small_engine(EngineChoice::Auto);
-    assert_eq!(open_engine(disk.path(), &options).expect("engine").kind(), EngineKind::Uring);
+    assert_eq!(
+        open_engine(disk.path(), &options).expect("engine").kind(),
+        EngineKind::Uring
+    );
 }
 
 /// Goal: where O_DIRECT is refused, the buffered fallback is chosen automatically and passes the
@@ -169,7 +203,10 @@ fn auto_choice_falls_back_to_buffered_psync_without_direct_io() {
             let engine = open_engine(dir, &small_engine(EngineChoice::Auto)).expect("engine");
             assert_eq!(engine.kind(), EngineKind::Psync { direct: false });
             let uring = small_engine(EngineChoice::Uring);
-            assert!(open_engine(dir, &uring).is_err(), "io_uring engine needs O_DIRECT");
+            assert!(
+                open_engine(dir, &uring).is_err(),
+                "io_uring engine needs O_DIRECT"
+            );
             suite("psync-buffered", &engine, dir);
             let faulty: Arc<dyn IoEngine> = Arc::new(FaultyEngine::new(engine));
             suite("faulty(psync-buffered)", &faulty, dir);
@@ -185,13 +222,18 @@ fn dropping_an_engine_completes_in_flight_requests() {
         let (sender, receiver) = std::sync::mpsc::channel();
         for _ in 0..8 {
             let sender = sender.clone();
-            engine.submit(IoOp::Sync { file: file.clone() }, Box::new(move |_| {
-                let _ = sender.send(());
-            }));
+            engine.submit(
+                IoOp::Sync { file: file.clone() },
+                Box::new(move |_| {
+                    let _ = sender.send(());
+                }),
+            );
         }
         drop(engine);
         for _ in 0..8 {
-            receiver.try_recv().unwrap_or_else(|_| panic!("{name}: callback ran before drop returned"));
+            receiver
+                .try_recv()
+                .unwrap_or_else(|_| panic!("{name}: callback ran before drop returned"));
         }
     }
 }

@@ -19,15 +19,25 @@ const BLOCKS: usize = CHUNK_BYTES / BLOCK_SIZE as usize;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { chunk: u32, offset: usize, len: usize, seed: u64 },
-    Read { chunk: u32, offset: usize, len: usize },
+    Write {
+        chunk: u32,
+        offset: usize,
+        len: usize,
+        seed: u64,
+    },
+    Read {
+        chunk: u32,
+        offset: usize,
+        len: usize,
+    },
     Flush,
     Reopen,
     Crash,
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let range = (0..CHUNK_BYTES).prop_flat_map(|offset| (Just(offset), 1..=(CHUNK_BYTES - offset).min(20_000)));
+    let range = (0..CHUNK_BYTES)
+        .prop_flat_map(|offset| (Just(offset), 1..=(CHUNK_BYTES - offset).min(20_000)));
     prop_oneof![
         6 => (0..CHUNKS, range.clone(), any::<u64>())
             .prop_map(|(chunk, (offset, len), seed)| Op::Write { chunk, offset, len, seed }),
@@ -59,8 +69,13 @@ struct Model {
 
 impl Model {
     fn new() -> Model {
-        let zero = ModelBlock { latest: Block::Zero, flushed: None };
-        Model { blocks: vec![vec![zero; BLOCKS]; CHUNKS as usize] }
+        let zero = ModelBlock {
+            latest: Block::Zero,
+            flushed: None,
+        };
+        Model {
+            blocks: vec![vec![zero; BLOCKS]; CHUNKS as usize],
+        }
     }
 
     fn block_range(offset: usize, len: usize) -> std::ops::RangeInclusive<usize> {
@@ -103,7 +118,8 @@ impl Model {
             };
             let (block_start, block_end) = (index * block, (index + 1) * block);
             let (from, to) = (offset.max(block_start), end.min(block_end));
-            content[from - block_start..to - block_start].copy_from_slice(&data[from - offset..to - offset]);
+            content[from - block_start..to - block_start]
+                .copy_from_slice(&data[from - offset..to - offset]);
             blocks[index].latest = Block::Data(content);
         }
         Ok(())
@@ -121,7 +137,9 @@ impl Model {
         for block in self.blocks.iter_mut().flatten() {
             block.latest = match (&block.flushed, &block.latest) {
                 (None, _) => Block::Zero,
-                (Some(flushed), Block::Data(latest)) if flushed == latest => Block::Data(latest.clone()),
+                (Some(flushed), Block::Data(latest)) if flushed == latest => {
+                    Block::Data(latest.clone())
+                }
                 (Some(_), _) => Block::Corrupt,
             };
         }
@@ -139,7 +157,12 @@ fn run(choice: EngineChoice, ops: Vec<Op>) -> Result<(), TestCaseError> {
         store.flush().await.expect("flush");
         for op in ops {
             match op {
-                Op::Write { chunk: c, offset, len, seed } => {
+                Op::Write {
+                    chunk: c,
+                    offset,
+                    len,
+                    seed,
+                } => {
                     let data = pattern(seed, len);
                     let expected = model.write(c, offset, &data);
                     let got = store.write(chunk(c), offset as u64, &data).await;
@@ -148,13 +171,21 @@ fn run(choice: EngineChoice, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         (Err(Error::Corrupt { block_index, .. }), Err(index)) => {
                             prop_assert_eq!(block_index as usize, index)
                         }
-                        (got, expected) => prop_assert!(false, "write {got:?} vs model {expected:?}"),
+                        (got, expected) => {
+                            prop_assert!(false, "write {got:?} vs model {expected:?}")
+                        }
                     }
                 }
-                Op::Read { chunk: c, offset, len } => {
+                Op::Read {
+                    chunk: c,
+                    offset,
+                    len,
+                } => {
                     let got = store.read(chunk(c), offset as u64, len).await;
                     match (got, model.read(c, offset, len)) {
-                        (Ok(bytes), Ok(expected)) => prop_assert!(bytes[..] == expected[..], "read mismatch"),
+                        (Ok(bytes), Ok(expected)) => {
+                            prop_assert!(bytes[..] == expected[..], "read mismatch")
+                        }
                         (Err(Error::Corrupt { block_index, .. }), Err(index)) => {
                             prop_assert_eq!(block_index as usize, index)
                         }

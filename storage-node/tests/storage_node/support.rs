@@ -20,7 +20,10 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// A directory on a disk file system (O_DIRECT works).
 pub fn disk_dir() -> TempDir {
-    tempfile::Builder::new().prefix("cairn-test-").tempdir_in(env_tmp()).expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("cairn-test-")
+        .tempdir_in(env_tmp())
+        .expect("tempdir")
 }
 
 /// Runs `body` on a directory of a ramfs, which refuses O_DIRECT (tmpfs accepts it since Linux
@@ -33,9 +36,18 @@ pub fn with_ramfs_dir(test_path: &str, body: impl FnOnce(&Path)) {
     }
     let mount_point = disk_dir();
     let exe = std::env::current_exe().expect("test binary path");
-    let script = r#"mount -t ramfs cairn-test "$1" && exec "$2" --exact "$3" --nocapture --test-threads 1"#;
+    let script =
+        r#"mount -t ramfs cairn-test "$1" && exec "$2" --exact "$3" --nocapture --test-threads 1"#;
     let output = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
         .arg(mount_point.path())
         .arg(&exe)
         .arg(test_path)
@@ -44,12 +56,21 @@ pub fn with_ramfs_dir(test_path: &str, body: impl FnOnce(&Path)) {
         .expect("run unshare (util-linux)");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() && std::env::var_os("CI").is_none() && stderr.contains("Operation not permitted") {
+    if !output.status.success()
+        && std::env::var_os("CI").is_none()
+        && stderr.contains("Operation not permitted")
+    {
         eprintln!("skipping {test_path}: needs root for a private ramfs mount (CI runs it)");
         return;
     }
-    assert!(output.status.success(), "{test_path} on ramfs failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "{test_path} did not run on ramfs:\n{stdout}");
+    assert!(
+        output.status.success(),
+        "{test_path} on ramfs failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test_path} did not run on ramfs:\n{stdout}"
+    );
 }
 
 fn env_tmp() -> std::path::PathBuf {
@@ -59,8 +80,18 @@ fn env_tmp() -> std::path::PathBuf {
 /// The engines every suite runs against, each with the directory it needs.
 pub fn engine_cases() -> Vec<(&'static str, EngineChoice, TempDir, EngineKind)> {
     vec![
-        ("io_uring", EngineChoice::Uring, disk_dir(), EngineKind::Uring),
-        ("psync-direct", EngineChoice::Psync, disk_dir(), EngineKind::Psync { direct: true }),
+        (
+            "io_uring",
+            EngineChoice::Uring,
+            disk_dir(),
+            EngineKind::Uring,
+        ),
+        (
+            "psync-direct",
+            EngineChoice::Psync,
+            disk_dir(),
+            EngineKind::Psync { direct: true },
+        ),
     ]
 }
 
@@ -71,6 +102,7 @@ pub fn small_engine(choice: EngineChoice) -> EngineOptions {
         buffer_count: 16,
         buffer_size_bytes: 256 << 10,
         psync_threads: 3,
+        spin_us: 20,
     }
 }
 
@@ -83,17 +115,24 @@ pub fn small_store(choice: EngineChoice) -> ChunkStoreOptions {
     ChunkStoreOptions {
         create: true,
         chunk_size_bytes: 64 << 10,
-        preallocate_files: 2,
+        preallocate_slots: 2,
+        slots_per_file: 2,
         engine: small_engine(choice),
     }
 }
 
 pub async fn open_store(dir: &Path, choice: EngineChoice) -> ChunkStore {
-    ChunkStore::open(dir, &small_store(choice)).await.expect("open store")
+    ChunkStore::open(dir, &small_store(choice))
+        .await
+        .expect("open store")
 }
 
 pub fn chunk(index: u32) -> ChunkId {
-    ChunkId { pool: PoolId(1), owner: OwnerId(42), index }
+    ChunkId {
+        pool: PoolId(1),
+        owner: OwnerId(42),
+        index,
+    }
 }
 
 /// Deterministic bytes that differ by seed and position.

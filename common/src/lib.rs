@@ -19,8 +19,8 @@ pub const CHUNK_SIZE_MIN: u32 = BLOCK_SIZE;
 /// table at 64 KiB, small enough to rewrite whole at every flush of that chunk.
 pub const CHUNK_SIZE_MAX: u32 = 64 << 20;
 
-const _: () = assert!(CHUNK_SIZE_DEFAULT % BLOCK_SIZE == 0);
-const _: () = assert!(CHUNK_SIZE_MAX % BLOCK_SIZE == 0);
+const _: () = assert!(CHUNK_SIZE_DEFAULT.is_multiple_of(BLOCK_SIZE));
+const _: () = assert!(CHUNK_SIZE_MAX.is_multiple_of(BLOCK_SIZE));
 const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_DEFAULT && CHUNK_SIZE_DEFAULT <= CHUNK_SIZE_MAX);
 
 /// A storage pool: a replica count, a failure-domain level and a set of placement groups.

@@ -13,7 +13,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
 /// CRC-32C of each block of `data`, whose length must be a block multiple, into `out`.
 pub fn block_crcs(data: &[u8], out: &mut Vec<u32>) {
     assert!(
-        data.len() % BLOCK_SIZE as usize == 0,
+        data.len().is_multiple_of(BLOCK_SIZE as usize),
         "length {} not block aligned",
         data.len()
     );

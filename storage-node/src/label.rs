@@ -191,6 +191,32 @@ mod tests {
         assert_eq!(label.disk_id.0[6] >> 4, 4, "version-4 UUID");
     }
 
+    proptest::proptest! {
+        /// Goal: no label file content makes reading panic. Method: mutate a valid label,
+        /// re-seal its checksum half the time, and decode.
+        #[test]
+        fn decode_of_mutated_labels_never_panics(
+            mutations in proptest::collection::vec((0usize..LABEL_BYTES, proptest::prelude::any::<u8>()), 1..8),
+            reseal in proptest::prelude::any::<bool>(),
+            truncate in 0usize..LABEL_BYTES + 2,
+        ) {
+            let label = Label { disk_id: DiskId([7; 16]), chunk_size_bytes: 4 << 20, created_unix_secs: 1 };
+            let mut bytes = label.encode();
+            for (at, value) in mutations {
+                bytes[at] = value;
+            }
+            if reseal {
+                let crc = crc32c(&bytes[..LABEL_BYTES - 4]);
+                bytes[LABEL_BYTES - 4..].copy_from_slice(&crc.to_le_bytes());
+            }
+            if let Ok(decoded) = Label::decode(&bytes) {
+                proptest::prop_assert_eq!(Label::decode(&decoded.encode()), Ok(decoded));
+            }
+            bytes.resize(truncate, 0);
+            let _ = Label::decode(&bytes);
+        }
+    }
+
     #[test]
     fn corrupt_label_is_an_error_not_a_new_disk() {
         let dir = tempfile::tempdir().expect("tempdir");

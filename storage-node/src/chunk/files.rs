@@ -138,10 +138,10 @@ impl ChunkStore {
             let offset = place.base_bytes + self.geometry.meta_offset(copy);
             let buf = engine_io::read(&*self.engine, &place.file, offset, buf).await?;
             // A never-written second copy is normal; only report when neither is valid.
-            if let Ok(image) = MetaImage::decode(&self.geometry, &buf) {
-                if image.sequence % 2 == copy {
-                    images.push(image);
-                }
+            if let Ok(image) = MetaImage::decode(&self.geometry, &buf)
+                && image.sequence % 2 == copy
+            {
+                images.push(image);
             }
         }
         let Some(image) = images.into_iter().max_by_key(|image| image.sequence) else {

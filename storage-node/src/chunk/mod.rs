@@ -500,7 +500,7 @@ impl ChunkStore {
         let start = (offset_bytes % u64::from(BLOCK_SIZE)) as usize;
         let span = (last - first + 1) as usize * block;
         let head_partial = start != 0 || (first == last && data.len() != block);
-        let tail_partial = first != last && (start + data.len()) % block != 0;
+        let tail_partial = first != last && !(start + data.len()).is_multiple_of(block);
         if head_partial || tail_partial {
             buf = self
                 .merge_edges(&chunk, first, last, head_partial, tail_partial, buf)

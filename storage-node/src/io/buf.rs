@@ -77,7 +77,7 @@ impl BufferPool {
             "buffer size {size_bytes}"
         );
         assert!(
-            size_bytes % BLOCK_SIZE == 0,
+            size_bytes.is_multiple_of(BLOCK_SIZE),
             "buffer size {size_bytes} not block aligned"
         );
         let total = count as usize * size_bytes as usize;

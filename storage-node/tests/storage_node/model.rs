@@ -103,8 +103,8 @@ impl Model {
         let (first, last) = (*range.start(), *range.end());
         let end = offset + data.len();
         let blocks = &mut self.blocks[chunk as usize];
-        let head_partial = offset % block != 0 || (first == last && data.len() != block);
-        let tail_partial = first != last && end % block != 0;
+        let head_partial = !offset.is_multiple_of(block) || (first == last && data.len() != block);
+        let tail_partial = first != last && !end.is_multiple_of(block);
         // The store reads the tail edge first.
         for (partial, index) in [(tail_partial, last), (head_partial, first)] {
             if partial && blocks[index].latest == Block::Corrupt {

@@ -11,7 +11,8 @@
 //! queue-depth-many concurrent tasks on one thread (the engine adds its own IO thread, as fio
 //! adds the kernel's). It prints one line: `iops=<n> mbps=<n> p50_us=<n> p99_us=<n>`.
 //! Writes go through the store's copying `write` path with fresh checksums, as the Raft apply
-//! path will.
+//! path will. `CAIRN_SPIN_US` overrides the engine's spin (`EngineOptions::spin_us`) for A/B
+//! measurements.
 
 use std::{
     cell::RefCell,

@@ -25,13 +25,17 @@ pub mod uring;
 use std::{
     fmt,
     fs::{File, OpenOptions},
+    future::Future,
     io,
     os::{
         fd::{AsRawFd, RawFd},
         unix::fs::OpenOptionsExt,
     },
     path::{Path, PathBuf},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 pub use buf::{AlignedBuf, BufferPool};
@@ -217,6 +221,14 @@ pub trait IoEngine: Send + Sync + 'static {
 
     /// Queues a request; `done` runs when it finishes.
     fn submit(&self, op: IoOp, done: Callback);
+
+    /// How long a caller that just submitted should keep its thread busy (re-polling, other
+    /// ready tasks first) before letting it sleep. An engine answers `Some` only when a
+    /// completion is likely within that time and nothing else would keep the caller busy: on a
+    /// nearly idle disk, where waking a parked thread costs more than the IO itself.
+    fn caller_spin(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Submits `op` and waits for it. On failure the error names the op and the file.
@@ -231,9 +243,39 @@ pub async fn run(engine: &dyn IoEngine, op: IoOp) -> (Option<AlignedBuf>, Result
             let _ = tx.send(done);
         }),
     );
-    match rx.await {
+    let spin_until = engine.caller_spin().map(|spin| Instant::now() + spin);
+    match (Completion {
+        receiver: rx,
+        spin_until,
+    })
+    .await
+    {
         Ok(IoDone { buf, result }) => (buf, result.map_err(|e| Error::io(op_name, path, e))),
         Err(_) => (None, Err(Error::EngineStopped)),
+    }
+}
+
+/// Waits for a request's completion. Until `spin_until` it asks to be polled again at once
+/// instead of only on the engine's wake-up, so the caller's runtime runs its other ready tasks
+/// and then comes back rather than parking its thread.
+struct Completion {
+    receiver: oneshot::Receiver<IoDone>,
+    spin_until: Option<Instant>,
+}
+
+impl Future for Completion {
+    type Output = Result<IoDone, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let poll = Pin::new(&mut self.receiver).poll(cx);
+        if poll.is_pending() {
+            match self.spin_until {
+                Some(until) if Instant::now() < until => cx.waker().wake_by_ref(),
+                Some(_) => self.spin_until = None,
+                None => {}
+            }
+        }
+        poll
     }
 }
 
@@ -295,8 +337,9 @@ pub struct EngineOptions {
     pub buffer_size_bytes: u32,
     /// Threads of the positioned-IO fallback.
     pub psync_threads: u32,
-    /// How long the io_uring thread polls for new requests and completions before it sleeps,
-    /// in microseconds; 0 never polls. Trades CPU for latency.
+    /// How long the io_uring thread, and a caller waiting for it, poll before they sleep, in
+    /// microseconds, when at most [`uring::SPIN_IN_FLIGHT_MAX`] requests are in flight; 0 never
+    /// polls. Trades CPU for latency on a lightly loaded disk.
     pub spin_us: u32,
 }
 

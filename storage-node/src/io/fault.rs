@@ -259,6 +259,10 @@ impl IoEngine for FaultyEngine {
         self.inner.open(path, create)
     }
 
+    fn caller_spin(&self) -> Option<Duration> {
+        self.inner.caller_spin()
+    }
+
     fn submit(&self, mut op: IoOp, done: Callback) {
         let decision = self.decide(&op);
         let delayer = self.delayer.clone();

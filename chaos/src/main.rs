@@ -1,0 +1,71 @@
+//! `cairn-chaos`: runs fault scenarios against real processes.
+//!
+//! ```text
+//! cairn-chaos chunkstore-kill DIR SECONDS [SEED]     kill -9 a chunk-store writer, verify, repeat
+//! cairn-chaos chunkstore-worker DIR JOURNAL SEED      (internal) the process that gets killed
+//! ```
+//!
+//! A scenario ends with one line, `<scenario>: acknowledged=N lost=L corrupt=C ...`, and exits
+//! non-zero if L or C is not zero or nothing was acknowledged.
+
+use std::{path::Path, process::ExitCode};
+
+use cairn_chaos::chunkstore_kill;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args[..] {
+        ["chunkstore-kill", dir, seconds, ref seed @ ..] => {
+            let Ok(seconds) = seconds.parse::<f64>() else {
+                return usage();
+            };
+            let seed = match seed.first().map(|s| s.parse::<u64>()) {
+                Some(Ok(seed)) => seed,
+                Some(Err(_)) => return usage(),
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64),
+            };
+            eprintln!(
+                "chunkstore-kill: seed {seed} (replay: cairn-chaos chunkstore-kill DIR {seconds} {seed})"
+            );
+            match chunkstore_kill::run(Path::new(dir), seconds, seed) {
+                Ok(v) => {
+                    println!(
+                        "chunkstore-kill: acknowledged={} lost={} corrupt={} detected={}",
+                        v.acknowledged, v.lost, v.corrupt, v.detected
+                    );
+                    let ok = v.lost == 0 && v.corrupt == 0 && v.acknowledged > 0;
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    eprintln!("chunkstore-kill: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ["chunkstore-worker", dir, journal, seed] => {
+            let Ok(seed) = seed.parse::<u64>() else {
+                return usage();
+            };
+            match chunkstore_kill::worker(Path::new(dir), Path::new(journal), seed) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("chunkstore-worker: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cairn-chaos chunkstore-kill DIR SECONDS [SEED]");
+    ExitCode::from(2)
+}

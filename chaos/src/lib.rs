@@ -5,3 +5,4 @@
 
 pub mod chunkstore_kill;
 pub mod journal;
+pub mod raft_sim;

@@ -3,6 +3,7 @@
 //! ```text
 //! cairn-chaos chunkstore-kill DIR SECONDS [SEED]     kill -9 a chunk-store writer, verify, repeat
 //! cairn-chaos chunkstore-worker DIR JOURNAL SEED      (internal) the process that gets killed
+//! cairn-chaos raft-sim FIRST_SEED [COUNT]            deterministic Raft simulation, per seed
 //! ```
 //!
 //! A scenario ends with one line, `<scenario>: acknowledged=N lost=L corrupt=C ...`, and exits
@@ -49,6 +50,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["raft-sim", first, ref count @ ..] => {
+            let Ok(first) = first.parse::<u64>() else {
+                return usage();
+            };
+            let count = match count.first().map(|c| c.parse::<u64>()) {
+                None => 1,
+                Some(Ok(count)) => count,
+                Some(Err(_)) => return usage(),
+            };
+            raft_sim_seeds(first, count)
+        }
         ["chunkstore-worker", dir, journal, seed] => {
             let Ok(seed) = seed.parse::<u64>() else {
                 return usage();
@@ -65,7 +77,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs seeds `first..first + count` of the Raft simulation; stops at the first failure.
+fn raft_sim_seeds(first: u64, count: u64) -> ExitCode {
+    let mut committed = 0;
+    for seed in first..first + count {
+        match cairn_chaos::raft_sim::run(seed) {
+            Ok(report) => {
+                committed += report.committed;
+                eprintln!("seed {seed}: ok {report:?}");
+            }
+            Err(error) => {
+                eprintln!("FAIL {error}");
+                println!(
+                    "raft-sim: seeds={count} failed_seed={seed} (replay: cairn-chaos raft-sim {seed})"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("raft-sim: seeds={count} first={first} failed=0 committed={committed}");
+    ExitCode::SUCCESS
+}
+
 fn usage() -> ExitCode {
     eprintln!("usage: cairn-chaos chunkstore-kill DIR SECONDS [SEED]");
+    eprintln!("       cairn-chaos raft-sim FIRST_SEED [COUNT]");
     ExitCode::from(2)
 }

@@ -1,1 +1,27 @@
-//! Multi-raft runtime over raft-rs, shared by the metadata service and placement groups: filled by issue 3 (the Raft runtime and the metadata service).
+//! Cairn's multi-raft runtime over raft-rs, shared by the metadata service (one group) and the
+//! storage nodes (one group per placement-group replica).
+//!
+//! - [`node`]: many groups per process, driven sans-IO (tick, step, propose, process_ready),
+//!   with group commit across groups and messages batched per peer node.
+//! - [`log`]: the durable Raft state behind a trait; [`log::MemLogStore`] models a disk whose
+//!   unsynced writes are lost on power loss (the simulation's disk).
+//!
+//! Determinism: nothing here reads a clock, spawns or draws randomness of its own, except
+//! raft-rs's election timeout, which a width-one range in [`node::NodeConfig`] pins.
+//!
+//! Still to come (issue 3): the file-backed log store with measured group commit, the TCP +
+//! mutual-TLS transport behind a trait, snapshots, membership changes, leader transfer and
+//! linearizable reads. This crate must not depend on storage-node or metadata.
+
+pub mod log;
+pub mod node;
+
+pub use node::{GroupStatus, NodeConfig, NodeError, Outbox, ProposeError, RaftNode};
+
+/// raft-rs types that appear in this crate's API.
+pub mod raft_types {
+    pub use raft::{
+        StateRole,
+        eraftpb::{Entry, HardState, Message},
+    };
+}

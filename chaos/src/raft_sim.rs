@@ -1,0 +1,526 @@
+//! Deterministic simulation of the multi-raft runtime (`cairn-raft`).
+//!
+//! One seed determines everything: the swarm options (node and group counts, fault rates),
+//! every network delay, loss, duplication and partition, every crash, and every election
+//! timeout. A run has two phases, like TigerBeetle's VOPR:
+//!
+//! - **safety**: faults on, clients proposing; the checkers run on every step;
+//! - **liveness**: network healed and every node restarted; every group must elect a leader,
+//!   commit a final probe entry and bring every member up to date within a bounded number of
+//!   steps.
+//!
+//! Checkers:
+//! - election safety: at most one leader per group per term;
+//! - state-machine safety: every entry applied at an index, on any node, ever, is the same entry
+//!   (so committed entries are never lost or changed and replicas apply one sequence);
+//! - completeness: after liveness every member has applied every entry anyone ever applied.
+//!
+//! Crashes lose each node's unsynced log writes; one kind of crash strikes in the middle of a
+//! group commit, after the writes and before the sync.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_common::{GroupId, NodeId};
+use cairn_raft::{
+    NodeConfig, Outbox, RaftNode,
+    log::MemLogStore,
+    raft_types::{Entry, Message, StateRole},
+};
+
+use crate::chunkstore_kill::Rng;
+
+/// Options drawn from the seed (swarm testing: each seed explores a different corner).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Nodes in the cluster (3-5).
+    pub nodes: u64,
+    /// Raft groups (1-4).
+    pub groups: u64,
+    /// Voters per group (3, or 5 when there are 5 nodes).
+    pub voters_per_group: u64,
+    /// Steps (ticks) of the safety phase.
+    pub safety_steps: u64,
+    /// Steps the liveness phase may take.
+    pub liveness_steps_max: u64,
+    /// Per-mille chance that a message batch is lost.
+    pub drop_per_mille: u64,
+    /// Per-mille chance that a batch is delivered twice.
+    pub duplicate_per_mille: u64,
+    /// Largest network delay, in steps (reordering comes from unequal delays).
+    pub delay_steps_max: u64,
+    /// Per-mille chance per step that a partition starts.
+    pub partition_per_mille: u64,
+    /// Per-mille chance per step that a node crashes.
+    pub crash_per_mille: u64,
+    /// Per-mille chance per step that a client proposes to each group.
+    pub propose_per_mille: u64,
+}
+
+impl Options {
+    /// Draws options from a seed.
+    pub fn swarm(rng: &mut Rng) -> Options {
+        let nodes = 3 + rng.below(3);
+        Options {
+            nodes,
+            groups: 1 + rng.below(4),
+            voters_per_group: if nodes == 5 && rng.below(2) == 0 {
+                5
+            } else {
+                3
+            },
+            safety_steps: 1500 + rng.below(1500),
+            liveness_steps_max: 3000,
+            drop_per_mille: rng.below(150),
+            duplicate_per_mille: rng.below(50),
+            delay_steps_max: 1 + rng.below(8),
+            partition_per_mille: rng.below(6),
+            crash_per_mille: rng.below(6),
+            propose_per_mille: 100 + rng.below(400),
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Entries with client data that were committed (applied somewhere).
+    pub committed: u64,
+    /// Leaders elected (distinct group and term pairs).
+    pub elections: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Crashes that struck mid-group-commit.
+    pub crashes_mid_sync: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// Steps the liveness phase needed.
+    pub liveness_steps: u64,
+}
+
+struct Envelope {
+    from: NodeId,
+    to: NodeId,
+    batch: Vec<(GroupId, Message)>,
+}
+
+struct SimNode {
+    config: NodeConfig,
+    node: Option<RaftNode<MemLogStore>>,
+    /// The store survives crashes; only its unsynced part is lost.
+    parked_log: Option<MemLogStore>,
+    down_until: u64,
+}
+
+struct Sim {
+    options: Options,
+    rng: Rng,
+    now: u64,
+    nodes: Vec<SimNode>,
+    in_flight: BTreeMap<(u64, u64), Envelope>,
+    sequence: u64,
+    /// One side of the current partition and when it heals.
+    partition: Option<(BTreeSet<NodeId>, u64)>,
+    members: BTreeMap<GroupId, Vec<NodeId>>,
+    leaders: BTreeMap<(GroupId, u64), NodeId>,
+    applied: BTreeMap<GroupId, BTreeMap<u64, (u64, Vec<u8>)>>,
+    proposals: u64,
+    report: Report,
+    faults: bool,
+}
+
+/// Runs one seed; `Err` names the violated property (or the panic) and how to replay.
+pub fn run(seed: u64) -> Result<Report, String> {
+    // raft-rs asserts its own invariants (e.g. a commit index beyond a follower's log after
+    // lost writes): a panic is a failed seed like any checker's.
+    std::panic::catch_unwind(|| run_unchecked(seed)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(format!("seed {seed}: panic: {message}"))
+    })
+}
+
+fn run_unchecked(seed: u64) -> Result<Report, String> {
+    let mut rng = Rng::new(seed);
+    let options = Options::swarm(&mut rng);
+    let mut sim = Sim::new(options, rng)?;
+    let fail = |sim: &Sim, e: String| {
+        format!(
+            "seed {seed}: step {}: {e}\noptions: {:?}",
+            sim.now, sim.options
+        )
+    };
+    for _ in 0..sim.options.safety_steps {
+        sim.step().map_err(|e| fail(&sim, e))?;
+    }
+    sim.heal().map_err(|e| fail(&sim, e))?;
+    sim.converge().map_err(|e| fail(&sim, e))?;
+    sim.report.elections = sim.leaders.len() as u64;
+    sim.report.committed = sim
+        .applied
+        .values()
+        .flat_map(|log| log.values())
+        .filter(|(_, data)| !data.is_empty())
+        .count() as u64;
+    Ok(sim.report.clone())
+}
+
+impl Sim {
+    fn new(options: Options, mut rng: Rng) -> Result<Sim, String> {
+        let mut nodes = Vec::new();
+        for i in 1..=options.nodes {
+            let mut config = NodeConfig::new(NodeId(i));
+            // A width-one range per node: reproducible, and unequal across nodes.
+            let timeout = 10 + rng.below(20) as usize;
+            config.election_tick_range = (timeout, timeout + 1);
+            let node =
+                RaftNode::new(config.clone(), MemLogStore::new()).map_err(|e| e.to_string())?;
+            nodes.push(SimNode {
+                config,
+                node: Some(node),
+                parked_log: None,
+                down_until: 0,
+            });
+        }
+        let mut members = BTreeMap::new();
+        for g in 1..=options.groups {
+            let group = GroupId(g);
+            let mut all: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
+            while all.len() as u64 > options.voters_per_group {
+                all.remove(rng.below(all.len() as u64) as usize);
+            }
+            for member in &all {
+                let node = nodes[(member.0 - 1) as usize]
+                    .node
+                    .as_mut()
+                    .expect("fresh node is up");
+                node.create_group(group, &all).map_err(|e| e.to_string())?;
+            }
+            members.insert(group, all);
+        }
+        Ok(Sim {
+            options,
+            rng,
+            now: 0,
+            nodes,
+            in_flight: BTreeMap::new(),
+            sequence: 0,
+            partition: None,
+            members,
+            leaders: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            proposals: 0,
+            report: Report::default(),
+            faults: true,
+        })
+    }
+
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.rng.below(1000) < per_mille
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.now += 1;
+        if self.faults {
+            self.inject_faults();
+        }
+        self.restart_due()?;
+        for sim_node in &mut self.nodes {
+            if let Some(node) = sim_node.node.as_mut() {
+                node.tick();
+            }
+        }
+        self.deliver();
+        if self.faults {
+            self.propose();
+        }
+        for index in 0..self.nodes.len() {
+            self.process(index)?;
+        }
+        self.check_leaders()
+    }
+
+    fn inject_faults(&mut self) {
+        if self
+            .partition
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= self.now)
+        {
+            self.partition = None;
+        } else if self.partition.is_none() && self.chance(self.options.partition_per_mille) {
+            let side: BTreeSet<NodeId> = (1..=self.options.nodes)
+                .filter(|_| self.rng.below(2) == 0)
+                .map(NodeId)
+                .collect();
+            let until = self.now + 20 + self.rng.below(200);
+            self.partition = Some((side, until));
+            self.report.partitions += 1;
+        }
+        if self.chance(self.options.crash_per_mille) {
+            let index = self.rng.below(self.options.nodes) as usize;
+            if self.nodes[index].node.is_some() {
+                if self.rng.below(2) == 0 {
+                    // Power loss in the middle of the next group commit.
+                    if let Some(node) = self.nodes[index].node.as_mut() {
+                        node_log_fail_next_sync(node);
+                    }
+                } else {
+                    self.crash(index);
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, index: usize) {
+        let down_for = 10 + self.rng.below(150);
+        let sim_node = &mut self.nodes[index];
+        let Some(node) = sim_node.node.take() else {
+            return;
+        };
+        let mut log = node.into_log();
+        log.crash();
+        sim_node.parked_log = Some(log);
+        sim_node.down_until = self.now + down_for;
+        self.report.crashes += 1;
+    }
+
+    fn restart_due(&mut self) -> Result<(), String> {
+        for sim_node in &mut self.nodes {
+            if sim_node.node.is_none() && sim_node.down_until <= self.now {
+                let log = sim_node
+                    .parked_log
+                    .take()
+                    .expect("invariant: a down node parks its log");
+                let node = RaftNode::new(sim_node.config.clone(), log)
+                    .map_err(|e| format!("restart: {e}"))?;
+                sim_node.node = Some(node);
+            }
+        }
+        Ok(())
+    }
+
+    fn cut(&self, a: NodeId, b: NodeId) -> bool {
+        self.partition
+            .as_ref()
+            .is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
+    }
+
+    fn deliver(&mut self) {
+        let due: Vec<(u64, u64)> = self
+            .in_flight
+            .range(..(self.now + 1, 0))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let envelope = self.in_flight.remove(&key).expect("invariant: key listed");
+            if self.cut(envelope.from, envelope.to) {
+                continue;
+            }
+            if let Some(node) = self.nodes[(envelope.to.0 - 1) as usize].node.as_mut() {
+                node.step(envelope.batch);
+            }
+        }
+    }
+
+    fn send(&mut self, from: NodeId, outbox: Outbox) {
+        for (to, batch) in outbox.batches {
+            if self.faults && (self.cut(from, to) || self.chance(self.options.drop_per_mille)) {
+                continue;
+            }
+            let copies = if self.faults && self.chance(self.options.duplicate_per_mille) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let delay = 1 + self.rng.below(self.options.delay_steps_max);
+                self.sequence += 1;
+                let envelope = Envelope {
+                    from,
+                    to,
+                    batch: batch.clone(),
+                };
+                self.in_flight
+                    .insert((self.now + delay, self.sequence), envelope);
+            }
+        }
+    }
+
+    fn propose(&mut self) {
+        for (&group, members) in &self.members.clone() {
+            if !self.chance(self.options.propose_per_mille) {
+                continue;
+            }
+            // A client asks the node it believes leads: the highest-term leader it can see.
+            let leader = members
+                .iter()
+                .filter_map(|m| {
+                    let status = self.nodes[(m.0 - 1) as usize]
+                        .node
+                        .as_ref()?
+                        .status(group)?;
+                    (status.role == StateRole::Leader).then_some((status.term, *m))
+                })
+                .max();
+            if let Some((_, leader)) = leader {
+                self.proposals += 1;
+                let data = format!("{group}:{}", self.proposals).into_bytes();
+                if let Some(node) = self.nodes[(leader.0 - 1) as usize].node.as_mut() {
+                    // Refusals (a stale leader, a transfer) are normal; the client moves on.
+                    let _ = node.propose(group, data);
+                }
+            }
+        }
+    }
+
+    fn process(&mut self, index: usize) -> Result<(), String> {
+        let Some(node) = self.nodes[index].node.as_mut() else {
+            return Ok(());
+        };
+        let id = node.id();
+        let mut outbox = Outbox::default();
+        let mut applied_now: Vec<(GroupId, Entry)> = Vec::new();
+        let result = node.process_ready(&mut outbox, |group, entry| {
+            applied_now.push((group, entry.clone()))
+        });
+        for (group, entry) in applied_now {
+            self.check_apply(id, group, &entry)?;
+        }
+        // Messages that left before a failure were on the wire already.
+        self.send(id, outbox);
+        if result.is_err() {
+            self.report.crashes_mid_sync += 1;
+            self.crash(index);
+        }
+        Ok(())
+    }
+
+    fn check_apply(&mut self, node: NodeId, group: GroupId, entry: &Entry) -> Result<(), String> {
+        let log = self.applied.entry(group).or_default();
+        match log.get(&entry.index) {
+            None => {
+                log.insert(entry.index, (entry.term, entry.data.clone()));
+                Ok(())
+            }
+            Some((term, data)) if *term == entry.term && *data == entry.data => Ok(()),
+            Some((term, _)) => Err(format!(
+                "state-machine safety: {node} applied {group} index {} term {} but term {term} was applied there before",
+                entry.index, entry.term
+            )),
+        }
+    }
+
+    fn check_leaders(&mut self) -> Result<(), String> {
+        for sim_node in &self.nodes {
+            let Some(node) = sim_node.node.as_ref() else {
+                continue;
+            };
+            for group in node.groups() {
+                let status = node.status(group).expect("invariant: listed group");
+                if status.role != StateRole::Leader {
+                    continue;
+                }
+                let leader = *self
+                    .leaders
+                    .entry((group, status.term))
+                    .or_insert(node.id());
+                if leader != node.id() {
+                    return Err(format!(
+                        "election safety: {group} term {} has leaders {leader} and {}",
+                        status.term,
+                        node.id()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends every fault and brings every node up.
+    fn heal(&mut self) -> Result<(), String> {
+        self.faults = false;
+        self.partition = None;
+        for sim_node in &mut self.nodes {
+            sim_node.down_until = 0;
+            if let Some(node) = sim_node.node.as_mut() {
+                // A power loss armed during safety must not strike during liveness.
+                node.log_mut().clear_faults();
+            }
+        }
+        self.restart_due()
+    }
+
+    /// Liveness: within the step budget every group elects a leader, commits a probe, and every
+    /// member applies everything ever applied anywhere.
+    fn converge(&mut self) -> Result<(), String> {
+        let mut probed: BTreeMap<GroupId, Vec<u8>> = BTreeMap::new();
+        let start = self.now;
+        while self.now - start < self.options.liveness_steps_max {
+            self.step()?;
+            for (&group, members) in &self.members.clone() {
+                if probed.contains_key(&group) {
+                    continue;
+                }
+                for member in members {
+                    let node = self.nodes[(member.0 - 1) as usize]
+                        .node
+                        .as_mut()
+                        .expect("healed: all up");
+                    let data = format!("probe:{group}").into_bytes();
+                    if node.propose(group, data.clone()).is_ok() {
+                        probed.insert(group, data);
+                        break;
+                    }
+                }
+            }
+            if probed.len() == self.members.len() && self.converged(&probed) {
+                self.report.liveness_steps = self.now - start;
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "liveness: not converged after {} steps: {}",
+            self.options.liveness_steps_max,
+            self.why_not()
+        ))
+    }
+
+    fn converged(&self, probed: &BTreeMap<GroupId, Vec<u8>>) -> bool {
+        self.members.iter().all(|(group, members)| {
+            let Some(log) = self.applied.get(group) else {
+                return false;
+            };
+            let probe_applied = log
+                .values()
+                .any(|(_, data)| Some(data) == probed.get(group));
+            let last = log.keys().next_back().copied().unwrap_or(0);
+            probe_applied
+                && members.iter().all(|m| {
+                    let node = self.nodes[(m.0 - 1) as usize].node.as_ref();
+                    node.and_then(|n| n.status(*group))
+                        .is_some_and(|s| s.applied >= last)
+                })
+        })
+    }
+
+    fn why_not(&self) -> String {
+        let mut out = String::new();
+        for (group, members) in &self.members {
+            for m in members {
+                let status = self.nodes[(m.0 - 1) as usize]
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.status(*group));
+                out.push_str(&format!("{group}@{m}: {status:?}; "));
+            }
+        }
+        out
+    }
+}
+
+/// Arms a power loss for the node's next group commit.
+fn node_log_fail_next_sync(node: &mut RaftNode<MemLogStore>) {
+    node.log_mut().fail_next_sync();
+}

@@ -1,8 +1,11 @@
 //! Types every Cairn crate shares: identifiers as newtypes, units and the limits they obey.
 //!
 //! This crate sits at the bottom of the dependency graph and must not depend on any other Cairn
-//! crate, nor do IO. Later issues add the error codes, the versioned wire records, the `Env`
+//! crate, nor do IO. [`checksum`] holds CRC-32C, the checksum of every Cairn on-disk and wire
+//! record. Later issues add the error codes, the versioned wire records, the `Env`
 //! seam (clock, randomness, spawning) and the transport trait here.
+
+pub mod checksum;
 
 use std::fmt;
 

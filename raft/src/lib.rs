@@ -5,14 +5,17 @@
 //!   with group commit across groups and messages batched per peer node.
 //! - [`log`]: the durable Raft state behind a trait; [`log::MemLogStore`] models a disk whose
 //!   unsynced writes are lost on power loss (the simulation's disk).
+//! - [`file_log`]: the log on disk: segmented, checksummed records of all groups, one
+//!   fdatasync per round (group commit), torn tails truncated on open.
 //!
 //! Determinism: nothing here reads a clock, spawns or draws randomness of its own, except
 //! raft-rs's election timeout, which a width-one range in [`node::NodeConfig`] pins.
 //!
-//! Still to come (issue 3): the file-backed log store with measured group commit, the TCP +
+//! Still to come (issue 3): log compaction and snapshots, the TCP +
 //! mutual-TLS transport behind a trait, snapshots, membership changes, leader transfer and
 //! linearizable reads. This crate must not depend on storage-node or metadata.
 
+pub mod file_log;
 pub mod log;
 pub mod node;
 

@@ -10,12 +10,12 @@
 //! disk health scoring and the `cairn node` server here. This crate must not depend on the
 //! metadata service or any gateway.
 
-pub mod checksum;
 pub mod chunk;
 pub mod error;
 pub mod io;
 mod join;
 pub mod label;
 
+pub use cairn_common::checksum;
 pub use chunk::{ChunkStore, ChunkStoreOptions, ReadBuf};
 pub use error::{Error, ErrorClass, Result};

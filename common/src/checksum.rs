@@ -1,7 +1,7 @@
 //! CRC-32C (Castagnoli), the checksum of every stored block and meta image; the same polynomial
 //! iSCSI digests use.
 
-use cairn_common::BLOCK_SIZE;
+use crate::BLOCK_SIZE;
 use crc_fast::CrcAlgorithm;
 
 /// CRC-32C of `data`.

@@ -1,0 +1,536 @@
+//! The file-backed log store: segmented, append-only, checksummed, one fdatasync per sync.
+//!
+//! All groups share one log (the node's write-cache device): a round's writes of every group are
+//! buffered and reach the disk with one write and one fdatasync in [`LogStore::sync`], which is
+//! the group commit. The store keeps only each group's last index in memory (the Raft groups
+//! hold their logs); [`LogStore::load`], used at restart, replays the segments. Nothing is
+//! compacted yet: snapshots (later in issue 3) will let old segments go.
+//!
+//! # Format, version 1
+//!
+//! A directory of segment files `NNNNNNNNNNNNNNNN.seg` (16 hex digits, increasing). A segment
+//! starts with an 16-byte header, `"CAIRNLOG"`, the format version (u32) and 4 zero bytes, then
+//! holds records:
+//!
+//! ```text
+//! length   u32   bytes after this field up to the end of the record
+//! crc      u32   CRC-32C of everything after this field
+//! kind     u8    1 create group, 2 append entries, 3 hard state, 4 end of sync
+//! group    u64   (0 for end of sync)
+//! payload        create: voter count u32, voters u64 each
+//!                append: entry count u32, then per entry: length u32 + protobuf Entry
+//!                hard state: protobuf HardState
+//!                end of sync: the number of records the sync wrote before it, u32
+//! ```
+//!
+//! Each sync writes its records followed by an end-of-sync record; replay applies a sync's
+//! records only once it has read that record, so a sync is all or nothing (a crash in the
+//! middle of one must not leave, say, its entries without its hard state).
+//!
+//! All integers are little endian. A segment is closed when it passes [`SEGMENT_BYTES_MAX`];
+//! the next one is created, synced, and its directory entry synced before records go to it.
+//!
+//! # Crash ordering
+//!
+//! `sync` writes the buffered records and their end-of-sync record at the end of the current
+//! segment, then fdatasyncs. A crash during it leaves a torn tail in the last segment only:
+//! [`FileLogStore::open`] replays complete syncs and, in the last segment, truncates the file
+//! after the last complete one (nothing after it was ever acknowledged). A bad record anywhere
+//! else, or a segment that does not end with a complete sync, is corruption of synced data,
+//! and open refuses to go on.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+};
+
+use cairn_common::{GroupId, NodeId, checksum::crc32c};
+use prost::Message as _;
+use raft::eraftpb::{Entry, HardState};
+
+use crate::log::{GroupState, LogStore};
+
+/// Segment size at which a new segment starts. Bounds how much a recovery scans per file and
+/// will be the unit of log garbage collection.
+pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+
+/// The largest record accepted when reading: bigger means a corrupt length field.
+pub const RECORD_BYTES_MAX: u32 = 64 << 20;
+
+const MAGIC: [u8; 8] = *b"CAIRNLOG";
+const FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 16;
+const KIND_CREATE: u8 = 1;
+const KIND_APPEND: u8 = 2;
+const KIND_HARD_STATE: u8 = 3;
+const KIND_SYNC_END: u8 = 4;
+
+/// Errors of the file log store.
+#[derive(Debug, thiserror::Error)]
+pub enum FileLogError {
+    /// A system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Synced data failed its checksum or does not parse: the log cannot be trusted.
+    #[error("{path}: corrupt record at byte {offset}: {reason}")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileLogError + 'a {
+    move |source| FileLogError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A Raft log store in segment files (see the module docs).
+pub struct FileLogStore {
+    dir: PathBuf,
+    /// Records written since the last sync.
+    buffer: Vec<u8>,
+    buffered_records: u32,
+    /// Each group's last index including unsynced appends, to refuse gaps when they are made.
+    last_index: BTreeMap<GroupId, u64>,
+    segment: File,
+    segment_number: u64,
+    segment_bytes: u64,
+    segment_bytes_max: u64,
+    syncs: u64,
+    synced_bytes: u64,
+}
+
+impl FileLogStore {
+    /// Opens the log in `dir` (creating it if empty), replaying every segment and truncating a
+    /// torn tail left by a crash.
+    pub fn open(dir: &Path) -> Result<FileLogStore, FileLogError> {
+        FileLogStore::open_with_segment_size(dir, SEGMENT_BYTES_MAX)
+    }
+
+    /// [`FileLogStore::open`] with another segment size (tests use small ones).
+    pub fn open_with_segment_size(
+        dir: &Path,
+        segment_bytes_max: u64,
+    ) -> Result<FileLogStore, FileLogError> {
+        assert!(
+            segment_bytes_max > HEADER_BYTES as u64,
+            "segment size {segment_bytes_max}"
+        );
+        fs::create_dir_all(dir).map_err(io_error("mkdir", dir))?;
+        let numbers = segment_numbers(dir)?;
+        let mut state = BTreeMap::new();
+        let mut last_valid = 0;
+        for (i, number) in numbers.iter().enumerate() {
+            let path = segment_path(dir, *number);
+            let last = i + 1 == numbers.len();
+            last_valid = replay_segment(&path, last, &mut state)?;
+        }
+        let (segment_number, segment, segment_bytes) = match numbers.last() {
+            Some(&number) => {
+                let path = segment_path(dir, number);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_error("open", &path))?;
+                // Drop a torn tail so new records follow the last good one.
+                file.set_len(last_valid)
+                    .map_err(io_error("truncate", &path))?;
+                file.sync_data().map_err(io_error("fdatasync", &path))?;
+                (number, file, last_valid)
+            }
+            None => {
+                let (file, bytes) = create_segment(dir, 1)?;
+                (1, file, bytes)
+            }
+        };
+        let mut segment = segment;
+        use std::io::Seek;
+        segment
+            .seek(io::SeekFrom::Start(segment_bytes))
+            .map_err(io_error("seek", dir))?;
+        let last_index = state
+            .iter()
+            .map(|(group, s)| (*group, s.entries.len() as u64))
+            .collect();
+        Ok(FileLogStore {
+            dir: dir.to_path_buf(),
+            last_index,
+            buffer: Vec::new(),
+            buffered_records: 0,
+            segment,
+            segment_number,
+            segment_bytes,
+            segment_bytes_max,
+            syncs: 0,
+            synced_bytes: 0,
+        })
+    }
+
+    /// Completed syncs (group commits) since open.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Bytes made durable since open.
+    pub fn synced_bytes(&self) -> u64 {
+        self.synced_bytes
+    }
+
+    fn record(&mut self, kind: u8, group: GroupId, payload: &[u8]) {
+        let length = u32::try_from(4 + 1 + 8 + payload.len()).expect("invariant: record fits u32");
+        assert!(length <= RECORD_BYTES_MAX, "record of {length} bytes");
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(&length.to_le_bytes());
+        self.buffer.extend_from_slice(&[0; 4]);
+        self.buffer.push(kind);
+        self.buffer.extend_from_slice(&group.0.to_le_bytes());
+        self.buffer.extend_from_slice(payload);
+        let crc = crc32c(&self.buffer[start + 8..]);
+        self.buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.buffered_records += 1;
+    }
+
+    fn rotate(&mut self) -> Result<(), FileLogError> {
+        let number = self.segment_number + 1;
+        let (file, bytes) = create_segment(&self.dir, number)?;
+        self.segment = file;
+        self.segment_number = number;
+        self.segment_bytes = bytes;
+        Ok(())
+    }
+}
+
+impl LogStore for FileLogStore {
+    type Error = FileLogError;
+
+    fn create_group(&mut self, group: GroupId, voters: &[NodeId]) -> Result<(), FileLogError> {
+        let mut payload = Vec::with_capacity(4 + 8 * voters.len());
+        payload.extend_from_slice(&(voters.len() as u32).to_le_bytes());
+        for voter in voters {
+            payload.extend_from_slice(&voter.0.to_le_bytes());
+        }
+        self.record(KIND_CREATE, group, &payload);
+        self.last_index.entry(group).or_insert(0);
+        Ok(())
+    }
+
+    fn append(&mut self, group: GroupId, entries: &[Entry]) -> Result<(), FileLogError> {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        let last = self.last_index.entry(group).or_insert(0);
+        // The same check replay makes: a gap would make the log unreadable after a restart.
+        assert!(
+            first >= 1 && first - 1 <= *last,
+            "{group}: gap before index {first} (log ends at {last})"
+        );
+        *last = first + entries.len() as u64 - 1;
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for entry in entries {
+            let bytes = entry.encode_to_vec();
+            payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&bytes);
+        }
+        self.record(KIND_APPEND, group, &payload);
+        Ok(())
+    }
+
+    fn set_hard_state(
+        &mut self,
+        group: GroupId,
+        hard_state: &HardState,
+    ) -> Result<(), FileLogError> {
+        self.record(KIND_HARD_STATE, group, &hard_state.encode_to_vec());
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), FileLogError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if self.segment_bytes >= self.segment_bytes_max {
+            self.rotate()?;
+        }
+        let records = self.buffered_records;
+        self.record(KIND_SYNC_END, GroupId(0), &records.to_le_bytes());
+        let path = segment_path(&self.dir, self.segment_number);
+        self.segment
+            .write_all(&self.buffer)
+            .map_err(io_error("write", &path))?;
+        self.segment
+            .sync_data()
+            .map_err(io_error("fdatasync", &path))?;
+        self.segment_bytes += self.buffer.len() as u64;
+        self.synced_bytes += self.buffer.len() as u64;
+        self.buffer.clear();
+        self.buffered_records = 0;
+        self.syncs += 1;
+        Ok(())
+    }
+
+    fn load(&self) -> Result<BTreeMap<GroupId, GroupState>, FileLogError> {
+        // What is on disk up to the last sync: `open` truncated any torn tail and every sync
+        // since wrote whole batches, so every segment ends with a complete sync.
+        let mut state = BTreeMap::new();
+        for number in segment_numbers(&self.dir)? {
+            replay_segment(&segment_path(&self.dir, number), false, &mut state)?;
+        }
+        Ok(state)
+    }
+}
+
+/// The segment numbers in `dir`, ascending.
+fn segment_numbers(dir: &Path) -> Result<Vec<u64>, FileLogError> {
+    let mut numbers = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error("readdir", dir))? {
+        let path = entry.map_err(io_error("readdir", dir))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(number) = name
+            .strip_suffix(".seg")
+            .and_then(|stem| u64::from_str_radix(stem, 16).ok())
+        {
+            numbers.push(number);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:016x}.seg"))
+}
+
+/// Creates segment `number` with its header, durable along with its directory entry.
+fn create_segment(dir: &Path, number: u64) -> Result<(File, u64), FileLogError> {
+    let path = segment_path(dir, number);
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("create", &path))?;
+    let mut header = [0u8; HEADER_BYTES];
+    header[0..8].copy_from_slice(&MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    file.write_all(&header).map_err(io_error("write", &path))?;
+    file.sync_all().map_err(io_error("fsync", &path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("fsync", dir))?;
+    Ok((file, HEADER_BYTES as u64))
+}
+
+/// Replays one segment into `state`; returns the offset after its last good record. A bad
+/// record is a torn tail if `last` (the caller truncates there), corruption otherwise.
+fn replay_segment(
+    path: &Path,
+    last: bool,
+    state: &mut BTreeMap<GroupId, GroupState>,
+) -> Result<u64, FileLogError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_error("read", path))?;
+    let corrupt = |offset: usize, reason: String| FileLogError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    if bytes.len() < HEADER_BYTES || bytes[0..8] != MAGIC {
+        // A segment whose header never became durable can only be the newest one.
+        if last && bytes.len() < HEADER_BYTES {
+            return Err(corrupt(
+                0,
+                "segment header incomplete; remove the file if it is the newest".into(),
+            ));
+        }
+        return Err(corrupt(0, "not a Cairn log segment".into()));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(corrupt(
+            8,
+            format!("log format version {version}, this build reads 1"),
+        ));
+    }
+    // Records of the sync being read, applied when its end record arrives.
+    let mut batch: Vec<(usize, u8, GroupId, &[u8])> = Vec::new();
+    let mut offset = HEADER_BYTES;
+    let mut complete = HEADER_BYTES;
+    while offset < bytes.len() {
+        let (used, kind, group, payload) = match parse_record(&bytes[offset..]) {
+            Ok(record) => record,
+            // A torn tail: the crash came during the sync that wrote it, so nothing in it was
+            // acknowledged.
+            Err(_) if last => break,
+            Err(reason) => return Err(corrupt(offset, reason)),
+        };
+        if kind == KIND_SYNC_END {
+            let count = payload
+                .try_into()
+                .map(u32::from_le_bytes)
+                .map_err(|_| corrupt(offset, "bad end of sync".into()))?;
+            if count as usize != batch.len() {
+                return Err(corrupt(
+                    offset,
+                    format!("sync of {count} records holds {}", batch.len()),
+                ));
+            }
+            for (at, kind, group, payload) in batch.drain(..) {
+                apply_record(state, kind, group, payload).map_err(|reason| corrupt(at, reason))?;
+            }
+            complete = offset + used;
+        } else {
+            batch.push((offset, kind, group, payload));
+        }
+        offset += used;
+    }
+    if !last && complete != bytes.len() {
+        return Err(corrupt(
+            complete,
+            "segment does not end with a complete sync".into(),
+        ));
+    }
+    Ok(complete as u64)
+}
+
+/// Splits one record off the front of `bytes`: (bytes used, kind, group, payload).
+fn parse_record(bytes: &[u8]) -> Result<(usize, u8, GroupId, &[u8]), String> {
+    if bytes.len() < 8 {
+        return Err("record header incomplete".into());
+    }
+    let length = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    if !(13..=RECORD_BYTES_MAX).contains(&length) {
+        return Err(format!("record length {length} out of range"));
+    }
+    let end = 4 + length as usize;
+    if bytes.len() < end {
+        return Err("record incomplete".into());
+    }
+    let stored = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if crc32c(&bytes[8..end]) != stored {
+        return Err("record checksum mismatch".into());
+    }
+    let kind = bytes[8];
+    let group = GroupId(u64::from_le_bytes(
+        bytes[9..17].try_into().expect("8 bytes"),
+    ));
+    Ok((end, kind, group, &bytes[17..end]))
+}
+
+fn apply_record(
+    state: &mut BTreeMap<GroupId, GroupState>,
+    kind: u8,
+    group: GroupId,
+    payload: &[u8],
+) -> Result<(), String> {
+    let mut cursor = Cursor {
+        bytes: payload,
+        at: 0,
+    };
+    match kind {
+        KIND_CREATE => {
+            let count = cursor.u32()?;
+            let voters = (0..count)
+                .map(|_| cursor.u64().map(NodeId))
+                .collect::<Result<Vec<_>, _>>()?;
+            apply_create(state, group, voters);
+        }
+        KIND_APPEND => {
+            let count = cursor.u32()?;
+            let mut entries = Vec::with_capacity(count.min(4096) as usize);
+            for _ in 0..count {
+                let length = cursor.u32()? as usize;
+                let bytes = cursor.take(length)?;
+                entries.push(Entry::decode(bytes).map_err(|e| format!("entry: {e}"))?);
+            }
+            apply_append(state, group, entries)?;
+        }
+        KIND_HARD_STATE => {
+            let hard_state = HardState::decode(payload).map_err(|e| format!("hard state: {e}"))?;
+            state.entry(group).or_default().hard_state = hard_state;
+            cursor.at = payload.len();
+        }
+        other => return Err(format!("unknown record kind {other}")),
+    }
+    if cursor.at != payload.len() {
+        return Err("trailing bytes in record".into());
+    }
+    Ok(())
+}
+
+fn apply_create(state: &mut BTreeMap<GroupId, GroupState>, group: GroupId, voters: Vec<NodeId>) {
+    state.entry(group).or_default().voters = voters;
+}
+
+/// Appends, truncating a conflicting tail; a gap before the first new index is an error.
+fn apply_append(
+    state: &mut BTreeMap<GroupId, GroupState>,
+    group: GroupId,
+    entries: Vec<Entry>,
+) -> Result<(), String> {
+    let Some(first) = entries.first().map(|e| e.index) else {
+        return Ok(());
+    };
+    let log = &mut state.entry(group).or_default().entries;
+    let keep = first.checked_sub(1).ok_or("entry index 0")? as usize;
+    if keep > log.len() {
+        return Err(format!(
+            "{group}: gap before index {first} (log ends at {})",
+            log.len()
+        ));
+    }
+    log.truncate(keep);
+    log.extend(entries);
+    Ok(())
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, length: usize) -> Result<&[u8], String> {
+        let end = self
+            .at
+            .checked_add(length)
+            .filter(|end| *end <= self.bytes.len());
+        let end = end.ok_or("field runs past the record")?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}

@@ -7,13 +7,14 @@
 //!   unsynced writes are lost on power loss (the simulation's disk).
 //! - [`file_log`]: the log on disk: segmented, checksummed records of all groups, one
 //!   fdatasync per round (group commit), torn tails truncated on open.
+//! - [`transport`]: node-to-node TCP with mutual TLS ([`tls`]: the cluster CA and node
+//!   identities), length-delimited frames, one batch per peer, bounded queues.
 //!
 //! Determinism: nothing here reads a clock, spawns or draws randomness of its own, except
 //! raft-rs's election timeout, which a width-one range in [`node::NodeConfig`] pins.
 //!
-//! Still to come (issue 3): log compaction and snapshots, the TCP +
-//! mutual-TLS transport behind a trait, snapshots, membership changes, leader transfer and
-//! linearizable reads. This crate must not depend on storage-node or metadata.
+//! Still to come (issue 3): log compaction and snapshots, membership changes, leader transfer
+//! and linearizable reads. This crate must not depend on storage-node or metadata.
 
 pub mod file_log;
 pub mod log;
@@ -28,3 +29,5 @@ pub mod raft_types {
         eraftpb::{Entry, HardState, Message},
     };
 }
+pub mod tls;
+pub mod transport;

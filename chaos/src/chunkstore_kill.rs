@@ -55,9 +55,15 @@ fn options() -> ChunkStoreOptions {
 pub struct Rng(u64);
 
 impl Rng {
-    /// A generator from `seed` (any value).
+    /// A generator from `seed` (any value; distinct seeds give distinct streams).
     pub fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
+        // splitmix64 of the seed: xorshift needs a non-zero state, and `seed | 1` would make
+        // seeds 2k and 2k+1 the same run.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        Rng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
     }
 
     /// The next value.

@@ -13,7 +13,11 @@
 //! - election safety: at most one leader per group per term;
 //! - state-machine safety: every entry applied at an index, on any node, ever, is the same entry
 //!   (so committed entries are never lost or changed and replicas apply one sequence);
-//! - completeness: after liveness every member has applied every entry anyone ever applied.
+//! - completeness: after liveness every member has applied every entry anyone ever applied;
+//! - read linearizability: a ReadIndex read started after a write was acknowledged (first
+//!   applied anywhere) is served at a read index at or past that write.
+//!
+//! Clients also ask leaders to transfer leadership now and then.
 //!
 //! Crashes lose each node's unsynced log writes; one kind of crash strikes in the middle of a
 //! group commit, after the writes and before the sync.
@@ -28,6 +32,9 @@ use cairn_raft::{
 };
 
 use crate::chunkstore_kill::Rng;
+
+/// Steps after which an unapplied liveness probe is proposed again.
+const PROBE_RETRY_STEPS: u64 = 200;
 
 /// Options drawn from the seed (swarm testing: each seed explores a different corner).
 #[derive(Clone, Debug)]
@@ -54,6 +61,10 @@ pub struct Options {
     pub crash_per_mille: u64,
     /// Per-mille chance per step that a client proposes to each group.
     pub propose_per_mille: u64,
+    /// Per-mille chance per step that a client reads each group (ReadIndex) on a random member.
+    pub read_per_mille: u64,
+    /// Per-mille chance per step that a leader is asked to transfer leadership.
+    pub transfer_per_mille: u64,
 }
 
 impl Options {
@@ -76,6 +87,8 @@ impl Options {
             partition_per_mille: rng.below(6),
             crash_per_mille: rng.below(6),
             propose_per_mille: 100 + rng.below(400),
+            read_per_mille: rng.below(300),
+            transfer_per_mille: rng.below(4),
         }
     }
 }
@@ -95,6 +108,10 @@ pub struct Report {
     pub partitions: u64,
     /// Steps the liveness phase needed.
     pub liveness_steps: u64,
+    /// Reads served (and checked).
+    pub reads: u64,
+    /// Leadership transfers asked for.
+    pub transfers: u64,
 }
 
 struct Envelope {
@@ -126,6 +143,11 @@ struct Sim {
     proposals: u64,
     report: Report,
     faults: bool,
+    /// Per group, the highest index acknowledged to a client so far.
+    acknowledged: BTreeMap<GroupId, u64>,
+    /// Reads in progress: request id -> (group, highest acknowledged index when it started).
+    reads: BTreeMap<u64, (GroupId, u64)>,
+    next_read: u64,
 }
 
 /// Runs one seed; `Err` names the violated property (or the panic) and how to replay.
@@ -214,6 +236,9 @@ impl Sim {
             proposals: 0,
             report: Report::default(),
             faults: true,
+            acknowledged: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
         })
     }
 
@@ -235,6 +260,7 @@ impl Sim {
         self.deliver();
         if self.faults {
             self.propose();
+            self.read_and_transfer();
         }
         for index in 0..self.nodes.len() {
             self.process(index)?;
@@ -375,6 +401,60 @@ impl Sim {
         }
     }
 
+    fn read_and_transfer(&mut self) {
+        for (&group, members) in &self.members.clone() {
+            if self.chance(self.options.read_per_mille) {
+                let member = members[self.rng.below(members.len() as u64) as usize];
+                if let Some(node) = self.nodes[(member.0 - 1) as usize].node.as_mut() {
+                    self.next_read += 1;
+                    let required = self.acknowledged.get(&group).copied().unwrap_or(0);
+                    if node.read_index(group, self.next_read).is_ok() {
+                        self.reads.insert(self.next_read, (group, required));
+                    }
+                }
+            }
+            if self.chance(self.options.transfer_per_mille) {
+                let to = members[self.rng.below(members.len() as u64) as usize];
+                for member in members {
+                    if let Some(node) = self.nodes[(member.0 - 1) as usize].node.as_mut()
+                        && *member != to
+                        && node.transfer_leader(group, to).is_ok()
+                    {
+                        self.report.transfers += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_reads(
+        &mut self,
+        node: NodeId,
+        served: Vec<cairn_raft::ReadReady>,
+    ) -> Result<(), String> {
+        for read in served {
+            // A read whose node crashed and came back may be served by the new incarnation
+            // only if it was asked again; unknown ids were already served or abandoned.
+            let Some((group, required)) = self.reads.remove(&read.request) else {
+                continue;
+            };
+            if group != read.group {
+                return Err(format!(
+                    "read {} answered for {} instead of {group}",
+                    read.request, read.group
+                ));
+            }
+            if read.index < required {
+                return Err(format!(
+                    "read linearizability: {node} served read {} of {group} at index {}, but index {required} was acknowledged before it started",
+                    read.request, read.index
+                ));
+            }
+            self.report.reads += 1;
+        }
+        Ok(())
+    }
+
     fn process(&mut self, index: usize) -> Result<(), String> {
         let Some(node) = self.nodes[index].node.as_mut() else {
             return Ok(());
@@ -387,7 +467,11 @@ impl Sim {
         });
         for (group, entry) in applied_now {
             self.check_apply(id, group, &entry)?;
+            let acknowledged = self.acknowledged.entry(group).or_default();
+            *acknowledged = (*acknowledged).max(entry.index);
         }
+        let served = node_reads(&mut self.nodes[index].node);
+        self.check_reads(id, served)?;
         // Messages that left before a failure were on the wire already.
         self.send(id, outbox);
         if result.is_err() {
@@ -456,11 +540,20 @@ impl Sim {
     /// member applies everything ever applied anywhere.
     fn converge(&mut self) -> Result<(), String> {
         let mut probed: BTreeMap<GroupId, Vec<u8>> = BTreeMap::new();
+        let mut probed_at: BTreeMap<GroupId, u64> = BTreeMap::new();
         let start = self.now;
         while self.now - start < self.options.liveness_steps_max {
             self.step()?;
             for (&group, members) in &self.members.clone() {
-                if probed.contains_key(&group) {
+                // An accepted probe can still be lost (its leader handed over leadership before
+                // committing it): a client retries, and so does this one.
+                let applied = probed
+                    .get(&group)
+                    .is_some_and(|data| self.is_applied(group, data));
+                let stale = probed_at
+                    .get(&group)
+                    .is_some_and(|at| self.now - at > PROBE_RETRY_STEPS);
+                if probed.contains_key(&group) && (applied || !stale) {
                     continue;
                 }
                 for member in members {
@@ -468,9 +561,10 @@ impl Sim {
                         .node
                         .as_mut()
                         .expect("healed: all up");
-                    let data = format!("probe:{group}").into_bytes();
+                    let data = format!("probe:{group}:{}", self.now).into_bytes();
                     if node.propose(group, data.clone()).is_ok() {
                         probed.insert(group, data);
+                        probed_at.insert(group, self.now);
                         break;
                     }
                 }
@@ -485,6 +579,12 @@ impl Sim {
             self.options.liveness_steps_max,
             self.why_not()
         ))
+    }
+
+    fn is_applied(&self, group: GroupId, data: &[u8]) -> bool {
+        self.applied
+            .get(&group)
+            .is_some_and(|log| log.values().any(|(_, d)| d == data))
     }
 
     fn converged(&self, probed: &BTreeMap<GroupId, Vec<u8>>) -> bool {
@@ -518,6 +618,10 @@ impl Sim {
         }
         out
     }
+}
+
+fn node_reads(node: &mut Option<RaftNode<MemLogStore>>) -> Vec<cairn_raft::ReadReady> {
+    node.as_mut().map(RaftNode::take_reads).unwrap_or_default()
 }
 
 /// Arms a power loss for the node's next group commit.

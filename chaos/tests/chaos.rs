@@ -24,24 +24,28 @@ fn chunkstore_kill_loses_nothing_acknowledged() {
     assert!(rounds >= 3, "at least three kills: {stderr}");
 }
 
-/// Goal: the multi-raft runtime keeps election safety, state-machine safety and completeness
-/// under loss, duplication, reordering, partitions and crashes (some mid-group-commit), and
-/// recovers when healed. Method: 200 seeds of the deterministic simulation; a failure names the
-/// seed to replay with `cairn-chaos raft-sim SEED`.
+/// Goal: the multi-raft runtime keeps election safety, state-machine safety, completeness and
+/// read linearizability under loss, duplication, reordering, partitions, crashes (some
+/// mid-group-commit) and leadership transfers, and recovers when healed. Method: 200 seeds of
+/// the deterministic simulation; a failure names the seed to replay with
+/// `cairn-chaos raft-sim SEED`.
 #[test]
 fn raft_simulation_200_seeds() {
-    let mut committed = 0;
-    let mut crashes_mid_sync = 0;
+    let (mut committed, mut crashes_mid_sync, mut reads, mut transfers) = (0, 0, 0, 0);
     for seed in 1..=200 {
         let report = cairn_chaos::raft_sim::run(seed).unwrap_or_else(|e| panic!("{e}"));
         committed += report.committed;
         crashes_mid_sync += report.crashes_mid_sync;
+        reads += report.reads;
+        transfers += report.transfers;
     }
     assert!(committed > 10_000, "the workload commits: {committed}");
     assert!(
         crashes_mid_sync > 50,
         "crashes strike mid-group-commit: {crashes_mid_sync}"
     );
+    assert!(reads > 1_000, "linearizable reads are checked: {reads}");
+    assert!(transfers > 20, "leadership transfers happen: {transfers}");
 }
 
 /// Goal: a seed replays exactly. Method: run one seed twice and compare everything reported.

@@ -13,14 +13,16 @@
 //! Determinism: nothing here reads a clock, spawns or draws randomness of its own, except
 //! raft-rs's election timeout, which a width-one range in [`node::NodeConfig`] pins.
 //!
-//! Still to come (issue 3): log compaction and snapshots, membership changes, leader transfer
-//! and linearizable reads. This crate must not depend on storage-node or metadata.
+//! Linearizable reads use ReadIndex (leadership confirmed by a heartbeat round, no clock).
+//!
+//! Still to come (issue 3): log compaction and snapshots, membership changes with joint
+//! consensus and learners. This crate must not depend on storage-node or metadata.
 
 pub mod file_log;
 pub mod log;
 pub mod node;
 
-pub use node::{GroupStatus, NodeConfig, NodeError, Outbox, ProposeError, RaftNode};
+pub use node::{GroupStatus, NodeConfig, NodeError, Outbox, ProposeError, RaftNode, ReadReady};
 
 /// raft-rs types that appear in this crate's API.
 pub mod raft_types {

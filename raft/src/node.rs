@@ -134,6 +134,20 @@ pub enum NodeError<E: std::error::Error + 'static> {
 struct Group {
     raw: RawNode<MemStorage>,
     applied: u64,
+    /// Reads confirmed by the leader at a read index, waiting for this node to apply it.
+    reads_waiting: Vec<(u64, u64)>,
+}
+
+/// A linearizable read that can now be served: the state machine has applied `index`, which
+/// the leader confirmed as its commit index after the read arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadReady {
+    /// The group read.
+    pub group: GroupId,
+    /// The caller's id for the read.
+    pub request: u64,
+    /// Serve the read from the state at (at least) this index.
+    pub index: u64,
 }
 
 /// A snapshot of one group's state on this node, for status and checkers.
@@ -189,7 +203,14 @@ impl<L: LogStore> RaftNode<L> {
             core.append(&state.entries)?;
         }
         let raw = RawNode::new(&self.config.raft_config(), storage, &self.logger)?;
-        self.groups.insert(group, Group { raw, applied: 0 });
+        self.groups.insert(
+            group,
+            Group {
+                raw,
+                applied: 0,
+                reads_waiting: Vec::new(),
+            },
+        );
         Ok(())
     }
 
@@ -256,6 +277,56 @@ impl<L: LogStore> RaftNode<L> {
             .map_err(|_| ProposeError::Dropped)
     }
 
+    /// Starts a linearizable read (ReadIndex): the leader confirms its leadership with a
+    /// heartbeat round and answers with its commit index; followers forward to the leader. The
+    /// read shows up in [`RaftNode::take_reads`] once this node has applied that index. A read
+    /// can be dropped silently (no leader, a leader without a commit in its term yet): callers
+    /// time out and retry.
+    pub fn read_index(&mut self, group: GroupId, request: u64) -> Result<(), ProposeError> {
+        let group = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ProposeError::UnknownGroup)?;
+        group.raw.read_index(request.to_le_bytes().to_vec());
+        Ok(())
+    }
+
+    /// Asks the leader of `group` (this node) to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
+        let group = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ProposeError::UnknownGroup)?;
+        if group.raw.raft.state != StateRole::Leader {
+            let leader = group.raw.raft.leader_id;
+            return Err(ProposeError::NotLeader {
+                leader: (leader != 0).then_some(NodeId(leader)),
+            });
+        }
+        group.raw.transfer_leader(to.0);
+        Ok(())
+    }
+
+    /// Reads that can be served now (see [`RaftNode::read_index`]).
+    pub fn take_reads(&mut self) -> Vec<ReadReady> {
+        let mut ready = Vec::new();
+        for (&id, group) in &mut self.groups {
+            let applied = group.applied;
+            group.reads_waiting.retain(|&(request, index)| {
+                let servable = index <= applied;
+                if servable {
+                    ready.push(ReadReady {
+                        group: id,
+                        request,
+                        index,
+                    });
+                }
+                !servable
+            });
+        }
+        ready
+    }
+
     /// Handles every group's Ready in one round with one sync (see the module docs), applying
     /// committed entries through `apply` and adding outgoing messages to `outbox`. Messages
     /// added before an error may be sent: they never claim persistence.
@@ -271,6 +342,13 @@ impl<L: LogStore> RaftNode<L> {
             }
             let mut ready = group.raw.ready();
             outbox.push(id, ready.take_messages());
+            for read in ready.take_read_states() {
+                let request = read.request_ctx.try_into().map(u64::from_le_bytes);
+                // Contexts are ours (8 bytes); anything else came from a confused peer.
+                if let Ok(request) = request {
+                    group.reads_waiting.push((request, read.index));
+                }
+            }
             // No group compacts its log yet, so no snapshot is ever sent or received.
             assert!(
                 ready.snapshot().is_empty(),

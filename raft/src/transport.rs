@@ -10,9 +10,9 @@
 //! backoff. A full queue drops the batch; Raft retransmits what matters. Received batches go to
 //! one bounded channel; when it is full they are dropped the same way.
 //!
-//! The sender's node id in a frame is trusted once the connection is mutually authenticated:
-//! any cluster member can claim any id. Binding ids to certificate names is left for the issue's
-//! security review.
+//! A connection speaks for one node: the first frame's sender id must be a name the peer's
+//! certificate is valid for (`n<id>.cairn`), and every later frame must carry the same id, so a
+//! cluster member cannot pose as another.
 
 use std::{
     collections::HashMap,
@@ -27,6 +27,7 @@ use std::{
 use cairn_common::{GroupId, NodeId};
 use prost::Message as _;
 use raft::eraftpb::Message;
+use rustls::pki_types::CertificateDer;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -93,6 +94,8 @@ pub struct TransportStats {
     pub handshakes_refused: AtomicU64,
     /// Inbound connections closed for a malformed frame.
     pub bad_frames: AtomicU64,
+    /// Inbound connections closed because frames claimed a node the certificate does not name.
+    pub impostors: AtomicU64,
 }
 
 /// Errors starting the transport.
@@ -274,38 +277,87 @@ async fn accept_loop(
                     return;
                 }
             };
-            if let Err(reason) = read_frames(tls, &incoming, &stats).await {
-                stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, %reason, "closed a peer connection");
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .cloned();
+            let Some(certificate) = certificate else {
+                stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            match read_frames(tls, &certificate, &incoming, &stats).await {
+                Ok(()) => {}
+                Err(FrameError::Impostor(reason)) => {
+                    stats.impostors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, %reason, "closed a peer posing as another node");
+                }
+                Err(FrameError::Malformed(reason)) => {
+                    stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, %reason, "closed a peer connection");
+                }
             }
         });
     }
 }
 
-/// Reads frames until the peer closes (Ok) or sends something malformed (Err).
+enum FrameError {
+    Malformed(String),
+    Impostor(String),
+}
+
+/// True if `certificate` is valid for the name of `node`.
+fn certificate_names(certificate: &CertificateDer<'_>, node: NodeId) -> bool {
+    webpki::EndEntityCert::try_from(certificate).is_ok_and(|cert| {
+        cert.verify_is_valid_for_subject_name(&server_name(node))
+            .is_ok()
+    })
+}
+
+/// Reads frames until the peer closes (Ok) or sends something malformed or claims to be a node
+/// its certificate does not name (Err).
 async fn read_frames<S: AsyncReadExt + Unpin>(
     mut stream: S,
+    certificate: &CertificateDer<'_>,
     incoming: &mpsc::Sender<Incoming>,
     stats: &TransportStats,
-) -> Result<(), String> {
+) -> Result<(), FrameError> {
     let mut body = Vec::new();
+    let mut sender: Option<NodeId> = None;
     loop {
         let mut length = [0u8; 4];
         match stream.read_exact(&mut length).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(FrameError::Malformed(e.to_string())),
         }
         let length = u32::from_le_bytes(length);
         if length == 0 || length > FRAME_BYTES_MAX {
-            return Err(format!("frame length {length}"));
+            return Err(FrameError::Malformed(format!("frame length {length}")));
         }
         body.resize(length as usize, 0);
         stream
             .read_exact(&mut body)
             .await
-            .map_err(|e| e.to_string())?;
-        let batch = decode_frame_body(&body)?;
+            .map_err(|e| FrameError::Malformed(e.to_string()))?;
+        let batch = decode_frame_body(&body).map_err(FrameError::Malformed)?;
+        match sender {
+            Some(known) if known == batch.0 => {}
+            Some(known) => {
+                return Err(FrameError::Impostor(format!(
+                    "frames from {known}, then from {}",
+                    batch.0
+                )));
+            }
+            None if certificate_names(certificate, batch.0) => sender = Some(batch.0),
+            None => {
+                return Err(FrameError::Impostor(format!(
+                    "certificate does not name {}",
+                    batch.0
+                )));
+            }
+        }
         stats.frames_received.fetch_add(1, Ordering::Relaxed);
         if incoming.try_send(batch).is_err() {
             stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -419,6 +419,69 @@ mod transport {
         });
     }
 
+    /// Goal: a cluster member cannot pose as another node. Method: node 1's genuine
+    /// certificate on a raw TLS connection, frames claiming to come from node 3; then the same
+    /// connection setup with honest frames is delivered.
+    #[test]
+    fn a_member_posing_as_another_node_is_cut_off() {
+        use cairn_raft::{
+            tls::server_name,
+            transport::{WireBatch, WireItem, encode_frame},
+        };
+        runtime().block_on(async {
+            let ca = ClusterCa::generate().expect("ca");
+            let (b, b_addr, mut b_in) =
+                TcpTransport::start(&ca.issue(NodeId(2)).expect("id"), localhost())
+                    .await
+                    .expect("b");
+            let member = ca.issue(NodeId(1)).expect("id");
+            let connector =
+                tokio_rustls::TlsConnector::from(member.client_config().expect("client config"));
+            let send_as = |from: u64| {
+                let connector = connector.clone();
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(b_addr)
+                        .await
+                        .expect("connect");
+                    let mut tls = connector
+                        .connect(server_name(NodeId(2)), tcp)
+                        .await
+                        .expect("handshake");
+                    let item = WireItem {
+                        group: 1,
+                        message: Some(heartbeat(2, 1)),
+                    };
+                    tls.write_all(&encode_frame(&WireBatch {
+                        from,
+                        items: vec![item],
+                    }))
+                    .await
+                    .expect("write");
+                    tls.flush().await.expect("flush");
+                    tls
+                }
+            };
+            let _forged = send_as(3).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while b
+                .stats()
+                .impostors
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the impostor must be cut off"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(b_in.try_recv().is_err(), "nothing forged is delivered");
+            let _honest = send_as(1).await;
+            let (from, _) = receive(&mut b_in).await.expect("honest frames arrive");
+            assert_eq!(from, NodeId(1));
+        });
+    }
+
     proptest! {
         /// Goal: no frame body makes decoding panic.
         #[test]

@@ -138,6 +138,19 @@ struct Group {
     reads_waiting: Vec<(u64, u64)>,
 }
 
+impl Group {
+    /// Ok if this node leads the group, else `NotLeader` with the leader it knows of.
+    fn ensure_leader(&self) -> Result<(), ProposeError> {
+        if self.raw.raft.state == StateRole::Leader {
+            return Ok(());
+        }
+        let leader = self.raw.raft.leader_id;
+        Err(ProposeError::NotLeader {
+            leader: (leader != 0).then_some(NodeId(leader)),
+        })
+    }
+}
+
 /// A linearizable read that can now be served: the state machine has applied `index`, which
 /// the leader confirmed as its commit index after the read arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,12 +278,7 @@ impl<L: LogStore> RaftNode<L> {
             .groups
             .get_mut(&group)
             .ok_or(ProposeError::UnknownGroup)?;
-        if group.raw.raft.state != StateRole::Leader {
-            let leader = group.raw.raft.leader_id;
-            return Err(ProposeError::NotLeader {
-                leader: (leader != 0).then_some(NodeId(leader)),
-            });
-        }
+        group.ensure_leader()?;
         group
             .raw
             .propose(Vec::new(), data)
@@ -297,12 +305,7 @@ impl<L: LogStore> RaftNode<L> {
             .groups
             .get_mut(&group)
             .ok_or(ProposeError::UnknownGroup)?;
-        if group.raw.raft.state != StateRole::Leader {
-            let leader = group.raw.raft.leader_id;
-            return Err(ProposeError::NotLeader {
-                leader: (leader != 0).then_some(NodeId(leader)),
-            });
-        }
+        group.ensure_leader()?;
         group.raw.transfer_leader(to.0);
         Ok(())
     }

@@ -391,9 +391,10 @@ impl Delayer {
         loop {
             let now = Instant::now();
             let due = match state.timers.peek() {
-                Some(timer) if timer.at <= now || state.stopping => true,
-                Some(_) | None if state.stopping => return,
-                _ => false,
+                None if state.stopping => return,
+                None => false,
+                // Stopping runs what is left at once: every callback still runs exactly once.
+                Some(timer) => state.stopping || timer.at <= now,
             };
             if due {
                 let timer = state.timers.pop().expect("invariant: peeked");

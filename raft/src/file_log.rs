@@ -27,22 +27,26 @@
 //! records only once it has read that record, so a sync is all or nothing (a crash in the
 //! middle of one must not leave, say, its entries without its hard state).
 //!
-//! All integers are little endian. A segment is closed when it passes [`SEGMENT_BYTES_MAX`];
-//! the next one is created, synced, and its directory entry synced before records go to it.
+//! All integers are little endian. Segments are created at their full size, zero-filled, as
+//! `NNNN.tmp`, synced, then renamed into place (and the directory synced), so a sync overwrites
+//! allocated blocks: fdatasync has no size or extent change to journal. The log of a segment
+//! ends at its first record that does not parse; everything after it is zeros. A sync that
+//! would pass the segment size goes to a new segment.
 //!
 //! # Crash ordering
 //!
 //! `sync` writes the buffered records and their end-of-sync record at the end of the current
 //! segment, then fdatasyncs. A crash during it leaves a torn tail in the last segment only:
-//! [`FileLogStore::open`] replays complete syncs and, in the last segment, truncates the file
-//! after the last complete one (nothing after it was ever acknowledged). A bad record anywhere
-//! else, or a segment that does not end with a complete sync, is corruption of synced data,
-//! and open refuses to go on.
+//! [`FileLogStore::open`] replays complete syncs and, in the last segment, zeroes everything
+//! after the last complete one (nothing after it was ever acknowledged, and stale bytes must
+//! never follow new records). A bad record anywhere else, or a segment whose log is not
+//! followed by zeros, is corruption of synced data, and open refuses to go on.
 
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
@@ -134,6 +138,7 @@ impl FileLogStore {
             "segment size {segment_bytes_max}"
         );
         fs::create_dir_all(dir).map_err(io_error("mkdir", dir))?;
+        remove_unfinished_segments(dir)?;
         let numbers = segment_numbers(dir)?;
         let mut state = BTreeMap::new();
         let mut last_valid = 0;
@@ -149,22 +154,16 @@ impl FileLogStore {
                     .write(true)
                     .open(&path)
                     .map_err(io_error("open", &path))?;
-                // Drop a torn tail so new records follow the last good one.
-                file.set_len(last_valid)
-                    .map_err(io_error("truncate", &path))?;
-                file.sync_data().map_err(io_error("fdatasync", &path))?;
+                // Zero a torn tail so new records follow the last good one with nothing stale
+                // after them.
+                zero_from(&file, &path, last_valid)?;
                 (number, file, last_valid)
             }
             None => {
-                let (file, bytes) = create_segment(dir, 1)?;
+                let (file, bytes) = create_segment(dir, 1, segment_bytes_max)?;
                 (1, file, bytes)
             }
         };
-        let mut segment = segment;
-        use std::io::Seek;
-        segment
-            .seek(io::SeekFrom::Start(segment_bytes))
-            .map_err(io_error("seek", dir))?;
         let last_index = state
             .iter()
             .map(|(group, s)| (*group, s.entries.len() as u64))
@@ -188,6 +187,14 @@ impl FileLogStore {
         self.syncs
     }
 
+    /// The current segment and the offset where the next sync will write (tests and tools).
+    pub fn end_position(&self) -> (PathBuf, u64) {
+        (
+            segment_path(&self.dir, self.segment_number),
+            self.segment_bytes,
+        )
+    }
+
     /// Bytes made durable since open.
     pub fn synced_bytes(&self) -> u64 {
         self.synced_bytes
@@ -209,7 +216,7 @@ impl FileLogStore {
 
     fn rotate(&mut self) -> Result<(), FileLogError> {
         let number = self.segment_number + 1;
-        let (file, bytes) = create_segment(&self.dir, number)?;
+        let (file, bytes) = create_segment(&self.dir, number, self.segment_bytes_max)?;
         self.segment = file;
         self.segment_number = number;
         self.segment_bytes = bytes;
@@ -266,14 +273,19 @@ impl LogStore for FileLogStore {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        if self.segment_bytes >= self.segment_bytes_max {
-            self.rotate()?;
-        }
         let records = self.buffered_records;
         self.record(KIND_SYNC_END, GroupId(0), &records.to_le_bytes());
+        // A sync never straddles segments; one larger than a segment gets a fresh one to itself
+        // (the file grows past its preallocated size).
+        let fits = self.segment_bytes + self.buffer.len() as u64 <= self.segment_bytes_max;
+        if !fits && self.segment_bytes > HEADER_BYTES as u64 {
+            self.rotate()?;
+        }
         let path = segment_path(&self.dir, self.segment_number);
+        // Positional: a failed write leaves `segment_bytes` where it was, so a retried sync
+        // overwrites the partial bytes instead of leaving them between records.
         self.segment
-            .write_all(&self.buffer)
+            .write_all_at(&self.buffer, self.segment_bytes)
             .map_err(io_error("write", &path))?;
         self.segment
             .sync_data()
@@ -295,6 +307,17 @@ impl LogStore for FileLogStore {
         }
         Ok(state)
     }
+}
+
+/// Removes segments whose creation a crash interrupted (never renamed into place, so empty).
+fn remove_unfinished_segments(dir: &Path) -> Result<(), FileLogError> {
+    for entry in fs::read_dir(dir).map_err(io_error("readdir", dir))? {
+        let path = entry.map_err(io_error("readdir", dir))?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            fs::remove_file(&path).map_err(io_error("unlink", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// The segment numbers in `dir`, ascending.
@@ -322,22 +345,49 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 /// Creates segment `number` with its header, durable along with its directory entry.
-fn create_segment(dir: &Path, number: u64) -> Result<(File, u64), FileLogError> {
-    let path = segment_path(dir, number);
+fn create_segment(dir: &Path, number: u64, size_bytes: u64) -> Result<(File, u64), FileLogError> {
+    let temporary = dir.join(format!("{number:016x}.tmp"));
     let mut file = OpenOptions::new()
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .write(true)
-        .open(&path)
-        .map_err(io_error("create", &path))?;
+        .open(&temporary)
+        .map_err(io_error("create", &temporary))?;
     let mut header = [0u8; HEADER_BYTES];
     header[0..8].copy_from_slice(&MAGIC);
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    file.write_all(&header).map_err(io_error("write", &path))?;
-    file.sync_all().map_err(io_error("fsync", &path))?;
+    file.write_all(&header)
+        .map_err(io_error("write", &temporary))?;
+    // Zeros written, not just allocated: later syncs then overwrite written blocks.
+    let zeros = vec![0u8; 1 << 20];
+    let mut written = HEADER_BYTES as u64;
+    while written < size_bytes {
+        let step = (size_bytes - written).min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..step])
+            .map_err(io_error("write", &temporary))?;
+        written += step as u64;
+    }
+    file.sync_all().map_err(io_error("fsync", &temporary))?;
+    let path = segment_path(dir, number);
+    fs::rename(&temporary, &path).map_err(io_error("rename", &path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error("fsync", dir))?;
     Ok((file, HEADER_BYTES as u64))
+}
+
+/// Overwrites `file` with zeros from `offset` to its end and syncs it.
+fn zero_from(file: &File, path: &Path, offset: u64) -> Result<(), FileLogError> {
+    let end = file.metadata().map_err(io_error("stat", path))?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = offset;
+    while at < end {
+        let step = (end - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..step], at)
+            .map_err(io_error("write", path))?;
+        at += step as u64;
+    }
+    file.sync_data().map_err(io_error("fdatasync", path))
 }
 
 /// Replays one segment into `state`; returns the offset after its last good record. A bad
@@ -382,6 +432,8 @@ fn replay_segment(
             Ok(record) => record,
             // A torn tail: the crash came during the sync that wrote it, so nothing in it was
             // acknowledged.
+            // Zeros: the end of this segment's log (segments are preallocated).
+            Err(_) if bytes[offset..].iter().all(|b| *b == 0) => break,
             Err(_) if last => break,
             Err(reason) => return Err(corrupt(offset, reason)),
         };
@@ -405,10 +457,10 @@ fn replay_segment(
         }
         offset += used;
     }
-    if !last && complete != bytes.len() {
+    if !last && bytes[complete..].iter().any(|b| *b != 0) {
         return Err(corrupt(
             complete,
-            "segment does not end with a complete sync".into(),
+            "bytes after the segment's last complete sync".into(),
         ));
     }
     Ok(complete as u64)

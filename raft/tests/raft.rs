@@ -170,29 +170,31 @@ proptest! {
     #[test]
     fn torn_tails_recover_to_the_previous_sync(cut in 0.0f64..1.0, garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = FileLogStore::open(dir.path()).expect("open");
+        let mut store = FileLogStore::open_with_segment_size(dir.path(), 64 << 10).expect("open");
         let g = GroupId(1);
         store.create_group(g, &[NodeId(1)]).expect("create");
         let first: Vec<Entry> = (1..=3).map(|i| Entry { index: i, term: 1, data: vec![1; 40], ..Entry::default() }).collect();
         LogStore::append(&mut store, g, &first).expect("append");
         LogStore::sync(&mut store).expect("sync");
         let before = store.state();
-        let path = segments(dir.path()).pop().expect("a segment");
-        let synced_len = fs::metadata(&path).expect("stat").len();
+        let (path, synced_len) = store.end_position();
         let second: Vec<Entry> = (2..=5).map(|i| Entry { index: i, term: 2, data: vec![2; 90], ..Entry::default() }).collect();
         LogStore::append(&mut store, g, &second).expect("append");
         store.set_hard_state(g, &HardState { term: 2, vote: 1, commit: 4 }).expect("hard state");
         LogStore::sync(&mut store).expect("sync");
         let after = store.state();
+        let (_, full_len) = store.end_position();
         drop(store);
-        let full_len = fs::metadata(&path).expect("stat").len();
-        let cut_at = synced_len + ((full_len - synced_len) as f64 * cut) as u64;
+        let cut_at = (synced_len + ((full_len - synced_len) as f64 * cut) as u64) as usize;
+        let whole = cut_at as u64 == full_len;
+        // The torn sync: what lies after the cut never reached the disk (the preallocated
+        // zeros remain), and whatever garbage the device left sits where the write stopped.
         let mut bytes = fs::read(&path).expect("read");
-        bytes.truncate(cut_at as usize);
-        let whole = cut_at == full_len;
-        bytes.extend_from_slice(&garbage);
+        bytes[cut_at..full_len as usize].fill(0);
+        let end = (cut_at + garbage.len()).min(bytes.len());
+        bytes[cut_at..end].copy_from_slice(&garbage[..end - cut_at]);
         fs::write(&path, &bytes).expect("write");
-        let mut reopened = FileLogStore::open(dir.path()).expect("a torn tail is not an error");
+        let mut reopened = FileLogStore::open_with_segment_size(dir.path(), 64 << 10).expect("a torn tail is not an error");
         let state = reopened.state();
         if whole {
             prop_assert_eq!(&state, &after);
@@ -205,7 +207,7 @@ proptest! {
         LogStore::sync(&mut reopened).expect("sync");
         let expected = reopened.state();
         drop(reopened);
-        prop_assert_eq!(FileLogStore::open(dir.path()).expect("reopen").state(), expected);
+        prop_assert_eq!(FileLogStore::open_with_segment_size(dir.path(), 64 << 10).expect("reopen").state(), expected);
     }
 }
 
@@ -235,7 +237,8 @@ fn corruption_before_the_tail_refuses_to_open() {
     drop(reopened);
     let middle = &paths[1];
     let mut bytes = fs::read(middle).expect("read");
-    let at = bytes.len() - 10;
+    // Inside the first record after the 16-byte header: synced data, not the zero tail.
+    let at = 16 + 20;
     bytes[at] ^= 0x01;
     fs::write(middle, &bytes).expect("write");
     let error = FileLogStore::open_with_segment_size(dir.path(), 256)

@@ -9,6 +9,10 @@
 #                     `chunkstore-kill: acknowledged=N lost=L corrupt=C detected=D`
 #                     (L and C must be 0; D counts checksum errors on blocks whose last write
 #                     was not yet flushed, which the contract allows).
+#   raftlog-kill      kill -9 a Raft node (4 single-voter groups on the file log, small
+#                     segments) at random moments; after each kill, check that every entry it
+#                     had acknowledged is in the log. Ends with
+#                     `raftlog-kill: acknowledged=N lost=L` (L must be 0).
 # The multi-process cluster scenarios (kill-nodes, bitflip) come with the replicated data plane.
 set -euo pipefail
 scenario=${1:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
@@ -18,6 +22,6 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}
 cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
 case $scenario in
-  chunkstore-kill) exec "$CARGO_TARGET_DIR/release/cairn-chaos" chunkstore-kill "$dir" "$seconds" ;;
-  *) echo "unknown scenario $scenario (known: chunkstore-kill)" >&2; exit 2 ;;
+  chunkstore-kill|raftlog-kill) exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
+  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill)" >&2; exit 2 ;;
 esac

@@ -6,3 +6,4 @@
 pub mod chunkstore_kill;
 pub mod journal;
 pub mod raft_sim;
+pub mod raftlog_kill;

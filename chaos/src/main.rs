@@ -4,6 +4,7 @@
 //! cairn-chaos chunkstore-kill DIR SECONDS [SEED]     kill -9 a chunk-store writer, verify, repeat
 //! cairn-chaos chunkstore-worker DIR JOURNAL SEED      (internal) the process that gets killed
 //! cairn-chaos raft-sim FIRST_SEED [COUNT]            deterministic Raft simulation, per seed
+//! cairn-chaos raftlog-kill DIR SECONDS [SEED]        kill -9 a Raft node on its file log, verify
 //! ```
 //!
 //! A scenario ends with one line, `<scenario>: acknowledged=N lost=L corrupt=C ...`, and exits
@@ -61,6 +62,50 @@ fn main() -> ExitCode {
             };
             raft_sim_seeds(first, count)
         }
+        ["raftlog-kill", dir, seconds, ref seed @ ..] => {
+            let Ok(seconds) = seconds.parse::<f64>() else {
+                return usage();
+            };
+            let seed = match seed.first().map(|s| s.parse::<u64>()) {
+                Some(Ok(seed)) => seed,
+                Some(Err(_)) => return usage(),
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64),
+            };
+            eprintln!(
+                "raftlog-kill: seed {seed} (replay: cairn-chaos raftlog-kill DIR {seconds} {seed})"
+            );
+            match cairn_chaos::raftlog_kill::run(Path::new(dir), seconds, seed) {
+                Ok(v) => {
+                    println!(
+                        "raftlog-kill: acknowledged={} lost={}",
+                        v.acknowledged, v.lost
+                    );
+                    if v.lost == 0 && v.acknowledged > 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    eprintln!("raftlog-kill: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ["raftlog-worker", dir, journal, seed] => {
+            let Ok(seed) = seed.parse::<u64>() else {
+                return usage();
+            };
+            match cairn_chaos::raftlog_kill::worker(Path::new(dir), Path::new(journal), seed) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("raftlog-worker: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         ["chunkstore-worker", dir, journal, seed] => {
             let Ok(seed) = seed.parse::<u64>() else {
                 return usage();
@@ -102,5 +147,6 @@ fn raft_sim_seeds(first: u64, count: u64) -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!("usage: cairn-chaos chunkstore-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos raft-sim FIRST_SEED [COUNT]");
+    eprintln!("       cairn-chaos raftlog-kill DIR SECONDS [SEED]");
     ExitCode::from(2)
 }

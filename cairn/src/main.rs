@@ -1,7 +1,9 @@
-//! `cairn`: the one Cairn binary. Today it carries the disk tools over the chunk store; the
+//! `cairn`: the one Cairn binary. Today it carries the disk tools over the chunk store and the
+//! cluster CA for node-to-node mutual TLS; the
 //! metadata service, storage node, gateways and operator CLI join it as their issues land
 //! (`cairn meta`, `cairn node`, `cairn dev`, `cairn gateway ...`, `cairn volume ...`).
 
+mod ca;
 mod disk;
 
 use std::process::ExitCode;
@@ -20,6 +22,9 @@ enum Command {
     /// Data directories (disks): format, inspect, verify.
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// The cluster certificate authority for node-to-node mutual TLS.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +37,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Disk(command) => disk::run(command),
+        Command::Ca(command) => ca::run(command),
     }
 }

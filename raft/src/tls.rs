@@ -51,6 +51,18 @@ pub struct NodeIdentity {
     cert: CertificateDer<'static>,
     key: Arc<PrivatePkcs8KeyDer<'static>>,
     ca: CertificateDer<'static>,
+    pem: IdentityPem,
+}
+
+/// A node identity as PEM text, for files: the certificate, its private key and the CA.
+#[derive(Clone)]
+pub struct IdentityPem {
+    /// The node's certificate.
+    pub cert: String,
+    /// The node's private key (PKCS#8): keep it readable by the node only.
+    pub key: String,
+    /// The cluster CA's certificate.
+    pub ca: String,
 }
 
 impl std::fmt::Debug for NodeIdentity {
@@ -125,11 +137,42 @@ impl ClusterCa {
             cert: cert.der().clone(),
             key: Arc::new(PrivatePkcs8KeyDer::from(key.serialize_der())),
             ca: self.cert_der.clone(),
+            pem: IdentityPem {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+                ca: self.cert_pem.clone(),
+            },
         })
     }
 }
 
 impl NodeIdentity {
+    /// The identity as PEM text.
+    pub fn pem(&self) -> &IdentityPem {
+        &self.pem
+    }
+
+    /// Loads an identity from PEM text (as [`NodeIdentity::pem`] wrote it).
+    pub fn from_pem(node: NodeId, pem: IdentityPem) -> Result<NodeIdentity, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |what: &str, e: rustls::pki_types::pem::Error| {
+            TlsError::Verifier(format!("{what} PEM: {e}"))
+        };
+        let cert = CertificateDer::from_pem_slice(pem.cert.as_bytes())
+            .map_err(|e| bad("certificate", e))?;
+        let key =
+            PrivatePkcs8KeyDer::from_pem_slice(pem.key.as_bytes()).map_err(|e| bad("key", e))?;
+        let ca = CertificateDer::from_pem_slice(pem.ca.as_bytes())
+            .map_err(|e| bad("CA certificate", e))?;
+        Ok(NodeIdentity {
+            node,
+            cert,
+            key: Arc::new(key),
+            ca,
+            pem,
+        })
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone())?;

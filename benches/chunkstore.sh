@@ -23,16 +23,9 @@ size_mib=${CAIRN_BENCH_SIZE_MIB:-1024}
 workloads=${CAIRN_BENCH_WORKLOADS:-4k-randread-qd1 4k-randread-qd32 4k-randwrite-qd1 4k-randwrite-qd32 1m-seqread-qd8 1m-seqwrite-qd8}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-if ! command -v fio >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "# installing fio (the reference this benchmark compares against)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >&2 ||
-      { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >&2; }
-  else
-    echo "chunkstore.sh: fio is not installed (apt-get install fio)" >&2
-    exit 2
-  fi
-fi
+# shellcheck source=../scripts/prerequisites.sh
+source "$here/../scripts/prerequisites.sh"
+cairn_ensure_prerequisites
 command -v python3 >/dev/null || { echo "chunkstore.sh: python3 is needed to read fio's JSON" >&2; exit 2; }
 
 bin=${CAIRN_BENCH_BIN:-}

@@ -19,6 +19,9 @@ scenario=${1:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
 seconds=${2:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
 dir=${3:-$(mktemp -d /var/tmp/cairn-chaos.XXXXXX)}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../scripts/prerequisites.sh
+source "$here/../scripts/prerequisites.sh"
+cairn_ensure_prerequisites
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}
 cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
 case $scenario in

@@ -211,27 +211,48 @@ pub fn place(disks: &[Disk], policy: &PoolPolicy) -> Result<Vec<Vec<usize>>, Pla
             level: policy.domain,
         });
     }
-    let mut counts: BTreeMap<usize, u32> = ideal.keys().map(|i| (*i, 0)).collect();
+    // Candidates in disk order, with their domain as a small number: the loop below runs
+    // pg_count x replicas x disks times, so it works on plain vectors.
+    let domain_numbers: BTreeMap<_, usize> =
+        domains.iter().enumerate().map(|(n, d)| (*d, n)).collect();
+    let candidates: Vec<(usize, f64, usize)> = ideal
+        .iter()
+        .map(|(index, ideal)| (*index, *ideal, domain_numbers[&domain_of[index]]))
+        .collect();
+    let mut counts = vec![0u32; candidates.len()];
+    let mut used_domains = vec![false; domains.len()];
     let mut placement = Vec::with_capacity(policy.pg_count as usize);
     let pg_count = f64::from(policy.pg_count);
     for pg in 0..policy.pg_count {
         let progress = f64::from(pg + 1) / pg_count;
         let mut members: Vec<usize> = Vec::with_capacity(policy.replicas as usize);
+        let mut chosen: Vec<usize> = Vec::with_capacity(policy.replicas as usize);
         for _ in 0..policy.replicas {
-            let deficit = |i: &usize, ideal: f64| ideal * progress - f64::from(counts[i]);
-            let best = ideal
-                .iter()
-                .filter(|(index, _)| !members.iter().any(|m| domain_of[m] == domain_of[*index]))
-                .max_by(|(a, ideal_a), (b, ideal_b)| {
-                    deficit(a, **ideal_a)
-                        .total_cmp(&deficit(b, **ideal_b))
-                        .then(ideal_a.total_cmp(ideal_b))
-                        .then(b.cmp(a))
-                })
-                .map(|(index, _)| *index)
-                .expect("invariant: at least `replicas` domains exist");
-            *counts.get_mut(&best).expect("invariant: counted") += 1;
-            members.push(best);
+            let mut best: Option<(usize, f64)> = None;
+            for (c, (_, ideal, domain)) in candidates.iter().enumerate() {
+                if used_domains[*domain] {
+                    continue;
+                }
+                let deficit = ideal * progress - f64::from(counts[c]);
+                // Larger deficit first, then larger ideal, then lower disk order.
+                let better = best.is_none_or(|(b, best_deficit)| {
+                    deficit
+                        .total_cmp(&best_deficit)
+                        .then(ideal.total_cmp(&candidates[b].1))
+                        .is_gt()
+                });
+                if better {
+                    best = Some((c, deficit));
+                }
+            }
+            let (c, _) = best.expect("invariant: at least `replicas` domains exist");
+            counts[c] += 1;
+            used_domains[candidates[c].2] = true;
+            chosen.push(c);
+            members.push(candidates[c].0);
+        }
+        for c in chosen {
+            used_domains[candidates[c].2] = false;
         }
         placement.push(members);
     }

@@ -14,9 +14,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     rc::Rc,
-    time::{Duration, Instant},
 };
 
 use cairn_common::{BLOCK_SIZE, ChunkId, OwnerId, PoolId};
@@ -228,31 +226,24 @@ pub fn run(dir: &Path, seconds: f64, seed: u64) -> Result<Verdict, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let store_dir = dir.join("store");
     let journal_path: PathBuf = dir.join("journal");
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut rng = Rng::new(seed);
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut rounds = 0u64;
+    let verdicts = crate::kill::kill_rounds(
+        "chunkstore-worker",
+        &store_dir,
+        &journal_path,
+        seconds,
+        seed,
+        50,
+        |round| {
+            let verdict = verify(&store_dir, &journal_path)?;
+            eprintln!(
+                "round {round}: acknowledged={} lost={} corrupt={} detected={}",
+                verdict.acknowledged, verdict.lost, verdict.corrupt, verdict.detected
+            );
+            Ok(verdict)
+        },
+    )?;
     let mut totals = Verdict::default();
-    while Instant::now() < deadline || rounds == 0 {
-        rounds += 1;
-        let mut child = Command::new(&exe)
-            .arg("chunkstore-worker")
-            .arg(&store_dir)
-            .arg(&journal_path)
-            .arg(rng.next_u64().to_string())
-            .spawn()
-            .map_err(|e| format!("spawn worker: {e}"))?;
-        std::thread::sleep(Duration::from_millis(50 + rng.below(600)));
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("worker exited by itself: {status}"));
-        }
-        child.kill().map_err(|e| format!("kill -9 worker: {e}"))?;
-        child.wait().map_err(|e| e.to_string())?;
-        let verdict = verify(&store_dir, &journal_path)?;
-        eprintln!(
-            "round {rounds}: acknowledged={} lost={} corrupt={} detected={}",
-            verdict.acknowledged, verdict.lost, verdict.corrupt, verdict.detected
-        );
+    for verdict in verdicts {
         totals.acknowledged = verdict.acknowledged;
         totals.lost += verdict.lost;
         totals.corrupt += verdict.corrupt;

@@ -5,5 +5,6 @@
 
 pub mod chunkstore_kill;
 pub mod journal;
+pub mod kill;
 pub mod raft_sim;
 pub mod raftlog_kill;

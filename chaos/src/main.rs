@@ -22,12 +22,8 @@ fn main() -> ExitCode {
             let Ok(seconds) = seconds.parse::<f64>() else {
                 return usage();
             };
-            let seed = match seed.first().map(|s| s.parse::<u64>()) {
-                Some(Ok(seed)) => seed,
-                Some(Err(_)) => return usage(),
-                None => std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64),
+            let Some(seed) = seed_arg(seed) else {
+                return usage();
             };
             eprintln!(
                 "chunkstore-kill: seed {seed} (replay: cairn-chaos chunkstore-kill DIR {seconds} {seed})"
@@ -66,12 +62,8 @@ fn main() -> ExitCode {
             let Ok(seconds) = seconds.parse::<f64>() else {
                 return usage();
             };
-            let seed = match seed.first().map(|s| s.parse::<u64>()) {
-                Some(Ok(seed)) => seed,
-                Some(Err(_)) => return usage(),
-                None => std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64),
+            let Some(seed) = seed_arg(seed) else {
+                return usage();
             };
             eprintln!(
                 "raftlog-kill: seed {seed} (replay: cairn-chaos raftlog-kill DIR {seconds} {seed})"
@@ -142,6 +134,18 @@ fn raft_sim_seeds(first: u64, count: u64) -> ExitCode {
     }
     println!("raft-sim: seeds={count} first={first} failed=0 committed={committed}");
     ExitCode::SUCCESS
+}
+
+/// The optional SEED argument: absent means a fresh seed from the clock (printed for replay).
+fn seed_arg(seed: &[&str]) -> Option<u64> {
+    match seed.first() {
+        Some(text) => text.parse().ok(),
+        None => Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
+        ),
+    }
 }
 
 fn usage() -> ExitCode {

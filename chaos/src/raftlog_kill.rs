@@ -7,13 +7,7 @@
 //! that every journaled entry is there at its index with its data. The next worker restarts
 //! the node from that log, so every round also exercises recovery.
 
-use std::{
-    fs::OpenOptions,
-    io::Write,
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{fs::OpenOptions, io::Write, path::Path};
 
 use cairn_common::{GroupId, NodeId};
 use cairn_raft::{NodeConfig, Outbox, RaftNode, file_log::FileLogStore, log::LogStore};
@@ -132,33 +126,25 @@ pub fn run(dir: &Path, seconds: f64, seed: u64) -> Result<Verdict, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let log_dir = dir.join("log");
     let journal_path = dir.join("journal");
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut rng = Rng::new(seed);
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut rounds = 0u64;
-    let mut totals = Verdict::default();
-    while Instant::now() < deadline || rounds == 0 {
-        rounds += 1;
-        let mut child = Command::new(&exe)
-            .arg("raftlog-worker")
-            .arg(&log_dir)
-            .arg(&journal_path)
-            .arg(rng.next_u64().to_string())
-            .spawn()
-            .map_err(|e| format!("spawn worker: {e}"))?;
-        std::thread::sleep(Duration::from_millis(100 + rng.below(600)));
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("worker exited by itself: {status}"));
-        }
-        child.kill().map_err(|e| format!("kill -9 worker: {e}"))?;
-        child.wait().map_err(|e| e.to_string())?;
-        let verdict = verify(&log_dir, &journal_path)?;
-        eprintln!(
-            "round {rounds}: acknowledged={} lost={}",
-            verdict.acknowledged, verdict.lost
-        );
-        totals.acknowledged = verdict.acknowledged;
-        totals.lost += verdict.lost;
-    }
-    Ok(totals)
+    let verdicts = crate::kill::kill_rounds(
+        "raftlog-worker",
+        &log_dir,
+        &journal_path,
+        seconds,
+        seed,
+        100,
+        |round| {
+            let verdict = verify(&log_dir, &journal_path)?;
+            eprintln!(
+                "round {round}: acknowledged={} lost={}",
+                verdict.acknowledged, verdict.lost
+            );
+            Ok(verdict)
+        },
+    )?;
+    let acknowledged = verdicts.last().map_or(0, |v| v.acknowledged);
+    Ok(Verdict {
+        acknowledged,
+        lost: verdicts.iter().map(|v| v.lost).sum(),
+    })
 }

@@ -290,7 +290,7 @@ impl Sim {
                 if self.rng.below(2) == 0 {
                     // Power loss in the middle of the next group commit.
                     if let Some(node) = self.nodes[index].node.as_mut() {
-                        node_log_fail_next_sync(node);
+                        node.log_mut().fail_next_sync();
                     }
                 } else {
                     self.crash(index);
@@ -622,9 +622,4 @@ impl Sim {
 
 fn node_reads(node: &mut Option<RaftNode<MemLogStore>>) -> Vec<cairn_raft::ReadReady> {
     node.as_mut().map(RaftNode::take_reads).unwrap_or_default()
-}
-
-/// Arms a power loss for the node's next group commit.
-fn node_log_fail_next_sync(node: &mut RaftNode<MemLogStore>) {
-    node.log_mut().fail_next_sync();
 }

@@ -3,25 +3,35 @@
 
 use std::process::Command;
 
-/// Goal: kill -9 of a chunk-store writer never loses a flushed write nor serves bytes nobody
-/// wrote. Method: the real scenario binary for a few seconds (several kill rounds).
-#[test]
-fn chunkstore_kill_loses_nothing_acknowledged() {
+/// Runs a kill -9 scenario for `seconds`; returns its verdict line after checking that it
+/// succeeded and killed the worker at least three times.
+fn run_kill_scenario(scenario: &str, seconds: &str) -> String {
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let output = Command::new(env!("CARGO_BIN_EXE_cairn-chaos"))
-        .arg("chunkstore-kill")
+        .arg(scenario)
         .arg(dir.path())
-        .arg("6")
+        .arg(seconds)
         .output()
         .expect("run cairn-chaos");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    let line = stdout.lines().last().unwrap_or_default();
-    assert!(line.starts_with("chunkstore-kill: acknowledged="), "{line}");
-    assert!(line.contains(" lost=0 corrupt=0 "), "{line}\n{stderr}");
     let rounds = stderr.lines().filter(|l| l.starts_with("round ")).count();
     assert!(rounds >= 3, "at least three kills: {stderr}");
+    let line = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        line.starts_with(&format!("{scenario}: acknowledged=")),
+        "{line}\n{stderr}"
+    );
+    line
+}
+
+/// Goal: kill -9 of a chunk-store writer never loses a flushed write nor serves bytes nobody
+/// wrote. Method: the real scenario binary for a few seconds (several kill rounds).
+#[test]
+fn chunkstore_kill_loses_nothing_acknowledged() {
+    let line = run_kill_scenario("chunkstore-kill", "6");
+    assert!(line.contains(" lost=0 corrupt=0 "), "{line}");
 }
 
 /// Goal: the multi-raft runtime keeps election safety, state-machine safety, completeness and
@@ -60,21 +70,6 @@ fn raft_simulation_is_deterministic() {
 /// and restarts. Method: the real scenario binary for a few seconds.
 #[test]
 fn raftlog_kill_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-    let output = Command::new(env!("CARGO_BIN_EXE_cairn-chaos"))
-        .arg("raftlog-kill")
-        .arg(dir.path())
-        .arg("5")
-        .output()
-        .expect("run cairn-chaos");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let line = stdout.lines().last().unwrap_or_default();
-    assert!(
-        line.starts_with("raftlog-kill: acknowledged=") && line.ends_with(" lost=0"),
-        "{line}"
-    );
-    let rounds = stderr.lines().filter(|l| l.starts_with("round ")).count();
-    assert!(rounds >= 3, "at least three kills: {stderr}");
+    let line = run_kill_scenario("raftlog-kill", "5");
+    assert!(line.ends_with(" lost=0"), "{line}");
 }

@@ -48,6 +48,7 @@ use std::{
     io::{self, Read, Write},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use cairn_common::{GroupId, NodeId, checksum::crc32c};
@@ -119,10 +120,13 @@ pub struct FileLogStore {
     segment_bytes_max: u64,
     syncs: u64,
     synced_bytes: u64,
+    /// The state `open` replayed, handed to the first `load` so a restart reads the segments
+    /// once, not twice; dropped by the next sync, after which it would be stale.
+    replayed: Mutex<Option<BTreeMap<GroupId, GroupState>>>,
 }
 
 impl FileLogStore {
-    /// Opens the log in `dir` (creating it if empty), replaying every segment and truncating a
+    /// Opens the log in `dir` (creating it if empty), replaying every segment and zeroing a
     /// torn tail left by a crash.
     pub fn open(dir: &Path) -> Result<FileLogStore, FileLogError> {
         FileLogStore::open_with_segment_size(dir, SEGMENT_BYTES_MAX)
@@ -168,6 +172,7 @@ impl FileLogStore {
             .iter()
             .map(|(group, s)| (*group, s.entries.len() as u64))
             .collect();
+        let replayed = Mutex::new(Some(state));
         Ok(FileLogStore {
             dir: dir.to_path_buf(),
             last_index,
@@ -179,6 +184,7 @@ impl FileLogStore {
             segment_bytes_max,
             syncs: 0,
             synced_bytes: 0,
+            replayed,
         })
     }
 
@@ -295,12 +301,21 @@ impl LogStore for FileLogStore {
         self.buffer.clear();
         self.buffered_records = 0;
         self.syncs += 1;
+        *self.replayed.get_mut().expect("invariant: not poisoned") = None;
         Ok(())
     }
 
     fn load(&self) -> Result<BTreeMap<GroupId, GroupState>, FileLogError> {
-        // What is on disk up to the last sync: `open` truncated any torn tail and every sync
-        // since wrote whole batches, so every segment ends with a complete sync.
+        let cached = self
+            .replayed
+            .lock()
+            .expect("invariant: not poisoned")
+            .take();
+        if let Some(state) = cached {
+            return Ok(state);
+        }
+        // What is on disk up to the last sync: `open` zeroed any torn tail and every sync since
+        // wrote whole batches, so every segment's log ends with a complete sync.
         let mut state = BTreeMap::new();
         for number in segment_numbers(&self.dir)? {
             replay_segment(&segment_path(&self.dir, number), false, &mut state)?;

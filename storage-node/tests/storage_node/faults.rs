@@ -97,7 +97,7 @@ fn eio_on_read_write_and_sync_propagates_as_errors() {
         });
         let error = store.read(chunk(0), 0, 4096).await.err().expect("EIO");
         assert!(
-            matches!(&error, Error::Io { source, .. } if source.raw_os_error() == Some(libc_eio()))
+            matches!(&error, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EIO))
         );
         assert_eq!(error.class(), ErrorClass::Fatal);
         faulty.remove(read);
@@ -204,8 +204,4 @@ fn latency_is_added_and_removable_at_run_time() {
 fn data_range(store: &ChunkStore) -> std::ops::Range<u64> {
     let start = store.data_file_offset(chunk(0), 0).expect("offset");
     start..start + (64 << 10)
-}
-
-fn libc_eio() -> i32 {
-    5
 }

@@ -15,9 +15,16 @@
 //!   (so committed entries are never lost or changed and replicas apply one sequence);
 //! - completeness: after liveness every member has applied every entry anyone ever applied;
 //! - read linearizability: a ReadIndex read started after a write was acknowledged (first
-//!   applied anywhere) is served at a read index at or past that write.
+//!   applied anywhere) is served at a read index at or past that write;
+//! - snapshot safety: each node's state machine is a hash chain over the entries it applied;
+//!   a snapshot restored anywhere must carry the very state every node had at its index.
 //!
-//! Clients also ask leaders to transfer leadership now and then.
+//! Clients also ask leaders to transfer leadership now and then. Nodes compact their logs at
+//! random (so lagging and restarted members catch up by snapshot), and leaders change their
+//! groups' membership: a voter replaced by another node in one joint-consensus step, learners
+//! added, promoted and removed. New members join with empty logs. After liveness every group
+//! must have left any joint configuration, and every member of its final configuration must be
+//! up to date.
 //!
 //! Crashes lose each node's unsynced log writes; one kind of crash strikes in the middle of a
 //! group commit, after the writes and before the sync.
@@ -26,9 +33,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_common::{GroupId, NodeId};
 use cairn_raft::{
-    NodeConfig, Outbox, RaftNode,
-    log::MemLogStore,
-    raft_types::{Entry, Message, StateRole},
+    Apply, MemberChange, NodeConfig, Outbox, RaftNode,
+    log::{BOOTSTRAP_INDEX, MemLogStore},
+    raft_types::{ConfState, Entry, Message, StateRole},
 };
 
 use crate::chunkstore_kill::Rng;
@@ -65,6 +72,10 @@ pub struct Options {
     pub read_per_mille: u64,
     /// Per-mille chance per step that a leader is asked to transfer leadership.
     pub transfer_per_mille: u64,
+    /// Per-mille chance per step, per node and group, that the node compacts its log.
+    pub compact_per_mille: u64,
+    /// Per-mille chance per step, per group, that its leader changes the membership.
+    pub member_change_per_mille: u64,
 }
 
 impl Options {
@@ -89,6 +100,8 @@ impl Options {
             propose_per_mille: 100 + rng.below(400),
             read_per_mille: rng.below(300),
             transfer_per_mille: rng.below(4),
+            compact_per_mille: rng.below(30),
+            member_change_per_mille: rng.below(8),
         }
     }
 }
@@ -112,6 +125,27 @@ pub struct Report {
     pub reads: u64,
     /// Leadership transfers asked for.
     pub transfers: u64,
+    /// Log compactions.
+    pub compactions: u64,
+    /// Snapshots restored by state machines (installed from a leader or at restart).
+    pub snapshots_restored: u64,
+    /// Membership changes a leader accepted.
+    pub member_changes: u64,
+}
+
+/// What `process_ready` handed the state machine, owned.
+enum Applied {
+    Entry(Entry),
+    Snapshot(u64, Vec<u8>),
+}
+
+impl From<Apply<'_>> for Applied {
+    fn from(apply: Apply<'_>) -> Applied {
+        match apply {
+            Apply::Entry(entry) => Applied::Entry(entry.clone()),
+            Apply::Snapshot { index, data } => Applied::Snapshot(index, data.to_vec()),
+        }
+    }
 }
 
 struct Envelope {
@@ -120,9 +154,58 @@ struct Envelope {
     batch: Vec<(GroupId, Message)>,
 }
 
+/// A node's state machine for one group: a hash chain over the entries applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Machine {
+    index: u64,
+    hash: u64,
+}
+
+impl Machine {
+    fn encode(self) -> Vec<u8> {
+        let mut bytes = self.index.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&self.hash.to_le_bytes());
+        bytes
+    }
+
+    fn decode(index: u64, data: &[u8]) -> Result<Machine, String> {
+        if data.is_empty() {
+            return Ok(Machine { index, hash: 0 });
+        }
+        let field = |at: usize| {
+            data.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| format!("snapshot data of {} bytes", data.len()))
+        };
+        let machine = Machine {
+            index: field(0)?,
+            hash: field(8)?,
+        };
+        if machine.index != index {
+            return Err(format!(
+                "snapshot at {index} holds state at {}",
+                machine.index
+            ));
+        }
+        Ok(machine)
+    }
+
+    fn apply(&mut self, entry: &Entry) {
+        let mut hash = self.hash ^ entry.term.rotate_left(17) ^ entry.index;
+        for byte in &entry.data {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.hash = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.index = entry.index;
+    }
+}
+
 struct SimNode {
     config: NodeConfig,
     node: Option<RaftNode<MemLogStore>>,
+    /// State machines, volatile: a crash loses them and the restart restores them.
+    machines: BTreeMap<GroupId, Machine>,
     /// The store survives crashes; only its unsynced part is lost.
     parked_log: Option<MemLogStore>,
     down_until: u64,
@@ -137,7 +220,9 @@ struct Sim {
     sequence: u64,
     /// One side of the current partition and when it heals.
     partition: Option<(BTreeSet<NodeId>, u64)>,
-    members: BTreeMap<GroupId, Vec<NodeId>>,
+    groups: Vec<GroupId>,
+    /// Per group and index, the state-machine hash after applying it (the first seen).
+    hashes: BTreeMap<(GroupId, u64), u64>,
     leaders: BTreeMap<(GroupId, u64), NodeId>,
     applied: BTreeMap<GroupId, BTreeMap<u64, (u64, Vec<u8>)>>,
     proposals: u64,
@@ -202,11 +287,12 @@ impl Sim {
             nodes.push(SimNode {
                 config,
                 node: Some(node),
+                machines: BTreeMap::new(),
                 parked_log: None,
                 down_until: 0,
             });
         }
-        let mut members = BTreeMap::new();
+        let mut groups = Vec::new();
         for g in 1..=options.groups {
             let group = GroupId(g);
             let mut all: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
@@ -220,7 +306,7 @@ impl Sim {
                     .expect("fresh node is up");
                 node.create_group(group, &all).map_err(|e| e.to_string())?;
             }
-            members.insert(group, all);
+            groups.push(group);
         }
         Ok(Sim {
             options,
@@ -230,7 +316,8 @@ impl Sim {
             in_flight: BTreeMap::new(),
             sequence: 0,
             partition: None,
-            members,
+            groups,
+            hashes: BTreeMap::new(),
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
             proposals: 0,
@@ -261,6 +348,8 @@ impl Sim {
         if self.faults {
             self.propose();
             self.read_and_transfer();
+            self.change_members();
+            self.compact()?;
         }
         for index in 0..self.nodes.len() {
             self.process(index)?;
@@ -308,6 +397,7 @@ impl Sim {
         let mut log = node.into_log();
         log.crash();
         sim_node.parked_log = Some(log);
+        sim_node.machines.clear();
         sim_node.down_until = self.now + down_for;
         self.report.crashes += 1;
     }
@@ -374,26 +464,43 @@ impl Sim {
         }
     }
 
+    fn node(&self, id: NodeId) -> Option<&RaftNode<MemLogStore>> {
+        self.nodes[(id.0 - 1) as usize].node.as_ref()
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> Option<&mut RaftNode<MemLogStore>> {
+        self.nodes[(id.0 - 1) as usize].node.as_mut()
+    }
+
+    /// The leader a client would find: the highest-term leader among the nodes up.
+    fn leader(&self, group: GroupId) -> Option<NodeId> {
+        (1..=self.options.nodes)
+            .map(NodeId)
+            .filter_map(|id| {
+                let status = self.node(id)?.status(group)?;
+                (status.role == StateRole::Leader).then_some((status.term, id))
+            })
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// The nodes up that host `group`.
+    fn hosts(&self, group: GroupId) -> Vec<NodeId> {
+        (1..=self.options.nodes)
+            .map(NodeId)
+            .filter(|id| self.node(*id).is_some_and(|n| n.status(group).is_some()))
+            .collect()
+    }
+
     fn propose(&mut self) {
-        for (&group, members) in &self.members.clone() {
+        for group in self.groups.clone() {
             if !self.chance(self.options.propose_per_mille) {
                 continue;
             }
-            // A client asks the node it believes leads: the highest-term leader it can see.
-            let leader = members
-                .iter()
-                .filter_map(|m| {
-                    let status = self.nodes[(m.0 - 1) as usize]
-                        .node
-                        .as_ref()?
-                        .status(group)?;
-                    (status.role == StateRole::Leader).then_some((status.term, *m))
-                })
-                .max();
-            if let Some((_, leader)) = leader {
+            if let Some(leader) = self.leader(group) {
                 self.proposals += 1;
                 let data = format!("{group}:{}", self.proposals).into_bytes();
-                if let Some(node) = self.nodes[(leader.0 - 1) as usize].node.as_mut() {
+                if let Some(node) = self.node_mut(leader) {
                     // Refusals (a stale leader, a transfer) are normal; the client moves on.
                     let _ = node.propose(group, data);
                 }
@@ -402,29 +509,140 @@ impl Sim {
     }
 
     fn read_and_transfer(&mut self) {
-        for (&group, members) in &self.members.clone() {
+        for group in self.groups.clone() {
+            let hosts = self.hosts(group);
+            if hosts.is_empty() {
+                continue;
+            }
             if self.chance(self.options.read_per_mille) {
-                let member = members[self.rng.below(members.len() as u64) as usize];
-                if let Some(node) = self.nodes[(member.0 - 1) as usize].node.as_mut() {
-                    self.next_read += 1;
-                    let required = self.acknowledged.get(&group).copied().unwrap_or(0);
-                    if node.read_index(group, self.next_read).is_ok() {
-                        self.reads.insert(self.next_read, (group, required));
-                    }
+                let member = hosts[self.rng.below(hosts.len() as u64) as usize];
+                self.next_read += 1;
+                let request = self.next_read;
+                let required = self.acknowledged.get(&group).copied().unwrap_or(0);
+                if let Some(node) = self.node_mut(member)
+                    && node.read_index(group, request).is_ok()
+                {
+                    self.reads.insert(request, (group, required));
                 }
             }
             if self.chance(self.options.transfer_per_mille) {
-                let to = members[self.rng.below(members.len() as u64) as usize];
-                for member in members {
-                    if let Some(node) = self.nodes[(member.0 - 1) as usize].node.as_mut()
-                        && *member != to
-                        && node.transfer_leader(group, to).is_ok()
-                    {
-                        self.report.transfers += 1;
-                    }
+                let to = hosts[self.rng.below(hosts.len() as u64) as usize];
+                if let Some(leader) = self.leader(group).filter(|l| *l != to)
+                    && let Some(node) = self.node_mut(leader)
+                    && node.transfer_leader(group, to).is_ok()
+                {
+                    self.report.transfers += 1;
                 }
             }
         }
+    }
+
+    /// A leader changes its group's membership: replace a voter (joint consensus), add a
+    /// learner, promote or remove one. New members join with an empty log first.
+    fn change_members(&mut self) {
+        for group in self.groups.clone() {
+            if !self.chance(self.options.member_change_per_mille) {
+                continue;
+            }
+            let Some(leader) = self.leader(group) else {
+                continue;
+            };
+            let Some(conf) = self.node(leader).and_then(|n| n.membership(group)) else {
+                continue;
+            };
+            if !conf.voters_outgoing.is_empty() {
+                continue;
+            }
+            // Only nodes that host nothing of the group join it: one still holding it from an
+            // earlier membership would drop it on applying its old removal (a scheduler waits
+            // for that too).
+            let outsiders: Vec<NodeId> = (1..=self.options.nodes)
+                .filter(|id| !conf.voters.contains(id) && !conf.learners.contains(id))
+                .map(NodeId)
+                .filter(|id| self.node(*id).is_some_and(|n| n.status(group).is_none()))
+                .collect();
+            let pick = |rng: &mut crate::chunkstore_kill::Rng, from: &[u64]| {
+                NodeId(from[rng.below(from.len() as u64) as usize])
+            };
+            let changes = match self.rng.below(3) {
+                0 if !outsiders.is_empty() => {
+                    let new = outsiders[self.rng.below(outsiders.len() as u64) as usize];
+                    let old = pick(&mut self.rng, &conf.voters);
+                    vec![MemberChange::AddVoter(new), MemberChange::Remove(old)]
+                }
+                1 if !outsiders.is_empty() => {
+                    let new = outsiders[self.rng.below(outsiders.len() as u64) as usize];
+                    vec![MemberChange::AddLearner(new)]
+                }
+                2 if !conf.learners.is_empty() => {
+                    let learner = pick(&mut self.rng, &conf.learners);
+                    if self.rng.below(2) == 0 {
+                        vec![MemberChange::AddVoter(learner)]
+                    } else {
+                        vec![MemberChange::Remove(learner)]
+                    }
+                }
+                _ => continue,
+            };
+            // The metadata service tells a new member to host the group before the change.
+            let joining = changes.iter().find_map(|c| match c {
+                MemberChange::AddVoter(n) | MemberChange::AddLearner(n)
+                    if !conf.learners.contains(&n.0) =>
+                {
+                    Some(*n)
+                }
+                _ => None,
+            });
+            if let Some(joining) = joining {
+                let sim_node = &mut self.nodes[(joining.0 - 1) as usize];
+                let Some(node) = sim_node.node.as_mut() else {
+                    continue;
+                };
+                if node.join_group(group).is_err() {
+                    continue;
+                }
+                // A state machine left from an earlier membership starts over.
+                sim_node.machines.remove(&group);
+            }
+            if let Some(node) = self.node_mut(leader)
+                && node.change_members(group, &changes).is_ok()
+            {
+                self.report.member_changes += 1;
+            }
+        }
+    }
+
+    /// Nodes compact their logs at random, snapshotting their state machines.
+    fn compact(&mut self) -> Result<(), String> {
+        for index in 0..self.nodes.len() {
+            for group in self.groups.clone() {
+                if !self.chance(self.options.compact_per_mille) {
+                    continue;
+                }
+                let sim_node = &mut self.nodes[index];
+                let (Some(node), Some(machine)) =
+                    (sim_node.node.as_mut(), sim_node.machines.get(&group))
+                else {
+                    continue;
+                };
+                let Some(applied) = node.status(group).map(|s| s.applied) else {
+                    // Removed from the group: its state machine goes too.
+                    sim_node.machines.remove(&group);
+                    continue;
+                };
+                if applied != machine.index {
+                    return Err(format!(
+                        "{}: {group} applied {applied} but its state machine is at {}",
+                        node.id(),
+                        machine.index
+                    ));
+                }
+                node.compact(group, machine.encode())
+                    .map_err(|e| format!("compact: {e}"))?;
+                self.report.compactions += 1;
+            }
+        }
+        Ok(())
     }
 
     fn check_reads(
@@ -461,14 +679,36 @@ impl Sim {
         };
         let id = node.id();
         let mut outbox = Outbox::default();
-        let mut applied_now: Vec<(GroupId, Entry)> = Vec::new();
-        let result = node.process_ready(&mut outbox, |group, entry| {
-            applied_now.push((group, entry.clone()))
+        let mut applied_now: Vec<(GroupId, Applied)> = Vec::new();
+        let result = node.process_ready(&mut outbox, |group, apply| {
+            applied_now.push((group, Applied::from(apply)))
         });
-        for (group, entry) in applied_now {
-            self.check_apply(id, group, &entry)?;
-            let acknowledged = self.acknowledged.entry(group).or_default();
-            *acknowledged = (*acknowledged).max(entry.index);
+        for (group, applied) in applied_now {
+            match applied {
+                Applied::Entry(entry) => {
+                    self.check_apply(id, group, &entry)?;
+                    self.apply_to_machine(index, group, &entry)?;
+                    let acknowledged = self.acknowledged.entry(group).or_default();
+                    *acknowledged = (*acknowledged).max(entry.index);
+                }
+                Applied::Snapshot(at, data) => self.restore_machine(index, group, at, &data)?,
+            }
+        }
+        // A follower joined after the latest snapshot: the leader takes a fresh one.
+        let wanted = self.nodes[index]
+            .node
+            .as_ref()
+            .map(RaftNode::snapshots_wanted)
+            .unwrap_or_default();
+        for group in wanted {
+            let sim_node = &mut self.nodes[index];
+            if let (Some(node), Some(machine)) =
+                (sim_node.node.as_mut(), sim_node.machines.get(&group))
+            {
+                node.compact(group, machine.encode())
+                    .map_err(|e| format!("compact: {e}"))?;
+                self.report.compactions += 1;
+            }
         }
         let served = node_reads(&mut self.nodes[index].node);
         self.check_reads(id, served)?;
@@ -478,6 +718,61 @@ impl Sim {
             self.report.crashes_mid_sync += 1;
             self.crash(index);
         }
+        Ok(())
+    }
+
+    fn apply_to_machine(
+        &mut self,
+        index: usize,
+        group: GroupId,
+        entry: &Entry,
+    ) -> Result<(), String> {
+        let node = NodeId(index as u64 + 1);
+        let Some(machine) = self.nodes[index].machines.get_mut(&group) else {
+            return Err(format!(
+                "{node}: {group} entry {} before any snapshot",
+                entry.index
+            ));
+        };
+        if entry.index != machine.index + 1 {
+            return Err(format!(
+                "{node}: {group} applies {} after {}",
+                entry.index, machine.index
+            ));
+        }
+        machine.apply(entry);
+        let hash = machine.hash;
+        let first = *self.hashes.entry((group, entry.index)).or_insert(hash);
+        if first != hash {
+            return Err(format!(
+                "state-machine safety: {node} {group} state at {} differs from another node's",
+                entry.index
+            ));
+        }
+        Ok(())
+    }
+
+    fn restore_machine(
+        &mut self,
+        index: usize,
+        group: GroupId,
+        at: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let node = NodeId(index as u64 + 1);
+        let machine = Machine::decode(at, data).map_err(|e| format!("{node}: {group}: {e}"))?;
+        let expected = if at == BOOTSTRAP_INDEX {
+            Some(0)
+        } else {
+            self.hashes.get(&(group, at)).copied()
+        };
+        if expected != Some(machine.hash) {
+            return Err(format!(
+                "snapshot safety: {node} restored {group} at {at} to a state no node had there"
+            ));
+        }
+        self.nodes[index].machines.insert(group, machine);
+        self.report.snapshots_restored += 1;
         Ok(())
     }
 
@@ -536,15 +831,16 @@ impl Sim {
         self.restart_due()
     }
 
-    /// Liveness: within the step budget every group elects a leader, commits a probe, and every
-    /// member applies everything ever applied anywhere.
+    /// Liveness: within the step budget every group elects a leader, leaves any joint
+    /// configuration, commits a probe, and every member of its configuration applies
+    /// everything ever applied anywhere.
     fn converge(&mut self) -> Result<(), String> {
         let mut probed: BTreeMap<GroupId, Vec<u8>> = BTreeMap::new();
         let mut probed_at: BTreeMap<GroupId, u64> = BTreeMap::new();
         let start = self.now;
         while self.now - start < self.options.liveness_steps_max {
             self.step()?;
-            for (&group, members) in &self.members.clone() {
+            for group in self.groups.clone() {
                 // An accepted probe can still be lost (its leader handed over leadership before
                 // committing it): a client retries, and so does this one.
                 let applied = probed
@@ -556,20 +852,18 @@ impl Sim {
                 if probed.contains_key(&group) && (applied || !stale) {
                     continue;
                 }
-                for member in members {
-                    let node = self.nodes[(member.0 - 1) as usize]
-                        .node
-                        .as_mut()
-                        .expect("healed: all up");
-                    let data = format!("probe:{group}:{}", self.now).into_bytes();
-                    if node.propose(group, data.clone()).is_ok() {
-                        probed.insert(group, data);
-                        probed_at.insert(group, self.now);
-                        break;
-                    }
+                let Some(leader) = self.leader(group) else {
+                    continue;
+                };
+                let data = format!("probe:{group}:{}", self.now).into_bytes();
+                if let Some(node) = self.node_mut(leader)
+                    && node.propose(group, data.clone()).is_ok()
+                {
+                    probed.insert(group, data);
+                    probed_at.insert(group, self.now);
                 }
             }
-            if probed.len() == self.members.len() && self.converged(&probed) {
+            if probed.len() == self.groups.len() && self.converged(&probed) {
                 self.report.liveness_steps = self.now - start;
                 return Ok(());
             }
@@ -587,9 +881,17 @@ impl Sim {
             .is_some_and(|log| log.values().any(|(_, d)| d == data))
     }
 
+    /// The configuration of the group's leader, if it has one.
+    fn configuration(&self, group: GroupId) -> Option<ConfState> {
+        self.node(self.leader(group)?)?.membership(group)
+    }
+
     fn converged(&self, probed: &BTreeMap<GroupId, Vec<u8>>) -> bool {
-        self.members.iter().all(|(group, members)| {
+        self.groups.iter().all(|group| {
             let Some(log) = self.applied.get(group) else {
+                return false;
+            };
+            let Some(conf) = self.configuration(*group) else {
                 return false;
             };
             let probe_applied = log
@@ -597,9 +899,10 @@ impl Sim {
                 .any(|(_, data)| Some(data) == probed.get(group));
             let last = log.keys().next_back().copied().unwrap_or(0);
             probe_applied
-                && members.iter().all(|m| {
-                    let node = self.nodes[(m.0 - 1) as usize].node.as_ref();
-                    node.and_then(|n| n.status(*group))
+                && conf.voters_outgoing.is_empty()
+                && conf.voters.iter().chain(&conf.learners).all(|m| {
+                    self.node(NodeId(*m))
+                        .and_then(|n| n.status(*group))
                         .is_some_and(|s| s.applied >= last)
                 })
         })
@@ -607,12 +910,10 @@ impl Sim {
 
     fn why_not(&self) -> String {
         let mut out = String::new();
-        for (group, members) in &self.members {
-            for m in members {
-                let status = self.nodes[(m.0 - 1) as usize]
-                    .node
-                    .as_ref()
-                    .and_then(|n| n.status(*group));
+        for group in &self.groups {
+            out.push_str(&format!("{group} conf {:?}: ", self.configuration(*group)));
+            for m in self.hosts(*group) {
+                let status = self.node(m).and_then(|n| n.status(*group));
                 out.push_str(&format!("{group}@{m}: {status:?}; "));
             }
         }

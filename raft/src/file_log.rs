@@ -2,11 +2,11 @@
 //!
 //! All groups share one log (the node's write-cache device): a round's writes of every group are
 //! buffered and reach the disk with one write and one fdatasync in [`LogStore::sync`], which is
-//! the group commit. The store keeps only each group's last index in memory (the Raft groups
-//! hold their logs); [`LogStore::load`], used at restart, replays the segments. Nothing is
-//! compacted yet: snapshots (later in issue 3) will let old segments go.
+//! the group commit. The store keeps only each group's last index, hard state and latest
+//! snapshot in memory (the Raft groups hold their logs); [`LogStore::load`], used at restart,
+//! replays the segments.
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
 //! A directory of segment files `NNNNNNNNNNNNNNNN.seg` (16 hex digits, increasing). A segment
 //! starts with an 16-byte header, `"CAIRNLOG"`, the format version (u32) and 4 zero bytes, then
@@ -15,11 +15,13 @@
 //! ```text
 //! length   u32   bytes after this field up to the end of the record
 //! crc      u32   CRC-32C of everything after this field
-//! kind     u8    1 create group, 2 append entries, 3 hard state, 4 end of sync
+//! kind     u8    1 create group, 2 append entries, 3 hard state, 4 end of sync,
+//!                5 snapshot, 6 remove group
 //! group    u64   (0 for end of sync)
-//! payload        create: voter count u32, voters u64 each
+//! payload        create, remove: nothing
 //!                append: entry count u32, then per entry: length u32 + protobuf Entry
 //!                hard state: protobuf HardState
+//!                snapshot: 1 compact or 2 install (u8), then protobuf Snapshot
 //!                end of sync: the number of records the sync wrote before it, u32
 //! ```
 //!
@@ -41,6 +43,16 @@
 //! after the last complete one (nothing after it was ever acknowledged, and stale bytes must
 //! never follow new records). A bad record anywhere else, or a segment whose log is not
 //! followed by zeros, is corruption of synced data, and open refuses to go on.
+//!
+//! # Segment cleaning
+//!
+//! A new segment starts, inside the first sync written to it, with a carry-forward of every
+//! hosted group's state except its entries: create, latest snapshot (as a compaction) and hard
+//! state. After that sync, the oldest segments go, in order, while every entry they hold is
+//! covered by its group's latest snapshot (or belongs to a removed group): what remains is a
+//! suffix of segments whose first one restates everything the removed ones said. Only a prefix
+//! goes, so a record (an installed snapshot, a removal) is never lost while an older record it
+//! overrides survives.
 
 use std::{
     collections::BTreeMap,
@@ -51,11 +63,11 @@ use std::{
     sync::Mutex,
 };
 
-use cairn_common::{GroupId, NodeId, checksum::crc32c};
+use cairn_common::{GroupId, checksum::crc32c};
 use prost::Message as _;
-use raft::eraftpb::{Entry, HardState};
+use raft::eraftpb::{Entry, HardState, Snapshot};
 
-use crate::log::{GroupState, LogStore};
+use crate::log::{GroupState, LogStore, Replay, SnapshotKind};
 
 /// Segment size at which a new segment starts. Bounds how much a recovery scans per file and
 /// will be the unit of log garbage collection.
@@ -65,12 +77,16 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 pub const RECORD_BYTES_MAX: u32 = 64 << 20;
 
 const MAGIC: [u8; 8] = *b"CAIRNLOG";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const HEADER_BYTES: usize = 16;
 const KIND_CREATE: u8 = 1;
 const KIND_APPEND: u8 = 2;
 const KIND_HARD_STATE: u8 = 3;
 const KIND_SYNC_END: u8 = 4;
+const KIND_SNAPSHOT: u8 = 5;
+const KIND_REMOVE: u8 = 6;
+/// Bytes of an end-of-sync record.
+const SYNC_END_BYTES: u64 = 4 + 4 + 1 + 8 + 4;
 
 /// Errors of the file log store.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +128,10 @@ pub struct FileLogStore {
     /// Records written since the last sync.
     buffer: Vec<u8>,
     buffered_records: u32,
-    /// Each group's last index including unsynced appends, to refuse gaps when they are made.
-    last_index: BTreeMap<GroupId, u64>,
+    /// What the store remembers of each group, including unsynced writes.
+    groups: BTreeMap<GroupId, GroupMeta>,
+    /// Per segment (the current one too), the highest entry index each group has in it.
+    segment_entries: BTreeMap<u64, BTreeMap<GroupId, u64>>,
     segment: File,
     segment_number: u64,
     segment_bytes: u64,
@@ -123,6 +141,21 @@ pub struct FileLogStore {
     /// The state `open` replayed, handed to the first `load` so a restart reads the segments
     /// once, not twice; dropped by the next sync, after which it would be stale.
     replayed: Mutex<Option<BTreeMap<GroupId, GroupState>>>,
+}
+
+/// A group's state as far as the store needs it: to refuse gaps, to restate the group at the
+/// start of a new segment, and to know which entries a snapshot covers.
+#[derive(Clone, Debug, Default)]
+struct GroupMeta {
+    last_index: u64,
+    hard_state: HardState,
+    snapshot: Snapshot,
+}
+
+impl GroupMeta {
+    fn snapshot_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
 }
 
 impl FileLogStore {
@@ -144,13 +177,21 @@ impl FileLogStore {
         fs::create_dir_all(dir).map_err(io_error("mkdir", dir))?;
         remove_unfinished_segments(dir)?;
         let numbers = segment_numbers(dir)?;
-        let mut state = BTreeMap::new();
+        let mut replay = Replay::default();
         let mut last_valid = 0;
+        let mut segment_entries = BTreeMap::new();
         for (i, number) in numbers.iter().enumerate() {
             let path = segment_path(dir, *number);
             let last = i + 1 == numbers.len();
-            last_valid = replay_segment(&path, last, &mut state)?;
+            let (valid, entries) = replay_segment(&path, last, &mut replay)?;
+            last_valid = valid;
+            segment_entries.insert(*number, entries);
         }
+        let state = replay.finish().map_err(|reason| FileLogError::Corrupt {
+            path: dir.to_path_buf(),
+            offset: 0,
+            reason,
+        })?;
         let (segment_number, segment, segment_bytes) = match numbers.last() {
             Some(&number) => {
                 let path = segment_path(dir, number);
@@ -168,14 +209,22 @@ impl FileLogStore {
                 (1, file, bytes)
             }
         };
-        let last_index = state
+        let groups = state
             .iter()
-            .map(|(group, s)| (*group, s.entries.len() as u64))
+            .map(|(group, s)| {
+                let meta = GroupMeta {
+                    last_index: s.snapshot.get_metadata().index + s.entries.len() as u64,
+                    hard_state: s.hard_state.clone(),
+                    snapshot: s.snapshot.clone(),
+                };
+                (*group, meta)
+            })
             .collect();
         let replayed = Mutex::new(Some(state));
         Ok(FileLogStore {
             dir: dir.to_path_buf(),
-            last_index,
+            groups,
+            segment_entries,
             buffer: Vec::new(),
             buffered_records: 0,
             segment,
@@ -206,41 +255,127 @@ impl FileLogStore {
         self.synced_bytes
     }
 
+    /// Segment files on disk (tests watch cleaning).
+    pub fn segment_count(&self) -> Result<usize, FileLogError> {
+        Ok(segment_numbers(&self.dir)?.len())
+    }
+
     fn record(&mut self, kind: u8, group: GroupId, payload: &[u8]) {
-        let length = u32::try_from(4 + 1 + 8 + payload.len()).expect("invariant: record fits u32");
-        assert!(length <= RECORD_BYTES_MAX, "record of {length} bytes");
-        let start = self.buffer.len();
-        self.buffer.extend_from_slice(&length.to_le_bytes());
-        self.buffer.extend_from_slice(&[0; 4]);
-        self.buffer.push(kind);
-        self.buffer.extend_from_slice(&group.0.to_le_bytes());
-        self.buffer.extend_from_slice(payload);
-        let crc = crc32c(&self.buffer[start + 8..]);
-        self.buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        encode_record(&mut self.buffer, kind, group, payload);
         self.buffered_records += 1;
     }
 
+    /// Starts a new segment and puts the carry-forward (see the module docs) in front of the
+    /// buffered records, so both land in the same sync.
     fn rotate(&mut self) -> Result<(), FileLogError> {
         let number = self.segment_number + 1;
         let (file, bytes) = create_segment(&self.dir, number, self.segment_bytes_max)?;
         self.segment = file;
         self.segment_number = number;
         self.segment_bytes = bytes;
+        self.segment_entries.entry(number).or_default();
+        let mut carried = Vec::new();
+        let mut count = 0;
+        for (&group, meta) in &self.groups {
+            encode_record(&mut carried, KIND_CREATE, group, &[]);
+            count += 1;
+            if meta.snapshot_index() > 0 {
+                let payload = snapshot_payload(&meta.snapshot, SnapshotKind::Compact);
+                encode_record(&mut carried, KIND_SNAPSHOT, group, &payload);
+                count += 1;
+            }
+            encode_record(
+                &mut carried,
+                KIND_HARD_STATE,
+                group,
+                &meta.hard_state.encode_to_vec(),
+            );
+            count += 1;
+        }
+        carried.extend_from_slice(&self.buffer);
+        self.buffer = carried;
+        self.buffered_records += count;
         Ok(())
     }
+
+    /// Deletes the oldest segments while every entry in them is covered by a snapshot.
+    fn clean(&mut self) -> Result<(), FileLogError> {
+        let mut removed = false;
+        while let Some((&number, entries)) = self.segment_entries.first_key_value() {
+            let dead = number != self.segment_number
+                && entries.iter().all(|(group, max)| {
+                    self.groups
+                        .get(group)
+                        .is_none_or(|meta| *max <= meta.snapshot_index())
+                });
+            if !dead {
+                break;
+            }
+            let path = segment_path(&self.dir, number);
+            fs::remove_file(&path).map_err(io_error("unlink", &path))?;
+            self.segment_entries.remove(&number);
+            removed = true;
+        }
+        if removed {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error("fsync", &self.dir))?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_record(buffer: &mut Vec<u8>, kind: u8, group: GroupId, payload: &[u8]) {
+    let length = u32::try_from(4 + 1 + 8 + payload.len()).expect("invariant: record fits u32");
+    assert!(length <= RECORD_BYTES_MAX, "record of {length} bytes");
+    let start = buffer.len();
+    buffer.extend_from_slice(&length.to_le_bytes());
+    buffer.extend_from_slice(&[0; 4]);
+    buffer.push(kind);
+    buffer.extend_from_slice(&group.0.to_le_bytes());
+    buffer.extend_from_slice(payload);
+    let crc = crc32c(&buffer[start + 8..]);
+    buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn snapshot_payload(snapshot: &Snapshot, kind: SnapshotKind) -> Vec<u8> {
+    let mut payload = vec![match kind {
+        SnapshotKind::Compact => 1,
+        SnapshotKind::Install => 2,
+    }];
+    payload.extend_from_slice(&snapshot.encode_to_vec());
+    payload
 }
 
 impl LogStore for FileLogStore {
     type Error = FileLogError;
 
-    fn create_group(&mut self, group: GroupId, voters: &[NodeId]) -> Result<(), FileLogError> {
-        let mut payload = Vec::with_capacity(4 + 8 * voters.len());
-        payload.extend_from_slice(&(voters.len() as u32).to_le_bytes());
-        for voter in voters {
-            payload.extend_from_slice(&voter.0.to_le_bytes());
+    fn create_group(&mut self, group: GroupId) -> Result<(), FileLogError> {
+        self.record(KIND_CREATE, group, &[]);
+        self.groups.entry(group).or_default();
+        Ok(())
+    }
+
+    fn remove_group(&mut self, group: GroupId) -> Result<(), FileLogError> {
+        self.record(KIND_REMOVE, group, &[]);
+        self.groups.remove(&group);
+        Ok(())
+    }
+
+    fn set_snapshot(
+        &mut self,
+        group: GroupId,
+        snapshot: &Snapshot,
+        kind: SnapshotKind,
+    ) -> Result<(), FileLogError> {
+        self.record(KIND_SNAPSHOT, group, &snapshot_payload(snapshot, kind));
+        let meta = self.groups.entry(group).or_default();
+        let index = snapshot.get_metadata().index;
+        match kind {
+            SnapshotKind::Compact => assert!(index <= meta.last_index, "compaction past the end"),
+            SnapshotKind::Install => meta.last_index = index,
         }
-        self.record(KIND_CREATE, group, &payload);
-        self.last_index.entry(group).or_insert(0);
+        meta.snapshot = snapshot.clone();
         Ok(())
     }
 
@@ -248,13 +383,22 @@ impl LogStore for FileLogStore {
         let Some(first) = entries.first().map(|e| e.index) else {
             return Ok(());
         };
-        let last = self.last_index.entry(group).or_insert(0);
+        let meta = self.groups.entry(group).or_default();
         // The same check replay makes: a gap would make the log unreadable after a restart.
         assert!(
-            first >= 1 && first - 1 <= *last,
-            "{group}: gap before index {first} (log ends at {last})"
+            first > meta.snapshot_index() && first - 1 <= meta.last_index,
+            "{group}: append at {first} outside ({}, {}]",
+            meta.snapshot_index(),
+            meta.last_index + 1
         );
-        *last = first + entries.len() as u64 - 1;
+        meta.last_index = first + entries.len() as u64 - 1;
+        let in_segment = self
+            .segment_entries
+            .entry(self.segment_number)
+            .or_default()
+            .entry(group)
+            .or_default();
+        *in_segment = (*in_segment).max(meta.last_index);
         let mut payload = Vec::new();
         payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for entry in entries {
@@ -272,6 +416,7 @@ impl LogStore for FileLogStore {
         hard_state: &HardState,
     ) -> Result<(), FileLogError> {
         self.record(KIND_HARD_STATE, group, &hard_state.encode_to_vec());
+        self.groups.entry(group).or_default().hard_state = hard_state.clone();
         Ok(())
     }
 
@@ -279,14 +424,16 @@ impl LogStore for FileLogStore {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let records = self.buffered_records;
-        self.record(KIND_SYNC_END, GroupId(0), &records.to_le_bytes());
         // A sync never straddles segments; one larger than a segment gets a fresh one to itself
         // (the file grows past its preallocated size).
-        let fits = self.segment_bytes + self.buffer.len() as u64 <= self.segment_bytes_max;
-        if !fits && self.segment_bytes > HEADER_BYTES as u64 {
+        let bytes = self.buffer.len() as u64 + SYNC_END_BYTES;
+        let fits = self.segment_bytes + bytes <= self.segment_bytes_max;
+        let rotated = !fits && self.segment_bytes > HEADER_BYTES as u64;
+        if rotated {
             self.rotate()?;
         }
+        let records = self.buffered_records;
+        self.record(KIND_SYNC_END, GroupId(0), &records.to_le_bytes());
         let path = segment_path(&self.dir, self.segment_number);
         // Positional: a failed write leaves `segment_bytes` where it was, so a retried sync
         // overwrites the partial bytes instead of leaving them between records.
@@ -302,6 +449,9 @@ impl LogStore for FileLogStore {
         self.buffered_records = 0;
         self.syncs += 1;
         *self.replayed.get_mut().expect("invariant: not poisoned") = None;
+        if rotated {
+            self.clean()?;
+        }
         Ok(())
     }
 
@@ -316,11 +466,15 @@ impl LogStore for FileLogStore {
         }
         // What is on disk up to the last sync: `open` zeroed any torn tail and every sync since
         // wrote whole batches, so every segment's log ends with a complete sync.
-        let mut state = BTreeMap::new();
+        let mut replay = Replay::default();
         for number in segment_numbers(&self.dir)? {
-            replay_segment(&segment_path(&self.dir, number), false, &mut state)?;
+            replay_segment(&segment_path(&self.dir, number), false, &mut replay)?;
         }
-        Ok(state)
+        replay.finish().map_err(|reason| FileLogError::Corrupt {
+            path: self.dir.clone(),
+            offset: 0,
+            reason,
+        })
     }
 }
 
@@ -405,13 +559,14 @@ fn zero_from(file: &File, path: &Path, offset: u64) -> Result<(), FileLogError> 
     file.sync_data().map_err(io_error("fdatasync", path))
 }
 
-/// Replays one segment into `state`; returns the offset after its last good record. A bad
-/// record is a torn tail if `last` (the caller truncates there), corruption otherwise.
+/// Replays one segment into `replay`; returns the offset after its last good record and the
+/// highest entry index of each group in it. A bad record is a torn tail if `last` (the caller
+/// truncates there), corruption otherwise.
 fn replay_segment(
     path: &Path,
     last: bool,
-    state: &mut BTreeMap<GroupId, GroupState>,
-) -> Result<u64, FileLogError> {
+    replay: &mut Replay,
+) -> Result<(u64, BTreeMap<GroupId, u64>), FileLogError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -435,13 +590,14 @@ fn replay_segment(
     if version != FORMAT_VERSION {
         return Err(corrupt(
             8,
-            format!("log format version {version}, this build reads 1"),
+            format!("log format version {version}, this build reads {FORMAT_VERSION}"),
         ));
     }
     // Records of the sync being read, applied when its end record arrives.
     let mut batch: Vec<(usize, u8, GroupId, &[u8])> = Vec::new();
     let mut offset = HEADER_BYTES;
     let mut complete = HEADER_BYTES;
+    let mut max_index = BTreeMap::new();
     while offset < bytes.len() {
         let (used, kind, group, payload) = match parse_record(&bytes[offset..]) {
             Ok(record) => record,
@@ -464,7 +620,12 @@ fn replay_segment(
                 ));
             }
             for (at, kind, group, payload) in batch.drain(..) {
-                apply_record(state, kind, group, payload).map_err(|reason| corrupt(at, reason))?;
+                let last_entry = apply_record(replay, kind, group, payload)
+                    .map_err(|reason| corrupt(at, reason))?;
+                if let Some(index) = last_entry {
+                    let max: &mut u64 = max_index.entry(group).or_default();
+                    *max = (*max).max(index);
+                }
             }
             complete = offset + used;
         } else {
@@ -478,7 +639,7 @@ fn replay_segment(
             "bytes after the segment's last complete sync".into(),
         ));
     }
-    Ok(complete as u64)
+    Ok((complete as u64, max_index))
 }
 
 /// Splits one record off the front of `bytes`: (bytes used, kind, group, payload).
@@ -505,37 +666,57 @@ fn parse_record(bytes: &[u8]) -> Result<(usize, u8, GroupId, &[u8]), String> {
     Ok((end, kind, group, &bytes[17..end]))
 }
 
+/// Applies one record; returns the last entry index of an append.
 fn apply_record(
-    state: &mut BTreeMap<GroupId, GroupState>,
+    replay: &mut Replay,
     kind: u8,
     group: GroupId,
     payload: &[u8],
-) -> Result<(), String> {
+) -> Result<Option<u64>, String> {
     let mut cursor = Cursor {
         bytes: payload,
         at: 0,
     };
+    let mut last_entry = None;
     match kind {
-        KIND_CREATE => {
-            let count = cursor.u32()?;
-            let voters = (0..count)
-                .map(|_| cursor.u64().map(NodeId))
-                .collect::<Result<Vec<_>, _>>()?;
-            apply_create(state, group, voters);
-        }
+        KIND_CREATE => replay.create(group),
+        KIND_REMOVE => replay.remove(group),
         KIND_APPEND => {
             let count = cursor.u32()?;
             let mut entries = Vec::with_capacity(count.min(4096) as usize);
             for _ in 0..count {
                 let length = cursor.u32()? as usize;
                 let bytes = cursor.take(length)?;
-                entries.push(Entry::decode(bytes).map_err(|e| format!("entry: {e}"))?);
+                let entry = Entry::decode(bytes).map_err(|e| format!("entry: {e}"))?;
+                if let Some(previous) = entries.last().map(|e: &Entry| e.index)
+                    && entry.index != previous + 1
+                {
+                    return Err(format!(
+                        "entries {previous} and {} in one record",
+                        entry.index
+                    ));
+                }
+                entries.push(entry);
             }
-            apply_append(state, group, entries)?;
+            if entries.first().is_some_and(|e| e.index == 0) {
+                return Err("entry index 0".into());
+            }
+            last_entry = entries.last().map(|e| e.index);
+            replay.append(group, entries);
         }
         KIND_HARD_STATE => {
             let hard_state = HardState::decode(payload).map_err(|e| format!("hard state: {e}"))?;
-            state.entry(group).or_default().hard_state = hard_state;
+            replay.hard_state(group, hard_state);
+            cursor.at = payload.len();
+        }
+        KIND_SNAPSHOT => {
+            let kind = match cursor.take(1)?[0] {
+                1 => SnapshotKind::Compact,
+                2 => SnapshotKind::Install,
+                other => return Err(format!("snapshot kind {other}")),
+            };
+            let snapshot = Snapshot::decode(&payload[1..]).map_err(|e| format!("snapshot: {e}"))?;
+            replay.snapshot(group, snapshot, kind);
             cursor.at = payload.len();
         }
         other => return Err(format!("unknown record kind {other}")),
@@ -543,33 +724,7 @@ fn apply_record(
     if cursor.at != payload.len() {
         return Err("trailing bytes in record".into());
     }
-    Ok(())
-}
-
-fn apply_create(state: &mut BTreeMap<GroupId, GroupState>, group: GroupId, voters: Vec<NodeId>) {
-    state.entry(group).or_default().voters = voters;
-}
-
-/// Appends, truncating a conflicting tail; a gap before the first new index is an error.
-fn apply_append(
-    state: &mut BTreeMap<GroupId, GroupState>,
-    group: GroupId,
-    entries: Vec<Entry>,
-) -> Result<(), String> {
-    let Some(first) = entries.first().map(|e| e.index) else {
-        return Ok(());
-    };
-    let log = &mut state.entry(group).or_default().entries;
-    let keep = first.checked_sub(1).ok_or("entry index 0")? as usize;
-    if keep > log.len() {
-        return Err(format!(
-            "{group}: gap before index {first} (log ends at {})",
-            log.len()
-        ));
-    }
-    log.truncate(keep);
-    log.extend(entries);
-    Ok(())
+    Ok(last_entry)
 }
 
 struct Cursor<'a> {
@@ -592,12 +747,6 @@ impl Cursor<'_> {
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
 }

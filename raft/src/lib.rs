@@ -15,20 +15,27 @@
 //!
 //! Linearizable reads use ReadIndex (leadership confirmed by a heartbeat round, no clock).
 //!
-//! Still to come (issue 3): log compaction and snapshots, membership changes with joint
-//! consensus and learners. This crate must not depend on storage-node or metadata.
+//! Snapshots: the caller's state machine hands its state to [`RaftNode::compact`]; the log
+//! drops what it covers and lagging or new members receive it. Membership changes go through
+//! joint consensus when several happen at once; learners catch up without voting.
+//!
+//! This crate must not depend on storage-node or metadata.
 
 pub mod file_log;
 pub mod log;
 pub mod node;
+pub mod storage;
 
-pub use node::{GroupStatus, NodeConfig, NodeError, Outbox, ProposeError, RaftNode, ReadReady};
+pub use node::{
+    Apply, GroupStatus, MemberChange, NodeConfig, NodeError, Outbox, ProposeError, RaftNode,
+    ReadReady,
+};
 
 /// raft-rs types that appear in this crate's API.
 pub mod raft_types {
     pub use raft::{
         StateRole,
-        eraftpb::{Entry, HardState, Message},
+        eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot, SnapshotMetadata},
     };
 }
 pub mod tls;

@@ -8,17 +8,49 @@
 use std::collections::BTreeMap;
 
 use cairn_common::{GroupId, NodeId};
-use raft::eraftpb::{Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+
+/// The index and term a group's log starts from when its members create it: a bootstrap
+/// snapshot of the empty state at this index holds the first configuration. A member added
+/// later starts with an empty log and so must receive a snapshot from the leader (an empty log
+/// cannot be matched at this index), which is how it learns the configuration (TiKV does the
+/// same).
+pub const BOOTSTRAP_INDEX: u64 = 5;
+/// See [`BOOTSTRAP_INDEX`].
+pub const BOOTSTRAP_TERM: u64 = 5;
+
+/// The bootstrap snapshot of a group whose first voters are `voters`.
+pub fn bootstrap_snapshot(voters: &[NodeId]) -> Snapshot {
+    let voters: Vec<u64> = voters.iter().map(|n| n.0).collect();
+    Snapshot {
+        data: Vec::new(),
+        metadata: Some(SnapshotMetadata {
+            conf_state: Some(ConfState::from((voters, vec![]))),
+            index: BOOTSTRAP_INDEX,
+            term: BOOTSTRAP_TERM,
+        }),
+    }
+}
 
 /// What a log store holds for one group.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GroupState {
     /// Term, vote and commit index.
     pub hard_state: HardState,
-    /// The group's voters when it was created.
-    pub voters: Vec<NodeId>,
-    /// Every entry from index 1 (no compaction yet).
+    /// The latest snapshot: its index, term, configuration and state-machine data. Empty
+    /// (index 0) for a member that has not received one yet.
+    pub snapshot: Snapshot,
+    /// The entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
+}
+
+/// How a snapshot relates to the log it lands on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Taken locally from the applied state: entries after it stay.
+    Compact,
+    /// Received from a leader: it replaces the whole log.
+    Install,
 }
 
 /// Durable storage of many groups' Raft state.
@@ -26,8 +58,11 @@ pub trait LogStore {
     /// The error a store reports.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Records a new group and its voters.
-    fn create_group(&mut self, group: GroupId, voters: &[NodeId]) -> Result<(), Self::Error>;
+    /// Records that this node hosts a group (its state comes by snapshot and appends).
+    fn create_group(&mut self, group: GroupId) -> Result<(), Self::Error>;
+
+    /// Forgets a group: this node is no longer a member.
+    fn remove_group(&mut self, group: GroupId) -> Result<(), Self::Error>;
 
     /// Appends entries to a group's log, first truncating any entries at or after the first
     /// new index (a new leader overwrote an uncommitted tail).
@@ -37,11 +72,94 @@ pub trait LogStore {
     fn set_hard_state(&mut self, group: GroupId, hard_state: &HardState)
     -> Result<(), Self::Error>;
 
+    /// Records a snapshot as the group's base (see [`SnapshotKind`]); entries it covers may be
+    /// discarded.
+    fn set_snapshot(
+        &mut self,
+        group: GroupId,
+        snapshot: &Snapshot,
+        kind: SnapshotKind,
+    ) -> Result<(), Self::Error>;
+
     /// Makes everything written so far durable.
     fn sync(&mut self) -> Result<(), Self::Error>;
 
     /// Every group's durable state, to restart from.
     fn load(&self) -> Result<BTreeMap<GroupId, GroupState>, Self::Error>;
+}
+
+/// Applies one durable write to the state of the groups; shared by the stores' replay so they
+/// agree on what a record means. Entries of a group may arrive with a gap (an older segment
+/// holding covered entries was discarded); [`finish_replay`] checks that the snapshot covers it.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    groups: BTreeMap<GroupId, ReplayGroup>,
+}
+
+#[derive(Debug, Default)]
+struct ReplayGroup {
+    hard_state: HardState,
+    snapshot: Snapshot,
+    entries: BTreeMap<u64, Entry>,
+}
+
+impl Replay {
+    pub(crate) fn create(&mut self, group: GroupId) {
+        self.groups.entry(group).or_default();
+    }
+
+    pub(crate) fn remove(&mut self, group: GroupId) {
+        self.groups.remove(&group);
+    }
+
+    pub(crate) fn append(&mut self, group: GroupId, entries: Vec<Entry>) {
+        let state = self.groups.entry(group).or_default();
+        if let Some(first) = entries.first() {
+            // A new leader overwrote an uncommitted tail.
+            state.entries.split_off(&first.index);
+        }
+        state
+            .entries
+            .extend(entries.into_iter().map(|e| (e.index, e)));
+    }
+
+    pub(crate) fn hard_state(&mut self, group: GroupId, hard_state: HardState) {
+        self.groups.entry(group).or_default().hard_state = hard_state;
+    }
+
+    pub(crate) fn snapshot(&mut self, group: GroupId, snapshot: Snapshot, kind: SnapshotKind) {
+        let state = self.groups.entry(group).or_default();
+        let index = snapshot.get_metadata().index;
+        match kind {
+            SnapshotKind::Compact => state.entries = state.entries.split_off(&(index + 1)),
+            SnapshotKind::Install => state.entries.clear(),
+        }
+        state.snapshot = snapshot;
+    }
+
+    /// The groups' states, or a description of the first group whose log has a hole.
+    pub(crate) fn finish(self) -> Result<BTreeMap<GroupId, GroupState>, String> {
+        let mut out = BTreeMap::new();
+        for (group, mut state) in self.groups {
+            let base = state.snapshot.get_metadata().index;
+            let entries: Vec<Entry> = state.entries.split_off(&(base + 1)).into_values().collect();
+            for (offset, entry) in entries.iter().enumerate() {
+                if entry.index != base + 1 + offset as u64 {
+                    return Err(format!(
+                        "{group}: log has a hole before index {} (snapshot at {base})",
+                        entry.index
+                    ));
+                }
+            }
+            let state = GroupState {
+                hard_state: state.hard_state,
+                snapshot: state.snapshot,
+                entries,
+            };
+            out.insert(group, state);
+        }
+        Ok(out)
+    }
 }
 
 /// The in-memory store's only failure: a simulated power loss during `sync`.
@@ -54,7 +172,7 @@ pub struct PowerLoss;
 /// [`MemLogStore::crash`] throws away what was not synced. The simulation's disk.
 #[derive(Clone, Debug, Default)]
 pub struct MemLogStore {
-    durable: BTreeMap<GroupId, GroupState>,
+    durable: Vec<Pending>,
     pending: Vec<Pending>,
     syncs: u64,
     fail_next_sync: bool,
@@ -63,9 +181,11 @@ pub struct MemLogStore {
 /// A write not yet synced.
 #[derive(Clone, Debug)]
 enum Pending {
-    Create(GroupId, Vec<NodeId>),
+    Create(GroupId),
+    Remove(GroupId),
     Append(GroupId, Vec<Entry>),
     HardState(GroupId, HardState),
+    Snapshot(GroupId, Snapshot, SnapshotKind),
 }
 
 impl MemLogStore {
@@ -93,13 +213,38 @@ impl MemLogStore {
     pub fn sync_count(&self) -> u64 {
         self.syncs
     }
+
+    /// Folds the durable history into its net effect, as a segment cleaner would, so the
+    /// history stays small over long simulations.
+    fn compact_history(&mut self) {
+        let Ok(state) = self.load() else {
+            return;
+        };
+        self.durable.clear();
+        for (group, state) in state {
+            self.durable.push(Pending::Create(group));
+            self.durable.push(Pending::Snapshot(
+                group,
+                state.snapshot,
+                SnapshotKind::Install,
+            ));
+            self.durable
+                .push(Pending::HardState(group, state.hard_state));
+            self.durable.push(Pending::Append(group, state.entries));
+        }
+    }
 }
 
 impl LogStore for MemLogStore {
     type Error = PowerLoss;
 
-    fn create_group(&mut self, group: GroupId, voters: &[NodeId]) -> Result<(), PowerLoss> {
-        self.pending.push(Pending::Create(group, voters.to_vec()));
+    fn create_group(&mut self, group: GroupId) -> Result<(), PowerLoss> {
+        self.pending.push(Pending::Create(group));
+        Ok(())
+    }
+
+    fn remove_group(&mut self, group: GroupId) -> Result<(), PowerLoss> {
+        self.pending.push(Pending::Remove(group));
         Ok(())
     }
 
@@ -117,36 +262,44 @@ impl LogStore for MemLogStore {
         Ok(())
     }
 
+    fn set_snapshot(
+        &mut self,
+        group: GroupId,
+        snapshot: &Snapshot,
+        kind: SnapshotKind,
+    ) -> Result<(), PowerLoss> {
+        self.pending
+            .push(Pending::Snapshot(group, snapshot.clone(), kind));
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), PowerLoss> {
         if std::mem::take(&mut self.fail_next_sync) {
             self.crash();
             return Err(PowerLoss);
         }
-        for write in self.pending.drain(..) {
-            match write {
-                Pending::Create(group, voters) => {
-                    self.durable.entry(group).or_default().voters = voters
-                }
-                Pending::HardState(group, hard_state) => {
-                    self.durable.entry(group).or_default().hard_state = hard_state;
-                }
-                Pending::Append(group, entries) => {
-                    let state = self.durable.entry(group).or_default();
-                    let first = entries[0].index;
-                    let keep = usize::try_from(first - 1).expect("invariant: index fits usize");
-                    assert!(keep <= state.entries.len(), "gap before index {first}");
-                    // A new leader overwrote an uncommitted tail.
-                    state.entries.truncate(keep);
-                    state.entries.extend(entries);
-                }
-            }
-        }
+        self.durable.append(&mut self.pending);
         self.syncs += 1;
+        if self.durable.len() > 4096 {
+            self.compact_history();
+        }
         Ok(())
     }
 
     fn load(&self) -> Result<BTreeMap<GroupId, GroupState>, PowerLoss> {
-        Ok(self.durable.clone())
+        let mut replay = Replay::default();
+        for write in self.durable.iter().cloned() {
+            match write {
+                Pending::Create(group) => replay.create(group),
+                Pending::Remove(group) => replay.remove(group),
+                Pending::HardState(group, hard_state) => replay.hard_state(group, hard_state),
+                Pending::Append(group, entries) => replay.append(group, entries),
+                Pending::Snapshot(group, snapshot, kind) => replay.snapshot(group, snapshot, kind),
+            }
+        }
+        Ok(replay
+            .finish()
+            .expect("invariant: the runtime never leaves a hole in a log"))
     }
 }
 
@@ -166,9 +319,7 @@ mod tests {
     fn crash_loses_only_the_unsynced_tail() {
         let mut store = MemLogStore::new();
         let g = GroupId(1);
-        store
-            .create_group(g, &[NodeId(1), NodeId(2)])
-            .expect("create");
+        store.create_group(g).expect("create");
         store
             .append(g, &[entry(1, 1), entry(2, 1)])
             .expect("append");
@@ -177,7 +328,6 @@ mod tests {
         store.crash();
         let state = &store.load().expect("load")[&g];
         assert_eq!(state.entries.len(), 2);
-        assert_eq!(state.voters, vec![NodeId(1), NodeId(2)]);
     }
 
     #[test]

@@ -14,19 +14,49 @@
 //!
 //! Messages leave batched per peer node ([`Outbox`]), whatever group they belong to.
 //!
+//! # Snapshots and compaction
+//!
+//! The state machine belongs to the caller. It hands the runtime a snapshot of its state at
+//! the applied index with [`RaftNode::compact`]; the runtime stores it durably, drops the log
+//! entries it covers and sends it to followers that fell behind. A follower receiving one
+//! replaces its log and gets [`Apply::Snapshot`] to restore its state machine from. On restart
+//! a group first delivers `Apply::Snapshot` of its latest snapshot, then replays the committed
+//! entries after it: a caller with a durable state machine skips what it has applied already.
+//!
+//! A group starts from a bootstrap snapshot of the empty state at
+//! [`crate::log::BOOTSTRAP_INDEX`] holding the first voters. A member added later joins with
+//! an empty log ([`RaftNode::join_group`]) and so catches up by snapshot.
+//!
+//! # Membership
+//!
+//! [`RaftNode::change_members`] proposes a configuration change: one change is applied
+//! directly, several at once go through joint consensus and leave it automatically. Learners
+//! receive the log without voting. A member whose latest applied configuration excludes it
+//! drops the group once it has applied everything it knows committed. A removed member that
+//! never learns its removal committed keeps the group until told ([`RaftNode::remove_group`]):
+//! the metadata service garbage-collects such replicas.
+//!
 //! An error from `process_ready` means the store failed mid-round: the node must be dropped and
 //! restarted from its store, as after a crash.
 
 use std::collections::BTreeMap;
 
 use cairn_common::{GroupId, NodeId};
+use prost::Message as _;
 use raft::{
-    Config, RawNode, StateRole,
-    eraftpb::{ConfState, Entry, Message},
-    storage::MemStorage,
+    Config, RawNode, SnapshotStatus, StateRole,
+    eraftpb::{
+        ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2,
+        ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
+    },
 };
 
-use crate::log::{GroupState, LogStore};
+use crate::{
+    log::{
+        BOOTSTRAP_INDEX, BOOTSTRAP_TERM, GroupState, LogStore, SnapshotKind, bootstrap_snapshot,
+    },
+    storage::GroupStorage,
+};
 
 /// Per-node settings.
 #[derive(Clone, Debug)]
@@ -58,10 +88,11 @@ impl NodeConfig {
         }
     }
 
-    fn raft_config(&self) -> Config {
+    fn raft_config(&self, applied: u64) -> Config {
         let (min, max) = self.election_tick_range;
         Config {
             id: self.id.0,
+            applied,
             election_tick: min,
             heartbeat_tick: self.heartbeat_tick,
             min_election_tick: min,
@@ -82,11 +113,16 @@ impl NodeConfig {
 pub struct Outbox {
     /// Per peer node, the messages of all groups, in order.
     pub batches: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
+    /// Snapshots handed out in this round, reported as sent (see `process_ready`).
+    snapshots_sent: Vec<(GroupId, u64)>,
 }
 
 impl Outbox {
     fn push(&mut self, group: GroupId, messages: Vec<Message>) {
         for message in messages {
+            if message.msg_type == MessageType::MsgSnapshot as i32 {
+                self.snapshots_sent.push((group, message.to));
+            }
             self.batches
                 .entry(NodeId(message.to))
                 .or_default()
@@ -129,13 +165,48 @@ pub enum NodeError<E: std::error::Error + 'static> {
     /// A group already exists.
     #[error("group {0} exists already")]
     GroupExists(GroupId),
+    /// This node does not host the group.
+    #[error("group {0} not hosted here")]
+    UnknownGroup(GroupId),
+}
+
+/// What the state machine is given, in log order.
+#[derive(Clone, Copy, Debug)]
+pub enum Apply<'a> {
+    /// A committed entry. Configuration changes and the empty entries new leaders append come
+    /// too (the runtime has applied the configuration already); state machines skip them.
+    Entry(&'a Entry),
+    /// Replace the whole state with this snapshot's, taken at `index`. Empty data is the empty
+    /// state (the bootstrap snapshot).
+    Snapshot {
+        /// The last index the snapshot covers.
+        index: u64,
+        /// The state machine's data, as given to [`RaftNode::compact`].
+        data: &'a [u8],
+    },
+}
+
+/// A membership change of one node in one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Adds a voter, or promotes a learner.
+    AddVoter(NodeId),
+    /// Adds a learner (receives the log, does not vote), or demotes a voter.
+    AddLearner(NodeId),
+    /// Removes a voter or learner.
+    Remove(NodeId),
 }
 
 struct Group {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<GroupStorage>,
     applied: u64,
     /// Reads confirmed by the leader at a read index, waiting for this node to apply it.
     reads_waiting: Vec<(u64, u64)>,
+    /// Set at restart: the state machine has not been given the latest snapshot yet.
+    restore_pending: bool,
+    /// The latest configuration this node applied excludes it: the group goes once everything
+    /// known committed is applied (a later entry could still add it back).
+    removed: bool,
 }
 
 impl Group {
@@ -208,28 +279,32 @@ impl<L: LogStore> RaftNode<L> {
         group: GroupId,
         state: &GroupState,
     ) -> Result<(), NodeError<L::Error>> {
-        let voters: Vec<u64> = state.voters.iter().map(|n| n.0).collect();
-        let storage = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
-        {
-            let mut core = storage.wl();
-            core.set_hardstate(state.hard_state.clone());
-            core.append(&state.entries)?;
+        let mut storage = GroupStorage::from_durable(state);
+        let snapshot_index = storage.snapshot_index();
+        // A snapshot is committed by definition, whatever commit index was last written.
+        if storage.hard_state().commit < snapshot_index {
+            let mut hard_state = storage.hard_state().clone();
+            hard_state.commit = snapshot_index;
+            storage.set_hard_state(hard_state);
         }
-        let raw = RawNode::new(&self.config.raft_config(), storage, &self.logger)?;
+        let config = self.config.raft_config(snapshot_index);
+        let raw = RawNode::new(&config, storage, &self.logger)?;
         self.groups.insert(
             group,
             Group {
                 raw,
-                applied: 0,
+                applied: snapshot_index,
                 reads_waiting: Vec::new(),
+                restore_pending: snapshot_index > 0,
+                removed: false,
             },
         );
         Ok(())
     }
 
-    /// Creates a group whose members are `voters` (this node among them) and makes the record
-    /// durable before returning: a member that forgot a group after a crash would never rejoin
-    /// it (the simulation found exactly that).
+    /// Creates a group whose first members are `voters` (this node among them), from the
+    /// bootstrap snapshot, and makes the record durable before returning: a member that forgot
+    /// a group after a crash would never rejoin it (the simulation found exactly that).
     pub fn create_group(
         &mut self,
         group: GroupId,
@@ -242,15 +317,133 @@ impl<L: LogStore> RaftNode<L> {
             voters.contains(&self.config.id),
             "a node creates only groups it is a voter of"
         );
+        let snapshot = bootstrap_snapshot(voters);
+        let hard_state = HardState {
+            term: BOOTSTRAP_TERM,
+            vote: 0,
+            commit: BOOTSTRAP_INDEX,
+        };
+        self.log.create_group(group).map_err(NodeError::Log)?;
         self.log
-            .create_group(group, voters)
+            .set_snapshot(group, &snapshot, SnapshotKind::Install)
+            .map_err(NodeError::Log)?;
+        self.log
+            .set_hard_state(group, &hard_state)
             .map_err(NodeError::Log)?;
         self.log.sync().map_err(NodeError::Log)?;
         let state = GroupState {
-            voters: voters.to_vec(),
-            ..GroupState::default()
+            hard_state,
+            snapshot,
+            entries: Vec::new(),
         };
         self.start_group(group, &state)
+    }
+
+    /// Hosts a group this node is being added to, with an empty log: the leader sends it a
+    /// snapshot, and with it the configuration. Durable before returning, like `create_group`.
+    pub fn join_group(&mut self, group: GroupId) -> Result<(), NodeError<L::Error>> {
+        if self.groups.contains_key(&group) {
+            return Err(NodeError::GroupExists(group));
+        }
+        self.log.create_group(group).map_err(NodeError::Log)?;
+        self.log.sync().map_err(NodeError::Log)?;
+        self.start_group(group, &GroupState::default())
+    }
+
+    /// Stops hosting a group and forgets its log (durable at the next sync; a restart before
+    /// that finds the group again, re-applies the configuration without this node, and drops
+    /// it again).
+    pub fn remove_group(&mut self, group: GroupId) -> Result<(), NodeError<L::Error>> {
+        self.groups
+            .remove(&group)
+            .ok_or(NodeError::UnknownGroup(group))?;
+        self.log.remove_group(group).map_err(NodeError::Log)
+    }
+
+    /// Records a snapshot of the state machine as it is now (at the group's applied index) and
+    /// drops the log entries it covers. The caller's state must be durable at that index
+    /// before the next sync, or a crash could lose entries that exist nowhere else on this
+    /// node. Compacting at or below the current snapshot does nothing.
+    pub fn compact(&mut self, group: GroupId, data: Vec<u8>) -> Result<(), NodeError<L::Error>> {
+        let state = self
+            .groups
+            .get_mut(&group)
+            .ok_or(NodeError::UnknownGroup(group))?;
+        let index = state.applied;
+        let storage = state.raw.store();
+        if index <= storage.snapshot_index() {
+            return Ok(());
+        }
+        let term = storage
+            .term_at(index)
+            .expect("invariant: applied entries are in the log");
+        let snapshot = Snapshot {
+            data,
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(storage.conf_state().clone()),
+                index,
+                term,
+            }),
+        };
+        self.log
+            .set_snapshot(group, &snapshot, SnapshotKind::Compact)
+            .map_err(NodeError::Log)?;
+        state.raw.mut_store().set_snapshot(snapshot, true);
+        Ok(())
+    }
+
+    /// Proposes a membership change to a group this node leads. Several changes at once go
+    /// through joint consensus, left automatically once it is committed. Only one change may
+    /// be in progress: raft refuses (drops) another until the first is applied.
+    pub fn change_members(
+        &mut self,
+        group: GroupId,
+        changes: &[MemberChange],
+    ) -> Result<(), ProposeError> {
+        let group = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ProposeError::UnknownGroup)?;
+        group.ensure_leader()?;
+        let changes = changes
+            .iter()
+            .map(|change| {
+                let (change_type, node) = match *change {
+                    MemberChange::AddVoter(node) => (ConfChangeType::AddNode, node),
+                    MemberChange::AddLearner(node) => (ConfChangeType::AddLearnerNode, node),
+                    MemberChange::Remove(node) => (ConfChangeType::RemoveNode, node),
+                };
+                ConfChangeSingle {
+                    change_type: change_type as i32,
+                    node_id: node.0,
+                }
+            })
+            .collect();
+        let change = ConfChangeV2 {
+            transition: ConfChangeTransition::Auto as i32,
+            changes,
+            context: Vec::new(),
+        };
+        group
+            .raw
+            .propose_conf_change(Vec::new(), change)
+            .map_err(|_| ProposeError::Dropped)
+    }
+
+    /// Groups whose leader (this node) needs a newer snapshot for a follower: the caller
+    /// answers each with [`RaftNode::compact`] (raft retries the follower on its own).
+    pub fn snapshots_wanted(&self) -> Vec<GroupId> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.raw.store().take_snapshot_wanted())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The group's configuration as this node has applied it.
+    pub fn membership(&self, group: GroupId) -> Option<ConfState> {
+        let group = self.groups.get(&group)?;
+        Some(group.raw.raft.prs().conf().to_conf_state())
     }
 
     /// Advances every group's clock by one tick.
@@ -336,10 +529,21 @@ impl<L: LogStore> RaftNode<L> {
     pub fn process_ready(
         &mut self,
         outbox: &mut Outbox,
-        mut apply: impl FnMut(GroupId, &Entry),
+        mut apply: impl FnMut(GroupId, Apply<'_>),
     ) -> Result<(), NodeError<L::Error>> {
         let mut round = Vec::new();
         for (&id, group) in &mut self.groups {
+            if std::mem::take(&mut group.restore_pending) {
+                let snapshot = group.raw.store().snapshot_ref();
+                let index = snapshot.get_metadata().index;
+                apply(
+                    id,
+                    Apply::Snapshot {
+                        index,
+                        data: &snapshot.data,
+                    },
+                );
+            }
             if !group.raw.has_ready() {
                 continue;
             }
@@ -352,28 +556,41 @@ impl<L: LogStore> RaftNode<L> {
                     group.reads_waiting.push((request, read.index));
                 }
             }
-            // No group compacts its log yet, so no snapshot is ever sent or received.
-            assert!(
-                ready.snapshot().is_empty(),
-                "snapshots are not supported yet"
-            );
+            if !ready.snapshot().is_empty() {
+                // From the leader: this log did not match its, so the snapshot replaces it.
+                let snapshot = ready.snapshot().clone();
+                self.log
+                    .set_snapshot(id, &snapshot, SnapshotKind::Install)
+                    .map_err(NodeError::Log)?;
+                let index = snapshot.get_metadata().index;
+                apply(
+                    id,
+                    Apply::Snapshot {
+                        index,
+                        data: &snapshot.data,
+                    },
+                );
+                group.raw.mut_store().set_snapshot(snapshot, false);
+                group.applied = index;
+            }
             apply_all(id, group, ready.take_committed_entries(), &mut apply);
             if !ready.entries().is_empty() {
-                group.raw.mut_store().wl().append(ready.entries())?;
+                group.raw.mut_store().append(ready.entries());
                 self.log
                     .append(id, ready.entries())
                     .map_err(NodeError::Log)?;
             }
             if let Some(hard_state) = ready.hs() {
-                group.raw.mut_store().wl().set_hardstate(hard_state.clone());
+                group.raw.mut_store().set_hard_state(hard_state.clone());
                 self.log
                     .set_hard_state(id, hard_state)
                     .map_err(NodeError::Log)?;
             }
             round.push((id, ready));
         }
+        self.report_snapshots(outbox);
         if round.is_empty() {
-            return Ok(());
+            return self.drop_removed_groups();
         }
         self.log.sync().map_err(NodeError::Log)?;
         for (id, mut ready) in round {
@@ -384,10 +601,9 @@ impl<L: LogStore> RaftNode<L> {
             outbox.push(id, ready.take_persisted_messages());
             let mut light = group.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
-                let mut core = group.raw.mut_store().wl();
-                core.mut_hard_state().commit = commit;
-                let hard_state = core.hard_state().clone();
-                drop(core);
+                let mut hard_state = group.raw.store().hard_state().clone();
+                hard_state.commit = commit;
+                group.raw.mut_store().set_hard_state(hard_state.clone());
                 // Not synced now: the commit index is recovered from the leader if lost.
                 self.log
                     .set_hard_state(id, &hard_state)
@@ -395,7 +611,33 @@ impl<L: LogStore> RaftNode<L> {
             }
             outbox.push(id, light.take_messages());
             apply_all(id, group, light.take_committed_entries(), &mut apply);
-            group.raw.advance_apply();
+            group.raw.advance_apply_to(group.applied);
+            leave_joint_if_stuck(group);
+        }
+        self.report_snapshots(outbox);
+        self.drop_removed_groups()
+    }
+
+    /// Reports every snapshot handed to the transport as delivered. raft-rs keeps a follower
+    /// paused until told; if the snapshot was in fact lost, the follower refuses the next
+    /// append and the leader sends a snapshot again, so optimism costs one round trip.
+    fn report_snapshots(&mut self, outbox: &mut Outbox) {
+        for (group, to) in outbox.snapshots_sent.drain(..) {
+            if let Some(group) = self.groups.get_mut(&group) {
+                group.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
+        }
+    }
+
+    fn drop_removed_groups(&mut self) -> Result<(), NodeError<L::Error>> {
+        let removed: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.removed && g.applied >= g.raw.raft.raft_log.committed)
+            .map(|(id, _)| *id)
+            .collect();
+        for group in removed {
+            self.remove_group(group)?;
         }
         Ok(())
     }
@@ -438,7 +680,7 @@ fn apply_all(
     id: GroupId,
     group: &mut Group,
     entries: Vec<Entry>,
-    apply: &mut impl FnMut(GroupId, &Entry),
+    apply: &mut impl FnMut(GroupId, Apply<'_>),
 ) {
     for entry in &entries {
         assert_eq!(
@@ -446,7 +688,59 @@ fn apply_all(
             group.applied + 1,
             "entries apply in order without gaps"
         );
-        apply(id, entry);
+        apply_conf_change(group, entry);
+        apply(id, Apply::Entry(entry));
         group.applied = entry.index;
+    }
+}
+
+/// Applies a configuration change entry to the group's Raft state (other entries pass).
+fn apply_conf_change(group: &mut Group, entry: &Entry) {
+    let applied = match entry.get_entry_type() {
+        EntryType::EntryNormal => return,
+        EntryType::EntryConfChange => ConfChange::decode(entry.data.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|cc| group.raw.apply_conf_change(&cc).map_err(|e| e.to_string())),
+        EntryType::EntryConfChangeV2 => ConfChangeV2::decode(entry.data.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|cc| group.raw.apply_conf_change(&cc).map_err(|e| e.to_string())),
+    };
+    // raft-rs refuses invalid changes when they are proposed, so a committed one applies; if
+    // one does not, every member refuses it alike and it is a no-op, never a reason to stop.
+    let Ok(conf_state) = applied else {
+        return;
+    };
+    let me = group.raw.raft.id;
+    let member = [
+        &conf_state.voters,
+        &conf_state.learners,
+        &conf_state.voters_outgoing,
+        &conf_state.learners_next,
+    ]
+    .iter()
+    .any(|set| set.contains(&me));
+    let voter = conf_state.voters.contains(&me) || conf_state.voters_outgoing.contains(&me);
+    group.raw.mut_store().set_conf_state(conf_state);
+    if !voter && group.raw.raft.state == StateRole::Leader {
+        // A leader removed or demoted (the change was proposed before it led) steps down at
+        // once; raft-rs would otherwise go on leading without a place in the configuration.
+        let term = group.raw.raft.term;
+        group.raw.raft.become_follower(term, raft::INVALID_ID);
+    }
+    // A member replaying history may apply its own old removal before a later re-addition:
+    // the flag follows the latest configuration, and the group goes only once it is caught up.
+    group.removed = !member;
+}
+
+/// raft-rs leaves a joint configuration automatically only if the leader that entered it is
+/// still leading when it applies it; a later leader must propose the leave itself.
+fn leave_joint_if_stuck(group: &mut Group) {
+    let raft = &group.raw.raft;
+    let joint = !raft.prs().conf().to_conf_state().voters_outgoing.is_empty();
+    if raft.state == StateRole::Leader && joint && raft.pending_conf_index <= group.applied {
+        // An empty V2 change is "leave the joint configuration"; refused while one is pending.
+        let _ = group
+            .raw
+            .propose_conf_change(Vec::new(), ConfChangeV2::default());
     }
 }

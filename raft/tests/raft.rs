@@ -6,16 +6,23 @@ use std::{fs, path::Path};
 
 use cairn_common::{GroupId, NodeId};
 use cairn_raft::{
-    NodeConfig, Outbox, RaftNode,
+    Apply, NodeConfig, Outbox, RaftNode,
     file_log::FileLogStore,
-    log::{LogStore, MemLogStore},
-    raft_types::{Entry, HardState},
+    log::{LogStore, MemLogStore, SnapshotKind},
+    raft_types::{Entry, HardState, Snapshot, SnapshotMetadata},
 };
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create(u64, Vec<u64>),
+    Create(u64),
+    Remove(u64),
+    /// Compact at `back` entries before the end, or install a snapshot `back` past it.
+    Snapshot {
+        group: u64,
+        back: u64,
+        install: bool,
+    },
     /// Append `count` entries to a group starting `back` entries before the end (0: after it).
     Append {
         group: u64,
@@ -35,7 +42,10 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        1 => (1..4u64, proptest::collection::vec(1..6u64, 1..4)).prop_map(|(g, v)| Op::Create(g, v)),
+        1 => (1..4u64).prop_map(Op::Create),
+        1 => (1..4u64).prop_map(Op::Remove),
+        1 => (1..4u64, 0..4u64, any::<bool>())
+            .prop_map(|(group, back, install)| Op::Snapshot { group, back, install }),
         5 => (1..4u64, 0..3u64, 1..5u64, 1..9u64, 0..300usize)
             .prop_map(|(group, back, count, term, size)| Op::Append { group, back, count, term, size }),
         2 => (1..4u64, 0..9u64, 0..6u64, 0..50u64)
@@ -44,17 +54,53 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Applies `op` to both stores; `lengths` tracks each group's log length in the model.
+/// Applies `op` to both stores; `lengths` tracks each group's (snapshot index, last index).
 fn apply(
     op: &Op,
     stores: &mut [&mut dyn LogStoreDyn],
-    lengths: &mut std::collections::BTreeMap<u64, u64>,
+    lengths: &mut std::collections::BTreeMap<u64, (u64, u64)>,
 ) {
     match op {
-        Op::Create(group, voters) => {
-            let voters: Vec<NodeId> = voters.iter().copied().map(NodeId).collect();
+        Op::Create(group) => {
             for store in stores.iter_mut() {
-                store.create(GroupId(*group), &voters);
+                store.create(GroupId(*group));
+            }
+        }
+        Op::Remove(group) => {
+            lengths.remove(group);
+            for store in stores.iter_mut() {
+                store.remove(GroupId(*group));
+            }
+        }
+        Op::Snapshot {
+            group,
+            back,
+            install,
+        } => {
+            let (base, last) = lengths.entry(*group).or_default();
+            let (index, kind) = if *install {
+                (*last + back + 1, SnapshotKind::Install)
+            } else {
+                (last.saturating_sub(*back), SnapshotKind::Compact)
+            };
+            if index <= *base {
+                return;
+            }
+            *base = index;
+            *last = (*last).max(index);
+            if *install {
+                *last = index;
+            }
+            let snapshot = Snapshot {
+                data: vec![index as u8; 10],
+                metadata: Some(SnapshotMetadata {
+                    index,
+                    term: 1,
+                    conf_state: None,
+                }),
+            };
+            for store in stores.iter_mut() {
+                store.snapshot(GroupId(*group), &snapshot, kind);
             }
         }
         Op::Append {
@@ -64,8 +110,8 @@ fn apply(
             term,
             size,
         } => {
-            let length = lengths.entry(*group).or_default();
-            let first = length.saturating_sub(*back) + 1;
+            let (base, length) = lengths.entry(*group).or_default();
+            let first = length.saturating_sub(*back).max(*base) + 1;
             let entries: Vec<Entry> = (0..*count)
                 .map(|i| Entry {
                     index: first + i,
@@ -104,7 +150,9 @@ fn apply(
 
 /// Object-safe test view of a log store.
 trait LogStoreDyn {
-    fn create(&mut self, group: GroupId, voters: &[NodeId]);
+    fn create(&mut self, group: GroupId);
+    fn remove(&mut self, group: GroupId);
+    fn snapshot(&mut self, group: GroupId, snapshot: &Snapshot, kind: SnapshotKind);
     fn append(&mut self, group: GroupId, entries: &[Entry]);
     fn hard_state(&mut self, group: GroupId, hard_state: &HardState);
     fn sync(&mut self);
@@ -112,8 +160,14 @@ trait LogStoreDyn {
 }
 
 impl<L: LogStore> LogStoreDyn for L {
-    fn create(&mut self, group: GroupId, voters: &[NodeId]) {
-        self.create_group(group, voters).expect("create");
+    fn create(&mut self, group: GroupId) {
+        self.create_group(group).expect("create");
+    }
+    fn remove(&mut self, group: GroupId) {
+        self.remove_group(group).expect("remove");
+    }
+    fn snapshot(&mut self, group: GroupId, snapshot: &Snapshot, kind: SnapshotKind) {
+        self.set_snapshot(group, snapshot, kind).expect("snapshot");
     }
     fn append(&mut self, group: GroupId, entries: &[Entry]) {
         LogStore::append(self, group, entries).expect("append");
@@ -172,7 +226,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = FileLogStore::open_with_segment_size(dir.path(), 64 << 10).expect("open");
         let g = GroupId(1);
-        store.create_group(g, &[NodeId(1)]).expect("create");
+        store.create_group(g).expect("create");
         let first: Vec<Entry> = (1..=3).map(|i| Entry { index: i, term: 1, data: vec![1; 40], ..Entry::default() }).collect();
         LogStore::append(&mut store, g, &first).expect("append");
         LogStore::sync(&mut store).expect("sync");
@@ -216,9 +270,7 @@ fn corruption_before_the_tail_refuses_to_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = FileLogStore::open_with_segment_size(dir.path(), 256).expect("open");
     let g = GroupId(7);
-    store
-        .create_group(g, &[NodeId(1), NodeId(2), NodeId(3)])
-        .expect("create");
+    store.create_group(g).expect("create");
     for i in 1..=20u64 {
         let entry = Entry {
             index: i,
@@ -244,11 +296,64 @@ fn corruption_before_the_tail_refuses_to_open() {
     let error = FileLogStore::open_with_segment_size(dir.path(), 256)
         .err()
         .expect("corruption is an error");
-    assert!(error.to_string().contains("checksum"), "{error}");
+    assert!(error.to_string().contains("corrupt record"), "{error}");
+}
+
+/// Goal: compaction lets old segments go, and what remains restarts to the same state.
+/// Method: small segments, many appends, a compaction every few syncs; count the segments and
+/// compare the reopened state with the live one.
+#[test]
+fn compaction_cleans_old_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = FileLogStore::open_with_segment_size(dir.path(), 4096).expect("open");
+    let groups = [GroupId(1), GroupId(2)];
+    for g in groups {
+        store.create_group(g).expect("create");
+    }
+    let mut most = 0;
+    for i in 1..=400u64 {
+        for g in groups {
+            let entry = Entry {
+                index: i,
+                term: 1,
+                data: vec![i as u8; 60],
+                ..Entry::default()
+            };
+            LogStore::append(&mut store, g, &[entry]).expect("append");
+            if i % 25 == 0 {
+                let snapshot = Snapshot {
+                    data: vec![g.0 as u8; 100],
+                    metadata: Some(SnapshotMetadata {
+                        index: i - 3,
+                        term: 1,
+                        conf_state: None,
+                    }),
+                };
+                store
+                    .set_snapshot(g, &snapshot, SnapshotKind::Compact)
+                    .expect("snapshot");
+            }
+        }
+        LogStore::sync(&mut store).expect("sync");
+        most = most.max(store.segment_count().expect("count"));
+    }
+    assert!(
+        segments(dir.path()).len() <= 4 && most <= 5,
+        "segments: {} now, {most} at most",
+        segments(dir.path()).len()
+    );
+    let live = store.state();
+    drop(store);
+    let reopened = FileLogStore::open_with_segment_size(dir.path(), 4096).expect("reopen");
+    assert_eq!(reopened.state(), live);
+    let state = reopened.load().expect("load");
+    assert_eq!(state[&GroupId(1)].snapshot.get_metadata().index, 397);
+    assert_eq!(state[&GroupId(1)].entries.len(), 3);
 }
 
 /// Goal: a node restarted on its file log comes back with its groups and replays its committed
-/// entries in order. Method: a single-voter group elects itself, commits proposals, restarts.
+/// entries in order; after a compaction it restores the snapshot first and replays the rest.
+/// Method: a single-voter group elects itself, commits proposals, compacts, restarts.
 #[test]
 fn raft_node_restarts_from_its_file_log() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -256,8 +361,12 @@ fn raft_node_restarts_from_its_file_log() {
     let g = GroupId(3);
     let run = |node: &mut RaftNode<FileLogStore>, applied: &mut Vec<Vec<u8>>| {
         let mut outbox = Outbox::default();
-        node.process_ready(&mut outbox, |_, entry| applied.push(entry.data.clone()))
-            .expect("ready");
+        node.process_ready(&mut outbox, |_, apply| {
+            if let Apply::Entry(entry) = apply {
+                applied.push(entry.data.clone())
+            }
+        })
+        .expect("ready");
         assert!(outbox.is_empty(), "a single-voter group sends nothing");
     };
     let mut applied = Vec::new();
@@ -278,10 +387,70 @@ fn raft_node_restarts_from_its_file_log() {
     let data: Vec<Vec<u8>> = applied.iter().filter(|d| !d.is_empty()).cloned().collect();
     assert_eq!(data, (0..10u8).map(|i| vec![i; 8]).collect::<Vec<_>>());
     drop(node);
+    let data = restart_and_replay(&config, dir.path(), g, data);
+    // Compact after the fifth proposal's worth of state, then two more proposals.
+    let mut node = RaftNode::new(
+        config.clone(),
+        FileLogStore::open(dir.path()).expect("reopen"),
+    )
+    .expect("restart");
+    let mut applied = Vec::new();
+    for _ in 0..40 {
+        node.tick();
+        run(&mut node, &mut applied);
+    }
+    node.compact(g, b"state after ten".to_vec())
+        .expect("compact");
+    for i in 10..12u8 {
+        node.propose(g, vec![i; 8]).expect("leader accepts");
+        run(&mut node, &mut applied);
+    }
+    drop(node);
+    let mut restored = Vec::new();
+    let mut node =
+        RaftNode::new(config, FileLogStore::open(dir.path()).expect("reopen")).expect("restart");
+    for _ in 0..40 {
+        node.tick();
+        let mut outbox = Outbox::default();
+        node.process_ready(&mut outbox, |_, apply| match apply {
+            Apply::Snapshot { data, .. } => restored.push(data.to_vec()),
+            Apply::Entry(entry) if !entry.data.is_empty() => restored.push(entry.data.clone()),
+            Apply::Entry(_) => {}
+        })
+        .expect("ready");
+    }
+    assert_eq!(
+        restored[0],
+        b"state after ten".to_vec(),
+        "the snapshot comes first"
+    );
+    assert_eq!(
+        &restored[1..],
+        &[vec![10u8; 8], vec![11u8; 8]],
+        "then the entries after it"
+    );
+    assert_eq!(data.len(), 10);
+}
+
+fn restart_and_replay(
+    config: &NodeConfig,
+    dir: &Path,
+    g: GroupId,
+    data: Vec<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    let run = |node: &mut RaftNode<FileLogStore>, applied: &mut Vec<Vec<u8>>| {
+        let mut outbox = Outbox::default();
+        node.process_ready(&mut outbox, |_, apply| {
+            if let Apply::Entry(entry) = apply {
+                applied.push(entry.data.clone())
+            }
+        })
+        .expect("ready");
+    };
 
     let mut replayed = Vec::new();
     let mut node =
-        RaftNode::new(config, FileLogStore::open(dir.path()).expect("reopen")).expect("restart");
+        RaftNode::new(config.clone(), FileLogStore::open(dir).expect("reopen")).expect("restart");
     assert_eq!(node.groups().collect::<Vec<_>>(), vec![g]);
     for _ in 0..40 {
         node.tick();
@@ -289,6 +458,7 @@ fn raft_node_restarts_from_its_file_log() {
     }
     let replayed: Vec<Vec<u8>> = replayed.into_iter().filter(|d| !d.is_empty()).collect();
     assert_eq!(replayed, data, "committed entries replay after restart");
+    replayed
 }
 
 mod transport {
@@ -535,7 +705,12 @@ mod transport {
                         }
                         let mut outbox = Outbox::default();
                         let mut applied = Vec::new();
-                        node.process_ready(&mut outbox, |g, e| applied.push((g, e.data.clone()))).expect("ready");
+                        node.process_ready(&mut outbox, |g, apply| {
+                            if let cairn_raft::Apply::Entry(e) = apply {
+                                applied.push((g, e.data.clone()));
+                            }
+                        })
+                        .expect("ready");
                         for (to, batch) in outbox.batches {
                             transport.send(to, batch);
                         }

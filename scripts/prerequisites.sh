@@ -6,6 +6,12 @@
 #   fio                the chunk-store benchmark's reference (and its smoke test)
 #   util-linux, mount  unshare and mount: the fallback-engine tests use a private ramfs
 #   python3            reads fio's JSON in benches/chunkstore.sh
+#   libclang-dev       bindgen generates RocksDB's Rust bindings at build time
+#
+# It also provides RocksDB as a prebuilt static library (cairn_ensure_rocksdb): the bundled
+# C++ build costs 12-25 minutes on 2 cores, and cargo redoes it whenever the build-dependency
+# graph's features change (adding almost any crate does). Built once per RocksDB version into
+# $HOME/.cache/cairn-rocksdb and linked through ROCKSDB_LIB_DIR, it costs that once per machine.
 
 cairn_ensure_prerequisites() {
   local missing=()
@@ -14,6 +20,7 @@ cairn_ensure_prerequisites() {
   command -v unshare >/dev/null || missing+=(util-linux)
   command -v mount >/dev/null || missing+=(mount)
   command -v python3 >/dev/null || missing+=(python3)
+  ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
   [ "${#missing[@]}" -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "cairn: installing ${missing[*]}" >&2
@@ -24,4 +31,22 @@ cairn_ensure_prerequisites() {
     echo "cairn: missing system packages: ${missing[*]} (as root: apt-get install ${missing[*]})" >&2
     return 1
   fi
+}
+
+# Exports ROCKSDB_LIB_DIR and ROCKSDB_STATIC for the bundled RocksDB version in Cargo.lock,
+# building the library once (in a target directory of its own) if it is not cached yet.
+cairn_ensure_rocksdb() {
+  local root version dir build
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  version=$(awk '/^name = "librocksdb-sys"/ {getline; gsub(/[" ]/, "", $0); sub(/version=/, "", $0); print}' "$root/Cargo.lock")
+  dir="$HOME/.cache/cairn-rocksdb/$version"
+  if [ ! -f "$dir/librocksdb.a" ]; then
+    echo "cairn: building RocksDB $version once into $dir (about 15 minutes on 2 cores)" >&2
+    build="$HOME/.cache/cairn-rocksdb/build"
+    (cd "$root" && env -u ROCKSDB_LIB_DIR -u ROCKSDB_STATIC CARGO_TARGET_DIR="$build" \
+      cargo build --quiet -p librocksdb-sys >&2)
+    mkdir -p "$dir"
+    cp "$(ls -t "$build"/debug/build/librocksdb-sys-*/out/librocksdb.a | head -n 1)" "$dir/"
+  fi
+  export ROCKSDB_LIB_DIR="$dir" ROCKSDB_STATIC=1
 }

@@ -6,4 +6,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/prerequisites.sh
 source scripts/prerequisites.sh
 cairn_ensure_prerequisites
+cairn_ensure_rocksdb
 exec cargo test --workspace "$@"

@@ -95,8 +95,11 @@ fn issue(dir: &Path, node: NodeId, out: &Path) -> Result<(), String> {
     let base = format!("node-{}", node.0);
     write_new(&out.join(format!("{base}.key")), &pem.key, 0o600)?;
     write_new(&out.join(format!("{base}.crt")), &pem.cert, 0o644)?;
-    if out != dir {
-        write_new(&out.join("ca.crt"), &pem.ca, 0o644)?;
+    // Several nodes' files may share a directory: the CA certificate is written once.
+    let ca_path = out.join("ca.crt");
+    let same_ca = fs::read_to_string(&ca_path).is_ok_and(|existing| existing == pem.ca);
+    if out != dir && !same_ca {
+        write_new(&ca_path, &pem.ca, 0o644)?;
     }
     println!(
         "issued {} for node {} in {}",

@@ -1,10 +1,12 @@
-//! `cairn`: the one Cairn binary. Today it carries the disk tools over the chunk store and the
-//! cluster CA for node-to-node mutual TLS; the
-//! metadata service, storage node, gateways and operator CLI join it as their issues land
-//! (`cairn meta`, `cairn node`, `cairn dev`, `cairn gateway ...`, `cairn volume ...`).
+//! `cairn`: the one Cairn binary. It carries the disk tools over the chunk store, the cluster CA
+//! for node-to-node mutual TLS, the metadata service (`cairn meta`) and the operator CLI over
+//! its admin API (`cairn cluster|pool|volume|node|tenant`). The storage node, `cairn dev` and
+//! the gateways join it as their issues land.
 
+mod admin;
 mod ca;
 mod disk;
+mod meta;
 
 use std::process::ExitCode;
 
@@ -15,6 +17,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: admin::Connection,
 }
 
 #[derive(Subcommand)]
@@ -25,6 +29,23 @@ enum Command {
     /// The cluster certificate authority for node-to-node mutual TLS.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Runs a member of the metadata Raft group with the admin API.
+    Meta(meta::MetaArgs),
+    /// The cluster as the metadata service sees it.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCommand),
+    /// Storage pools.
+    #[command(subcommand)]
+    Pool(admin::PoolCommand),
+    /// Block volumes (EVS).
+    #[command(subcommand)]
+    Volume(admin::VolumeCommand),
+    /// Nodes and their disks in the cluster map.
+    #[command(subcommand, name = "node")]
+    Node(admin::NodeCommand),
+    /// Tenants and their S3 access keys.
+    #[command(subcommand)]
+    Tenant(admin::TenantCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,5 +59,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Disk(command) => disk::run(command),
         Command::Ca(command) => ca::run(command),
+        Command::Meta(args) => meta::run(args),
+        Command::Cluster(command) => admin::cluster(&cli.connection, command),
+        Command::Pool(command) => admin::pool(&cli.connection, command),
+        Command::Volume(command) => admin::volume(&cli.connection, command),
+        Command::Node(command) => admin::node(&cli.connection, command),
+        Command::Tenant(command) => admin::tenant(&cli.connection, command),
     }
 }

@@ -178,3 +178,191 @@ fn ca_init_and_issue_produce_working_identities() {
         assert_eq!(from, NodeId(1));
     });
 }
+
+/// A single-member metadata group on loopback, stopped (SIGKILL) when dropped.
+struct MetaMember {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for MetaMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn start_meta() -> MetaMember {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    assert_eq!(cairn(&["ca", "init", &path("ca")]).0, 0);
+    assert_eq!(
+        cairn(&["ca", "issue", &path("ca"), "1", "--out", &path("certs")]).0,
+        0
+    );
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let api = format!("127.0.0.1:{}", free_port());
+    let member = format!("1=127.0.0.1:{},{api}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "meta",
+            "--id",
+            "1",
+            "--data",
+            &path("data"),
+            "--certs",
+            &path("certs"),
+        ])
+        .args([
+            "--token-file",
+            &path("token"),
+            "--member",
+            &member,
+            "--tick-ms",
+            "20",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cairn meta");
+    MetaMember {
+        child,
+        url: format!("http://{api}"),
+        _dir: dir,
+    }
+}
+
+fn admin(member: &MetaMember, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_ADMIN_URL", &member.url)
+        .env("CAIRN_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run cairn");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("utf-8 output");
+    (
+        output.status.code().unwrap_or(-1),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+/// Goal: the operator CLI drives the admin API of a real `cairn meta`: pools, volumes, disks
+/// and tenants with tables and `--json`, and clear errors with a non-zero exit for 400, 401,
+/// 404 and 409, none of which changes what is stored. Method: one member on loopback, the CLI
+/// as a user runs it.
+#[test]
+fn operator_cli_over_the_admin_api() {
+    let member = start_meta();
+    // The CLI retries while the member elects itself.
+    let (code, out, err) = admin(&member, &["cluster", "status", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"role\""), "{out}");
+    for host in 1..=3 {
+        let id = format!("00000000-0000-0000-0000-00000000000{host}");
+        let host = host.to_string();
+        let (code, out, err) = admin(
+            &member,
+            &[
+                "node",
+                "add-disk",
+                "--id",
+                &id,
+                "--host",
+                &host,
+                "--capacity",
+                "1T",
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (code, out, err) = admin(&member, &["pool", "create", "p", "--pg-count", "32"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = admin(
+        &member,
+        &["volume", "create", "vol1", "--pool", "p", "--size", "10G"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("vol1") && out.contains("10 GiB"),
+        "a table: {out}"
+    );
+    let (code, out, _) = admin(&member, &["volume", "list", "--json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(list[0]["size_bytes"], 10u64 << 30);
+    // 409, 404, 400: clear message, non-zero exit, nothing changed.
+    let (code, _, err) = admin(
+        &member,
+        &["volume", "create", "vol1", "--pool", "p", "--size", "1G"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("already exists") && err.contains("409"),
+        "{err}"
+    );
+    let (code, _, err) = admin(&member, &["volume", "show", "nope"]);
+    assert!(code != 0 && err.contains("404"), "{err}");
+    let (code, _, err) = admin(
+        &member,
+        &[
+            "volume",
+            "create",
+            "bad name!",
+            "--pool",
+            "p",
+            "--size",
+            "1G",
+        ],
+    );
+    assert!(code != 0 && err.contains("400"), "{err}");
+    let (code, _, err) = admin(&member, &["volume", "resize", "vol1", "--size", "1G"]);
+    assert!(
+        code != 0 && err.contains("400"),
+        "shrinking is refused: {err}"
+    );
+    let (code, _, err) = admin(
+        &member,
+        &["volume", "create", "v2", "--pool", "p", "--size", "lots"],
+    );
+    assert!(code != 0 && err.contains("size"), "{err}");
+    let (code, out, _) = admin(&member, &["volume", "show", "vol1", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&(10u64 << 30).to_string()), "unchanged: {out}");
+    assert_eq!(
+        admin(&member, &["volume", "resize", "vol1", "--size", "20G"]).0,
+        0
+    );
+    assert_eq!(admin(&member, &["volume", "delete", "vol1"]).0, 0);
+    let (_, out, _) = admin(&member, &["volume", "list", "--json"]);
+    assert_eq!(out.trim(), "[]");
+    // Tenants and keys: the secret is shown once, at creation.
+    assert_eq!(admin(&member, &["tenant", "create", "acme"]).0, 0);
+    let (code, out, err) = admin(&member, &["tenant", "create-key", "acme", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let key: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let secret = key["secret_key"].as_str().expect("secret").to_string();
+    let (_, out, _) = admin(&member, &["tenant", "list", "--json"]);
+    assert!(!out.contains(&secret), "listing never shows a secret");
+    let (code, _, err) = admin(&member, &["tenant", "delete", "acme"]);
+    assert!(code != 0 && err.contains("409"), "{err}");
+    // A wrong token is refused.
+    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["pool", "list"])
+        .env("CAIRN_ADMIN_URL", &member.url)
+        .env("CAIRN_ADMIN_TOKEN", "wrong-token-wrong-token")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.contains("401"), "{err}");
+}

@@ -5,7 +5,10 @@
 //! cairn-chaos chunkstore-worker DIR JOURNAL SEED      (internal) the process that gets killed
 //! cairn-chaos raft-sim FIRST_SEED [COUNT]            deterministic Raft simulation, per seed
 //! cairn-chaos raftlog-kill DIR SECONDS [SEED]        kill -9 a Raft node on its file log, verify
+//! cairn-chaos meta-failover DIR SECONDS [MEMBERS]    kill -9 metadata leaders, wipe a member
 //! ```
+//!
+//! `meta-failover` runs the `cairn` binary next to this one, or `$CAIRN_BIN`.
 //!
 //! A scenario ends with one line, `<scenario>: acknowledged=N lost=L corrupt=C ...`, and exits
 //! non-zero if L or C is not zero or nothing was acknowledged.
@@ -110,7 +113,81 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["meta-failover", dir, seconds, ref members @ ..] => {
+            let (Ok(seconds), Ok(members)) = (
+                seconds.parse::<f64>(),
+                members.first().copied().unwrap_or("3").parse::<u64>(),
+            ) else {
+                return usage();
+            };
+            meta_failover(Path::new(dir), seconds, members)
+        }
+        ["meta-bench", dir, seconds, clients] => {
+            let (Ok(seconds), Ok(clients)) = (seconds.parse::<f64>(), clients.parse::<usize>())
+            else {
+                return usage();
+            };
+            let options = cairn_chaos::meta_failover::Options {
+                cairn: cairn_binary(),
+                dir: Path::new(dir).to_path_buf(),
+                members: 3,
+                seconds,
+            };
+            match cairn_chaos::meta_failover::bench(options, clients) {
+                Ok(r) => {
+                    println!(
+                        "meta-bench: clients={clients} create_ops_per_s={:.0} read_ops_per_s={:.0}",
+                        r.create_ops_per_s, r.read_ops_per_s
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("meta-bench: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => usage(),
+    }
+}
+
+/// The `cairn` binary: `$CAIRN_BIN`, else the one next to this executable.
+fn cairn_binary() -> std::path::PathBuf {
+    std::env::var_os("CAIRN_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| Some(std::env::current_exe().ok()?.with_file_name("cairn")))
+        .unwrap_or_default()
+}
+
+fn meta_failover(dir: &Path, seconds: f64, members: u64) -> ExitCode {
+    let options = cairn_chaos::meta_failover::Options {
+        cairn: cairn_binary(),
+        dir: dir.to_path_buf(),
+        members,
+        seconds,
+    };
+    match cairn_chaos::meta_failover::run(options) {
+        Ok(v) => {
+            eprintln!(
+                "meta-failover: kills={} failover_max={:?} wiped_member_restored_by_snapshot={}",
+                v.kills, v.failover_max, v.wiped_member_restored
+            );
+            println!(
+                "meta-failover: acknowledged={} lost={} duplicated={}",
+                v.acknowledged, v.lost, v.duplicated
+            );
+            let ok =
+                v.lost == 0 && v.duplicated == 0 && v.acknowledged > 0 && v.wiped_member_restored;
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("meta-failover: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -152,5 +229,7 @@ fn usage() -> ExitCode {
     eprintln!("usage: cairn-chaos chunkstore-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos raft-sim FIRST_SEED [COUNT]");
     eprintln!("       cairn-chaos raftlog-kill DIR SECONDS [SEED]");
+    eprintln!("       cairn-chaos meta-failover DIR SECONDS [MEMBERS]");
+    eprintln!("       cairn-chaos meta-bench DIR SECONDS CLIENTS");
     ExitCode::from(2)
 }

@@ -9,6 +9,8 @@ pub mod checksum;
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// The unit of checksumming and of direct IO: every chunk-store IO is a multiple of it.
 pub const BLOCK_SIZE: u32 = 4096;
 
@@ -27,11 +29,11 @@ const _: () = assert!(CHUNK_SIZE_MAX.is_multiple_of(BLOCK_SIZE));
 const _: () = assert!(CHUNK_SIZE_MIN <= CHUNK_SIZE_DEFAULT && CHUNK_SIZE_DEFAULT <= CHUNK_SIZE_MAX);
 
 /// A storage pool: a replica count, a failure-domain level and a set of placement groups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PoolId(pub u32);
 
 /// What a chunk belongs to: a volume, an object or a file, numbered by the metadata service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OwnerId(pub u64);
 
 /// Names one chunk cluster-wide: the `index`-th chunk-sized piece of `owner` in `pool`.
@@ -99,7 +101,7 @@ impl fmt::Display for GroupId {
 }
 
 /// A disk's identity: the UUID in its label, stable when the disk changes slot or path.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DiskId(pub [u8; 16]);
 
 impl fmt::Display for DiskId {

@@ -1,11 +1,21 @@
-//! Cairn's metadata service. Today: [`placement`], the pure function from a cluster map and a
-//! pool policy to each placement group's members, and [`state`], the pure state machine that
-//! applies typed commands (disks, pools with their PG maps, volumes) in Raft log order.
+//! Cairn's metadata service: the cluster map, pools with their PG maps, volumes, tenants and
+//! their S3 access keys, replicated through one Raft group.
 //!
-//! Still to come (issue 3): the Raft-replicated state machine on RocksDB (cluster map, pools,
-//! PG map, volumes, tenants and keys, laid out by key prefix), the admin API and `cairn meta`.
-//! Pure modules here (placement, state) do no IO, read no clock and spawn nothing. This crate
-//! must not depend on storage-node or any gateway.
+//! - [`placement`]: the pure function from a cluster map and a pool policy to each placement
+//!   group's members.
+//! - [`state`]: the pure state machine that applies typed commands in Raft log order; the only
+//!   place where command logic lives.
+//! - [`codec`]: the versioned encoding of commands in the Raft log and of stored records.
+//! - [`store`]: the state machine persisted in RocksDB (one record per object, keys by prefix),
+//!   with snapshots for Raft log compaction and its crash ordering.
+//!
+//! Still to come (issue 3): wiring the store to the Raft runtime, the admin API and
+//! `cairn meta`. Pure modules here (placement, state, codec) do no IO, read no clock and spawn
+//! nothing. This crate must not depend on storage-node or any gateway.
 
+pub mod api;
+pub mod codec;
 pub mod placement;
+pub mod server;
 pub mod state;
+pub mod store;

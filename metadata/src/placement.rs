@@ -29,21 +29,22 @@
 use std::collections::BTreeMap;
 
 use cairn_common::DiskId;
+use serde::{Deserialize, Serialize};
 
 /// A site (data centre), the top failure domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SiteId(pub u32);
 
 /// A rack inside a site.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RackId(pub u32);
 
 /// A host (storage node) inside a rack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct HostId(pub u32);
 
 /// The level at which a pool separates replicas.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FailureDomain {
     /// Distinct disks (a single-host cluster with several disks, as in `cairn dev`).
     Disk,
@@ -56,7 +57,7 @@ pub enum FailureDomain {
 }
 
 /// Whether a disk takes placement groups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DiskState {
     /// In service.
     In,
@@ -65,7 +66,8 @@ pub enum DiskState {
 }
 
 /// One disk of the cluster map, with where it sits.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Disk {
     /// The disk's label UUID.
     pub id: DiskId,
@@ -94,7 +96,8 @@ impl Disk {
 }
 
 /// How a pool places its PGs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoolPolicy {
     /// Replicas per PG (2 or 3).
     pub replicas: u32,

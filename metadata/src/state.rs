@@ -1,27 +1,51 @@
 //! The metadata state machine, pure: typed commands applied in Raft log order to the cluster
-//! map, pools (with their PG maps) and volumes.
+//! map, pools (with their PG maps), volumes, tenants and their S3 access keys.
 //!
 //! Every replica applies the same commands in the same order and must end in the same state, so
-//! `apply` reads no clock, draws no randomness and iterates only ordered maps. A command either
-//! applies whole or is refused with a typed error and changes nothing (the admin API maps the
-//! errors to 400, 404 and 409).
+//! `apply` reads no clock, draws no randomness and iterates only ordered maps. Whatever needs
+//! randomness (a new access key's id and secret) is drawn by the proposer and carried in the
+//! command. A command either applies whole or is refused with a typed error and changes nothing
+//! (the admin API maps the errors to 400, 404 and 409).
 //!
-//! Still to come (issue 3): persistence (RocksDB, keys by prefix: `map/`, `pool/`, `pg/`,
-//! `vol/`), the versioned wire encoding of commands in the Raft log, tenants and access keys.
+//! Secrets never reach logs: a secret key lives in [`SecretKey`], whose `Debug` is redacted and
+//! which has no `Display`, so every type holding one (a [`Command`], an [`AccessKey`], the
+//! [`MetaState`]) can be logged with `{:?}`.
+//!
+//! Around this module: [`crate::codec`] encodes commands for the Raft log (versioned JSON) and
+//! [`crate::store`] persists the state in RocksDB, one record per disk, pool, volume, tenant and
+//! access key. This module stays the only place where command logic lives.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use cairn_common::{DiskId, OwnerId, PoolId};
+use serde::{Deserialize, Serialize};
 
 use crate::placement::{self, Disk, DiskState, FailureDomain, PoolPolicy};
 
-/// Longest pool or volume name.
+/// Longest pool, volume or tenant name.
 pub const NAME_BYTES_MAX: usize = 128;
 /// Largest volume: 64 TiB, the most a single EVS volume is offered at.
 pub const VOLUME_BYTES_MAX: u64 = 64 << 40;
+/// Shortest access key id. AWS ids are 20 characters; 16 is the floor IAM documents.
+pub const ACCESS_KEY_ID_BYTES_MIN: usize = 16;
+/// Longest access key id (IAM's limit).
+pub const ACCESS_KEY_ID_BYTES_MAX: usize = 128;
+/// Shortest secret key: 32 characters of base64 carry 192 bits, enough for HMAC-SHA256 keys.
+pub const SECRET_KEY_BYTES_MIN: usize = 32;
+/// Longest secret key.
+pub const SECRET_KEY_BYTES_MAX: usize = 128;
+/// Access keys one tenant may hold. Rotation needs two at a time; 16 leaves room for a few
+/// applications per tenant while bounding what one tenant adds to the replicated map.
+pub const ACCESS_KEYS_PER_TENANT_MAX: usize = 16;
+
+const _: () = assert!(ACCESS_KEY_ID_BYTES_MIN <= ACCESS_KEY_ID_BYTES_MAX);
+const _: () = assert!(SECRET_KEY_BYTES_MIN <= SECRET_KEY_BYTES_MAX);
 
 /// A volume's IOPS tier (DESIGN.md: 800 / 2,500 / 10,000 IOPS per volume).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QosTier {
     /// 800 IOPS.
     Normal,
@@ -42,8 +66,14 @@ impl QosTier {
     }
 }
 
+/// A tenant's number, never reused: a tenant deleted and created again under the same name is
+/// a different tenant, so nothing the old one owned carries over by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TenantId(pub u64);
+
 /// A pool: its policy and where its PGs live.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pool {
     /// The pool's id.
     pub id: PoolId,
@@ -56,7 +86,8 @@ pub struct Pool {
 }
 
 /// A block volume (EVS).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Volume {
     /// The owner id its chunks are keyed by.
     pub id: OwnerId,
@@ -68,8 +99,56 @@ pub struct Volume {
     pub tier: QosTier,
 }
 
+/// A tenant: the account S3 buckets and access keys belong to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// The tenant's id.
+    pub id: TenantId,
+}
+
+/// An access key's secret, as SigV4 uses it.
+///
+/// Its `Debug` prints `SecretKey(<redacted>)` and it has no `Display`, so a secret cannot reach
+/// a log through formatting; [`SecretKey::expose`] is the one way to read it. Serialization
+/// (the Raft log, the store, snapshots) carries it in clear: those are protected as a whole.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretKey(String);
+
+impl SecretKey {
+    /// Wraps a secret drawn by the proposer (validated when the command is applied).
+    pub fn new(secret: String) -> SecretKey {
+        SecretKey(secret)
+    }
+
+    /// The secret itself, for computing signatures. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// An S3 access key: its id is the key of [`MetaState::access_key`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    /// The tenant it acts for.
+    pub tenant: String,
+    /// Its secret (redacted in `Debug`).
+    pub secret_key: SecretKey,
+}
+
 /// A change to the metadata, as proposed to the Raft group.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Its `Debug` output never holds a secret (see [`SecretKey`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Command {
     /// Adds a disk to the cluster map (or refuses a known UUID).
     RegisterDisk(Disk),
@@ -114,6 +193,33 @@ pub enum Command {
         /// The volume.
         name: String,
     },
+    /// Creates a tenant.
+    CreateTenant {
+        /// Unique name.
+        name: String,
+    },
+    /// Deletes a tenant. Refused with [`MetaError::NotEmpty`] (409) while the tenant still holds
+    /// access keys: deleting them is an explicit step, so no credential disappears as a side
+    /// effect and none outlives its tenant.
+    DeleteTenant {
+        /// The tenant.
+        name: String,
+    },
+    /// Gives a tenant a new access key. The proposer draws the id and the secret (from the
+    /// environment's randomness) so that applying stays deterministic.
+    CreateAccessKey {
+        /// The tenant.
+        tenant: String,
+        /// Unique id: 16-128 characters of A-Z, 0-9.
+        access_key_id: String,
+        /// The secret: 32-128 printable ASCII characters, no space.
+        secret_key: SecretKey,
+    },
+    /// Deletes an access key.
+    DeleteAccessKey {
+        /// The key's id.
+        access_key_id: String,
+    },
 }
 
 /// Why a command was refused. Nothing changed.
@@ -122,7 +228,7 @@ pub enum MetaError {
     /// The thing named does not exist (404).
     #[error("{kind} {name} not found")]
     NotFound {
-        /// "disk", "pool" or "volume".
+        /// "disk", "pool", "volume", "tenant" or "access key".
         kind: &'static str,
         /// Its name or id.
         name: String,
@@ -130,10 +236,20 @@ pub enum MetaError {
     /// The name or id is taken (409).
     #[error("{kind} {name} already exists")]
     AlreadyExists {
-        /// "disk", "pool" or "volume".
+        /// "disk", "pool", "volume", "tenant" or "access key".
         kind: &'static str,
         /// Its name or id.
         name: String,
+    },
+    /// The thing still holds others that must be deleted first (409).
+    #[error("{kind} {name} still holds {holds}; delete them first")]
+    NotEmpty {
+        /// "tenant".
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What it holds: "access keys".
+        holds: &'static str,
     },
     /// The request is malformed or impossible as asked (400).
     #[error("invalid request: {0}")]
@@ -141,7 +257,8 @@ pub enum MetaError {
 }
 
 /// What an applied command produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Applied {
     /// Done; nothing to return.
     Done,
@@ -149,19 +266,35 @@ pub enum Applied {
     Pool(PoolId),
     /// A volume was created with this owner id.
     Volume(OwnerId),
+    /// A tenant was created with this id.
+    Tenant(TenantId),
+}
+
+/// The last id handed out of each kind; the next one is one more. Ids are never reused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Counters {
+    pub(crate) next_pool: u32,
+    pub(crate) next_owner: u64,
+    pub(crate) next_tenant: u64,
 }
 
 /// The whole metadata state.
+///
+/// The fields are visible to the crate so that [`crate::store`] can rebuild a state from its
+/// records; everything else changes it only through [`MetaState::apply`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetaState {
-    disks: BTreeMap<DiskId, Disk>,
-    pools: BTreeMap<String, Pool>,
-    volumes: BTreeMap<String, Volume>,
-    next_pool: u32,
-    next_owner: u64,
+    pub(crate) disks: BTreeMap<DiskId, Disk>,
+    pub(crate) pools: BTreeMap<String, Pool>,
+    pub(crate) volumes: BTreeMap<String, Volume>,
+    pub(crate) tenants: BTreeMap<String, Tenant>,
+    pub(crate) access_keys: BTreeMap<String, AccessKey>,
+    pub(crate) counters: Counters,
 }
 
-fn check_name(name: &str) -> Result<(), MetaError> {
+/// Checks a pool, volume or tenant name: such names become store keys, so they hold no `/`.
+pub(crate) fn check_name(name: &str) -> Result<(), MetaError> {
     let valid = !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
         && name
@@ -176,32 +309,54 @@ fn check_name(name: &str) -> Result<(), MetaError> {
     }
 }
 
+/// Checks an access key id: upper-case letters and digits, as AWS issues them.
+pub(crate) fn check_access_key_id(id: &str) -> Result<(), MetaError> {
+    let valid = (ACCESS_KEY_ID_BYTES_MIN..=ACCESS_KEY_ID_BYTES_MAX).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(MetaError::Invalid(format!(
+            "access key id {id:?}: {ACCESS_KEY_ID_BYTES_MIN}-{ACCESS_KEY_ID_BYTES_MAX} \
+             characters of A-Z, 0-9"
+        )))
+    }
+}
+
+/// Checks a secret key: printable ASCII without space (it travels in config files and
+/// environment variables). The error never quotes the secret.
+fn check_secret_key(secret: &SecretKey) -> Result<(), MetaError> {
+    let secret = secret.expose();
+    let valid = (SECRET_KEY_BYTES_MIN..=SECRET_KEY_BYTES_MAX).contains(&secret.len())
+        && secret.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        Ok(())
+    } else {
+        Err(MetaError::Invalid(format!(
+            "secret key: {SECRET_KEY_BYTES_MIN}-{SECRET_KEY_BYTES_MAX} printable ASCII \
+             characters, no space"
+        )))
+    }
+}
+
+fn check_size(size_bytes: u64) -> Result<(), MetaError> {
+    let block = u64::from(cairn_common::BLOCK_SIZE);
+    if size_bytes == 0 || size_bytes > VOLUME_BYTES_MAX || !size_bytes.is_multiple_of(block) {
+        return Err(MetaError::Invalid(format!(
+            "size {size_bytes}: a positive multiple of {block} bytes up to {VOLUME_BYTES_MAX}"
+        )));
+    }
+    Ok(())
+}
+
 impl MetaState {
     /// Applies one command, whole or not at all.
     pub fn apply(&mut self, command: Command) -> Result<Applied, MetaError> {
         match command {
-            Command::RegisterDisk(disk) => {
-                if self.disks.contains_key(&disk.id) {
-                    return Err(MetaError::AlreadyExists {
-                        kind: "disk",
-                        name: disk.id.to_string(),
-                    });
-                }
-                if disk.capacity_bytes == 0 {
-                    return Err(MetaError::Invalid("a disk needs a capacity".into()));
-                }
-                self.disks.insert(disk.id, disk);
-                Ok(Applied::Done)
-            }
-            Command::SetDiskState { disk, state } => {
-                let entry = self.disks.get_mut(&disk);
-                let entry = entry.ok_or_else(|| MetaError::NotFound {
-                    kind: "disk",
-                    name: disk.to_string(),
-                })?;
-                entry.state = state;
-                Ok(Applied::Done)
-            }
+            Command::RegisterDisk(disk) => self.register_disk(disk),
+            Command::SetDiskState { disk, state } => self.set_disk_state(disk, state),
             Command::CreatePool {
                 name,
                 replicas,
@@ -220,50 +375,8 @@ impl MetaState {
                 pool,
                 size_bytes,
                 tier,
-            } => {
-                check_name(&name)?;
-                if self.volumes.contains_key(&name) {
-                    return Err(MetaError::AlreadyExists {
-                        kind: "volume",
-                        name,
-                    });
-                }
-                if !self.pools.contains_key(&pool) {
-                    return Err(MetaError::NotFound {
-                        kind: "pool",
-                        name: pool,
-                    });
-                }
-                check_size(size_bytes)?;
-                self.next_owner += 1;
-                let id = OwnerId(self.next_owner);
-                self.volumes.insert(
-                    name,
-                    Volume {
-                        id,
-                        pool,
-                        size_bytes,
-                        tier,
-                    },
-                );
-                Ok(Applied::Volume(id))
-            }
-            Command::ResizeVolume { name, size_bytes } => {
-                check_size(size_bytes)?;
-                let volume = self.volumes.get_mut(&name);
-                let volume = volume.ok_or_else(|| MetaError::NotFound {
-                    kind: "volume",
-                    name: name.clone(),
-                })?;
-                if size_bytes < volume.size_bytes {
-                    return Err(MetaError::Invalid(format!(
-                        "volume {name} is {} bytes; shrinking to {size_bytes} would drop data",
-                        volume.size_bytes
-                    )));
-                }
-                volume.size_bytes = size_bytes;
-                Ok(Applied::Done)
-            }
+            } => self.create_volume(name, pool, size_bytes, tier),
+            Command::ResizeVolume { name, size_bytes } => self.resize_volume(name, size_bytes),
             Command::DeleteVolume { name } => match self.volumes.remove(&name) {
                 Some(_) => Ok(Applied::Done),
                 None => Err(MetaError::NotFound {
@@ -271,7 +384,47 @@ impl MetaState {
                     name,
                 }),
             },
+            Command::CreateTenant { name } => self.create_tenant(name),
+            Command::DeleteTenant { name } => self.delete_tenant(name),
+            Command::CreateAccessKey {
+                tenant,
+                access_key_id,
+                secret_key,
+            } => self.create_access_key(tenant, access_key_id, secret_key),
+            Command::DeleteAccessKey { access_key_id } => {
+                match self.access_keys.remove(&access_key_id) {
+                    Some(_) => Ok(Applied::Done),
+                    None => Err(MetaError::NotFound {
+                        kind: "access key",
+                        name: access_key_id,
+                    }),
+                }
+            }
         }
+    }
+
+    fn register_disk(&mut self, disk: Disk) -> Result<Applied, MetaError> {
+        if self.disks.contains_key(&disk.id) {
+            return Err(MetaError::AlreadyExists {
+                kind: "disk",
+                name: disk.id.to_string(),
+            });
+        }
+        if disk.capacity_bytes == 0 {
+            return Err(MetaError::Invalid("a disk needs a capacity".into()));
+        }
+        self.disks.insert(disk.id, disk);
+        Ok(Applied::Done)
+    }
+
+    fn set_disk_state(&mut self, disk: DiskId, state: DiskState) -> Result<Applied, MetaError> {
+        let entry = self.disks.get_mut(&disk);
+        let entry = entry.ok_or_else(|| MetaError::NotFound {
+            kind: "disk",
+            name: disk.to_string(),
+        })?;
+        entry.state = state;
+        Ok(Applied::Done)
     }
 
     fn create_pool(&mut self, name: String, policy: PoolPolicy) -> Result<Applied, MetaError> {
@@ -286,8 +439,8 @@ impl MetaState {
             .into_iter()
             .map(|members| members.into_iter().map(|i| disks[i].id).collect())
             .collect();
-        self.next_pool += 1;
-        let id = PoolId(self.next_pool);
+        self.counters.next_pool += 1;
+        let id = PoolId(self.counters.next_pool);
         self.pools.insert(
             name,
             Pool {
@@ -300,9 +453,139 @@ impl MetaState {
         Ok(Applied::Pool(id))
     }
 
+    fn create_volume(
+        &mut self,
+        name: String,
+        pool: String,
+        size_bytes: u64,
+        tier: QosTier,
+    ) -> Result<Applied, MetaError> {
+        check_name(&name)?;
+        if self.volumes.contains_key(&name) {
+            return Err(MetaError::AlreadyExists {
+                kind: "volume",
+                name,
+            });
+        }
+        if !self.pools.contains_key(&pool) {
+            return Err(MetaError::NotFound {
+                kind: "pool",
+                name: pool,
+            });
+        }
+        check_size(size_bytes)?;
+        self.counters.next_owner += 1;
+        let id = OwnerId(self.counters.next_owner);
+        let volume = Volume {
+            id,
+            pool,
+            size_bytes,
+            tier,
+        };
+        self.volumes.insert(name, volume);
+        Ok(Applied::Volume(id))
+    }
+
+    fn resize_volume(&mut self, name: String, size_bytes: u64) -> Result<Applied, MetaError> {
+        check_size(size_bytes)?;
+        let volume = self.volumes.get_mut(&name);
+        let volume = volume.ok_or_else(|| MetaError::NotFound {
+            kind: "volume",
+            name: name.clone(),
+        })?;
+        if size_bytes < volume.size_bytes {
+            return Err(MetaError::Invalid(format!(
+                "volume {name} is {} bytes; shrinking to {size_bytes} would drop data",
+                volume.size_bytes
+            )));
+        }
+        volume.size_bytes = size_bytes;
+        Ok(Applied::Done)
+    }
+
+    fn create_tenant(&mut self, name: String) -> Result<Applied, MetaError> {
+        check_name(&name)?;
+        if self.tenants.contains_key(&name) {
+            return Err(MetaError::AlreadyExists {
+                kind: "tenant",
+                name,
+            });
+        }
+        self.counters.next_tenant += 1;
+        let id = TenantId(self.counters.next_tenant);
+        self.tenants.insert(name, Tenant { id });
+        Ok(Applied::Tenant(id))
+    }
+
+    fn delete_tenant(&mut self, name: String) -> Result<Applied, MetaError> {
+        if !self.tenants.contains_key(&name) {
+            return Err(MetaError::NotFound {
+                kind: "tenant",
+                name,
+            });
+        }
+        if self.access_keys_of(&name).next().is_some() {
+            return Err(MetaError::NotEmpty {
+                kind: "tenant",
+                name,
+                holds: "access keys",
+            });
+        }
+        self.tenants.remove(&name);
+        Ok(Applied::Done)
+    }
+
+    fn create_access_key(
+        &mut self,
+        tenant: String,
+        access_key_id: String,
+        secret_key: SecretKey,
+    ) -> Result<Applied, MetaError> {
+        check_access_key_id(&access_key_id)?;
+        check_secret_key(&secret_key)?;
+        if !self.tenants.contains_key(&tenant) {
+            return Err(MetaError::NotFound {
+                kind: "tenant",
+                name: tenant,
+            });
+        }
+        if self.access_keys.contains_key(&access_key_id) {
+            return Err(MetaError::AlreadyExists {
+                kind: "access key",
+                name: access_key_id,
+            });
+        }
+        // A scan of every key: fine for the control plane, and it needs no second index that
+        // could disagree with the keys themselves.
+        let held = self.access_keys_of(&tenant).count();
+        if held >= ACCESS_KEYS_PER_TENANT_MAX {
+            return Err(MetaError::Invalid(format!(
+                "tenant {tenant} holds {held} access keys, the most allowed"
+            )));
+        }
+        let key = AccessKey { tenant, secret_key };
+        self.access_keys.insert(access_key_id, key);
+        Ok(Applied::Done)
+    }
+
+    /// A disk by id.
+    pub fn disk(&self, id: DiskId) -> Option<&Disk> {
+        self.disks.get(&id)
+    }
+
+    /// Disks in id order.
+    pub fn disks(&self) -> impl Iterator<Item = &Disk> {
+        self.disks.values()
+    }
+
     /// A pool by name.
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.get(name)
+    }
+
+    /// Pools in name order.
+    pub fn pools(&self) -> impl Iterator<Item = (&String, &Pool)> {
+        self.pools.iter()
     }
 
     /// A volume by name.
@@ -315,30 +598,131 @@ impl MetaState {
         self.volumes.iter()
     }
 
-    /// Disks in id order.
-    pub fn disks(&self) -> impl Iterator<Item = &Disk> {
-        self.disks.values()
+    /// A tenant by name.
+    pub fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.tenants.get(name)
     }
-}
 
-fn check_size(size_bytes: u64) -> Result<(), MetaError> {
-    let block = u64::from(cairn_common::BLOCK_SIZE);
-    if size_bytes == 0 || size_bytes > VOLUME_BYTES_MAX || !size_bytes.is_multiple_of(block) {
-        return Err(MetaError::Invalid(format!(
-            "size {size_bytes}: a positive multiple of {block} bytes up to {VOLUME_BYTES_MAX}"
-        )));
+    /// Tenants in name order.
+    pub fn tenants(&self) -> impl Iterator<Item = (&String, &Tenant)> {
+        self.tenants.iter()
     }
-    Ok(())
+
+    /// An access key by id (what SigV4 looks up).
+    pub fn access_key(&self, access_key_id: &str) -> Option<&AccessKey> {
+        self.access_keys.get(access_key_id)
+    }
+
+    /// Access keys in id order.
+    pub fn access_keys(&self) -> impl Iterator<Item = (&String, &AccessKey)> {
+        self.access_keys.iter()
+    }
+
+    /// A tenant's access keys in id order (a scan of all keys).
+    pub fn access_keys_of<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a AccessKey)> {
+        self.access_keys
+            .iter()
+            .filter(move |(_, key)| key.tenant == tenant)
+    }
+
+    /// Describes the first broken invariant, if any: what `apply` keeps true, checked again
+    /// when a state is rebuilt from the store or a snapshot.
+    pub(crate) fn invariant_violation(&self) -> Option<String> {
+        for (id, disk) in &self.disks {
+            if *id != disk.id || disk.capacity_bytes == 0 {
+                return Some(format!("disk {id}: id mismatch or no capacity"));
+            }
+        }
+        self.pool_violation()
+            .or_else(|| self.volume_violation())
+            .or_else(|| self.tenant_violation())
+    }
+
+    fn pool_violation(&self) -> Option<String> {
+        let mut ids = BTreeSet::new();
+        for (name, pool) in &self.pools {
+            if check_name(name).is_err() || !ids.insert(pool.id) {
+                return Some(format!("pool {name:?}: bad name or duplicate id"));
+            }
+            if pool.id.0 == 0 || pool.id.0 > self.counters.next_pool {
+                return Some(format!("pool {name}: id {} not handed out", pool.id.0));
+            }
+            if pool.pg_map.len() != pool.policy.pg_count as usize {
+                return Some(format!("pool {name}: PG map length differs from PG count"));
+            }
+            for members in &pool.pg_map {
+                let distinct: BTreeSet<_> = members.iter().collect();
+                let known = members.iter().all(|d| self.disks.contains_key(d));
+                if members.len() != pool.policy.replicas as usize
+                    || distinct.len() != members.len()
+                    || !known
+                {
+                    return Some(format!("pool {name}: a PG's members are wrong"));
+                }
+            }
+        }
+        None
+    }
+
+    fn volume_violation(&self) -> Option<String> {
+        let mut ids = BTreeSet::new();
+        for (name, volume) in &self.volumes {
+            if check_name(name).is_err() || !ids.insert(volume.id) {
+                return Some(format!("volume {name:?}: bad name or duplicate id"));
+            }
+            if volume.id.0 == 0 || volume.id.0 > self.counters.next_owner {
+                return Some(format!("volume {name}: id {} not handed out", volume.id.0));
+            }
+            if !self.pools.contains_key(&volume.pool) || check_size(volume.size_bytes).is_err() {
+                return Some(format!("volume {name}: unknown pool or bad size"));
+            }
+        }
+        None
+    }
+
+    fn tenant_violation(&self) -> Option<String> {
+        let mut ids = BTreeSet::new();
+        for (name, tenant) in &self.tenants {
+            if check_name(name).is_err() || !ids.insert(tenant.id) {
+                return Some(format!("tenant {name:?}: bad name or duplicate id"));
+            }
+            if tenant.id.0 == 0 || tenant.id.0 > self.counters.next_tenant {
+                return Some(format!("tenant {name}: id {} not handed out", tenant.id.0));
+            }
+        }
+        let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+        for (id, key) in &self.access_keys {
+            if check_access_key_id(id).is_err() || check_secret_key(&key.secret_key).is_err() {
+                return Some(format!("access key {id:?}: bad id or secret"));
+            }
+            if !self.tenants.contains_key(&key.tenant) {
+                return Some(format!("access key {id}: unknown tenant {}", key.tenant));
+            }
+            let count = held.entry(&key.tenant).or_default();
+            *count += 1;
+            if *count > ACCESS_KEYS_PER_TENANT_MAX {
+                return Some(format!("tenant {}: too many access keys", key.tenant));
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
     use crate::placement::{HostId, RackId, SiteId};
 
-    fn disk(n: u8, host: u32) -> Disk {
+    /// A valid access key id and secret, for tests.
+    pub(crate) const KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+    pub(crate) const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+
+    pub(crate) fn disk(n: u8, host: u32) -> Disk {
         Disk {
             id: DiskId([n; 16]),
             host: HostId(host),
@@ -429,9 +813,173 @@ mod tests {
             Err(MetaError::NotFound { .. })
         ));
         assert_eq!(QosTier::Ultra.iops_max(), 10_000);
+        assert_eq!(state.pools().count(), 1);
+        assert_eq!(state.disk(DiskId([0; 16])), Some(&disk(0, 0)));
+        assert_eq!(state.invariant_violation(), None);
     }
 
-    fn command() -> impl Strategy<Value = Command> {
+    fn create_key(tenant: &str, id: &str, secret: &str) -> Command {
+        Command::CreateAccessKey {
+            tenant: tenant.into(),
+            access_key_id: id.into(),
+            secret_key: SecretKey::new(secret.into()),
+        }
+    }
+
+    /// Goal: tenants and access keys apply, refuse bad input with the documented errors, and a
+    /// tenant cannot be deleted while it holds keys. Method: one scripted sequence.
+    #[test]
+    fn tenants_and_access_keys() {
+        let mut state = MetaState::default();
+        let tenant = |name: &str| Command::CreateTenant { name: name.into() };
+        assert_eq!(
+            state.apply(tenant("acme")),
+            Ok(Applied::Tenant(TenantId(1)))
+        );
+        assert!(matches!(
+            state.apply(tenant("acme")),
+            Err(MetaError::AlreadyExists { kind: "tenant", .. })
+        ));
+        assert!(matches!(
+            state.apply(tenant("a/b")),
+            Err(MetaError::Invalid(_))
+        ));
+        assert!(matches!(
+            state.apply(create_key("nobody", KEY_ID, SECRET)),
+            Err(MetaError::NotFound { kind: "tenant", .. })
+        ));
+        let short_id = "AKIA0123456789A";
+        let bad_ids = [short_id, "akiaiosfodnn7example", "AKIAIOSFODNN7EXAMPL-"];
+        for id in bad_ids {
+            let refused = state.apply(create_key("acme", id, SECRET));
+            assert!(matches!(refused, Err(MetaError::Invalid(_))), "{id}");
+        }
+        let long_id = "A".repeat(ACCESS_KEY_ID_BYTES_MAX + 1);
+        assert!(matches!(
+            state.apply(create_key("acme", &long_id, SECRET)),
+            Err(MetaError::Invalid(_))
+        ));
+        let bad_secrets = [
+            &SECRET[..31],
+            "wJalrXUtnFEMI K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "é".repeat(20).as_str(),
+        ]
+        .map(String::from);
+        for secret in &bad_secrets {
+            let refused = state.apply(create_key("acme", KEY_ID, secret));
+            let Err(MetaError::Invalid(message)) = refused else {
+                panic!("secret accepted: {refused:?}");
+            };
+            assert!(
+                !message.contains(secret.as_str()),
+                "the error quotes the secret"
+            );
+        }
+        assert_eq!(
+            state.apply(create_key("acme", KEY_ID, SECRET)),
+            Ok(Applied::Done)
+        );
+        assert!(matches!(
+            state.apply(create_key("acme", KEY_ID, SECRET)),
+            Err(MetaError::AlreadyExists {
+                kind: "access key",
+                ..
+            })
+        ));
+        let key = state.access_key(KEY_ID).expect("key");
+        assert_eq!(
+            (key.tenant.as_str(), key.secret_key.expose()),
+            ("acme", SECRET)
+        );
+        assert_eq!(
+            state.apply(Command::DeleteTenant {
+                name: "acme".into()
+            }),
+            Err(MetaError::NotEmpty {
+                kind: "tenant",
+                name: "acme".into(),
+                holds: "access keys"
+            })
+        );
+        let delete_key = Command::DeleteAccessKey {
+            access_key_id: KEY_ID.into(),
+        };
+        assert_eq!(state.apply(delete_key.clone()), Ok(Applied::Done));
+        assert!(matches!(
+            state.apply(delete_key),
+            Err(MetaError::NotFound {
+                kind: "access key",
+                ..
+            })
+        ));
+        let delete = Command::DeleteTenant {
+            name: "acme".into(),
+        };
+        assert_eq!(state.apply(delete.clone()), Ok(Applied::Done));
+        assert!(matches!(
+            state.apply(delete),
+            Err(MetaError::NotFound { kind: "tenant", .. })
+        ));
+        assert_eq!(
+            state.apply(tenant("acme")),
+            Ok(Applied::Tenant(TenantId(2))),
+            "ids are never reused"
+        );
+        assert_eq!(state.invariant_violation(), None);
+    }
+
+    /// Goal: a tenant holds at most ACCESS_KEYS_PER_TENANT_MAX keys. Method: fill it up.
+    #[test]
+    fn access_keys_per_tenant_are_bounded() {
+        let mut state = MetaState::default();
+        state
+            .apply(Command::CreateTenant { name: "t".into() })
+            .expect("tenant");
+        for n in 0..=ACCESS_KEYS_PER_TENANT_MAX {
+            let id = format!("AKIA{n:016}");
+            let result = state.apply(create_key("t", &id, SECRET));
+            if n < ACCESS_KEYS_PER_TENANT_MAX {
+                assert_eq!(result, Ok(Applied::Done));
+            } else {
+                assert!(matches!(result, Err(MetaError::Invalid(_))));
+            }
+        }
+        assert_eq!(
+            state.access_keys_of("t").count(),
+            ACCESS_KEYS_PER_TENANT_MAX
+        );
+        assert_eq!(state.access_keys().count(), ACCESS_KEYS_PER_TENANT_MAX);
+    }
+
+    /// Goal: no `Debug` output of anything holding a secret shows it. Method: format the
+    /// command, the key and the whole state.
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let mut state = MetaState::default();
+        state
+            .apply(Command::CreateTenant {
+                name: "acme".into(),
+            })
+            .expect("tenant");
+        let command = create_key("acme", KEY_ID, SECRET);
+        state.apply(command.clone()).expect("key");
+        let key = state.access_key(KEY_ID).expect("key");
+        for text in [
+            format!("{command:?}"),
+            format!("{command:#?}"),
+            format!("{key:?}"),
+            format!("{state:?}"),
+            format!("{:?}", key.secret_key),
+        ] {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(!text.contains(&SECRET[..16]), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+    }
+
+    /// Commands over small name sets, so that they collide: valid and invalid names, ids and
+    /// secrets, so both applied and refused commands are drawn.
+    pub(crate) fn command() -> impl Strategy<Value = Command> {
         let name = prop_oneof![
             Just("a".to_string()),
             Just("b".to_string()),
@@ -442,6 +990,16 @@ mod tests {
             Just(QosTier::Normal),
             Just(QosTier::High),
             Just(QosTier::Ultra)
+        ];
+        let key_id = prop_oneof![
+            Just(KEY_ID.to_string()),
+            Just("AKIA0000000000000001".to_string()),
+            Just("AKIA0000000000000002".to_string()),
+            Just("akia-bad".to_string()),
+        ];
+        let secret = prop_oneof![
+            Just(SecretKey::new(SECRET.to_string())),
+            Just(SecretKey::new("too short".to_string())),
         ];
         prop_oneof![
             (0u8..8, 0u32..4).prop_map(|(n, host)| Command::RegisterDisk(disk(n, host))),
@@ -469,7 +1027,17 @@ mod tests {
                 name,
                 size_bytes: blocks * 4096
             }),
-            name.prop_map(|name| Command::DeleteVolume { name }),
+            name.clone().prop_map(|name| Command::DeleteVolume { name }),
+            name.clone().prop_map(|name| Command::CreateTenant { name }),
+            name.clone().prop_map(|name| Command::DeleteTenant { name }),
+            (name, key_id.clone(), secret).prop_map(|(tenant, access_key_id, secret_key)| {
+                Command::CreateAccessKey {
+                    tenant,
+                    access_key_id,
+                    secret_key,
+                }
+            }),
+            key_id.prop_map(|access_key_id| Command::DeleteAccessKey { access_key_id }),
         ]
     }
 
@@ -489,9 +1057,13 @@ mod tests {
                 if result_a.is_err() {
                     prop_assert_eq!(&a, &before, "a refused command changed the state");
                 }
+                prop_assert_eq!(a.invariant_violation(), None);
                 for (_, volume) in a.volumes() {
                     prop_assert!(a.pool(&volume.pool).is_some(), "a volume's pool exists");
                     prop_assert!(volume.size_bytes > 0 && volume.size_bytes % 4096 == 0);
+                }
+                for (_, key) in a.access_keys() {
+                    prop_assert!(a.tenant(&key.tenant).is_some(), "a key's tenant exists");
                 }
                 for pool in a.pools.values() {
                     prop_assert_eq!(pool.pg_map.len() as u32, pool.policy.pg_count);

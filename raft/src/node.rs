@@ -456,8 +456,15 @@ impl<L: LogStore> RaftNode<L> {
     /// Feeds a batch a peer sent. Messages for groups not hosted here are dropped (the sender
     /// retries; membership comes from the metadata service), as are messages raft refuses.
     pub fn step(&mut self, batch: Vec<(GroupId, Message)>) {
-        for (group, message) in batch {
+        for (group, mut message) in batch {
             if let Some(group) = self.groups.get_mut(&group) {
+                // A leader that still counts entries this member lost with its disk sends a
+                // commit index past its log, on which raft-rs would abort; a heartbeat's
+                // commit is advisory, so it is clamped.
+                if message.msg_type == MessageType::MsgHeartbeat as i32 {
+                    let last = group.raw.raft.raft_log.last_index();
+                    message.commit = message.commit.min(last);
+                }
                 // Errors here are peers the group does not know or local-only message types:
                 // a misbehaving or stale peer, never ours to fail on.
                 let _ = group.raw.step(message);

@@ -75,8 +75,10 @@ fn run(
             node.propose(GroupId(g), data.clone())
                 .map_err(|e| format!("propose: {e}"))?;
         }
-        node.process_ready(&mut outbox, |_, entry| {
-            committed += u64::from(!entry.data.is_empty())
+        node.process_ready(&mut outbox, |_, apply| {
+            if let cairn_raft::Apply::Entry(entry) = apply {
+                committed += u64::from(!entry.data.is_empty());
+            }
         })
         .map_err(|e| e.to_string())?;
     }

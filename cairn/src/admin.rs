@@ -1,0 +1,549 @@
+//! The operator CLI over the admin API: `cairn cluster|pool|volume|node|tenant ...`.
+//!
+//! Tables on a terminal, `--json` for scripts. Errors print the API's message and exit
+//! non-zero. A member that is not the leader answers writes with 503 and the leader's address;
+//! the client follows it, and retries a few times while an election runs.
+
+use std::{
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Subcommand};
+use comfy_table::Table;
+use serde_json::{Value, json};
+
+/// How long a command keeps retrying a group without a leader.
+const RETRY_FOR: Duration = Duration::from_secs(15);
+
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// Admin API base URLs, comma-separated (any member; writes are sent on to the leader).
+    #[arg(
+        long,
+        env = "CAIRN_ADMIN_URL",
+        default_value = "http://127.0.0.1:7200",
+        global = true
+    )]
+    admin_url: String,
+    /// The admin API's bearer token.
+    #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The metadata group's state as one member sees it, and object counts.
+    Status,
+}
+
+#[derive(Subcommand)]
+pub enum PoolCommand {
+    /// Creates a pool and places its placement groups.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        /// Failure-domain level: disk, host, rack or site.
+        #[arg(long, default_value = "host")]
+        domain: String,
+        #[arg(long, default_value_t = 128)]
+        pg_count: u32,
+    },
+    /// Lists pools.
+    List,
+    /// Shows a pool with its PG map.
+    Show { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// Creates a thin volume.
+    Create {
+        name: String,
+        #[arg(long)]
+        pool: String,
+        /// Size, e.g. 10G, 512M, 1T (binary units) or bytes.
+        #[arg(long)]
+        size: String,
+        /// IOPS tier: normal (800), high (2500) or ultra (10000).
+        #[arg(long, default_value = "normal")]
+        tier: String,
+    },
+    /// Lists volumes.
+    List,
+    /// Shows one volume.
+    Show { name: String },
+    /// Deletes a volume.
+    Delete { name: String },
+    /// Grows a volume.
+    Resize {
+        name: String,
+        #[arg(long)]
+        size: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Lists the disks of the cluster map.
+    List,
+    /// Registers a disk (its label UUID, from `cairn disk show`).
+    AddDisk {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        host: u32,
+        #[arg(long, default_value_t = 0)]
+        rack: u32,
+        #[arg(long, default_value_t = 0)]
+        site: u32,
+        /// Capacity, e.g. 4T.
+        #[arg(long)]
+        capacity: String,
+    },
+    /// Marks a disk in or out.
+    SetDiskState { id: String, state: String },
+}
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Creates a tenant.
+    Create { name: String },
+    /// Lists tenants and their access key ids.
+    List,
+    /// Deletes a tenant (its keys first).
+    Delete { name: String },
+    /// Creates an access key; the secret is shown once.
+    CreateKey { tenant: String },
+    /// Deletes an access key.
+    DeleteKey { id: String },
+}
+
+/// Parses a size: a number with an optional binary unit (K, M, G, T, P; "iB" and "B" allowed).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("size {text:?}: expected a number with K, M, G, T or P"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        _ => return Err(format!("size {text:?}: unknown unit {unit:?}")),
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Formats bytes with a binary unit.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut unit = 0;
+    let mut value = bytes;
+    while unit + 1 < UNITS.len() && value >= 1024 && value % 1024 == 0 {
+        value /= 1024;
+        unit += 1;
+    }
+    format!("{value} {}", UNITS[unit])
+}
+
+enum Method {
+    Get,
+    Post(Value),
+    Delete,
+}
+
+struct Client {
+    urls: Vec<String>,
+    token: String,
+    agent: ureq::Agent,
+}
+
+/// A failed call: the message to print.
+struct Failure(String);
+
+impl Client {
+    fn new(connection: &Connection) -> Result<Client, Failure> {
+        let token = connection.token.clone().ok_or_else(|| {
+            Failure("no admin token: pass --token or set CAIRN_ADMIN_TOKEN".into())
+        })?;
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build();
+        Ok(Client {
+            urls: connection
+                .admin_url
+                .split(',')
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            token,
+            agent: config.into(),
+        })
+    }
+
+    fn once(&self, base: &str, path: &str, method: &Method) -> Result<(u16, Value), String> {
+        let url = format!("{base}{path}");
+        let auth = format!("Bearer {}", self.token);
+        let response = match method {
+            Method::Get => self.agent.get(&url).header("Authorization", &auth).call(),
+            Method::Delete => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            Method::Post(body) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(body),
+        };
+        let mut response = response.map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_json::<Value>()
+            .unwrap_or_else(|_| json!({ "error": "the server sent no JSON" }));
+        Ok((status, body))
+    }
+
+    /// Calls the API, following the leader and retrying while the group has none.
+    fn call(&self, path: &str, method: Method) -> Result<Value, Failure> {
+        let started = Instant::now();
+        let mut target = 0;
+        let mut leader: Option<String> = None;
+        let mut last_error = String::from("no admin URL given");
+        let mut delay = Duration::from_millis(50);
+        while started.elapsed() < RETRY_FOR && !self.urls.is_empty() {
+            let base = leader
+                .take()
+                .unwrap_or_else(|| self.urls[target % self.urls.len()].clone());
+            match self.once(&base, path, &method) {
+                Ok((status, body)) if status < 300 => return Ok(body),
+                Ok((503, body)) => {
+                    last_error = error_text(503, &body);
+                    leader = body["leader_api"].as_str().map(str::to_string);
+                    if leader.is_none() {
+                        target += 1;
+                    }
+                }
+                Ok((status, body)) => return Err(Failure(error_text(status, &body))),
+                Err(e) => {
+                    last_error = e;
+                    target += 1;
+                }
+            }
+            thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+        Err(Failure(last_error))
+    }
+}
+
+fn error_text(status: u16, body: &Value) -> String {
+    let message = body["error"].as_str().unwrap_or("unknown error");
+    format!("{message} (HTTP {status})")
+}
+
+fn finish(
+    connection: &Connection,
+    result: Result<Value, Failure>,
+    table: fn(&Value) -> Table,
+) -> ExitCode {
+    match result {
+        Ok(value) => {
+            if connection.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                println!("{}", table(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A table with one row per object of `rows` (or the one object), `columns` as keys.
+fn rows(value: &Value, columns: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.set_header(columns.iter().map(|c| c.to_uppercase()));
+    let list = match value {
+        Value::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    for item in list {
+        table.add_row(columns.iter().map(|c| {
+            let cell = &item[*c];
+            match (*c, cell.as_u64()) {
+                ("size_bytes" | "capacity_bytes", Some(bytes)) => format_size(bytes),
+                _ => text(cell),
+            }
+        }));
+    }
+    table
+}
+
+fn pool_table(v: &Value) -> Table {
+    rows(
+        v,
+        &["name", "id", "replicas", "domain", "pg_count", "epoch"],
+    )
+}
+
+fn volume_table(v: &Value) -> Table {
+    rows(v, &["name", "id", "pool", "size_bytes", "tier", "iops_max"])
+}
+
+fn disk_table(v: &Value) -> Table {
+    rows(
+        v,
+        &["id", "host", "rack", "site", "capacity_bytes", "state"],
+    )
+}
+
+fn tenant_table(v: &Value) -> Table {
+    rows(v, &["name", "id", "access_keys"])
+}
+
+fn key_table(v: &Value) -> Table {
+    rows(v, &["tenant", "access_key_id", "secret_key"])
+}
+
+fn done_table(v: &Value) -> Table {
+    let mut table = Table::new();
+    if let Value::Object(map) = v {
+        for (key, value) in map {
+            table.add_row(vec![key.clone(), text(value)]);
+        }
+    }
+    table
+}
+
+fn status_table(v: &Value) -> Table {
+    let mut table = Table::new();
+    let member = &v["member"];
+    table.set_header(vec!["FIELD", "VALUE"]);
+    for field in [
+        "id", "role", "term", "leader", "commit", "applied", "voters", "learners",
+    ] {
+        table.add_row(vec![format!("member.{field}"), text(&member[field])]);
+    }
+    if let Value::Object(counts) = &v["counts"] {
+        for (key, value) in counts {
+            table.add_row(vec![key.clone(), text(value)]);
+        }
+    }
+    if let Value::Array(members) = &v["members"] {
+        for m in members {
+            let line = format!("raft {} api {}", text(&m["raft"]), text(&m["api"]));
+            table.add_row(vec![format!("members.{}", text(&m["id"])), line]);
+        }
+    }
+    table
+}
+
+fn run_with(
+    connection: &Connection,
+    path: &str,
+    method: Method,
+    table: fn(&Value) -> Table,
+) -> ExitCode {
+    let result = Client::new(connection).and_then(|client| client.call(path, method));
+    finish(connection, result, table)
+}
+
+fn size_or_exit(text: &str) -> Result<u64, ExitCode> {
+    parse_size(text).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+pub fn cluster(connection: &Connection, command: ClusterCommand) -> ExitCode {
+    match command {
+        ClusterCommand::Status => {
+            run_with(connection, "/v1/cluster/status", Method::Get, status_table)
+        }
+    }
+}
+
+pub fn pool(connection: &Connection, command: PoolCommand) -> ExitCode {
+    match command {
+        PoolCommand::Create {
+            name,
+            replicas,
+            domain,
+            pg_count,
+        } => {
+            let body = json!({ "name": name, "replicas": replicas, "domain": domain, "pg_count": pg_count });
+            run_with(connection, "/v1/pools", Method::Post(body), pool_table)
+        }
+        PoolCommand::List => run_with(connection, "/v1/pools", Method::Get, pool_table),
+        PoolCommand::Show { name } => run_with(
+            connection,
+            &format!("/v1/pools/{name}"),
+            Method::Get,
+            pool_table,
+        ),
+    }
+}
+
+pub fn volume(connection: &Connection, command: VolumeCommand) -> ExitCode {
+    match command {
+        VolumeCommand::Create {
+            name,
+            pool,
+            size,
+            tier,
+        } => {
+            let size_bytes = match size_or_exit(&size) {
+                Ok(bytes) => bytes,
+                Err(code) => return code,
+            };
+            let body =
+                json!({ "name": name, "pool": pool, "size_bytes": size_bytes, "tier": tier });
+            run_with(connection, "/v1/volumes", Method::Post(body), volume_table)
+        }
+        VolumeCommand::List => run_with(connection, "/v1/volumes", Method::Get, volume_table),
+        VolumeCommand::Show { name } => run_with(
+            connection,
+            &format!("/v1/volumes/{name}"),
+            Method::Get,
+            volume_table,
+        ),
+        VolumeCommand::Delete { name } => run_with(
+            connection,
+            &format!("/v1/volumes/{name}"),
+            Method::Delete,
+            done_table,
+        ),
+        VolumeCommand::Resize { name, size } => {
+            let size_bytes = match size_or_exit(&size) {
+                Ok(bytes) => bytes,
+                Err(code) => return code,
+            };
+            let body = json!({ "size_bytes": size_bytes });
+            run_with(
+                connection,
+                &format!("/v1/volumes/{name}/resize"),
+                Method::Post(body),
+                done_table,
+            )
+        }
+    }
+}
+
+pub fn node(connection: &Connection, command: NodeCommand) -> ExitCode {
+    match command {
+        NodeCommand::List => run_with(connection, "/v1/nodes", Method::Get, disk_table),
+        NodeCommand::AddDisk {
+            id,
+            host,
+            rack,
+            site,
+            capacity,
+        } => {
+            let capacity_bytes = match size_or_exit(&capacity) {
+                Ok(bytes) => bytes,
+                Err(code) => return code,
+            };
+            let body = json!({ "id": id, "host": host, "rack": rack, "site": site, "capacity_bytes": capacity_bytes });
+            run_with(
+                connection,
+                "/v1/nodes/disks",
+                Method::Post(body),
+                disk_table,
+            )
+        }
+        NodeCommand::SetDiskState { id, state } => {
+            let body = json!({ "state": state });
+            run_with(
+                connection,
+                &format!("/v1/nodes/disks/{id}/state"),
+                Method::Post(body),
+                done_table,
+            )
+        }
+    }
+}
+
+pub fn tenant(connection: &Connection, command: TenantCommand) -> ExitCode {
+    match command {
+        TenantCommand::Create { name } => run_with(
+            connection,
+            "/v1/tenants",
+            Method::Post(json!({ "name": name })),
+            tenant_table,
+        ),
+        TenantCommand::List => run_with(connection, "/v1/tenants", Method::Get, tenant_table),
+        TenantCommand::Delete { name } => run_with(
+            connection,
+            &format!("/v1/tenants/{name}"),
+            Method::Delete,
+            done_table,
+        ),
+        TenantCommand::CreateKey { tenant } => run_with(
+            connection,
+            &format!("/v1/tenants/{tenant}/keys"),
+            Method::Post(json!({})),
+            key_table,
+        ),
+        TenantCommand::DeleteKey { id } => run_with(
+            connection,
+            &format!("/v1/keys/{id}"),
+            Method::Delete,
+            done_table,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1tb"), Ok(1 << 40));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999P").is_err());
+        assert_eq!(format_size(10 << 30), "10 GiB");
+        assert_eq!(format_size(1000), "1000 B");
+    }
+}

@@ -1,0 +1,604 @@
+//! The admin API: REST and JSON over axum, every route behind a bearer token.
+//!
+//! Routes (all under `/v1`):
+//!
+//! ```text
+//! GET    /cluster/status                 this member's Raft view, the members, counts
+//! POST   /cluster/members/{id}/rejoin    make a member a voter afresh (after its disk was lost)
+//! GET    /nodes                          disks of the cluster map
+//! POST   /nodes/disks                    register a disk {id, host, rack, site, capacity_bytes}
+//! POST   /nodes/disks/{id}/state         {state: "in" | "out"}
+//! GET    /pools            POST /pools   {name, replicas, domain, pg_count}
+//! GET    /pools/{name}
+//! GET    /volumes          POST /volumes {name, pool, size_bytes, tier}
+//! GET    /volumes/{name}   DELETE /volumes/{name}
+//! POST   /volumes/{name}/resize          {size_bytes}
+//! GET    /tenants          POST /tenants {name}         DELETE /tenants/{name}
+//! POST   /tenants/{name}/keys            creates an access key; the only answer holding its secret
+//! DELETE /keys/{id}
+//! ```
+//!
+//! Errors are JSON `{"error": message}` with 400 (malformed), 401 (no or wrong token), 404,
+//! 409 (exists, or not empty) and 503 (no leader, timeout; `leader_api` names the leader
+//! when known, so a client can retry there). Reads are linearizable on every member; writes
+//! go to the leader.
+
+use std::io::Read;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Request, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use cairn_common::DiskId;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},
+    server::{DriverHandle, Member, RequestError},
+    state::{Applied, Command, MetaError, MetaState, QosTier, SecretKey},
+};
+
+#[derive(Clone)]
+struct Api {
+    driver: DriverHandle,
+    token: String,
+    members: Vec<Member>,
+}
+
+/// The admin API's routes over a running driver.
+pub fn router(driver: DriverHandle, token: String, members: Vec<Member>) -> Router {
+    let api = Api {
+        driver,
+        token,
+        members,
+    };
+    Router::new()
+        .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/cluster/members/{id}/rejoin", post(rejoin))
+        .route("/v1/nodes", get(list_disks))
+        .route("/v1/nodes/disks", post(register_disk))
+        .route("/v1/nodes/disks/{id}/state", post(set_disk_state))
+        .route("/v1/pools", get(list_pools).post(create_pool))
+        .route("/v1/pools/{name}", get(show_pool))
+        .route("/v1/volumes", get(list_volumes).post(create_volume))
+        .route("/v1/volumes/{name}", get(show_volume).delete(delete_volume))
+        .route("/v1/volumes/{name}/resize", post(resize_volume))
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{name}", axum::routing::delete(delete_tenant))
+        .route("/v1/tenants/{name}/keys", post(create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(delete_key))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .with_state(api)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+impl IntoResponse for RequestError {
+    fn into_response(self) -> Response {
+        match self {
+            RequestError::Refused(e) => {
+                let status = match e {
+                    MetaError::NotFound { .. } => StatusCode::NOT_FOUND,
+                    MetaError::AlreadyExists { .. } | MetaError::NotEmpty { .. } => {
+                        StatusCode::CONFLICT
+                    }
+                    MetaError::Invalid(_) => StatusCode::BAD_REQUEST,
+                };
+                error(status, e.to_string())
+            }
+            RequestError::NotLeader(leader) => {
+                let body = json!({
+                    "error": "this member is not the leader; retry at the leader",
+                    "leader_api": leader.map(|m| format!("http://{}", m.api)),
+                });
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+            }
+            RequestError::Unavailable(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if same_secret(token.as_bytes(), api.token.as_bytes()) => {
+            next.run(request).await
+        }
+        // The token itself is never logged.
+        _ => error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"),
+    }
+}
+
+/// A JSON body, with a malformed one answered 400 in our error shape.
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    parsed
+        .map(|Json(value)| value)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+async fn write(api: &Api, command: Command) -> Result<Applied, Response> {
+    api.driver
+        .propose(command)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn read(api: &Api, f: impl FnOnce(&MetaState) -> Value + Send + 'static) -> Response {
+    match api.driver.read(Box::new(f)).await {
+        Ok(value) => match value.get("error_not_found") {
+            Some(Value::String(what)) => error(StatusCode::NOT_FOUND, format!("{what} not found")),
+            _ => Json(value).into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+fn not_found(what: String) -> Value {
+    json!({ "error_not_found": what })
+}
+
+async fn cluster_status(State(api): State<Api>) -> Response {
+    let raft = match api.driver.status().await {
+        Ok(view) => view,
+        Err(e) => return e.into_response(),
+    };
+    let members: Vec<Value> = api
+        .members
+        .iter()
+        .map(|m| json!({ "id": m.id.0, "raft": m.raft.to_string(), "api": m.api.to_string() }))
+        .collect();
+    // Counts come from this member's applied state through a linearizable read when a leader
+    // exists; without one the Raft view alone still helps an operator.
+    let counts = api
+        .driver
+        .read(Box::new(|state: &MetaState| {
+            json!({
+                "disks": state.disks().count(),
+                "pools": state.pools().count(),
+                "volumes": state.volumes().count(),
+                "tenants": state.tenants().count(),
+            })
+        }))
+        .await
+        .ok();
+    Json(json!({ "member": raft, "members": members, "counts": counts })).into_response()
+}
+
+async fn rejoin(State(api): State<Api>, Path(id): Path<u64>) -> Result<Response, Response> {
+    api.driver
+        .rejoin(cairn_common::NodeId(id))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(Json(json!({ "rejoined": id })).into_response())
+}
+
+fn disk_json(disk: &Disk) -> Value {
+    json!({
+        "id": disk.id.to_string(),
+        "host": disk.host.0,
+        "rack": disk.rack.0,
+        "site": disk.site.0,
+        "capacity_bytes": disk.capacity_bytes,
+        "state": match disk.state { DiskState::In => "in", DiskState::Out => "out" },
+    })
+}
+
+async fn list_disks(State(api): State<Api>) -> Response {
+    read(&api, |state| {
+        Value::Array(state.disks().map(disk_json).collect())
+    })
+    .await
+}
+
+/// Parses a UUID as `cairn disk show` prints it (hex, dashes optional).
+fn parse_disk_id(text: &str) -> Result<DiskId, Response> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    let invalid = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("disk id {text:?} is not a UUID"),
+        )
+    };
+    if hex.len() != 32 || !hex.is_ascii() {
+        return Err(invalid());
+    }
+    let mut bytes = [0u8; 16];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
+    }
+    Ok(DiskId(bytes))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterDisk {
+    id: String,
+    host: u32,
+    #[serde(default)]
+    rack: u32,
+    #[serde(default)]
+    site: u32,
+    capacity_bytes: u64,
+}
+
+async fn register_disk(
+    State(api): State<Api>,
+    parsed: Result<Json<RegisterDisk>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let disk = Disk {
+        id: parse_disk_id(&request.id)?,
+        host: HostId(request.host),
+        rack: RackId(request.rack),
+        site: SiteId(request.site),
+        capacity_bytes: request.capacity_bytes,
+        state: DiskState::In,
+    };
+    let view = disk_json(&disk);
+    write(&api, Command::RegisterDisk(disk)).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetDiskState {
+    state: String,
+}
+
+async fn set_disk_state(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    parsed: Result<Json<SetDiskState>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let state = match request.state.to_ascii_lowercase().as_str() {
+        "in" => DiskState::In,
+        "out" => DiskState::Out,
+        other => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("state {other:?}: in or out"),
+            ));
+        }
+    };
+    let disk = parse_disk_id(&id)?;
+    write(&api, Command::SetDiskState { disk, state }).await?;
+    Ok(Json(json!({ "id": disk.to_string(), "state": request.state })).into_response())
+}
+
+fn domain_name(domain: FailureDomain) -> &'static str {
+    match domain {
+        FailureDomain::Disk => "disk",
+        FailureDomain::Host => "host",
+        FailureDomain::Rack => "rack",
+        FailureDomain::Site => "site",
+    }
+}
+
+fn pool_json(name: &str, pool: &crate::state::Pool, with_map: bool) -> Value {
+    let mut value = json!({
+        "name": name,
+        "id": pool.id.0,
+        "replicas": pool.policy.replicas,
+        "domain": domain_name(pool.policy.domain),
+        "pg_count": pool.policy.pg_count,
+        "epoch": pool.epoch,
+    });
+    if with_map {
+        let map: Vec<Vec<String>> = pool
+            .pg_map
+            .iter()
+            .map(|members| members.iter().map(|d| d.to_string()).collect())
+            .collect();
+        value["pg_map"] = json!(map);
+    }
+    value
+}
+
+async fn list_pools(State(api): State<Api>) -> Response {
+    read(&api, |state| {
+        Value::Array(state.pools().map(|(n, p)| pool_json(n, p, false)).collect())
+    })
+    .await
+}
+
+async fn show_pool(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    read(&api, move |state| match state.pool(&name) {
+        Some(pool) => pool_json(&name, pool, true),
+        None => not_found(format!("pool {name}")),
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreatePool {
+    name: String,
+    #[serde(default = "three")]
+    replicas: u32,
+    #[serde(default = "host")]
+    domain: String,
+    #[serde(default = "pg_count_default")]
+    pg_count: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn host() -> String {
+    "host".into()
+}
+
+fn pg_count_default() -> u32 {
+    128
+}
+
+async fn create_pool(
+    State(api): State<Api>,
+    parsed: Result<Json<CreatePool>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let domain = match request.domain.to_ascii_lowercase().as_str() {
+        "disk" => FailureDomain::Disk,
+        "host" => FailureDomain::Host,
+        "rack" => FailureDomain::Rack,
+        "site" => FailureDomain::Site,
+        other => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("domain {other:?}: disk, host, rack or site"),
+            ));
+        }
+    };
+    let name = request.name.clone();
+    let command = Command::CreatePool {
+        name: request.name,
+        replicas: request.replicas,
+        domain,
+        pg_count: request.pg_count,
+    };
+    let applied = write(&api, command).await?;
+    let id = match applied {
+        Applied::Pool(id) => Some(id.0),
+        _ => None,
+    };
+    let view = json!({ "name": name, "id": id, "replicas": request.replicas,
+        "domain": domain_name(domain), "pg_count": request.pg_count });
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+fn tier_name(tier: QosTier) -> &'static str {
+    match tier {
+        QosTier::Normal => "normal",
+        QosTier::High => "high",
+        QosTier::Ultra => "ultra",
+    }
+}
+
+fn volume_json(name: &str, volume: &crate::state::Volume) -> Value {
+    json!({
+        "name": name,
+        "id": format!("{:x}", volume.id.0),
+        "pool": volume.pool,
+        "size_bytes": volume.size_bytes,
+        "tier": tier_name(volume.tier),
+        "iops_max": volume.tier.iops_max(),
+    })
+}
+
+async fn list_volumes(State(api): State<Api>) -> Response {
+    read(&api, |state| {
+        Value::Array(state.volumes().map(|(n, v)| volume_json(n, v)).collect())
+    })
+    .await
+}
+
+async fn show_volume(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    read(&api, move |state| match state.volume(&name) {
+        Some(volume) => volume_json(&name, volume),
+        None => not_found(format!("volume {name}")),
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateVolume {
+    name: String,
+    pool: String,
+    size_bytes: u64,
+    #[serde(default = "normal")]
+    tier: String,
+}
+
+fn normal() -> String {
+    "normal".into()
+}
+
+async fn create_volume(
+    State(api): State<Api>,
+    parsed: Result<Json<CreateVolume>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let tier = match request.tier.to_ascii_lowercase().as_str() {
+        "normal" => QosTier::Normal,
+        "high" => QosTier::High,
+        "ultra" => QosTier::Ultra,
+        other => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("tier {other:?}: normal, high or ultra"),
+            ));
+        }
+    };
+    let command = Command::CreateVolume {
+        name: request.name.clone(),
+        pool: request.pool.clone(),
+        size_bytes: request.size_bytes,
+        tier,
+    };
+    let applied = write(&api, command).await?;
+    let id = match applied {
+        Applied::Volume(id) => format!("{:x}", id.0),
+        _ => String::new(),
+    };
+    let view = json!({ "name": request.name, "id": id, "pool": request.pool,
+        "size_bytes": request.size_bytes, "tier": tier_name(tier), "iops_max": tier.iops_max() });
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn delete_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Response, Response> {
+    write(&api, Command::DeleteVolume { name: name.clone() }).await?;
+    Ok(Json(json!({ "deleted": name })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resize {
+    size_bytes: u64,
+}
+
+async fn resize_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    parsed: Result<Json<Resize>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let command = Command::ResizeVolume {
+        name: name.clone(),
+        size_bytes: request.size_bytes,
+    };
+    write(&api, command).await?;
+    Ok(Json(json!({ "name": name, "size_bytes": request.size_bytes })).into_response())
+}
+
+async fn list_tenants(State(api): State<Api>) -> Response {
+    read(&api, |state| {
+        let tenants = state.tenants().map(|(name, tenant)| {
+            let keys: Vec<&String> = state
+                .access_keys()
+                .filter(|(_, key)| key.tenant == *name)
+                .map(|(id, _)| id)
+                .collect();
+            json!({ "name": name, "id": tenant.id.0, "access_keys": keys })
+        });
+        Value::Array(tenants.collect())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    name: String,
+}
+
+async fn create_tenant(
+    State(api): State<Api>,
+    parsed: Result<Json<CreateTenant>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let applied = write(
+        &api,
+        Command::CreateTenant {
+            name: request.name.clone(),
+        },
+    )
+    .await?;
+    let id = match applied {
+        Applied::Tenant(id) => Some(id.0),
+        _ => None,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": request.name, "id": id })),
+    )
+        .into_response())
+}
+
+async fn delete_tenant(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Response, Response> {
+    write(&api, Command::DeleteTenant { name: name.clone() }).await?;
+    Ok(Json(json!({ "deleted": name })).into_response())
+}
+
+/// `count` characters drawn uniformly from `alphabet`, from the kernel's generator.
+fn random_text(alphabet: &[u8], count: usize) -> Result<String, Response> {
+    let mut bytes = vec![0u8; count * 2];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("randomness: {e}"),
+            )
+        })?;
+    // Rejection sampling keeps the distribution uniform.
+    let limit = 256 - 256 % alphabet.len();
+    let text: String = bytes
+        .iter()
+        .filter(|b| usize::from(**b) < limit)
+        .take(count)
+        .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
+        .collect();
+    if text.len() < count {
+        return random_text(alphabet, count);
+    }
+    Ok(text)
+}
+
+async fn create_key(
+    State(api): State<Api>,
+    Path(tenant): Path<String>,
+) -> Result<Response, Response> {
+    const ID: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+";
+    let access_key_id = random_text(ID, 20)?;
+    let secret = random_text(SECRET, 40)?;
+    let command = Command::CreateAccessKey {
+        tenant: tenant.clone(),
+        access_key_id: access_key_id.clone(),
+        secret_key: SecretKey::new(secret.clone()),
+    };
+    write(&api, command).await?;
+    let view = json!({ "tenant": tenant, "access_key_id": access_key_id, "secret_key": secret });
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn delete_key(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, Response> {
+    write(
+        &api,
+        Command::DeleteAccessKey {
+            access_key_id: id.clone(),
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "deleted": id })).into_response())
+}

@@ -285,6 +285,9 @@ async fn announce(id: NodeId, members: Vec<Member>, token: String) {
     }
 }
 
+/// A rejoin in progress: the member, whether its removal is done, and who waits.
+type Rejoin = (NodeId, bool, oneshot::Sender<Result<(), RequestError>>);
+
 type Waiting<T> = BTreeMap<u64, oneshot::Sender<Result<T, RequestError>>>;
 
 struct Driver {
@@ -309,7 +312,7 @@ struct Driver {
     /// True if this start found no log (a new or wiped member).
     fresh: bool,
     /// A rejoin in progress: the member, whether its removal is done, and who waits.
-    rejoin: Option<(NodeId, bool, oneshot::Sender<Result<(), RequestError>>)>,
+    rejoin: Option<Rejoin>,
 }
 
 impl Driver {

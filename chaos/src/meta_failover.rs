@@ -228,7 +228,7 @@ impl Cluster {
 
     /// Posts to any member, following the leader, until `deadline`.
     fn post(&self, path: &str, body: &Value, deadline: Duration) -> Result<(u16, Value), String> {
-        post_any(&self.agent, &self.urls(), path, body, deadline)
+        post_any(&self.agent, &self.urls(), path, body, deadline).map(|(s, v, _)| (s, v))
     }
 
     fn stop_all(&mut self) {
@@ -244,13 +244,16 @@ impl Drop for Cluster {
     }
 }
 
+/// Also says whether an earlier attempt may have been applied (its answer was lost, or the
+/// leader gave up waiting), which makes a later 409 for a creation its success.
 fn post_any(
     agent: &ureq::Agent,
     urls: &[String],
     path: &str,
     body: &Value,
     deadline: Duration,
-) -> Result<(u16, Value), String> {
+) -> Result<(u16, Value, bool), String> {
+    let mut ambiguous = false;
     let start = Instant::now();
     let mut next = 0;
     let mut leader: Option<String> = None;
@@ -263,13 +266,16 @@ fn post_any(
             Ok((503, v)) => {
                 last = v.to_string();
                 leader = v["leader_api"].as_str().map(str::to_string);
+                // "Not the leader" proposed nothing; a timeout may have.
+                ambiguous |= leader.is_none();
                 if leader.is_none() {
                     next += 1;
                 }
             }
-            Ok(answer) => return Ok(answer),
+            Ok((status, v)) => return Ok((status, v, ambiguous)),
             Err(e) => {
                 last = e;
+                ambiguous = true;
                 next += 1;
             }
         }
@@ -316,10 +322,10 @@ fn workload(agent: ureq::Agent, urls: Vec<String>, shared: Arc<Workload>) {
                 return;
             }
             match post_any(&agent, &urls, "/v1/volumes", &body, Duration::from_secs(2)) {
-                Ok((201, _)) => break,
+                Ok((201, _, _)) => break,
                 // An earlier attempt committed after all.
-                Ok((409, _)) if ambiguous => break,
-                Ok((status, v)) if status != 503 => {
+                Ok((409, _, earlier)) if ambiguous || earlier => break,
+                Ok((status, v, _)) if status != 503 => {
                     eprintln!("meta-failover: create {name}: unexpected {status} {v}");
                     return;
                 }

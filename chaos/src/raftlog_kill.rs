@@ -32,13 +32,16 @@ pub struct Verdict {
 pub fn worker(dir: &Path, journal_path: &Path, seed: u64) -> Result<(), String> {
     let store =
         FileLogStore::open_with_segment_size(dir, SEGMENT_BYTES).map_err(|e| e.to_string())?;
-    // A restarted node applies its log again from index 1; only entries past what the log
-    // held at start are new acknowledgements.
+    // A restarted node applies its log again from its (bootstrap) snapshot; only entries past
+    // what the log held at start are new acknowledgements.
     let floor: std::collections::BTreeMap<GroupId, u64> = store
         .load()
         .map_err(|e| e.to_string())?
         .into_iter()
-        .map(|(group, state)| (group, state.entries.len() as u64))
+        .map(|(group, state)| {
+            let base = state.snapshot.get_metadata().index;
+            (group, base + state.entries.len() as u64)
+        })
         .collect();
     let mut node = RaftNode::new(NodeConfig::new(NodeId(1)), store).map_err(|e| e.to_string())?;
     let existing: Vec<GroupId> = node.groups().collect();
@@ -109,9 +112,11 @@ pub fn verify(dir: &Path, journal_path: &Path) -> Result<Verdict, String> {
             return Err(format!("bad journal line {line:?}"));
         };
         verdict.acknowledged += 1;
-        let entry = state
-            .get(&GroupId(group))
-            .and_then(|g| g.entries.get(index as usize - 1));
+        let entry = state.get(&GroupId(group)).and_then(|g| {
+            let base = g.snapshot.get_metadata().index;
+            let offset = index.checked_sub(base + 1)?;
+            g.entries.get(usize::try_from(offset).ok()?)
+        });
         let intact = entry.is_some_and(|e| {
             e.index == index
                 && e.data.len() as u64 == length

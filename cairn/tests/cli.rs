@@ -7,8 +7,13 @@ use cairn_common::{ChunkId, OwnerId, PoolId};
 use cairn_storage_node::{ChunkStore, ChunkStoreOptions};
 
 fn cairn(args: &[&str]) -> (i32, String, String) {
+    cairn_with_env(args, &[])
+}
+
+fn cairn_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run cairn");
     let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("utf-8 output");
@@ -243,18 +248,11 @@ fn start_meta() -> MetaMember {
 }
 
 fn admin(member: &MetaMember, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
-        .env("CAIRN_ADMIN_URL", &member.url)
-        .env("CAIRN_ADMIN_TOKEN", TOKEN)
-        .output()
-        .expect("run cairn");
-    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("utf-8 output");
-    (
-        output.status.code().unwrap_or(-1),
-        text(output.stdout),
-        text(output.stderr),
-    )
+    let env = [
+        ("CAIRN_ADMIN_URL", member.url.as_str()),
+        ("CAIRN_ADMIN_TOKEN", TOKEN),
+    ];
+    cairn_with_env(args, &env)
 }
 
 /// Goal: the operator CLI drives the admin API of a real `cairn meta`: pools, volumes, disks

@@ -150,6 +150,22 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A new group with three disks on three hosts and a pool `p` over them.
+    fn with_pool(options: Options) -> Result<Cluster, String> {
+        fs::create_dir_all(&options.dir).map_err(|e| e.to_string())?;
+        let cluster = Cluster::create(options)?;
+        cluster.wait_for_leader(Duration::from_secs(20))?;
+        let setup = Duration::from_secs(15);
+        for host in 1..=3u32 {
+            let disk = json!({ "id": format!("00000000-0000-0000-0000-00000000000{host}"),
+                "host": host, "capacity_bytes": 1u64 << 40 });
+            cluster.post("/v1/nodes/disks", &disk, setup)?;
+        }
+        let pool = json!({ "name": "p", "replicas": 3, "domain": "host", "pg_count": 16 });
+        cluster.post("/v1/pools", &pool, setup)?;
+        Ok(cluster)
+    }
+
     fn start(&mut self, index: usize, join: bool) -> Result<(), String> {
         let dir = &self.options.dir;
         let member_args: Vec<String> = self
@@ -339,17 +355,7 @@ fn workload(agent: ureq::Agent, urls: Vec<String>, shared: Arc<Workload>) {
 
 /// Runs the scenario (see the module docs).
 pub fn run(options: Options) -> Result<Verdict, String> {
-    fs::create_dir_all(&options.dir).map_err(|e| e.to_string())?;
-    let mut cluster = Cluster::create(options.clone())?;
-    cluster.wait_for_leader(Duration::from_secs(20))?;
-    let setup = Duration::from_secs(15);
-    for host in 1..=3u32 {
-        let disk = json!({ "id": format!("00000000-0000-0000-0000-00000000000{host}"),
-            "host": host, "capacity_bytes": 1u64 << 40 });
-        cluster.post("/v1/nodes/disks", &disk, setup)?;
-    }
-    let pool = json!({ "name": "p", "replicas": 3, "domain": "host", "pg_count": 16 });
-    cluster.post("/v1/pools", &pool, setup)?;
+    let mut cluster = Cluster::with_pool(options.clone())?;
 
     let shared = Arc::new(Workload {
         acknowledged: Mutex::new(Vec::new()),
@@ -527,18 +533,8 @@ pub struct BenchResult {
 /// Runs `clients` concurrent clients against a fresh group: creations for `seconds`, then
 /// reads of the created volumes for `seconds`.
 pub fn bench(options: Options, clients: usize) -> Result<BenchResult, String> {
-    fs::create_dir_all(&options.dir).map_err(|e| e.to_string())?;
     let seconds = options.seconds;
-    let mut cluster = Cluster::create(options)?;
-    cluster.wait_for_leader(Duration::from_secs(20))?;
-    let setup = Duration::from_secs(15);
-    for host in 1..=3u32 {
-        let disk = json!({ "id": format!("00000000-0000-0000-0000-00000000000{host}"),
-            "host": host, "capacity_bytes": 1u64 << 40 });
-        cluster.post("/v1/nodes/disks", &disk, setup)?;
-    }
-    let pool = json!({ "name": "p", "replicas": 3, "domain": "host", "pg_count": 16 });
-    cluster.post("/v1/pools", &pool, setup)?;
+    let mut cluster = Cluster::with_pool(options)?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10))?;
     let leader_url = format!("http://{}", cluster.members[leader].api);
     let duration = Duration::from_secs_f64(seconds);

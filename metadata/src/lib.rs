@@ -8,9 +8,11 @@
 //! - [`codec`]: the versioned encoding of commands in the Raft log and of stored records.
 //! - [`store`]: the state machine persisted in RocksDB (one record per object, keys by prefix),
 //!   with snapshots for Raft log compaction and its crash ordering.
+//! - [`server`]: `cairn meta`, one member of the metadata Raft group: the Raft node on its file
+//!   log, the store as its state machine, the mutual-TLS transport.
+//! - [`api`]: the admin API (axum, JSON, bearer token) the CLI and the Cinder driver use.
 //!
-//! Still to come (issue 3): wiring the store to the Raft runtime, the admin API and
-//! `cairn meta`. Pure modules here (placement, state, codec) do no IO, read no clock and spawn
+//! Pure modules here (placement, state, codec) do no IO, read no clock and spawn
 //! nothing. This crate must not depend on storage-node or any gateway.
 
 pub mod api;

@@ -13,13 +13,8 @@ seconds=${2:-5}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../scripts/prerequisites.sh
 source "$here/../scripts/prerequisites.sh"
-cairn_ensure_prerequisites
-cairn_ensure_rocksdb
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}
-# The dev-profile test build: RocksDB is built once, in that profile (CRATES.md).
-cargo test --quiet --workspace --no-run --manifest-path "$here/../Cargo.toml" 2>/dev/null
-export CAIRN_BIN="$CARGO_TARGET_DIR/debug/cairn"
-chaos="$CARGO_TARGET_DIR/debug/cairn-chaos"
+cairn_test_binaries
+chaos=$CAIRN_CHAOS
 mkdir -p "$dir"
 fsync_rate=$(fio --name=fsync --directory="$dir" --rw=write --bs=4k --size=64m --fdatasync=1 \
   --time_based --runtime="$seconds" --output-format=json | python3 -c \

@@ -15,10 +15,5 @@ dir=${3:-$(mktemp -d /var/tmp/cairn-meta-failover.XXXXXX)}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../scripts/prerequisites.sh
 source "$here/../scripts/prerequisites.sh"
-cairn_ensure_prerequisites
-cairn_ensure_rocksdb
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}
-# The test build (dev profile, whole workspace): the one RocksDB build CI already has.
-cargo test --quiet --workspace --no-run --manifest-path "$here/../Cargo.toml" 2>/dev/null
-export CAIRN_BIN="$CARGO_TARGET_DIR/debug/cairn"
-exec "$CARGO_TARGET_DIR/debug/cairn-chaos" meta-failover "$dir" "$seconds" "$members"
+cairn_test_binaries
+exec "$CAIRN_CHAOS" meta-failover "$dir" "$seconds" "$members"

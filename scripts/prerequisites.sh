@@ -7,6 +7,7 @@
 #   util-linux, mount  unshare and mount: the fallback-engine tests use a private ramfs
 #   python3            reads fio's JSON in benches/chunkstore.sh
 #   libclang-dev       bindgen generates RocksDB's Rust bindings at build time
+#   g++                compiles the bundled RocksDB (once per machine, see below)
 #
 # It also provides RocksDB as a prebuilt static library (cairn_ensure_rocksdb): the bundled
 # C++ build costs 12-25 minutes on 2 cores, and cargo redoes it whenever the build-dependency
@@ -20,6 +21,7 @@ cairn_ensure_prerequisites() {
   command -v unshare >/dev/null || missing+=(util-linux)
   command -v mount >/dev/null || missing+=(mount)
   command -v python3 >/dev/null || missing+=(python3)
+  command -v g++ >/dev/null || missing+=(g++)
   ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
   [ "${#missing[@]}" -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -49,4 +51,17 @@ cairn_ensure_rocksdb() {
     cp "$(ls -t "$build"/debug/build/librocksdb-sys-*/out/librocksdb.a | head -n 1)" "$dir/"
   fi
   export ROCKSDB_LIB_DIR="$dir" ROCKSDB_STATIC=1
+}
+
+# For scripts that run real processes (chaos/meta-failover.sh, benches/meta.sh): builds the
+# test binaries exactly as `scripts/test.sh` does (dev profile, whole workspace, so nothing is
+# built twice) and exports CAIRN_BIN and CAIRN_CHAOS.
+cairn_test_binaries() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  cairn_ensure_prerequisites
+  cairn_ensure_rocksdb
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}
+  cargo test --quiet --workspace --no-run --manifest-path "$root/Cargo.toml" 2>/dev/null
+  export CAIRN_BIN="$CARGO_TARGET_DIR/debug/cairn" CAIRN_CHAOS="$CARGO_TARGET_DIR/debug/cairn-chaos"
 }

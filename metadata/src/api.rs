@@ -147,18 +147,14 @@ async fn write(api: &Api, command: Command) -> Result<Applied, Response> {
         .map_err(IntoResponse::into_response)
 }
 
-async fn read(api: &Api, f: impl FnOnce(&MetaState) -> Value + Send + 'static) -> Response {
+async fn read(
+    api: &Api,
+    f: impl FnOnce(&MetaState) -> Result<Value, MetaError> + Send + 'static,
+) -> Response {
     match api.driver.read(Box::new(f)).await {
-        Ok(value) => match value.get("error_not_found") {
-            Some(Value::String(what)) => error(StatusCode::NOT_FOUND, format!("{what} not found")),
-            _ => Json(value).into_response(),
-        },
+        Ok(value) => Json(value).into_response(),
         Err(e) => e.into_response(),
     }
-}
-
-fn not_found(what: String) -> Value {
-    json!({ "error_not_found": what })
 }
 
 async fn cluster_status(State(api): State<Api>) -> Response {
@@ -176,12 +172,12 @@ async fn cluster_status(State(api): State<Api>) -> Response {
     let counts = api
         .driver
         .read(Box::new(|state: &MetaState| {
-            json!({
+            Ok(json!({
                 "disks": state.disks().count(),
                 "pools": state.pools().count(),
                 "volumes": state.volumes().count(),
                 "tenants": state.tenants().count(),
-            })
+            }))
         }))
         .await
         .ok();
@@ -209,7 +205,7 @@ fn disk_json(disk: &Disk) -> Value {
 
 async fn list_disks(State(api): State<Api>) -> Response {
     read(&api, |state| {
-        Value::Array(state.disks().map(disk_json).collect())
+        Ok(Value::Array(state.disks().map(disk_json).collect()))
     })
     .await
 }
@@ -321,15 +317,17 @@ fn pool_json(name: &str, pool: &crate::state::Pool, with_map: bool) -> Value {
 
 async fn list_pools(State(api): State<Api>) -> Response {
     read(&api, |state| {
-        Value::Array(state.pools().map(|(n, p)| pool_json(n, p, false)).collect())
+        Ok(Value::Array(
+            state.pools().map(|(n, p)| pool_json(n, p, false)).collect(),
+        ))
     })
     .await
 }
 
 async fn show_pool(State(api): State<Api>, Path(name): Path<String>) -> Response {
     read(&api, move |state| match state.pool(&name) {
-        Some(pool) => pool_json(&name, pool, true),
-        None => not_found(format!("pool {name}")),
+        Some(pool) => Ok(pool_json(&name, pool, true)),
+        None => Err(MetaError::NotFound { kind: "pool", name }),
     })
     .await
 }
@@ -413,15 +411,20 @@ fn volume_json(name: &str, volume: &crate::state::Volume) -> Value {
 
 async fn list_volumes(State(api): State<Api>) -> Response {
     read(&api, |state| {
-        Value::Array(state.volumes().map(|(n, v)| volume_json(n, v)).collect())
+        Ok(Value::Array(
+            state.volumes().map(|(n, v)| volume_json(n, v)).collect(),
+        ))
     })
     .await
 }
 
 async fn show_volume(State(api): State<Api>, Path(name): Path<String>) -> Response {
     read(&api, move |state| match state.volume(&name) {
-        Some(volume) => volume_json(&name, volume),
-        None => not_found(format!("volume {name}")),
+        Some(volume) => Ok(volume_json(&name, volume)),
+        None => Err(MetaError::NotFound {
+            kind: "volume",
+            name,
+        }),
     })
     .await
 }
@@ -510,7 +513,7 @@ async fn list_tenants(State(api): State<Api>) -> Response {
                 .collect();
             json!({ "name": name, "id": tenant.id.0, "access_keys": keys })
         });
-        Value::Array(tenants.collect())
+        Ok(Value::Array(tenants.collect()))
     })
     .await
 }
@@ -554,27 +557,29 @@ async fn delete_tenant(
 
 /// `count` characters drawn uniformly from `alphabet`, from the kernel's generator.
 fn random_text(alphabet: &[u8], count: usize) -> Result<String, Response> {
-    let mut bytes = vec![0u8; count * 2];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("randomness: {e}"),
-            )
-        })?;
-    // Rejection sampling keeps the distribution uniform.
+    let mut urandom = std::fs::File::open("/dev/urandom").map_err(randomness_failed)?;
+    // Rejection sampling keeps the distribution uniform; a byte is kept with probability at
+    // least 1/2, so a few reads always suffice.
     let limit = 256 - 256 % alphabet.len();
-    let text: String = bytes
-        .iter()
-        .filter(|b| usize::from(**b) < limit)
-        .take(count)
-        .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
-        .collect();
-    if text.len() < count {
-        return random_text(alphabet, count);
+    let mut text = String::with_capacity(count);
+    let mut bytes = vec![0u8; count * 2];
+    while text.len() < count {
+        urandom.read_exact(&mut bytes).map_err(randomness_failed)?;
+        let kept = bytes.iter().filter(|b| usize::from(**b) < limit);
+        let needed = count - text.len();
+        text.extend(
+            kept.take(needed)
+                .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()])),
+        );
     }
     Ok(text)
+}
+
+fn randomness_failed(e: std::io::Error) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("randomness: {e}"),
+    )
 }
 
 async fn create_key(

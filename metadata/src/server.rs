@@ -113,8 +113,9 @@ pub enum RequestError {
     Unavailable(&'static str),
 }
 
-/// A read run against the state machine once it is linearizable.
-pub type ReadFn = Box<dyn FnOnce(&MetaState) -> serde_json::Value + Send>;
+/// A read run against the state machine once it is linearizable; a refusal (not found) maps
+/// to HTTP like a refused command.
+pub type ReadFn = Box<dyn FnOnce(&MetaState) -> Result<serde_json::Value, MetaError> + Send>;
 
 /// What the API asks the driver.
 pub enum Request {
@@ -502,12 +503,12 @@ impl Driver {
         }
         for read in self.node.take_reads() {
             if let Some((run, reply)) = self.reads.remove(&read.request) {
-                let _ = reply.send(Ok(run(self.store.state())));
+                let _ = reply.send(run(self.store.state()).map_err(RequestError::Refused));
             }
         }
         self.watch_role();
         self.advance_rejoin();
-        for _ in self.node.snapshots_wanted() {
+        if !self.node.snapshots_wanted().is_empty() {
             // A member joined after the latest snapshot: it needs one that includes it.
             self.compact()?;
         }

@@ -743,7 +743,8 @@ fn apply_conf_change(group: &mut Group, entry: &Entry) {
 /// still leading when it applies it; a later leader must propose the leave itself.
 fn leave_joint_if_stuck(group: &mut Group) {
     let raft = &group.raw.raft;
-    let joint = !raft.prs().conf().to_conf_state().voters_outgoing.is_empty();
+    // The stored configuration follows every applied change; no copy on this per-round path.
+    let joint = !group.raw.store().conf_state().voters_outgoing.is_empty();
     if raft.state == StateRole::Leader && joint && raft.pending_conf_index <= group.applied {
         // An empty V2 change is "leave the joint configuration"; refused while one is pending.
         let _ = group

@@ -171,8 +171,8 @@ fn ca_init_and_issue_produce_working_identities() {
         let (_b, b_addr, mut b_in) = TcpTransport::start(&two, localhost).await.expect("node 2");
         a.set_peer_address(NodeId(2), b_addr);
         let message = Message {
-            to: 2,
-            from: 1,
+            to: cairn_common::ReplicaId::new(NodeId(2), 1).0,
+            from: cairn_common::ReplicaId::new(NodeId(1), 1).0,
             term: 1,
             msg_type: 8,
             ..Message::default()

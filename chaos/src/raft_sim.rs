@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_common::{GroupId, NodeId};
+use cairn_common::{GroupId, NodeId, ReplicaId};
 use cairn_raft::{
     Apply, MemberChange, NodeConfig, Outbox, RaftNode,
     log::{BOOTSTRAP_INDEX, MemLogStore},
@@ -233,6 +233,8 @@ struct Sim {
     /// Reads in progress: request id -> (group, highest acknowledged index when it started).
     reads: BTreeMap<u64, (GroupId, u64)>,
     next_read: u64,
+    /// Per node, the number of its next new replica (replica ids are never reused).
+    next_replica: BTreeMap<NodeId, u64>,
 }
 
 /// Runs one seed; `Err` names the violated property (or the panic) and how to replay.
@@ -299,15 +301,21 @@ impl Sim {
             while all.len() as u64 > options.voters_per_group {
                 all.remove(rng.below(all.len() as u64) as usize);
             }
-            for member in &all {
-                let node = nodes[(member.0 - 1) as usize]
+            // Group g's first replicas are number g on their nodes.
+            let voters: Vec<ReplicaId> = all.iter().map(|n| ReplicaId::new(*n, g)).collect();
+            for member in &voters {
+                let node = nodes[(member.node().0 - 1) as usize]
                     .node
                     .as_mut()
                     .expect("fresh node is up");
-                node.create_group(group, &all).map_err(|e| e.to_string())?;
+                node.create_group(group, *member, &voters)
+                    .map_err(|e| e.to_string())?;
             }
             groups.push(group);
         }
+        let next_replica = (1..=options.nodes)
+            .map(|n| (NodeId(n), options.groups + 1))
+            .collect();
         Ok(Sim {
             options,
             rng,
@@ -326,6 +334,7 @@ impl Sim {
             acknowledged: BTreeMap::new(),
             reads: BTreeMap::new(),
             next_read: 0,
+            next_replica,
         })
     }
 
@@ -472,23 +481,33 @@ impl Sim {
         self.nodes[(id.0 - 1) as usize].node.as_mut()
     }
 
+    /// The replica of `group` on node `id`, if it is up and hosts one (never more than one
+    /// here).
+    fn replica(&self, id: NodeId, group: GroupId) -> Option<ReplicaId> {
+        self.node(id)?.replicas_of(group).next()
+    }
+
+    fn status(&self, id: NodeId, group: GroupId) -> Option<cairn_raft::GroupStatus> {
+        self.node(id)?.status(self.replica(id, group)?)
+    }
+
     /// The leader a client would find: the highest-term leader among the nodes up.
-    fn leader(&self, group: GroupId) -> Option<NodeId> {
+    fn leader(&self, group: GroupId) -> Option<ReplicaId> {
         (1..=self.options.nodes)
             .map(NodeId)
             .filter_map(|id| {
-                let status = self.node(id)?.status(group)?;
-                (status.role == StateRole::Leader).then_some((status.term, id))
+                let replica = self.replica(id, group)?;
+                let status = self.node(id)?.status(replica)?;
+                (status.role == StateRole::Leader).then_some((status.term, replica))
             })
             .max()
-            .map(|(_, id)| id)
+            .map(|(_, replica)| replica)
     }
 
-    /// The nodes up that host `group`.
-    fn hosts(&self, group: GroupId) -> Vec<NodeId> {
+    /// The replicas of `group` on nodes that are up.
+    fn hosts(&self, group: GroupId) -> Vec<ReplicaId> {
         (1..=self.options.nodes)
-            .map(NodeId)
-            .filter(|id| self.node(*id).is_some_and(|n| n.status(group).is_some()))
+            .filter_map(|id| self.replica(NodeId(id), group))
             .collect()
     }
 
@@ -500,9 +519,9 @@ impl Sim {
             if let Some(leader) = self.leader(group) {
                 self.proposals += 1;
                 let data = format!("{group}:{}", self.proposals).into_bytes();
-                if let Some(node) = self.node_mut(leader) {
+                if let Some(node) = self.node_mut(leader.node()) {
                     // Refusals (a stale leader, a transfer) are normal; the client moves on.
-                    let _ = node.propose(group, data);
+                    let _ = node.propose(leader, data);
                 }
             }
         }
@@ -519,8 +538,8 @@ impl Sim {
                 self.next_read += 1;
                 let request = self.next_read;
                 let required = self.acknowledged.get(&group).copied().unwrap_or(0);
-                if let Some(node) = self.node_mut(member)
-                    && node.read_index(group, request).is_ok()
+                if let Some(node) = self.node_mut(member.node())
+                    && node.read_index(member, request).is_ok()
                 {
                     self.reads.insert(request, (group, required));
                 }
@@ -528,8 +547,8 @@ impl Sim {
             if self.chance(self.options.transfer_per_mille) {
                 let to = hosts[self.rng.below(hosts.len() as u64) as usize];
                 if let Some(leader) = self.leader(group).filter(|l| *l != to)
-                    && let Some(node) = self.node_mut(leader)
-                    && node.transfer_leader(group, to).is_ok()
+                    && let Some(node) = self.node_mut(leader.node())
+                    && node.transfer_leader(leader, to).is_ok()
                 {
                     self.report.transfers += 1;
                 }
@@ -547,7 +566,7 @@ impl Sim {
             let Some(leader) = self.leader(group) else {
                 continue;
             };
-            let Some(conf) = self.node(leader).and_then(|n| n.membership(group)) else {
+            let Some(conf) = self.node(leader.node()).and_then(|n| n.membership(leader)) else {
                 continue;
             };
             if !conf.voters_outgoing.is_empty() {
@@ -556,22 +575,34 @@ impl Sim {
             // Only nodes that host nothing of the group join it: one still holding it from an
             // earlier membership would drop it on applying its old removal (a scheduler waits
             // for that too).
+            let in_conf = |id: NodeId| {
+                conf.voters
+                    .iter()
+                    .chain(&conf.learners)
+                    .any(|m| ReplicaId(*m).node() == id)
+            };
             let outsiders: Vec<NodeId> = (1..=self.options.nodes)
-                .filter(|id| !conf.voters.contains(id) && !conf.learners.contains(id))
                 .map(NodeId)
-                .filter(|id| self.node(*id).is_some_and(|n| n.status(group).is_none()))
+                .filter(|id| !in_conf(*id))
+                .filter(|id| self.node(*id).is_some() && self.replica(*id, group).is_none())
                 .collect();
             let pick = |rng: &mut crate::chunkstore_kill::Rng, from: &[u64]| {
-                NodeId(from[rng.below(from.len() as u64) as usize])
+                ReplicaId(from[rng.below(from.len() as u64) as usize])
+            };
+            let new_replica = |sim: &mut Sim| {
+                let node = outsiders[sim.rng.below(outsiders.len() as u64) as usize];
+                let number = sim.next_replica.entry(node).or_insert(1);
+                *number += 1;
+                ReplicaId::new(node, *number - 1)
             };
             let changes = match self.rng.below(3) {
                 0 if !outsiders.is_empty() => {
-                    let new = outsiders[self.rng.below(outsiders.len() as u64) as usize];
+                    let new = new_replica(self);
                     let old = pick(&mut self.rng, &conf.voters);
                     vec![MemberChange::AddVoter(new), MemberChange::Remove(old)]
                 }
                 1 if !outsiders.is_empty() => {
-                    let new = outsiders[self.rng.below(outsiders.len() as u64) as usize];
+                    let new = new_replica(self);
                     vec![MemberChange::AddLearner(new)]
                 }
                 2 if !conf.learners.is_empty() => {
@@ -594,18 +625,18 @@ impl Sim {
                 _ => None,
             });
             if let Some(joining) = joining {
-                let sim_node = &mut self.nodes[(joining.0 - 1) as usize];
+                let sim_node = &mut self.nodes[(joining.node().0 - 1) as usize];
                 let Some(node) = sim_node.node.as_mut() else {
                     continue;
                 };
-                if node.join_group(group).is_err() {
+                if node.join_group(group, joining).is_err() {
                     continue;
                 }
                 // A state machine left from an earlier membership starts over.
                 sim_node.machines.remove(&group);
             }
-            if let Some(node) = self.node_mut(leader)
-                && node.change_members(group, &changes).is_ok()
+            if let Some(node) = self.node_mut(leader.node())
+                && node.change_members(leader, &changes).is_ok()
             {
                 self.report.member_changes += 1;
             }
@@ -625,11 +656,12 @@ impl Sim {
                 else {
                     continue;
                 };
-                let Some(applied) = node.status(group).map(|s| s.applied) else {
+                let Some(replica) = node.replicas_of(group).next() else {
                     // Removed from the group: its state machine goes too.
                     sim_node.machines.remove(&group);
                     continue;
                 };
+                let applied = node.status(replica).map_or(0, |s| s.applied);
                 if applied != machine.index {
                     return Err(format!(
                         "{}: {group} applied {applied} but its state machine is at {}",
@@ -637,7 +669,7 @@ impl Sim {
                         machine.index
                     ));
                 }
-                node.compact(group, machine.encode())
+                node.compact(replica, machine.encode())
                     .map_err(|e| format!("compact: {e}"))?;
                 self.report.compactions += 1;
             }
@@ -680,7 +712,7 @@ impl Sim {
         let id = node.id();
         let mut outbox = Outbox::default();
         let mut applied_now: Vec<(GroupId, Applied)> = Vec::new();
-        let result = node.process_ready(&mut outbox, |group, apply| {
+        let result = node.process_ready(&mut outbox, |_, group, apply| {
             applied_now.push((group, Applied::from(apply)))
         });
         for (group, applied) in applied_now {
@@ -700,12 +732,16 @@ impl Sim {
             .as_ref()
             .map(RaftNode::snapshots_wanted)
             .unwrap_or_default();
-        for group in wanted {
+        for replica in wanted {
             let sim_node = &mut self.nodes[index];
-            if let (Some(node), Some(machine)) =
-                (sim_node.node.as_mut(), sim_node.machines.get(&group))
-            {
-                node.compact(group, machine.encode())
+            let Some(node) = sim_node.node.as_mut() else {
+                continue;
+            };
+            let Some(group) = node.status(replica).map(|s| s.group) else {
+                continue;
+            };
+            if let Some(machine) = sim_node.machines.get(&group) {
+                node.compact(replica, machine.encode())
                     .map_err(|e| format!("compact: {e}"))?;
                 self.report.compactions += 1;
             }
@@ -796,8 +832,8 @@ impl Sim {
             let Some(node) = sim_node.node.as_ref() else {
                 continue;
             };
-            for group in node.groups() {
-                let status = node.status(group).expect("invariant: listed group");
+            for (replica, group) in node.replicas() {
+                let status = node.status(replica).expect("invariant: listed replica");
                 if status.role != StateRole::Leader {
                     continue;
                 }
@@ -856,8 +892,8 @@ impl Sim {
                     continue;
                 };
                 let data = format!("probe:{group}:{}", self.now).into_bytes();
-                if let Some(node) = self.node_mut(leader)
-                    && node.propose(group, data.clone()).is_ok()
+                if let Some(node) = self.node_mut(leader.node())
+                    && node.propose(leader, data.clone()).is_ok()
                 {
                     probed.insert(group, data);
                     probed_at.insert(group, self.now);
@@ -883,7 +919,8 @@ impl Sim {
 
     /// The configuration of the group's leader, if it has one.
     fn configuration(&self, group: GroupId) -> Option<ConfState> {
-        self.node(self.leader(group)?)?.membership(group)
+        let leader = self.leader(group)?;
+        self.node(leader.node())?.membership(leader)
     }
 
     fn converged(&self, probed: &BTreeMap<GroupId, Vec<u8>>) -> bool {
@@ -901,8 +938,9 @@ impl Sim {
             probe_applied
                 && conf.voters_outgoing.is_empty()
                 && conf.voters.iter().chain(&conf.learners).all(|m| {
-                    self.node(NodeId(*m))
-                        .and_then(|n| n.status(*group))
+                    let member = ReplicaId(*m);
+                    self.node(member.node())
+                        .and_then(|n| n.status(member))
                         .is_some_and(|s| s.applied >= last)
                 })
         })
@@ -913,7 +951,7 @@ impl Sim {
         for group in &self.groups {
             out.push_str(&format!("{group} conf {:?}: ", self.configuration(*group)));
             for m in self.hosts(*group) {
-                let status = self.node(m).and_then(|n| n.status(*group));
+                let status = self.status(m.node(), *group);
                 out.push_str(&format!("{group}@{m}: {status:?}; "));
             }
         }

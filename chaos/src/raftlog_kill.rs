@@ -9,7 +9,7 @@
 
 use std::{fs::OpenOptions, io::Write, path::Path};
 
-use cairn_common::{GroupId, NodeId};
+use cairn_common::{GroupId, NodeId, ReplicaId};
 use cairn_raft::{NodeConfig, Outbox, RaftNode, file_log::FileLogStore, log::LogStore};
 
 use crate::chunkstore_kill::Rng;
@@ -28,6 +28,11 @@ pub struct Verdict {
     pub lost: u64,
 }
 
+/// The worker's single replica of group `g` (groups number from 0, replicas from 1).
+fn replica_of(group: GroupId) -> ReplicaId {
+    ReplicaId::new(NodeId(1), group.0 + 1)
+}
+
 /// The worker: proposes and journals acknowledged entries until killed.
 pub fn worker(dir: &Path, journal_path: &Path, seed: u64) -> Result<(), String> {
     let store =
@@ -37,17 +42,18 @@ pub fn worker(dir: &Path, journal_path: &Path, seed: u64) -> Result<(), String> 
     let floor: std::collections::BTreeMap<GroupId, u64> = store
         .load()
         .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|(group, state)| {
+        .into_values()
+        .map(|state| {
             let base = state.snapshot.get_metadata().index;
-            (group, base + state.entries.len() as u64)
+            (state.group, base + state.entries.len() as u64)
         })
         .collect();
     let mut node = RaftNode::new(NodeConfig::new(NodeId(1)), store).map_err(|e| e.to_string())?;
-    let existing: Vec<GroupId> = node.groups().collect();
+    let existing: Vec<GroupId> = node.replicas().map(|(_, group)| group).collect();
     for g in 0..GROUP_COUNT {
         if !existing.contains(&GroupId(g)) {
-            node.create_group(GroupId(g), &[NodeId(1)])
+            let replica = replica_of(GroupId(g));
+            node.create_group(GroupId(g), replica, &[replica])
                 .map_err(|e| e.to_string())?;
         }
     }
@@ -68,10 +74,10 @@ pub fn worker(dir: &Path, journal_path: &Path, seed: u64) -> Result<(), String> 
             let mut data = format!("{seed}:{counter}:").into_bytes();
             data.resize(size, b'x');
             // Refused while the group is still electing itself after a restart; skipped.
-            let _ = node.propose(group, data);
+            let _ = node.propose(replica_of(group), data);
         }
         let mut acknowledged = String::new();
-        node.process_ready(&mut outbox, |group, apply| {
+        node.process_ready(&mut outbox, |_, group, apply| {
             // No compaction here: only the bootstrap snapshot, the empty state, comes.
             let cairn_raft::Apply::Entry(entry) = apply else {
                 return;
@@ -112,7 +118,7 @@ pub fn verify(dir: &Path, journal_path: &Path) -> Result<Verdict, String> {
             return Err(format!("bad journal line {line:?}"));
         };
         verdict.acknowledged += 1;
-        let entry = state.get(&GroupId(group)).and_then(|g| {
+        let entry = state.get(&replica_of(GroupId(group))).and_then(|g| {
             let base = g.snapshot.get_metadata().index;
             let offset = index.checked_sub(base + 1)?;
             g.entries.get(usize::try_from(offset).ok()?)

@@ -90,13 +90,67 @@ impl fmt::Display for NodeId {
     }
 }
 
-/// A Raft group: the metadata group, or one placement group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A Raft group: the metadata group, or one placement group. The default, 0, is no group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId(pub u64);
 
 impl fmt::Display for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "g{}", self.0)
+    }
+}
+
+/// One member of one Raft group: the peer id raft-rs knows it by. A node hosts many replicas
+/// (of different groups; of the same group only in `cairn dev`, where disks of one node are the
+/// failure domains), and a replica lost with its disk is replaced by a new replica with a new
+/// id, never re-created under the old one: the old id may have voted in terms the new replica
+/// knows nothing of, and voting again in them could elect two leaders in one term.
+///
+/// The id encodes the node that hosts the replica (the high [`ReplicaId::NODE_BITS`] bits) and
+/// a number the node's allocator never reuses (the low bits), so any node can route a message
+/// to a replica without a directory, and a transport can check that a node only speaks for
+/// replicas it hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplicaId(pub u64);
+
+impl ReplicaId {
+    /// Bits of the node id. 2^24 nodes are far beyond any cluster this design serves.
+    pub const NODE_BITS: u32 = 24;
+    /// Bits of the per-node replica number: 2^40 replicas created per node over its life.
+    pub const NUMBER_BITS: u32 = 64 - Self::NODE_BITS;
+    /// The largest node id a replica id can carry.
+    pub const NODE_MAX: u64 = (1 << Self::NODE_BITS) - 1;
+    /// The largest per-node replica number.
+    pub const NUMBER_MAX: u64 = (1 << Self::NUMBER_BITS) - 1;
+
+    /// Replica `number` (at least 1) of `node` (1 to [`ReplicaId::NODE_MAX`]).
+    pub fn new(node: NodeId, number: u64) -> ReplicaId {
+        assert!(
+            (1..=Self::NODE_MAX).contains(&node.0),
+            "node id {} out of range",
+            node.0
+        );
+        assert!(
+            (1..=Self::NUMBER_MAX).contains(&number),
+            "replica number {number} out of range"
+        );
+        ReplicaId((node.0 << Self::NUMBER_BITS) | number)
+    }
+
+    /// The node hosting this replica.
+    pub fn node(self) -> NodeId {
+        NodeId(self.0 >> Self::NUMBER_BITS)
+    }
+
+    /// The replica's number on its node.
+    pub fn number(self) -> u64 {
+        self.0 & Self::NUMBER_MAX
+    }
+}
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.r{}", self.node(), self.number())
     }
 }
 
@@ -136,6 +190,17 @@ mod tests {
         };
         assert_eq!(ChunkId::from_bytes(id.to_bytes()), id);
         assert_eq!(id.to_string(), "7/deadbeef0042/99");
+    }
+
+    #[test]
+    fn replica_id_carries_its_node() {
+        let id = ReplicaId::new(NodeId(7), 3);
+        assert_eq!(id.node(), NodeId(7));
+        assert_eq!(id.number(), 3);
+        assert_eq!(id.to_string(), "n7.r3");
+        let max = ReplicaId::new(NodeId(ReplicaId::NODE_MAX), ReplicaId::NUMBER_MAX);
+        assert_eq!(max.0, u64::MAX);
+        assert_eq!(max.node(), NodeId(ReplicaId::NODE_MAX));
     }
 
     #[test]

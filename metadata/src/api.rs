@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! GET    /cluster/status                 this member's Raft view, the members, counts
-//! POST   /cluster/members/{id}/rejoin    make a member a voter afresh (after its disk was lost)
+//! POST   /cluster/members/{id}/rejoin    replace a member's replica by a new one (its disk was lost)
 //! GET    /nodes                          disks of the cluster map
 //! POST   /nodes/disks                    register a disk {id, host, rack, site, capacity_bytes}
 //! POST   /nodes/disks/{id}/state         {state: "in" | "out"}
@@ -185,11 +185,12 @@ async fn cluster_status(State(api): State<Api>) -> Response {
 }
 
 async fn rejoin(State(api): State<Api>, Path(id): Path<u64>) -> Result<Response, Response> {
-    api.driver
+    let replica = api
+        .driver
         .rejoin(cairn_common::NodeId(id))
         .await
         .map_err(IntoResponse::into_response)?;
-    Ok(Json(json!({ "rejoined": id })).into_response())
+    Ok(Json(json!({ "rejoined": id, "replica": replica.0 })).into_response())
 }
 
 fn disk_json(disk: &Disk) -> Value {

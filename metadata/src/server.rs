@@ -12,6 +12,11 @@
 //! apply. A request whose leader lost leadership before committing times out and the client
 //! retries (a create retried after it did commit gets 409 Already Exists).
 //!
+//! Each member hosts one replica of the group. The first members' replicas are number 1 on
+//! their nodes. A member that lost its data directory comes back as a new replica (see
+//! [`Request::Rejoin`]), never as its old one: the old replica may have voted in a term the new
+//! one knows nothing of, and voting again in that term could elect two leaders.
+//!
 //! Crash ordering: the Raft log is synced before anything is acknowledged; the state machine
 //! is written without sync (see [`crate::store`]) and replayed from the log after a crash, so
 //! compaction first flushes the state machine, then records the snapshot in the log.
@@ -24,7 +29,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use cairn_common::{GroupId, NodeId};
+use cairn_common::{GroupId, NodeId, ReplicaId};
 use cairn_raft::{
     Apply, MemberChange, NodeConfig, Outbox, ProposeError, RaftNode,
     file_log::FileLogStore,
@@ -128,9 +133,12 @@ pub enum Request {
     ),
     /// Raft status of this member (not linearizable: for operators).
     Status(oneshot::Sender<RaftView>),
-    /// Makes a member a voter afresh: removed first if it is one (its disk was wiped, so the
-    /// leader must forget what it had), then added; it catches up by snapshot.
-    Rejoin(NodeId, oneshot::Sender<Result<(), RequestError>>),
+    /// Replaces a member's replica (its disk was lost, or it is new) by a new replica, in one
+    /// joint-consensus change; answers with the new replica's id once the change is applied.
+    /// The member then hosts that replica, which catches up by snapshot.
+    Rejoin(NodeId, oneshot::Sender<Result<ReplicaId, RequestError>>),
+    /// This member hosts the replica the group added for it (after its own `Rejoin`).
+    Host(ReplicaId),
 }
 
 /// This member's view of the group, for `cairn cluster status`.
@@ -189,8 +197,8 @@ impl DriverHandle {
         self.ask(|tx| Request::Read(read, tx)).await
     }
 
-    /// Re-adds member `id` (see [`Request::Rejoin`]).
-    pub async fn rejoin(&self, id: NodeId) -> Result<(), RequestError> {
+    /// Gives member `id` a new replica (see [`Request::Rejoin`]).
+    pub async fn rejoin(&self, id: NodeId) -> Result<ReplicaId, RequestError> {
         self.ask(|tx| Request::Rejoin(id, tx)).await
     }
 
@@ -241,7 +249,11 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(me.api)
         .await
         .map_err(|e| ServerError::Io(format!("listen on {}: {e}", me.api)))?;
-    let router = crate::api::router(handle, config.admin_token.clone(), config.members.clone());
+    let router = crate::api::router(
+        handle.clone(),
+        config.admin_token.clone(),
+        config.members.clone(),
+    );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!("admin API stopped: {e}");
@@ -254,14 +266,15 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
             config.id,
             config.members.clone(),
             config.admin_token.clone(),
+            handle,
         ));
     }
     driver.run(config.tick, incoming, requests_rx).await
 }
 
 /// A member joining with an empty data directory asks the group (any member; followers point
-/// to the leader) to make it a voter afresh, until one accepts.
-async fn announce(id: NodeId, members: Vec<Member>, token: String) {
+/// to the leader) for a new replica, until one answers, then hosts it.
+async fn announce(id: NodeId, members: Vec<Member>, token: String, driver: DriverHandle) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let request = format!(
         "POST /v1/cluster/members/{}/rejoin HTTP/1.1\r\nHost: cairn\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -274,11 +287,24 @@ async fn announce(id: NodeId, members: Vec<Member>, token: String) {
                 stream.write_all(request.as_bytes()).await.ok()?;
                 let mut response = Vec::new();
                 stream.read_to_end(&mut response).await.ok()?;
-                Some(response.starts_with(b"HTTP/1.1 200"))
+                if !response.starts_with(b"HTTP/1.1 200") {
+                    return None;
+                }
+                let body = response.split(|b| *b == b'{').nth(1)?;
+                let body = [b"{".as_slice(), body].concat();
+                let body: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                body["replica"].as_u64().map(ReplicaId)
             };
             let accepted = tokio::time::timeout(Duration::from_secs(10), answer).await;
-            if let Ok(Some(true)) = accepted {
-                tracing::info!(via = %member.id, "the group made this member a voter afresh");
+            if let Ok(Some(replica)) = accepted {
+                if replica.node() != id {
+                    tracing::error!(%replica, "the group answered with another node's replica");
+                    continue;
+                }
+                tracing::info!(via = %member.id, %replica, "the group added a new replica for this member");
+                if driver.requests.send(Request::Host(replica)).await.is_err() {
+                    tracing::error!("driver stopped before hosting the new replica");
+                }
                 return;
             }
         }
@@ -286,13 +312,15 @@ async fn announce(id: NodeId, members: Vec<Member>, token: String) {
     }
 }
 
-/// A rejoin in progress: the member, whether its removal is done, and who waits.
-type Rejoin = (NodeId, bool, oneshot::Sender<Result<(), RequestError>>);
+/// A rejoin in progress: the new replica, and who waits.
+type Rejoin = (ReplicaId, oneshot::Sender<Result<ReplicaId, RequestError>>);
 
 type Waiting<T> = BTreeMap<u64, oneshot::Sender<Result<T, RequestError>>>;
 
 struct Driver {
     id: NodeId,
+    /// This member's replica of the group; none while a joining member waits for one.
+    replica: Option<ReplicaId>,
     node: RaftNode<FileLogStore>,
     store: MetaStore,
     transport: Arc<TcpTransport>,
@@ -312,7 +340,7 @@ struct Driver {
     role: StateRole,
     /// True if this start found no log (a new or wiped member).
     fresh: bool,
-    /// A rejoin in progress: the member, whether its removal is done, and who waits.
+    /// A rejoin in progress (one at a time: raft takes one membership change at a time).
     rejoin: Option<Rejoin>,
 }
 
@@ -325,17 +353,23 @@ impl Driver {
         node_config.election_tick_range = (10, 20);
         let mut node =
             RaftNode::new(node_config, log).map_err(|e| ServerError::Raft(e.to_string()))?;
-        let fresh = node.groups().next().is_none();
+        let mut replica = node.replicas_of(META_GROUP).next();
+        let fresh = replica.is_none();
         if fresh {
             if config.bootstrap {
-                let voters: Vec<NodeId> = config.members.iter().map(|m| m.id).collect();
+                let voters: Vec<ReplicaId> = config
+                    .members
+                    .iter()
+                    .map(|m| ReplicaId::new(m.id, 1))
+                    .collect();
                 tracing::info!(?voters, "bootstrapping a new metadata group");
-                node.create_group(META_GROUP, &voters)
+                let mine = ReplicaId::new(config.id, 1);
+                node.create_group(META_GROUP, mine, &voters)
+                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                replica = Some(mine);
             } else {
-                tracing::info!("joining the metadata group; catching up by snapshot");
-                node.join_group(META_GROUP)
+                tracing::info!("joining the metadata group: asking for a new replica");
             }
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
         }
         let incarnation = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -343,6 +377,7 @@ impl Driver {
             .unwrap_or_default();
         Ok(Driver {
             id: config.id,
+            replica,
             node,
             store,
             transport,
@@ -397,7 +432,8 @@ impl Driver {
                 data.extend_from_slice(&self.incarnation.to_le_bytes());
                 data.extend_from_slice(&self.counter.to_le_bytes());
                 data.extend_from_slice(&encode_command(&command));
-                match self.node.propose(META_GROUP, data) {
+                let proposed = self.hosted().and_then(|r| self.node.propose(r, data));
+                match proposed {
                     Ok(()) => {
                         self.proposals.insert(self.counter, reply);
                     }
@@ -408,7 +444,10 @@ impl Driver {
             }
             Request::Read(read, reply) => {
                 self.counter += 1;
-                match self.node.read_index(META_GROUP, self.counter) {
+                let started = self
+                    .hosted()
+                    .and_then(|r| self.node.read_index(r, self.counter));
+                match started {
                     Ok(()) => {
                         self.reads.insert(self.counter, (read, reply));
                     }
@@ -420,40 +459,94 @@ impl Driver {
             Request::Status(reply) => {
                 let _ = reply.send(self.view());
             }
-            Request::Rejoin(id, reply) => {
-                let conf = self.node.membership(META_GROUP).unwrap_or_default();
-                let voter = conf.voters.contains(&id.0);
-                let change = if voter {
-                    MemberChange::Remove(id)
-                } else {
-                    MemberChange::AddVoter(id)
-                };
-                match self.node.change_members(META_GROUP, &[change]) {
+            Request::Rejoin(id, reply) => match self.start_rejoin(id) {
+                Ok(new) => self.rejoin = Some((new, reply)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Request::Host(replica) => {
+                if self.replica.is_some() {
+                    return;
+                }
+                match self.node.join_group(META_GROUP, replica) {
                     Ok(()) => {
-                        tracing::info!(member = %id, "member rejoining: {change:?}");
-                        self.rejoin = Some((id, !voter, reply));
+                        tracing::info!(%replica, "hosting the new replica; catching up by snapshot");
+                        self.replica = Some(replica);
                     }
-                    Err(error) => {
-                        let _ = reply.send(Err(self.refusal(error)));
-                    }
+                    Err(e) => tracing::error!(%replica, "cannot host the new replica: {e}"),
                 }
             }
         }
     }
 
+    /// This member's replica, or `UnknownReplica` while it has none.
+    fn hosted(&self) -> Result<ReplicaId, ProposeError> {
+        self.replica.ok_or(ProposeError::UnknownReplica)
+    }
+
+    /// Proposes replacing member `id`'s replica (if it has one) by a new one, in one change,
+    /// and returns the new replica's id. Its number is past this leader's last log index: the
+    /// change that added any earlier replica of that node sits in the log at or after that
+    /// replica's number, so every later leader's log reaches past it and no replica id is
+    /// ever given out twice.
+    fn start_rejoin(&mut self, id: NodeId) -> Result<ReplicaId, RequestError> {
+        if self.rejoin.as_ref().is_some_and(|(_, r)| !r.is_closed()) {
+            return Err(RequestError::Unavailable(
+                "another member is rejoining; retry",
+            ));
+        }
+        if !self.members.iter().any(|m| m.id == id) || id.0 > ReplicaId::NODE_MAX {
+            return Err(RequestError::Refused(MetaError::Invalid(format!(
+                "{id} is not a configured member"
+            ))));
+        }
+        let leader = self.hosted().map_err(|e| self.refusal(e))?;
+        let (Some(status), Some(conf)) = (self.node.status(leader), self.node.membership(leader))
+        else {
+            return Err(self.refusal(ProposeError::UnknownReplica));
+        };
+        let new = ReplicaId::new(id, status.last_index + 1);
+        let mut changes: Vec<MemberChange> = conf
+            .voters
+            .iter()
+            .chain(&conf.learners)
+            .map(|m| ReplicaId(*m))
+            .filter(|m| m.node() == id)
+            .map(MemberChange::Remove)
+            .collect();
+        changes.push(MemberChange::AddVoter(new));
+        self.node
+            .change_members(leader, &changes)
+            .map_err(|e| self.refusal(e))?;
+        tracing::info!(member = %id, replica = %new, "member rejoining: {changes:?}");
+        Ok(new)
+    }
+
     fn refusal(&self, error: ProposeError) -> RequestError {
         match error {
             ProposeError::NotLeader { leader } => RequestError::NotLeader(
-                leader.and_then(|id| self.members.iter().find(|m| m.id == id).cloned()),
+                leader.and_then(|r| self.members.iter().find(|m| m.id == r.node()).cloned()),
             ),
-            ProposeError::UnknownGroup => RequestError::Unavailable("not a member of the group"),
+            ProposeError::UnknownReplica => {
+                RequestError::Unavailable("this member has no replica of the group (yet)")
+            }
             ProposeError::Dropped => RequestError::Unavailable("proposal dropped; retry"),
         }
     }
 
     fn view(&self) -> RaftView {
-        let status = self.node.status(META_GROUP);
-        let conf: ConfState = self.node.membership(META_GROUP).unwrap_or_default();
+        let status = self.replica.and_then(|r| self.node.status(r));
+        let conf: ConfState = self
+            .replica
+            .and_then(|r| self.node.membership(r))
+            .unwrap_or_default();
+        let nodes = |replicas: Vec<u64>| -> Vec<u64> {
+            replicas
+                .into_iter()
+                .map(|r| ReplicaId(r).node().0)
+                .collect()
+        };
         RaftView {
             id: self.id.0,
             role: status
@@ -461,11 +554,11 @@ impl Driver {
                 .unwrap_or("removed")
                 .to_string(),
             term: status.map(|s| s.term).unwrap_or_default(),
-            leader: status.and_then(|s| s.leader).map(|n| n.0),
+            leader: status.and_then(|s| s.leader).map(|r| r.node().0),
             commit: status.map(|s| s.commit).unwrap_or_default(),
             applied: status.map(|s| s.applied).unwrap_or_default(),
-            voters: conf.voters,
-            learners: conf.learners,
+            voters: nodes(conf.voters),
+            learners: nodes(conf.learners),
         }
     }
 
@@ -476,7 +569,7 @@ impl Driver {
         let mut answers = Vec::new();
         let (id, incarnation, store) = (self.id, self.incarnation, &mut self.store);
         let mut applied_entries = 0;
-        let result = self.node.process_ready(&mut outbox, |_, apply| {
+        let result = self.node.process_ready(&mut outbox, |_, _, apply| {
             if failure.is_some() {
                 return;
             }
@@ -520,7 +613,7 @@ impl Driver {
     }
 
     fn watch_role(&mut self) {
-        let Some(status) = self.node.status(META_GROUP) else {
+        let Some(status) = self.replica.and_then(|r| self.node.status(r)) else {
             return;
         };
         if status.role != self.role {
@@ -542,30 +635,23 @@ impl Driver {
         }
     }
 
-    /// Moves a rejoin on: once the removal is applied, adds the member back; once that is
-    /// applied, answers.
+    /// Answers a rejoin once its change is applied here. A rejoin whose change is lost (a
+    /// leadership change) is never answered: its client times out and asks again.
     fn advance_rejoin(&mut self) {
-        let Some((id, removed, reply)) = self.rejoin.take() else {
+        let Some((new, reply)) = self.rejoin.take() else {
             return;
         };
-        let conf = self.node.membership(META_GROUP).unwrap_or_default();
-        let voter = conf.voters.contains(&id.0);
-        if removed && voter {
-            let _ = reply.send(Ok(()));
-        } else if !removed && !voter {
-            match self
-                .node
-                .change_members(META_GROUP, &[MemberChange::AddVoter(id)])
-            {
-                Ok(()) => self.rejoin = Some((id, true, reply)),
-                // Not applied everywhere yet, or leadership moved: try next round.
-                Err(ProposeError::Dropped) => self.rejoin = Some((id, false, reply)),
-                Err(error) => {
-                    let _ = reply.send(Err(self.refusal(error)));
-                }
-            }
+        if reply.is_closed() {
+            return;
+        }
+        let conf = self
+            .replica
+            .and_then(|r| self.node.membership(r))
+            .unwrap_or_default();
+        if conf.voters.contains(&new.0) {
+            let _ = reply.send(Ok(new));
         } else {
-            self.rejoin = Some((id, removed, reply));
+            self.rejoin = Some((new, reply));
         }
     }
 
@@ -573,8 +659,11 @@ impl Driver {
         self.store.flush()?;
         let snapshot = self.store.snapshot();
         let bytes = snapshot.len();
+        let Some(replica) = self.replica else {
+            return Ok(());
+        };
         self.node
-            .compact(META_GROUP, snapshot)
+            .compact(replica, snapshot)
             .map_err(|e| ServerError::Raft(e.to_string()))?;
         self.applied_since_compaction = 0;
         tracing::info!(

@@ -6,7 +6,7 @@
 //! snapshot in memory (the Raft groups hold their logs); [`LogStore::load`], used at restart,
 //! replays the segments.
 //!
-//! # Format, version 2
+//! # Format, version 3
 //!
 //! A directory of segment files `NNNNNNNNNNNNNNNN.seg` (16 hex digits, increasing). A segment
 //! starts with an 16-byte header, `"CAIRNLOG"`, the format version (u32) and 4 zero bytes, then
@@ -15,10 +15,11 @@
 //! ```text
 //! length   u32   bytes after this field up to the end of the record
 //! crc      u32   CRC-32C of everything after this field
-//! kind     u8    1 create group, 2 append entries, 3 hard state, 4 end of sync,
-//!                5 snapshot, 6 remove group
-//! group    u64   (0 for end of sync)
-//! payload        create, remove: nothing
+//! kind     u8    1 create replica, 2 append entries, 3 hard state, 4 end of sync,
+//!                5 snapshot, 6 remove replica
+//! replica  u64   the replica (Raft peer) id (0 for end of sync)
+//! payload        create: the group id, u64
+//!                remove: nothing
 //!                append: entry count u32, then per entry: length u32 + protobuf Entry
 //!                hard state: protobuf HardState
 //!                snapshot: 1 compact or 2 install (u8), then protobuf Snapshot
@@ -47,7 +48,7 @@
 //! # Segment cleaning
 //!
 //! A new segment starts, inside the first sync written to it, with a carry-forward of every
-//! hosted group's state except its entries: create, latest snapshot (as a compaction) and hard
+//! hosted replica's state except its entries: create, latest snapshot (as a compaction) and hard
 //! state. After that sync, the oldest segments go, in order, while every entry they hold is
 //! covered by its group's latest snapshot (or belongs to a removed group): what remains is a
 //! suffix of segments whose first one restates everything the removed ones said. Only a prefix
@@ -63,7 +64,7 @@ use std::{
     sync::Mutex,
 };
 
-use cairn_common::{GroupId, checksum::crc32c};
+use cairn_common::{GroupId, ReplicaId, checksum::crc32c};
 use prost::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot};
 
@@ -77,7 +78,8 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 pub const RECORD_BYTES_MAX: u32 = 64 << 20;
 
 const MAGIC: [u8; 8] = *b"CAIRNLOG";
-const FORMAT_VERSION: u32 = 2;
+/// Version 3 keys records by replica (version 2 keyed them by group, one replica per group).
+const FORMAT_VERSION: u32 = 3;
 const HEADER_BYTES: usize = 16;
 const KIND_CREATE: u8 = 1;
 const KIND_APPEND: u8 = 2;
@@ -128,10 +130,10 @@ pub struct FileLogStore {
     /// Records written since the last sync.
     buffer: Vec<u8>,
     buffered_records: u32,
-    /// What the store remembers of each group, including unsynced writes.
-    groups: BTreeMap<GroupId, GroupMeta>,
-    /// Per segment (the current one too), the highest entry index each group has in it.
-    segment_entries: BTreeMap<u64, BTreeMap<GroupId, u64>>,
+    /// What the store remembers of each replica, including unsynced writes.
+    groups: BTreeMap<ReplicaId, GroupMeta>,
+    /// Per segment (the current one too), the highest entry index each replica has in it.
+    segment_entries: BTreeMap<u64, BTreeMap<ReplicaId, u64>>,
     segment: File,
     segment_number: u64,
     segment_bytes: u64,
@@ -140,13 +142,14 @@ pub struct FileLogStore {
     synced_bytes: u64,
     /// The state `open` replayed, handed to the first `load` so a restart reads the segments
     /// once, not twice; dropped by the next sync, after which it would be stale.
-    replayed: Mutex<Option<BTreeMap<GroupId, GroupState>>>,
+    replayed: Mutex<Option<BTreeMap<ReplicaId, GroupState>>>,
 }
 
 /// A group's state as far as the store needs it: to refuse gaps, to restate the group at the
 /// start of a new segment, and to know which entries a snapshot covers.
 #[derive(Clone, Debug, Default)]
 struct GroupMeta {
+    group: GroupId,
     last_index: u64,
     hard_state: HardState,
     snapshot: Snapshot,
@@ -211,13 +214,14 @@ impl FileLogStore {
         };
         let groups = state
             .iter()
-            .map(|(group, s)| {
+            .map(|(replica, s)| {
                 let meta = GroupMeta {
+                    group: s.group,
                     last_index: s.snapshot.get_metadata().index + s.entries.len() as u64,
                     hard_state: s.hard_state.clone(),
                     snapshot: s.snapshot.clone(),
                 };
-                (*group, meta)
+                (*replica, meta)
             })
             .collect();
         let replayed = Mutex::new(Some(state));
@@ -260,8 +264,8 @@ impl FileLogStore {
         Ok(segment_numbers(&self.dir)?.len())
     }
 
-    fn record(&mut self, kind: u8, group: GroupId, payload: &[u8]) {
-        encode_record(&mut self.buffer, kind, group, payload);
+    fn record(&mut self, kind: u8, replica: ReplicaId, payload: &[u8]) {
+        encode_record(&mut self.buffer, kind, replica, payload);
         self.buffered_records += 1;
     }
 
@@ -276,18 +280,23 @@ impl FileLogStore {
         self.segment_entries.entry(number).or_default();
         let mut carried = Vec::new();
         let mut count = 0;
-        for (&group, meta) in &self.groups {
-            encode_record(&mut carried, KIND_CREATE, group, &[]);
+        for (&replica, meta) in &self.groups {
+            encode_record(
+                &mut carried,
+                KIND_CREATE,
+                replica,
+                &meta.group.0.to_le_bytes(),
+            );
             count += 1;
             if meta.snapshot_index() > 0 {
                 let payload = snapshot_payload(&meta.snapshot, SnapshotKind::Compact);
-                encode_record(&mut carried, KIND_SNAPSHOT, group, &payload);
+                encode_record(&mut carried, KIND_SNAPSHOT, replica, &payload);
                 count += 1;
             }
             encode_record(
                 &mut carried,
                 KIND_HARD_STATE,
-                group,
+                replica,
                 &meta.hard_state.encode_to_vec(),
             );
             count += 1;
@@ -303,9 +312,9 @@ impl FileLogStore {
         let mut removed = false;
         while let Some((&number, entries)) = self.segment_entries.first_key_value() {
             let dead = number != self.segment_number
-                && entries.iter().all(|(group, max)| {
+                && entries.iter().all(|(replica, max)| {
                     self.groups
-                        .get(group)
+                        .get(replica)
                         .is_none_or(|meta| *max <= meta.snapshot_index())
                 });
             if !dead {
@@ -325,14 +334,14 @@ impl FileLogStore {
     }
 }
 
-fn encode_record(buffer: &mut Vec<u8>, kind: u8, group: GroupId, payload: &[u8]) {
+fn encode_record(buffer: &mut Vec<u8>, kind: u8, replica: ReplicaId, payload: &[u8]) {
     let length = u32::try_from(4 + 1 + 8 + payload.len()).expect("invariant: record fits u32");
     assert!(length <= RECORD_BYTES_MAX, "record of {length} bytes");
     let start = buffer.len();
     buffer.extend_from_slice(&length.to_le_bytes());
     buffer.extend_from_slice(&[0; 4]);
     buffer.push(kind);
-    buffer.extend_from_slice(&group.0.to_le_bytes());
+    buffer.extend_from_slice(&replica.0.to_le_bytes());
     buffer.extend_from_slice(payload);
     let crc = crc32c(&buffer[start + 8..]);
     buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -350,26 +359,26 @@ fn snapshot_payload(snapshot: &Snapshot, kind: SnapshotKind) -> Vec<u8> {
 impl LogStore for FileLogStore {
     type Error = FileLogError;
 
-    fn create_group(&mut self, group: GroupId) -> Result<(), FileLogError> {
-        self.record(KIND_CREATE, group, &[]);
-        self.groups.entry(group).or_default();
+    fn create_group(&mut self, replica: ReplicaId, group: GroupId) -> Result<(), FileLogError> {
+        self.record(KIND_CREATE, replica, &group.0.to_le_bytes());
+        self.groups.entry(replica).or_default().group = group;
         Ok(())
     }
 
-    fn remove_group(&mut self, group: GroupId) -> Result<(), FileLogError> {
-        self.record(KIND_REMOVE, group, &[]);
-        self.groups.remove(&group);
+    fn remove_group(&mut self, replica: ReplicaId) -> Result<(), FileLogError> {
+        self.record(KIND_REMOVE, replica, &[]);
+        self.groups.remove(&replica);
         Ok(())
     }
 
     fn set_snapshot(
         &mut self,
-        group: GroupId,
+        replica: ReplicaId,
         snapshot: &Snapshot,
         kind: SnapshotKind,
     ) -> Result<(), FileLogError> {
-        self.record(KIND_SNAPSHOT, group, &snapshot_payload(snapshot, kind));
-        let meta = self.groups.entry(group).or_default();
+        self.record(KIND_SNAPSHOT, replica, &snapshot_payload(snapshot, kind));
+        let meta = self.groups.entry(replica).or_default();
         let index = snapshot.get_metadata().index;
         match kind {
             SnapshotKind::Compact => assert!(index <= meta.last_index, "compaction past the end"),
@@ -379,15 +388,15 @@ impl LogStore for FileLogStore {
         Ok(())
     }
 
-    fn append(&mut self, group: GroupId, entries: &[Entry]) -> Result<(), FileLogError> {
+    fn append(&mut self, replica: ReplicaId, entries: &[Entry]) -> Result<(), FileLogError> {
         let Some(first) = entries.first().map(|e| e.index) else {
             return Ok(());
         };
-        let meta = self.groups.entry(group).or_default();
+        let meta = self.groups.entry(replica).or_default();
         // The same check replay makes: a gap would make the log unreadable after a restart.
         assert!(
             first > meta.snapshot_index() && first - 1 <= meta.last_index,
-            "{group}: append at {first} outside ({}, {}]",
+            "{replica}: append at {first} outside ({}, {}]",
             meta.snapshot_index(),
             meta.last_index + 1
         );
@@ -396,7 +405,7 @@ impl LogStore for FileLogStore {
             .segment_entries
             .entry(self.segment_number)
             .or_default()
-            .entry(group)
+            .entry(replica)
             .or_default();
         *in_segment = (*in_segment).max(meta.last_index);
         let mut payload = Vec::new();
@@ -406,17 +415,17 @@ impl LogStore for FileLogStore {
             payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             payload.extend_from_slice(&bytes);
         }
-        self.record(KIND_APPEND, group, &payload);
+        self.record(KIND_APPEND, replica, &payload);
         Ok(())
     }
 
     fn set_hard_state(
         &mut self,
-        group: GroupId,
+        replica: ReplicaId,
         hard_state: &HardState,
     ) -> Result<(), FileLogError> {
-        self.record(KIND_HARD_STATE, group, &hard_state.encode_to_vec());
-        self.groups.entry(group).or_default().hard_state = hard_state.clone();
+        self.record(KIND_HARD_STATE, replica, &hard_state.encode_to_vec());
+        self.groups.entry(replica).or_default().hard_state = hard_state.clone();
         Ok(())
     }
 
@@ -433,7 +442,7 @@ impl LogStore for FileLogStore {
             self.rotate()?;
         }
         let records = self.buffered_records;
-        self.record(KIND_SYNC_END, GroupId(0), &records.to_le_bytes());
+        self.record(KIND_SYNC_END, ReplicaId(0), &records.to_le_bytes());
         let path = segment_path(&self.dir, self.segment_number);
         // Positional: a failed write leaves `segment_bytes` where it was, so a retried sync
         // overwrites the partial bytes instead of leaving them between records.
@@ -455,7 +464,7 @@ impl LogStore for FileLogStore {
         Ok(())
     }
 
-    fn load(&self) -> Result<BTreeMap<GroupId, GroupState>, FileLogError> {
+    fn load(&self) -> Result<BTreeMap<ReplicaId, GroupState>, FileLogError> {
         let cached = self
             .replayed
             .lock()
@@ -560,13 +569,13 @@ fn zero_from(file: &File, path: &Path, offset: u64) -> Result<(), FileLogError> 
 }
 
 /// Replays one segment into `replay`; returns the offset after its last good record and the
-/// highest entry index of each group in it. A bad record is a torn tail if `last` (the caller
+/// highest entry index of each replica in it. A bad record is a torn tail if `last` (the caller
 /// truncates there), corruption otherwise.
 fn replay_segment(
     path: &Path,
     last: bool,
     replay: &mut Replay,
-) -> Result<(u64, BTreeMap<GroupId, u64>), FileLogError> {
+) -> Result<(u64, BTreeMap<ReplicaId, u64>), FileLogError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -594,12 +603,12 @@ fn replay_segment(
         ));
     }
     // Records of the sync being read, applied when its end record arrives.
-    let mut batch: Vec<(usize, u8, GroupId, &[u8])> = Vec::new();
+    let mut batch: Vec<(usize, u8, ReplicaId, &[u8])> = Vec::new();
     let mut offset = HEADER_BYTES;
     let mut complete = HEADER_BYTES;
     let mut max_index = BTreeMap::new();
     while offset < bytes.len() {
-        let (used, kind, group, payload) = match parse_record(&bytes[offset..]) {
+        let (used, kind, replica, payload) = match parse_record(&bytes[offset..]) {
             Ok(record) => record,
             // A torn tail: the crash came during the sync that wrote it, so nothing in it was
             // acknowledged.
@@ -619,17 +628,17 @@ fn replay_segment(
                     format!("sync of {count} records holds {}", batch.len()),
                 ));
             }
-            for (at, kind, group, payload) in batch.drain(..) {
-                let last_entry = apply_record(replay, kind, group, payload)
+            for (at, kind, replica, payload) in batch.drain(..) {
+                let last_entry = apply_record(replay, kind, replica, payload)
                     .map_err(|reason| corrupt(at, reason))?;
                 if let Some(index) = last_entry {
-                    let max: &mut u64 = max_index.entry(group).or_default();
+                    let max: &mut u64 = max_index.entry(replica).or_default();
                     *max = (*max).max(index);
                 }
             }
             complete = offset + used;
         } else {
-            batch.push((offset, kind, group, payload));
+            batch.push((offset, kind, replica, payload));
         }
         offset += used;
     }
@@ -642,8 +651,8 @@ fn replay_segment(
     Ok((complete as u64, max_index))
 }
 
-/// Splits one record off the front of `bytes`: (bytes used, kind, group, payload).
-fn parse_record(bytes: &[u8]) -> Result<(usize, u8, GroupId, &[u8]), String> {
+/// Splits one record off the front of `bytes`: (bytes used, kind, replica, payload).
+fn parse_record(bytes: &[u8]) -> Result<(usize, u8, ReplicaId, &[u8]), String> {
     if bytes.len() < 8 {
         return Err("record header incomplete".into());
     }
@@ -660,17 +669,17 @@ fn parse_record(bytes: &[u8]) -> Result<(usize, u8, GroupId, &[u8]), String> {
         return Err("record checksum mismatch".into());
     }
     let kind = bytes[8];
-    let group = GroupId(u64::from_le_bytes(
+    let replica = ReplicaId(u64::from_le_bytes(
         bytes[9..17].try_into().expect("8 bytes"),
     ));
-    Ok((end, kind, group, &bytes[17..end]))
+    Ok((end, kind, replica, &bytes[17..end]))
 }
 
 /// Applies one record; returns the last entry index of an append.
 fn apply_record(
     replay: &mut Replay,
     kind: u8,
-    group: GroupId,
+    replica: ReplicaId,
     payload: &[u8],
 ) -> Result<Option<u64>, String> {
     let mut cursor = Cursor {
@@ -679,8 +688,8 @@ fn apply_record(
     };
     let mut last_entry = None;
     match kind {
-        KIND_CREATE => replay.create(group),
-        KIND_REMOVE => replay.remove(group),
+        KIND_CREATE => replay.create(replica, GroupId(cursor.u64()?)),
+        KIND_REMOVE => replay.remove(replica),
         KIND_APPEND => {
             let count = cursor.u32()?;
             let mut entries = Vec::with_capacity(count.min(4096) as usize);
@@ -702,11 +711,11 @@ fn apply_record(
                 return Err("entry index 0".into());
             }
             last_entry = entries.last().map(|e| e.index);
-            replay.append(group, entries);
+            replay.append(replica, entries);
         }
         KIND_HARD_STATE => {
             let hard_state = HardState::decode(payload).map_err(|e| format!("hard state: {e}"))?;
-            replay.hard_state(group, hard_state);
+            replay.hard_state(replica, hard_state);
             cursor.at = payload.len();
         }
         KIND_SNAPSHOT => {
@@ -716,7 +725,7 @@ fn apply_record(
                 other => return Err(format!("snapshot kind {other}")),
             };
             let snapshot = Snapshot::decode(&payload[1..]).map_err(|e| format!("snapshot: {e}"))?;
-            replay.snapshot(group, snapshot, kind);
+            replay.snapshot(replica, snapshot, kind);
             cursor.at = payload.len();
         }
         other => return Err(format!("unknown record kind {other}")),
@@ -742,6 +751,12 @@ impl Cursor<'_> {
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, String> {

@@ -1,4 +1,5 @@
-//! Durable Raft state: per group, the hard state, the voter set and the log.
+//! Durable Raft state: per hosted replica, its group, the hard state, the latest snapshot and
+//! the log.
 //!
 //! The runtime writes everything a round of Readies produced for all its groups, then calls
 //! [`LogStore::sync`] once (group commit) before it sends any message that claims persistence
@@ -7,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_common::{GroupId, NodeId};
+use cairn_common::{GroupId, ReplicaId};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 /// The index and term a group's log starts from when its members create it: a bootstrap
@@ -20,8 +21,8 @@ pub const BOOTSTRAP_INDEX: u64 = 5;
 pub const BOOTSTRAP_TERM: u64 = 5;
 
 /// The bootstrap snapshot of a group whose first voters are `voters`.
-pub fn bootstrap_snapshot(voters: &[NodeId]) -> Snapshot {
-    let voters: Vec<u64> = voters.iter().map(|n| n.0).collect();
+pub fn bootstrap_snapshot(voters: &[ReplicaId]) -> Snapshot {
+    let voters: Vec<u64> = voters.iter().map(|r| r.0).collect();
     Snapshot {
         data: Vec::new(),
         metadata: Some(SnapshotMetadata {
@@ -32,9 +33,11 @@ pub fn bootstrap_snapshot(voters: &[NodeId]) -> Snapshot {
     }
 }
 
-/// What a log store holds for one group.
+/// What a log store holds for one hosted replica.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GroupState {
+    /// The group the replica belongs to.
+    pub group: GroupId,
     /// Term, vote and commit index.
     pub hard_state: HardState,
     /// The latest snapshot: its index, term, configuration and state-machine data. Empty
@@ -53,30 +56,34 @@ pub enum SnapshotKind {
     Install,
 }
 
-/// Durable storage of many groups' Raft state.
+/// Durable storage of the Raft state of many replicas (of many groups), keyed by replica id.
 pub trait LogStore {
     /// The error a store reports.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Records that this node hosts a group (its state comes by snapshot and appends).
-    fn create_group(&mut self, group: GroupId) -> Result<(), Self::Error>;
+    /// Records that this node hosts `replica` of `group` (its state comes by snapshot and
+    /// appends).
+    fn create_group(&mut self, replica: ReplicaId, group: GroupId) -> Result<(), Self::Error>;
 
-    /// Forgets a group: this node is no longer a member.
-    fn remove_group(&mut self, group: GroupId) -> Result<(), Self::Error>;
+    /// Forgets a replica: this node no longer hosts it.
+    fn remove_group(&mut self, replica: ReplicaId) -> Result<(), Self::Error>;
 
-    /// Appends entries to a group's log, first truncating any entries at or after the first
+    /// Appends entries to a replica's log, first truncating any entries at or after the first
     /// new index (a new leader overwrote an uncommitted tail).
-    fn append(&mut self, group: GroupId, entries: &[Entry]) -> Result<(), Self::Error>;
+    fn append(&mut self, replica: ReplicaId, entries: &[Entry]) -> Result<(), Self::Error>;
 
-    /// Replaces a group's hard state.
-    fn set_hard_state(&mut self, group: GroupId, hard_state: &HardState)
-    -> Result<(), Self::Error>;
+    /// Replaces a replica's hard state.
+    fn set_hard_state(
+        &mut self,
+        replica: ReplicaId,
+        hard_state: &HardState,
+    ) -> Result<(), Self::Error>;
 
-    /// Records a snapshot as the group's base (see [`SnapshotKind`]); entries it covers may be
-    /// discarded.
+    /// Records a snapshot as the replica's base (see [`SnapshotKind`]); entries it covers may
+    /// be discarded.
     fn set_snapshot(
         &mut self,
-        group: GroupId,
+        replica: ReplicaId,
         snapshot: &Snapshot,
         kind: SnapshotKind,
     ) -> Result<(), Self::Error>;
@@ -84,8 +91,8 @@ pub trait LogStore {
     /// Makes everything written so far durable.
     fn sync(&mut self) -> Result<(), Self::Error>;
 
-    /// Every group's durable state, to restart from.
-    fn load(&self) -> Result<BTreeMap<GroupId, GroupState>, Self::Error>;
+    /// Every hosted replica's durable state, to restart from.
+    fn load(&self) -> Result<BTreeMap<ReplicaId, GroupState>, Self::Error>;
 }
 
 /// Applies one durable write to the state of the groups; shared by the stores' replay so they
@@ -93,27 +100,28 @@ pub trait LogStore {
 /// holding covered entries was discarded); [`finish_replay`] checks that the snapshot covers it.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
-    groups: BTreeMap<GroupId, ReplayGroup>,
+    groups: BTreeMap<ReplicaId, ReplayGroup>,
 }
 
 #[derive(Debug, Default)]
 struct ReplayGroup {
+    group: GroupId,
     hard_state: HardState,
     snapshot: Snapshot,
     entries: BTreeMap<u64, Entry>,
 }
 
 impl Replay {
-    pub(crate) fn create(&mut self, group: GroupId) {
-        self.groups.entry(group).or_default();
+    pub(crate) fn create(&mut self, replica: ReplicaId, group: GroupId) {
+        self.groups.entry(replica).or_default().group = group;
     }
 
-    pub(crate) fn remove(&mut self, group: GroupId) {
-        self.groups.remove(&group);
+    pub(crate) fn remove(&mut self, replica: ReplicaId) {
+        self.groups.remove(&replica);
     }
 
-    pub(crate) fn append(&mut self, group: GroupId, entries: Vec<Entry>) {
-        let state = self.groups.entry(group).or_default();
+    pub(crate) fn append(&mut self, replica: ReplicaId, entries: Vec<Entry>) {
+        let state = self.groups.entry(replica).or_default();
         if let Some(first) = entries.first() {
             // A new leader overwrote an uncommitted tail.
             state.entries.split_off(&first.index);
@@ -123,12 +131,12 @@ impl Replay {
             .extend(entries.into_iter().map(|e| (e.index, e)));
     }
 
-    pub(crate) fn hard_state(&mut self, group: GroupId, hard_state: HardState) {
-        self.groups.entry(group).or_default().hard_state = hard_state;
+    pub(crate) fn hard_state(&mut self, replica: ReplicaId, hard_state: HardState) {
+        self.groups.entry(replica).or_default().hard_state = hard_state;
     }
 
-    pub(crate) fn snapshot(&mut self, group: GroupId, snapshot: Snapshot, kind: SnapshotKind) {
-        let state = self.groups.entry(group).or_default();
+    pub(crate) fn snapshot(&mut self, replica: ReplicaId, snapshot: Snapshot, kind: SnapshotKind) {
+        let state = self.groups.entry(replica).or_default();
         let index = snapshot.get_metadata().index;
         match kind {
             SnapshotKind::Compact => state.entries = state.entries.split_off(&(index + 1)),
@@ -137,26 +145,27 @@ impl Replay {
         state.snapshot = snapshot;
     }
 
-    /// The groups' states, or a description of the first group whose log has a hole.
-    pub(crate) fn finish(self) -> Result<BTreeMap<GroupId, GroupState>, String> {
+    /// The replicas' states, or a description of the first replica whose log has a hole.
+    pub(crate) fn finish(self) -> Result<BTreeMap<ReplicaId, GroupState>, String> {
         let mut out = BTreeMap::new();
-        for (group, mut state) in self.groups {
+        for (replica, mut state) in self.groups {
             let base = state.snapshot.get_metadata().index;
             let entries: Vec<Entry> = state.entries.split_off(&(base + 1)).into_values().collect();
             for (offset, entry) in entries.iter().enumerate() {
                 if entry.index != base + 1 + offset as u64 {
                     return Err(format!(
-                        "{group}: log has a hole before index {} (snapshot at {base})",
+                        "{replica}: log has a hole before index {} (snapshot at {base})",
                         entry.index
                     ));
                 }
             }
             let state = GroupState {
+                group: state.group,
                 hard_state: state.hard_state,
                 snapshot: state.snapshot,
                 entries,
             };
-            out.insert(group, state);
+            out.insert(replica, state);
         }
         Ok(out)
     }
@@ -181,11 +190,11 @@ pub struct MemLogStore {
 /// A write not yet synced.
 #[derive(Clone, Debug)]
 enum Pending {
-    Create(GroupId),
-    Remove(GroupId),
-    Append(GroupId, Vec<Entry>),
-    HardState(GroupId, HardState),
-    Snapshot(GroupId, Snapshot, SnapshotKind),
+    Create(ReplicaId, GroupId),
+    Remove(ReplicaId),
+    Append(ReplicaId, Vec<Entry>),
+    HardState(ReplicaId, HardState),
+    Snapshot(ReplicaId, Snapshot, SnapshotKind),
 }
 
 impl MemLogStore {
@@ -221,16 +230,16 @@ impl MemLogStore {
             return;
         };
         self.durable.clear();
-        for (group, state) in state {
-            self.durable.push(Pending::Create(group));
+        for (replica, state) in state {
+            self.durable.push(Pending::Create(replica, state.group));
             self.durable.push(Pending::Snapshot(
-                group,
+                replica,
                 state.snapshot,
                 SnapshotKind::Install,
             ));
             self.durable
-                .push(Pending::HardState(group, state.hard_state));
-            self.durable.push(Pending::Append(group, state.entries));
+                .push(Pending::HardState(replica, state.hard_state));
+            self.durable.push(Pending::Append(replica, state.entries));
         }
     }
 }
@@ -238,38 +247,43 @@ impl MemLogStore {
 impl LogStore for MemLogStore {
     type Error = PowerLoss;
 
-    fn create_group(&mut self, group: GroupId) -> Result<(), PowerLoss> {
-        self.pending.push(Pending::Create(group));
+    fn create_group(&mut self, replica: ReplicaId, group: GroupId) -> Result<(), PowerLoss> {
+        self.pending.push(Pending::Create(replica, group));
         Ok(())
     }
 
-    fn remove_group(&mut self, group: GroupId) -> Result<(), PowerLoss> {
-        self.pending.push(Pending::Remove(group));
+    fn remove_group(&mut self, replica: ReplicaId) -> Result<(), PowerLoss> {
+        self.pending.push(Pending::Remove(replica));
         Ok(())
     }
 
-    fn append(&mut self, group: GroupId, entries: &[Entry]) -> Result<(), PowerLoss> {
+    fn append(&mut self, replica: ReplicaId, entries: &[Entry]) -> Result<(), PowerLoss> {
         if let Some(first) = entries.first() {
             assert!(first.index >= 1, "raft indexes start at 1");
-            self.pending.push(Pending::Append(group, entries.to_vec()));
+            self.pending
+                .push(Pending::Append(replica, entries.to_vec()));
         }
         Ok(())
     }
 
-    fn set_hard_state(&mut self, group: GroupId, hard_state: &HardState) -> Result<(), PowerLoss> {
+    fn set_hard_state(
+        &mut self,
+        replica: ReplicaId,
+        hard_state: &HardState,
+    ) -> Result<(), PowerLoss> {
         self.pending
-            .push(Pending::HardState(group, hard_state.clone()));
+            .push(Pending::HardState(replica, hard_state.clone()));
         Ok(())
     }
 
     fn set_snapshot(
         &mut self,
-        group: GroupId,
+        replica: ReplicaId,
         snapshot: &Snapshot,
         kind: SnapshotKind,
     ) -> Result<(), PowerLoss> {
         self.pending
-            .push(Pending::Snapshot(group, snapshot.clone(), kind));
+            .push(Pending::Snapshot(replica, snapshot.clone(), kind));
         Ok(())
     }
 
@@ -286,15 +300,15 @@ impl LogStore for MemLogStore {
         Ok(())
     }
 
-    fn load(&self) -> Result<BTreeMap<GroupId, GroupState>, PowerLoss> {
+    fn load(&self) -> Result<BTreeMap<ReplicaId, GroupState>, PowerLoss> {
         let mut replay = Replay::default();
         for write in self.durable.iter().cloned() {
             match write {
-                Pending::Create(group) => replay.create(group),
-                Pending::Remove(group) => replay.remove(group),
-                Pending::HardState(group, hard_state) => replay.hard_state(group, hard_state),
-                Pending::Append(group, entries) => replay.append(group, entries),
-                Pending::Snapshot(group, snapshot, kind) => replay.snapshot(group, snapshot, kind),
+                Pending::Create(replica, group) => replay.create(replica, group),
+                Pending::Remove(replica) => replay.remove(replica),
+                Pending::HardState(replica, state) => replay.hard_state(replica, state),
+                Pending::Append(replica, entries) => replay.append(replica, entries),
+                Pending::Snapshot(replica, snap, kind) => replay.snapshot(replica, snap, kind),
             }
         }
         Ok(replay
@@ -318,8 +332,8 @@ mod tests {
     #[test]
     fn crash_loses_only_the_unsynced_tail() {
         let mut store = MemLogStore::new();
-        let g = GroupId(1);
-        store.create_group(g).expect("create");
+        let g = ReplicaId::new(cairn_common::NodeId(1), 1);
+        store.create_group(g, GroupId(1)).expect("create");
         store
             .append(g, &[entry(1, 1), entry(2, 1)])
             .expect("append");
@@ -333,7 +347,7 @@ mod tests {
     #[test]
     fn append_truncates_a_conflicting_tail() {
         let mut store = MemLogStore::new();
-        let g = GroupId(1);
+        let g = ReplicaId::new(cairn_common::NodeId(1), 1);
         store
             .append(g, &[entry(1, 1), entry(2, 1), entry(3, 1)])
             .expect("append");

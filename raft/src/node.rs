@@ -1,5 +1,11 @@
 //! A node of the multi-raft runtime: many Raft groups in one process, driven sans-IO.
 //!
+//! The node hosts *replicas*: each is one member of one group, known to raft-rs by its
+//! [`ReplicaId`] (which names the hosting node, so messages route without a directory). A node
+//! may host several replicas of one group (`cairn dev`, whose failure domains are disks);
+//! messages between them go through the caller like any other, in the batch for this node's
+//! own id.
+//!
 //! The caller owns time, the network and the loop. It calls [`RaftNode::tick`] on every tick,
 //! [`RaftNode::step`] with every batch a peer sent, [`RaftNode::propose`] for new commands, and
 //! [`RaftNode::process_ready`] after any of them. `process_ready` handles the Readies of all
@@ -41,7 +47,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_common::{GroupId, NodeId};
+use cairn_common::{GroupId, NodeId, ReplicaId};
 use prost::Message as _;
 use raft::{
     Config, RawNode, SnapshotStatus, StateRole,
@@ -88,10 +94,10 @@ impl NodeConfig {
         }
     }
 
-    fn raft_config(&self, applied: u64) -> Config {
+    fn raft_config(&self, replica: ReplicaId, applied: u64) -> Config {
         let (min, max) = self.election_tick_range;
         Config {
-            id: self.id.0,
+            id: replica.0,
             applied,
             election_tick: min,
             heartbeat_tick: self.heartbeat_tick,
@@ -108,23 +114,26 @@ impl NodeConfig {
     }
 }
 
-/// Messages to send, batched per destination node.
+/// Messages to send, batched per destination node (this node's own id included, for replicas
+/// of one group hosted side by side).
 #[derive(Debug, Default)]
 pub struct Outbox {
-    /// Per peer node, the messages of all groups, in order.
+    /// Per node, the messages of all groups, in order.
     pub batches: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
-    /// Snapshots handed out in this round, reported as sent (see `process_ready`).
-    snapshots_sent: Vec<(GroupId, u64)>,
+    /// Snapshots handed out in this round, reported as sent (see `process_ready`): the
+    /// sending replica and the receiving one.
+    snapshots_sent: Vec<(ReplicaId, u64)>,
 }
 
 impl Outbox {
     fn push(&mut self, group: GroupId, messages: Vec<Message>) {
         for message in messages {
             if message.msg_type == MessageType::MsgSnapshot as i32 {
-                self.snapshots_sent.push((group, message.to));
+                self.snapshots_sent
+                    .push((ReplicaId(message.from), message.to));
             }
             self.batches
-                .entry(NodeId(message.to))
+                .entry(ReplicaId(message.to).node())
                 .or_default()
                 .push((group, message));
         }
@@ -139,14 +148,14 @@ impl Outbox {
 /// Why a proposal was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
-    /// This node does not host the group.
-    #[error("group not hosted here")]
-    UnknownGroup,
+    /// This node does not host the replica.
+    #[error("replica not hosted here")]
+    UnknownReplica,
     /// Not the leader; retry at the hinted leader if known.
     #[error("not the leader (leader hint {leader:?})")]
     NotLeader {
-        /// The leader this node knows of.
-        leader: Option<NodeId>,
+        /// The leader this replica knows of.
+        leader: Option<ReplicaId>,
     },
     /// The leader refused it (e.g. while transferring leadership); retry.
     #[error("proposal dropped")]
@@ -162,12 +171,12 @@ pub enum NodeError<E: std::error::Error + 'static> {
     /// raft-rs refused a configuration or state.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
-    /// A group already exists.
-    #[error("group {0} exists already")]
-    GroupExists(GroupId),
-    /// This node does not host the group.
-    #[error("group {0} not hosted here")]
-    UnknownGroup(GroupId),
+    /// The replica is hosted here already.
+    #[error("replica {0} exists already")]
+    ReplicaExists(ReplicaId),
+    /// This node does not host the replica.
+    #[error("replica {0} not hosted here")]
+    UnknownReplica(ReplicaId),
 }
 
 /// What the state machine is given, in log order.
@@ -186,18 +195,20 @@ pub enum Apply<'a> {
     },
 }
 
-/// A membership change of one node in one group.
+/// A membership change of one replica in one group. A replica id is never re-added once
+/// removed: a member that lost its state comes back as a new replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberChange {
     /// Adds a voter, or promotes a learner.
-    AddVoter(NodeId),
+    AddVoter(ReplicaId),
     /// Adds a learner (receives the log, does not vote), or demotes a voter.
-    AddLearner(NodeId),
+    AddLearner(ReplicaId),
     /// Removes a voter or learner.
-    Remove(NodeId),
+    Remove(ReplicaId),
 }
 
 struct Group {
+    group: GroupId,
     raw: RawNode<GroupStorage>,
     applied: u64,
     /// Reads confirmed by the leader at a read index, waiting for this node to apply it.
@@ -217,7 +228,7 @@ impl Group {
         }
         let leader = self.raw.raft.leader_id;
         Err(ProposeError::NotLeader {
-            leader: (leader != 0).then_some(NodeId(leader)),
+            leader: (leader != 0).then_some(ReplicaId(leader)),
         })
     }
 }
@@ -226,6 +237,8 @@ impl Group {
 /// the leader confirmed as its commit index after the read arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadReady {
+    /// The replica the read was started at.
+    pub replica: ReplicaId,
     /// The group read.
     pub group: GroupId,
     /// The caller's id for the read.
@@ -234,26 +247,30 @@ pub struct ReadReady {
     pub index: u64,
 }
 
-/// A snapshot of one group's state on this node, for status and checkers.
+/// A snapshot of one replica's state, for status and checkers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
     /// Leader, follower, candidate or pre-candidate.
     pub role: StateRole,
     /// Current term.
     pub term: u64,
-    /// The leader this node knows of.
-    pub leader: Option<NodeId>,
+    /// The leader this replica knows of.
+    pub leader: Option<ReplicaId>,
+    /// Highest index in the replica's log (committed or not).
+    pub last_index: u64,
     /// Highest index known committed.
     pub commit: u64,
     /// Highest index applied.
     pub applied: u64,
 }
 
-/// Many Raft groups on one node, over one log store.
+/// Many Raft replicas on one node, over one log store.
 pub struct RaftNode<L: LogStore> {
     config: NodeConfig,
     log: L,
-    groups: BTreeMap<GroupId, Group>,
+    groups: BTreeMap<ReplicaId, Group>,
     logger: slog::Logger,
 }
 
@@ -268,17 +285,22 @@ impl<L: LogStore> RaftNode<L> {
             groups: BTreeMap::new(),
             logger,
         };
-        for (group, state) in node.log.load().map_err(NodeError::Log)? {
-            node.start_group(group, &state)?;
+        for (replica, state) in node.log.load().map_err(NodeError::Log)? {
+            node.start_group(replica, &state)?;
         }
         Ok(node)
     }
 
     fn start_group(
         &mut self,
-        group: GroupId,
+        replica: ReplicaId,
         state: &GroupState,
     ) -> Result<(), NodeError<L::Error>> {
+        assert_eq!(
+            replica.node(),
+            self.config.id,
+            "a node hosts only its own replicas"
+        );
         let mut storage = GroupStorage::from_durable(state);
         let snapshot_index = storage.snapshot_index();
         // A snapshot is committed by definition, whatever commit index was last written.
@@ -287,11 +309,12 @@ impl<L: LogStore> RaftNode<L> {
             hard_state.commit = snapshot_index;
             storage.set_hard_state(hard_state);
         }
-        let config = self.config.raft_config(snapshot_index);
+        let config = self.config.raft_config(replica, snapshot_index);
         let raw = RawNode::new(&config, storage, &self.logger)?;
         self.groups.insert(
-            group,
+            replica,
             Group {
+                group: state.group,
                 raw,
                 applied: snapshot_index,
                 reads_waiting: Vec::new(),
@@ -302,20 +325,21 @@ impl<L: LogStore> RaftNode<L> {
         Ok(())
     }
 
-    /// Creates a group whose first members are `voters` (this node among them), from the
-    /// bootstrap snapshot, and makes the record durable before returning: a member that forgot
-    /// a group after a crash would never rejoin it (the simulation found exactly that).
+    /// Hosts `replica`, one of the first `voters` of `group`, from the bootstrap snapshot,
+    /// and makes the record durable before returning: a member that forgot a group after a
+    /// crash would never rejoin it (the simulation found exactly that).
     pub fn create_group(
         &mut self,
         group: GroupId,
-        voters: &[NodeId],
+        replica: ReplicaId,
+        voters: &[ReplicaId],
     ) -> Result<(), NodeError<L::Error>> {
-        if self.groups.contains_key(&group) {
-            return Err(NodeError::GroupExists(group));
+        if self.groups.contains_key(&replica) {
+            return Err(NodeError::ReplicaExists(replica));
         }
         assert!(
-            voters.contains(&self.config.id),
-            "a node creates only groups it is a voter of"
+            voters.contains(&replica),
+            "a replica is created only as one of the group's voters"
         );
         let snapshot = bootstrap_snapshot(voters);
         let hard_state = HardState {
@@ -323,52 +347,69 @@ impl<L: LogStore> RaftNode<L> {
             vote: 0,
             commit: BOOTSTRAP_INDEX,
         };
-        self.log.create_group(group).map_err(NodeError::Log)?;
         self.log
-            .set_snapshot(group, &snapshot, SnapshotKind::Install)
+            .create_group(replica, group)
             .map_err(NodeError::Log)?;
         self.log
-            .set_hard_state(group, &hard_state)
+            .set_snapshot(replica, &snapshot, SnapshotKind::Install)
+            .map_err(NodeError::Log)?;
+        self.log
+            .set_hard_state(replica, &hard_state)
             .map_err(NodeError::Log)?;
         self.log.sync().map_err(NodeError::Log)?;
         let state = GroupState {
+            group,
             hard_state,
             snapshot,
             entries: Vec::new(),
         };
-        self.start_group(group, &state)
+        self.start_group(replica, &state)
     }
 
-    /// Hosts a group this node is being added to, with an empty log: the leader sends it a
+    /// Hosts `replica`, being added to `group`, with an empty log: the leader sends it a
     /// snapshot, and with it the configuration. Durable before returning, like `create_group`.
-    pub fn join_group(&mut self, group: GroupId) -> Result<(), NodeError<L::Error>> {
-        if self.groups.contains_key(&group) {
-            return Err(NodeError::GroupExists(group));
+    pub fn join_group(
+        &mut self,
+        group: GroupId,
+        replica: ReplicaId,
+    ) -> Result<(), NodeError<L::Error>> {
+        if self.groups.contains_key(&replica) {
+            return Err(NodeError::ReplicaExists(replica));
         }
-        self.log.create_group(group).map_err(NodeError::Log)?;
+        self.log
+            .create_group(replica, group)
+            .map_err(NodeError::Log)?;
         self.log.sync().map_err(NodeError::Log)?;
-        self.start_group(group, &GroupState::default())
+        let state = GroupState {
+            group,
+            ..GroupState::default()
+        };
+        self.start_group(replica, &state)
     }
 
-    /// Stops hosting a group and forgets its log (durable at the next sync; a restart before
-    /// that finds the group again, re-applies the configuration without this node, and drops
-    /// it again).
-    pub fn remove_group(&mut self, group: GroupId) -> Result<(), NodeError<L::Error>> {
+    /// Stops hosting a replica and forgets its log (durable at the next sync; a restart before
+    /// that finds the replica again, re-applies the configuration without it, and drops it
+    /// again).
+    pub fn remove_group(&mut self, replica: ReplicaId) -> Result<(), NodeError<L::Error>> {
         self.groups
-            .remove(&group)
-            .ok_or(NodeError::UnknownGroup(group))?;
-        self.log.remove_group(group).map_err(NodeError::Log)
+            .remove(&replica)
+            .ok_or(NodeError::UnknownReplica(replica))?;
+        self.log.remove_group(replica).map_err(NodeError::Log)
     }
 
     /// Records a snapshot of the state machine as it is now (at the group's applied index) and
     /// drops the log entries it covers. The caller's state must be durable at that index
     /// before the next sync, or a crash could lose entries that exist nowhere else on this
     /// node. Compacting at or below the current snapshot does nothing.
-    pub fn compact(&mut self, group: GroupId, data: Vec<u8>) -> Result<(), NodeError<L::Error>> {
+    pub fn compact(
+        &mut self,
+        replica: ReplicaId,
+        data: Vec<u8>,
+    ) -> Result<(), NodeError<L::Error>> {
         let state = self
             .groups
-            .get_mut(&group)
-            .ok_or(NodeError::UnknownGroup(group))?;
+            .get_mut(&replica)
+            .ok_or(NodeError::UnknownReplica(replica))?;
         let index = state.applied;
         let storage = state.raw.store();
         if index <= storage.snapshot_index() {
@@ -386,7 +427,7 @@ impl<L: LogStore> RaftNode<L> {
             }),
         };
         self.log
-            .set_snapshot(group, &snapshot, SnapshotKind::Compact)
+            .set_snapshot(replica, &snapshot, SnapshotKind::Compact)
             .map_err(NodeError::Log)?;
         state.raw.mut_store().set_snapshot(snapshot, true);
         Ok(())
@@ -397,25 +438,25 @@ impl<L: LogStore> RaftNode<L> {
     /// be in progress: raft refuses (drops) another until the first is applied.
     pub fn change_members(
         &mut self,
-        group: GroupId,
+        replica: ReplicaId,
         changes: &[MemberChange],
     ) -> Result<(), ProposeError> {
         let group = self
             .groups
-            .get_mut(&group)
-            .ok_or(ProposeError::UnknownGroup)?;
+            .get_mut(&replica)
+            .ok_or(ProposeError::UnknownReplica)?;
         group.ensure_leader()?;
         let changes = changes
             .iter()
             .map(|change| {
-                let (change_type, node) = match *change {
-                    MemberChange::AddVoter(node) => (ConfChangeType::AddNode, node),
-                    MemberChange::AddLearner(node) => (ConfChangeType::AddLearnerNode, node),
-                    MemberChange::Remove(node) => (ConfChangeType::RemoveNode, node),
+                let (change_type, member) = match *change {
+                    MemberChange::AddVoter(member) => (ConfChangeType::AddNode, member),
+                    MemberChange::AddLearner(member) => (ConfChangeType::AddLearnerNode, member),
+                    MemberChange::Remove(member) => (ConfChangeType::RemoveNode, member),
                 };
                 ConfChangeSingle {
                     change_type: change_type as i32,
-                    node_id: node.0,
+                    node_id: member.0,
                 }
             })
             .collect();
@@ -430,9 +471,9 @@ impl<L: LogStore> RaftNode<L> {
             .map_err(|_| ProposeError::Dropped)
     }
 
-    /// Groups whose leader (this node) needs a newer snapshot for a follower: the caller
-    /// answers each with [`RaftNode::compact`] (raft retries the follower on its own).
-    pub fn snapshots_wanted(&self) -> Vec<GroupId> {
+    /// Leader replicas that need a newer snapshot for a follower: the caller answers each
+    /// with [`RaftNode::compact`] (raft retries the follower on its own).
+    pub fn snapshots_wanted(&self) -> Vec<ReplicaId> {
         self.groups
             .iter()
             .filter(|(_, g)| g.raw.store().take_snapshot_wanted())
@@ -440,9 +481,9 @@ impl<L: LogStore> RaftNode<L> {
             .collect()
     }
 
-    /// The group's configuration as this node has applied it.
-    pub fn membership(&self, group: GroupId) -> Option<ConfState> {
-        let group = self.groups.get(&group)?;
+    /// The group's configuration as this replica has applied it.
+    pub fn membership(&self, replica: ReplicaId) -> Option<ConfState> {
+        let group = self.groups.get(&replica)?;
         Some(group.raw.raft.prs().conf().to_conf_state())
     }
 
@@ -453,11 +494,13 @@ impl<L: LogStore> RaftNode<L> {
         }
     }
 
-    /// Feeds a batch a peer sent. Messages for groups not hosted here are dropped (the sender
-    /// retries; membership comes from the metadata service), as are messages raft refuses.
+    /// Feeds a batch a peer sent. Messages for replicas not hosted here, or naming another
+    /// group than the replica's, are dropped (the sender retries; membership comes from the
+    /// metadata service), as are messages raft refuses.
     pub fn step(&mut self, batch: Vec<(GroupId, Message)>) {
-        for (group, mut message) in batch {
-            if let Some(group) = self.groups.get_mut(&group) {
+        for (group_id, mut message) in batch {
+            let hosted = self.groups.get_mut(&ReplicaId(message.to));
+            if let Some(group) = hosted.filter(|g| g.group == group_id) {
                 // A leader that still counts entries this member lost with its disk sends a
                 // commit index past its log, on which raft-rs would abort; a heartbeat's
                 // commit is advisory, so it is clamped.
@@ -472,12 +515,12 @@ impl<L: LogStore> RaftNode<L> {
         }
     }
 
-    /// Proposes a command to a group whose leader is this node.
-    pub fn propose(&mut self, group: GroupId, data: Vec<u8>) -> Result<(), ProposeError> {
+    /// Proposes a command through `replica`, which must be its group's leader.
+    pub fn propose(&mut self, replica: ReplicaId, data: Vec<u8>) -> Result<(), ProposeError> {
         let group = self
             .groups
-            .get_mut(&group)
-            .ok_or(ProposeError::UnknownGroup)?;
+            .get_mut(&replica)
+            .ok_or(ProposeError::UnknownReplica)?;
         group.ensure_leader()?;
         group
             .raw
@@ -490,21 +533,25 @@ impl<L: LogStore> RaftNode<L> {
     /// read shows up in [`RaftNode::take_reads`] once this node has applied that index. A read
     /// can be dropped silently (no leader, a leader without a commit in its term yet): callers
     /// time out and retry.
-    pub fn read_index(&mut self, group: GroupId, request: u64) -> Result<(), ProposeError> {
+    pub fn read_index(&mut self, replica: ReplicaId, request: u64) -> Result<(), ProposeError> {
         let group = self
             .groups
-            .get_mut(&group)
-            .ok_or(ProposeError::UnknownGroup)?;
+            .get_mut(&replica)
+            .ok_or(ProposeError::UnknownReplica)?;
         group.raw.read_index(request.to_le_bytes().to_vec());
         Ok(())
     }
 
-    /// Asks the leader of `group` (this node) to hand leadership to `to`.
-    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
+    /// Asks `replica`, its group's leader, to hand leadership to `to`.
+    pub fn transfer_leader(
+        &mut self,
+        replica: ReplicaId,
+        to: ReplicaId,
+    ) -> Result<(), ProposeError> {
         let group = self
             .groups
-            .get_mut(&group)
-            .ok_or(ProposeError::UnknownGroup)?;
+            .get_mut(&replica)
+            .ok_or(ProposeError::UnknownReplica)?;
         group.ensure_leader()?;
         group.raw.transfer_leader(to.0);
         Ok(())
@@ -515,11 +562,13 @@ impl<L: LogStore> RaftNode<L> {
         let mut ready = Vec::new();
         for (&id, group) in &mut self.groups {
             let applied = group.applied;
+            let group_id = group.group;
             group.reads_waiting.retain(|&(request, index)| {
                 let servable = index <= applied;
                 if servable {
                     ready.push(ReadReady {
-                        group: id,
+                        replica: id,
+                        group: group_id,
                         request,
                         index,
                     });
@@ -530,13 +579,14 @@ impl<L: LogStore> RaftNode<L> {
         ready
     }
 
-    /// Handles every group's Ready in one round with one sync (see the module docs), applying
-    /// committed entries through `apply` and adding outgoing messages to `outbox`. Messages
-    /// added before an error may be sent: they never claim persistence.
+    /// Handles every replica's Ready in one round with one sync (see the module docs),
+    /// applying committed entries through `apply` (called with the replica and its group) and
+    /// adding outgoing messages to `outbox`. Messages added before an error may be sent: they
+    /// never claim persistence.
     pub fn process_ready(
         &mut self,
         outbox: &mut Outbox,
-        mut apply: impl FnMut(GroupId, Apply<'_>),
+        mut apply: impl FnMut(ReplicaId, GroupId, Apply<'_>),
     ) -> Result<(), NodeError<L::Error>> {
         let mut round = Vec::new();
         for (&id, group) in &mut self.groups {
@@ -545,6 +595,7 @@ impl<L: LogStore> RaftNode<L> {
                 let index = snapshot.get_metadata().index;
                 apply(
                     id,
+                    group.group,
                     Apply::Snapshot {
                         index,
                         data: &snapshot.data,
@@ -555,7 +606,7 @@ impl<L: LogStore> RaftNode<L> {
                 continue;
             }
             let mut ready = group.raw.ready();
-            outbox.push(id, ready.take_messages());
+            outbox.push(group.group, ready.take_messages());
             for read in ready.take_read_states() {
                 let request = read.request_ctx.try_into().map(u64::from_le_bytes);
                 // Contexts are ours (8 bytes); anything else came from a confused peer.
@@ -572,6 +623,7 @@ impl<L: LogStore> RaftNode<L> {
                 let index = snapshot.get_metadata().index;
                 apply(
                     id,
+                    group.group,
                     Apply::Snapshot {
                         index,
                         data: &snapshot.data,
@@ -605,7 +657,7 @@ impl<L: LogStore> RaftNode<L> {
                 .groups
                 .get_mut(&id)
                 .expect("invariant: group in this round");
-            outbox.push(id, ready.take_persisted_messages());
+            outbox.push(group.group, ready.take_persisted_messages());
             let mut light = group.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
                 let mut hard_state = group.raw.store().hard_state().clone();
@@ -616,7 +668,7 @@ impl<L: LogStore> RaftNode<L> {
                     .set_hard_state(id, &hard_state)
                     .map_err(NodeError::Log)?;
             }
-            outbox.push(id, light.take_messages());
+            outbox.push(group.group, light.take_messages());
             apply_all(id, group, light.take_committed_entries(), &mut apply);
             group.raw.advance_apply_to(group.applied);
             leave_joint_if_stuck(group);
@@ -629,42 +681,51 @@ impl<L: LogStore> RaftNode<L> {
     /// paused until told; if the snapshot was in fact lost, the follower refuses the next
     /// append and the leader sends a snapshot again, so optimism costs one round trip.
     fn report_snapshots(&mut self, outbox: &mut Outbox) {
-        for (group, to) in outbox.snapshots_sent.drain(..) {
-            if let Some(group) = self.groups.get_mut(&group) {
+        for (from, to) in outbox.snapshots_sent.drain(..) {
+            if let Some(group) = self.groups.get_mut(&from) {
                 group.raw.report_snapshot(to, SnapshotStatus::Finish);
             }
         }
     }
 
     fn drop_removed_groups(&mut self) -> Result<(), NodeError<L::Error>> {
-        let removed: Vec<GroupId> = self
+        let removed: Vec<ReplicaId> = self
             .groups
             .iter()
             .filter(|(_, g)| g.removed && g.applied >= g.raw.raft.raft_log.committed)
             .map(|(id, _)| *id)
             .collect();
-        for group in removed {
-            self.remove_group(group)?;
+        for replica in removed {
+            self.remove_group(replica)?;
         }
         Ok(())
     }
 
-    /// One group's state on this node.
-    pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
-        let group = self.groups.get(&group)?;
+    /// One replica's state.
+    pub fn status(&self, replica: ReplicaId) -> Option<GroupStatus> {
+        let group = self.groups.get(&replica)?;
         let raft = &group.raw.raft;
         Some(GroupStatus {
+            group: group.group,
             role: raft.state,
             term: raft.term,
-            leader: (raft.leader_id != 0).then_some(NodeId(raft.leader_id)),
+            leader: (raft.leader_id != 0).then_some(ReplicaId(raft.leader_id)),
+            last_index: raft.raft_log.last_index(),
             commit: raft.raft_log.committed,
             applied: group.applied,
         })
     }
 
-    /// The groups hosted here.
-    pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
-        self.groups.keys().copied()
+    /// The replicas hosted here, with their groups.
+    pub fn replicas(&self) -> impl Iterator<Item = (ReplicaId, GroupId)> + '_ {
+        self.groups.iter().map(|(id, g)| (*id, g.group))
+    }
+
+    /// The replicas of `group` hosted here (one, except in `cairn dev`).
+    pub fn replicas_of(&self, group: GroupId) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.replicas()
+            .filter(move |(_, g)| *g == group)
+            .map(|(id, _)| id)
     }
 
     /// This node's id.
@@ -684,10 +745,10 @@ impl<L: LogStore> RaftNode<L> {
 }
 
 fn apply_all(
-    id: GroupId,
+    id: ReplicaId,
     group: &mut Group,
     entries: Vec<Entry>,
-    apply: &mut impl FnMut(GroupId, Apply<'_>),
+    apply: &mut impl FnMut(ReplicaId, GroupId, Apply<'_>),
 ) {
     for entry in &entries {
         assert_eq!(
@@ -696,7 +757,7 @@ fn apply_all(
             "entries apply in order without gaps"
         );
         apply_conf_change(group, entry);
-        apply(id, Apply::Entry(entry));
+        apply(id, group.group, Apply::Entry(entry));
         group.applied = entry.index;
     }
 }

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use cairn_common::{GroupId, NodeId};
+use cairn_common::{GroupId, NodeId, ReplicaId};
 use prost::Message as _;
 use raft::eraftpb::Message;
 use rustls::pki_types::CertificateDer;
@@ -238,16 +238,21 @@ pub fn decode_frame_body(body: &[u8]) -> Result<Incoming, String> {
         ));
     }
     let batch = WireBatch::decode(rest).map_err(|e| format!("batch: {e}"))?;
+    let sender = NodeId(batch.from);
     let items = batch
         .items
         .into_iter()
         .map(|item| {
-            item.message
-                .map(|m| (GroupId(item.group), m))
-                .ok_or("item without a message")
+            let message = item.message.ok_or("item without a message")?;
+            // A node speaks only for the replicas it hosts: a replica id names its node.
+            let from = ReplicaId(message.from);
+            if from.node() != sender {
+                return Err(format!("{sender} sent a message from replica {from}"));
+            }
+            Ok((GroupId(item.group), message))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((NodeId(batch.from), items))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((sender, items))
 }
 
 async fn accept_loop(

@@ -4,7 +4,7 @@
 
 use std::{fs, path::Path};
 
-use cairn_common::{GroupId, NodeId};
+use cairn_common::{GroupId, NodeId, ReplicaId};
 use cairn_raft::{
     Apply, NodeConfig, Outbox, RaftNode,
     file_log::FileLogStore,
@@ -40,6 +40,11 @@ enum Op {
     Sync,
 }
 
+/// Replica `n` of node 1; the log-store tests give it group `n`.
+fn replica(n: u64) -> ReplicaId {
+    ReplicaId::new(NodeId(1), n)
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (1..4u64).prop_map(Op::Create),
@@ -63,13 +68,13 @@ fn apply(
     match op {
         Op::Create(group) => {
             for store in stores.iter_mut() {
-                store.create(GroupId(*group));
+                store.create(replica(*group));
             }
         }
         Op::Remove(group) => {
             lengths.remove(group);
             for store in stores.iter_mut() {
-                store.remove(GroupId(*group));
+                store.remove(replica(*group));
             }
         }
         Op::Snapshot {
@@ -100,7 +105,7 @@ fn apply(
                 }),
             };
             for store in stores.iter_mut() {
-                store.snapshot(GroupId(*group), &snapshot, kind);
+                store.snapshot(replica(*group), &snapshot, kind);
             }
         }
         Op::Append {
@@ -122,7 +127,7 @@ fn apply(
                 .collect();
             *length = first + count - 1;
             for store in stores.iter_mut() {
-                store.append(GroupId(*group), &entries);
+                store.append(replica(*group), &entries);
             }
         }
         Op::HardState {
@@ -137,7 +142,7 @@ fn apply(
                 commit: *commit,
             };
             for store in stores.iter_mut() {
-                store.hard_state(GroupId(*group), &hard_state);
+                store.hard_state(replica(*group), &hard_state);
             }
         }
         Op::Sync => {
@@ -150,30 +155,33 @@ fn apply(
 
 /// Object-safe test view of a log store.
 trait LogStoreDyn {
-    fn create(&mut self, group: GroupId);
-    fn remove(&mut self, group: GroupId);
-    fn snapshot(&mut self, group: GroupId, snapshot: &Snapshot, kind: SnapshotKind);
-    fn append(&mut self, group: GroupId, entries: &[Entry]);
-    fn hard_state(&mut self, group: GroupId, hard_state: &HardState);
+    fn create(&mut self, replica: ReplicaId);
+    fn remove(&mut self, replica: ReplicaId);
+    fn snapshot(&mut self, replica: ReplicaId, snapshot: &Snapshot, kind: SnapshotKind);
+    fn append(&mut self, replica: ReplicaId, entries: &[Entry]);
+    fn hard_state(&mut self, replica: ReplicaId, hard_state: &HardState);
     fn sync(&mut self);
     fn state(&self) -> String;
 }
 
 impl<L: LogStore> LogStoreDyn for L {
-    fn create(&mut self, group: GroupId) {
-        self.create_group(group).expect("create");
+    fn create(&mut self, replica: ReplicaId) {
+        self.create_group(replica, GroupId(replica.number()))
+            .expect("create");
     }
-    fn remove(&mut self, group: GroupId) {
-        self.remove_group(group).expect("remove");
+    fn remove(&mut self, replica: ReplicaId) {
+        self.remove_group(replica).expect("remove");
     }
-    fn snapshot(&mut self, group: GroupId, snapshot: &Snapshot, kind: SnapshotKind) {
-        self.set_snapshot(group, snapshot, kind).expect("snapshot");
+    fn snapshot(&mut self, replica: ReplicaId, snapshot: &Snapshot, kind: SnapshotKind) {
+        self.set_snapshot(replica, snapshot, kind)
+            .expect("snapshot");
     }
-    fn append(&mut self, group: GroupId, entries: &[Entry]) {
-        LogStore::append(self, group, entries).expect("append");
+    fn append(&mut self, replica: ReplicaId, entries: &[Entry]) {
+        LogStore::append(self, replica, entries).expect("append");
     }
-    fn hard_state(&mut self, group: GroupId, hard_state: &HardState) {
-        self.set_hard_state(group, hard_state).expect("hard state");
+    fn hard_state(&mut self, replica: ReplicaId, hard_state: &HardState) {
+        self.set_hard_state(replica, hard_state)
+            .expect("hard state");
     }
     fn sync(&mut self) {
         LogStore::sync(self).expect("sync");
@@ -225,8 +233,8 @@ proptest! {
     fn torn_tails_recover_to_the_previous_sync(cut in 0.0f64..1.0, garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = FileLogStore::open_with_segment_size(dir.path(), 64 << 10).expect("open");
-        let g = GroupId(1);
-        store.create_group(g).expect("create");
+        let g = replica(1);
+        store.create_group(g, GroupId(1)).expect("create");
         let first: Vec<Entry> = (1..=3).map(|i| Entry { index: i, term: 1, data: vec![1; 40], ..Entry::default() }).collect();
         LogStore::append(&mut store, g, &first).expect("append");
         LogStore::sync(&mut store).expect("sync");
@@ -269,8 +277,8 @@ proptest! {
 fn corruption_before_the_tail_refuses_to_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = FileLogStore::open_with_segment_size(dir.path(), 256).expect("open");
-    let g = GroupId(7);
-    store.create_group(g).expect("create");
+    let g = replica(7);
+    store.create_group(g, GroupId(7)).expect("create");
     for i in 1..=20u64 {
         let entry = Entry {
             index: i,
@@ -306,9 +314,9 @@ fn corruption_before_the_tail_refuses_to_open() {
 fn compaction_cleans_old_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = FileLogStore::open_with_segment_size(dir.path(), 4096).expect("open");
-    let groups = [GroupId(1), GroupId(2)];
+    let groups = [replica(1), replica(2)];
     for g in groups {
-        store.create_group(g).expect("create");
+        store.create_group(g, GroupId(g.number())).expect("create");
     }
     let mut most = 0;
     for i in 1..=400u64 {
@@ -322,7 +330,7 @@ fn compaction_cleans_old_segments() {
             LogStore::append(&mut store, g, &[entry]).expect("append");
             if i % 25 == 0 {
                 let snapshot = Snapshot {
-                    data: vec![g.0 as u8; 100],
+                    data: vec![g.number() as u8; 100],
                     metadata: Some(SnapshotMetadata {
                         index: i - 3,
                         term: 1,
@@ -347,8 +355,9 @@ fn compaction_cleans_old_segments() {
     let reopened = FileLogStore::open_with_segment_size(dir.path(), 4096).expect("reopen");
     assert_eq!(reopened.state(), live);
     let state = reopened.load().expect("load");
-    assert_eq!(state[&GroupId(1)].snapshot.get_metadata().index, 397);
-    assert_eq!(state[&GroupId(1)].entries.len(), 3);
+    assert_eq!(state[&replica(1)].snapshot.get_metadata().index, 397);
+    assert_eq!(state[&replica(1)].entries.len(), 3);
+    assert_eq!(state[&replica(2)].group, GroupId(2));
 }
 
 /// Goal: a node restarted on its file log comes back with its groups and replays its committed
@@ -359,9 +368,10 @@ fn raft_node_restarts_from_its_file_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = NodeConfig::new(NodeId(1));
     let g = GroupId(3);
+    let r = replica(1);
     let run = |node: &mut RaftNode<FileLogStore>, applied: &mut Vec<Vec<u8>>| {
         let mut outbox = Outbox::default();
-        node.process_ready(&mut outbox, |_, apply| {
+        node.process_ready(&mut outbox, |_, _, apply| {
             if let Apply::Entry(entry) = apply {
                 applied.push(entry.data.clone())
             }
@@ -375,19 +385,19 @@ fn raft_node_restarts_from_its_file_log() {
         FileLogStore::open(dir.path()).expect("open"),
     )
     .expect("node");
-    node.create_group(g, &[NodeId(1)]).expect("create");
+    node.create_group(g, r, &[r]).expect("create");
     for _ in 0..40 {
         node.tick();
         run(&mut node, &mut applied);
     }
     for i in 0..10u8 {
-        node.propose(g, vec![i; 8]).expect("leader accepts");
+        node.propose(r, vec![i; 8]).expect("leader accepts");
         run(&mut node, &mut applied);
     }
     let data: Vec<Vec<u8>> = applied.iter().filter(|d| !d.is_empty()).cloned().collect();
     assert_eq!(data, (0..10u8).map(|i| vec![i; 8]).collect::<Vec<_>>());
     drop(node);
-    let data = restart_and_replay(&config, dir.path(), g, data);
+    let data = restart_and_replay(&config, dir.path(), (r, g), data);
     // Compact after the fifth proposal's worth of state, then two more proposals.
     let mut node = RaftNode::new(
         config.clone(),
@@ -399,10 +409,10 @@ fn raft_node_restarts_from_its_file_log() {
         node.tick();
         run(&mut node, &mut applied);
     }
-    node.compact(g, b"state after ten".to_vec())
+    node.compact(r, b"state after ten".to_vec())
         .expect("compact");
     for i in 10..12u8 {
-        node.propose(g, vec![i; 8]).expect("leader accepts");
+        node.propose(r, vec![i; 8]).expect("leader accepts");
         run(&mut node, &mut applied);
     }
     drop(node);
@@ -412,7 +422,7 @@ fn raft_node_restarts_from_its_file_log() {
     for _ in 0..40 {
         node.tick();
         let mut outbox = Outbox::default();
-        node.process_ready(&mut outbox, |_, apply| match apply {
+        node.process_ready(&mut outbox, |_, _, apply| match apply {
             Apply::Snapshot { data, .. } => restored.push(data.to_vec()),
             Apply::Entry(entry) if !entry.data.is_empty() => restored.push(entry.data.clone()),
             Apply::Entry(_) => {}
@@ -435,12 +445,12 @@ fn raft_node_restarts_from_its_file_log() {
 fn restart_and_replay(
     config: &NodeConfig,
     dir: &Path,
-    g: GroupId,
+    hosted: (ReplicaId, GroupId),
     data: Vec<Vec<u8>>,
 ) -> Vec<Vec<u8>> {
     let run = |node: &mut RaftNode<FileLogStore>, applied: &mut Vec<Vec<u8>>| {
         let mut outbox = Outbox::default();
-        node.process_ready(&mut outbox, |_, apply| {
+        node.process_ready(&mut outbox, |_, _, apply| {
             if let Apply::Entry(entry) = apply {
                 applied.push(entry.data.clone())
             }
@@ -451,7 +461,7 @@ fn restart_and_replay(
     let mut replayed = Vec::new();
     let mut node =
         RaftNode::new(config.clone(), FileLogStore::open(dir).expect("reopen")).expect("restart");
-    assert_eq!(node.groups().collect::<Vec<_>>(), vec![g]);
+    assert_eq!(node.replicas().collect::<Vec<_>>(), vec![hosted]);
     for _ in 0..40 {
         node.tick();
         run(&mut node, &mut replayed);
@@ -464,7 +474,7 @@ fn restart_and_replay(
 mod transport {
     use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-    use cairn_common::{GroupId, NodeId};
+    use cairn_common::{GroupId, NodeId, ReplicaId};
     use cairn_raft::{
         NodeConfig, Outbox, RaftNode,
         log::MemLogStore,
@@ -493,10 +503,11 @@ mod transport {
             .flatten()
     }
 
-    fn heartbeat(to: u64, term: u64) -> Message {
+    /// A heartbeat from node `from`'s replica 1 to node `to`'s.
+    fn heartbeat(from: u64, to: u64, term: u64) -> Message {
         Message {
-            to,
-            from: 1,
+            to: ReplicaId::new(NodeId(to), 1).0,
+            from: ReplicaId::new(NodeId(from), 1).0,
             term,
             msg_type: 8,
             ..Message::default()
@@ -516,7 +527,10 @@ mod transport {
                     .await
                     .expect("b");
             a.set_peer_address(NodeId(2), b_addr);
-            let batch = vec![(GroupId(5), heartbeat(2, 7)), (GroupId(9), heartbeat(2, 8))];
+            let batch = vec![
+                (GroupId(5), heartbeat(1, 2, 7)),
+                (GroupId(9), heartbeat(1, 2, 8)),
+            ];
             assert!(a.send(NodeId(2), batch.clone()));
             let (from, got) = receive(&mut b_in).await.expect("delivered");
             assert_eq!(from, NodeId(1));
@@ -544,7 +558,7 @@ mod transport {
                     .await
                     .expect("rogue");
             rogue.set_peer_address(NodeId(2), b_addr);
-            assert!(rogue.send(NodeId(2), vec![(GroupId(1), heartbeat(2, 1))]));
+            assert!(rogue.send(NodeId(2), vec![(GroupId(1), heartbeat(1, 2, 1))]));
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while b
                 .stats()
@@ -587,7 +601,7 @@ mod transport {
                 .await
                 .expect("a");
             a.set_peer_address(NodeId(2), b_addr);
-            assert!(a.send(NodeId(2), vec![(GroupId(3), heartbeat(2, 2))]));
+            assert!(a.send(NodeId(2), vec![(GroupId(3), heartbeat(1, 2, 2))]));
             assert!(receive(&mut b_in).await.is_some(), "the node still serves");
         });
     }
@@ -622,7 +636,7 @@ mod transport {
                         .expect("handshake");
                     let item = WireItem {
                         group: 1,
-                        message: Some(heartbeat(2, 1)),
+                        message: Some(heartbeat(from, 2, 1)),
                     };
                     tls.write_all(&encode_frame(&WireBatch {
                         from,
@@ -653,6 +667,30 @@ mod transport {
             let (from, _) = receive(&mut b_in).await.expect("honest frames arrive");
             assert_eq!(from, NodeId(1));
         });
+    }
+
+    /// Goal: a node cannot speak for a replica hosted elsewhere. Method: an honest sender id
+    /// with a message whose sending replica names another node fails to decode.
+    #[test]
+    fn a_message_from_a_replica_the_sender_does_not_host_is_refused() {
+        use cairn_raft::transport::{WireBatch, WireItem, encode_frame};
+        let frame = encode_frame(&WireBatch {
+            from: 1,
+            items: vec![WireItem {
+                group: 1,
+                message: Some(heartbeat(3, 2, 1)),
+            }],
+        });
+        let error = decode_frame_body(&frame[4..]).expect_err("refused");
+        assert!(error.contains("n3"), "{error}");
+        let honest = encode_frame(&WireBatch {
+            from: 3,
+            items: vec![WireItem {
+                group: 1,
+                message: Some(heartbeat(3, 2, 1)),
+            }],
+        });
+        assert!(decode_frame_body(&honest[4..]).is_ok());
     }
 
     proptest! {
@@ -690,7 +728,8 @@ mod transport {
             for (id, (transport, _, mut incoming)) in ids.into_iter().zip(started) {
                 let mut node = RaftNode::new(NodeConfig::new(id), MemLogStore::new()).expect("node");
                 for group in groups {
-                    node.create_group(group, &ids).expect("group");
+                    let voters: Vec<ReplicaId> = ids.iter().map(|n| ReplicaId::new(*n, group.0)).collect();
+                    node.create_group(group, ReplicaId::new(id, group.0), &voters).expect("group");
                 }
                 let applied_tx = applied_tx.clone();
                 let mut proposals = propose_tx.subscribe();
@@ -701,11 +740,11 @@ mod transport {
                         tokio::select! {
                             _ = tick.tick() => node.tick(),
                             Some((_, batch)) = incoming.recv() => node.step(batch),
-                            Ok((group, data)) = proposals.recv() => { let _ = node.propose(group, data); }
+                            Ok((group, data)) = proposals.recv() => { let _ = node.propose(ReplicaId::new(id, group.0), data); }
                         }
                         let mut outbox = Outbox::default();
                         let mut applied = Vec::new();
-                        node.process_ready(&mut outbox, |g, apply| {
+                        node.process_ready(&mut outbox, |_, g, apply| {
                             if let cairn_raft::Apply::Entry(e) = apply {
                                 applied.push((g, e.data.clone()));
                             }

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cairn_common::{GroupId, NodeId};
+use cairn_common::{GroupId, NodeId, ReplicaId};
 use cairn_raft::{NodeConfig, Outbox, RaftNode, file_log::FileLogStore};
 
 fn main() -> ExitCode {
@@ -56,14 +56,15 @@ fn run(
     let store = FileLogStore::open(dir).map_err(|e| e.to_string())?;
     let mut node = RaftNode::new(NodeConfig::new(NodeId(1)), store).map_err(|e| e.to_string())?;
     for g in 0..groups {
-        node.create_group(GroupId(g), &[NodeId(1)])
+        let replica = ReplicaId::new(NodeId(1), g + 1);
+        node.create_group(GroupId(g), replica, &[replica])
             .map_err(|e| e.to_string())?;
     }
     let mut outbox = Outbox::default();
     // Elect every group (single voter: itself, after its election timeout).
     for _ in 0..64 {
         node.tick();
-        node.process_ready(&mut outbox, |_, _| {})
+        node.process_ready(&mut outbox, |_, _, _| {})
             .map_err(|e| e.to_string())?;
     }
     let data = vec![0x5a; entry_bytes];
@@ -72,10 +73,10 @@ fn run(
     let start = Instant::now();
     while start.elapsed() < duration {
         for g in 0..groups {
-            node.propose(GroupId(g), data.clone())
+            node.propose(ReplicaId::new(NodeId(1), g + 1), data.clone())
                 .map_err(|e| format!("propose: {e}"))?;
         }
-        node.process_ready(&mut outbox, |_, apply| {
+        node.process_ready(&mut outbox, |_, _, apply| {
             if let cairn_raft::Apply::Entry(entry) = apply {
                 committed += u64::from(!entry.data.is_empty());
             }

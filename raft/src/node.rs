@@ -530,14 +530,25 @@ impl<L: LogStore> RaftNode<L> {
 
     /// Starts a linearizable read (ReadIndex): the leader confirms its leadership with a
     /// heartbeat round and answers with its commit index; followers forward to the leader. The
-    /// read shows up in [`RaftNode::take_reads`] once this node has applied that index. A read
-    /// can be dropped silently (no leader, a leader without a commit in its term yet): callers
-    /// time out and retry.
+    /// read shows up in [`RaftNode::take_reads`] once this node has applied that index.
+    /// `Dropped` (retry) where raft-rs would drop the read silently: a follower that knows no
+    /// leader, a leader without a commit in its term yet. A read can still be lost on the way
+    /// (a forwarded read whose leader just changed): callers time out and retry.
     pub fn read_index(&mut self, replica: ReplicaId, request: u64) -> Result<(), ProposeError> {
         let group = self
             .groups
             .get_mut(&replica)
             .ok_or(ProposeError::UnknownReplica)?;
+        let raft = &group.raw.raft;
+        let servable = match raft.state {
+            StateRole::Leader => {
+                raft.raft_log.term(raft.raft_log.committed).ok() == Some(raft.term)
+            }
+            _ => raft.leader_id != raft::INVALID_ID,
+        };
+        if !servable {
+            return Err(ProposeError::Dropped);
+        }
         group.raw.read_index(request.to_le_bytes().to_vec());
         Ok(())
     }

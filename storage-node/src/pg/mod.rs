@@ -1,0 +1,528 @@
+//! Placement groups on a storage node: PG replicas as Raft groups whose committed writes are
+//! applied to the chunk store of the disk each replica lives on.
+//!
+//! A [`PgHost`] owns the node's multi-raft runtime ([`RaftNode`]) and its disks. The caller
+//! drives it like the runtime itself: [`PgHost::tick`], [`PgHost::step`] with what peers sent,
+//! then [`PgHost::round`], which persists and applies everything ready and returns the
+//! messages to send (the batch addressed to this node itself goes back into `step`: a node may
+//! host several replicas of one PG, as `cairn dev` does with its three disks).
+//!
+//! # Writes
+//!
+//! [`PgHost::write`] proposes a write through the PG's leader replica (hosted here, or
+//! `NotLeader` with a hint) and answers once the entry is committed, which means a majority of
+//! the replicas hold it in their synced Raft logs, and applied to a chunk store here. The
+//! Raft log (on the write-cache device) is the durable record; chunk stores are written
+//! without a flush and are replayed from the log after a crash (writes are idempotent, and
+//! replay keeps their order).
+//!
+//! # Reads
+//!
+//! [`PgHost::read`] is linearizable: a ReadIndex round confirms the leader's commit index,
+//! and the replica that asked serves the read once it has applied that index. A chunk never
+//! written reads as zeros (thin volumes).
+//!
+//! # Not yet
+//!
+//! Log compaction and snapshot transfer (a replica added to a PG needs the chunks, not a
+//! state-machine blob), and with them membership changes; read-repair from a peer.
+
+pub mod command;
+
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+
+use cairn_common::{ChunkId, DiskId, GroupId, ReplicaId};
+use cairn_raft::{
+    Apply, NodeConfig, Outbox, ProposeError, RaftNode,
+    log::LogStore,
+    raft_types::{EntryType, Message},
+};
+use tokio::sync::oneshot;
+
+pub use command::{PgCommand, Proposal, WRITE_BYTES_MAX};
+
+use crate::{ChunkStore, Error};
+
+/// Client requests waiting for their entry to apply or their read index, per host. Beyond it
+/// new requests are refused with `Busy`.
+pub const PENDING_REQUESTS_MAX: usize = 4096;
+
+/// Ticks a request may wait before it is answered `Dropped` (the client retries): two of the
+/// longest election timeouts. A request can be lost without a term change here (a read
+/// forwarded to a leader that had not committed in its term yet).
+pub const REQUEST_TICKS_MAX: u64 = 40;
+
+/// Why a PG request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// No replica of the PG here leads it; retry at the leader's node if known.
+    #[error("not the leader of {group} (leader hint {leader:?})")]
+    NotLeader {
+        /// The PG.
+        group: GroupId,
+        /// The leader a local replica knows of.
+        leader: Option<ReplicaId>,
+    },
+    /// This node hosts no replica of the PG.
+    #[error("{0} has no replica on this node")]
+    UnknownGroup(GroupId),
+    /// The leader dropped the proposal (a leadership transfer, a full queue): retry.
+    #[error("{0}: proposal dropped; retry")]
+    Dropped(GroupId),
+    /// Too many requests in flight: retry later.
+    #[error("busy: {PENDING_REQUESTS_MAX} requests in flight")]
+    Busy,
+    /// The request does not fit the chunk geometry or the write limit.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A chunk store failed.
+    #[error("{replica}: {source}")]
+    Store {
+        /// The replica whose disk failed.
+        replica: ReplicaId,
+        /// The store's error.
+        #[source]
+        source: Error,
+    },
+    /// The Raft runtime or its log failed: the host must be restarted from its log.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Where a write's or read's answer goes.
+type Reply<T> = oneshot::Sender<Result<T, PgError>>;
+
+/// A request waits on the replica that took it, in the term it took it: a new term means the
+/// request may be lost (raft-rs drops pending reads on a leadership change; a proposal may be
+/// overwritten), so it is answered `Dropped` and the client retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Taken {
+    replica: ReplicaId,
+    term: u64,
+    tick: u64,
+}
+
+struct PendingWrite {
+    taken: Taken,
+    reply: Reply<()>,
+}
+
+struct PendingRead {
+    taken: Taken,
+    chunk: ChunkId,
+    offset: u32,
+    length: u32,
+    reply: Reply<Vec<u8>>,
+}
+
+/// What `process_ready` handed over, owned, to be applied after it returns (the chunk store
+/// is asynchronous, the runtime is not).
+enum Applied {
+    Entry { index: u64, data: Vec<u8> },
+    Snapshot { index: u64, empty: bool },
+}
+
+/// The PG replicas of one storage node over its disks (see the module docs).
+pub struct PgHost<L: LogStore> {
+    node: RaftNode<L>,
+    disks: BTreeMap<DiskId, Arc<ChunkStore>>,
+    /// The disk each hosted replica's chunks live on.
+    placement: BTreeMap<ReplicaId, DiskId>,
+    /// Distinguishes this host's proposals from those of its earlier lives (after a restart
+    /// the log replays entries whose requests nobody waits for any more).
+    incarnation: u64,
+    counter: u64,
+    ticks: u64,
+    writes: BTreeMap<u64, PendingWrite>,
+    reads: BTreeMap<u64, PendingRead>,
+}
+
+impl<L: LogStore> PgHost<L> {
+    /// Starts the node's runtime on `log` over `disks`. `placement` names the disk of every
+    /// replica the log holds (the metadata service's PG map says it); a replica without a
+    /// known disk is an error.
+    pub fn new(
+        config: NodeConfig,
+        log: L,
+        disks: Vec<Arc<ChunkStore>>,
+        placement: BTreeMap<ReplicaId, DiskId>,
+    ) -> Result<PgHost<L>, PgError> {
+        let node = RaftNode::new(config, log).map_err(|e| PgError::Raft(e.to_string()))?;
+        let disks: BTreeMap<DiskId, Arc<ChunkStore>> =
+            disks.into_iter().map(|d| (d.disk_id(), d)).collect();
+        for (replica, group) in node.replicas() {
+            let disk = placement.get(&replica);
+            if !disk.is_some_and(|d| disks.contains_key(d)) {
+                return Err(PgError::Invalid(format!(
+                    "{replica} of {group} has no disk here (placement says {disk:?})"
+                )));
+            }
+        }
+        let incarnation = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        Ok(PgHost {
+            node,
+            disks,
+            placement,
+            incarnation,
+            counter: 0,
+            ticks: 0,
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+        })
+    }
+
+    /// Hosts `replica`, one of the first `voters` of PG `group`, on `disk`.
+    pub fn create_replica(
+        &mut self,
+        group: GroupId,
+        replica: ReplicaId,
+        voters: &[ReplicaId],
+        disk: DiskId,
+    ) -> Result<(), PgError> {
+        if !self.disks.contains_key(&disk) {
+            return Err(PgError::Invalid(format!("disk {disk} is not on this node")));
+        }
+        self.node
+            .create_group(group, replica, voters)
+            .map_err(|e| PgError::Raft(e.to_string()))?;
+        self.placement.insert(replica, disk);
+        Ok(())
+    }
+
+    /// The replicas hosted here, with their PGs.
+    pub fn replicas(&self) -> impl Iterator<Item = (ReplicaId, GroupId)> + '_ {
+        self.node.replicas()
+    }
+
+    /// The runtime, for status.
+    pub fn node(&self) -> &RaftNode<L> {
+        &self.node
+    }
+
+    /// Advances every replica's clock by one tick.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.node.tick();
+    }
+
+    /// Feeds a batch of Raft messages (from a peer, or this node's own batch).
+    pub fn step(&mut self, batch: Vec<(GroupId, Message)>) {
+        self.node.step(batch);
+    }
+
+    /// The local replica of `group` that leads it.
+    fn leader_replica(&self, group: GroupId) -> Result<ReplicaId, PgError> {
+        let mut hint = None;
+        let mut any = false;
+        for replica in self.node.replicas_of(group) {
+            any = true;
+            let status = self
+                .node
+                .status(replica)
+                .expect("invariant: listed replica");
+            if status.role == cairn_raft::raft_types::StateRole::Leader {
+                return Ok(replica);
+            }
+            hint = hint.or(status.leader);
+        }
+        if !any {
+            return Err(PgError::UnknownGroup(group));
+        }
+        Err(PgError::NotLeader {
+            group,
+            leader: hint,
+        })
+    }
+
+    fn next_request(&mut self) -> Result<u64, PgError> {
+        if self.writes.len() + self.reads.len() >= PENDING_REQUESTS_MAX {
+            return Err(PgError::Busy);
+        }
+        self.counter += 1;
+        Ok(self.counter)
+    }
+
+    /// Writes `data` at `offset` of `chunk` through PG `group`; the receiver answers once the
+    /// write is committed and applied (see the module docs).
+    pub fn write(
+        &mut self,
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        data: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<(), PgError>>, PgError> {
+        let leader = self.leader_replica(group)?;
+        self.check_range(leader, offset, data.len())?;
+        let request = self.next_request()?;
+        let proposal = Proposal {
+            incarnation: self.incarnation,
+            request,
+            command: PgCommand::Write {
+                chunk,
+                offset,
+                data,
+            },
+        };
+        self.node
+            .propose(leader, proposal.encode())
+            .map_err(|e| propose_error(group, e))?;
+        let (tx, rx) = oneshot::channel();
+        let taken = self.taken(leader);
+        self.writes
+            .insert(request, PendingWrite { taken, reply: tx });
+        Ok(rx)
+    }
+
+    /// Reads `length` bytes at `offset` of `chunk` of PG `group`, linearizably (see the module
+    /// docs).
+    pub fn read(
+        &mut self,
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+    ) -> Result<oneshot::Receiver<Result<Vec<u8>, PgError>>, PgError> {
+        // A local leader confirms its commit index itself; a follower that knows a leader
+        // forwards the read to it; without a leader raft would drop the read silently.
+        let replica = match self.leader_replica(group) {
+            Ok(replica) => replica,
+            Err(PgError::NotLeader {
+                leader: Some(_), ..
+            }) => self
+                .node
+                .replicas_of(group)
+                .next()
+                .ok_or(PgError::UnknownGroup(group))?,
+            Err(e) => return Err(e),
+        };
+        self.check_range(replica, offset, length as usize)?;
+        let request = self.next_request()?;
+        self.node
+            .read_index(replica, request)
+            .map_err(|e| propose_error(group, e))?;
+        let (tx, rx) = oneshot::channel();
+        let read = PendingRead {
+            taken: self.taken(replica),
+            chunk,
+            offset,
+            length,
+            reply: tx,
+        };
+        self.reads.insert(request, read);
+        Ok(rx)
+    }
+
+    fn taken(&self, replica: ReplicaId) -> Taken {
+        let term = self.node.status(replica).map_or(0, |s| s.term);
+        Taken {
+            replica,
+            term,
+            tick: self.ticks,
+        }
+    }
+
+    /// False once the replica that took a request moved to another term (or went), or the
+    /// request waited too long.
+    fn still_valid(&self, taken: Taken) -> bool {
+        let fresh = self.ticks - taken.tick <= REQUEST_TICKS_MAX;
+        fresh
+            && self
+                .node
+                .status(taken.replica)
+                .is_some_and(|s| s.term == taken.term)
+    }
+
+    fn store(&self, replica: ReplicaId) -> &Arc<ChunkStore> {
+        let disk = self.placement[&replica];
+        &self.disks[&disk]
+    }
+
+    fn check_range(&self, replica: ReplicaId, offset: u32, length: usize) -> Result<(), PgError> {
+        let chunk_size = self.store(replica).chunk_size_bytes();
+        let fits = u64::from(offset) + length as u64 <= u64::from(chunk_size);
+        if length == 0 || length > WRITE_BYTES_MAX || !fits {
+            return Err(PgError::Invalid(format!(
+                "{length} bytes at {offset} in a chunk of {chunk_size} (at most {WRITE_BYTES_MAX} per request)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// One round: persist and apply what every replica has ready, answer the writes and reads
+    /// it completes, and return the messages to send. An error means a log or disk failed: the
+    /// host must be dropped and restarted from its log (messages already returned may go).
+    pub async fn round(&mut self) -> Result<Outbox, PgError> {
+        let mut outbox = Outbox::default();
+        let mut applied: Vec<(ReplicaId, Applied)> = Vec::new();
+        self.node
+            .process_ready(&mut outbox, |replica, _, apply| {
+                applied.push((
+                    replica,
+                    match apply {
+                        Apply::Entry(entry) => Applied::Entry {
+                            index: entry.index,
+                            data: match entry.get_entry_type() {
+                                EntryType::EntryNormal => entry.data.clone(),
+                                _ => Vec::new(),
+                            },
+                        },
+                        Apply::Snapshot { index, data } => Applied::Snapshot {
+                            index,
+                            empty: data.is_empty(),
+                        },
+                    },
+                ))
+            })
+            .map_err(|e| PgError::Raft(e.to_string()))?;
+        for (replica, applied) in applied {
+            self.apply(replica, applied).await?;
+        }
+        for read in self.node.take_reads() {
+            let Some(pending) = self.reads.remove(&read.request) else {
+                continue;
+            };
+            let store = self.store(read.replica).clone();
+            let result = read_chunk(&store, pending.chunk, pending.offset, pending.length)
+                .await
+                .map_err(|source| PgError::Store {
+                    replica: read.replica,
+                    source,
+                });
+            let _ = pending.reply.send(result);
+        }
+        self.drop_stale_requests();
+        Ok(outbox)
+    }
+
+    /// Answers `Dropped` to requests whose replica changed term, and forgets abandoned ones.
+    fn drop_stale_requests(&mut self) {
+        let stale_writes: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.reply.is_closed() || !self.still_valid(w.taken))
+            .map(|(request, _)| *request)
+            .collect();
+        for request in stale_writes {
+            let write = self.writes.remove(&request).expect("invariant: listed");
+            let group = self.node.status(write.taken.replica).map(|s| s.group);
+            let _ = write
+                .reply
+                .send(Err(PgError::Dropped(group.unwrap_or_default())));
+        }
+        let stale_reads: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.reply.is_closed() || !self.still_valid(r.taken))
+            .map(|(request, _)| *request)
+            .collect();
+        for request in stale_reads {
+            let read = self.reads.remove(&request).expect("invariant: listed");
+            let group = self.node.status(read.taken.replica).map(|s| s.group);
+            let _ = read
+                .reply
+                .send(Err(PgError::Dropped(group.unwrap_or_default())));
+        }
+    }
+
+    async fn apply(&mut self, replica: ReplicaId, applied: Applied) -> Result<(), PgError> {
+        let (index, data) = match applied {
+            Applied::Entry { index, data } => (index, data),
+            // The bootstrap snapshot: the empty state every chunk store starts as.
+            Applied::Snapshot { empty: true, .. } => return Ok(()),
+            Applied::Snapshot { index, .. } => {
+                // PG logs are never compacted yet, so only the bootstrap snapshot exists.
+                return Err(PgError::Raft(format!(
+                    "{replica}: a PG snapshot at {index} arrived, and PG snapshots are not implemented"
+                )));
+            }
+        };
+        if data.is_empty() {
+            // A new leader's empty entry or a configuration change.
+            return Ok(());
+        }
+        let proposal = match Proposal::decode(&data) {
+            Ok(proposal) => proposal,
+            Err(e) => {
+                // Every replica refuses it alike: a no-op, logged.
+                tracing::error!(%replica, index, "undecodable PG command skipped: {e}");
+                return Ok(());
+            }
+        };
+        let PgCommand::Write {
+            chunk,
+            offset,
+            data,
+        } = &proposal.command;
+        let store = self.store(replica).clone();
+        let result = write_chunk(&store, *chunk, *offset, data).await;
+        let mine = proposal.incarnation == self.incarnation;
+        match result {
+            Ok(()) => {
+                if mine && let Some(write) = self.writes.remove(&proposal.request) {
+                    let _ = write.reply.send(Ok(()));
+                }
+                Ok(())
+            }
+            // A write the leader accepted cannot be refused here: this disk failed.
+            Err(source) => Err(PgError::Store { replica, source }),
+        }
+    }
+}
+
+fn propose_error(group: GroupId, error: ProposeError) -> PgError {
+    match error {
+        ProposeError::NotLeader { leader } => PgError::NotLeader { group, leader },
+        ProposeError::UnknownReplica => PgError::UnknownGroup(group),
+        ProposeError::Dropped => PgError::Dropped(group),
+    }
+}
+
+/// Writes into a chunk, creating it first if it does not exist, in pieces the store accepts.
+async fn write_chunk(
+    store: &ChunkStore,
+    chunk: ChunkId,
+    offset: u32,
+    data: &[u8],
+) -> Result<(), Error> {
+    let piece_max = store.io_size_max() as usize;
+    let mut at = 0;
+    while at < data.len() {
+        let piece = &data[at..(at + piece_max).min(data.len())];
+        let offset_bytes = u64::from(offset) + at as u64;
+        match store.write(chunk, offset_bytes, piece).await {
+            Err(Error::NotFound { .. }) => {
+                store.create(chunk).await?;
+                store.write(chunk, offset_bytes, piece).await?;
+            }
+            other => other?,
+        }
+        at += piece.len();
+    }
+    Ok(())
+}
+
+/// Reads from a chunk; a chunk never written reads as zeros.
+async fn read_chunk(
+    store: &ChunkStore,
+    chunk: ChunkId,
+    offset: u32,
+    length: u32,
+) -> Result<Vec<u8>, Error> {
+    let piece_max = store.io_size_max();
+    let mut out = Vec::with_capacity(length as usize);
+    let mut at = 0;
+    while at < length {
+        let piece = piece_max.min(length - at);
+        let offset_bytes = u64::from(offset) + u64::from(at);
+        match store.read(chunk, offset_bytes, piece as usize).await {
+            Ok(buf) => out.extend_from_slice(&buf),
+            Err(Error::NotFound { .. }) => out.resize(out.len() + piece as usize, 0),
+            Err(e) => return Err(e),
+        }
+        at += piece;
+    }
+    Ok(out)
+}

@@ -397,34 +397,41 @@ impl<L: LogStore> PgHost<L> {
         Ok(outbox)
     }
 
-    /// Answers `Dropped` to requests whose replica changed term, and forgets abandoned ones.
+    /// Answers `Dropped` to requests whose replica changed term or that waited too long, and
+    /// forgets abandoned ones.
     fn drop_stale_requests(&mut self) {
-        let stale_writes: Vec<u64> = self
-            .writes
-            .iter()
-            .filter(|(_, w)| w.reply.is_closed() || !self.still_valid(w.taken))
-            .map(|(request, _)| *request)
-            .collect();
-        for request in stale_writes {
-            let write = self.writes.remove(&request).expect("invariant: listed");
-            let group = self.node.status(write.taken.replica).map(|s| s.group);
-            let _ = write
-                .reply
-                .send(Err(PgError::Dropped(group.unwrap_or_default())));
+        let writes = std::mem::take(&mut self.writes);
+        let (writes, stale) = self.split_stale(writes, |w| (w.taken, w.reply.is_closed()));
+        self.writes = writes;
+        for (group, write) in stale {
+            let _ = write.reply.send(Err(PgError::Dropped(group)));
         }
-        let stale_reads: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.reply.is_closed() || !self.still_valid(r.taken))
-            .map(|(request, _)| *request)
-            .collect();
-        for request in stale_reads {
-            let read = self.reads.remove(&request).expect("invariant: listed");
-            let group = self.node.status(read.taken.replica).map(|s| s.group);
-            let _ = read
-                .reply
-                .send(Err(PgError::Dropped(group.unwrap_or_default())));
+        let reads = std::mem::take(&mut self.reads);
+        let (reads, stale) = self.split_stale(reads, |r| (r.taken, r.reply.is_closed()));
+        self.reads = reads;
+        for (group, read) in stale {
+            let _ = read.reply.send(Err(PgError::Dropped(group)));
         }
+    }
+
+    /// Splits pending requests into those still valid and the stale ones, with their PGs.
+    fn split_stale<P>(
+        &self,
+        pending: BTreeMap<u64, P>,
+        view: impl Fn(&P) -> (Taken, bool),
+    ) -> (BTreeMap<u64, P>, Vec<(GroupId, P)>) {
+        let mut keep = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (request, p) in pending {
+            let (taken, closed) = view(&p);
+            if closed || !self.still_valid(taken) {
+                let group = self.node.status(taken.replica).map(|s| s.group);
+                stale.push((group.unwrap_or_default(), p));
+            } else {
+                keep.insert(request, p);
+            }
+        }
+        (keep, stale)
     }
 
     async fn apply(&mut self, replica: ReplicaId, applied: Applied) -> Result<(), PgError> {

@@ -122,6 +122,26 @@ async fn read(host: &mut PgHost<FileLogStore>, at: ChunkId, offset: u32, length:
     request(host, |h| h.read(group_of(at), at, offset, length)).await
 }
 
+/// Every chunk of `model` reads back through its PG and lies on every disk as the model says.
+async fn check_model(
+    host: &mut PgHost<FileLogStore>,
+    disks: &[Arc<ChunkStore>],
+    model: &BTreeMap<ChunkId, Vec<u8>>,
+    when: &str,
+) {
+    for (at, image) in model {
+        let through_pg = read(host, *at, 0, CHUNK as u32).await;
+        assert_eq!(&through_pg, image, "{at} through its PG, {when}");
+        for (k, disk) in disks.iter().enumerate() {
+            let stored = disk
+                .read(*at, 0, CHUNK)
+                .await
+                .expect("replica has the chunk");
+            assert_eq!(&stored[..], &image[..], "{at} on disk {k}, {when}");
+        }
+    }
+}
+
 /// Goal: a write acknowledged by a PG is on all three disks, reads back linearizably, and
 /// survives a restart that lost every chunk-store write not flushed (none was). Method: three
 /// replicas of four PGs on three chunk stores of one node; aligned, unaligned and whole-chunk
@@ -163,20 +183,7 @@ fn three_replicas_on_three_disks_apply_every_write() {
             let image = model.entry(chunk(index)).or_insert_with(|| vec![0; CHUNK]);
             image[offset as usize..offset as usize + length].copy_from_slice(&data);
         }
-        for (at, image) in &model {
-            assert_eq!(
-                &read(&mut host, *at, 0, CHUNK as u32).await,
-                image,
-                "{at} through its PG"
-            );
-            for (k, disk) in disks.iter().enumerate() {
-                let stored = disk
-                    .read(*at, 0, CHUNK)
-                    .await
-                    .expect("replica has the chunk");
-                assert_eq!(&stored[..], &image[..], "{at} on disk {k}");
-            }
-        }
+        check_model(&mut host, &disks, &model, "written").await;
         assert_eq!(
             read(&mut host, chunk(3), 100, 900).await,
             vec![0; 900],
@@ -209,20 +216,7 @@ fn three_replicas_on_three_disks_apply_every_write() {
         let placement = placement(&disks);
         let mut host =
             PgHost::new(NodeConfig::new(NODE), log, disks.clone(), placement).expect("restart");
-        for (at, image) in &model {
-            assert_eq!(
-                &read(&mut host, *at, 0, CHUNK as u32).await,
-                image,
-                "{at} after restart"
-            );
-            for (k, disk) in disks.iter().enumerate() {
-                let stored = disk
-                    .read(*at, 0, CHUNK)
-                    .await
-                    .expect("replayed onto the disk");
-                assert_eq!(&stored[..], &image[..], "{at} on disk {k} after restart");
-            }
-        }
+        check_model(&mut host, &disks, &model, "after restart").await;
         // And it takes new writes.
         let data = pattern(99, 300);
         write(&mut host, chunk(0), 10, &data).await;

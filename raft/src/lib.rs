@@ -35,7 +35,10 @@ pub use node::{
 pub mod raft_types {
     pub use raft::{
         StateRole,
-        eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot, SnapshotMetadata},
+        eraftpb::{
+            ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot,
+            SnapshotMetadata,
+        },
     };
 }
 pub mod tls;

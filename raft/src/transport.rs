@@ -12,7 +12,18 @@
 //!
 //! A connection speaks for one node: the first frame's sender id must be a name the peer's
 //! certificate is valid for (`n<id>.cairn`), and every later frame must carry the same id, so a
-//! cluster member cannot pose as another.
+//! cluster member cannot pose as another. Every message must come from a replica of that node.
+//!
+//! # Snapshots are streamed in parts
+//!
+//! A snapshot message whose data is larger than [`SNAPSHOT_PART_BYTES`] leaves as a stream of
+//! frames, each one item holding a part: the first part carries the message without its data,
+//! every part a slice of the data at its offset and the total size. Other traffic interleaves
+//! between the parts instead of waiting behind one huge frame, and no frame nears
+//! [`FRAME_BYTES_MAX`]. The receiving connection reassembles one snapshot at a time, bounded by
+//! [`SNAPSHOT_BYTES_MAX`], and delivers the whole message once the last part arrives. A part
+//! that does not continue the snapshot being assembled (a connection that broke mid-stream, a
+//! dropped frame) discards the assembly; the leader sends the snapshot again.
 
 use std::{
     collections::HashMap,
@@ -48,6 +59,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between redials of an unreachable peer.
 pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Snapshot data per part frame. 1 MiB keeps a part's frame far below [`FRAME_BYTES_MAX`] and
+/// lets heartbeats and appends of other groups pass between parts.
+pub const SNAPSHOT_PART_BYTES: usize = 1 << 20;
+/// The largest snapshot a connection reassembles: what a peer can make us hold in memory. The
+/// metadata state machine's snapshot is far smaller; PG snapshots do not carry chunk data.
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+
 const WIRE_VERSION: u8 = 1;
 
 /// One batch on the wire.
@@ -61,15 +79,48 @@ pub struct WireBatch {
     pub items: Vec<WireItem>,
 }
 
-/// One Raft message of one group.
+/// One Raft message of one group, or one part of a streamed snapshot.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireItem {
     /// The group.
     #[prost(uint64, tag = "1")]
     pub group: u64,
-    /// The raft-rs message.
+    /// The raft-rs message (for a streamed snapshot: on the first part, without its data).
     #[prost(message, optional, tag = "2")]
     pub message: Option<Message>,
+    /// A part of a streamed snapshot's data.
+    #[prost(message, optional, tag = "3")]
+    pub part: Option<SnapshotPart>,
+}
+
+/// A slice of a streamed snapshot's data.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotPart {
+    /// Where the slice starts in the snapshot data.
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    /// The size of the whole snapshot data.
+    #[prost(uint64, tag = "2")]
+    pub total: u64,
+    /// The slice.
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
+/// One decoded item of a frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Received {
+    /// A whole message.
+    Message(GroupId, Message),
+    /// A part of a streamed snapshot; `head` (the message without its data) on the first.
+    Part {
+        /// The group.
+        group: GroupId,
+        /// The snapshot message without its data, on the first part only.
+        head: Option<Message>,
+        /// The slice.
+        part: SnapshotPart,
+    },
 }
 
 /// A batch received from a peer.
@@ -197,25 +248,77 @@ impl TcpTransport {
 
 impl Transport for TcpTransport {
     fn send(&self, to: NodeId, batch: Vec<(GroupId, Message)>) -> bool {
-        let items = batch
-            .into_iter()
-            .map(|(group, message)| WireItem {
+        let frames = encode_frames(self.id, batch);
+        let Some(queue) = self.queue(to) else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        // Frames of one batch go in order or, from the first that does not fit, not at all
+        // (a snapshot missing its tail is discarded by the receiver and sent again by Raft).
+        for frame in frames {
+            if queue.try_send(frame).is_err() {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Encodes a batch as frames: one for the messages, plus one per part of each snapshot too
+/// big for one (see the module docs).
+pub fn encode_frames(from: NodeId, batch: Vec<(GroupId, Message)>) -> Vec<Vec<u8>> {
+    let mut items = Vec::new();
+    let mut streamed = Vec::new();
+    for (group, mut message) in batch {
+        let large = message
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.data.len() > SNAPSHOT_PART_BYTES);
+        if large {
+            let data = std::mem::take(
+                &mut message
+                    .snapshot
+                    .as_mut()
+                    .expect("invariant: checked above")
+                    .data,
+            );
+            streamed.push((group, message, data));
+        } else {
+            items.push(WireItem {
                 group: group.0,
                 message: Some(message),
-            })
-            .collect();
-        let frame = encode_frame(&WireBatch {
-            from: self.id.0,
-            items,
-        });
-        let sent = self
-            .queue(to)
-            .is_some_and(|queue| queue.try_send(frame).is_ok());
-        if !sent {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                part: None,
+            });
         }
-        sent
     }
+    let mut frames = Vec::new();
+    if !items.is_empty() {
+        frames.push(encode_frame(&WireBatch {
+            from: from.0,
+            items,
+        }));
+    }
+    for (group, head, data) in streamed {
+        let total = data.len() as u64;
+        let mut head = Some(head);
+        for (i, slice) in data.chunks(SNAPSHOT_PART_BYTES).enumerate() {
+            let item = WireItem {
+                group: group.0,
+                message: head.take(),
+                part: Some(SnapshotPart {
+                    offset: (i * SNAPSHOT_PART_BYTES) as u64,
+                    total,
+                    data: slice.to_vec(),
+                }),
+            };
+            frames.push(encode_frame(&WireBatch {
+                from: from.0,
+                items: vec![item],
+            }));
+        }
+    }
+    frames
 }
 
 /// Encodes a batch as a frame.
@@ -229,8 +332,9 @@ pub fn encode_frame(batch: &WireBatch) -> Vec<u8> {
     frame
 }
 
-/// Decodes a frame body (everything after the length): the batch, or why it is malformed.
-pub fn decode_frame_body(body: &[u8]) -> Result<Incoming, String> {
+/// Decodes a frame body (everything after the length): the sender and its items, or why it is
+/// malformed.
+pub fn decode_frame_body(body: &[u8]) -> Result<(NodeId, Vec<Received>), String> {
     let (&version, rest) = body.split_first().ok_or("empty frame")?;
     if version != WIRE_VERSION {
         return Err(format!(
@@ -243,13 +347,39 @@ pub fn decode_frame_body(body: &[u8]) -> Result<Incoming, String> {
         .items
         .into_iter()
         .map(|item| {
-            let message = item.message.ok_or("item without a message")?;
             // A node speaks only for the replicas it hosts: a replica id names its node.
-            let from = ReplicaId(message.from);
-            if from.node() != sender {
-                return Err(format!("{sender} sent a message from replica {from}"));
+            if let Some(message) = &item.message {
+                let from = ReplicaId(message.from);
+                if from.node() != sender {
+                    return Err(format!("{sender} sent a message from replica {from}"));
+                }
             }
-            Ok((GroupId(item.group), message))
+            let group = GroupId(item.group);
+            match (item.message, item.part) {
+                (Some(message), None) => Ok(Received::Message(group, message)),
+                (head, Some(part)) => {
+                    let end = part.offset.checked_add(part.data.len() as u64);
+                    let fits = end.is_some_and(|end| end <= part.total);
+                    if part.total > SNAPSHOT_BYTES_MAX || part.data.is_empty() || !fits {
+                        return Err(format!(
+                            "snapshot part of {} bytes at {} of {}",
+                            part.data.len(),
+                            part.offset,
+                            part.total
+                        ));
+                    }
+                    let snapshot_head = head.as_ref().is_none_or(|m| {
+                        m.msg_type == raft::eraftpb::MessageType::MsgSnapshot as i32
+                            && m.snapshot.is_some()
+                            && part.offset == 0
+                    });
+                    if !snapshot_head {
+                        return Err("a snapshot part headed by another message".into());
+                    }
+                    Ok(Received::Part { group, head, part })
+                }
+                (None, None) => Err("item without a message".into()),
+            }
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok((sender, items))
@@ -330,6 +460,7 @@ async fn read_frames<S: AsyncReadExt + Unpin>(
 ) -> Result<(), FrameError> {
     let mut body = Vec::new();
     let mut sender: Option<NodeId> = None;
+    let mut assembly: Option<Assembly> = None;
     loop {
         let mut length = [0u8; 4];
         match stream.read_exact(&mut length).await {
@@ -346,28 +477,92 @@ async fn read_frames<S: AsyncReadExt + Unpin>(
             .read_exact(&mut body)
             .await
             .map_err(|e| FrameError::Malformed(e.to_string()))?;
-        let batch = decode_frame_body(&body).map_err(FrameError::Malformed)?;
+        let (from, items) = decode_frame_body(&body).map_err(FrameError::Malformed)?;
         match sender {
-            Some(known) if known == batch.0 => {}
+            Some(known) if known == from => {}
             Some(known) => {
                 return Err(FrameError::Impostor(format!(
-                    "frames from {known}, then from {}",
-                    batch.0
+                    "frames from {known}, then from {from}"
                 )));
             }
-            None if certificate_names(certificate, batch.0) => sender = Some(batch.0),
+            None if certificate_names(certificate, from) => sender = Some(from),
             None => {
                 return Err(FrameError::Impostor(format!(
-                    "certificate does not name {}",
-                    batch.0
+                    "certificate does not name {from}"
                 )));
             }
         }
         stats.frames_received.fetch_add(1, Ordering::Relaxed);
-        if incoming.try_send(batch).is_err() {
+        let mut batch = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Received::Message(group, message) => batch.push((group, message)),
+                Received::Part { group, head, part } => {
+                    if let Some(done) = assemble(&mut assembly, group, head, part, stats) {
+                        batch.push(done);
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() && incoming.try_send((from, batch)).is_err() {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A streamed snapshot being reassembled on one connection.
+struct Assembly {
+    group: GroupId,
+    message: Message,
+    total: u64,
+    data: Vec<u8>,
+}
+
+/// Adds a part to the assembly; returns the whole message once its last part is in. A part
+/// that does not continue the assembly discards it (and itself): Raft sends the snapshot again.
+fn assemble(
+    assembly: &mut Option<Assembly>,
+    group: GroupId,
+    head: Option<Message>,
+    part: SnapshotPart,
+    stats: &TransportStats,
+) -> Option<(GroupId, Message)> {
+    if let Some(message) = head {
+        if assembly.is_some() {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        *assembly = Some(Assembly {
+            group,
+            message,
+            total: part.total,
+            data: Vec::new(),
+        });
+    }
+    let continues = assembly.as_ref().is_some_and(|a| {
+        a.group == group && a.total == part.total && a.data.len() as u64 == part.offset
+    });
+    if !continues {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        *assembly = None;
+        return None;
+    }
+    let current = assembly.as_mut().expect("invariant: checked above");
+    current.data.extend_from_slice(&part.data);
+    if (current.data.len() as u64) < current.total {
+        return None;
+    }
+    let Assembly {
+        group,
+        mut message,
+        data,
+        ..
+    } = assembly.take().expect("invariant: checked above");
+    message
+        .snapshot
+        .as_mut()
+        .expect("invariant: decode checked the head carries a snapshot")
+        .data = data;
+    Some((group, message))
 }
 
 async fn send_loop(

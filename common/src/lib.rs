@@ -94,6 +94,17 @@ impl fmt::Display for NodeId {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId(pub u64);
 
+impl GroupId {
+    /// The metadata service's group.
+    pub const META: GroupId = GroupId(1);
+
+    /// Placement group `index` of pool `pool`: the pool in the high 32 bits (plus one, so no
+    /// PG collides with the metadata group), the index in the low.
+    pub fn pg(pool: PoolId, index: u32) -> GroupId {
+        GroupId(((u64::from(pool.0) + 1) << 32) | u64::from(index))
+    }
+}
+
 impl fmt::Display for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "g{}", self.0)
@@ -110,7 +121,8 @@ impl fmt::Display for GroupId {
 /// a number the node's allocator never reuses (the low bits), so any node can route a message
 /// to a replica without a directory, and a transport can check that a node only speaks for
 /// replicas it hosts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct ReplicaId(pub u64);
 
 impl ReplicaId {

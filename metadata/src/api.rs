@@ -306,10 +306,15 @@ fn pool_json(name: &str, pool: &crate::state::Pool, with_map: bool) -> Value {
         "epoch": pool.epoch,
     });
     if with_map {
-        let map: Vec<Vec<String>> = pool
+        let map: Vec<Vec<Value>> = pool
             .pg_map
             .iter()
-            .map(|members| members.iter().map(|d| d.to_string()).collect())
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|m| json!({ "disk": m.disk.to_string(), "replica": m.replica.0 }))
+                    .collect()
+            })
             .collect();
         value["pg_map"] = json!(map);
     }

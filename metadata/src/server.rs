@@ -47,7 +47,7 @@ use crate::{
 };
 
 /// The metadata group's id in the Raft runtime.
-pub const META_GROUP: GroupId = GroupId(1);
+pub const META_GROUP: GroupId = GroupId::META;
 
 /// Requests waiting in the driver's queue at most; more get 503 at once.
 const REQUEST_QUEUE_MAX: usize = 1024;

@@ -20,7 +20,7 @@ use std::{
     fmt,
 };
 
-use cairn_common::{DiskId, OwnerId, PoolId};
+use cairn_common::{DiskId, NodeId, OwnerId, PoolId, ReplicaId};
 use serde::{Deserialize, Serialize};
 
 use crate::placement::{self, Disk, DiskState, FailureDomain, PoolPolicy};
@@ -71,6 +71,22 @@ impl QosTier {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TenantId(pub u64);
 
+/// One member of a PG: the disk holding its chunks and its Raft replica id. The replica's node
+/// is the disk's host ([`host_node`]); a member replaced later gets a new replica id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgMember {
+    /// The disk.
+    pub disk: DiskId,
+    /// The Raft replica.
+    pub replica: ReplicaId,
+}
+
+/// The storage node that serves a host's disks: host `h` is node `h` (hosts number from 1).
+pub fn host_node(host: crate::placement::HostId) -> NodeId {
+    NodeId(u64::from(host.0))
+}
+
 /// A pool: its policy and where its PGs live.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,8 +95,8 @@ pub struct Pool {
     pub id: PoolId,
     /// Replicas, failure-domain level and PG count.
     pub policy: PoolPolicy,
-    /// Per PG, its members (disk ids), preferred leader first.
-    pub pg_map: Vec<Vec<DiskId>>,
+    /// Per PG, its members, preferred leader first.
+    pub pg_map: Vec<Vec<PgMember>>,
     /// Bumped whenever the PG map changes; replicas reject requests of older epochs.
     pub epoch: u64,
 }
@@ -277,6 +293,9 @@ pub(crate) struct Counters {
     pub(crate) next_pool: u32,
     pub(crate) next_owner: u64,
     pub(crate) next_tenant: u64,
+    /// Per host, the last replica number handed out on its node.
+    #[serde(default)]
+    pub(crate) replicas: BTreeMap<u32, u64>,
 }
 
 /// The whole metadata state.
@@ -413,6 +432,13 @@ impl MetaState {
         if disk.capacity_bytes == 0 {
             return Err(MetaError::Invalid("a disk needs a capacity".into()));
         }
+        if disk.host.0 == 0 || u64::from(disk.host.0) > ReplicaId::NODE_MAX {
+            return Err(MetaError::Invalid(format!(
+                "host {} out of range: hosts number from 1 to {}",
+                disk.host.0,
+                ReplicaId::NODE_MAX
+            )));
+        }
         self.disks.insert(disk.id, disk);
         Ok(Applied::Done)
     }
@@ -435,10 +461,22 @@ impl MetaState {
         let disks: Vec<Disk> = self.disks.values().cloned().collect();
         let placed =
             placement::place(&disks, &policy).map_err(|e| MetaError::Invalid(e.to_string()))?;
-        let pg_map = placed
-            .into_iter()
-            .map(|members| members.into_iter().map(|i| disks[i].id).collect())
-            .collect();
+        let mut pg_map = Vec::with_capacity(placed.len());
+        for members in placed {
+            let members = members
+                .into_iter()
+                .map(|i| {
+                    let host = disks[i].host;
+                    let number = self.counters.replicas.entry(host.0).or_default();
+                    *number += 1;
+                    PgMember {
+                        disk: disks[i].id,
+                        replica: ReplicaId::new(host_node(host), *number),
+                    }
+                })
+                .collect();
+            pg_map.push(members);
+        }
         self.counters.next_pool += 1;
         let id = PoolId(self.counters.next_pool);
         self.pools.insert(
@@ -654,8 +692,14 @@ impl MetaState {
                 return Some(format!("pool {name}: PG map length differs from PG count"));
             }
             for members in &pool.pg_map {
-                let distinct: BTreeSet<_> = members.iter().collect();
-                let known = members.iter().all(|d| self.disks.contains_key(d));
+                let distinct: BTreeSet<_> = members.iter().map(|m| m.disk).collect();
+                let known = members.iter().all(|m| {
+                    self.disks.get(&m.disk).is_some_and(|d| {
+                        m.replica.node() == host_node(d.host)
+                            && m.replica.number()
+                                <= self.counters.replicas.get(&d.host.0).copied().unwrap_or(0)
+                    })
+                });
                 if members.len() != pool.policy.replicas as usize
                     || distinct.len() != members.len()
                     || !known
@@ -738,11 +782,11 @@ pub(crate) mod tests {
         let mut state = MetaState::default();
         for n in 0..6 {
             state
-                .apply(Command::RegisterDisk(disk(n, u32::from(n / 2))))
+                .apply(Command::RegisterDisk(disk(n, 1 + u32::from(n / 2))))
                 .expect("disk");
         }
         assert!(matches!(
-            state.apply(Command::RegisterDisk(disk(0, 0))),
+            state.apply(Command::RegisterDisk(disk(0, 1))),
             Err(MetaError::AlreadyExists { .. })
         ));
         let pool = Command::CreatePool {
@@ -814,7 +858,7 @@ pub(crate) mod tests {
         ));
         assert_eq!(QosTier::Ultra.iops_max(), 10_000);
         assert_eq!(state.pools().count(), 1);
-        assert_eq!(state.disk(DiskId([0; 16])), Some(&disk(0, 0)));
+        assert_eq!(state.disk(DiskId([0; 16])), Some(&disk(0, 1)));
         assert_eq!(state.invariant_violation(), None);
     }
 
@@ -1002,7 +1046,7 @@ pub(crate) mod tests {
             Just(SecretKey::new("too short".to_string())),
         ];
         prop_oneof![
-            (0u8..8, 0u32..4).prop_map(|(n, host)| Command::RegisterDisk(disk(n, host))),
+            (0u8..8, 1u32..5).prop_map(|(n, host)| Command::RegisterDisk(disk(n, host))),
             (0u8..8, any::<bool>()).prop_map(|(n, out)| Command::SetDiskState {
                 disk: DiskId([n; 16]),
                 state: if out { DiskState::Out } else { DiskState::In },
@@ -1069,8 +1113,11 @@ pub(crate) mod tests {
                     prop_assert_eq!(pool.pg_map.len() as u32, pool.policy.pg_count);
                     for members in &pool.pg_map {
                         let hosts: std::collections::BTreeSet<_> =
-                            members.iter().map(|d| a.disks[d].host).collect();
+                            members.iter().map(|m| a.disks[&m.disk].host).collect();
                         prop_assert_eq!(hosts.len(), members.len(), "distinct hosts per PG");
+                        let replicas: std::collections::BTreeSet<_> =
+                            members.iter().map(|m| m.replica).collect();
+                        prop_assert_eq!(replicas.len(), members.len(), "distinct replicas");
                     }
                 }
             }

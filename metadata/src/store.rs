@@ -607,7 +607,7 @@ mod tests {
     /// A sequence touching every record kind, with refusals mixed in.
     fn script() -> Vec<Command> {
         let mut commands: Vec<Command> = (0..6)
-            .map(|n| Command::RegisterDisk(disk(n, u32::from(n / 2))))
+            .map(|n| Command::RegisterDisk(disk(n, 1 + u32::from(n / 2))))
             .collect();
         commands.extend([
             Command::CreatePool {

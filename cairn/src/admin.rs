@@ -5,6 +5,8 @@
 //! the client follows it, and retries a few times while an election runs.
 
 use std::{
+    io::Write as _,
+    path::PathBuf,
     process::ExitCode,
     thread,
     time::{Duration, Instant},
@@ -85,6 +87,20 @@ pub enum VolumeCommand {
         name: String,
         #[arg(long)]
         size: String,
+    },
+    /// Writes a file's bytes into a volume at OFFSET (e.g. 0, 4K, 1G).
+    Write {
+        name: String,
+        offset: String,
+        file: PathBuf,
+    },
+    /// Reads LENGTH bytes of a volume at OFFSET to standard output (or `--out FILE`).
+    Read {
+        name: String,
+        offset: String,
+        length: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -256,6 +272,78 @@ impl Client {
             delay = (delay * 2).min(Duration::from_millis(500));
         }
         Err(Failure(last_error))
+    }
+}
+
+/// Largest response body read for a volume read: the server's per-request limit plus slack.
+const DATA_BYTES_MAX: u64 = 64 << 20;
+
+impl Client {
+    fn data_url(&self, name: &str, query: &str) -> Result<String, String> {
+        let base = self.urls.first().ok_or("no admin URL given")?;
+        Ok(format!("{base}/v1/volumes/{name}/data?{query}"))
+    }
+
+    /// Sends volume bytes; retries while the cluster starts or elects.
+    fn put_data(&self, name: &str, offset: u64, data: &[u8]) -> Result<(), String> {
+        let url = self.data_url(name, &format!("offset={offset}"))?;
+        self.data_call(&url, |agent, auth| {
+            agent.put(&url).header("Authorization", auth).send(data)
+        })
+        .map(|_| ())
+    }
+
+    /// Fetches volume bytes; retries while the cluster starts or elects.
+    fn get_data(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>, String> {
+        let url = self.data_url(name, &format!("offset={offset}&length={length}"))?;
+        self.data_call(&url, |agent, auth| {
+            agent.get(&url).header("Authorization", auth).call()
+        })
+    }
+
+    fn data_call(
+        &self,
+        url: &str,
+        send: impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Vec<u8>, String> {
+        let auth = format!("Bearer {}", self.token);
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let mut response = send(&self.agent, &auth).map_err(|e| format!("{url}: {e}"))?;
+            let status = response.status().as_u16();
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(DATA_BYTES_MAX + 1)
+                .read_to_vec()
+                .map_err(|e| format!("{url}: {e}"))?;
+            if status < 300 {
+                return Ok(body);
+            }
+            let json: Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| json!({ "error": "the server sent no JSON" }));
+            if status != 503 || started.elapsed() > RETRY_FOR {
+                return Err(error_text(status, &json));
+            }
+            thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+fn data_command(connection: &Connection, run: impl FnOnce() -> Result<(), String>) -> ExitCode {
+    match run() {
+        Ok(()) => {
+            if connection.json {
+                println!("{}", json!({ "done": true }));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -450,6 +538,34 @@ pub fn volume(connection: &Connection, command: VolumeCommand) -> ExitCode {
             Method::Delete,
             done_table,
         ),
+        VolumeCommand::Write { name, offset, file } => data_command(connection, || {
+            let offset = parse_size(&offset)?;
+            let data = std::fs::read(&file).map_err(|e| format!("read {}: {e}", file.display()))?;
+            let client = Client::new(connection).map_err(|Failure(m)| m)?;
+            client.put_data(&name, offset, &data)?;
+            if !connection.json {
+                eprintln!("wrote {} bytes to {name} at {offset}", data.len());
+            }
+            Ok(())
+        }),
+        VolumeCommand::Read {
+            name,
+            offset,
+            length,
+            out,
+        } => data_command(connection, || {
+            let offset = parse_size(&offset)?;
+            let length = parse_size(&length)?;
+            let client = Client::new(connection).map_err(|Failure(m)| m)?;
+            let data = client.get_data(&name, offset, length)?;
+            match out {
+                Some(path) => std::fs::write(&path, &data)
+                    .map_err(|e| format!("write {}: {e}", path.display())),
+                None => std::io::stdout()
+                    .write_all(&data)
+                    .map_err(|e| format!("stdout: {e}")),
+            }
+        }),
         VolumeCommand::Resize { name, size } => {
             let size_bytes = match size_or_exit(&size) {
                 Ok(bytes) => bytes,

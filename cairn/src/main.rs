@@ -5,6 +5,7 @@
 
 mod admin;
 mod ca;
+mod dev;
 mod disk;
 mod meta;
 
@@ -23,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A complete single-host cluster in one process (metadata, a storage node with three
+    /// disks, the volume data routes), under one data directory.
+    Dev(dev::DevArgs),
     /// Data directories (disks): format, inspect, verify.
     #[command(subcommand)]
     Disk(disk::DiskCommand),
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Dev(args) => dev::run(args),
         Command::Disk(command) => disk::run(command),
         Command::Ca(command) => ca::run(command),
         Command::Meta(args) => meta::run(args),

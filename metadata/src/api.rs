@@ -55,6 +55,17 @@ struct Api {
 
 /// The admin API's routes over a running driver.
 pub fn router(driver: DriverHandle, token: String, members: Vec<Member>) -> Router {
+    router_with(driver, token, members, Router::new())
+}
+
+/// The admin API with `extra` routes beside it, behind the same bearer token (`cairn dev`
+/// adds the volume data routes).
+pub fn router_with(
+    driver: DriverHandle,
+    token: String,
+    members: Vec<Member>,
+    extra: Router,
+) -> Router {
     let api = Api {
         driver,
         token,
@@ -75,9 +86,10 @@ pub fn router(driver: DriverHandle, token: String, members: Vec<Member>) -> Rout
         .route("/v1/tenants/{name}", axum::routing::delete(delete_tenant))
         .route("/v1/tenants/{name}/keys", post(create_key))
         .route("/v1/keys/{id}", axum::routing::delete(delete_key))
+        .with_state(api.clone())
+        .merge(extra)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
-        .layer(middleware::from_fn_with_state(api.clone(), authorize))
-        .with_state(api)
+        .layer(middleware::from_fn_with_state(api, authorize))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

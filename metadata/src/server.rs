@@ -223,10 +223,16 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .enable_all()
         .build()
         .map_err(|e| ServerError::Io(format!("tokio runtime: {e}")))?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve_with(config, |_| axum::Router::new()))
 }
 
-async fn serve(config: ServerConfig) -> Result<(), ServerError> {
+/// Runs a member inside the caller's runtime, with `extra` routes served beside the admin API
+/// (behind the same token). `extra` gets the handle to the driver, so the routes can read the
+/// state and propose; it is called once, before the member starts.
+pub async fn serve_with(
+    config: ServerConfig,
+    extra: impl FnOnce(DriverHandle) -> axum::Router,
+) -> Result<(), ServerError> {
     let me = config
         .members
         .iter()
@@ -249,10 +255,11 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(me.api)
         .await
         .map_err(|e| ServerError::Io(format!("listen on {}: {e}", me.api)))?;
-    let router = crate::api::router(
+    let router = crate::api::router_with(
         handle.clone(),
         config.admin_token.clone(),
         config.members.clone(),
+        extra(handle.clone()),
     );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {

@@ -287,7 +287,8 @@ impl ChunkStore {
         self.geometry.chunk_size_bytes()
     }
 
-    /// The largest single read or write: one engine buffer.
+    /// The largest single read or write: one engine buffer, counting whole blocks (an IO that
+    /// starts or ends inside a block counts those blocks whole).
     pub fn io_size_max(&self) -> u32 {
         self.engine
             .pool()
@@ -413,10 +414,15 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Checks an IO range; it must fit the chunk, and the whole blocks it touches must fit one
+    /// engine buffer (so an unaligned IO of `io_size_max` bytes, which touches one block more,
+    /// is refused: callers split at multiples of `io_size_max`).
     fn check_range(&self, id: ChunkId, offset_bytes: u64, size_bytes: usize) -> Result<(u32, u32)> {
         let end = offset_bytes.checked_add(size_bytes as u64);
+        let block = u64::from(BLOCK_SIZE);
+        let span = end.map(|end| end.div_ceil(block) * block - offset_bytes / block * block);
         let valid = size_bytes > 0
-            && size_bytes <= self.io_size_max() as usize
+            && span.is_some_and(|span| span <= u64::from(self.io_size_max()))
             && end.is_some_and(|end| end <= u64::from(self.geometry.chunk_size_bytes()));
         if !valid {
             return Err(Error::OutOfRange {

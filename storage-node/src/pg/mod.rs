@@ -28,6 +28,7 @@
 //! state-machine blob), and with them membership changes; read-repair from a peer.
 
 pub mod command;
+pub mod service;
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
@@ -69,8 +70,8 @@ pub enum PgError {
     /// The leader dropped the proposal (a leadership transfer, a full queue): retry.
     #[error("{0}: proposal dropped; retry")]
     Dropped(GroupId),
-    /// Too many requests in flight: retry later.
-    #[error("busy: {PENDING_REQUESTS_MAX} requests in flight")]
+    /// Too many requests in flight or queued: retry later.
+    #[error("busy: too many requests in flight")]
     Busy,
     /// The request does not fit the chunk geometry or the write limit.
     #[error("invalid request: {0}")]
@@ -487,6 +488,14 @@ fn propose_error(group: GroupId, error: ProposeError) -> PgError {
     }
 }
 
+/// How much of `remaining` bytes at `offset_bytes` one store IO takes: up to the next multiple
+/// of the store's IO size, so the blocks it touches always fit one engine buffer.
+fn piece_length(store: &ChunkStore, offset_bytes: u64, remaining: u64) -> u64 {
+    let io_max = u64::from(store.io_size_max());
+    let window_end = (offset_bytes / io_max + 1) * io_max;
+    (window_end - offset_bytes).min(remaining)
+}
+
 /// Writes into a chunk, creating it first if it does not exist, in pieces the store accepts.
 async fn write_chunk(
     store: &ChunkStore,
@@ -494,11 +503,11 @@ async fn write_chunk(
     offset: u32,
     data: &[u8],
 ) -> Result<(), Error> {
-    let piece_max = store.io_size_max() as usize;
     let mut at = 0;
     while at < data.len() {
-        let piece = &data[at..(at + piece_max).min(data.len())];
         let offset_bytes = u64::from(offset) + at as u64;
+        let take = piece_length(store, offset_bytes, (data.len() - at) as u64);
+        let piece = &data[at..at + take as usize];
         match store.write(chunk, offset_bytes, piece).await {
             Err(Error::NotFound { .. }) => {
                 store.create(chunk).await?;
@@ -518,12 +527,11 @@ async fn read_chunk(
     offset: u32,
     length: u32,
 ) -> Result<Vec<u8>, Error> {
-    let piece_max = store.io_size_max();
     let mut out = Vec::with_capacity(length as usize);
     let mut at = 0;
     while at < length {
-        let piece = piece_max.min(length - at);
         let offset_bytes = u64::from(offset) + u64::from(at);
+        let piece = piece_length(store, offset_bytes, u64::from(length - at)) as u32;
         match store.read(chunk, offset_bytes, piece as usize).await {
             Ok(buf) => out.extend_from_slice(&buf),
             Err(Error::NotFound { .. }) => out.resize(out.len() + piece as usize, 0),

@@ -1,0 +1,529 @@
+//! `cairn dev`: a complete single-host cluster in one process, under one data directory.
+//!
+//! - a metadata service of one member (`DIR/meta`), serving the admin API on `--listen`;
+//! - one storage node (node 1 = host 1) with three data directories (`DIR/disk0..2`) as three
+//!   failure domains, a pool `default` of three replicas per PG over them, and the Raft log of
+//!   every PG replica in `DIR/wal` (the write cache);
+//! - volume data over HTTP beside the admin API, behind the same token:
+//!   `PUT /v1/volumes/NAME/data?offset=N` (the body is written) and
+//!   `GET /v1/volumes/NAME/data?offset=N&length=L` (`cairn volume write|read` use them).
+//!
+//! The first start creates everything; a restart on the same directory finds it all again,
+//! nothing lost. `DIR/endpoints.env` (shell-sourceable) is written once the cluster serves.
+//! The node-to-node TLS identity is generated in memory at each start: nothing else talks to
+//! this process's Raft port.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Read,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path as UrlPath, RawQuery, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use cairn_common::{DiskId, GroupId, NodeId, OwnerId, PoolId, ReplicaId};
+use cairn_metadata::{
+    placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},
+    server::{DriverHandle, Member, RequestError, ServerConfig},
+    state::{Command, MetaError, PgMember},
+};
+use cairn_raft::{NodeConfig, file_log::FileLogStore, tls::ClusterCa};
+use cairn_storage_node::{
+    ChunkStore, ChunkStoreOptions,
+    io::EngineOptions,
+    pg::{
+        PgError, PgHost, WRITE_BYTES_MAX,
+        service::{self, PgHandle},
+    },
+};
+use clap::Args;
+use serde_json::json;
+
+/// The storage node's id, which is also its host number in the cluster map.
+const NODE: NodeId = NodeId(1);
+/// Data directories, one failure domain each.
+const DISK_COUNT: usize = 3;
+/// The pool `cairn dev` creates.
+const POOL: &str = "default";
+/// Largest body of one data request: bounds what one request holds in memory.
+pub const DATA_REQUEST_BYTES_MAX: usize = 64 << 20;
+/// How long the first start waits for the metadata member to elect itself.
+const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Data directory (created if missing). Restart on the same directory to keep the data.
+    #[arg(long, default_value = "cairn-dev")]
+    data: PathBuf,
+    /// Address of the admin API and the volume data routes.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    listen: SocketAddr,
+    /// PGs of the `default` pool (used on the first start only).
+    #[arg(long, default_value_t = 32)]
+    pg_count: u32,
+}
+
+pub fn run(args: DevArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(serve(args)),
+        Err(e) => Err(format!("tokio runtime: {e}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn dev: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the admin token, creating a random one on the first start.
+fn token(dir: &Path) -> Result<String, String> {
+    let path = dir.join("admin.token");
+    if let Ok(token) = fs::read_to_string(&path) {
+        return Ok(token.trim().to_string());
+    }
+    let mut random = [0u8; 24];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("read /dev/urandom: {e}"))?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+/// Writes a file readable by its owner only, atomically (a temporary file renamed).
+fn write_private(path: &Path, contents: &str) -> Result<(), String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let temporary = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(|e| format!("create {}: {e}", temporary.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("write {}: {e}", temporary.display()))?;
+    fs::rename(&temporary, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+}
+
+async fn open_disks(dir: &Path) -> Result<Vec<Arc<ChunkStore>>, String> {
+    let options = ChunkStoreOptions {
+        engine: EngineOptions {
+            // 16 x 1 MiB pinned per disk: a development cluster, not a benchmark.
+            buffer_count: 16,
+            ..EngineOptions::default()
+        },
+        ..ChunkStoreOptions::default()
+    };
+    let mut disks = Vec::new();
+    for i in 0..DISK_COUNT {
+        let path = dir.join(format!("disk{i}"));
+        let store = ChunkStore::open(&path, &options)
+            .await
+            .map_err(|e| format!("disk {}: {e}", path.display()))?;
+        disks.push(Arc::new(store));
+    }
+    Ok(disks)
+}
+
+async fn serve(args: DevArgs) -> Result<(), String> {
+    let dir = args.data.clone();
+    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let token = token(&dir)?;
+    let disks = open_disks(&dir).await?;
+    let ca = ClusterCa::generate().map_err(|e| e.to_string())?;
+    let identity = ca.issue(NODE).map_err(|e| e.to_string())?;
+    let config = ServerConfig {
+        id: NODE,
+        data_dir: dir.join("meta"),
+        members: vec![Member {
+            id: NODE,
+            raft: "127.0.0.1:0".parse().expect("invariant: a valid address"),
+            api: args.listen,
+        }],
+        bootstrap: true,
+        identity,
+        admin_token: token.clone(),
+        tick: Duration::from_millis(50),
+        compact_every: 10_000,
+    };
+    let storage: Arc<OnceLock<Storage>> = Arc::new(OnceLock::new());
+    let setup = Setup {
+        dir: dir.clone(),
+        disks,
+        pg_count: args.pg_count,
+        storage: storage.clone(),
+        endpoints: format!("ADMIN_URL=http://{}\nADMIN_TOKEN={token}\n", args.listen),
+    };
+    let extra = move |meta: DriverHandle| {
+        let data = DataApi {
+            meta: meta.clone(),
+            storage,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = setup.run(meta).await {
+                tracing::error!("cairn dev setup failed: {e}");
+                eprintln!("cairn dev: setup failed: {e}");
+                std::process::exit(1);
+            }
+        });
+        Router::new()
+            .route("/v1/volumes/{name}/data", get(read_data).put(write_data))
+            .layer(DefaultBodyLimit::max(DATA_REQUEST_BYTES_MAX))
+            .with_state(data)
+    };
+    cairn_metadata::server::serve_with(config, extra)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The running storage node: its PG task and the chunk size of its disks.
+struct Storage {
+    pgs: PgHandle,
+    chunk_size: u32,
+}
+
+struct Setup {
+    dir: PathBuf,
+    disks: Vec<Arc<ChunkStore>>,
+    pg_count: u32,
+    storage: Arc<OnceLock<Storage>>,
+    endpoints: String,
+}
+
+/// Proposes a command, retrying while the member elects itself; "already exists" is success
+/// (a restart repeats the first start's commands).
+async fn propose(meta: &DriverHandle, command: Command) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + SETUP_DEADLINE;
+    loop {
+        match meta.propose(command.clone()).await {
+            Ok(_) | Err(RequestError::Refused(MetaError::AlreadyExists { .. })) => return Ok(()),
+            Err(RequestError::Refused(e)) => return Err(e.to_string()),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(format!("metadata service: {e:?}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+impl Setup {
+    async fn run(self, meta: DriverHandle) -> Result<(), String> {
+        for (i, disk) in self.disks.iter().enumerate() {
+            let capacity_bytes = capacity(&self.dir.join(format!("disk{i}")))?;
+            let record = Disk {
+                id: disk.disk_id(),
+                host: HostId(NODE.0 as u32),
+                rack: RackId(0),
+                site: SiteId(0),
+                capacity_bytes,
+                state: DiskState::In,
+            };
+            propose(&meta, Command::RegisterDisk(record)).await?;
+        }
+        let pool = Command::CreatePool {
+            name: POOL.into(),
+            replicas: DISK_COUNT as u32,
+            domain: FailureDomain::Disk,
+            pg_count: self.pg_count,
+        };
+        propose(&meta, pool).await?;
+        let (pool_id, pg_map) = read_pool(&meta).await?;
+        let local: BTreeMap<DiskId, ()> = self.disks.iter().map(|d| (d.disk_id(), ())).collect();
+        let mut placement = BTreeMap::new();
+        let mut replicas = Vec::new();
+        for (index, members) in pg_map.iter().enumerate() {
+            let group = GroupId::pg(pool_id, index as u32);
+            let voters: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
+            for member in members {
+                if member.replica.node() == NODE && local.contains_key(&member.disk) {
+                    placement.insert(member.replica, member.disk);
+                    replicas.push((group, member.replica, voters.clone(), member.disk));
+                }
+            }
+        }
+        let log = FileLogStore::open(&self.dir.join("wal")).map_err(|e| e.to_string())?;
+        let mut node_config = NodeConfig::new(NODE);
+        node_config.election_tick_range = (10, 20);
+        let chunk_size = self.disks[0].chunk_size_bytes();
+        let mut host =
+            PgHost::new(node_config, log, self.disks, placement).map_err(|e| e.to_string())?;
+        let hosted: Vec<ReplicaId> = host.replicas().map(|(r, _)| r).collect();
+        let mut created = 0;
+        for (group, replica, voters, disk) in replicas {
+            if !hosted.contains(&replica) {
+                host.create_replica(group, replica, &voters, disk)
+                    .map_err(|e| e.to_string())?;
+                created += 1;
+            }
+        }
+        let pgs = service::spawn(host, NODE, Duration::from_millis(10), None);
+        let _ = self.storage.set(Storage { pgs, chunk_size });
+        write_private(&self.dir.join("endpoints.env"), &self.endpoints)?;
+        println!(
+            "cairn dev: ready ({} PGs, {created} replicas created now); endpoints in {}",
+            pg_map.len(),
+            self.dir.join("endpoints.env").display()
+        );
+        Ok(())
+    }
+}
+
+/// Total bytes of the file system holding `dir`: the disk's capacity in the cluster map.
+fn capacity(dir: &Path) -> Result<u64, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| format!("{} has a NUL byte", dir.display()))?;
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stats` a writable statvfs.
+    let status = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    if status != 0 {
+        return Err(format!(
+            "statvfs {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok((stats.f_blocks as u64)
+        .saturating_mul(stats.f_frsize as u64)
+        .max(1))
+}
+
+async fn read_pool(meta: &DriverHandle) -> Result<(PoolId, Vec<Vec<PgMember>>), String> {
+    let value = meta
+        .read(Box::new(|state| {
+            let pool = state.pool(POOL).ok_or(MetaError::NotFound {
+                kind: "pool",
+                name: POOL.into(),
+            })?;
+            Ok(json!({ "id": pool.id.0, "pg_map": pool.pg_map }))
+        }))
+        .await
+        .map_err(|e| format!("read pool: {e:?}"))?;
+    let id = value["id"].as_u64().ok_or("pool without an id")?;
+    let map: Vec<Vec<PgMember>> =
+        serde_json::from_value(value["pg_map"].clone()).map_err(|e| e.to_string())?;
+    Ok((PoolId(id as u32), map))
+}
+
+#[derive(Clone)]
+struct DataApi {
+    meta: DriverHandle,
+    storage: Arc<OnceLock<Storage>>,
+}
+
+/// Where a volume's bytes go.
+struct Target {
+    owner: OwnerId,
+    pool: PoolId,
+    pg_count: u32,
+    size_bytes: u64,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn pg_error(e: PgError) -> Response {
+    let status = match e {
+        PgError::Invalid(_) => StatusCode::BAD_REQUEST,
+        PgError::NotLeader { .. } | PgError::Dropped(_) | PgError::Busy => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        PgError::UnknownGroup(_) | PgError::Store { .. } | PgError::Raft(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    error(status, e.to_string())
+}
+
+/// `offset` and `length` from a query string; unknown keys are refused.
+fn range(query: Option<&str>, need_length: bool) -> Result<(u64, Option<u64>), Response> {
+    let mut offset = None;
+    let mut length = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = value.parse::<u64>().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{key}={value:?} is not a number"),
+            )
+        })?;
+        match key {
+            "offset" => offset = Some(number),
+            "length" => length = Some(number),
+            other => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    let offset = offset.ok_or_else(|| error(StatusCode::BAD_REQUEST, "offset is required"))?;
+    if need_length && length.is_none() {
+        return Err(error(StatusCode::BAD_REQUEST, "length is required"));
+    }
+    Ok((offset, length))
+}
+
+impl DataApi {
+    fn storage(&self) -> Result<&Storage, Response> {
+        self.storage.get().ok_or_else(|| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the storage node is starting; retry",
+            )
+        })
+    }
+
+    async fn target(&self, name: String) -> Result<Target, Response> {
+        let value = self
+            .meta
+            .read(Box::new(move |state| {
+                let not_found = |kind: &'static str, name: &str| MetaError::NotFound {
+                    kind,
+                    name: name.to_string(),
+                };
+                let volume = state
+                    .volume(&name)
+                    .ok_or_else(|| not_found("volume", &name))?;
+                let pool = state
+                    .pool(&volume.pool)
+                    .ok_or_else(|| not_found("pool", &volume.pool))?;
+                Ok(json!({
+                    "owner": volume.id.0,
+                    "pool": pool.id.0,
+                    "pg_count": pool.policy.pg_count,
+                    "size_bytes": volume.size_bytes,
+                }))
+            }))
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let field = |key: &str| value[key].as_u64().unwrap_or_default();
+        Ok(Target {
+            owner: OwnerId(field("owner")),
+            pool: PoolId(field("pool") as u32),
+            pg_count: field("pg_count") as u32,
+            size_bytes: field("size_bytes"),
+        })
+    }
+
+    /// Checks the range against the volume and the request limit.
+    fn check(target: &Target, offset: u64, length: u64) -> Result<(), Response> {
+        if length > DATA_REQUEST_BYTES_MAX as u64 {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("at most {DATA_REQUEST_BYTES_MAX} bytes per request"),
+            ));
+        }
+        let end = offset.checked_add(length);
+        if end.is_none_or(|end| end > target.size_bytes) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{length} bytes at {offset} run past the volume's {} bytes",
+                    target.size_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn group_of(target: &Target, index: u32) -> GroupId {
+    let pg = cairn_client::pg_of(target.owner, index, target.pg_count);
+    GroupId::pg(target.pool, pg)
+}
+
+async fn write_data(
+    State(api): State<DataApi>,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let result: Result<Response, Response> = async {
+        let (offset, _) = range(query.as_deref(), false)?;
+        let target = api.target(name).await?;
+        DataApi::check(&target, offset, body.len() as u64)?;
+        let storage = api.storage()?;
+        let pieces = cairn_client::pieces(
+            target.pool,
+            target.owner,
+            offset,
+            body.len() as u64,
+            storage.chunk_size,
+            WRITE_BYTES_MAX as u32,
+        );
+        for piece in pieces {
+            let start = piece.buffer_offset as usize;
+            let data = body[start..start + piece.length as usize].to_vec();
+            let group = group_of(&target, piece.chunk.index);
+            storage
+                .pgs
+                .write(group, piece.chunk, piece.offset, data)
+                .await
+                .map_err(pg_error)?;
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| e)
+}
+
+async fn read_data(
+    State(api): State<DataApi>,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let result: Result<Response, Response> = async {
+        let (offset, length) = range(query.as_deref(), true)?;
+        let length = length.unwrap_or_default();
+        let target = api.target(name).await?;
+        DataApi::check(&target, offset, length)?;
+        let storage = api.storage()?;
+        let mut out = Vec::with_capacity(length as usize);
+        let pieces = cairn_client::pieces(
+            target.pool,
+            target.owner,
+            offset,
+            length,
+            storage.chunk_size,
+            WRITE_BYTES_MAX as u32,
+        );
+        for piece in pieces {
+            let group = group_of(&target, piece.chunk.index);
+            let data = storage
+                .pgs
+                .read(group, piece.chunk, piece.offset, piece.length)
+                .await
+                .map_err(pg_error)?;
+            out.extend_from_slice(&data);
+        }
+        Ok((StatusCode::OK, out).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| e)
+}

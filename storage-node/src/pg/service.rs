@@ -1,0 +1,225 @@
+//! The PG host as a task: [`spawn`] drives a [`PgHost`] (ticks, rounds, message delivery) and
+//! [`PgHandle`] is how the rest of the process writes and reads through it, retrying while a
+//! PG elects a leader or drops a request, under a deadline.
+
+use std::{sync::Arc, time::Duration};
+
+use cairn_common::{ChunkId, GroupId, NodeId};
+use cairn_raft::{
+    log::LogStore,
+    transport::{Incoming, Transport},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{PgError, PgHost};
+
+/// Requests queued for the host task; beyond it callers get `Busy`.
+pub const REQUEST_QUEUE_MAX: usize = 1024;
+/// How long a request keeps retrying a PG without a leader.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Rounds run back to back while replicas of this node message each other, before the task
+/// looks at its queue again: a write between three local replicas needs about four.
+const LOCAL_ROUNDS_MAX: usize = 16;
+
+enum Request {
+    Write {
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), PgError>>,
+    },
+    Read {
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+        reply: oneshot::Sender<Result<Vec<u8>, PgError>>,
+    },
+}
+
+/// Writes and reads through the host task.
+#[derive(Clone)]
+pub struct PgHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+/// The network side of a host: where to send other nodes' batches, and what they send.
+pub struct Network {
+    /// Sends batches to other nodes.
+    pub transport: Arc<dyn Transport>,
+    /// Batches other nodes sent.
+    pub incoming: mpsc::Receiver<Incoming>,
+}
+
+/// Starts the task driving `host`, ticking every `tick`. Without `network` only replicas on
+/// this node can talk to each other (`cairn dev`). The task ends, logging why, if the host
+/// fails (a log or disk error): the node must then be restarted.
+pub fn spawn<L>(
+    mut host: PgHost<L>,
+    me: NodeId,
+    tick: Duration,
+    network: Option<Network>,
+) -> PgHandle
+where
+    L: LogStore + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel(REQUEST_QUEUE_MAX);
+    tokio::spawn(async move {
+        let (transport, mut incoming) = match network {
+            Some(network) => (Some(network.transport), Some(network.incoming)),
+            None => (None, None),
+        };
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => host.tick(),
+                request = rx.recv() => match request {
+                    Some(request) => handle(&mut host, request),
+                    None => return,
+                },
+                Some((_, batch)) = recv_incoming(&mut incoming) => host.step(batch),
+            }
+            while let Ok(request) = rx.try_recv() {
+                handle(&mut host, request);
+            }
+            for _ in 0..LOCAL_ROUNDS_MAX {
+                let mut outbox = match host.round().await {
+                    Ok(outbox) => outbox,
+                    Err(e) => {
+                        tracing::error!("placement groups stopped: {e}");
+                        return;
+                    }
+                };
+                let local = outbox.batches.remove(&me);
+                for (to, batch) in outbox.batches {
+                    match &transport {
+                        Some(transport) => {
+                            transport.send(to, batch);
+                        }
+                        None => tracing::debug!(%to, "no network: batch for another node dropped"),
+                    }
+                }
+                match local {
+                    Some(batch) => host.step(batch),
+                    None => break,
+                }
+            }
+        }
+    });
+    PgHandle { requests: tx }
+}
+
+async fn recv_incoming(incoming: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+    match incoming {
+        Some(incoming) => incoming.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
+    match request {
+        Request::Write {
+            group,
+            chunk,
+            offset,
+            data,
+            reply,
+        } => forward(host.write(group, chunk, offset, data), reply),
+        Request::Read {
+            group,
+            chunk,
+            offset,
+            length,
+            reply,
+        } => forward(host.read(group, chunk, offset, length), reply),
+    }
+}
+
+/// Answers `reply` when the host's receiver does, without holding up the task.
+fn forward<T: Send + 'static>(
+    started: Result<oneshot::Receiver<Result<T, PgError>>, PgError>,
+    reply: oneshot::Sender<Result<T, PgError>>,
+) {
+    match started {
+        Ok(rx) => {
+            tokio::spawn(async move {
+                let answer = rx
+                    .await
+                    .unwrap_or_else(|_| Err(PgError::Raft("the PG host stopped".into())));
+                let _ = reply.send(answer);
+            });
+        }
+        Err(e) => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+impl PgHandle {
+    async fn ask<T>(
+        &self,
+        mut make: impl FnMut(oneshot::Sender<Result<T, PgError>>) -> Request,
+    ) -> Result<T, PgError> {
+        let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+        let mut delay = Duration::from_millis(2);
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.requests.try_send(make(tx)).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => PgError::Busy,
+                mpsc::error::TrySendError::Closed(_) => {
+                    PgError::Raft("the PG host stopped".into())
+                }
+            })?;
+            let answer = rx
+                .await
+                .unwrap_or_else(|_| Err(PgError::Raft("the PG host stopped".into())));
+            match answer {
+                Err(PgError::NotLeader { .. } | PgError::Dropped(_))
+                    if tokio::time::Instant::now() + delay < deadline =>
+                {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` of `chunk` through PG `group` (see [`PgHost::write`]).
+    pub async fn write(
+        &self,
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        data: Vec<u8>,
+    ) -> Result<(), PgError> {
+        self.ask(|reply| Request::Write {
+            group,
+            chunk,
+            offset,
+            data: data.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Reads through PG `group` (see [`PgHost::read`]).
+    pub async fn read(
+        &self,
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+    ) -> Result<Vec<u8>, PgError> {
+        self.ask(|reply| Request::Read {
+            group,
+            chunk,
+            offset,
+            length,
+            reply,
+        })
+        .await
+    }
+}

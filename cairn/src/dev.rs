@@ -338,25 +338,47 @@ struct Target {
     size_bytes: u64,
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+/// Why a data request failed; its `into_response` is the one place it becomes HTTP.
+#[derive(Debug)]
+enum DataError {
+    /// The request is malformed or out of range (400).
+    BadRequest(String),
+    /// The storage node is not serving yet (503).
+    Starting,
+    /// The metadata service refused or could not answer.
+    Meta(RequestError),
+    /// A placement group refused or failed.
+    Pg(PgError),
 }
 
-fn pg_error(e: PgError) -> Response {
-    let status = match e {
-        PgError::Invalid(_) => StatusCode::BAD_REQUEST,
-        PgError::NotLeader { .. } | PgError::Dropped(_) | PgError::Busy => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        PgError::UnknownGroup(_) | PgError::Store { .. } | PgError::Raft(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    };
-    error(status, e.to_string())
+impl IntoResponse for DataError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            DataError::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
+            DataError::Starting => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the storage node is starting; retry".to_string(),
+            ),
+            DataError::Meta(e) => return e.into_response(),
+            DataError::Pg(e) => {
+                let status = match e {
+                    PgError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    PgError::NotLeader { .. } | PgError::Dropped(_) | PgError::Busy => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    PgError::UnknownGroup(_) | PgError::Store { .. } | PgError::Raft(_) => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                };
+                (status, e.to_string())
+            }
+        };
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    }
 }
 
 /// `offset` and `length` from a query string; unknown keys are refused.
-fn range(query: Option<&str>, need_length: bool) -> Result<(u64, Option<u64>), Response> {
+fn range(query: Option<&str>, need_length: bool) -> Result<(u64, Option<u64>), DataError> {
     let mut offset = None;
     let mut length = None;
     for pair in query
@@ -365,41 +387,32 @@ fn range(query: Option<&str>, need_length: bool) -> Result<(u64, Option<u64>), R
         .filter(|p| !p.is_empty())
     {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let number = value.parse::<u64>().map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("{key}={value:?} is not a number"),
-            )
-        })?;
+        let number = value
+            .parse::<u64>()
+            .map_err(|_| DataError::BadRequest(format!("{key}={value:?} is not a number")))?;
         match key {
             "offset" => offset = Some(number),
             "length" => length = Some(number),
             other => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown parameter {other:?}"),
-                ));
+                return Err(DataError::BadRequest(format!(
+                    "unknown parameter {other:?}"
+                )));
             }
         }
     }
-    let offset = offset.ok_or_else(|| error(StatusCode::BAD_REQUEST, "offset is required"))?;
+    let offset = offset.ok_or_else(|| DataError::BadRequest("offset is required".into()))?;
     if need_length && length.is_none() {
-        return Err(error(StatusCode::BAD_REQUEST, "length is required"));
+        return Err(DataError::BadRequest("length is required".into()));
     }
     Ok((offset, length))
 }
 
 impl DataApi {
-    fn storage(&self) -> Result<&Storage, Response> {
-        self.storage.get().ok_or_else(|| {
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the storage node is starting; retry",
-            )
-        })
+    fn storage(&self) -> Result<&Storage, DataError> {
+        self.storage.get().ok_or(DataError::Starting)
     }
 
-    async fn target(&self, name: String) -> Result<Target, Response> {
+    async fn target(&self, name: String) -> Result<Target, DataError> {
         let value = self
             .meta
             .read(Box::new(move |state| {
@@ -421,7 +434,7 @@ impl DataApi {
                 }))
             }))
             .await
-            .map_err(IntoResponse::into_response)?;
+            .map_err(DataError::Meta)?;
         let field = |key: &str| value[key].as_u64().unwrap_or_default();
         Ok(Target {
             owner: OwnerId(field("owner")),
@@ -432,30 +445,43 @@ impl DataApi {
     }
 
     /// Checks the range against the volume and the request limit.
-    fn check(target: &Target, offset: u64, length: u64) -> Result<(), Response> {
+    fn check(target: &Target, offset: u64, length: u64) -> Result<(), DataError> {
         if length > DATA_REQUEST_BYTES_MAX as u64 {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("at most {DATA_REQUEST_BYTES_MAX} bytes per request"),
-            ));
+            return Err(DataError::BadRequest(format!(
+                "at most {DATA_REQUEST_BYTES_MAX} bytes per request"
+            )));
         }
         let end = offset.checked_add(length);
         if end.is_none_or(|end| end > target.size_bytes) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{length} bytes at {offset} run past the volume's {} bytes",
-                    target.size_bytes
-                ),
-            ));
+            return Err(DataError::BadRequest(format!(
+                "{length} bytes at {offset} run past the volume's {} bytes",
+                target.size_bytes
+            )));
         }
         Ok(())
     }
-}
 
-fn group_of(target: &Target, index: u32) -> GroupId {
-    let pg = cairn_client::pg_of(target.owner, index, target.pg_count);
-    GroupId::pg(target.pool, pg)
+    /// The pieces of a range of the volume, each with its PG.
+    fn pieces(
+        target: &Target,
+        storage: &Storage,
+        offset: u64,
+        length: u64,
+    ) -> impl Iterator<Item = (GroupId, cairn_client::Piece)> {
+        let (pool, owner, pg_count) = (target.pool, target.owner, target.pg_count);
+        let pieces = cairn_client::pieces(
+            pool,
+            owner,
+            offset,
+            length,
+            storage.chunk_size,
+            WRITE_BYTES_MAX as u32,
+        );
+        pieces.map(move |piece| {
+            let pg = cairn_client::pg_of(owner, piece.chunk.index, pg_count);
+            (GroupId::pg(pool, pg), piece)
+        })
+    }
 }
 
 async fn write_data(
@@ -464,33 +490,27 @@ async fn write_data(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let result: Result<Response, Response> = async {
+    let result: Result<(), DataError> = async {
         let (offset, _) = range(query.as_deref(), false)?;
         let target = api.target(name).await?;
         DataApi::check(&target, offset, body.len() as u64)?;
         let storage = api.storage()?;
-        let pieces = cairn_client::pieces(
-            target.pool,
-            target.owner,
-            offset,
-            body.len() as u64,
-            storage.chunk_size,
-            WRITE_BYTES_MAX as u32,
-        );
-        for piece in pieces {
+        for (group, piece) in DataApi::pieces(&target, storage, offset, body.len() as u64) {
             let start = piece.buffer_offset as usize;
             let data = body[start..start + piece.length as usize].to_vec();
-            let group = group_of(&target, piece.chunk.index);
             storage
                 .pgs
                 .write(group, piece.chunk, piece.offset, data)
                 .await
-                .map_err(pg_error)?;
+                .map_err(DataError::Pg)?;
         }
-        Ok(StatusCode::NO_CONTENT.into_response())
+        Ok(())
     }
     .await;
-    result.unwrap_or_else(|e| e)
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn read_data(
@@ -498,32 +518,26 @@ async fn read_data(
     UrlPath(name): UrlPath<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let result: Result<Response, Response> = async {
+    let result: Result<Vec<u8>, DataError> = async {
         let (offset, length) = range(query.as_deref(), true)?;
         let length = length.unwrap_or_default();
         let target = api.target(name).await?;
         DataApi::check(&target, offset, length)?;
         let storage = api.storage()?;
         let mut out = Vec::with_capacity(length as usize);
-        let pieces = cairn_client::pieces(
-            target.pool,
-            target.owner,
-            offset,
-            length,
-            storage.chunk_size,
-            WRITE_BYTES_MAX as u32,
-        );
-        for piece in pieces {
-            let group = group_of(&target, piece.chunk.index);
+        for (group, piece) in DataApi::pieces(&target, storage, offset, length) {
             let data = storage
                 .pgs
                 .read(group, piece.chunk, piece.offset, piece.length)
                 .await
-                .map_err(pg_error)?;
+                .map_err(DataError::Pg)?;
             out.extend_from_slice(&data);
         }
-        Ok((StatusCode::OK, out).into_response())
+        Ok(out)
     }
     .await;
-    result.unwrap_or_else(|e| e)
+    match result {
+        Ok(data) => (StatusCode::OK, data).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -168,9 +168,7 @@ impl PgHandle {
             let (tx, rx) = oneshot::channel();
             self.requests.try_send(make(tx)).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => PgError::Busy,
-                mpsc::error::TrySendError::Closed(_) => {
-                    PgError::Raft("the PG host stopped".into())
-                }
+                mpsc::error::TrySendError::Closed(_) => PgError::Raft("the PG host stopped".into()),
             })?;
             let answer = rx
                 .await

@@ -122,8 +122,7 @@ fn an_io_whose_blocks_overflow_a_buffer_is_refused() {
         let error = store
             .write(chunk(1), 100, &data)
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(matches!(error, Error::OutOfRange { .. }), "{error}");
         let error = store
             .read(chunk(1), 100, io_max)

@@ -20,7 +20,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, OnceLock},
+    sync::{Arc, OnceLock, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -43,7 +43,7 @@ use cairn_storage_node::{
     ChunkStore, ChunkStoreOptions,
     io::EngineOptions,
     pg::{
-        PgError, PgHost, WRITE_BYTES_MAX,
+        PgError, PgHost, PgStats, WRITE_BYTES_MAX,
         service::{self, PgHandle},
     },
 };
@@ -187,6 +187,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         });
         Router::new()
             .route("/v1/volumes/{name}/data", get(read_data).put(write_data))
+            .route("/metrics", get(metrics))
             .layer(DefaultBodyLimit::max(DATA_REQUEST_BYTES_MAX))
             .with_state(data)
     };
@@ -195,10 +196,12 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The running storage node: its PG task and the chunk size of its disks.
+/// The running storage node: its PG task, its counters, its disks.
 struct Storage {
     pgs: PgHandle,
     chunk_size: u32,
+    stats: Arc<PgStats>,
+    disks: Vec<Arc<ChunkStore>>,
 }
 
 struct Setup {
@@ -264,6 +267,7 @@ impl Setup {
         let mut node_config = NodeConfig::new(NODE);
         node_config.election_tick_range = (10, 20);
         let chunk_size = self.disks[0].chunk_size_bytes();
+        let disks = self.disks.clone();
         let mut host =
             PgHost::new(node_config, log, self.disks, placement).map_err(|e| e.to_string())?;
         let hosted: Vec<ReplicaId> = host.replicas().map(|(r, _)| r).collect();
@@ -275,8 +279,14 @@ impl Setup {
                 created += 1;
             }
         }
+        let stats = host.stats();
         let pgs = service::spawn(host, NODE, Duration::from_millis(10), None);
-        let _ = self.storage.set(Storage { pgs, chunk_size });
+        let _ = self.storage.set(Storage {
+            pgs,
+            chunk_size,
+            stats,
+            disks,
+        });
         write_private(&self.dir.join("endpoints.env"), &self.endpoints)?;
         println!(
             "cairn dev: ready ({} PGs, {created} replicas created now); endpoints in {}",
@@ -336,6 +346,75 @@ struct Target {
     pool: PoolId,
     pg_count: u32,
     size_bytes: u64,
+}
+
+/// Prometheus text exposition of the storage node's counters (behind the admin token, like
+/// every route: give the scraper the token as its bearer token).
+async fn metrics(State(api): State<DataApi>) -> Response {
+    use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed};
+    let storage = match api.storage() {
+        Ok(storage) => storage,
+        Err(e) => return e.into_response(),
+    };
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let stats = &storage.stats;
+    let one = |value: &AtomicU64| vec![(String::new(), value.load(Relaxed))];
+    counter(
+        "cairn_pg_read_repairs_total",
+        "Blocks repaired from another replica after a checksum failure.",
+        one(&stats.read_repairs),
+    );
+    counter(
+        "cairn_pg_unrepaired_checksum_errors_total",
+        "Checksum failures no replica could repair (the IO failed).",
+        one(&stats.unrepaired),
+    );
+    counter(
+        "cairn_pg_writes_applied_total",
+        "Writes applied to chunk stores, counted per replica.",
+        one(&stats.writes_applied),
+    );
+    counter(
+        "cairn_pg_reads_served_total",
+        "Linearizable reads served.",
+        one(&stats.reads_served),
+    );
+    let per_disk = |value: fn(&ChunkStore) -> &AtomicU64| -> Vec<(String, u64)> {
+        storage
+            .disks
+            .iter()
+            .map(|d| {
+                (
+                    format!("{{disk=\"{}\"}}", d.disk_id()),
+                    value(d).load(Relaxed),
+                )
+            })
+            .collect()
+    };
+    counter(
+        "cairn_disk_reads_total",
+        "Chunk-store reads completed.",
+        per_disk(|d| &d.stats().reads),
+    );
+    counter(
+        "cairn_disk_writes_total",
+        "Chunk-store writes completed.",
+        per_disk(|d| &d.stats().writes),
+    );
+    counter(
+        "cairn_disk_corrupt_blocks_total",
+        "Blocks whose checksum failed on read.",
+        per_disk(|d| &d.stats().corrupt_blocks),
+    );
+    let content_type = [("content-type", "text/plain; version=0.0.4")];
+    (StatusCode::OK, content_type, out).into_response()
 }
 
 /// Why a data request failed; its `into_response` is the one place it becomes HTTP.

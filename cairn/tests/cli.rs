@@ -414,6 +414,19 @@ fn start_dev(dir: &Path, listen: &str) -> (Dev, Vec<(String, String)>) {
     (dev, env)
 }
 
+/// A plain HTTP GET with a bearer token; the whole response as text.
+fn http_get(addr: &str, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: cairn\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("receive");
+    response
+}
+
 /// Runs the CLI with some environment.
 type Runner<'a> = dyn Fn(&[&str]) -> (i32, String, String) + 'a;
 
@@ -495,6 +508,21 @@ fn cairn_dev_stores_volume_bytes_across_a_kill() {
     ]);
     assert_ne!(code, 0, "past the end is refused");
     assert!(err.contains("HTTP 400"), "{err}");
+
+    let token = &env
+        .iter()
+        .find(|(k, _)| k == "CAIRN_ADMIN_TOKEN")
+        .expect("token")
+        .1;
+    let metrics = http_get(&listen, "/metrics", token);
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let applied = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_pg_writes_applied_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("writes applied counter");
+    assert!(applied >= 3 * 6, "every piece on every replica: {applied}");
+    assert!(http_get(&listen, "/metrics", "wrong-token").starts_with("HTTP/1.1 401"));
 
     drop(dev);
     let (_dev, env2) = start_dev(dir.path(), &listen);

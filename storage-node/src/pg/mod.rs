@@ -22,17 +22,33 @@
 //! and the replica that asked serves the read once it has applied that index. A chunk never
 //! written reads as zeros (thin volumes).
 //!
+//! # Read-repair
+//!
+//! A block whose checksum fails on a replica (a read, or the read-modify-write of a partial
+//! write) is fetched from another replica of the same PG on this node that has applied exactly
+//! as much of the log, written back, counted in [`PgStats`] and logged with the chunk and
+//! block; then the IO is retried. Without such a replica the read fails with the checksum
+//! error: bad data is never returned.
+//!
 //! # Not yet
 //!
 //! Log compaction and snapshot transfer (a replica added to a PG needs the chunks, not a
-//! state-machine blob), and with them membership changes; read-repair from a peer.
+//! state-machine blob), and with them membership changes; read-repair from a replica on
+//! another node (it needs a block-fetch request between nodes).
 
 pub mod command;
 pub mod service;
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
 
-use cairn_common::{ChunkId, DiskId, GroupId, ReplicaId};
+use cairn_common::{BLOCK_SIZE, ChunkId, DiskId, GroupId, ReplicaId};
 use cairn_raft::{
     Apply, NodeConfig, Outbox, ProposeError, RaftNode,
     log::LogStore,
@@ -52,6 +68,23 @@ pub const PENDING_REQUESTS_MAX: usize = 4096;
 /// longest election timeouts. A request can be lost without a term change here (a read
 /// forwarded to a leader that had not committed in its term yet).
 pub const REQUEST_TICKS_MAX: u64 = 40;
+
+/// Blocks one IO may repair before it gives up: a range of a few corrupt blocks is repaired
+/// whole; a disk returning garbage everywhere is not chased block by block.
+pub const REPAIRS_PER_IO_MAX: usize = 16;
+
+/// Counters of a host, shared with whoever exports them.
+#[derive(Debug, Default)]
+pub struct PgStats {
+    /// Blocks repaired from another replica after a checksum failure.
+    pub read_repairs: AtomicU64,
+    /// Checksum failures no replica here could repair (the IO failed).
+    pub unrepaired: AtomicU64,
+    /// Writes applied to chunk stores (every replica counts its own).
+    pub writes_applied: AtomicU64,
+    /// Reads served.
+    pub reads_served: AtomicU64,
+}
 
 /// Why a PG request failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +169,9 @@ pub struct PgHost<L: LogStore> {
     ticks: u64,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
+    /// Per replica, the last log index applied to its chunk store.
+    applied: BTreeMap<ReplicaId, u64>,
+    stats: Arc<PgStats>,
 }
 
 impl<L: LogStore> PgHost<L> {
@@ -172,6 +208,8 @@ impl<L: LogStore> PgHost<L> {
             ticks: 0,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            stats: Arc::new(PgStats::default()),
         })
     }
 
@@ -201,6 +239,11 @@ impl<L: LogStore> PgHost<L> {
     /// The runtime, for status.
     pub fn node(&self) -> &RaftNode<L> {
         &self.node
+    }
+
+    /// The host's counters.
+    pub fn stats(&self) -> Arc<PgStats> {
+        self.stats.clone()
     }
 
     /// Advances every replica's clock by one tick.
@@ -378,6 +421,15 @@ impl<L: LogStore> PgHost<L> {
                 ))
             })
             .map_err(|e| PgError::Raft(e.to_string()))?;
+        // In index order per PG, the replicas of one PG in step: a replica repairing a block
+        // then finds its siblings at the same index more often.
+        applied.sort_by_key(|(replica, applied)| {
+            let group = self.node.status(*replica).map(|s| s.group);
+            let index = match applied {
+                Applied::Entry { index, .. } | Applied::Snapshot { index, .. } => *index,
+            };
+            (group, index)
+        });
         for (replica, applied) in applied {
             self.apply(replica, applied).await?;
         }
@@ -385,13 +437,16 @@ impl<L: LogStore> PgHost<L> {
             let Some(pending) = self.reads.remove(&read.request) else {
                 continue;
             };
-            let store = self.store(read.replica).clone();
-            let result = read_chunk(&store, pending.chunk, pending.offset, pending.length)
+            let result = self
+                .read_repairing(read.replica, pending.chunk, pending.offset, pending.length)
                 .await
                 .map_err(|source| PgError::Store {
                     replica: read.replica,
                     source,
                 });
+            if result.is_ok() {
+                self.stats.reads_served.fetch_add(1, Ordering::Relaxed);
+            }
             let _ = pending.reply.send(result);
         }
         self.drop_stale_requests();
@@ -439,7 +494,10 @@ impl<L: LogStore> PgHost<L> {
         let (index, data) = match applied {
             Applied::Entry { index, data } => (index, data),
             // The bootstrap snapshot: the empty state every chunk store starts as.
-            Applied::Snapshot { empty: true, .. } => return Ok(()),
+            Applied::Snapshot { empty: true, index } => {
+                self.applied.insert(replica, index);
+                return Ok(());
+            }
             Applied::Snapshot { index, .. } => {
                 // PG logs are never compacted yet, so only the bootstrap snapshot exists.
                 return Err(PgError::Raft(format!(
@@ -449,6 +507,7 @@ impl<L: LogStore> PgHost<L> {
         };
         if data.is_empty() {
             // A new leader's empty entry or a configuration change.
+            self.applied.insert(replica, index);
             return Ok(());
         }
         let proposal = match Proposal::decode(&data) {
@@ -456,6 +515,7 @@ impl<L: LogStore> PgHost<L> {
             Err(e) => {
                 // Every replica refuses it alike: a no-op, logged.
                 tracing::error!(%replica, index, "undecodable PG command skipped: {e}");
+                self.applied.insert(replica, index);
                 return Ok(());
             }
         };
@@ -464,11 +524,12 @@ impl<L: LogStore> PgHost<L> {
             offset,
             data,
         } = &proposal.command;
-        let store = self.store(replica).clone();
-        let result = write_chunk(&store, *chunk, *offset, data).await;
+        let result = self.write_repairing(replica, *chunk, *offset, data).await;
         let mine = proposal.incarnation == self.incarnation;
         match result {
             Ok(()) => {
+                self.applied.insert(replica, index);
+                self.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
                 if mine && let Some(write) = self.writes.remove(&proposal.request) {
                     let _ = write.reply.send(Ok(()));
                 }
@@ -477,6 +538,87 @@ impl<L: LogStore> PgHost<L> {
             // A write the leader accepted cannot be refused here: this disk failed.
             Err(source) => Err(PgError::Store { replica, source }),
         }
+    }
+}
+
+impl<L: LogStore> PgHost<L> {
+    /// Reads from a replica's chunk store, repairing corrupt blocks from a sibling.
+    async fn read_repairing(
+        &mut self,
+        replica: ReplicaId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+    ) -> Result<Vec<u8>, Error> {
+        for _ in 0..REPAIRS_PER_IO_MAX {
+            let store = self.store(replica).clone();
+            match read_chunk(&store, chunk, offset, length).await {
+                Err(Error::Corrupt { block_index, .. }) => {
+                    self.repair_block(replica, chunk, block_index).await?;
+                }
+                other => return other,
+            }
+        }
+        read_chunk(self.store(replica), chunk, offset, length).await
+    }
+
+    /// Writes into a replica's chunk store, repairing corrupt edge blocks (read-modify-write)
+    /// from a sibling.
+    async fn write_repairing(
+        &mut self,
+        replica: ReplicaId,
+        chunk: ChunkId,
+        offset: u32,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        for _ in 0..REPAIRS_PER_IO_MAX {
+            let store = self.store(replica).clone();
+            match write_chunk(&store, chunk, offset, data).await {
+                Err(Error::Corrupt { block_index, .. }) => {
+                    self.repair_block(replica, chunk, block_index).await?;
+                }
+                other => return other,
+            }
+        }
+        write_chunk(self.store(replica), chunk, offset, data).await
+    }
+
+    /// Replaces a corrupt block of `replica` with the same block of a sibling replica (same
+    /// PG, this node) that has applied exactly as much of the log. The checksum error stands
+    /// if there is none, or none holds a good copy.
+    async fn repair_block(
+        &mut self,
+        replica: ReplicaId,
+        chunk: ChunkId,
+        block_index: u32,
+    ) -> Result<(), Error> {
+        let corrupt = Error::Corrupt { chunk, block_index };
+        let Some(group) = self.node.status(replica).map(|s| s.group) else {
+            return Err(corrupt);
+        };
+        let at = self.applied.get(&replica).copied();
+        let siblings: Vec<ReplicaId> = self
+            .node
+            .replicas_of(group)
+            .filter(|s| *s != replica && self.applied.get(s).copied() == at)
+            .collect();
+        let offset = u64::from(block_index) * u64::from(BLOCK_SIZE);
+        for sibling in siblings {
+            let source = self.store(sibling).clone();
+            let Ok(block) = source.read(chunk, offset, BLOCK_SIZE as usize).await else {
+                continue;
+            };
+            self.store(replica).write(chunk, offset, &block).await?;
+            self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                %replica, %sibling, %chunk, block = block_index,
+                "checksum mismatch repaired from another replica"
+            );
+            return Ok(());
+        }
+        self.stats.unrepaired.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%replica, %chunk, block = block_index, "checksum mismatch: no replica here could repair it");
+        Err(corrupt)
     }
 }
 

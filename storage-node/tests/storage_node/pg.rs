@@ -142,6 +142,105 @@ async fn check_model(
     }
 }
 
+/// A host with three replicas of every PG, replica `k` on disk `k`.
+fn new_host(disks: &[Arc<ChunkStore>], log_dir: &Path) -> PgHost<FileLogStore> {
+    let log = FileLogStore::open(log_dir).expect("log");
+    let mut host =
+        PgHost::new(NodeConfig::new(NODE), log, disks.to_vec(), BTreeMap::new()).expect("host");
+    for g in 1..=GROUPS {
+        let voters: Vec<ReplicaId> = (0..3).map(|k| replica(g, k)).collect();
+        for k in 0..3 {
+            let disk = disks[k as usize].disk_id();
+            host.create_replica(GroupId(g), replica(g, k), &voters, disk)
+                .expect("create replica");
+        }
+    }
+    host
+}
+
+/// Flips one bit of block `block` of `at` in the disk's file, behind the store's back.
+fn flip_bit(disk: &ChunkStore, at: ChunkId, block: u64) {
+    use std::os::unix::fs::FileExt;
+    let (path, _) = disk.chunk_location(at).expect("chunk exists");
+    let offset = disk
+        .data_file_offset(at, block * 4096 + 17)
+        .expect("offset");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open chunk file");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).expect("read");
+    byte[0] ^= 0x10;
+    file.write_all_at(&byte, offset).expect("write");
+    file.sync_data().expect("sync");
+}
+
+/// Goal: a block whose checksum fails on the replica serving a read is repaired from another
+/// replica: the client gets the right bytes, the repair is counted, the disk holds the good
+/// block again; with the block bad on every replica the read fails and returns no data.
+/// Method: flip a bit in the leader's disk file, read through the PG; then on all three disks.
+#[test]
+fn a_corrupt_block_is_repaired_from_another_replica() {
+    let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
+    let dirs = [d0.path(), d1.path(), d2.path()];
+    block_on(async {
+        let disks = open_disks(&dirs).await;
+        let mut host = new_host(&disks, log_dir.path());
+        let at = chunk(0);
+        let data = pattern(5, CHUNK);
+        write(&mut host, at, 0, &data).await;
+        assert_eq!(read(&mut host, at, 0, CHUNK as u32).await, data);
+        let group = group_of(at);
+        let leader = (0..3)
+            .find(|k| {
+                let status = host.node().status(replica(group.0, *k)).expect("status");
+                status.role == cairn_raft::raft_types::StateRole::Leader
+            })
+            .expect("a leader") as usize;
+        flip_bit(&disks[leader], at, 3);
+        assert!(
+            disks[leader].read(at, 3 * 4096, 4096).await.is_err(),
+            "the flipped bit is detected"
+        );
+        assert_eq!(
+            read(&mut host, at, 0, CHUNK as u32).await,
+            data,
+            "repaired read"
+        );
+        let stats = host.stats();
+        assert_eq!(
+            stats
+                .read_repairs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let fixed = disks[leader]
+            .read(at, 0, CHUNK)
+            .await
+            .expect("repaired on disk");
+        assert_eq!(&fixed[..], &data[..]);
+
+        for disk in &disks {
+            flip_bit(disk, at, 7);
+        }
+        let answer = loop {
+            match host.read(group, at, 7 * 4096, 100) {
+                Ok(rx) => break wait(&mut host, rx).await,
+                Err(_) => pump(&mut host).await,
+            }
+        };
+        match answer {
+            Err(PgError::Store { source, .. }) => {
+                assert!(source.to_string().contains("checksum"), "{source}")
+            }
+            other => panic!("a block bad everywhere must fail the read: {other:?}"),
+        }
+        assert!(stats.unrepaired.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    });
+}
+
 /// Goal: a write acknowledged by a PG is on all three disks, reads back linearizably, and
 /// survives a restart that lost every chunk-store write not flushed (none was). Method: three
 /// replicas of four PGs on three chunk stores of one node; aligned, unaligned and whole-chunk
@@ -153,21 +252,7 @@ fn three_replicas_on_three_disks_apply_every_write() {
     let dirs = [d0.path(), d1.path(), d2.path()];
     block_on(async {
         let disks = open_disks(&dirs).await;
-        let log = FileLogStore::open(log_dir.path()).expect("log");
-        let mut host =
-            PgHost::new(NodeConfig::new(NODE), log, disks.clone(), BTreeMap::new()).expect("host");
-        for g in 1..=GROUPS {
-            let voters: Vec<ReplicaId> = (0..3).map(|k| replica(g, k)).collect();
-            for k in 0..3 {
-                host.create_replica(
-                    GroupId(g),
-                    replica(g, k),
-                    &voters,
-                    disks[k as usize].disk_id(),
-                )
-                .expect("create replica");
-            }
-        }
+        let mut host = new_host(&disks, log_dir.path());
         let mut model: BTreeMap<ChunkId, Vec<u8>> = BTreeMap::new();
         let writes: [(u32, u32, usize); 6] = [
             (0, 0, 4096),

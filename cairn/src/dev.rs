@@ -445,9 +445,10 @@ impl IntoResponse for DataError {
                     PgError::NotLeader { .. } | PgError::Dropped(_) | PgError::Busy => {
                         StatusCode::SERVICE_UNAVAILABLE
                     }
-                    PgError::UnknownGroup(_) | PgError::Store { .. } | PgError::Raft(_) => {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    }
+                    PgError::UnknownGroup(_)
+                    | PgError::Store { .. }
+                    | PgError::Disk { .. }
+                    | PgError::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 (status, e.to_string())
             }

@@ -143,7 +143,7 @@ impl From<Apply<'_>> for Applied {
     fn from(apply: Apply<'_>) -> Applied {
         match apply {
             Apply::Entry(entry) => Applied::Entry(entry.clone()),
-            Apply::Snapshot { index, data } => Applied::Snapshot(index, data.to_vec()),
+            Apply::Snapshot { index, data, .. } => Applied::Snapshot(index, data.to_vec()),
         }
     }
 }

@@ -694,7 +694,7 @@ fn apply_one(
     incarnation: u64,
 ) -> Result<Option<Answer>, ServerError> {
     match apply {
-        Apply::Snapshot { index, data } => {
+        Apply::Snapshot { index, data, .. } => {
             // At restart the store usually holds more than the snapshot; the bootstrap
             // snapshot (empty data) is the empty state every store starts as.
             if store.applied_index() < index && !data.is_empty() {

@@ -192,6 +192,10 @@ pub enum Apply<'a> {
         index: u64,
         /// The state machine's data, as given to [`RaftNode::compact`].
         data: &'a [u8],
+        /// True if a leader sent it (this replica's state is behind it); false at a restart,
+        /// where it is this replica's own latest snapshot (a state machine that is durable on
+        /// its own may hold that state already).
+        installed: bool,
     },
 }
 
@@ -406,11 +410,28 @@ impl<L: LogStore> RaftNode<L> {
         replica: ReplicaId,
         data: Vec<u8>,
     ) -> Result<(), NodeError<L::Error>> {
+        let applied = self
+            .groups
+            .get(&replica)
+            .ok_or(NodeError::UnknownReplica(replica))?
+            .applied;
+        self.compact_at(replica, applied, data)
+    }
+
+    /// [`RaftNode::compact`] at `index`, at most the applied index: for a state machine whose
+    /// durable state is at `index` (a PG replica whose chunk stores were flushed there), or
+    /// that keeps entries a lagging sibling still needs.
+    pub fn compact_at(
+        &mut self,
+        replica: ReplicaId,
+        index: u64,
+        data: Vec<u8>,
+    ) -> Result<(), NodeError<L::Error>> {
         let state = self
             .groups
             .get_mut(&replica)
             .ok_or(NodeError::UnknownReplica(replica))?;
-        let index = state.applied;
+        assert!(index <= state.applied, "compaction past the applied index");
         let storage = state.raw.store();
         if index <= storage.snapshot_index() {
             return Ok(());
@@ -610,6 +631,7 @@ impl<L: LogStore> RaftNode<L> {
                     Apply::Snapshot {
                         index,
                         data: &snapshot.data,
+                        installed: false,
                     },
                 );
             }
@@ -638,6 +660,7 @@ impl<L: LogStore> RaftNode<L> {
                     Apply::Snapshot {
                         index,
                         data: &snapshot.data,
+                        installed: true,
                     },
                 );
                 group.raw.mut_store().set_snapshot(snapshot, false);

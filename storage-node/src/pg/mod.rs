@@ -30,9 +30,19 @@
 //! block; then the IO is retried. Without such a replica the read fails with the checksum
 //! error: bad data is never returned.
 //!
+//! # Checkpoints
+//!
+//! Every [`CHECKPOINT_ENTRIES_DEFAULT`] applied entries (and on [`PgHost::checkpoint`]) the
+//! host flushes every chunk store, then compacts the Raft log of each PG whose replicas are all
+//! on this node up to the lowest index its replicas applied, with a snapshot that only records
+//! that index: the chunk stores hold the state. A restart replays the entries after it. A PG
+//! with a member on another node is not compacted yet: a lagging member would need the chunks
+//! themselves (snapshot transfer), which does not exist yet; a snapshot arriving from a leader
+//! stops the host rather than leave a replica without its data.
+//!
 //! # Not yet
 //!
-//! Log compaction and snapshot transfer (a replica added to a PG needs the chunks, not a
+//! Snapshot transfer (a replica added to a PG needs the chunks, not a
 //! state-machine blob), and with them membership changes; read-repair from a replica on
 //! another node (it needs a block-fetch request between nodes).
 
@@ -68,6 +78,26 @@ pub const PENDING_REQUESTS_MAX: usize = 4096;
 /// longest election timeouts. A request can be lost without a term change here (a read
 /// forwarded to a leader that had not committed in its term yet).
 pub const REQUEST_TICKS_MAX: u64 = 40;
+
+/// Applied entries between checkpoints by default: bounds the log a restart replays (4096 x at
+/// most 1 MiB) and how often the chunk stores are flushed.
+pub const CHECKPOINT_ENTRIES_DEFAULT: u64 = 4096;
+
+/// The snapshot data of a checkpoint: a version byte and the index the chunk stores hold.
+const CHECKPOINT_VERSION: u8 = 1;
+
+fn checkpoint_data(index: u64) -> Vec<u8> {
+    let mut data = vec![CHECKPOINT_VERSION];
+    data.extend_from_slice(&index.to_le_bytes());
+    data
+}
+
+fn checkpoint_index(data: &[u8]) -> Option<u64> {
+    match data {
+        [CHECKPOINT_VERSION, rest @ ..] => Some(u64::from_le_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
 
 /// Blocks one IO may repair before it gives up: a range of a few corrupt blocks is repaired
 /// whole; a disk returning garbage everywhere is not chased block by block.
@@ -109,6 +139,15 @@ pub enum PgError {
     /// The request does not fit the chunk geometry or the write limit.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A disk failed to flush.
+    #[error("disk {disk}: {source}")]
+    Disk {
+        /// The disk.
+        disk: DiskId,
+        /// The store's error.
+        #[source]
+        source: Error,
+    },
     /// A chunk store failed.
     #[error("{replica}: {source}")]
     Store {
@@ -152,8 +191,15 @@ struct PendingRead {
 /// What `process_ready` handed over, owned, to be applied after it returns (the chunk store
 /// is asynchronous, the runtime is not).
 enum Applied {
-    Entry { index: u64, data: Vec<u8> },
-    Snapshot { index: u64, empty: bool },
+    Entry {
+        index: u64,
+        data: Vec<u8>,
+    },
+    Snapshot {
+        index: u64,
+        data: Vec<u8>,
+        installed: bool,
+    },
 }
 
 /// The PG replicas of one storage node over its disks (see the module docs).
@@ -172,6 +218,8 @@ pub struct PgHost<L: LogStore> {
     /// Per replica, the last log index applied to its chunk store.
     applied: BTreeMap<ReplicaId, u64>,
     stats: Arc<PgStats>,
+    applied_since_checkpoint: u64,
+    checkpoint_entries: u64,
 }
 
 impl<L: LogStore> PgHost<L> {
@@ -210,6 +258,8 @@ impl<L: LogStore> PgHost<L> {
             reads: BTreeMap::new(),
             applied: BTreeMap::new(),
             stats: Arc::new(PgStats::default()),
+            applied_since_checkpoint: 0,
+            checkpoint_entries: CHECKPOINT_ENTRIES_DEFAULT,
         })
     }
 
@@ -244,6 +294,64 @@ impl<L: LogStore> PgHost<L> {
     /// The host's counters.
     pub fn stats(&self) -> Arc<PgStats> {
         self.stats.clone()
+    }
+
+    /// Sets how many applied entries trigger a checkpoint (tests use small numbers).
+    pub fn set_checkpoint_entries(&mut self, entries: u64) {
+        assert!(entries > 0, "checkpoint interval");
+        self.checkpoint_entries = entries;
+    }
+
+    /// True once enough entries were applied since the last checkpoint.
+    pub fn checkpoint_due(&self) -> bool {
+        self.applied_since_checkpoint >= self.checkpoint_entries
+    }
+
+    /// Flushes every chunk store, then compacts the log of every PG whose replicas are all on
+    /// this node to the lowest index its replicas applied (see the module docs).
+    pub async fn checkpoint(&mut self) -> Result<(), PgError> {
+        // What is applied now is what the flush makes durable.
+        let applied = self.applied.clone();
+        for (disk, store) in &self.disks {
+            store.flush().await.map_err(|source| PgError::Disk {
+                disk: *disk,
+                source,
+            })?;
+        }
+        let me = self.node.id();
+        let mut groups: BTreeMap<GroupId, Vec<ReplicaId>> = BTreeMap::new();
+        for (replica, group) in self.node.replicas() {
+            groups.entry(group).or_default().push(replica);
+        }
+        for replicas in groups.values() {
+            let Some(conf) = self.node.membership(replicas[0]) else {
+                continue;
+            };
+            let members = [
+                &conf.voters,
+                &conf.learners,
+                &conf.voters_outgoing,
+                &conf.learners_next,
+            ];
+            let local = members
+                .iter()
+                .flat_map(|set| set.iter())
+                .all(|m| ReplicaId(*m).node() == me && replicas.contains(&ReplicaId(*m)));
+            let lowest = replicas
+                .iter()
+                .map(|r| applied.get(r).copied().unwrap_or(0))
+                .min();
+            let (true, Some(index)) = (local, lowest) else {
+                continue;
+            };
+            for replica in replicas {
+                self.node
+                    .compact_at(*replica, index, checkpoint_data(index))
+                    .map_err(|e| PgError::Raft(e.to_string()))?;
+            }
+        }
+        self.applied_since_checkpoint = 0;
+        Ok(())
     }
 
     /// Advances every replica's clock by one tick.
@@ -413,9 +521,14 @@ impl<L: LogStore> PgHost<L> {
                                 _ => Vec::new(),
                             },
                         },
-                        Apply::Snapshot { index, data } => Applied::Snapshot {
+                        Apply::Snapshot {
                             index,
-                            empty: data.is_empty(),
+                            data,
+                            installed,
+                        } => Applied::Snapshot {
+                            index,
+                            data: data.to_vec(),
+                            installed,
                         },
                     },
                 ))
@@ -493,15 +606,20 @@ impl<L: LogStore> PgHost<L> {
     async fn apply(&mut self, replica: ReplicaId, applied: Applied) -> Result<(), PgError> {
         let (index, data) = match applied {
             Applied::Entry { index, data } => (index, data),
-            // The bootstrap snapshot: the empty state every chunk store starts as.
-            Applied::Snapshot { empty: true, index } => {
-                self.applied.insert(replica, index);
-                return Ok(());
-            }
-            Applied::Snapshot { index, .. } => {
-                // PG logs are never compacted yet, so only the bootstrap snapshot exists.
+            Applied::Snapshot {
+                index,
+                data,
+                installed,
+            } => {
+                // The bootstrap snapshot (the empty state every chunk store starts as), or at a
+                // restart this replica's own checkpoint, which its flushed chunk store holds.
+                let own = !installed && checkpoint_index(&data) == Some(index);
+                if data.is_empty() || own {
+                    self.applied.insert(replica, index);
+                    return Ok(());
+                }
                 return Err(PgError::Raft(format!(
-                    "{replica}: a PG snapshot at {index} arrived, and PG snapshots are not implemented"
+                    "{replica}: a PG snapshot at {index} arrived from a leader; moving chunks between replicas is not implemented"
                 )));
             }
         };
@@ -529,6 +647,7 @@ impl<L: LogStore> PgHost<L> {
         match result {
             Ok(()) => {
                 self.applied.insert(replica, index);
+                self.applied_since_checkpoint += 1;
                 self.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
                 if mine && let Some(write) = self.writes.remove(&proposal.request) {
                     let _ = write.reply.send(Ok(()));

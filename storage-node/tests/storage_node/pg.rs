@@ -66,6 +66,9 @@ fn placement(disks: &[Arc<ChunkStore>]) -> BTreeMap<ReplicaId, DiskId> {
 async fn pump(host: &mut PgHost<FileLogStore>) {
     host.tick();
     let outbox = host.round().await.expect("round");
+    if host.checkpoint_due() {
+        host.checkpoint().await.expect("checkpoint");
+    }
     for (to, batch) in outbox.batches {
         assert_eq!(to, NODE, "every replica is on this node");
         host.step(batch);
@@ -144,7 +147,10 @@ async fn check_model(
 
 /// A host with three replicas of every PG, replica `k` on disk `k`.
 fn new_host(disks: &[Arc<ChunkStore>], log_dir: &Path) -> PgHost<FileLogStore> {
-    let log = FileLogStore::open(log_dir).expect("log");
+    new_host_on(disks, FileLogStore::open(log_dir).expect("log"))
+}
+
+fn new_host_on(disks: &[Arc<ChunkStore>], log: FileLogStore) -> PgHost<FileLogStore> {
     let mut host =
         PgHost::new(NodeConfig::new(NODE), log, disks.to_vec(), BTreeMap::new()).expect("host");
     for g in 1..=GROUPS {
@@ -156,6 +162,55 @@ fn new_host(disks: &[Arc<ChunkStore>], log_dir: &Path) -> PgHost<FileLogStore> {
         }
     }
     host
+}
+
+/// Goal: checkpoints keep the Raft log small, and a restart rebuilds the state from the
+/// flushed chunk stores plus the entries after the last checkpoint. Method: 64 KiB log
+/// segments, a checkpoint every 8 applied entries, 300 writes of 4 KiB (1.2 MB of log without
+/// compaction); count the segments, restart, check the model.
+#[test]
+fn checkpoints_bound_the_log_and_restart_from_the_chunk_stores() {
+    let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
+    let dirs = [d0.path(), d1.path(), d2.path()];
+    let segments = || {
+        std::fs::read_dir(log_dir.path())
+            .expect("log dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            })
+            .count()
+    };
+    block_on(async {
+        let disks = open_disks(&dirs).await;
+        let log = FileLogStore::open_with_segment_size(log_dir.path(), 64 << 10).expect("log");
+        let mut host = new_host_on(&disks, log);
+        host.set_checkpoint_entries(8);
+        let mut model: BTreeMap<ChunkId, Vec<u8>> = BTreeMap::new();
+        let mut most = 0;
+        for i in 0..300u32 {
+            let at = chunk(i % 10);
+            let offset = (i * 4096) % CHUNK as u32;
+            let data = pattern(u64::from(i), 4096);
+            write(&mut host, at, offset, &data).await;
+            let image = model.entry(at).or_insert_with(|| vec![0; CHUNK]);
+            image[offset as usize..offset as usize + 4096].copy_from_slice(&data);
+            most = most.max(segments());
+        }
+        assert!(
+            most <= 6,
+            "at most {most} segments of 64 KiB for 1.2 MB of entries"
+        );
+        check_model(&mut host, &disks, &model, "before restart").await;
+        drop(host);
+        drop(disks);
+        let disks = open_disks(&dirs).await;
+        let log = FileLogStore::open_with_segment_size(log_dir.path(), 64 << 10).expect("log");
+        let placement = placement(&disks);
+        let mut host =
+            PgHost::new(NodeConfig::new(NODE), log, disks.clone(), placement).expect("restart");
+        check_model(&mut host, &disks, &model, "after restart").await;
+    });
 }
 
 /// Flips one bit of block `block` of `at` in the disk's file, behind the store's back.

@@ -564,6 +564,26 @@ impl DataApi {
     }
 }
 
+/// Pieces of one request in flight at once: enough to keep every PG of a 64 MiB request busy
+/// on a small cluster without one request taking the whole queue of the PG task.
+const PIECES_IN_FLIGHT_MAX: usize = 16;
+
+/// Waits for one piece; its error fails the request (the others are dropped with the set).
+async fn finish_one<T: 'static>(
+    in_flight: &mut tokio::task::JoinSet<Result<T, PgError>>,
+) -> Result<T, DataError> {
+    match in_flight.join_next().await {
+        Some(Ok(result)) => result.map_err(DataError::Pg),
+        Some(Err(e)) => Err(DataError::Pg(PgError::Raft(format!("piece task: {e}")))),
+        None => Err(DataError::Pg(PgError::Raft("no piece in flight".into()))),
+    }
+}
+
+/// Copies a read piece to its place in the response.
+fn place(out: &mut [u8], (at, data): (usize, Vec<u8>)) {
+    out[at..at + data.len()].copy_from_slice(&data);
+}
+
 async fn write_data(
     State(api): State<DataApi>,
     UrlPath(name): UrlPath<String>,
@@ -575,14 +595,18 @@ async fn write_data(
         let target = api.target(name).await?;
         DataApi::check(&target, offset, body.len() as u64)?;
         let storage = api.storage()?;
+        let mut in_flight = tokio::task::JoinSet::new();
         for (group, piece) in DataApi::pieces(&target, storage, offset, body.len() as u64) {
+            if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
+                finish_one(&mut in_flight).await?;
+            }
             let start = piece.buffer_offset as usize;
             let data = body[start..start + piece.length as usize].to_vec();
-            storage
-                .pgs
-                .write(group, piece.chunk, piece.offset, data)
-                .await
-                .map_err(DataError::Pg)?;
+            let pgs = storage.pgs.clone();
+            in_flight.spawn(async move { pgs.write(group, piece.chunk, piece.offset, data).await });
+        }
+        while !in_flight.is_empty() {
+            finish_one(&mut in_flight).await?;
         }
         Ok(())
     }
@@ -604,14 +628,22 @@ async fn read_data(
         let target = api.target(name).await?;
         DataApi::check(&target, offset, length)?;
         let storage = api.storage()?;
-        let mut out = Vec::with_capacity(length as usize);
+        let mut out = vec![0u8; length as usize];
+        let mut in_flight = tokio::task::JoinSet::new();
         for (group, piece) in DataApi::pieces(&target, storage, offset, length) {
-            let data = storage
-                .pgs
-                .read(group, piece.chunk, piece.offset, piece.length)
-                .await
-                .map_err(DataError::Pg)?;
-            out.extend_from_slice(&data);
+            if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
+                place(&mut out, finish_one(&mut in_flight).await?);
+            }
+            let pgs = storage.pgs.clone();
+            in_flight.spawn(async move {
+                let data = pgs
+                    .read(group, piece.chunk, piece.offset, piece.length)
+                    .await?;
+                Ok((piece.buffer_offset as usize, data))
+            });
+        }
+        while !in_flight.is_empty() {
+            place(&mut out, finish_one(&mut in_flight).await?);
         }
         Ok(out)
     }

@@ -13,7 +13,11 @@
 #                     segments) at random moments; after each kill, check that every entry it
 #                     had acknowledged is in the log. Ends with
 #                     `raftlog-kill: acknowledged=N lost=L` (L must be 0).
-# The multi-process cluster scenarios (kill-nodes, bitflip) come with the replicated data plane.
+#   dev-kill          kill -9 a `cairn dev` process at random moments while a client writes a
+#                     volume through its data API; after the last restart every block must
+#                     hold its last acknowledged content. Ends with
+#                     `dev-kill: acknowledged=N lost=L corrupt=C` (L and C must be 0).
+# The multi-node scenarios (kill-nodes, partitions, bit flips) come with `cairn node`.
 set -euo pipefail
 scenario=${1:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
 seconds=${2:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
@@ -23,8 +27,13 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/../scripts/prerequisites.sh"
 cairn_ensure_prerequisites
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}
-cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
 case $scenario in
-  chunkstore-kill|raftlog-kill) exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
-  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill)" >&2; exit 2 ;;
+  chunkstore-kill|raftlog-kill)
+    cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
+    exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
+  dev-kill)
+    # The dev profile the tests share (one RocksDB build); cairn-chaos runs the cairn beside it.
+    cairn_test_binaries
+    exec "$CAIRN_CHAOS" dev-kill "$dir" "$seconds" ;;
+  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill)" >&2; exit 2 ;;
 esac

@@ -6,9 +6,10 @@
 //! cairn-chaos raft-sim FIRST_SEED [COUNT]            deterministic Raft simulation, per seed
 //! cairn-chaos raftlog-kill DIR SECONDS [SEED]        kill -9 a Raft node on its file log, verify
 //! cairn-chaos meta-failover DIR SECONDS [MEMBERS]    kill -9 metadata leaders, wipe a member
+//! cairn-chaos dev-kill DIR SECONDS [SEED]            kill -9 `cairn dev` under a volume writer
 //! ```
 //!
-//! `meta-failover` runs the `cairn` binary next to this one, or `$CAIRN_BIN`.
+//! `meta-failover` and `dev-kill` run the `cairn` binary next to this one, or `$CAIRN_BIN`.
 //!
 //! A scenario ends with one line, `<scenario>: acknowledged=N lost=L corrupt=C ...`, and exits
 //! non-zero if L or C is not zero or nothing was acknowledged.
@@ -122,6 +123,30 @@ fn main() -> ExitCode {
             };
             meta_failover(Path::new(dir), seconds, members)
         }
+        ["dev-kill", dir, seconds, ref seed @ ..] => {
+            let (Ok(seconds), Some(seed)) = (seconds.parse::<f64>(), seed_arg(seed)) else {
+                return usage();
+            };
+            eprintln!("dev-kill: seed {seed} (replay: cairn-chaos dev-kill DIR {seconds} {seed})");
+            match cairn_chaos::dev_kill::run(&cairn_binary(), Path::new(dir), seconds, seed) {
+                Ok(v) => {
+                    eprintln!("dev-kill: kills={} ambiguous={}", v.kills, v.ambiguous);
+                    println!(
+                        "dev-kill: acknowledged={} lost={} corrupt={}",
+                        v.acknowledged, v.lost, v.corrupt
+                    );
+                    if v.lost == 0 && v.corrupt == 0 && v.acknowledged > 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    eprintln!("dev-kill: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         ["meta-bench", dir, seconds, clients] => {
             let (Ok(seconds), Ok(clients)) = (seconds.parse::<f64>(), clients.parse::<usize>())
             else {
@@ -230,6 +255,7 @@ fn usage() -> ExitCode {
     eprintln!("       cairn-chaos raft-sim FIRST_SEED [COUNT]");
     eprintln!("       cairn-chaos raftlog-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-failover DIR SECONDS [MEMBERS]");
+    eprintln!("       cairn-chaos dev-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-bench DIR SECONDS CLIENTS");
     ExitCode::from(2)
 }

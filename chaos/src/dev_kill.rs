@@ -1,0 +1,278 @@
+//! `dev-kill`: a `cairn dev` process killed with SIGKILL again and again while a client writes
+//! a volume through its data API; after the last restart every block must hold its last
+//! acknowledged content.
+//!
+//! One writer writes runs of 1-16 blocks at random places of a 64 MiB volume, each block's
+//! content derived from (seed, write number, block), so any block's expected bytes can be
+//! recomputed. A write answered 204 is acknowledged; a write that failed in any other way
+//! (the process died, the cluster was restarting) is ambiguous: until a later acknowledged
+//! write covers a block, the block may hold the ambiguous content too. Meanwhile the process
+//! is killed at random moments and restarted on the same directory. At the end the whole
+//! volume is read back: a block holding anything else than an allowed content is `lost`; a
+//! block the read fails on (a checksum error nobody could repair) is `corrupt`.
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::chunkstore_kill::Rng;
+
+/// The volume's size: 16,384 blocks.
+const VOLUME_BYTES: u64 = 64 << 20;
+const BLOCK: u64 = 4096;
+/// Blocks per write at most.
+const RUN_BLOCKS_MAX: u64 = 16;
+/// How long a restart may take to serve again.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Bytes per verification read.
+const VERIFY_BYTES: u64 = 8 << 20;
+
+/// What a run measured.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Writes acknowledged.
+    pub acknowledged: u64,
+    /// Writes whose outcome is unknown (the process died under them).
+    pub ambiguous: u64,
+    /// Blocks holding none of their allowed contents.
+    pub lost: u64,
+    /// Blocks whose read failed.
+    pub corrupt: u64,
+    /// SIGKILLs delivered.
+    pub kills: u64,
+}
+
+/// What a block may hold: its last acknowledged write (0: none, zeros) and any ambiguous
+/// writes since.
+#[derive(Clone, Debug, Default)]
+struct Allowed {
+    acknowledged: u64,
+    ambiguous: Vec<u64>,
+}
+
+/// The bytes write `write` puts in block `block`.
+fn block_content(seed: u64, write: u64, block: u64) -> Vec<u8> {
+    if write == 0 {
+        return vec![0; BLOCK as usize];
+    }
+    let mut rng = Rng::new(seed ^ write.wrapping_mul(0x9e37_79b9) ^ block.rotate_left(32));
+    (0..BLOCK / 8)
+        .flat_map(|_| rng.next_u64().to_le_bytes())
+        .collect()
+}
+
+struct Dev {
+    cairn: PathBuf,
+    dir: PathBuf,
+    listen: String,
+    child: Option<Child>,
+}
+
+impl Dev {
+    fn start(&mut self) -> Result<String, String> {
+        let endpoints = self.dir.join("endpoints.env");
+        let _ = fs::remove_file(&endpoints);
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dev.log"))
+            .map_err(|e| format!("log: {e}"))?;
+        let child = Command::new(&self.cairn)
+            .args(["dev", "--data"])
+            .arg(&self.dir)
+            .args(["--listen", &self.listen, "--pg-count", "8"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.cairn.display()))?;
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Ok(text) = fs::read_to_string(&endpoints) {
+                let token = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ADMIN_TOKEN="))
+                    .ok_or("endpoints.env without a token")?;
+                return Ok(token.to_string());
+            }
+            if started.elapsed() > READY_DEADLINE {
+                return Err("cairn dev did not get ready".into());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn new_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(15)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Runs the scenario in `dir` for about `seconds`.
+pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("port: {e}"))?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut dev = Dev {
+        cairn: cairn.to_path_buf(),
+        dir: dir.join("dev"),
+        listen: listen.clone(),
+        child: None,
+    };
+    fs::create_dir_all(&dev.dir).map_err(|e| e.to_string())?;
+    let token = dev.start()?;
+    let base = format!("http://{listen}");
+    let agent = new_agent();
+    let auth = format!("Bearer {token}");
+    let create = serde_json::json!({
+        "name": "chaos", "pool": "default", "size_bytes": VOLUME_BYTES, "tier": "ultra"
+    });
+    let status = agent
+        .post(&format!("{base}/v1/volumes"))
+        .header("Authorization", &auth)
+        .send_json(&create)
+        .map_err(|e| format!("create volume: {e}"))?
+        .status();
+    if !status.is_success() {
+        return Err(format!("create volume: HTTP {status}"));
+    }
+
+    let blocks = VOLUME_BYTES / BLOCK;
+    let allowed = Arc::new(Mutex::new(vec![Allowed::default(); blocks as usize]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Mutex::new((0u64, 0u64)));
+    let writer = {
+        let (allowed, stop, counts) = (allowed.clone(), stop.clone(), counts.clone());
+        let (url, auth) = (format!("{base}/v1/volumes/chaos/data"), auth.clone());
+        thread::spawn(move || {
+            let agent = new_agent();
+            let mut rng = Rng::new(seed);
+            let mut write = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                write += 1;
+                let count = 1 + rng.below(RUN_BLOCKS_MAX);
+                let first = rng.below(blocks - count + 1);
+                let body: Vec<u8> = (first..first + count)
+                    .flat_map(|b| block_content(seed, write, b))
+                    .collect();
+                let answer = agent
+                    .put(&format!("{url}?offset={}", first * BLOCK))
+                    .header("Authorization", &auth)
+                    .send(&body[..]);
+                let acknowledged = answer.is_ok_and(|r| r.status().as_u16() == 204);
+                let mut allowed = allowed.lock().expect("not poisoned");
+                let mut counts = counts.lock().expect("not poisoned");
+                for b in first..first + count {
+                    let entry = &mut allowed[b as usize];
+                    if acknowledged {
+                        *entry = Allowed {
+                            acknowledged: write,
+                            ambiguous: Vec::new(),
+                        };
+                    } else {
+                        entry.ambiguous.push(write);
+                    }
+                }
+                if acknowledged {
+                    counts.0 += 1;
+                } else {
+                    counts.1 += 1;
+                    drop((allowed, counts));
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        })
+    };
+
+    let mut verdict = Verdict::default();
+    let mut rng = Rng::new(seed.rotate_left(17));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < deadline {
+        // Kill while writes flow: wait for the first acknowledgement after the (re)start, then
+        // a random moment.
+        let before = counts.lock().expect("not poisoned").0;
+        let waiting = Instant::now();
+        while counts.lock().expect("not poisoned").0 == before && waiting.elapsed() < READY_DEADLINE
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(Duration::from_millis(100 + rng.below(1000)));
+        dev.kill();
+        verdict.kills += 1;
+        dev.start()?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().map_err(|_| "writer panicked")?;
+    // The last word: one more kill, then read everything back from the restarted process.
+    dev.kill();
+    verdict.kills += 1;
+    dev.start()?;
+    let (acknowledged, ambiguous) = *counts.lock().expect("not poisoned");
+    verdict.acknowledged = acknowledged;
+    verdict.ambiguous = ambiguous;
+    let allowed = allowed.lock().expect("not poisoned");
+    let url = format!("{base}/v1/volumes/chaos/data");
+    for start in (0..VOLUME_BYTES).step_by(VERIFY_BYTES as usize) {
+        let response = agent
+            .get(&format!("{url}?offset={start}&length={VERIFY_BYTES}"))
+            .header("Authorization", &auth)
+            .call();
+        let data = match response {
+            Ok(mut r) if r.status().as_u16() == 200 => r
+                .body_mut()
+                .with_config()
+                .limit(VERIFY_BYTES + 1)
+                .read_to_vec()
+                .map_err(|e| format!("read: {e}"))?,
+            _ => {
+                verdict.corrupt += VERIFY_BYTES / BLOCK;
+                continue;
+            }
+        };
+        for (i, got) in data.chunks(BLOCK as usize).enumerate() {
+            let block = start / BLOCK + i as u64;
+            let entry = &allowed[block as usize];
+            let ok = std::iter::once(entry.acknowledged)
+                .chain(entry.ambiguous.iter().copied())
+                .any(|write| got == block_content(seed, write, block).as_slice());
+            if !ok {
+                eprintln!(
+                    "dev-kill: block {block} holds none of {:?}",
+                    std::iter::once(entry.acknowledged)
+                        .chain(entry.ambiguous.iter().copied())
+                        .collect::<Vec<_>>()
+                );
+                verdict.lost += 1;
+            }
+        }
+    }
+    Ok(verdict)
+}

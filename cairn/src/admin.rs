@@ -460,6 +460,41 @@ fn status_table(v: &Value) -> Table {
             table.add_row(vec![format!("members.{}", text(&m["id"])), line]);
         }
     }
+    let health = &v["health"];
+    if health.is_object() {
+        let pgs = format!(
+            "{} healthy, {} degraded, {} down",
+            text(&health["pgs_healthy"]),
+            text(&health["pgs_degraded"]),
+            text(&health["pgs_down"])
+        );
+        table.add_row(vec!["pgs".to_string(), pgs]);
+        let disks = format!(
+            "{} in and reporting, {} in but silent, {} out",
+            text(&health["disks_in_reporting"]),
+            text(&health["disks_in_silent"]),
+            text(&health["disks_out"])
+        );
+        table.add_row(vec!["disks".to_string(), disks]);
+        if let Value::Array(nodes) = &health["nodes"] {
+            for n in nodes {
+                let line = format!(
+                    "{} (last heartbeat {} ms ago), {} replicas ({} leading), {} used, {} corrupt blocks",
+                    if n["fresh"] == Value::Bool(true) {
+                        "up"
+                    } else {
+                        "silent"
+                    },
+                    text(&n["age_ms"]),
+                    text(&n["replicas"]),
+                    text(&n["leaders"]),
+                    format_size(n["used_bytes"].as_u64().unwrap_or_default()),
+                    text(&n["corrupt_blocks"]),
+                );
+                table.add_row(vec![format!("node.{}", text(&n["node"])), line]);
+            }
+        }
+    }
     table
 }
 

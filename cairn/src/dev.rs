@@ -34,6 +34,7 @@ use axum::{
 };
 use cairn_common::{DiskId, GroupId, NodeId, OwnerId, PoolId, ReplicaId};
 use cairn_metadata::{
+    health::{DiskReport, Heartbeat, ReplicaReport},
     placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},
     server::{DriverHandle, Member, RequestError, ServerConfig},
     state::{Command, MetaError, PgMember},
@@ -58,6 +59,10 @@ const DISK_COUNT: usize = 3;
 const POOL: &str = "default";
 /// Largest body of one data request: bounds what one request holds in memory.
 pub const DATA_REQUEST_BYTES_MAX: usize = 64 << 20;
+/// How often the storage node reports to the metadata service.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A development cluster reports a silent node after a few missed heartbeats.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the first start waits for the metadata member to elect itself.
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -164,6 +169,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         admin_token: token.clone(),
         tick: Duration::from_millis(50),
         compact_every: 10_000,
+        heartbeat_timeout: HEARTBEAT_TIMEOUT,
     };
     let storage: Arc<OnceLock<Storage>> = Arc::new(OnceLock::new());
     let setup = Setup {
@@ -281,6 +287,7 @@ impl Setup {
         }
         let stats = host.stats();
         let pgs = service::spawn(host, NODE, Duration::from_millis(10), None);
+        tokio::spawn(heartbeats(meta.clone(), pgs.clone(), disks.clone()));
         let _ = self.storage.set(Storage {
             pgs,
             chunk_size,
@@ -294,6 +301,45 @@ impl Setup {
             self.dir.join("endpoints.env").display()
         );
         Ok(())
+    }
+}
+
+/// Reports the node's disks and PG replicas to the metadata service every second.
+async fn heartbeats(meta: DriverHandle, pgs: PgHandle, disks: Vec<Arc<ChunkStore>>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let Ok(replicas) = pgs.report().await else {
+            return;
+        };
+        let beat = Heartbeat {
+            node: NODE.0,
+            disks: disks
+                .iter()
+                .map(|d| DiskReport {
+                    id: d.disk_id(),
+                    used_bytes: d.chunk_ids().len() as u64 * u64::from(d.chunk_size_bytes()),
+                    reads: d.stats().reads.load(Relaxed),
+                    writes: d.stats().writes.load(Relaxed),
+                    corrupt_blocks: d.stats().corrupt_blocks.load(Relaxed),
+                })
+                .collect(),
+            replicas: replicas
+                .into_iter()
+                .map(|r| ReplicaReport {
+                    group: r.group.0,
+                    replica: r.replica,
+                    leader: r.leader,
+                    term: r.term,
+                    commit: r.commit,
+                    applied: r.applied,
+                })
+                .collect(),
+        };
+        if let Err(e) = meta.heartbeat(beat) {
+            tracing::warn!("heartbeat not delivered: {e:?}");
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub struct MetaArgs {
     /// Compact the Raft log after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     compact_every: u64,
+    /// Seconds without a heartbeat after which a storage node counts as down.
+    #[arg(long, default_value_t = 30)]
+    heartbeat_timeout_s: u64,
 }
 
 fn parse_member(text: &str) -> Result<Member, String> {
@@ -80,6 +83,7 @@ fn config(args: MetaArgs) -> Result<ServerConfig, String> {
         admin_token: token,
         tick: Duration::from_millis(args.tick_ms.max(1)),
         compact_every: args.compact_every,
+        heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout_s.max(1)),
     })
 }
 

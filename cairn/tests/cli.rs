@@ -509,6 +509,23 @@ fn cairn_dev_stores_volume_bytes_across_a_kill() {
     assert_ne!(code, 0, "past the end is refused");
     assert!(err.contains("HTTP 400"), "{err}");
 
+    // The storage node reports every second: all PGs healthy, all three disks reporting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, out, err) = run(&["cluster", "status", "--json"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let health = &status["health"];
+        if health["pgs_healthy"] == 8 && health["disks_in_reporting"] == 3 {
+            assert_eq!(health["pgs_degraded"], 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never healthy: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, out, _) = run(&["cluster", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("8 healthy, 0 degraded, 0 down"), "{out}");
     let token = &env
         .iter()
         .find(|(k, _)| k == "CAIRN_ADMIN_TOKEN")

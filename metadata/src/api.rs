@@ -3,8 +3,9 @@
 //! Routes (all under `/v1`):
 //!
 //! ```text
-//! GET    /cluster/status                 this member's Raft view, the members, counts
+//! GET    /cluster/status                 this member's Raft view, the members, counts, health
 //! POST   /cluster/members/{id}/rejoin    replace a member's replica by a new one (its disk was lost)
+//! POST   /nodes/{id}/heartbeat           a storage node's heartbeat (disks, PG replicas)
 //! GET    /nodes                          disks of the cluster map
 //! POST   /nodes/disks                    register a disk {id, host, rack, site, capacity_bytes}
 //! POST   /nodes/disks/{id}/state         {state: "in" | "out"}
@@ -76,6 +77,7 @@ pub fn router_with(
         .route("/v1/cluster/members/{id}/rejoin", post(rejoin))
         .route("/v1/nodes", get(list_disks))
         .route("/v1/nodes/disks", post(register_disk))
+        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
         .route("/v1/nodes/disks/{id}/state", post(set_disk_state))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(show_pool))
@@ -193,7 +195,27 @@ async fn cluster_status(State(api): State<Api>) -> Response {
         }))
         .await
         .ok();
-    Json(json!({ "member": raft, "members": members, "counts": counts })).into_response()
+    let health = api.driver.health().await.ok();
+    Json(json!({ "member": raft, "members": members, "counts": counts, "health": health }))
+        .into_response()
+}
+
+async fn heartbeat(
+    State(api): State<Api>,
+    Path(id): Path<u64>,
+    parsed: Result<Json<crate::health::Heartbeat>, JsonRejection>,
+) -> Result<Response, Response> {
+    let beat = body(parsed)?;
+    if beat.node != id {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("heartbeat of node {} posted for node {id}", beat.node),
+        ));
+    }
+    api.driver
+        .heartbeat(beat)
+        .map_err(IntoResponse::into_response)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn rejoin(State(api): State<Api>, Path(id): Path<u64>) -> Result<Response, Response> {

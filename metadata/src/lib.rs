@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod health;
 pub mod placement;
 pub mod server;
 pub mod state;

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     codec::{decode_command, encode_command},
+    health::{HEARTBEAT_NODES_MAX, Health, Heartbeat},
     state::{Applied, Command, MetaError, MetaState},
     store::MetaStore,
 };
@@ -85,6 +86,8 @@ pub struct ServerConfig {
     pub tick: Duration,
     /// Compact the log after this many applied entries.
     pub compact_every: u64,
+    /// A node whose last heartbeat is older than this counts as down.
+    pub heartbeat_timeout: Duration,
 }
 
 /// Errors starting or running a member.
@@ -139,6 +142,10 @@ pub enum Request {
     Rejoin(NodeId, oneshot::Sender<Result<ReplicaId, RequestError>>),
     /// This member hosts the replica the group added for it (after its own `Rejoin`).
     Host(ReplicaId),
+    /// A storage node's heartbeat, kept in memory.
+    Heartbeat(Heartbeat),
+    /// The cluster's health from heartbeats and this member's state (not linearizable).
+    Health(oneshot::Sender<Health>),
 }
 
 /// This member's view of the group, for `cairn cluster status`.
@@ -200,6 +207,26 @@ impl DriverHandle {
     /// Gives member `id` a new replica (see [`Request::Rejoin`]).
     pub async fn rejoin(&self, id: NodeId) -> Result<ReplicaId, RequestError> {
         self.ask(|tx| Request::Rejoin(id, tx)).await
+    }
+
+    /// Hands a storage node's heartbeat to the driver.
+    pub fn heartbeat(&self, beat: Heartbeat) -> Result<(), RequestError> {
+        self.requests
+            .try_send(Request::Heartbeat(beat))
+            .map_err(|_| RequestError::Unavailable("metadata service busy"))
+    }
+
+    /// The cluster's health as this member's heartbeats show it.
+    pub async fn health(&self) -> Result<Health, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .try_send(Request::Health(tx))
+            .map_err(|_| RequestError::Unavailable("metadata service busy"))?;
+        tokio::time::timeout(self.deadline, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(RequestError::Unavailable("driver stopped"))
     }
 
     /// This member's Raft status.
@@ -349,6 +376,9 @@ struct Driver {
     fresh: bool,
     /// A rejoin in progress (one at a time: raft takes one membership change at a time).
     rejoin: Option<Rejoin>,
+    /// Each storage node's latest heartbeat and when it arrived.
+    heartbeats: BTreeMap<u64, (tokio::time::Instant, Heartbeat)>,
+    heartbeat_timeout: Duration,
 }
 
 impl Driver {
@@ -398,6 +428,8 @@ impl Driver {
             role: StateRole::Follower,
             fresh,
             rejoin: None,
+            heartbeats: BTreeMap::new(),
+            heartbeat_timeout: config.heartbeat_timeout,
         })
     }
 
@@ -465,6 +497,24 @@ impl Driver {
             }
             Request::Status(reply) => {
                 let _ = reply.send(self.view());
+            }
+            Request::Heartbeat(beat) => {
+                let known = self.heartbeats.contains_key(&beat.node);
+                if known || self.heartbeats.len() < HEARTBEAT_NODES_MAX {
+                    self.heartbeats
+                        .insert(beat.node, (tokio::time::Instant::now(), beat));
+                }
+            }
+            Request::Health(reply) => {
+                let now = tokio::time::Instant::now();
+                let aged = self
+                    .heartbeats
+                    .iter()
+                    .map(|(node, (at, beat))| (*node, (now - *at, beat.clone())))
+                    .collect();
+                let health =
+                    crate::health::summarize(self.store.state(), &aged, self.heartbeat_timeout);
+                let _ = reply.send(health);
             }
             Request::Rejoin(id, reply) => match self.start_rejoin(id) {
                 Ok(new) => self.rejoin = Some((new, reply)),

@@ -162,6 +162,23 @@ pub enum PgError {
     Raft(String),
 }
 
+/// One replica's state, as a heartbeat reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// The replica.
+    pub replica: ReplicaId,
+    /// Its PG.
+    pub group: GroupId,
+    /// True if it leads its PG.
+    pub leader: bool,
+    /// Its term.
+    pub term: u64,
+    /// Its commit index.
+    pub commit: u64,
+    /// The last index applied to its chunk store.
+    pub applied: u64,
+}
+
 /// Where a write's or read's answer goes.
 type Reply<T> = oneshot::Sender<Result<T, PgError>>;
 
@@ -294,6 +311,24 @@ impl<L: LogStore> PgHost<L> {
     /// The host's counters.
     pub fn stats(&self) -> Arc<PgStats> {
         self.stats.clone()
+    }
+
+    /// The state of every replica hosted here, for heartbeats.
+    pub fn report(&self) -> Vec<ReplicaState> {
+        self.node
+            .replicas()
+            .filter_map(|(replica, group)| {
+                let status = self.node.status(replica)?;
+                Some(ReplicaState {
+                    replica,
+                    group,
+                    leader: status.role == cairn_raft::raft_types::StateRole::Leader,
+                    term: status.term,
+                    commit: status.commit,
+                    applied: self.applied.get(&replica).copied().unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     /// Sets how many applied entries trigger a checkpoint (tests use small numbers).

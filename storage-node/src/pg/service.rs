@@ -11,7 +11,7 @@ use cairn_raft::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{PgError, PgHost};
+use super::{PgError, PgHost, ReplicaState};
 
 /// Requests queued for the host task; beyond it callers get `Busy`.
 pub const REQUEST_QUEUE_MAX: usize = 1024;
@@ -36,6 +36,7 @@ enum Request {
         length: u32,
         reply: oneshot::Sender<Result<Vec<u8>, PgError>>,
     },
+    Report(oneshot::Sender<Vec<ReplicaState>>),
 }
 
 /// Writes and reads through the host task.
@@ -140,6 +141,9 @@ fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
             length,
             reply,
         } => forward(host.read(group, chunk, offset, length), reply),
+        Request::Report(reply) => {
+            let _ = reply.send(host.report());
+        }
     }
 }
 
@@ -207,6 +211,16 @@ impl PgHandle {
             reply,
         })
         .await
+    }
+
+    /// The state of every replica the host holds (see [`PgHost::report`]).
+    pub async fn report(&self) -> Result<Vec<ReplicaState>, PgError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .try_send(Request::Report(tx))
+            .map_err(|_| PgError::Busy)?;
+        rx.await
+            .map_err(|_| PgError::Raft("the PG host stopped".into()))
     }
 
     /// Reads through PG `group` (see [`PgHost::read`]).

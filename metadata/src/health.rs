@@ -1,0 +1,295 @@
+//! Cluster health from storage-node heartbeats, pure: the caller passes each node's latest
+//! heartbeat with its age; nothing here reads a clock.
+//!
+//! Heartbeats live in the memory of the member that receives them (the leader, for nodes that
+//! follow it), never in the Raft log: they change every second and only their freshness
+//! matters. A member that becomes leader learns the nodes' state within one heartbeat
+//! interval.
+//!
+//! A PG member is *up* when a heartbeat younger than the timeout from its node lists its
+//! replica. A PG is healthy when every member is up and one of them leads, down when no member
+//! is up, degraded otherwise.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use cairn_common::{DiskId, ReplicaId};
+use serde::{Deserialize, Serialize};
+
+use crate::{placement::DiskState, state::MetaState};
+
+/// Nodes whose heartbeats a member keeps: bounds the memory a flood of node ids can take.
+pub const HEARTBEAT_NODES_MAX: usize = 4096;
+
+/// What a storage node reports every heartbeat interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The reporting node.
+    pub node: u64,
+    /// Its disks.
+    pub disks: Vec<DiskReport>,
+    /// The PG replicas it hosts.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// One disk in a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskReport {
+    /// The disk.
+    pub id: DiskId,
+    /// Bytes held by chunks.
+    pub used_bytes: u64,
+    /// Reads since the node started.
+    pub reads: u64,
+    /// Writes since the node started.
+    pub writes: u64,
+    /// Blocks whose checksum failed since the node started.
+    pub corrupt_blocks: u64,
+}
+
+/// One PG replica in a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaReport {
+    /// The PG's Raft group.
+    pub group: u64,
+    /// The replica.
+    pub replica: ReplicaId,
+    /// True if it leads its PG.
+    pub leader: bool,
+    /// Its term.
+    pub term: u64,
+    /// Its commit index.
+    pub commit: u64,
+    /// Its applied index.
+    pub applied: u64,
+}
+
+/// The cluster's health as heartbeats show it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Health {
+    /// PGs with every member up and a leader.
+    pub pgs_healthy: u64,
+    /// PGs with some members up, or no leader.
+    pub pgs_degraded: u64,
+    /// PGs with no member up.
+    pub pgs_down: u64,
+    /// Disks marked in whose node reports them.
+    pub disks_in_reporting: u64,
+    /// Disks marked in that no fresh heartbeat reports.
+    pub disks_in_silent: u64,
+    /// Disks marked out.
+    pub disks_out: u64,
+    /// Per node that sent a heartbeat: its age and what it reported.
+    pub nodes: Vec<NodeHealth>,
+}
+
+/// One node's latest heartbeat, summarised.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeHealth {
+    /// The node.
+    pub node: u64,
+    /// Milliseconds since its last heartbeat.
+    pub age_ms: u64,
+    /// True if the heartbeat is younger than the timeout.
+    pub fresh: bool,
+    /// Replicas it hosts.
+    pub replicas: u64,
+    /// Of which lead their PG.
+    pub leaders: u64,
+    /// Bytes its disks hold.
+    pub used_bytes: u64,
+    /// Checksum failures its disks saw.
+    pub corrupt_blocks: u64,
+}
+
+/// Health of `state`'s pools and disks given each node's latest heartbeat and its age.
+pub fn summarize(
+    state: &MetaState,
+    heartbeats: &BTreeMap<u64, (Duration, Heartbeat)>,
+    timeout: Duration,
+) -> Health {
+    let fresh: BTreeMap<u64, &Heartbeat> = heartbeats
+        .iter()
+        .filter(|(_, (age, _))| *age <= timeout)
+        .map(|(node, (_, beat))| (*node, beat))
+        .collect();
+    let mut up: BTreeMap<ReplicaId, bool> = BTreeMap::new();
+    for beat in fresh.values() {
+        for report in &beat.replicas {
+            // A node speaks only for its own replicas.
+            if report.replica.node().0 == beat.node {
+                up.insert(report.replica, report.leader);
+            }
+        }
+    }
+    let mut health = Health::default();
+    for (_, pool) in state.pools() {
+        for members in &pool.pg_map {
+            let alive = members
+                .iter()
+                .filter(|m| up.contains_key(&m.replica))
+                .count();
+            let led = members.iter().any(|m| up.get(&m.replica) == Some(&true));
+            if alive == 0 {
+                health.pgs_down += 1;
+            } else if alive == members.len() && led {
+                health.pgs_healthy += 1;
+            } else {
+                health.pgs_degraded += 1;
+            }
+        }
+    }
+    let reported: Vec<DiskId> = fresh
+        .values()
+        .flat_map(|beat| beat.disks.iter().map(|d| d.id))
+        .collect();
+    for disk in state.disks() {
+        match disk.state {
+            DiskState::Out => health.disks_out += 1,
+            DiskState::In if reported.contains(&disk.id) => health.disks_in_reporting += 1,
+            DiskState::In => health.disks_in_silent += 1,
+        }
+    }
+    for (node, (age, beat)) in heartbeats {
+        health.nodes.push(NodeHealth {
+            node: *node,
+            age_ms: age.as_millis() as u64,
+            fresh: *age <= timeout,
+            replicas: beat.replicas.len() as u64,
+            leaders: beat.replicas.iter().filter(|r| r.leader).count() as u64,
+            used_bytes: beat.disks.iter().map(|d| d.used_bytes).sum(),
+            corrupt_blocks: beat.disks.iter().map(|d| d.corrupt_blocks).sum(),
+        });
+    }
+    health
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_common::NodeId;
+
+    use super::*;
+    use crate::{
+        placement::FailureDomain,
+        state::{Command, tests::disk},
+    };
+
+    /// Three disks on hosts 1-3, a pool of 4 PGs with 3 replicas each.
+    fn cluster() -> MetaState {
+        let mut state = MetaState::default();
+        for n in 0..3u8 {
+            let applied = state.apply(Command::RegisterDisk(disk(n, 1 + u32::from(n))));
+            assert!(applied.is_ok());
+        }
+        let pool = Command::CreatePool {
+            name: "p".into(),
+            replicas: 3,
+            domain: FailureDomain::Host,
+            pg_count: 4,
+        };
+        assert!(state.apply(pool).is_ok());
+        state
+    }
+
+    /// Each node's heartbeat listing its replicas of every PG; node 1 leads them all.
+    fn beats(state: &MetaState, nodes: &[u64]) -> Vec<Heartbeat> {
+        let pool = state.pool("p").expect("pool");
+        nodes
+            .iter()
+            .map(|node| Heartbeat {
+                node: *node,
+                disks: state
+                    .disks()
+                    .filter(|d| u64::from(d.host.0) == *node)
+                    .map(|d| DiskReport {
+                        id: d.id,
+                        used_bytes: 1 << 20,
+                        reads: 1,
+                        writes: 2,
+                        corrupt_blocks: 0,
+                    })
+                    .collect(),
+                replicas: pool
+                    .pg_map
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, members)| members.iter().map(move |m| (i, m)))
+                    .filter(|(_, m)| m.replica.node() == NodeId(*node))
+                    .map(|(i, m)| ReplicaReport {
+                        group: i as u64,
+                        replica: m.replica,
+                        leader: *node == 1,
+                        term: 6,
+                        commit: 9,
+                        applied: 9,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn at(age_s: u64, beats: Vec<Heartbeat>) -> BTreeMap<u64, (Duration, Heartbeat)> {
+        beats
+            .into_iter()
+            .map(|b| (b.node, (Duration::from_secs(age_s), b)))
+            .collect()
+    }
+
+    #[test]
+    fn every_member_up_with_a_leader_is_healthy() {
+        let state = cluster();
+        let health = summarize(
+            &state,
+            &at(1, beats(&state, &[1, 2, 3])),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            (health.pgs_healthy, health.pgs_degraded, health.pgs_down),
+            (4, 0, 0)
+        );
+        assert_eq!((health.disks_in_reporting, health.disks_in_silent), (3, 0));
+        assert_eq!(health.nodes.len(), 3);
+        assert_eq!(health.nodes[0].leaders, 4);
+    }
+
+    #[test]
+    fn a_silent_node_degrades_its_pgs_and_stale_means_silent() {
+        let state = cluster();
+        let health = summarize(
+            &state,
+            &at(1, beats(&state, &[1, 2])),
+            Duration::from_secs(30),
+        );
+        assert_eq!((health.pgs_healthy, health.pgs_degraded), (0, 4));
+        assert_eq!(health.disks_in_silent, 1);
+        let stale = summarize(
+            &state,
+            &at(31, beats(&state, &[1, 2, 3])),
+            Duration::from_secs(30),
+        );
+        assert_eq!(stale.pgs_down, 4);
+        assert!(stale.nodes.iter().all(|n| !n.fresh));
+        let leaderless = summarize(
+            &state,
+            &at(1, beats(&state, &[2, 3])),
+            Duration::from_secs(30),
+        );
+        assert_eq!(leaderless.pgs_degraded, 4, "no leader up");
+    }
+
+    #[test]
+    fn a_node_cannot_report_another_nodes_replicas() {
+        let state = cluster();
+        let mut forged = beats(&state, &[1, 2, 3]);
+        let stolen = forged[2].replicas.clone();
+        forged[0].replicas.extend(stolen);
+        forged.truncate(2);
+        let health = summarize(&state, &at(1, forged), Duration::from_secs(30));
+        assert_eq!(
+            health.pgs_healthy, 0,
+            "node 3's replicas are not up on node 1's word"
+        );
+    }
+}

@@ -284,6 +284,8 @@ impl Setup {
                     .map_err(|e| e.to_string())?;
                 created += 1;
             }
+            // The PG map lists the preferred leader first; placement spreads them over disks.
+            host.set_preferred_leader(group, voters[0]);
         }
         let stats = host.stats();
         let pgs = service::spawn(host, NODE, Duration::from_millis(10), None);

@@ -99,6 +99,12 @@ fn checkpoint_index(data: &[u8]) -> Option<u64> {
     }
 }
 
+/// Ticks between checks that each PG is led by its preferred replica.
+pub const LEADER_BALANCE_TICKS: u64 = 50;
+/// Ticks between two leadership transfers of one PG: a preferred replica that cannot take over
+/// (down, lagging) is not asked again at once.
+pub const LEADER_TRANSFER_TICKS_MIN: u64 = 200;
+
 /// Blocks one IO may repair before it gives up: a range of a few corrupt blocks is repaired
 /// whole; a disk returning garbage everywhere is not chased block by block.
 pub const REPAIRS_PER_IO_MAX: usize = 16;
@@ -237,6 +243,10 @@ pub struct PgHost<L: LogStore> {
     stats: Arc<PgStats>,
     applied_since_checkpoint: u64,
     checkpoint_entries: u64,
+    /// Per PG, the replica that should lead it (the PG map's first member).
+    preferred: BTreeMap<GroupId, ReplicaId>,
+    /// Per PG, the tick of the last leadership transfer asked for.
+    transfers: BTreeMap<GroupId, u64>,
 }
 
 impl<L: LogStore> PgHost<L> {
@@ -277,6 +287,8 @@ impl<L: LogStore> PgHost<L> {
             stats: Arc::new(PgStats::default()),
             applied_since_checkpoint: 0,
             checkpoint_entries: CHECKPOINT_ENTRIES_DEFAULT,
+            preferred: BTreeMap::new(),
+            transfers: BTreeMap::new(),
         })
     }
 
@@ -393,6 +405,38 @@ impl<L: LogStore> PgHost<L> {
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.node.tick();
+        if self.ticks.is_multiple_of(LEADER_BALANCE_TICKS) {
+            self.balance_leaders();
+        }
+    }
+
+    /// Names the replica that should lead `group` (the PG map lists it first; placement
+    /// spreads these over the disks). A local leader hands leadership over to it.
+    pub fn set_preferred_leader(&mut self, group: GroupId, replica: ReplicaId) {
+        self.preferred.insert(group, replica);
+    }
+
+    /// Asks each local leader that is not its PG's preferred replica to transfer leadership,
+    /// at most once per [`LEADER_TRANSFER_TICKS_MIN`] per PG.
+    fn balance_leaders(&mut self) {
+        let now = self.ticks;
+        let preferred: Vec<(GroupId, ReplicaId)> =
+            self.preferred.iter().map(|(g, r)| (*g, *r)).collect();
+        for (group, target) in preferred {
+            let Ok(leader) = self.leader_replica(group) else {
+                continue;
+            };
+            let recent = self
+                .transfers
+                .get(&group)
+                .is_some_and(|at| now - at < LEADER_TRANSFER_TICKS_MIN);
+            if leader == target || recent {
+                continue;
+            }
+            if self.node.transfer_leader(leader, target).is_ok() {
+                self.transfers.insert(group, now);
+            }
+        }
     }
 
     /// Feeds a batch of Raft messages (from a peer, or this node's own batch).

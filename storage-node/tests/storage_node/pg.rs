@@ -160,8 +160,42 @@ fn new_host_on(disks: &[Arc<ChunkStore>], log: FileLogStore) -> PgHost<FileLogSt
             host.create_replica(GroupId(g), replica(g, k), &voters, disk)
                 .expect("create replica");
         }
+        host.set_preferred_leader(GroupId(g), replica(g, g % 3));
     }
     host
+}
+
+/// Goal: every PG ends up led by its preferred replica, so leadership spreads over the disks.
+/// Method: preferred replica of PG `g` on disk `g % 3`; run rounds until every leader is the
+/// preferred one.
+#[test]
+fn leadership_moves_to_the_preferred_replicas() {
+    let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
+    let dirs = [d0.path(), d1.path(), d2.path()];
+    block_on(async {
+        let disks = open_disks(&dirs).await;
+        let mut host = new_host(&disks, log_dir.path());
+        settle_leaders(&mut host).await;
+    });
+}
+
+/// Runs rounds until every PG is led by its preferred replica (disk `g % 3`).
+async fn settle_leaders(host: &mut PgHost<FileLogStore>) {
+    let led_by_preferred = |host: &PgHost<FileLogStore>| {
+        (1..=GROUPS).all(|g| {
+            let preferred = replica(g, g % 3);
+            host.node()
+                .status(preferred)
+                .is_some_and(|s| s.role == cairn_raft::raft_types::StateRole::Leader)
+        })
+    };
+    for _ in 0..ROUNDS_MAX {
+        if led_by_preferred(host) {
+            return;
+        }
+        pump(host).await;
+    }
+    panic!("leaders never moved to the preferred replicas");
 }
 
 /// Goal: checkpoints keep the Raft log small, and a restart rebuilds the state from the
@@ -247,6 +281,8 @@ fn a_corrupt_block_is_repaired_from_another_replica() {
         let data = pattern(5, CHUNK);
         write(&mut host, at, 0, &data).await;
         assert_eq!(read(&mut host, at, 0, CHUNK as u32).await, data);
+        // Leaders stay where they are from here on (no transfer is due).
+        settle_leaders(&mut host).await;
         let group = group_of(at);
         let leader = (0..3)
             .find(|k| {

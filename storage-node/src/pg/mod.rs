@@ -485,8 +485,14 @@ impl<L: LogStore> PgHost<L> {
         offset: u32,
         data: Vec<u8>,
     ) -> Result<oneshot::Receiver<Result<(), PgError>>, PgError> {
+        // A bad request is refused whoever leads: the range first, then the leader.
+        let any = self
+            .node
+            .replicas_of(group)
+            .next()
+            .ok_or(PgError::UnknownGroup(group))?;
+        self.check_range(any, offset, data.len())?;
         let leader = self.leader_replica(group)?;
-        self.check_range(leader, offset, data.len())?;
         let request = self.next_request()?;
         let proposal = Proposal {
             incarnation: self.incarnation,
@@ -516,6 +522,13 @@ impl<L: LogStore> PgHost<L> {
         offset: u32,
         length: u32,
     ) -> Result<oneshot::Receiver<Result<Vec<u8>, PgError>>, PgError> {
+        // A bad request is refused whoever leads: the range first.
+        let any = self
+            .node
+            .replicas_of(group)
+            .next()
+            .ok_or(PgError::UnknownGroup(group))?;
+        self.check_range(any, offset, length as usize)?;
         // A local leader confirms its commit index itself; a follower that knows a leader
         // forwards the read to it; without a leader raft would drop the read silently.
         let replica = match self.leader_replica(group) {
@@ -529,7 +542,6 @@ impl<L: LogStore> PgHost<L> {
                 .ok_or(PgError::UnknownGroup(group))?,
             Err(e) => return Err(e),
         };
-        self.check_range(replica, offset, length as usize)?;
         let request = self.next_request()?;
         self.node
             .read_index(replica, request)

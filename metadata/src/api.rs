@@ -6,6 +6,8 @@
 //! GET    /cluster/status                 this member's Raft view, the members, counts, health
 //! POST   /cluster/members/{id}/rejoin    replace a member's replica by a new one (its disk was lost)
 //! POST   /nodes/{id}/heartbeat           a storage node's heartbeat (disks, PG replicas)
+//! GET    /storage-nodes                  where each storage node listens
+//! PUT    /storage-nodes/{id}             {raft_addr, data_addr}: a node registers itself
 //! GET    /nodes                          disks of the cluster map
 //! POST   /nodes/disks                    register a disk {id, host, rack, site, capacity_bytes}
 //! POST   /nodes/disks/{id}/state         {state: "in" | "out"}
@@ -78,6 +80,11 @@ pub fn router_with(
         .route("/v1/nodes", get(list_disks))
         .route("/v1/nodes/disks", post(register_disk))
         .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/v1/storage-nodes", get(list_storage_nodes))
+        .route(
+            "/v1/storage-nodes/{id}",
+            axum::routing::put(register_storage_node),
+        )
         .route("/v1/nodes/disks/{id}/state", post(set_disk_state))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(show_pool))
@@ -198,6 +205,33 @@ async fn cluster_status(State(api): State<Api>) -> Response {
     let health = api.driver.health().await.ok();
     Json(json!({ "member": raft, "members": members, "counts": counts, "health": health }))
         .into_response()
+}
+
+async fn list_storage_nodes(State(api): State<Api>) -> Response {
+    read(&api, |state| {
+        let nodes: Vec<Value> = state
+            .nodes()
+            .map(|(id, node)| {
+                json!({
+                    "id": id,
+                    "raft_addr": node.raft_addr.to_string(),
+                    "data_addr": node.data_addr.to_string(),
+                })
+            })
+            .collect();
+        Ok(json!(nodes))
+    })
+    .await
+}
+
+async fn register_storage_node(
+    State(api): State<Api>,
+    Path(id): Path<u64>,
+    parsed: Result<Json<crate::state::NodeRecord>, JsonRejection>,
+) -> Result<Response, Response> {
+    let node = body(parsed)?;
+    write(&api, Command::RegisterNode { id, node }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn heartbeat(

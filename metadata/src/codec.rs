@@ -202,6 +202,15 @@ mod tests {
                         state,
                     })
                 }),
+            (any::<u64>(), any::<u16>(), any::<u16>()).prop_map(|(id, raft, data)| {
+                Command::RegisterNode {
+                    id,
+                    node: crate::state::NodeRecord {
+                        raft_addr: std::net::SocketAddr::from(([127, 0, 0, 1], raft)),
+                        data_addr: std::net::SocketAddr::from(([127, 0, 0, 1], data)),
+                    },
+                }
+            }),
             (any::<[u8; 16]>(), state).prop_map(|(id, state)| Command::SetDiskState {
                 disk: DiskId(id),
                 state

@@ -101,6 +101,17 @@ pub struct Pool {
     pub epoch: u64,
 }
 
+/// A storage node: where its peers reach its PG replicas. Host `h` of the cluster map is node
+/// `h` (see [`host_node`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    /// Its Raft transport (mutual TLS).
+    pub raft_addr: std::net::SocketAddr,
+    /// Its data API (volume bytes; pieces forwarded between nodes).
+    pub data_addr: std::net::SocketAddr,
+}
+
 /// A block volume (EVS).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +179,13 @@ pub struct AccessKey {
 pub enum Command {
     /// Adds a disk to the cluster map (or refuses a known UUID).
     RegisterDisk(Disk),
+    /// Records (or updates) where a storage node listens.
+    RegisterNode {
+        /// The node (its host number).
+        id: u64,
+        /// Where it listens.
+        node: NodeRecord,
+    },
     /// Marks a disk in or out.
     SetDiskState {
         /// The disk.
@@ -305,6 +323,7 @@ pub(crate) struct Counters {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetaState {
     pub(crate) disks: BTreeMap<DiskId, Disk>,
+    pub(crate) nodes: BTreeMap<u64, NodeRecord>,
     pub(crate) pools: BTreeMap<String, Pool>,
     pub(crate) volumes: BTreeMap<String, Volume>,
     pub(crate) tenants: BTreeMap<String, Tenant>,
@@ -375,6 +394,16 @@ impl MetaState {
     pub fn apply(&mut self, command: Command) -> Result<Applied, MetaError> {
         match command {
             Command::RegisterDisk(disk) => self.register_disk(disk),
+            Command::RegisterNode { id, node } => {
+                if id == 0 || id > ReplicaId::NODE_MAX {
+                    return Err(MetaError::Invalid(format!(
+                        "node {id} out of range: nodes number from 1 to {}",
+                        ReplicaId::NODE_MAX
+                    )));
+                }
+                self.nodes.insert(id, node);
+                Ok(Applied::Done)
+            }
             Command::SetDiskState { disk, state } => self.set_disk_state(disk, state),
             Command::CreatePool {
                 name,
@@ -614,6 +643,11 @@ impl MetaState {
     /// Disks in id order.
     pub fn disks(&self) -> impl Iterator<Item = &Disk> {
         self.disks.values()
+    }
+
+    /// Storage nodes by id.
+    pub fn nodes(&self) -> impl Iterator<Item = (u64, &NodeRecord)> {
+        self.nodes.iter().map(|(id, node)| (*id, node))
     }
 
     /// A pool by name.
@@ -1047,6 +1081,13 @@ pub(crate) mod tests {
         ];
         prop_oneof![
             (0u8..8, 1u32..5).prop_map(|(n, host)| Command::RegisterDisk(disk(n, host))),
+            (0u64..5, 1u16..4).prop_map(|(id, port)| Command::RegisterNode {
+                id,
+                node: NodeRecord {
+                    raft_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    data_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port + 1)),
+                },
+            }),
             (0u8..8, any::<bool>()).prop_map(|(n, out)| Command::SetDiskState {
                 disk: DiskId([n; 16]),
                 state: if out { DiskState::Out } else { DiskState::In },

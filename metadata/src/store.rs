@@ -10,6 +10,7 @@
 //! | key                       | value                                         |
 //! |---------------------------|-----------------------------------------------|
 //! | `map/disk/<32 hex digits>`| [`Disk`]; the id in lower-case hex, fixed width |
+//! | `map/node/<16 hex digits>`| [`NodeRecord`](crate::state::NodeRecord): where a storage node listens |
 //! | `pool/<name>`             | [`Pool`](crate::state::Pool): policy, PG map, epoch |
 //! | `vol/<name>`              | [`Volume`](crate::state::Volume)              |
 //! | `ten/<name>`              | [`Tenant`](crate::state::Tenant)              |
@@ -90,6 +91,7 @@ const APPLIED_KEY: &[u8] = b"sys/applied";
 /// The key of the id counters.
 const COUNTERS_KEY: &[u8] = b"sys/counters";
 const DISK_PREFIX: &str = "map/disk/";
+const NODE_PREFIX: &str = "map/node/";
 const POOL_PREFIX: &str = "pool/";
 const VOLUME_PREFIX: &str = "vol/";
 const TENANT_PREFIX: &str = "ten/";
@@ -162,6 +164,7 @@ pub enum StoreError {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum RecordKey {
     Disk(DiskId),
+    Node(u64),
     Pool(String),
     Volume(String),
     Tenant(String),
@@ -176,6 +179,7 @@ impl RecordKey {
                 let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
                 format!("{DISK_PREFIX}{hex}")
             }
+            RecordKey::Node(id) => format!("{NODE_PREFIX}{id:016x}"),
             RecordKey::Pool(name) => format!("{POOL_PREFIX}{name}"),
             RecordKey::Volume(name) => format!("{VOLUME_PREFIX}{name}"),
             RecordKey::Tenant(name) => format!("{TENANT_PREFIX}{name}"),
@@ -193,6 +197,13 @@ impl RecordKey {
         let key = std::str::from_utf8(key).ok()?;
         let parsed = if let Some(hex) = key.strip_prefix(DISK_PREFIX) {
             RecordKey::Disk(parse_disk_id(hex)?)
+        } else if let Some(hex) = key.strip_prefix(NODE_PREFIX) {
+            let lower =
+                hex.len() == 16 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+            if !lower {
+                return None;
+            }
+            RecordKey::Node(u64::from_str_radix(hex, 16).ok()?)
         } else if let Some(name) = key.strip_prefix(POOL_PREFIX) {
             RecordKey::Pool(name.to_string())
         } else if let Some(name) = key.strip_prefix(VOLUME_PREFIX) {
@@ -239,6 +250,7 @@ fn parse_disk_id(hex: &str) -> Option<DiskId> {
 fn touched(command: &Command) -> Vec<RecordKey> {
     match command {
         Command::RegisterDisk(disk) => vec![RecordKey::Disk(disk.id)],
+        Command::RegisterNode { id, .. } => vec![RecordKey::Node(*id)],
         Command::SetDiskState { disk, .. } => vec![RecordKey::Disk(*disk)],
         Command::CreatePool { name, .. } => {
             vec![RecordKey::Pool(name.clone()), RecordKey::Counters]
@@ -264,6 +276,7 @@ fn touched(command: &Command) -> Vec<RecordKey> {
 fn record_value(state: &MetaState, key: &RecordKey) -> Option<Vec<u8>> {
     match key {
         RecordKey::Disk(id) => state.disks.get(id).map(codec::encode),
+        RecordKey::Node(id) => state.nodes.get(id).map(codec::encode),
         RecordKey::Pool(name) => state.pools.get(name).map(codec::encode),
         RecordKey::Volume(name) => state.volumes.get(name).map(codec::encode),
         RecordKey::Tenant(name) => state.tenants.get(name).map(codec::encode),
@@ -275,6 +288,7 @@ fn record_value(state: &MetaState, key: &RecordKey) -> Option<Vec<u8>> {
 /// Every record of `state`, by key: what the store holds besides `sys/applied`.
 fn records(state: &MetaState) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let keys = (state.disks.keys().map(|id| RecordKey::Disk(*id)))
+        .chain(state.nodes.keys().map(|id| RecordKey::Node(*id)))
         .chain(state.pools.keys().map(|n| RecordKey::Pool(n.clone())))
         .chain(state.volumes.keys().map(|n| RecordKey::Volume(n.clone())))
         .chain(state.tenants.keys().map(|n| RecordKey::Tenant(n.clone())))
@@ -317,6 +331,9 @@ fn load_record(state: &mut MetaState, key: &[u8], value: &[u8]) -> Result<(), St
                 return Err(corrupt("the disk's id differs from its key"));
             }
             state.disks.insert(id, disk);
+        }
+        RecordKey::Node(id) => {
+            state.nodes.insert(id, decode_value(key, value)?);
         }
         RecordKey::Pool(name) => {
             state.pools.insert(name, decode_value(key, value)?);
@@ -610,6 +627,20 @@ mod tests {
             .map(|n| Command::RegisterDisk(disk(n, 1 + u32::from(n / 2))))
             .collect();
         commands.extend([
+            Command::RegisterNode {
+                id: 2,
+                node: crate::state::NodeRecord {
+                    raft_addr: "127.0.0.1:7001".parse().expect("addr"),
+                    data_addr: "127.0.0.1:7002".parse().expect("addr"),
+                },
+            },
+            Command::RegisterNode {
+                id: 0,
+                node: crate::state::NodeRecord {
+                    raft_addr: "127.0.0.1:7001".parse().expect("addr"),
+                    data_addr: "127.0.0.1:7002".parse().expect("addr"),
+                },
+            },
             Command::CreatePool {
                 name: "ssd".into(),
                 replicas: 3,

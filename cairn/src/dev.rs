@@ -14,7 +14,6 @@
 //! this process's Raft port.
 
 use std::{
-    collections::BTreeMap,
     fs,
     io::Read,
     net::SocketAddr,
@@ -32,24 +31,24 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use cairn_common::{DiskId, GroupId, NodeId, OwnerId, PoolId, ReplicaId};
+use cairn_common::{GroupId, NodeId, OwnerId, PoolId};
 use cairn_metadata::{
-    health::{DiskReport, Heartbeat, ReplicaReport},
     placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},
     server::{DriverHandle, Member, RequestError, ServerConfig},
     state::{Command, MetaError, PgMember},
 };
-use cairn_raft::{NodeConfig, file_log::FileLogStore, tls::ClusterCa};
+use cairn_raft::tls::ClusterCa;
 use cairn_storage_node::{
-    ChunkStore, ChunkStoreOptions,
-    io::EngineOptions,
+    ChunkStore,
     pg::{
-        PgError, PgHost, PgStats, WRITE_BYTES_MAX,
+        PgError, PgStats, WRITE_BYTES_MAX,
         service::{self, PgHandle},
     },
 };
 use clap::Args;
 use serde_json::json;
+
+use crate::storage;
 
 /// The storage node's id, which is also its host number in the cluster map.
 const NODE: NodeId = NodeId(1);
@@ -130,23 +129,10 @@ fn write_private(path: &Path, contents: &str) -> Result<(), String> {
 }
 
 async fn open_disks(dir: &Path) -> Result<Vec<Arc<ChunkStore>>, String> {
-    let options = ChunkStoreOptions {
-        engine: EngineOptions {
-            // 16 x 1 MiB pinned per disk: a development cluster, not a benchmark.
-            buffer_count: 16,
-            ..EngineOptions::default()
-        },
-        ..ChunkStoreOptions::default()
-    };
-    let mut disks = Vec::new();
-    for i in 0..DISK_COUNT {
-        let path = dir.join(format!("disk{i}"));
-        let store = ChunkStore::open(&path, &options)
-            .await
-            .map_err(|e| format!("disk {}: {e}", path.display()))?;
-        disks.push(Arc::new(store));
-    }
-    Ok(disks)
+    let paths: Vec<PathBuf> = (0..DISK_COUNT)
+        .map(|i| dir.join(format!("disk{i}")))
+        .collect();
+    storage::open_disks(&paths).await
 }
 
 async fn serve(args: DevArgs) -> Result<(), String> {
@@ -237,7 +223,7 @@ async fn propose(meta: &DriverHandle, command: Command) -> Result<(), String> {
 impl Setup {
     async fn run(self, meta: DriverHandle) -> Result<(), String> {
         for (i, disk) in self.disks.iter().enumerate() {
-            let capacity_bytes = capacity(&self.dir.join(format!("disk{i}")))?;
+            let capacity_bytes = storage::capacity(&self.dir.join(format!("disk{i}")))?;
             let record = Disk {
                 id: disk.disk_id(),
                 host: HostId(NODE.0 as u32),
@@ -256,37 +242,11 @@ impl Setup {
         };
         propose(&meta, pool).await?;
         let (pool_id, pg_map) = read_pool(&meta).await?;
-        let local: BTreeMap<DiskId, ()> = self.disks.iter().map(|d| (d.disk_id(), ())).collect();
-        let mut placement = BTreeMap::new();
-        let mut replicas = Vec::new();
-        for (index, members) in pg_map.iter().enumerate() {
-            let group = GroupId::pg(pool_id, index as u32);
-            let voters: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
-            for member in members {
-                if member.replica.node() == NODE && local.contains_key(&member.disk) {
-                    placement.insert(member.replica, member.disk);
-                    replicas.push((group, member.replica, voters.clone(), member.disk));
-                }
-            }
-        }
-        let log = FileLogStore::open(&self.dir.join("wal")).map_err(|e| e.to_string())?;
-        let mut node_config = NodeConfig::new(NODE);
-        node_config.election_tick_range = (10, 20);
+        let pg_count = pg_map.len();
         let chunk_size = self.disks[0].chunk_size_bytes();
         let disks = self.disks.clone();
-        let mut host =
-            PgHost::new(node_config, log, self.disks, placement).map_err(|e| e.to_string())?;
-        let hosted: Vec<ReplicaId> = host.replicas().map(|(r, _)| r).collect();
-        let mut created = 0;
-        for (group, replica, voters, disk) in replicas {
-            if !hosted.contains(&replica) {
-                host.create_replica(group, replica, &voters, disk)
-                    .map_err(|e| e.to_string())?;
-                created += 1;
-            }
-            // The PG map lists the preferred leader first; placement spreads them over disks.
-            host.set_preferred_leader(group, voters[0]);
-        }
+        let (host, created) =
+            storage::start_host(NODE, &self.dir.join("wal"), &disks, &[(pool_id, pg_map)])?;
         let stats = host.stats();
         let pgs = service::spawn(host, NODE, Duration::from_millis(10), None);
         tokio::spawn(heartbeats(meta.clone(), pgs.clone(), disks.clone()));
@@ -298,8 +258,7 @@ impl Setup {
         });
         write_private(&self.dir.join("endpoints.env"), &self.endpoints)?;
         println!(
-            "cairn dev: ready ({} PGs, {created} replicas created now); endpoints in {}",
-            pg_map.len(),
+            "cairn dev: ready ({pg_count} PGs, {created} replicas created now); endpoints in {}",
             self.dir.join("endpoints.env").display()
         );
         Ok(())
@@ -308,61 +267,16 @@ impl Setup {
 
 /// Reports the node's disks and PG replicas to the metadata service every second.
 async fn heartbeats(meta: DriverHandle, pgs: PgHandle, disks: Vec<Arc<ChunkStore>>) {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         ticker.tick().await;
         let Ok(replicas) = pgs.report().await else {
             return;
         };
-        let beat = Heartbeat {
-            node: NODE.0,
-            disks: disks
-                .iter()
-                .map(|d| DiskReport {
-                    id: d.disk_id(),
-                    used_bytes: d.chunk_ids().len() as u64 * u64::from(d.chunk_size_bytes()),
-                    reads: d.stats().reads.load(Relaxed),
-                    writes: d.stats().writes.load(Relaxed),
-                    corrupt_blocks: d.stats().corrupt_blocks.load(Relaxed),
-                })
-                .collect(),
-            replicas: replicas
-                .into_iter()
-                .map(|r| ReplicaReport {
-                    group: r.group.0,
-                    replica: r.replica,
-                    leader: r.leader,
-                    term: r.term,
-                    commit: r.commit,
-                    applied: r.applied,
-                })
-                .collect(),
-        };
-        if let Err(e) = meta.heartbeat(beat) {
+        if let Err(e) = meta.heartbeat(storage::heartbeat(NODE, &disks, replicas)) {
             tracing::warn!("heartbeat not delivered: {e:?}");
         }
     }
-}
-
-/// Total bytes of the file system holding `dir`: the disk's capacity in the cluster map.
-fn capacity(dir: &Path) -> Result<u64, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| format!("{} has a NUL byte", dir.display()))?;
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `stats` a writable statvfs.
-    let status = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
-    if status != 0 {
-        return Err(format!(
-            "statvfs {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok((stats.f_blocks as u64)
-        .saturating_mul(stats.f_frsize as u64)
-        .max(1))
 }
 
 async fn read_pool(meta: &DriverHandle) -> Result<(PoolId, Vec<Vec<PgMember>>), String> {

@@ -1,0 +1,132 @@
+//! What `cairn dev` and `cairn node` share to run a storage node: its disks, its PG replicas
+//! from the PG maps, and the heartbeat it reports.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use cairn_common::{DiskId, GroupId, NodeId, PoolId, ReplicaId};
+use cairn_metadata::{
+    health::{DiskReport, Heartbeat, ReplicaReport},
+    state::PgMember,
+};
+use cairn_raft::{NodeConfig, file_log::FileLogStore};
+use cairn_storage_node::{ChunkStore, ChunkStoreOptions, io::EngineOptions, pg::PgHost};
+
+/// Opens (formatting on first use) the chunk store in each directory.
+pub async fn open_disks(paths: &[PathBuf]) -> Result<Vec<Arc<ChunkStore>>, String> {
+    let options = ChunkStoreOptions {
+        engine: EngineOptions {
+            // 16 x 1 MiB pinned per disk: enough for the data API's 1 MiB pieces.
+            buffer_count: 16,
+            ..EngineOptions::default()
+        },
+        ..ChunkStoreOptions::default()
+    };
+    let mut disks = Vec::new();
+    for path in paths {
+        let store = ChunkStore::open(path, &options)
+            .await
+            .map_err(|e| format!("disk {}: {e}", path.display()))?;
+        disks.push(Arc::new(store));
+    }
+    Ok(disks)
+}
+
+/// Total bytes of the file system holding `dir`: the disk's capacity in the cluster map.
+pub fn capacity(dir: &Path) -> Result<u64, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| format!("{} has a NUL byte", dir.display()))?;
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stats` a writable statvfs.
+    let status = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    if status != 0 {
+        return Err(format!(
+            "statvfs {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok((stats.f_blocks as u64)
+        .saturating_mul(stats.f_frsize as u64)
+        .max(1))
+}
+
+/// Starts the PG host of `node` on its Raft log in `wal` and its `disks`, hosting every member
+/// of `pools`' PG maps that lives on one of them (created on first sight), each PG's first
+/// member named its preferred leader. Returns the host and how many replicas were created.
+pub fn start_host(
+    node: NodeId,
+    wal: &Path,
+    disks: &[Arc<ChunkStore>],
+    pools: &[(PoolId, Vec<Vec<PgMember>>)],
+) -> Result<(PgHost<FileLogStore>, usize), String> {
+    let local: Vec<DiskId> = disks.iter().map(|d| d.disk_id()).collect();
+    let mut placement = BTreeMap::new();
+    let mut replicas = Vec::new();
+    for (pool, pg_map) in pools {
+        for (index, members) in pg_map.iter().enumerate() {
+            let group = GroupId::pg(*pool, index as u32);
+            let voters: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
+            for member in members {
+                if member.replica.node() == node && local.contains(&member.disk) {
+                    placement.insert(member.replica, member.disk);
+                    replicas.push((group, member.replica, voters.clone(), member.disk));
+                }
+            }
+        }
+    }
+    let log = FileLogStore::open(wal).map_err(|e| e.to_string())?;
+    let mut config = NodeConfig::new(node);
+    config.election_tick_range = (10, 20);
+    let mut host =
+        PgHost::new(config, log, disks.to_vec(), placement).map_err(|e| e.to_string())?;
+    let hosted: Vec<ReplicaId> = host.replicas().map(|(r, _)| r).collect();
+    let mut created = 0;
+    for (group, replica, voters, disk) in replicas {
+        if !hosted.contains(&replica) {
+            host.create_replica(group, replica, &voters, disk)
+                .map_err(|e| e.to_string())?;
+            created += 1;
+        }
+        // The PG map lists the preferred leader first; placement spreads them over disks.
+        host.set_preferred_leader(group, voters[0]);
+    }
+    Ok((host, created))
+}
+
+/// The heartbeat of `node`: its disks and what its PG host reports.
+pub fn heartbeat(
+    node: NodeId,
+    disks: &[Arc<ChunkStore>],
+    replicas: Vec<cairn_storage_node::pg::ReplicaState>,
+) -> Heartbeat {
+    use std::sync::atomic::Ordering::Relaxed;
+    Heartbeat {
+        node: node.0,
+        disks: disks
+            .iter()
+            .map(|d| DiskReport {
+                id: d.disk_id(),
+                used_bytes: d.chunk_ids().len() as u64 * u64::from(d.chunk_size_bytes()),
+                reads: d.stats().reads.load(Relaxed),
+                writes: d.stats().writes.load(Relaxed),
+                corrupt_blocks: d.stats().corrupt_blocks.load(Relaxed),
+            })
+            .collect(),
+        replicas: replicas
+            .into_iter()
+            .map(|r| ReplicaReport {
+                group: r.group.0,
+                replica: r.replica,
+                leader: r.leader,
+                term: r.term,
+                commit: r.commit,
+                applied: r.applied,
+            })
+            .collect(),
+    }
+}

@@ -124,6 +124,8 @@ pub enum NodeCommand {
     },
     /// Marks a disk in or out.
     SetDiskState { id: String, state: String },
+    /// Runs a storage node: registers it and its disks, hosts its PG replicas.
+    Run(crate::node::NodeArgs),
 }
 
 #[derive(Subcommand)]
@@ -181,10 +183,31 @@ pub fn format_size(bytes: u64) -> String {
     format!("{value} {}", UNITS[unit])
 }
 
-enum Method {
+pub(crate) enum Method {
     Get,
     Post(Value),
+    Put(Value),
     Delete,
+}
+
+impl Connection {
+    /// The same admin URLs with another token (a process reading its token from a file).
+    pub(crate) fn with_token(&self, token: String) -> Connection {
+        Connection {
+            token: Some(token),
+            ..self.clone()
+        }
+    }
+}
+
+/// One admin API call with the CLI's leader following and retries (for `cairn node run`).
+pub(crate) fn api_call(
+    connection: &Connection,
+    path: &str,
+    method: Method,
+) -> Result<Value, String> {
+    let client = Client::new(connection).map_err(|Failure(m)| m)?;
+    client.call(path, method).map_err(|Failure(m)| m)
 }
 
 struct Client {
@@ -230,6 +253,11 @@ impl Client {
             Method::Post(body) => self
                 .agent
                 .post(&url)
+                .header("Authorization", &auth)
+                .send_json(body),
+            Method::Put(body) => self
+                .agent
+                .put(&url)
                 .header("Authorization", &auth)
                 .send_json(body),
         };
@@ -619,6 +647,7 @@ pub fn volume(connection: &Connection, command: VolumeCommand) -> ExitCode {
 
 pub fn node(connection: &Connection, command: NodeCommand) -> ExitCode {
     match command {
+        NodeCommand::Run(args) => crate::node::run(args, connection),
         NodeCommand::List => run_with(connection, "/v1/nodes", Method::Get, disk_table),
         NodeCommand::AddDisk {
             id,

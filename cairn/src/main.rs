@@ -8,6 +8,7 @@ mod ca;
 mod dev;
 mod disk;
 mod meta;
+mod node;
 mod storage;
 
 use std::process::ExitCode;

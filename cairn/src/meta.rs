@@ -50,30 +50,41 @@ fn parse_member(text: &str) -> Result<Member, String> {
     })
 }
 
+/// The node's mutual-TLS identity from `node-<id>.crt`, `node-<id>.key` and `ca.crt` in `certs`.
+pub(crate) fn load_identity(certs: &std::path::Path, id: NodeId) -> Result<NodeIdentity, String> {
+    let read = |name: String| {
+        let path = certs.join(&name);
+        fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))
+    };
+    let pem = IdentityPem {
+        cert: read(format!("node-{}.crt", id.0))?,
+        key: read(format!("node-{}.key", id.0))?,
+        ca: read("ca.crt".into())?,
+    };
+    NodeIdentity::from_pem(id, pem).map_err(|e| e.to_string())
+}
+
+/// The admin token from its file (at least 16 characters).
+pub(crate) fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let token = fs::read_to_string(path)
+        .map_err(|e| format!("read {}: {e}", path.display()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        return Err("the admin token must be at least 16 characters".into());
+    }
+    Ok(token)
+}
+
 fn config(args: MetaArgs) -> Result<ServerConfig, String> {
     let members = args
         .members
         .iter()
         .map(|m| parse_member(m))
         .collect::<Result<Vec<_>, _>>()?;
-    let read = |name: String| {
-        let path = args.certs.join(&name);
-        fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))
-    };
     let id = NodeId(args.id);
-    let pem = IdentityPem {
-        cert: read(format!("node-{}.crt", args.id))?,
-        key: read(format!("node-{}.key", args.id))?,
-        ca: read("ca.crt".into())?,
-    };
-    let identity = NodeIdentity::from_pem(id, pem).map_err(|e| e.to_string())?;
-    let token = fs::read_to_string(&args.token_file)
-        .map_err(|e| format!("read {}: {e}", args.token_file.display()))?
-        .trim()
-        .to_string();
-    if token.len() < 16 {
-        return Err("the admin token must be at least 16 characters".into());
-    }
+    let identity = load_identity(&args.certs, id)?;
+    let token = read_token(&args.token_file)?;
     Ok(ServerConfig {
         id,
         data_dir: args.data,

@@ -13,7 +13,11 @@ use cairn_metadata::{
     state::PgMember,
 };
 use cairn_raft::{NodeConfig, file_log::FileLogStore};
-use cairn_storage_node::{ChunkStore, ChunkStoreOptions, io::EngineOptions, pg::PgHost};
+use cairn_storage_node::{
+    ChunkStore, ChunkStoreOptions,
+    io::EngineOptions,
+    pg::{NewReplica, PgHost},
+};
 
 /// Opens (formatting on first use) the chunk store in each directory.
 pub async fn open_disks(paths: &[PathBuf]) -> Result<Vec<Arc<ChunkStore>>, String> {
@@ -55,6 +59,32 @@ pub fn capacity(dir: &Path) -> Result<u64, String> {
         .max(1))
 }
 
+/// The members of `pools`' PG maps that live on one of `disks` of `node`.
+pub fn local_replicas(
+    node: NodeId,
+    disks: &[Arc<ChunkStore>],
+    pools: &[(PoolId, Vec<Vec<PgMember>>)],
+) -> Vec<NewReplica> {
+    let local: Vec<DiskId> = disks.iter().map(|d| d.disk_id()).collect();
+    let mut out = Vec::new();
+    for (pool, pg_map) in pools {
+        for (index, members) in pg_map.iter().enumerate() {
+            let voters: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
+            for member in members {
+                if member.replica.node() == node && local.contains(&member.disk) {
+                    out.push(NewReplica {
+                        group: GroupId::pg(*pool, index as u32),
+                        replica: member.replica,
+                        voters: voters.clone(),
+                        disk: member.disk,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Starts the PG host of `node` on its Raft log in `wal` and its `disks`, hosting every member
 /// of `pools`' PG maps that lives on one of them (created on first sight), each PG's first
 /// member named its preferred leader. Returns the host and how many replicas were created.
@@ -64,21 +94,9 @@ pub fn start_host(
     disks: &[Arc<ChunkStore>],
     pools: &[(PoolId, Vec<Vec<PgMember>>)],
 ) -> Result<(PgHost<FileLogStore>, usize), String> {
-    let local: Vec<DiskId> = disks.iter().map(|d| d.disk_id()).collect();
-    let mut placement = BTreeMap::new();
-    let mut replicas = Vec::new();
-    for (pool, pg_map) in pools {
-        for (index, members) in pg_map.iter().enumerate() {
-            let group = GroupId::pg(*pool, index as u32);
-            let voters: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
-            for member in members {
-                if member.replica.node() == node && local.contains(&member.disk) {
-                    placement.insert(member.replica, member.disk);
-                    replicas.push((group, member.replica, voters.clone(), member.disk));
-                }
-            }
-        }
-    }
+    let wanted = local_replicas(node, disks, pools);
+    let placement: BTreeMap<ReplicaId, DiskId> =
+        wanted.iter().map(|r| (r.replica, r.disk)).collect();
     let log = FileLogStore::open(wal).map_err(|e| e.to_string())?;
     let mut config = NodeConfig::new(node);
     config.election_tick_range = (10, 20);
@@ -86,14 +104,14 @@ pub fn start_host(
         PgHost::new(config, log, disks.to_vec(), placement).map_err(|e| e.to_string())?;
     let hosted: Vec<ReplicaId> = host.replicas().map(|(r, _)| r).collect();
     let mut created = 0;
-    for (group, replica, voters, disk) in replicas {
-        if !hosted.contains(&replica) {
-            host.create_replica(group, replica, &voters, disk)
-                .map_err(|e| e.to_string())?;
+    for new in wanted {
+        if hosted.contains(&new.replica) {
+            // The PG map lists the preferred leader first; placement spreads them over disks.
+            host.set_preferred_leader(new.group, new.voters[0]);
+        } else {
+            host.host_new(new).map_err(|e| e.to_string())?;
             created += 1;
         }
-        // The PG map lists the preferred leader first; placement spreads them over disks.
-        host.set_preferred_leader(group, voters[0]);
     }
     Ok((host, created))
 }

@@ -168,6 +168,19 @@ pub enum PgError {
     Raft(String),
 }
 
+/// A replica to host: one member of a PG as the PG map lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewReplica {
+    /// The PG.
+    pub group: GroupId,
+    /// The replica.
+    pub replica: ReplicaId,
+    /// The PG's first voters, the preferred leader first.
+    pub voters: Vec<ReplicaId>,
+    /// The disk its chunks go on.
+    pub disk: DiskId,
+}
+
 /// One replica's state, as a heartbeat reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicaState {
@@ -307,6 +320,17 @@ impl<L: LogStore> PgHost<L> {
             .create_group(group, replica, voters)
             .map_err(|e| PgError::Raft(e.to_string()))?;
         self.placement.insert(replica, disk);
+        Ok(())
+    }
+
+    /// Hosts a replica of a new PG and names the PG's preferred leader (its first voter).
+    pub fn host_new(&mut self, new: NewReplica) -> Result<(), PgError> {
+        let preferred = *new
+            .voters
+            .first()
+            .ok_or_else(|| PgError::Invalid(format!("{}: a PG without voters", new.group)))?;
+        self.create_replica(new.group, new.replica, &new.voters, new.disk)?;
+        self.set_preferred_leader(new.group, preferred);
         Ok(())
     }
 

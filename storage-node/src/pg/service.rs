@@ -11,7 +11,7 @@ use cairn_raft::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{PgError, PgHost, ReplicaState};
+use super::{NewReplica, PgError, PgHost, ReplicaState};
 
 /// Requests queued for the host task; beyond it callers get `Busy`.
 pub const REQUEST_QUEUE_MAX: usize = 1024;
@@ -37,6 +37,7 @@ enum Request {
         reply: oneshot::Sender<Result<Vec<u8>, PgError>>,
     },
     Report(oneshot::Sender<Vec<ReplicaState>>),
+    Host(Vec<NewReplica>, oneshot::Sender<Result<(), PgError>>),
 }
 
 /// Writes and reads through the host task.
@@ -144,6 +145,10 @@ fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
         Request::Report(reply) => {
             let _ = reply.send(host.report());
         }
+        Request::Host(new, reply) => {
+            let result = new.into_iter().try_for_each(|r| host.host_new(r));
+            let _ = reply.send(result);
+        }
     }
 }
 
@@ -221,6 +226,16 @@ impl PgHandle {
             .map_err(|_| PgError::Busy)?;
         rx.await
             .map_err(|_| PgError::Raft("the PG host stopped".into()))
+    }
+
+    /// Hosts replicas of new PGs (see [`PgHost::host_new`]).
+    pub async fn host(&self, new: Vec<NewReplica>) -> Result<(), PgError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .try_send(Request::Host(new, tx))
+            .map_err(|_| PgError::Busy)?;
+        rx.await
+            .unwrap_or_else(|_| Err(PgError::Raft("the PG host stopped".into())))
     }
 
     /// Reads through PG `group` (see [`PgHost::read`]).

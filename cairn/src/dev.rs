@@ -25,12 +25,12 @@ use std::{
 
 use axum::{
     Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, Path as UrlPath, RawQuery, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
+use cairn_client::Piece;
 use cairn_common::{GroupId, NodeId, OwnerId, PoolId};
 use cairn_metadata::{
     placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},
@@ -41,14 +41,17 @@ use cairn_raft::tls::ClusterCa;
 use cairn_storage_node::{
     ChunkStore,
     pg::{
-        PgError, PgStats, WRITE_BYTES_MAX,
+        PgStats,
         service::{self, PgHandle},
     },
 };
 use clap::Args;
 use serde_json::json;
 
-use crate::storage;
+use crate::{
+    data::{self, DataError, Target},
+    storage,
+};
 
 /// The storage node's id, which is also its host number in the cluster map.
 const NODE: NodeId = NodeId(1);
@@ -56,8 +59,6 @@ const NODE: NodeId = NodeId(1);
 const DISK_COUNT: usize = 3;
 /// The pool `cairn dev` creates.
 const POOL: &str = "default";
-/// Largest body of one data request: bounds what one request holds in memory.
-pub const DATA_REQUEST_BYTES_MAX: usize = 64 << 20;
 /// How often the storage node reports to the metadata service.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A development cluster reports a silent node after a few missed heartbeats.
@@ -166,7 +167,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         endpoints: format!("ADMIN_URL=http://{}\nADMIN_TOKEN={token}\n", args.listen),
     };
     let extra = move |meta: DriverHandle| {
-        let data = DataApi {
+        let backend = DevBackend {
             meta: meta.clone(),
             storage,
         };
@@ -178,10 +179,9 @@ async fn serve(args: DevArgs) -> Result<(), String> {
             }
         });
         Router::new()
-            .route("/v1/volumes/{name}/data", get(read_data).put(write_data))
             .route("/metrics", get(metrics))
-            .layer(DefaultBodyLimit::max(DATA_REQUEST_BYTES_MAX))
-            .with_state(data)
+            .with_state(backend.clone())
+            .merge(data::routes(backend))
     };
     cairn_metadata::server::serve_with(config, extra)
         .await
@@ -296,23 +296,81 @@ async fn read_pool(meta: &DriverHandle) -> Result<(PoolId, Vec<Vec<PgMember>>), 
     Ok((PoolId(id as u32), map))
 }
 
+/// `cairn dev`'s data backend: volumes from the in-process metadata member, pieces through
+/// the in-process PG host.
 #[derive(Clone)]
-struct DataApi {
+struct DevBackend {
     meta: DriverHandle,
     storage: Arc<OnceLock<Storage>>,
 }
 
-/// Where a volume's bytes go.
-struct Target {
-    owner: OwnerId,
-    pool: PoolId,
-    pg_count: u32,
-    size_bytes: u64,
+impl DevBackend {
+    fn storage(&self) -> Result<&Storage, DataError> {
+        self.storage
+            .get()
+            .ok_or_else(|| DataError::Unavailable("the storage node is starting; retry".into()))
+    }
+}
+
+impl data::Backend for DevBackend {
+    async fn target(&self, name: String) -> Result<Target, DataError> {
+        let value = self
+            .meta
+            .read(Box::new(move |state| {
+                let not_found = |kind: &'static str, name: &str| MetaError::NotFound {
+                    kind,
+                    name: name.to_string(),
+                };
+                let volume = state
+                    .volume(&name)
+                    .ok_or_else(|| not_found("volume", &name))?;
+                let pool = state
+                    .pool(&volume.pool)
+                    .ok_or_else(|| not_found("pool", &volume.pool))?;
+                Ok(json!({
+                    "owner": volume.id.0,
+                    "pool": pool.id.0,
+                    "pg_count": pool.policy.pg_count,
+                    "size_bytes": volume.size_bytes,
+                }))
+            }))
+            .await
+            .map_err(|e| match e {
+                RequestError::Refused(MetaError::NotFound { .. }) => {
+                    DataError::NotFound(format!("{e:?}"))
+                }
+                RequestError::Refused(e) => DataError::BadRequest(e.to_string()),
+                other => DataError::Unavailable(format!("{other:?}")),
+            })?;
+        let field = |key: &str| value[key].as_u64().unwrap_or_default();
+        Ok(Target {
+            owner: OwnerId(field("owner")),
+            pool: PoolId(field("pool") as u32),
+            pg_count: field("pg_count") as u32,
+            size_bytes: field("size_bytes"),
+        })
+    }
+
+    fn chunk_size(&self) -> Result<u32, DataError> {
+        Ok(self.storage()?.chunk_size)
+    }
+
+    async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {
+        let pgs = self.storage()?.pgs.clone();
+        Ok(pgs.write(group, piece.chunk, piece.offset, data).await?)
+    }
+
+    async fn read(&self, group: GroupId, piece: Piece) -> Result<Vec<u8>, DataError> {
+        let pgs = self.storage()?.pgs.clone();
+        Ok(pgs
+            .read(group, piece.chunk, piece.offset, piece.length)
+            .await?)
+    }
 }
 
 /// Prometheus text exposition of the storage node's counters (behind the admin token, like
 /// every route: give the scraper the token as its bearer token).
-async fn metrics(State(api): State<DataApi>) -> Response {
+async fn metrics(State(api): State<DevBackend>) -> Response {
     use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed};
     let storage = match api.storage() {
         Ok(storage) => storage,
@@ -377,241 +435,4 @@ async fn metrics(State(api): State<DataApi>) -> Response {
     );
     let content_type = [("content-type", "text/plain; version=0.0.4")];
     (StatusCode::OK, content_type, out).into_response()
-}
-
-/// Why a data request failed; its `into_response` is the one place it becomes HTTP.
-#[derive(Debug)]
-enum DataError {
-    /// The request is malformed or out of range (400).
-    BadRequest(String),
-    /// The storage node is not serving yet (503).
-    Starting,
-    /// The metadata service refused or could not answer.
-    Meta(RequestError),
-    /// A placement group refused or failed.
-    Pg(PgError),
-}
-
-impl IntoResponse for DataError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            DataError::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
-            DataError::Starting => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the storage node is starting; retry".to_string(),
-            ),
-            DataError::Meta(e) => return e.into_response(),
-            DataError::Pg(e) => {
-                let status = match e {
-                    PgError::Invalid(_) => StatusCode::BAD_REQUEST,
-                    PgError::NotLeader { .. } | PgError::Dropped(_) | PgError::Busy => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    PgError::UnknownGroup(_)
-                    | PgError::Store { .. }
-                    | PgError::Disk { .. }
-                    | PgError::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                (status, e.to_string())
-            }
-        };
-        (status, axum::Json(json!({ "error": message }))).into_response()
-    }
-}
-
-/// `offset` and `length` from a query string; unknown keys are refused.
-fn range(query: Option<&str>, need_length: bool) -> Result<(u64, Option<u64>), DataError> {
-    let mut offset = None;
-    let mut length = None;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let number = value
-            .parse::<u64>()
-            .map_err(|_| DataError::BadRequest(format!("{key}={value:?} is not a number")))?;
-        match key {
-            "offset" => offset = Some(number),
-            "length" => length = Some(number),
-            other => {
-                return Err(DataError::BadRequest(format!(
-                    "unknown parameter {other:?}"
-                )));
-            }
-        }
-    }
-    let offset = offset.ok_or_else(|| DataError::BadRequest("offset is required".into()))?;
-    if need_length && length.is_none() {
-        return Err(DataError::BadRequest("length is required".into()));
-    }
-    Ok((offset, length))
-}
-
-impl DataApi {
-    fn storage(&self) -> Result<&Storage, DataError> {
-        self.storage.get().ok_or(DataError::Starting)
-    }
-
-    async fn target(&self, name: String) -> Result<Target, DataError> {
-        let value = self
-            .meta
-            .read(Box::new(move |state| {
-                let not_found = |kind: &'static str, name: &str| MetaError::NotFound {
-                    kind,
-                    name: name.to_string(),
-                };
-                let volume = state
-                    .volume(&name)
-                    .ok_or_else(|| not_found("volume", &name))?;
-                let pool = state
-                    .pool(&volume.pool)
-                    .ok_or_else(|| not_found("pool", &volume.pool))?;
-                Ok(json!({
-                    "owner": volume.id.0,
-                    "pool": pool.id.0,
-                    "pg_count": pool.policy.pg_count,
-                    "size_bytes": volume.size_bytes,
-                }))
-            }))
-            .await
-            .map_err(DataError::Meta)?;
-        let field = |key: &str| value[key].as_u64().unwrap_or_default();
-        Ok(Target {
-            owner: OwnerId(field("owner")),
-            pool: PoolId(field("pool") as u32),
-            pg_count: field("pg_count") as u32,
-            size_bytes: field("size_bytes"),
-        })
-    }
-
-    /// Checks the range against the volume and the request limit.
-    fn check(target: &Target, offset: u64, length: u64) -> Result<(), DataError> {
-        if length > DATA_REQUEST_BYTES_MAX as u64 {
-            return Err(DataError::BadRequest(format!(
-                "at most {DATA_REQUEST_BYTES_MAX} bytes per request"
-            )));
-        }
-        let end = offset.checked_add(length);
-        if end.is_none_or(|end| end > target.size_bytes) {
-            return Err(DataError::BadRequest(format!(
-                "{length} bytes at {offset} run past the volume's {} bytes",
-                target.size_bytes
-            )));
-        }
-        Ok(())
-    }
-
-    /// The pieces of a range of the volume, each with its PG.
-    fn pieces(
-        target: &Target,
-        storage: &Storage,
-        offset: u64,
-        length: u64,
-    ) -> impl Iterator<Item = (GroupId, cairn_client::Piece)> {
-        let (pool, owner, pg_count) = (target.pool, target.owner, target.pg_count);
-        let pieces = cairn_client::pieces(
-            pool,
-            owner,
-            offset,
-            length,
-            storage.chunk_size,
-            WRITE_BYTES_MAX as u32,
-        );
-        pieces.map(move |piece| {
-            let pg = cairn_client::pg_of(owner, piece.chunk.index, pg_count);
-            (GroupId::pg(pool, pg), piece)
-        })
-    }
-}
-
-/// Pieces of one request in flight at once: enough to keep every PG of a 64 MiB request busy
-/// on a small cluster without one request taking the whole queue of the PG task.
-const PIECES_IN_FLIGHT_MAX: usize = 16;
-
-/// Waits for one piece; its error fails the request (the others are dropped with the set).
-async fn finish_one<T: 'static>(
-    in_flight: &mut tokio::task::JoinSet<Result<T, PgError>>,
-) -> Result<T, DataError> {
-    match in_flight.join_next().await {
-        Some(Ok(result)) => result.map_err(DataError::Pg),
-        Some(Err(e)) => Err(DataError::Pg(PgError::Raft(format!("piece task: {e}")))),
-        None => Err(DataError::Pg(PgError::Raft("no piece in flight".into()))),
-    }
-}
-
-/// Copies a read piece to its place in the response.
-fn place(out: &mut [u8], (at, data): (usize, Vec<u8>)) {
-    out[at..at + data.len()].copy_from_slice(&data);
-}
-
-async fn write_data(
-    State(api): State<DataApi>,
-    UrlPath(name): UrlPath<String>,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    let result: Result<(), DataError> = async {
-        let (offset, _) = range(query.as_deref(), false)?;
-        let target = api.target(name).await?;
-        DataApi::check(&target, offset, body.len() as u64)?;
-        let storage = api.storage()?;
-        let mut in_flight = tokio::task::JoinSet::new();
-        for (group, piece) in DataApi::pieces(&target, storage, offset, body.len() as u64) {
-            if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
-                finish_one(&mut in_flight).await?;
-            }
-            let start = piece.buffer_offset as usize;
-            let data = body[start..start + piece.length as usize].to_vec();
-            let pgs = storage.pgs.clone();
-            in_flight.spawn(async move { pgs.write(group, piece.chunk, piece.offset, data).await });
-        }
-        while !in_flight.is_empty() {
-            finish_one(&mut in_flight).await?;
-        }
-        Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn read_data(
-    State(api): State<DataApi>,
-    UrlPath(name): UrlPath<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let result: Result<Vec<u8>, DataError> = async {
-        let (offset, length) = range(query.as_deref(), true)?;
-        let length = length.unwrap_or_default();
-        let target = api.target(name).await?;
-        DataApi::check(&target, offset, length)?;
-        let storage = api.storage()?;
-        let mut out = vec![0u8; length as usize];
-        let mut in_flight = tokio::task::JoinSet::new();
-        for (group, piece) in DataApi::pieces(&target, storage, offset, length) {
-            if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
-                place(&mut out, finish_one(&mut in_flight).await?);
-            }
-            let pgs = storage.pgs.clone();
-            in_flight.spawn(async move {
-                let data = pgs
-                    .read(group, piece.chunk, piece.offset, piece.length)
-                    .await?;
-                Ok((piece.buffer_offset as usize, data))
-            });
-        }
-        while !in_flight.is_empty() {
-            place(&mut out, finish_one(&mut in_flight).await?);
-        }
-        Ok(out)
-    }
-    .await;
-    match result {
-        Ok(data) => (StatusCode::OK, data).into_response(),
-        Err(e) => e.into_response(),
-    }
 }

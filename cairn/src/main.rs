@@ -5,6 +5,7 @@
 
 mod admin;
 mod ca;
+mod data;
 mod dev;
 mod disk;
 mod meta;

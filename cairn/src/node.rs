@@ -8,6 +8,7 @@
 //! the cluster map; its certificate (`cairn ca issue`) names it.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
@@ -15,18 +16,29 @@ use std::{
     time::Duration,
 };
 
-use cairn_common::{DiskId, NodeId, PoolId, ReplicaId};
+use axum::{
+    body::Bytes,
+    extract::{Path as UrlPath, RawQuery, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use cairn_client::Piece;
+use cairn_common::{ChunkId, DiskId, GroupId, NodeId, OwnerId, PoolId, ReplicaId};
 use cairn_metadata::state::PgMember;
 use cairn_raft::transport::TcpTransport;
 use cairn_storage_node::{
     ChunkStore,
-    pg::service::{self, Network, PgHandle},
+    pg::{
+        PgError, WRITE_BYTES_MAX,
+        service::{self, Network, PgHandle},
+    },
 };
 use clap::Args;
 use serde_json::{Value, json};
 
 use crate::{
     admin::{Connection, Method, api_call},
+    data::{self, DataError, Target},
     storage,
 };
 
@@ -66,13 +78,13 @@ pub struct NodeArgs {
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
     let result = crate::meta::read_token(&args.token_file).and_then(|token| {
-        let connection = connection.with_token(token);
+        let connection = connection.with_token(token.clone());
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))?
-            .block_on(serve(args, connection))
+            .block_on(serve(args, connection, token))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,7 +143,7 @@ async fn pools(connection: &Connection) -> Result<Vec<(PoolId, Vec<Vec<PgMember>
     Ok(out)
 }
 
-async fn serve(args: NodeArgs, connection: Connection) -> Result<(), String> {
+async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<(), String> {
     let me = NodeId(args.id);
     if args.id == 0 || args.id > ReplicaId::NODE_MAX {
         return Err(format!("node id {} out of range", args.id));
@@ -165,8 +177,10 @@ async fn serve(args: NodeArgs, connection: Connection) -> Result<(), String> {
     let (transport, _, incoming) = TcpTransport::start(&identity, args.raft_listen)
         .await
         .map_err(|e| e.to_string())?;
-    set_peers(&connection, &transport, me).await?;
+    let directory = Directory::default();
+    set_peers(&connection, &transport, me, &directory).await?;
     let known = pools(&connection).await?;
+    remember_members(&directory, &known);
     let (host, created) = storage::start_host(me, &args.data.join("wal"), &disks, &known)?;
     let hosted = Arc::new(Mutex::new(
         host.replicas().map(|(r, _)| r).collect::<Vec<_>>(),
@@ -176,6 +190,22 @@ async fn serve(args: NodeArgs, connection: Connection) -> Result<(), String> {
         incoming,
     };
     let pgs = service::spawn(host, me, Duration::from_millis(10), Some(network));
+    let backend = NodeBackend {
+        connection: connection.clone(),
+        token,
+        me,
+        pgs: pgs.clone(),
+        chunk_size: disks[0].chunk_size_bytes(),
+        directory: directory.clone(),
+    };
+    let data_listen = args.data_listen;
+    tokio::spawn(async move {
+        if let Err(e) = serve_data(data_listen, backend).await {
+            tracing::error!("{e}");
+            eprintln!("cairn node: {e}");
+            std::process::exit(1);
+        }
+    });
     println!(
         "cairn node {}: up ({} replicas, {created} created now)",
         args.id,
@@ -184,29 +214,53 @@ async fn serve(args: NodeArgs, connection: Connection) -> Result<(), String> {
     let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
     loop {
         ticker.tick().await;
-        if let Err(e) = refresh(&connection, &transport, &pgs, &disks, me, &hosted).await {
+        let refreshed = refresh(
+            &connection,
+            &transport,
+            &pgs,
+            &disks,
+            me,
+            &hosted,
+            &directory,
+        );
+        if let Err(e) = refreshed.await {
             tracing::warn!("refresh: {e}");
         }
     }
 }
 
-/// Tells the transport where every other node listens.
+/// Tells the transport where every other node listens, and the directory their data APIs.
 async fn set_peers(
     connection: &Connection,
     transport: &TcpTransport,
     me: NodeId,
+    directory: &Directory,
 ) -> Result<(), String> {
     let nodes = call(connection, "/v1/storage-nodes".into(), Method::Get).await?;
     for node in nodes.as_array().into_iter().flatten() {
         let id = node["id"].as_u64().map(NodeId);
-        let addr = node["raft_addr"].as_str().and_then(|a| a.parse().ok());
-        if let (Some(id), Some(addr)) = (id, addr)
+        let raft = node["raft_addr"].as_str().and_then(|a| a.parse().ok());
+        let data = node["data_addr"].as_str().and_then(|a| a.parse().ok());
+        if let (Some(id), Some(raft), Some(data)) = (id, raft, data)
             && id != me
         {
-            transport.set_peer_address(id, addr);
+            transport.set_peer_address(id, raft);
+            let mut addrs = directory.data_addrs.lock().expect("not poisoned");
+            addrs.insert(id.0, data);
         }
     }
     Ok(())
+}
+
+/// Records each PG's members, preferred leader first.
+fn remember_members(directory: &Directory, pools: &[(PoolId, Vec<Vec<PgMember>>)]) {
+    let mut members = directory.members.lock().expect("not poisoned");
+    for (pool, pg_map) in pools {
+        for (index, pg) in pg_map.iter().enumerate() {
+            let replicas = pg.iter().map(|m| m.replica).collect();
+            members.insert(GroupId::pg(*pool, index as u32), replicas);
+        }
+    }
 }
 
 /// One refresh: heartbeat, peers, and replicas of pools created since.
@@ -217,6 +271,7 @@ async fn refresh(
     disks: &[Arc<ChunkStore>],
     me: NodeId,
     hosted: &Mutex<Vec<ReplicaId>>,
+    directory: &Directory,
 ) -> Result<(), String> {
     let replicas = pgs.report().await.map_err(|e| e.to_string())?;
     let beat = storage::heartbeat(me, disks, replicas);
@@ -227,8 +282,10 @@ async fn refresh(
         Method::Post(body),
     )
     .await?;
-    set_peers(connection, transport, me).await?;
-    let wanted = storage::local_replicas(me, disks, &pools(connection).await?);
+    set_peers(connection, transport, me, directory).await?;
+    let known = pools(connection).await?;
+    remember_members(directory, &known);
+    let wanted = storage::local_replicas(me, disks, &known);
     let new: Vec<_> = {
         let hosted = hosted.lock().expect("not poisoned");
         wanted
@@ -243,4 +300,286 @@ async fn refresh(
         hosted.lock().expect("not poisoned").extend(replicas);
     }
     Ok(())
+}
+
+/// What the refresh loop learns for the data path: other nodes' data API addresses and each
+/// PG's members (preferred leader first).
+#[derive(Clone, Default)]
+struct Directory {
+    data_addrs: Arc<Mutex<BTreeMap<u64, SocketAddr>>>,
+    members: Arc<Mutex<BTreeMap<GroupId, Vec<ReplicaId>>>>,
+}
+
+/// Forwarding hops a piece may take before the client is told to retry.
+const FORWARD_HOPS_MAX: usize = 3;
+
+/// `cairn node run`'s data backend: volumes from the admin API, pieces through the local PG
+/// host when it holds the PG's leader (or, for reads, any replica), else forwarded to the node
+/// that leads it.
+#[derive(Clone)]
+struct NodeBackend {
+    connection: Connection,
+    token: String,
+    me: NodeId,
+    pgs: PgHandle,
+    chunk_size: u32,
+    directory: Directory,
+}
+
+fn api_error(e: String) -> DataError {
+    if e.contains("(HTTP 404)") {
+        DataError::NotFound(e)
+    } else if e.contains("(HTTP 400)") {
+        DataError::BadRequest(e)
+    } else {
+        DataError::Unavailable(e)
+    }
+}
+
+impl NodeBackend {
+    /// The node to send a piece of `group` to: the hinted leader's, else the preferred one's.
+    fn next_hop(&self, group: GroupId, hint: Option<ReplicaId>) -> Option<SocketAddr> {
+        let preferred = || {
+            let members = self.directory.members.lock().expect("not poisoned");
+            members.get(&group).and_then(|m| m.first().copied())
+        };
+        let node = hint.or_else(preferred)?.node();
+        if node == self.me {
+            return None;
+        }
+        let addrs = self.directory.data_addrs.lock().expect("not poisoned");
+        addrs.get(&node.0).copied()
+    }
+
+    /// Sends a piece request to another node's data API; `None` body means a read.
+    async fn forward(
+        &self,
+        addr: SocketAddr,
+        group: GroupId,
+        piece: Piece,
+        data: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, DataError> {
+        let c = piece.chunk;
+        let mut url = format!(
+            "http://{addr}/v1/pieces/{}/{}/{}/{}?offset={}",
+            group.0, c.pool.0, c.owner.0, c.index, piece.offset
+        );
+        if data.is_none() {
+            url.push_str(&format!("&length={}", piece.length));
+        }
+        let auth = format!("Bearer {}", self.token);
+        let answer = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(15)))
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let response = match &data {
+                Some(data) => agent
+                    .put(&url)
+                    .header("Authorization", &auth)
+                    .send(&data[..]),
+                None => agent.get(&url).header("Authorization", &auth).call(),
+            };
+            let mut response = response.map_err(|e| format!("{url}: {e}"))?;
+            let status = response.status().as_u16();
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(u64::from(WRITE_BYTES_MAX as u32) + 1)
+                .read_to_vec()
+                .map_err(|e| format!("{url}: {e}"))?;
+            Ok::<_, String>((status, body))
+        })
+        .await
+        .map_err(|e| DataError::Failed(format!("forward: {e}")))?;
+        let (status, body) = answer.map_err(DataError::Unavailable)?;
+        match status {
+            200 | 204 => Ok(body),
+            400 => Err(DataError::BadRequest(String::from_utf8_lossy(&body).into())),
+            _ => Err(DataError::Unavailable(format!(
+                "node at {addr}: HTTP {status} {}",
+                String::from_utf8_lossy(&body)
+            ))),
+        }
+    }
+
+    /// Runs a piece locally, forwarding it while the leader is elsewhere.
+    async fn piece(
+        &self,
+        group: GroupId,
+        piece: Piece,
+        data: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, DataError> {
+        let mut hint = None;
+        for _ in 0..FORWARD_HOPS_MAX {
+            let local = match &data {
+                Some(data) => self
+                    .pgs
+                    .write(group, piece.chunk, piece.offset, data.clone())
+                    .await
+                    .map(|()| Vec::new()),
+                None => {
+                    self.pgs
+                        .read(group, piece.chunk, piece.offset, piece.length)
+                        .await
+                }
+            };
+            match local {
+                Ok(done) => return Ok(done),
+                Err(PgError::NotLeader { leader, .. }) => hint = leader,
+                Err(PgError::UnknownGroup(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let Some(addr) = self.next_hop(group, hint) else {
+                return Err(DataError::Unavailable(format!("{group}: no leader known")));
+            };
+            match self.forward(addr, group, piece, data.clone()).await {
+                Err(DataError::Unavailable(_)) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(DataError::Unavailable(format!(
+            "{group}: the leader moved {FORWARD_HOPS_MAX} times; retry"
+        )))
+    }
+}
+
+impl data::Backend for NodeBackend {
+    async fn target(&self, name: String) -> Result<Target, DataError> {
+        let volume = call(&self.connection, format!("/v1/volumes/{name}"), Method::Get)
+            .await
+            .map_err(api_error)?;
+        let pool_name = volume["pool"].as_str().unwrap_or_default().to_string();
+        let pool = call(
+            &self.connection,
+            format!("/v1/pools/{pool_name}"),
+            Method::Get,
+        )
+        .await
+        .map_err(api_error)?;
+        let owner = volume["id"]
+            .as_str()
+            .and_then(|id| u64::from_str_radix(id, 16).ok())
+            .ok_or_else(|| DataError::Failed(format!("volume {name} without an id")))?;
+        Ok(Target {
+            owner: OwnerId(owner),
+            pool: PoolId(pool["id"].as_u64().unwrap_or_default() as u32),
+            pg_count: pool["pg_count"].as_u64().unwrap_or_default() as u32,
+            size_bytes: volume["size_bytes"].as_u64().unwrap_or_default(),
+        })
+    }
+
+    fn chunk_size(&self) -> Result<u32, DataError> {
+        Ok(self.chunk_size)
+    }
+
+    async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {
+        self.piece(group, piece, Some(data)).await.map(|_| ())
+    }
+
+    async fn read(&self, group: GroupId, piece: Piece) -> Result<Vec<u8>, DataError> {
+        self.piece(group, piece, None).await
+    }
+}
+
+/// One piece from another node, run here only (no further forwarding): 503 with the leader's
+/// replica id when this node does not lead the PG.
+async fn piece_route(
+    State(backend): State<NodeBackend>,
+    UrlPath((group, pool, owner, index)): UrlPath<(u64, u32, u64, u32)>,
+    RawQuery(query): RawQuery,
+    method: axum::http::Method,
+    body: Bytes,
+) -> Response {
+    let write = method == axum::http::Method::PUT;
+    let result: Result<Vec<u8>, Response> = async {
+        let (offset, length) =
+            data::range(query.as_deref(), !write).map_err(IntoResponse::into_response)?;
+        let chunk = ChunkId {
+            pool: PoolId(pool),
+            owner: OwnerId(owner),
+            index,
+        };
+        let offset = u32::try_from(offset)
+            .map_err(|_| DataError::BadRequest("offset past a chunk".into()).into_response())?;
+        let group = GroupId(group);
+        let answer = if write {
+            let data = body.to_vec();
+            backend
+                .pgs
+                .write(group, chunk, offset, data)
+                .await
+                .map(|()| Vec::new())
+        } else {
+            let length = u32::try_from(length.unwrap_or_default())
+                .map_err(|_| DataError::BadRequest("length past a chunk".into()).into_response())?;
+            backend.pgs.read(group, chunk, offset, length).await
+        };
+        answer.map_err(|e| match e {
+            PgError::NotLeader { leader, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({ "error": e.to_string(), "leader": leader.map(|r| r.0) })),
+            )
+                .into_response(),
+            e => DataError::from(e).into_response(),
+        })
+    }
+    .await;
+    match result {
+        Ok(data) if write && data.is_empty() => StatusCode::NO_CONTENT.into_response(),
+        Ok(data) => (StatusCode::OK, data).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Refuses requests without the admin token (compared in constant time).
+async fn require_token(
+    State(token): State<Arc<String>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({ "error": "missing or wrong bearer token" })),
+        )
+            .into_response()
+    }
+}
+
+/// Serves the data API (volume data and pieces from other nodes) on `listen`.
+async fn serve_data(listen: SocketAddr, backend: NodeBackend) -> Result<(), String> {
+    let token = Arc::new(backend.token.clone());
+    let router = axum::Router::new()
+        .route(
+            "/v1/pieces/{group}/{pool}/{owner}/{index}",
+            axum::routing::get(piece_route).put(piece_route),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(WRITE_BYTES_MAX + 4096))
+        .with_state(backend.clone())
+        .merge(data::routes(backend))
+        .layer(axum::middleware::from_fn_with_state(token, require_token));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    axum::serve(listener, router)
+        .await
+        .map_err(|e| format!("data API: {e}"))
 }

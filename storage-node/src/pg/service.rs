@@ -44,6 +44,7 @@ enum Request {
 #[derive(Clone)]
 pub struct PgHandle {
     requests: mpsc::Sender<Request>,
+    me: NodeId,
 }
 
 /// The network side of a host: where to send other nodes' batches, and what they send.
@@ -116,7 +117,7 @@ where
             }
         }
     });
-    PgHandle { requests: tx }
+    PgHandle { requests: tx, me }
 }
 
 async fn recv_incoming(incoming: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
@@ -188,9 +189,14 @@ impl PgHandle {
             let answer = rx
                 .await
                 .unwrap_or_else(|_| Err(PgError::Raft("the PG host stopped".into())));
+            // A leader on another node is the caller's to reach; waiting here cannot help.
+            let remote = matches!(
+                &answer,
+                Err(PgError::NotLeader { leader: Some(r), .. }) if r.node() != self.me
+            );
             match answer {
                 Err(PgError::NotLeader { .. } | PgError::Dropped(_))
-                    if tokio::time::Instant::now() + delay < deadline =>
+                    if !remote && tokio::time::Instant::now() + delay < deadline =>
                 {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(100));

@@ -17,7 +17,11 @@
 #                     volume through its data API; after the last restart every block must
 #                     hold its last acknowledged content. Ends with
 #                     `dev-kill: acknowledged=N lost=L corrupt=C` (L and C must be 0).
-# The multi-node scenarios (kill-nodes, partitions, bit flips) come with `cairn node`.
+#   nodes-kill        one `cairn meta` and three `cairn node run` processes; a client writes a
+#                     volume through the nodes' data APIs while one storage node at a time is
+#                     killed with SIGKILL and restarted; the same checks as dev-kill. Ends with
+#                     `nodes-kill: acknowledged=N lost=L corrupt=C` (L and C must be 0).
+# Partitions and disk faults across nodes come with recovery (snapshot transfer).
 set -euo pipefail
 scenario=${1:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
 seconds=${2:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
@@ -31,9 +35,9 @@ case $scenario in
   chunkstore-kill|raftlog-kill)
     cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
     exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
-  dev-kill)
+  dev-kill|nodes-kill)
     # The dev profile the tests share (one RocksDB build); cairn-chaos runs the cairn beside it.
     cairn_test_binaries
-    exec "$CAIRN_CHAOS" dev-kill "$dir" "$seconds" ;;
-  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill)" >&2; exit 2 ;;
+    exec "$CAIRN_CHAOS" "$scenario" "$dir" "$seconds" ;;
+  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill)" >&2; exit 2 ;;
 esac

@@ -70,7 +70,7 @@ fn block_content(seed: u64, write: u64, block: u64) -> Vec<u8> {
         .collect()
 }
 
-struct Dev {
+pub(crate) struct Dev {
     cairn: PathBuf,
     dir: PathBuf,
     listen: String,
@@ -125,12 +125,51 @@ impl Drop for Dev {
     }
 }
 
-fn new_agent() -> ureq::Agent {
+pub(crate) fn new_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(15)))
         .http_status_as_error(false)
         .build()
         .into()
+}
+
+/// A cluster under a volume writer: where its APIs are and how to kill part of it.
+pub trait Victim {
+    /// Admin API base URL (the volume is created there).
+    fn admin_url(&self) -> String;
+    /// Data API base URLs; the writer moves to the next one when a request fails.
+    fn data_urls(&self) -> Vec<String>;
+    /// The bearer token.
+    fn token(&self) -> String;
+    /// The pool the volume goes in.
+    fn pool(&self) -> &'static str;
+    /// Kills something with SIGKILL and brings it back, returning once it was restarted.
+    fn kill_and_restart(&mut self, rng: &mut Rng) -> Result<(), String>;
+}
+
+struct DevVictim {
+    dev: Dev,
+    token: String,
+}
+
+impl Victim for DevVictim {
+    fn admin_url(&self) -> String {
+        format!("http://{}", self.dev.listen)
+    }
+    fn data_urls(&self) -> Vec<String> {
+        vec![self.admin_url()]
+    }
+    fn token(&self) -> String {
+        self.token.clone()
+    }
+    fn pool(&self) -> &'static str {
+        "default"
+    }
+    fn kill_and_restart(&mut self, _: &mut Rng) -> Result<(), String> {
+        self.dev.kill();
+        self.token = self.dev.start()?;
+        Ok(())
+    }
 }
 
 /// Runs the scenario in `dir` for about `seconds`.
@@ -140,23 +179,31 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict,
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("port: {e}"))?
         .port();
-    let listen = format!("127.0.0.1:{port}");
     let mut dev = Dev {
         cairn: cairn.to_path_buf(),
         dir: dir.join("dev"),
-        listen: listen.clone(),
+        listen: format!("127.0.0.1:{port}"),
         child: None,
     };
     fs::create_dir_all(&dev.dir).map_err(|e| e.to_string())?;
     let token = dev.start()?;
-    let base = format!("http://{listen}");
+    run_with(&mut DevVictim { dev, token }, seconds, seed, "dev-kill")
+}
+
+/// The writer, the killer and the final check against any [`Victim`].
+pub fn run_with(
+    victim: &mut dyn Victim,
+    seconds: f64,
+    seed: u64,
+    name: &'static str,
+) -> Result<Verdict, String> {
     let agent = new_agent();
-    let auth = format!("Bearer {token}");
+    let auth = format!("Bearer {}", victim.token());
     let create = serde_json::json!({
-        "name": "chaos", "pool": "default", "size_bytes": VOLUME_BYTES, "tier": "ultra"
+        "name": "chaos", "pool": victim.pool(), "size_bytes": VOLUME_BYTES, "tier": "ultra"
     });
     let status = agent
-        .post(&format!("{base}/v1/volumes"))
+        .post(&format!("{}/v1/volumes", victim.admin_url()))
         .header("Authorization", &auth)
         .send_json(&create)
         .map_err(|e| format!("create volume: {e}"))?
@@ -171,11 +218,12 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict,
     let counts = Arc::new(Mutex::new((0u64, 0u64)));
     let writer = {
         let (allowed, stop, counts) = (allowed.clone(), stop.clone(), counts.clone());
-        let (url, auth) = (format!("{base}/v1/volumes/chaos/data"), auth.clone());
+        let (urls, auth) = (victim.data_urls(), auth.clone());
         thread::spawn(move || {
             let agent = new_agent();
             let mut rng = Rng::new(seed);
             let mut write = 0u64;
+            let mut target = 0;
             while !stop.load(Ordering::Relaxed) {
                 write += 1;
                 let count = 1 + rng.below(RUN_BLOCKS_MAX);
@@ -183,8 +231,12 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict,
                 let body: Vec<u8> = (first..first + count)
                     .flat_map(|b| block_content(seed, write, b))
                     .collect();
+                let url = &urls[target % urls.len()];
                 let answer = agent
-                    .put(&format!("{url}?offset={}", first * BLOCK))
+                    .put(&format!(
+                        "{url}/v1/volumes/chaos/data?offset={}",
+                        first * BLOCK
+                    ))
                     .header("Authorization", &auth)
                     .send(&body[..]);
                 let acknowledged = answer.is_ok_and(|r| r.status().as_u16() == 204);
@@ -205,6 +257,7 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict,
                     counts.0 += 1;
                 } else {
                     counts.1 += 1;
+                    target += 1;
                     drop((allowed, counts));
                     thread::sleep(Duration::from_millis(50));
                 }
@@ -225,37 +278,24 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict,
             thread::sleep(Duration::from_millis(5));
         }
         thread::sleep(Duration::from_millis(100 + rng.below(1000)));
-        dev.kill();
+        victim.kill_and_restart(&mut rng)?;
         verdict.kills += 1;
-        dev.start()?;
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().map_err(|_| "writer panicked")?;
-    // The last word: one more kill, then read everything back from the restarted process.
-    dev.kill();
+    // The last word: one more kill, then read everything back.
+    victim.kill_and_restart(&mut rng)?;
     verdict.kills += 1;
-    dev.start()?;
     let (acknowledged, ambiguous) = *counts.lock().expect("not poisoned");
     verdict.acknowledged = acknowledged;
     verdict.ambiguous = ambiguous;
     let allowed = allowed.lock().expect("not poisoned");
-    let url = format!("{base}/v1/volumes/chaos/data");
+    let auth = format!("Bearer {}", victim.token());
+    let urls = victim.data_urls();
     for start in (0..VOLUME_BYTES).step_by(VERIFY_BYTES as usize) {
-        let response = agent
-            .get(&format!("{url}?offset={start}&length={VERIFY_BYTES}"))
-            .header("Authorization", &auth)
-            .call();
-        let data = match response {
-            Ok(mut r) if r.status().as_u16() == 200 => r
-                .body_mut()
-                .with_config()
-                .limit(VERIFY_BYTES + 1)
-                .read_to_vec()
-                .map_err(|e| format!("read: {e}"))?,
-            _ => {
-                verdict.corrupt += VERIFY_BYTES / BLOCK;
-                continue;
-            }
+        let Some(data) = read_range(&agent, &urls, &auth, start) else {
+            verdict.corrupt += VERIFY_BYTES / BLOCK;
+            continue;
         };
         for (i, got) in data.chunks(BLOCK as usize).enumerate() {
             let block = start / BLOCK + i as u64;
@@ -265,7 +305,7 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict,
                 .any(|write| got == block_content(seed, write, block).as_slice());
             if !ok {
                 eprintln!(
-                    "dev-kill: block {block} holds none of {:?}",
+                    "{name}: block {block} holds none of {:?}",
                     std::iter::once(entry.acknowledged)
                         .chain(entry.ambiguous.iter().copied())
                         .collect::<Vec<_>>()
@@ -275,4 +315,33 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict,
         }
     }
     Ok(verdict)
+}
+
+/// Reads `VERIFY_BYTES` at `start`, retrying (other URLs, elections) for up to 30 s; `None`
+/// if every attempt failed.
+fn read_range(agent: &ureq::Agent, urls: &[String], auth: &str, start: u64) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + READY_DEADLINE / 2;
+    let mut attempt = 0;
+    while Instant::now() < deadline {
+        let url = &urls[attempt % urls.len()];
+        attempt += 1;
+        let response = agent
+            .get(&format!(
+                "{url}/v1/volumes/chaos/data?offset={start}&length={VERIFY_BYTES}"
+            ))
+            .header("Authorization", auth)
+            .call();
+        if let Ok(mut r) = response
+            && r.status().as_u16() == 200
+            && let Ok(data) = r
+                .body_mut()
+                .with_config()
+                .limit(VERIFY_BYTES + 1)
+                .read_to_vec()
+        {
+            return Some(data);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    None
 }

@@ -9,5 +9,6 @@ pub mod dev_kill;
 pub mod journal;
 pub mod kill;
 pub mod meta_failover;
+pub mod nodes_kill;
 pub mod raft_sim;
 pub mod raftlog_kill;

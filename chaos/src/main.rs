@@ -7,6 +7,7 @@
 //! cairn-chaos raftlog-kill DIR SECONDS [SEED]        kill -9 a Raft node on its file log, verify
 //! cairn-chaos meta-failover DIR SECONDS [MEMBERS]    kill -9 metadata leaders, wipe a member
 //! cairn-chaos dev-kill DIR SECONDS [SEED]            kill -9 `cairn dev` under a volume writer
+//! cairn-chaos nodes-kill DIR SECONDS [SEED]          kill -9 storage nodes under a volume writer
 //! ```
 //!
 //! `meta-failover` and `dev-kill` run the `cairn` binary next to this one, or `$CAIRN_BIN`.
@@ -123,16 +124,27 @@ fn main() -> ExitCode {
             };
             meta_failover(Path::new(dir), seconds, members)
         }
-        ["dev-kill", dir, seconds, ref seed @ ..] => {
+        [
+            name @ ("dev-kill" | "nodes-kill"),
+            dir,
+            seconds,
+            ref seed @ ..,
+        ] => {
             let (Ok(seconds), Some(seed)) = (seconds.parse::<f64>(), seed_arg(seed)) else {
                 return usage();
             };
-            eprintln!("dev-kill: seed {seed} (replay: cairn-chaos dev-kill DIR {seconds} {seed})");
-            match cairn_chaos::dev_kill::run(&cairn_binary(), Path::new(dir), seconds, seed) {
+            eprintln!("{name}: seed {seed} (replay: cairn-chaos {name} DIR {seconds} {seed})");
+            let (cairn, dir) = (cairn_binary(), Path::new(dir));
+            let verdict = if name == "dev-kill" {
+                cairn_chaos::dev_kill::run(&cairn, dir, seconds, seed)
+            } else {
+                cairn_chaos::nodes_kill::run(&cairn, dir, seconds, seed)
+            };
+            match verdict {
                 Ok(v) => {
-                    eprintln!("dev-kill: kills={} ambiguous={}", v.kills, v.ambiguous);
+                    eprintln!("{name}: kills={} ambiguous={}", v.kills, v.ambiguous);
                     println!(
-                        "dev-kill: acknowledged={} lost={} corrupt={}",
+                        "{name}: acknowledged={} lost={} corrupt={}",
                         v.acknowledged, v.lost, v.corrupt
                     );
                     if v.lost == 0 && v.corrupt == 0 && v.acknowledged > 0 {
@@ -142,7 +154,7 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(error) => {
-                    eprintln!("dev-kill: {error}");
+                    eprintln!("{name}: {error}");
                     ExitCode::FAILURE
                 }
             }
@@ -256,6 +268,7 @@ fn usage() -> ExitCode {
     eprintln!("       cairn-chaos raftlog-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-failover DIR SECONDS [MEMBERS]");
     eprintln!("       cairn-chaos dev-kill DIR SECONDS [SEED]");
+    eprintln!("       cairn-chaos nodes-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-bench DIR SECONDS CLIENTS");
     ExitCode::from(2)
 }

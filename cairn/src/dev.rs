@@ -385,29 +385,51 @@ async fn metrics(State(api): State<DevBackend>) -> Response {
         }
     };
     let stats = &storage.stats;
-    let one = |value: &AtomicU64| vec![(String::new(), value.load(Relaxed))];
-    counter(
-        "cairn_pg_read_repairs_total",
-        "Blocks repaired from another replica after a checksum failure.",
-        one(&stats.read_repairs),
-    );
-    counter(
-        "cairn_pg_unrepaired_checksum_errors_total",
-        "Checksum failures no replica could repair (the IO failed).",
-        one(&stats.unrepaired),
-    );
-    counter(
-        "cairn_pg_writes_applied_total",
-        "Writes applied to chunk stores, counted per replica.",
-        one(&stats.writes_applied),
-    );
-    counter(
-        "cairn_pg_reads_served_total",
-        "Linearizable reads served.",
-        one(&stats.reads_served),
-    );
-    let per_disk = |value: fn(&ChunkStore) -> &AtomicU64| -> Vec<(String, u64)> {
-        storage
+    let node_counters: [(&str, &str, &AtomicU64); 4] = [
+        (
+            "cairn_pg_read_repairs_total",
+            "Blocks repaired from another replica after a checksum failure.",
+            &stats.read_repairs,
+        ),
+        (
+            "cairn_pg_unrepaired_checksum_errors_total",
+            "Checksum failures no replica could repair (the IO failed).",
+            &stats.unrepaired,
+        ),
+        (
+            "cairn_pg_writes_applied_total",
+            "Writes applied to chunk stores, counted per replica.",
+            &stats.writes_applied,
+        ),
+        (
+            "cairn_pg_reads_served_total",
+            "Linearizable reads served.",
+            &stats.reads_served,
+        ),
+    ];
+    for (name, help, value) in node_counters {
+        counter(name, help, vec![(String::new(), value.load(Relaxed))]);
+    }
+    type DiskCounter = fn(&ChunkStore) -> &AtomicU64;
+    let disk_counters: [(&str, &str, DiskCounter); 3] = [
+        (
+            "cairn_disk_reads_total",
+            "Chunk-store reads completed.",
+            |d| &d.stats().reads,
+        ),
+        (
+            "cairn_disk_writes_total",
+            "Chunk-store writes completed.",
+            |d| &d.stats().writes,
+        ),
+        (
+            "cairn_disk_corrupt_blocks_total",
+            "Blocks whose checksum failed on read.",
+            |d| &d.stats().corrupt_blocks,
+        ),
+    ];
+    for (name, help, value) in disk_counters {
+        let samples = storage
             .disks
             .iter()
             .map(|d| {
@@ -416,23 +438,9 @@ async fn metrics(State(api): State<DevBackend>) -> Response {
                     value(d).load(Relaxed),
                 )
             })
-            .collect()
-    };
-    counter(
-        "cairn_disk_reads_total",
-        "Chunk-store reads completed.",
-        per_disk(|d| &d.stats().reads),
-    );
-    counter(
-        "cairn_disk_writes_total",
-        "Chunk-store writes completed.",
-        per_disk(|d| &d.stats().writes),
-    );
-    counter(
-        "cairn_disk_corrupt_blocks_total",
-        "Blocks whose checksum failed on read.",
-        per_disk(|d| &d.stats().corrupt_blocks),
-    );
+            .collect();
+        counter(name, help, samples);
+    }
     let content_type = [("content-type", "text/plain; version=0.0.4")];
     (StatusCode::OK, content_type, out).into_response()
 }

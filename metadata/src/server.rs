@@ -218,22 +218,22 @@ impl DriverHandle {
 
     /// The cluster's health as this member's heartbeats show it.
     pub async fn health(&self) -> Result<Health, RequestError> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .try_send(Request::Health(tx))
-            .map_err(|_| RequestError::Unavailable("metadata service busy"))?;
-        tokio::time::timeout(self.deadline, rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or(RequestError::Unavailable("driver stopped"))
+        self.ask_local(Request::Health).await
     }
 
     /// This member's Raft status.
     pub async fn status(&self) -> Result<RaftView, RequestError> {
+        self.ask_local(Request::Status).await
+    }
+
+    /// A question the driver answers from its own state, without the group.
+    async fn ask_local<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, RequestError> {
         let (tx, rx) = oneshot::channel();
         self.requests
-            .try_send(Request::Status(tx))
+            .try_send(make(tx))
             .map_err(|_| RequestError::Unavailable("metadata service busy"))?;
         tokio::time::timeout(self.deadline, rx)
             .await

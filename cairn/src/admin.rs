@@ -520,6 +520,15 @@ fn status_table(v: &Value) -> Table {
                     text(&n["corrupt_blocks"]),
                 );
                 table.add_row(vec![format!("node.{}", text(&n["node"])), line]);
+                for d in n["disks"].as_array().into_iter().flatten() {
+                    let latency = format!(
+                        "mean read {} µs, mean write {} µs",
+                        text(&d["read_us"]),
+                        text(&d["write_us"])
+                    );
+                    let disk = format!("node.{}.disk.{}", text(&n["node"]), text(&d["id"]));
+                    table.add_row(vec![disk, latency]);
+                }
             }
         }
     }

@@ -411,7 +411,17 @@ async fn metrics(State(api): State<DevBackend>) -> Response {
         counter(name, help, vec![(String::new(), value.load(Relaxed))]);
     }
     type DiskCounter = fn(&ChunkStore) -> &AtomicU64;
-    let disk_counters: [(&str, &str, DiskCounter); 3] = [
+    let disk_counters: [(&str, &str, DiskCounter); 5] = [
+        (
+            "cairn_disk_read_micros_total",
+            "Microseconds spent in chunk-store reads (with the read count: mean latency).",
+            |d| &d.stats().read_micros,
+        ),
+        (
+            "cairn_disk_write_micros_total",
+            "Microseconds spent in chunk-store writes.",
+            |d| &d.stats().write_micros,
+        ),
         (
             "cairn_disk_reads_total",
             "Chunk-store reads completed.",

@@ -133,6 +133,8 @@ pub fn heartbeat(
                 reads: d.stats().reads.load(Relaxed),
                 writes: d.stats().writes.load(Relaxed),
                 corrupt_blocks: d.stats().corrupt_blocks.load(Relaxed),
+                read_micros: d.stats().read_micros.load(Relaxed),
+                write_micros: d.stats().write_micros.load(Relaxed),
             })
             .collect(),
         replicas: replicas

@@ -46,6 +46,12 @@ pub struct DiskReport {
     pub writes: u64,
     /// Blocks whose checksum failed since the node started.
     pub corrupt_blocks: u64,
+    /// Microseconds its reads took, summed (with `reads`, the mean read latency).
+    #[serde(default)]
+    pub read_micros: u64,
+    /// Microseconds its writes took, summed.
+    #[serde(default)]
+    pub write_micros: u64,
 }
 
 /// One PG replica in a heartbeat.
@@ -102,6 +108,20 @@ pub struct NodeHealth {
     pub used_bytes: u64,
     /// Checksum failures its disks saw.
     pub corrupt_blocks: u64,
+    /// Per disk: mean read and write latency since the node started, in microseconds (the
+    /// raw material of sub-health detection: a disk much slower than its peers).
+    pub disks: Vec<DiskLatency>,
+}
+
+/// One disk's mean latencies.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DiskLatency {
+    /// The disk (its UUID, as operators see it).
+    pub id: String,
+    /// Mean read latency, microseconds (0 before the first read).
+    pub read_us: u64,
+    /// Mean write latency, microseconds (0 before the first write).
+    pub write_us: u64,
 }
 
 /// Health of `state`'s pools and disks given each node's latest heartbeat and its age.
@@ -161,6 +181,15 @@ pub fn summarize(
             leaders: beat.replicas.iter().filter(|r| r.leader).count() as u64,
             used_bytes: beat.disks.iter().map(|d| d.used_bytes).sum(),
             corrupt_blocks: beat.disks.iter().map(|d| d.corrupt_blocks).sum(),
+            disks: beat
+                .disks
+                .iter()
+                .map(|d| DiskLatency {
+                    id: d.id.to_string(),
+                    read_us: d.read_micros.checked_div(d.reads).unwrap_or(0),
+                    write_us: d.write_micros.checked_div(d.writes).unwrap_or(0),
+                })
+                .collect(),
         });
     }
     health
@@ -209,6 +238,8 @@ mod tests {
                         reads: 1,
                         writes: 2,
                         corrupt_blocks: 0,
+                        read_micros: 30,
+                        write_micros: 100,
                     })
                     .collect(),
                 replicas: pool
@@ -252,6 +283,8 @@ mod tests {
         assert_eq!((health.disks_in_reporting, health.disks_in_silent), (3, 0));
         assert_eq!(health.nodes.len(), 3);
         assert_eq!(health.nodes[0].leaders, 4);
+        assert_eq!(health.nodes[0].disks[0].read_us, 30);
+        assert_eq!(health.nodes[0].disks[0].write_us, 50);
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub struct Stats {
     pub reads: AtomicU64,
     /// Completed writes.
     pub writes: AtomicU64,
+    /// Microseconds spent in completed reads, from the call to the data (latency, summed).
+    pub read_micros: AtomicU64,
+    /// Microseconds spent in completed writes.
+    pub write_micros: AtomicU64,
     /// Blocks whose checksum failed on read.
     pub corrupt_blocks: AtomicU64,
     /// Completed flushes.
@@ -442,6 +446,7 @@ impl ChunkStore {
 
     /// Reads `size_bytes` at `offset_bytes` of a chunk, verifying every block's checksum.
     pub async fn read(&self, id: ChunkId, offset_bytes: u64, size_bytes: usize) -> Result<ReadBuf> {
+        let started = std::time::Instant::now();
         let (first, last) = self.check_range(id, offset_bytes, size_bytes)?;
         let chunk = self.chunk(id)?;
         let _range = chunk.locks.lock(first, last, Mode::Shared).await;
@@ -462,6 +467,8 @@ impl ChunkStore {
             buf.fill(0);
         }
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        let micros = started.elapsed().as_micros() as u64;
+        self.stats.read_micros.fetch_add(micros, Ordering::Relaxed);
         let start = (offset_bytes % u64::from(BLOCK_SIZE)) as usize;
         Ok(ReadBuf {
             buf,
@@ -495,6 +502,7 @@ impl ChunkStore {
     /// Writes `data` at `offset_bytes` of a chunk. Partial blocks are read, verified and merged
     /// first (read-modify-write). Visible to reads on return; durable after the next `flush`.
     pub async fn write(&self, id: ChunkId, offset_bytes: u64, data: &[u8]) -> Result<()> {
+        let started = std::time::Instant::now();
         let (first, last) = self.check_range(id, offset_bytes, data.len())?;
         let chunk = self.chunk(id)?;
         let _range = chunk.locks.lock(first, last, Mode::Exclusive).await;
@@ -529,6 +537,8 @@ impl ChunkStore {
             self.state().dirty.push(chunk.clone());
         }
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        let micros = started.elapsed().as_micros() as u64;
+        self.stats.write_micros.fetch_add(micros, Ordering::Relaxed);
         Ok(())
     }
 

@@ -74,6 +74,9 @@ pub struct NodeArgs {
     /// The node's site in the cluster map.
     #[arg(long, default_value_t = 0)]
     site: u32,
+    /// Entries a PG's log holds past its snapshot before its leader proposes a compaction.
+    #[arg(long, default_value_t = cairn_storage_node::pg::CHECKPOINT_ENTRIES_DEFAULT)]
+    pg_compact_entries: u64,
 }
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
@@ -181,7 +184,8 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     set_peers(&connection, &transport, me, &directory).await?;
     let known = pools(&connection).await?;
     remember_members(&directory, &known);
-    let (host, created) = storage::start_host(me, &args.data.join("wal"), &disks, &known)?;
+    let (mut host, created) = storage::start_host(me, &args.data.join("wal"), &disks, &known)?;
+    host.set_checkpoint_entries(args.pg_compact_entries.max(1));
     let hosted = Arc::new(Mutex::new(
         host.replicas().map(|(r, _)| r).collect::<Vec<_>>(),
     ));

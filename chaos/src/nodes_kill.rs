@@ -65,7 +65,10 @@ impl Nodes {
             .arg(self.dir.join("certs"))
             .arg("--token-file")
             .arg(self.dir.join("token"))
+            // Compactions every few dozen writes, so they happen while nodes die.
+            .args(["--pg-compact-entries", "16"])
             .env("CAIRN_ADMIN_URL", &self.meta_api)
+            .env("CAIRN_LOG", "info")
             .stdout(Stdio::null())
             .stderr(self.log(&format!("n{id}"))?)
             .spawn()

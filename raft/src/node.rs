@@ -264,6 +264,8 @@ pub struct GroupStatus {
     pub leader: Option<ReplicaId>,
     /// Highest index in the replica's log (committed or not).
     pub last_index: u64,
+    /// The index its latest snapshot covers (the log starts after it).
+    pub snapshot_index: u64,
     /// Highest index known committed.
     pub commit: u64,
     /// Highest index applied.
@@ -745,9 +747,25 @@ impl<L: LogStore> RaftNode<L> {
             term: raft.term,
             leader: (raft.leader_id != 0).then_some(ReplicaId(raft.leader_id)),
             last_index: raft.raft_log.last_index(),
+            snapshot_index: group.raw.store().snapshot_index(),
             commit: raft.raft_log.committed,
             applied: group.applied,
         })
+    }
+
+    /// For a leader, the highest index every member of its group (voters and learners) holds:
+    /// the log below it can be compacted without any member needing a snapshot. `None` on a
+    /// replica that does not lead.
+    pub fn min_matched(&self, replica: ReplicaId) -> Option<u64> {
+        let group = self.groups.get(&replica)?;
+        let raft = &group.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        raft.prs()
+            .iter()
+            .map(|(_, progress)| progress.matched)
+            .min()
     }
 
     /// The replicas hosted here, with their groups.

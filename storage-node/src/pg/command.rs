@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! version      u8    1
-//! kind         u8    1 write
+//! kind         u8    1 write, 2 compact
 //! incarnation  u64   the proposing host's incarnation (answers go only to it)
 //! request      u64   the proposer's request number
 //! write:
@@ -12,6 +12,8 @@
 //!   offset     u32   byte offset inside the chunk
 //!   length     u32   bytes of data that follow
 //!   data
+//! compact:
+//!   index      u64   every replica compacts its log up to here
 //! ```
 //!
 //! All integers little endian. The log record around an entry carries its checksum; this
@@ -27,6 +29,7 @@ pub const COMMAND_VERSION: u8 = 1;
 pub const WRITE_BYTES_MAX: usize = 1 << 20;
 
 const KIND_WRITE: u8 = 1;
+const KIND_COMPACT: u8 = 2;
 const HEADER_BYTES: usize = 1 + 1 + 8 + 8;
 const WRITE_HEADER_BYTES: usize = ChunkId::ENCODED_SIZE + 4 + 4;
 
@@ -41,6 +44,13 @@ pub enum PgCommand {
         offset: u32,
         /// The bytes, at most [`WRITE_BYTES_MAX`].
         data: Vec<u8>,
+    },
+    /// Make the chunk store durable and compact the log up to `index`, chosen by the leader
+    /// as an index every member holds, so that all replicas drop the same prefix and none
+    /// ever needs a snapshot from another (TiKV's CompactLog, for the same reason).
+    Compact {
+        /// The last index to drop.
+        index: u64,
     },
 }
 
@@ -80,26 +90,33 @@ pub enum CommandError {
 impl Proposal {
     /// Encodes the proposal for the log.
     pub fn encode(&self) -> Vec<u8> {
-        let PgCommand::Write {
-            chunk,
-            offset,
-            data,
-        } = &self.command;
-        assert!(
-            data.len() <= WRITE_BYTES_MAX,
-            "write of {} bytes",
-            data.len()
-        );
-        let mut out = Vec::with_capacity(HEADER_BYTES + WRITE_HEADER_BYTES + data.len());
+        let mut out = Vec::with_capacity(HEADER_BYTES + WRITE_HEADER_BYTES);
         out.push(COMMAND_VERSION);
-        out.push(KIND_WRITE);
+        out.push(match self.command {
+            PgCommand::Write { .. } => KIND_WRITE,
+            PgCommand::Compact { .. } => KIND_COMPACT,
+        });
         out.extend_from_slice(&self.incarnation.to_le_bytes());
         out.extend_from_slice(&self.request.to_le_bytes());
-        out.extend_from_slice(&chunk.to_bytes());
-        out.extend_from_slice(&offset.to_le_bytes());
-        let length = u32::try_from(data.len()).expect("invariant: at most WRITE_BYTES_MAX");
-        out.extend_from_slice(&length.to_le_bytes());
-        out.extend_from_slice(data);
+        match &self.command {
+            PgCommand::Write {
+                chunk,
+                offset,
+                data,
+            } => {
+                assert!(
+                    data.len() <= WRITE_BYTES_MAX,
+                    "write of {} bytes",
+                    data.len()
+                );
+                out.extend_from_slice(&chunk.to_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                let length = u32::try_from(data.len()).expect("invariant: at most WRITE_BYTES_MAX");
+                out.extend_from_slice(&length.to_le_bytes());
+                out.extend_from_slice(data);
+            }
+            PgCommand::Compact { index } => out.extend_from_slice(&index.to_le_bytes()),
+        }
         out
     }
 
@@ -137,6 +154,14 @@ impl Proposal {
                     chunk: ChunkId::from_bytes(id),
                     offset,
                     data: data.to_vec(),
+                }
+            }
+            KIND_COMPACT => {
+                let index: [u8; 8] = body
+                    .try_into()
+                    .map_err(|_| CommandError::Truncated(bytes.len()))?;
+                PgCommand::Compact {
+                    index: u64::from_le_bytes(index),
                 }
             }
             other => return Err(CommandError::Kind(other)),
@@ -185,6 +210,20 @@ mod tests {
         expected.extend_from_slice(b"ab");
         assert_eq!(bytes, expected);
         assert_eq!(Proposal::decode(&bytes), Ok(write(b"ab".to_vec())));
+    }
+
+    #[test]
+    fn compact_round_trips_and_refuses_a_short_index() {
+        let compact = Proposal {
+            incarnation: 1,
+            request: 0,
+            command: PgCommand::Compact { index: 77 },
+        };
+        let bytes = compact.encode();
+        assert_eq!(bytes.len(), 18 + 8);
+        assert_eq!(bytes[1], 2);
+        assert_eq!(Proposal::decode(&bytes), Ok(compact));
+        assert!(Proposal::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

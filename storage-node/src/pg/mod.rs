@@ -30,15 +30,18 @@
 //! block; then the IO is retried. Without such a replica the read fails with the checksum
 //! error: bad data is never returned.
 //!
-//! # Checkpoints
+//! # Compaction
 //!
-//! Every [`CHECKPOINT_ENTRIES_DEFAULT`] applied entries (and on [`PgHost::checkpoint`]) the
-//! host flushes every chunk store, then compacts the Raft log of each PG whose replicas are all
-//! on this node up to the lowest index its replicas applied, with a snapshot that only records
-//! that index: the chunk stores hold the state. A restart replays the entries after it. A PG
-//! with a member on another node is not compacted yet: a lagging member would need the chunks
-//! themselves (snapshot transfer), which does not exist yet; a snapshot arriving from a leader
-//! stops the host rather than leave a replica without its data.
+//! Once a PG's log holds [`CHECKPOINT_ENTRIES_DEFAULT`] entries past its snapshot, its leader
+//! proposes a `Compact` command at the highest index every member holds (raft's matched
+//! index, the leader's applied one at most). Each replica applies it in log order: it flushes
+//! its chunk store (everything it applied, so that index at least, becomes durable) and
+//! compacts its log there with a snapshot that only records the index. All replicas drop the
+//! same prefix, so no member ever needs entries another compacted away, and a member that was
+//! down catches up from the log (TiKV's CompactLog). A restart replays the entries after the
+//! snapshot. A member added later needs the chunks themselves (snapshot transfer), which does
+//! not exist yet: a snapshot arriving from a leader stops the host rather than leave a replica
+//! without its data.
 //!
 //! # Not yet
 //!
@@ -104,6 +107,9 @@ pub const LEADER_BALANCE_TICKS: u64 = 50;
 /// Ticks between two leadership transfers of one PG: a preferred replica that cannot take over
 /// (down, lagging) is not asked again at once.
 pub const LEADER_TRANSFER_TICKS_MIN: u64 = 200;
+
+/// Ticks before a PG leader proposes a compaction again while its last one has not applied.
+pub const COMPACT_RETRY_TICKS: u64 = 50;
 
 /// Blocks one IO may repair before it gives up: a range of a few corrupt blocks is repaired
 /// whole; a disk returning garbage everywhere is not chased block by block.
@@ -254,8 +260,9 @@ pub struct PgHost<L: LogStore> {
     /// Per replica, the last log index applied to its chunk store.
     applied: BTreeMap<ReplicaId, u64>,
     stats: Arc<PgStats>,
-    applied_since_checkpoint: u64,
     checkpoint_entries: u64,
+    /// Per PG, the tick and index of the last compaction proposed.
+    compactions: BTreeMap<GroupId, (u64, u64)>,
     /// Per PG, the replica that should lead it (the PG map's first member).
     preferred: BTreeMap<GroupId, ReplicaId>,
     /// Per PG, the tick of the last leadership transfer asked for.
@@ -298,8 +305,8 @@ impl<L: LogStore> PgHost<L> {
             reads: BTreeMap::new(),
             applied: BTreeMap::new(),
             stats: Arc::new(PgStats::default()),
-            applied_since_checkpoint: 0,
             checkpoint_entries: CHECKPOINT_ENTRIES_DEFAULT,
+            compactions: BTreeMap::new(),
             preferred: BTreeMap::new(),
             transfers: BTreeMap::new(),
         })
@@ -367,62 +374,49 @@ impl<L: LogStore> PgHost<L> {
             .collect()
     }
 
-    /// Sets how many applied entries trigger a checkpoint (tests use small numbers).
+    /// Sets how many entries past its snapshot a PG's log holds before its leader proposes a
+    /// compaction (tests use small numbers).
     pub fn set_checkpoint_entries(&mut self, entries: u64) {
         assert!(entries > 0, "checkpoint interval");
         self.checkpoint_entries = entries;
     }
 
-    /// True once enough entries were applied since the last checkpoint.
-    pub fn checkpoint_due(&self) -> bool {
-        self.applied_since_checkpoint >= self.checkpoint_entries
-    }
-
-    /// Flushes every chunk store, then compacts the log of every PG whose replicas are all on
-    /// this node to the lowest index its replicas applied (see the module docs).
-    pub async fn checkpoint(&mut self) -> Result<(), PgError> {
-        // What is applied now is what the flush makes durable.
-        let applied = self.applied.clone();
-        for (disk, store) in &self.disks {
-            store.flush().await.map_err(|source| PgError::Disk {
-                disk: *disk,
-                source,
-            })?;
-        }
-        let me = self.node.id();
-        let mut groups: BTreeMap<GroupId, Vec<ReplicaId>> = BTreeMap::new();
-        for (replica, group) in self.node.replicas() {
-            groups.entry(group).or_default().push(replica);
-        }
-        for replicas in groups.values() {
-            let Some(conf) = self.node.membership(replicas[0]) else {
+    /// For each PG this node leads whose log holds at least the checkpoint interval past its
+    /// snapshot, proposes compacting every replica's log up to the highest index all members
+    /// hold (see the module docs). A PG whose last proposal has not applied yet gets no other
+    /// for [`COMPACT_RETRY_TICKS`] ticks (it may have been lost with a leadership change).
+    fn propose_compactions(&mut self) {
+        let now = self.ticks;
+        let leaders: Vec<(ReplicaId, GroupId)> = self
+            .node
+            .replicas()
+            .filter(|(r, _)| self.node.min_matched(*r).is_some())
+            .collect();
+        for (replica, group) in leaders {
+            let (Some(status), Some(matched)) =
+                (self.node.status(replica), self.node.min_matched(replica))
+            else {
                 continue;
             };
-            let members = [
-                &conf.voters,
-                &conf.learners,
-                &conf.voters_outgoing,
-                &conf.learners_next,
-            ];
-            let local = members
-                .iter()
-                .flat_map(|set| set.iter())
-                .all(|m| ReplicaId(*m).node() == me && replicas.contains(&ReplicaId(*m)));
-            let lowest = replicas
-                .iter()
-                .map(|r| applied.get(r).copied().unwrap_or(0))
-                .min();
-            let (true, Some(index)) = (local, lowest) else {
+            let recent = self.compactions.get(&group).is_some_and(|(at, proposed)| {
+                *proposed > status.snapshot_index && now.saturating_sub(*at) < COMPACT_RETRY_TICKS
+            });
+            let long =
+                status.applied.saturating_sub(status.snapshot_index) >= self.checkpoint_entries;
+            let applied = self.applied.get(&replica).copied().unwrap_or(0);
+            let index = matched.min(applied);
+            if recent || !long || index <= status.snapshot_index {
                 continue;
+            }
+            let proposal = Proposal {
+                incarnation: self.incarnation,
+                request: 0,
+                command: PgCommand::Compact { index },
             };
-            for replica in replicas {
-                self.node
-                    .compact_at(*replica, index, checkpoint_data(index))
-                    .map_err(|e| PgError::Raft(e.to_string()))?;
+            if self.node.propose(replica, proposal.encode()).is_ok() {
+                self.compactions.insert(group, (now, index));
             }
         }
-        self.applied_since_checkpoint = 0;
-        Ok(())
     }
 
     /// Advances every replica's clock by one tick.
@@ -678,6 +672,7 @@ impl<L: LogStore> PgHost<L> {
             let _ = pending.reply.send(result);
         }
         self.drop_stale_requests();
+        self.propose_compactions();
         Ok(outbox)
     }
 
@@ -719,7 +714,7 @@ impl<L: LogStore> PgHost<L> {
     }
 
     async fn apply(&mut self, replica: ReplicaId, applied: Applied) -> Result<(), PgError> {
-        let (index, data) = match applied {
+        let (entry_index, data) = match applied {
             Applied::Entry { index, data } => (index, data),
             Applied::Snapshot {
                 index,
@@ -740,29 +735,35 @@ impl<L: LogStore> PgHost<L> {
         };
         if data.is_empty() {
             // A new leader's empty entry or a configuration change.
-            self.applied.insert(replica, index);
+            self.applied.insert(replica, entry_index);
             return Ok(());
         }
         let proposal = match Proposal::decode(&data) {
             Ok(proposal) => proposal,
             Err(e) => {
                 // Every replica refuses it alike: a no-op, logged.
-                tracing::error!(%replica, index, "undecodable PG command skipped: {e}");
-                self.applied.insert(replica, index);
+                tracing::error!(%replica, entry_index, "undecodable PG command skipped: {e}");
+                self.applied.insert(replica, entry_index);
                 return Ok(());
             }
         };
-        let PgCommand::Write {
-            chunk,
-            offset,
-            data,
-        } = &proposal.command;
-        let result = self.write_repairing(replica, *chunk, *offset, data).await;
+        let (chunk, offset, data) = match &proposal.command {
+            PgCommand::Write {
+                chunk,
+                offset,
+                data,
+            } => (*chunk, *offset, data),
+            PgCommand::Compact { index } => {
+                self.compact(replica, *index).await?;
+                self.applied.insert(replica, entry_index);
+                return Ok(());
+            }
+        };
+        let result = self.write_repairing(replica, chunk, offset, data).await;
         let mine = proposal.incarnation == self.incarnation;
         match result {
             Ok(()) => {
-                self.applied.insert(replica, index);
-                self.applied_since_checkpoint += 1;
+                self.applied.insert(replica, entry_index);
                 self.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
                 if mine && let Some(write) = self.writes.remove(&proposal.request) {
                     let _ = write.reply.send(Ok(()));
@@ -776,6 +777,23 @@ impl<L: LogStore> PgHost<L> {
 }
 
 impl<L: LogStore> PgHost<L> {
+    /// Applies a compaction: the replica's chunk store is made durable (everything it applied,
+    /// so up to `index` at least), then its log is compacted to `index` with a snapshot that
+    /// records only the index. Compacting at or below the current snapshot changes nothing.
+    async fn compact(&mut self, replica: ReplicaId, index: u64) -> Result<(), PgError> {
+        let disk = self.placement[&replica];
+        self.store(replica)
+            .flush()
+            .await
+            .map_err(|source| PgError::Disk { disk, source })?;
+        let index = index.min(self.applied.get(&replica).copied().unwrap_or(0));
+        self.node
+            .compact_at(replica, index, checkpoint_data(index))
+            .map_err(|e| PgError::Raft(e.to_string()))?;
+        tracing::info!(%replica, index, "PG log compacted");
+        Ok(())
+    }
+
     /// Reads from a replica's chunk store, repairing corrupt blocks from a sibling.
     async fn read_repairing(
         &mut self,

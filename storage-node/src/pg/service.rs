@@ -109,12 +109,6 @@ where
                     None => break,
                 }
             }
-            if host.checkpoint_due()
-                && let Err(e) = host.checkpoint().await
-            {
-                tracing::error!("placement groups stopped: checkpoint: {e}");
-                return;
-            }
         }
     });
     PgHandle { requests: tx, me }

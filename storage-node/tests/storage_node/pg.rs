@@ -66,9 +66,7 @@ fn placement(disks: &[Arc<ChunkStore>]) -> BTreeMap<ReplicaId, DiskId> {
 async fn pump(host: &mut PgHost<FileLogStore>) {
     host.tick();
     let outbox = host.round().await.expect("round");
-    if host.checkpoint_due() {
-        host.checkpoint().await.expect("checkpoint");
-    }
+
     for (to, batch) in outbox.batches {
         assert_eq!(to, NODE, "every replica is on this node");
         host.step(batch);
@@ -200,8 +198,9 @@ async fn settle_leaders(host: &mut PgHost<FileLogStore>) {
 
 /// Goal: checkpoints keep the Raft log small, and a restart rebuilds the state from the
 /// flushed chunk stores plus the entries after the last checkpoint. Method: 64 KiB log
-/// segments, a checkpoint every 8 applied entries, 300 writes of 4 KiB (1.2 MB of log without
-/// compaction); count the segments, restart, check the model.
+/// segments, a compaction proposed once a PG's log holds 8 entries past its snapshot, 300
+/// writes of 4 KiB (3.6 MB of log over three replicas without compaction, 61 segments);
+/// count the segments, restart, check the model.
 #[test]
 fn checkpoints_bound_the_log_and_restart_from_the_chunk_stores() {
     let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
@@ -232,9 +231,10 @@ fn checkpoints_bound_the_log_and_restart_from_the_chunk_stores() {
             most = most.max(segments());
         }
         assert!(
-            most <= 6,
+            most <= 12,
             "at most {most} segments of 64 KiB for 1.2 MB of entries"
         );
+        eprintln!("log segments at most: {most}");
         check_model(&mut host, &disks, &model, "before restart").await;
         drop(host);
         drop(disks);

@@ -241,12 +241,11 @@ impl Setup {
             pg_count: self.pg_count,
         };
         propose(&meta, pool).await?;
-        let (pool_id, pg_map) = read_pool(&meta).await?;
-        let pg_count = pg_map.len();
+        let pool = read_pool(&meta).await?;
+        let pg_count = pool.pg_map.len();
         let chunk_size = self.disks[0].chunk_size_bytes();
         let disks = self.disks.clone();
-        let (host, created) =
-            storage::start_host(NODE, &self.dir.join("wal"), &disks, &[(pool_id, pg_map)])?;
+        let (host, created) = storage::start_host(NODE, &self.dir.join("wal"), &disks, &[pool])?;
         let stats = host.stats();
         let pgs = service::spawn(host, NODE, Duration::from_millis(10), None);
         tokio::spawn(heartbeats(meta.clone(), pgs.clone(), disks.clone()));
@@ -279,21 +278,25 @@ async fn heartbeats(meta: DriverHandle, pgs: PgHandle, disks: Vec<Arc<ChunkStore
     }
 }
 
-async fn read_pool(meta: &DriverHandle) -> Result<(PoolId, Vec<Vec<PgMember>>), String> {
+async fn read_pool(meta: &DriverHandle) -> Result<storage::PoolMap, String> {
     let value = meta
         .read(Box::new(|state| {
             let pool = state.pool(POOL).ok_or(MetaError::NotFound {
                 kind: "pool",
                 name: POOL.into(),
             })?;
-            Ok(json!({ "id": pool.id.0, "pg_map": pool.pg_map }))
+            Ok(json!({ "id": pool.id.0, "epoch": pool.epoch, "pg_map": pool.pg_map }))
         }))
         .await
         .map_err(|e| format!("read pool: {e:?}"))?;
     let id = value["id"].as_u64().ok_or("pool without an id")?;
     let map: Vec<Vec<PgMember>> =
         serde_json::from_value(value["pg_map"].clone()).map_err(|e| e.to_string())?;
-    Ok((PoolId(id as u32), map))
+    Ok(storage::PoolMap {
+        id: PoolId(id as u32),
+        epoch: value["epoch"].as_u64().unwrap_or_default(),
+        pg_map: map,
+    })
 }
 
 /// `cairn dev`'s data backend: volumes from the in-process metadata member, pieces through

@@ -22,7 +22,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use cairn_client::Piece;
+use cairn_client::{PgRouter, Piece};
 use cairn_common::{ChunkId, DiskId, GroupId, NodeId, OwnerId, PoolId, ReplicaId};
 use cairn_metadata::state::PgMember;
 use cairn_raft::transport::TcpTransport;
@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use crate::{
     admin::{Connection, Method, api_call},
     data::{self, DataError, Target},
-    storage,
+    storage::{self, PoolMap},
 };
 
 /// How often the node reports and looks for new pools and peers.
@@ -120,8 +120,8 @@ fn parse_disk_id(text: &str) -> Option<DiskId> {
     Some(DiskId(id))
 }
 
-/// Every pool's id and PG map, from the admin API.
-async fn pools(connection: &Connection) -> Result<Vec<(PoolId, Vec<Vec<PgMember>>)>, String> {
+/// Every pool's id, epoch and PG map, from the admin API.
+async fn pools(connection: &Connection) -> Result<Vec<PoolMap>, String> {
     let list = call(connection, "/v1/pools".into(), Method::Get).await?;
     let mut out = Vec::new();
     for pool in list.as_array().into_iter().flatten() {
@@ -141,7 +141,11 @@ async fn pools(connection: &Connection) -> Result<Vec<(PoolId, Vec<Vec<PgMember>
             }
             map.push(pg);
         }
-        out.push((PoolId(id as u32), map));
+        out.push(PoolMap {
+            id: PoolId(id as u32),
+            epoch: shown["epoch"].as_u64().unwrap_or_default(),
+            pg_map: map,
+        });
     }
     Ok(out)
 }
@@ -256,14 +260,16 @@ async fn set_peers(
     Ok(())
 }
 
-/// Records each PG's members, preferred leader first.
-fn remember_members(directory: &Directory, pools: &[(PoolId, Vec<Vec<PgMember>>)]) {
-    let mut members = directory.members.lock().expect("not poisoned");
-    for (pool, pg_map) in pools {
-        for (index, pg) in pg_map.iter().enumerate() {
-            let replicas = pg.iter().map(|m| m.replica).collect();
-            members.insert(GroupId::pg(*pool, index as u32), replicas);
-        }
+/// Gives the router every pool's PG map (an older epoch than the one held is ignored).
+fn remember_members(directory: &Directory, pools: &[PoolMap]) {
+    let mut router = directory.router.lock().expect("not poisoned");
+    for pool in pools {
+        let map: Vec<Vec<ReplicaId>> = pool
+            .pg_map
+            .iter()
+            .map(|pg| pg.iter().map(|m| m.replica).collect())
+            .collect();
+        router.update_pool(pool.id, pool.epoch, &map);
     }
 }
 
@@ -306,12 +312,12 @@ async fn refresh(
     Ok(())
 }
 
-/// What the refresh loop learns for the data path: other nodes' data API addresses and each
-/// PG's members (preferred leader first).
+/// What the refresh loop learns for the data path: other nodes' data API addresses and the
+/// PG map (with the leaders last heard of).
 #[derive(Clone, Default)]
 struct Directory {
     data_addrs: Arc<Mutex<BTreeMap<u64, SocketAddr>>>,
-    members: Arc<Mutex<BTreeMap<GroupId, Vec<ReplicaId>>>>,
+    router: Arc<Mutex<PgRouter>>,
 }
 
 /// Forwarding hops a piece may take before the client is told to retry.
@@ -341,13 +347,21 @@ fn api_error(e: String) -> DataError {
 }
 
 impl NodeBackend {
-    /// The node to send a piece of `group` to: the hinted leader's, else the preferred one's.
+    fn forget_leader(&self, group: GroupId) {
+        let mut router = self.directory.router.lock().expect("not poisoned");
+        router.forget_leader(group);
+    }
+
+    /// The node to send a piece of `group` to: the leader last heard of (`hint` first), else
+    /// the preferred one.
     fn next_hop(&self, group: GroupId, hint: Option<ReplicaId>) -> Option<SocketAddr> {
-        let preferred = || {
-            let members = self.directory.members.lock().expect("not poisoned");
-            members.get(&group).and_then(|m| m.first().copied())
+        let node = {
+            let mut router = self.directory.router.lock().expect("not poisoned");
+            if let Some(hint) = hint {
+                router.note_leader(group, hint);
+            }
+            router.target(group)?
         };
-        let node = hint.or_else(preferred)?.node();
         if node == self.me {
             return None;
         }
@@ -440,6 +454,8 @@ impl NodeBackend {
             };
             match self.forward(addr, group, piece, data.clone()).await {
                 Err(DataError::Unavailable(_)) => {
+                    // That node did not lead (or answer): ask the map again next time.
+                    self.forget_leader(group);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 other => return other,

@@ -19,6 +19,17 @@ use cairn_storage_node::{
     pg::{NewReplica, PgHost},
 };
 
+/// A pool's PG map as the metadata service gave it.
+#[derive(Clone, Debug)]
+pub struct PoolMap {
+    /// The pool.
+    pub id: PoolId,
+    /// The map's epoch.
+    pub epoch: u64,
+    /// Per PG, its members, preferred leader first.
+    pub pg_map: Vec<Vec<PgMember>>,
+}
+
 /// Opens (formatting on first use) the chunk store in each directory.
 pub async fn open_disks(paths: &[PathBuf]) -> Result<Vec<Arc<ChunkStore>>, String> {
     let options = ChunkStoreOptions {
@@ -63,17 +74,17 @@ pub fn capacity(dir: &Path) -> Result<u64, String> {
 pub fn local_replicas(
     node: NodeId,
     disks: &[Arc<ChunkStore>],
-    pools: &[(PoolId, Vec<Vec<PgMember>>)],
+    pools: &[PoolMap],
 ) -> Vec<NewReplica> {
     let local: Vec<DiskId> = disks.iter().map(|d| d.disk_id()).collect();
     let mut out = Vec::new();
-    for (pool, pg_map) in pools {
-        for (index, members) in pg_map.iter().enumerate() {
+    for pool in pools {
+        for (index, members) in pool.pg_map.iter().enumerate() {
             let voters: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
             for member in members {
                 if member.replica.node() == node && local.contains(&member.disk) {
                     out.push(NewReplica {
-                        group: GroupId::pg(*pool, index as u32),
+                        group: GroupId::pg(pool.id, index as u32),
                         replica: member.replica,
                         voters: voters.clone(),
                         disk: member.disk,
@@ -92,7 +103,7 @@ pub fn start_host(
     node: NodeId,
     wal: &Path,
     disks: &[Arc<ChunkStore>],
-    pools: &[(PoolId, Vec<Vec<PgMember>>)],
+    pools: &[PoolMap],
 ) -> Result<(PgHost<FileLogStore>, usize), String> {
     let wanted = local_replicas(node, disks, pools);
     let placement: BTreeMap<ReplicaId, DiskId> =

@@ -1,16 +1,22 @@
 //! The client library every gateway shares: where a byte of a volume, object or file lives,
 //! and (next) the PG map cache, leader routing, retries under a deadline and QoS.
 //!
-//! Today it holds the two pure pieces the data path is built on:
+//! Today it holds the pure pieces the data path is built on:
 //!
 //! - [`pg_of`]: the placement group of a chunk, `hash(owner, index) mod pg_count`, so no
 //!   per-chunk location table exists anywhere (DESIGN.md, "Data model");
 //! - [`pieces`]: a byte range of an owner cut at chunk boundaries and at the largest request a
-//!   PG takes.
+//!   PG takes;
+//! - [`PgRouter`]: the PG map cache that says which node to send a PG's requests to (the
+//!   leader it last heard of, else the preferred leader), refusing older maps by epoch and
+//!   leader hints from replicas that are no longer members.
 //!
-//! Routing, retries and the volume API over the storage nodes are the rest of issue 4.
+//! The transport (requests to the nodes, retries under a deadline) lives with its callers for
+//! now: `cairn node run` forwards pieces with it.
 
-use cairn_common::{ChunkId, OwnerId, PoolId};
+use std::collections::BTreeMap;
+
+use cairn_common::{ChunkId, GroupId, NodeId, OwnerId, PoolId, ReplicaId};
 
 /// The placement group (0-based index into the pool's PG map) holding chunk `index` of
 /// `owner`, for a pool of `pg_count` PGs. Stable forever: changing it moves every chunk.
@@ -80,6 +86,92 @@ pub fn pieces(
     })
 }
 
+/// One PG as the router knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Route {
+    /// The pool map's epoch this entry came from.
+    epoch: u64,
+    /// Members, the preferred leader first.
+    members: Vec<ReplicaId>,
+    /// The leader last heard of, if it is a member.
+    leader: Option<ReplicaId>,
+}
+
+/// Where to send each PG's requests (see the crate docs).
+#[derive(Clone, Debug, Default)]
+pub struct PgRouter {
+    routes: BTreeMap<GroupId, Route>,
+    epochs: BTreeMap<PoolId, u64>,
+}
+
+impl PgRouter {
+    /// An empty router.
+    pub fn new() -> PgRouter {
+        PgRouter::default()
+    }
+
+    /// Takes a pool's PG map at `epoch` (members per PG, preferred leader first). A map older
+    /// than the one held is ignored (returns false); leader hints survive for PGs whose
+    /// members did not change.
+    pub fn update_pool(&mut self, pool: PoolId, epoch: u64, pg_map: &[Vec<ReplicaId>]) -> bool {
+        if self.epochs.get(&pool).is_some_and(|held| *held > epoch) {
+            return false;
+        }
+        self.epochs.insert(pool, epoch);
+        for (index, members) in pg_map.iter().enumerate() {
+            let group = GroupId::pg(pool, index as u32);
+            let leader = self
+                .routes
+                .get(&group)
+                .and_then(|r| r.leader)
+                .filter(|l| members.contains(l));
+            let route = Route {
+                epoch,
+                members: members.clone(),
+                leader,
+            };
+            self.routes.insert(group, route);
+        }
+        true
+    }
+
+    /// Records that `leader` leads `group`, if it is a member of the map held.
+    pub fn note_leader(&mut self, group: GroupId, leader: ReplicaId) {
+        if let Some(route) = self.routes.get_mut(&group)
+            && route.members.contains(&leader)
+        {
+            route.leader = Some(leader);
+        }
+    }
+
+    /// Forgets `group`'s leader (it refused or did not answer).
+    pub fn forget_leader(&mut self, group: GroupId) {
+        if let Some(route) = self.routes.get_mut(&group) {
+            route.leader = None;
+        }
+    }
+
+    /// The node to send `group`'s requests to: its known leader's, else its preferred
+    /// leader's; `None` for a PG not in any map held.
+    pub fn target(&self, group: GroupId) -> Option<NodeId> {
+        let route = self.routes.get(&group)?;
+        route
+            .leader
+            .or_else(|| route.members.first().copied())
+            .map(ReplicaId::node)
+    }
+
+    /// The members of `group`, preferred leader first.
+    pub fn members(&self, group: GroupId) -> Option<&[ReplicaId]> {
+        self.routes.get(&group).map(|r| r.members.as_slice())
+    }
+
+    /// The epoch of the map `group` came from.
+    pub fn epoch(&self, group: GroupId) -> Option<u64> {
+        self.routes.get(&group).map(|r| r.epoch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -112,6 +204,63 @@ mod tests {
                 "PG {pg} holds {count} chunks, ideal {ideal}"
             );
         }
+    }
+
+    fn replica(node: u64, number: u64) -> ReplicaId {
+        ReplicaId::new(NodeId(node), number)
+    }
+
+    #[test]
+    fn router_prefers_the_known_leader_then_the_preferred_one() {
+        let mut router = PgRouter::new();
+        let map = vec![vec![replica(2, 1), replica(3, 1), replica(4, 1)]];
+        assert!(router.update_pool(PoolId(1), 1, &map));
+        let group = GroupId::pg(PoolId(1), 0);
+        assert_eq!(
+            router.target(group),
+            Some(NodeId(2)),
+            "preferred leader first"
+        );
+        router.note_leader(group, replica(4, 1));
+        assert_eq!(router.target(group), Some(NodeId(4)));
+        router.note_leader(group, replica(9, 9));
+        assert_eq!(
+            router.target(group),
+            Some(NodeId(4)),
+            "a non-member's hint is ignored"
+        );
+        router.forget_leader(group);
+        assert_eq!(router.target(group), Some(NodeId(2)));
+        assert_eq!(router.target(GroupId::pg(PoolId(2), 0)), None);
+    }
+
+    #[test]
+    fn router_refuses_older_maps_and_drops_hints_of_removed_members() {
+        let mut router = PgRouter::new();
+        let group = GroupId::pg(PoolId(1), 0);
+        let old = vec![vec![replica(2, 1), replica(3, 1), replica(4, 1)]];
+        let new = vec![vec![replica(2, 1), replica(3, 1), replica(5, 7)]];
+        assert!(router.update_pool(PoolId(1), 5, &old));
+        router.note_leader(group, replica(4, 1));
+        assert!(router.update_pool(PoolId(1), 6, &new));
+        assert_eq!(
+            router.target(group),
+            Some(NodeId(2)),
+            "the old leader left the PG"
+        );
+        assert!(
+            !router.update_pool(PoolId(1), 5, &old),
+            "a stale map is refused"
+        );
+        assert_eq!(router.members(group).map(<[ReplicaId]>::len), Some(3));
+        assert_eq!(router.epoch(group), Some(6));
+        router.note_leader(group, replica(3, 1));
+        assert!(router.update_pool(PoolId(1), 6, &new));
+        assert_eq!(
+            router.target(group),
+            Some(NodeId(3)),
+            "hints survive an unchanged map"
+        );
     }
 
     proptest! {

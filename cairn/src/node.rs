@@ -29,7 +29,7 @@ use cairn_raft::transport::TcpTransport;
 use cairn_storage_node::{
     ChunkStore,
     pg::{
-        PgError, WRITE_BYTES_MAX,
+        PgError, PgStats, WRITE_BYTES_MAX,
         service::{self, Network, PgHandle},
     },
 };
@@ -197,6 +197,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         transport: transport.clone(),
         incoming,
     };
+    let stats = host.stats();
     let pgs = service::spawn(host, me, Duration::from_millis(10), Some(network));
     let backend = NodeBackend {
         connection: connection.clone(),
@@ -207,8 +208,9 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         directory: directory.clone(),
     };
     let data_listen = args.data_listen;
+    let served_disks = disks.clone();
     tokio::spawn(async move {
-        if let Err(e) = serve_data(data_listen, backend).await {
+        if let Err(e) = serve_data(data_listen, backend, stats, served_disks).await {
             tracing::error!("{e}");
             eprintln!("cairn node: {e}");
             std::process::exit(1);
@@ -584,10 +586,21 @@ async fn require_token(
     }
 }
 
-/// Serves the data API (volume data and pieces from other nodes) on `listen`.
-async fn serve_data(listen: SocketAddr, backend: NodeBackend) -> Result<(), String> {
+/// Serves the data API (volume data, pieces from other nodes, Prometheus counters) on
+/// `listen`.
+async fn serve_data(
+    listen: SocketAddr,
+    backend: NodeBackend,
+    stats: Arc<PgStats>,
+    disks: Vec<Arc<ChunkStore>>,
+) -> Result<(), String> {
     let token = Arc::new(backend.token.clone());
+    let metrics = axum::routing::get(move || {
+        let (stats, disks) = (stats.clone(), disks.clone());
+        async move { storage::metrics(&stats, &disks) }
+    });
     let router = axum::Router::new()
+        .route("/metrics", metrics)
         .route(
             "/v1/pieces/{group}/{pool}/{owner}/{index}",
             axum::routing::get(piece_route).put(piece_route),

@@ -7,6 +7,10 @@ use std::{
     sync::Arc,
 };
 
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
 use cairn_common::{DiskId, GroupId, NodeId, PoolId, ReplicaId};
 use cairn_metadata::{
     health::{DiskReport, Heartbeat, ReplicaReport},
@@ -16,8 +20,9 @@ use cairn_raft::{NodeConfig, file_log::FileLogStore};
 use cairn_storage_node::{
     ChunkStore, ChunkStoreOptions,
     io::EngineOptions,
-    pg::{NewReplica, PgHost},
+    pg::{NewReplica, PgHost, PgStats},
 };
+use std::sync::atomic::AtomicU64;
 
 /// A pool's PG map as the metadata service gave it.
 #[derive(Clone, Debug)]
@@ -160,4 +165,85 @@ pub fn heartbeat(
             })
             .collect(),
     }
+}
+
+/// The Prometheus text exposition of a storage node's counters: its PG host's and each
+/// disk's.
+pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
+    use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed};
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let node_counters: [(&str, &str, &AtomicU64); 4] = [
+        (
+            "cairn_pg_read_repairs_total",
+            "Blocks repaired from another replica after a checksum failure.",
+            &stats.read_repairs,
+        ),
+        (
+            "cairn_pg_unrepaired_checksum_errors_total",
+            "Checksum failures no replica could repair (the IO failed).",
+            &stats.unrepaired,
+        ),
+        (
+            "cairn_pg_writes_applied_total",
+            "Writes applied to chunk stores, counted per replica.",
+            &stats.writes_applied,
+        ),
+        (
+            "cairn_pg_reads_served_total",
+            "Linearizable reads served.",
+            &stats.reads_served,
+        ),
+    ];
+    for (name, help, value) in node_counters {
+        counter(name, help, vec![(String::new(), value.load(Relaxed))]);
+    }
+    type DiskCounter = fn(&ChunkStore) -> &AtomicU64;
+    let disk_counters: [(&str, &str, DiskCounter); 5] = [
+        (
+            "cairn_disk_read_micros_total",
+            "Microseconds spent in chunk-store reads (with the read count: mean latency).",
+            |d| &d.stats().read_micros,
+        ),
+        (
+            "cairn_disk_write_micros_total",
+            "Microseconds spent in chunk-store writes.",
+            |d| &d.stats().write_micros,
+        ),
+        (
+            "cairn_disk_reads_total",
+            "Chunk-store reads completed.",
+            |d| &d.stats().reads,
+        ),
+        (
+            "cairn_disk_writes_total",
+            "Chunk-store writes completed.",
+            |d| &d.stats().writes,
+        ),
+        (
+            "cairn_disk_corrupt_blocks_total",
+            "Blocks whose checksum failed on read.",
+            |d| &d.stats().corrupt_blocks,
+        ),
+    ];
+    for (name, help, value) in disk_counters {
+        let samples = disks
+            .iter()
+            .map(|d| {
+                (
+                    format!("{{disk=\"{}\"}}", d.disk_id()),
+                    value(d).load(Relaxed),
+                )
+            })
+            .collect();
+        counter(name, help, samples);
+    }
+    let content_type = [("content-type", "text/plain; version=0.0.4")];
+    (StatusCode::OK, content_type, out).into_response()
 }

@@ -699,6 +699,15 @@ fn storage_nodes_replicate_pgs_across_processes() {
     };
     write_via(0);
     assert!(read_back(2), "written through node 2, read through node 4");
+    let metrics = http_get(&format!("127.0.0.1:{}", ports[0].1), "/metrics", TOKEN);
+    let applied = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_pg_writes_applied_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(
+        applied.is_some_and(|n| n > 0),
+        "node 2 applied writes: {metrics}"
+    );
 
     drop(nodes.remove(1)); // SIGKILL node 3
     wait_health(&env, "degraded", |h| {

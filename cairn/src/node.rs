@@ -338,13 +338,18 @@ struct NodeBackend {
     directory: Directory,
 }
 
+/// Maps an admin API error ("message (HTTP status)") to the data API's, keeping the message.
 fn api_error(e: String) -> DataError {
-    if e.contains("(HTTP 404)") {
-        DataError::NotFound(e)
-    } else if e.contains("(HTTP 400)") {
-        DataError::BadRequest(e)
+    let message = e
+        .rsplit_once(" (HTTP ")
+        .map_or(e.as_str(), |(message, _)| message)
+        .to_string();
+    if e.ends_with("(HTTP 404)") {
+        DataError::NotFound(message)
+    } else if e.ends_with("(HTTP 400)") {
+        DataError::BadRequest(message)
     } else {
-        DataError::Unavailable(e)
+        DataError::Unavailable(message)
     }
 }
 

@@ -531,14 +531,25 @@ fn cairn_dev_stores_volume_bytes_across_a_kill() {
         .find(|(k, _)| k == "CAIRN_ADMIN_TOKEN")
         .expect("token")
         .1;
-    let metrics = http_get(&listen, "/metrics", token);
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    let applied = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("cairn_pg_writes_applied_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("writes applied counter");
-    assert!(applied >= 3 * 6, "every piece on every replica: {applied}");
+    // Every piece on every replica (followers apply once they learn the commit: poll).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = http_get(&listen, "/metrics", token);
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        let applied = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cairn_pg_writes_applied_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("writes applied counter");
+        if applied >= 3 * 6 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {applied} applied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(http_get(&listen, "/metrics", "wrong-token").starts_with("HTTP/1.1 401"));
 
     drop(dev);
@@ -699,15 +710,23 @@ fn storage_nodes_replicate_pgs_across_processes() {
     };
     write_via(0);
     assert!(read_back(2), "written through node 2, read through node 4");
-    let metrics = http_get(&format!("127.0.0.1:{}", ports[0].1), "/metrics", TOKEN);
-    let applied = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("cairn_pg_writes_applied_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    assert!(
-        applied.is_some_and(|n| n > 0),
-        "node 2 applied writes: {metrics}"
-    );
+    // Node 2's replicas apply the writes as followers learn the commit index: poll.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = http_get(&format!("127.0.0.1:{}", ports[0].1), "/metrics", TOKEN);
+        let applied = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cairn_pg_writes_applied_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if applied.is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 applied no write: {metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     drop(nodes.remove(1)); // SIGKILL node 3
     wait_health(&env, "degraded", |h| {

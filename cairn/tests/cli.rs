@@ -200,12 +200,22 @@ impl Drop for MetaMember {
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
+/// A loopback port nothing listens on, below the kernel's ephemeral range: a process
+/// restarted on the same port must find it free, and an ephemeral port can meanwhile become
+/// the local end of an outgoing connection.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    loop {
+        let attempt = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(7_919)) % 12_000);
+        let port = u16::try_from(port).expect("below 32768");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        assert!(attempt < 100_000, "no free port");
+    }
 }
 
 fn start_meta() -> MetaMember {

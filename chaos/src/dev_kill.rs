@@ -13,7 +13,6 @@
 
 use std::{
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -175,10 +174,7 @@ impl Victim for DevVictim {
 /// Runs the scenario in `dir` for about `seconds`.
 pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Verdict, String> {
     fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("port: {e}"))?
-        .port();
+    let port = crate::free_port()?;
     let mut dev = Dev {
         cairn: cairn.to_path_buf(),
         dir: dir.join("dev"),

@@ -16,7 +16,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -28,6 +27,8 @@ use std::{
 };
 
 use serde_json::{Value, json};
+
+use crate::free_port;
 
 /// A failover slower than this fails the run (the bound).
 const FAILOVER_MAX: Duration = Duration::from_secs(5);
@@ -74,14 +75,6 @@ struct Cluster {
     options: Options,
     members: Vec<Member>,
     agent: ureq::Agent,
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
 }
 
 fn agent() -> ureq::Agent {

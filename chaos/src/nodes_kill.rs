@@ -5,7 +5,6 @@
 
 use std::{
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -17,6 +16,7 @@ use serde_json::Value;
 use crate::{
     chunkstore_kill::Rng,
     dev_kill::{Verdict, Victim, new_agent, run_with},
+    free_port,
 };
 
 const TOKEN: &str = "chaos-nodes-token-0123456789";
@@ -24,13 +24,6 @@ const TOKEN: &str = "chaos-nodes-token-0123456789";
 const NODES: u64 = 3;
 /// How long the cluster may take to report healthy.
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("port: {e}"))
-}
 
 struct Nodes {
     cairn: PathBuf,

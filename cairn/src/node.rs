@@ -106,20 +106,6 @@ async fn call(connection: &Connection, path: String, method: Method) -> Result<V
         .map_err(|e| format!("admin call: {e}"))?
 }
 
-/// Parses a disk id as the admin API prints it (a UUID).
-fn parse_disk_id(text: &str) -> Option<DiskId> {
-    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, byte) in id.iter_mut().enumerate() {
-        let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(DiskId(id))
-}
-
 /// Every pool's id, epoch and PG map, from the admin API.
 async fn pools(connection: &Connection) -> Result<Vec<PoolMap>, String> {
     let list = call(connection, "/v1/pools".into(), Method::Get).await?;
@@ -132,7 +118,9 @@ async fn pools(connection: &Connection) -> Result<Vec<PoolMap>, String> {
         for members in shown["pg_map"].as_array().into_iter().flatten() {
             let mut pg = Vec::new();
             for member in members.as_array().into_iter().flatten() {
-                let disk = member["disk"].as_str().and_then(parse_disk_id);
+                let disk = member["disk"]
+                    .as_str()
+                    .and_then(|d| d.parse::<DiskId>().ok());
                 let replica = member["replica"].as_u64().map(ReplicaId);
                 let (Some(disk), Some(replica)) = (disk, replica) else {
                     return Err(format!("pool {name}: malformed PG member {member}"));

@@ -89,23 +89,27 @@ fn cairn_binary() -> std::path::PathBuf {
     cairn
 }
 
-fn meta_failover(seconds: &str, members: &str) -> String {
+/// Runs `cairn-chaos SCENARIO DIR ARGS...` in a fresh directory; it must succeed and its
+/// verdict line end with `clean`. Returns the verdict line and the scenario's stderr.
+fn scenario(name: &str, args: &[&str], clean: &str) -> (String, String) {
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let output = Command::new(env!("CARGO_BIN_EXE_cairn-chaos"))
-        .args([
-            "meta-failover",
-            &dir.path().to_string_lossy(),
-            seconds,
-            members,
-        ])
+        .arg(name)
+        .arg(dir.path())
+        .args(args)
         .env("CAIRN_BIN", cairn_binary())
         .output()
         .expect("run cairn-chaos");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stdout}\n{stderr}");
     let line = stdout.lines().last().unwrap_or_default().to_string();
-    assert!(line.ends_with(" lost=0 duplicated=0"), "{line}\n{stderr}");
+    assert!(line.ends_with(clean), "{line}\n{stderr}");
+    (line, stderr)
+}
+
+fn meta_failover(seconds: &str, members: &str) -> String {
+    let (line, stderr) = scenario("meta-failover", &[seconds, members], " lost=0 duplicated=0");
     assert!(
         stderr.contains("wiped_member_restored_by_snapshot=true"),
         "{stderr}"
@@ -134,18 +138,7 @@ fn five_member_group_survives_two_failures() {
 
 /// Runs a volume-writer kill scenario and returns its verdict line (which must be clean).
 fn kill_scenario(name: &str, seconds: &str, seed: &str) -> String {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-    let output = Command::new(env!("CARGO_BIN_EXE_cairn-chaos"))
-        .args([name, &dir.path().to_string_lossy(), seconds, seed])
-        .env("CAIRN_BIN", cairn_binary())
-        .output()
-        .expect("run cairn-chaos");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let line = stdout.lines().last().unwrap_or_default().to_string();
-    assert!(line.ends_with(" lost=0 corrupt=0"), "{line}\n{stderr}");
-    line
+    scenario(name, &[seconds, seed], " lost=0 corrupt=0").0
 }
 
 /// Goal: issue 4's durability promise for `cairn dev`: a volume write acknowledged by the

@@ -183,6 +183,25 @@ impl fmt::Display for DiskId {
     }
 }
 
+impl std::str::FromStr for DiskId {
+    type Err = String;
+
+    /// Parses a UUID as [`DiskId`]'s `Display` writes it (dashes optional, either case).
+    fn from_str(text: &str) -> Result<DiskId, String> {
+        let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+        let invalid = || format!("disk id {text:?} is not a UUID");
+        if hex.len() != 32 {
+            return Err(invalid());
+        }
+        let mut id = [0u8; 16];
+        for (byte, pair) in id.iter_mut().zip(hex.chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| invalid())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| invalid())?;
+        }
+        Ok(DiskId(id))
+    }
+}
+
 impl fmt::Debug for DiskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DiskId({self})")
@@ -219,5 +238,13 @@ mod tests {
     fn disk_id_formats_as_uuid() {
         let id = DiskId([0x12; 16]);
         assert_eq!(id.to_string(), "12121212-1212-1212-1212-121212121212");
+        assert_eq!(id.to_string().parse::<DiskId>(), Ok(id));
+        assert_eq!("12121212121212121212121212121212".parse::<DiskId>(), Ok(id));
+        assert!("1212".parse::<DiskId>().is_err());
+        assert!(
+            "zz121212-1212-1212-1212-121212121212"
+                .parse::<DiskId>()
+                .is_err()
+        );
     }
 }

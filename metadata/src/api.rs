@@ -281,21 +281,8 @@ async fn list_disks(State(api): State<Api>) -> Response {
 
 /// Parses a UUID as `cairn disk show` prints it (hex, dashes optional).
 fn parse_disk_id(text: &str) -> Result<DiskId, Response> {
-    let hex: String = text.chars().filter(|c| *c != '-').collect();
-    let invalid = || {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("disk id {text:?} is not a UUID"),
-        )
-    };
-    if hex.len() != 32 || !hex.is_ascii() {
-        return Err(invalid());
-    }
-    let mut bytes = [0u8; 16];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
-    }
-    Ok(DiskId(bytes))
+    text.parse()
+        .map_err(|e: String| error(StatusCode::BAD_REQUEST, e))
 }
 
 #[derive(Deserialize)]

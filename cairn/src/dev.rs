@@ -190,7 +190,6 @@ async fn serve(args: DevArgs) -> Result<(), String> {
 /// The running storage node: its PG task, its counters, its disks.
 struct Storage {
     pgs: PgHandle,
-    chunk_size: u32,
     stats: Arc<PgStats>,
     disks: Vec<Arc<ChunkStore>>,
 }
@@ -242,18 +241,12 @@ impl Setup {
         propose(&meta, pool).await?;
         let pool = read_pool(&meta).await?;
         let pg_count = pool.pg_map.len();
-        let chunk_size = self.disks[0].chunk_size_bytes();
         let disks = self.disks.clone();
         let (host, created) = storage::start_host(NODE, &self.dir.join("wal"), &disks, &[pool])?;
         let stats = host.stats();
         let pgs = service::spawn(host, NODE, Duration::from_millis(10), None);
         tokio::spawn(heartbeats(meta.clone(), pgs.clone(), disks.clone()));
-        let _ = self.storage.set(Storage {
-            pgs,
-            chunk_size,
-            stats,
-            disks,
-        });
+        let _ = self.storage.set(Storage { pgs, stats, disks });
         write_private(&self.dir.join("endpoints.env"), &self.endpoints)?;
         println!(
             "cairn dev: ready ({pg_count} PGs, {created} replicas created now); endpoints in {}",
@@ -354,7 +347,8 @@ impl data::Backend for DevBackend {
     }
 
     fn chunk_size(&self) -> Result<u32, DataError> {
-        Ok(self.storage()?.chunk_size)
+        // Every disk of a node is formatted with the default chunk size.
+        Ok(self.storage()?.disks[0].chunk_size_bytes())
     }
 
     async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {

@@ -75,7 +75,7 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 0)]
     site: u32,
     /// Entries a PG's log holds past its snapshot before its leader proposes a compaction.
-    #[arg(long, default_value_t = cairn_storage_node::pg::CHECKPOINT_ENTRIES_DEFAULT)]
+    #[arg(long, default_value_t = cairn_storage_node::pg::COMPACT_ENTRIES_DEFAULT)]
     pg_compact_entries: u64,
 }
 
@@ -106,36 +106,51 @@ async fn call(connection: &Connection, path: String, method: Method) -> Result<V
         .map_err(|e| format!("admin call: {e}"))?
 }
 
-/// Every pool's id, epoch and PG map, from the admin API.
-async fn pools(connection: &Connection) -> Result<Vec<PoolMap>, String> {
+/// The pool maps a node knows, by pool name.
+type Pools = BTreeMap<String, PoolMap>;
+
+/// One pool's id, epoch and PG map, from the admin API.
+async fn fetch_pool(connection: &Connection, name: &str) -> Result<PoolMap, String> {
+    let shown = call(connection, format!("/v1/pools/{name}"), Method::Get).await?;
+    let id = shown["id"].as_u64().ok_or("a pool without an id")?;
+    let mut map = Vec::new();
+    for members in shown["pg_map"].as_array().into_iter().flatten() {
+        let mut pg = Vec::new();
+        for member in members.as_array().into_iter().flatten() {
+            let disk = member["disk"]
+                .as_str()
+                .and_then(|d| d.parse::<DiskId>().ok());
+            let replica = member["replica"].as_u64().map(ReplicaId);
+            let (Some(disk), Some(replica)) = (disk, replica) else {
+                return Err(format!("pool {name}: malformed PG member {member}"));
+            };
+            pg.push(PgMember { disk, replica });
+        }
+        map.push(pg);
+    }
+    Ok(PoolMap {
+        id: PoolId(id as u32),
+        epoch: shown["epoch"].as_u64().unwrap_or_default(),
+        pg_map: map,
+    })
+}
+
+/// Brings `known` up to date: one call lists the pools and their epochs, and only a pool new
+/// or at another epoch is fetched whole. Returns the pools fetched.
+async fn refresh_pools(connection: &Connection, known: &mut Pools) -> Result<Vec<PoolMap>, String> {
     let list = call(connection, "/v1/pools".into(), Method::Get).await?;
-    let mut out = Vec::new();
+    let mut fetched = Vec::new();
     for pool in list.as_array().into_iter().flatten() {
         let name = pool["name"].as_str().ok_or("a pool without a name")?;
-        let shown = call(connection, format!("/v1/pools/{name}"), Method::Get).await?;
-        let id = shown["id"].as_u64().ok_or("a pool without an id")?;
-        let mut map = Vec::new();
-        for members in shown["pg_map"].as_array().into_iter().flatten() {
-            let mut pg = Vec::new();
-            for member in members.as_array().into_iter().flatten() {
-                let disk = member["disk"]
-                    .as_str()
-                    .and_then(|d| d.parse::<DiskId>().ok());
-                let replica = member["replica"].as_u64().map(ReplicaId);
-                let (Some(disk), Some(replica)) = (disk, replica) else {
-                    return Err(format!("pool {name}: malformed PG member {member}"));
-                };
-                pg.push(PgMember { disk, replica });
-            }
-            map.push(pg);
+        let epoch = pool["epoch"].as_u64();
+        if known.get(name).is_some_and(|k| Some(k.epoch) == epoch) {
+            continue;
         }
-        out.push(PoolMap {
-            id: PoolId(id as u32),
-            epoch: shown["epoch"].as_u64().unwrap_or_default(),
-            pg_map: map,
-        });
+        let map = fetch_pool(connection, name).await?;
+        known.insert(name.to_string(), map.clone());
+        fetched.push(map);
     }
-    Ok(out)
+    Ok(fetched)
 }
 
 async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<(), String> {
@@ -174,13 +189,12 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         .map_err(|e| e.to_string())?;
     let directory = Directory::default();
     set_peers(&connection, &transport, me, &directory).await?;
-    let known = pools(&connection).await?;
-    remember_members(&directory, &known);
-    let (mut host, created) = storage::start_host(me, &args.data.join("wal"), &disks, &known)?;
-    host.set_checkpoint_entries(args.pg_compact_entries.max(1));
-    let hosted = Arc::new(Mutex::new(
-        host.replicas().map(|(r, _)| r).collect::<Vec<_>>(),
-    ));
+    let mut known = Pools::new();
+    let maps = refresh_pools(&connection, &mut known).await?;
+    remember_members(&directory, &maps);
+    let (mut host, created) = storage::start_host(me, &args.data.join("wal"), &disks, &maps)?;
+    host.set_compact_entries(args.pg_compact_entries.max(1));
+    let hosted = host.replicas().count();
     let network = Network {
         transport: transport.clone(),
         incoming,
@@ -205,9 +219,8 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         }
     });
     println!(
-        "cairn node {}: up ({} replicas, {created} created now)",
-        args.id,
-        hosted.lock().expect("not poisoned").len()
+        "cairn node {}: up ({hosted} replicas, {created} created now)",
+        args.id
     );
     let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
     loop {
@@ -218,7 +231,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
             &pgs,
             &disks,
             me,
-            &hosted,
+            &mut known,
             &directory,
         );
         if let Err(e) = refreshed.await {
@@ -263,14 +276,14 @@ fn remember_members(directory: &Directory, pools: &[PoolMap]) {
     }
 }
 
-/// One refresh: heartbeat, peers, and replicas of pools created since.
+/// One refresh: heartbeat, peers, and replicas of pools created or changed since.
 async fn refresh(
     connection: &Connection,
     transport: &TcpTransport,
     pgs: &PgHandle,
     disks: &[Arc<ChunkStore>],
     me: NodeId,
-    hosted: &Mutex<Vec<ReplicaId>>,
+    known: &mut Pools,
     directory: &Directory,
 ) -> Result<(), String> {
     let replicas = pgs.report().await.map_err(|e| e.to_string())?;
@@ -283,21 +296,18 @@ async fn refresh(
     )
     .await?;
     set_peers(connection, transport, me, directory).await?;
-    let known = pools(connection).await?;
-    remember_members(directory, &known);
-    let wanted = storage::local_replicas(me, disks, &known);
-    let new: Vec<_> = {
-        let hosted = hosted.lock().expect("not poisoned");
-        wanted
-            .into_iter()
-            .filter(|w| !hosted.contains(&w.replica))
-            .collect()
-    };
-    if !new.is_empty() {
-        let replicas: Vec<ReplicaId> = new.iter().map(|w| w.replica).collect();
-        pgs.host(new).await.map_err(|e| e.to_string())?;
-        tracing::info!(count = replicas.len(), "hosting the replicas of a new pool");
-        hosted.lock().expect("not poisoned").extend(replicas);
+    let fetched = refresh_pools(connection, known).await?;
+    remember_members(directory, &fetched);
+    let wanted = storage::local_replicas(me, disks, &fetched);
+    if !wanted.is_empty() {
+        let count = wanted.len();
+        // Replicas hosted already (a map at a new epoch) are left as they are. If the host
+        // refuses, the pools are fetched again next time.
+        if let Err(e) = pgs.host(wanted).await {
+            known.retain(|_, k| fetched.iter().all(|f| f.id != k.id));
+            return Err(e.to_string());
+        }
+        tracing::info!(count, "hosting the replicas of a new or changed pool");
     }
     Ok(())
 }

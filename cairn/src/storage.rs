@@ -118,14 +118,10 @@ pub fn start_host(
     config.election_tick_range = (10, 20);
     let mut host =
         PgHost::new(config, log, disks.to_vec(), placement).map_err(|e| e.to_string())?;
-    let hosted: Vec<ReplicaId> = host.replicas().map(|(r, _)| r).collect();
     let mut created = 0;
     for new in wanted {
-        if hosted.contains(&new.replica) {
-            // The PG map lists the preferred leader first; placement spreads them over disks.
-            host.set_preferred_leader(new.group, new.voters[0]);
-        } else {
-            host.host_new(new).map_err(|e| e.to_string())?;
+        // Also names each PG's preferred leader (the PG map's first member).
+        if host.host_new(new).map_err(|e| e.to_string())? {
             created += 1;
         }
     }

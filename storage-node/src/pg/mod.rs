@@ -32,7 +32,7 @@
 //!
 //! # Compaction
 //!
-//! Once a PG's log holds [`CHECKPOINT_ENTRIES_DEFAULT`] entries past its snapshot, its leader
+//! Once a PG's log holds [`COMPACT_ENTRIES_DEFAULT`] entries past its snapshot, its leader
 //! proposes a `Compact` command at the highest index every member holds (raft's matched
 //! index, the leader's applied one at most). Each replica applies it in log order: it flushes
 //! its chunk store (everything it applied, so that index at least, becomes durable) and
@@ -82,22 +82,22 @@ pub const PENDING_REQUESTS_MAX: usize = 4096;
 /// forwarded to a leader that had not committed in its term yet).
 pub const REQUEST_TICKS_MAX: u64 = 40;
 
-/// Applied entries between checkpoints by default: bounds the log a restart replays (4096 x at
-/// most 1 MiB) and how often the chunk stores are flushed.
-pub const CHECKPOINT_ENTRIES_DEFAULT: u64 = 4096;
+/// Entries a PG's log holds past its snapshot before its leader proposes a compaction: bounds
+/// the log a restart replays (4096 x at most 1 MiB) and how often chunk stores are flushed.
+pub const COMPACT_ENTRIES_DEFAULT: u64 = 4096;
 
-/// The snapshot data of a checkpoint: a version byte and the index the chunk stores hold.
-const CHECKPOINT_VERSION: u8 = 1;
+/// The snapshot data of a compaction: a version byte and the index the chunk stores hold.
+const COMPACTION_VERSION: u8 = 1;
 
-fn checkpoint_data(index: u64) -> Vec<u8> {
-    let mut data = vec![CHECKPOINT_VERSION];
+fn compaction_data(index: u64) -> Vec<u8> {
+    let mut data = vec![COMPACTION_VERSION];
     data.extend_from_slice(&index.to_le_bytes());
     data
 }
 
-fn checkpoint_index(data: &[u8]) -> Option<u64> {
+fn compaction_index(data: &[u8]) -> Option<u64> {
     match data {
-        [CHECKPOINT_VERSION, rest @ ..] => Some(u64::from_le_bytes(rest.try_into().ok()?)),
+        [COMPACTION_VERSION, rest @ ..] => Some(u64::from_le_bytes(rest.try_into().ok()?)),
         _ => None,
     }
 }
@@ -107,6 +107,10 @@ pub const LEADER_BALANCE_TICKS: u64 = 50;
 /// Ticks between two leadership transfers of one PG: a preferred replica that cannot take over
 /// (down, lagging) is not asked again at once.
 pub const LEADER_TRANSFER_TICKS_MIN: u64 = 200;
+
+/// Ticks between checks for PGs whose logs are due a compaction: a log grows by at most a few
+/// hundred entries in that time, against thousands between compactions.
+pub const COMPACT_CHECK_TICKS: u64 = 10;
 
 /// Ticks before a PG leader proposes a compaction again while its last one has not applied.
 pub const COMPACT_RETRY_TICKS: u64 = 50;
@@ -260,7 +264,7 @@ pub struct PgHost<L: LogStore> {
     /// Per replica, the last log index applied to its chunk store.
     applied: BTreeMap<ReplicaId, u64>,
     stats: Arc<PgStats>,
-    checkpoint_entries: u64,
+    compact_entries: u64,
     /// Per PG, the tick and index of the last compaction proposed.
     compactions: BTreeMap<GroupId, (u64, u64)>,
     /// Per PG, the replica that should lead it (the PG map's first member).
@@ -305,7 +309,7 @@ impl<L: LogStore> PgHost<L> {
             reads: BTreeMap::new(),
             applied: BTreeMap::new(),
             stats: Arc::new(PgStats::default()),
-            checkpoint_entries: CHECKPOINT_ENTRIES_DEFAULT,
+            compact_entries: COMPACT_ENTRIES_DEFAULT,
             compactions: BTreeMap::new(),
             preferred: BTreeMap::new(),
             transfers: BTreeMap::new(),
@@ -331,14 +335,18 @@ impl<L: LogStore> PgHost<L> {
     }
 
     /// Hosts a replica of a new PG and names the PG's preferred leader (its first voter).
-    pub fn host_new(&mut self, new: NewReplica) -> Result<(), PgError> {
+    /// Returns false if the replica was hosted already (its preferred leader is set again).
+    pub fn host_new(&mut self, new: NewReplica) -> Result<bool, PgError> {
         let preferred = *new
             .voters
             .first()
             .ok_or_else(|| PgError::Invalid(format!("{}: a PG without voters", new.group)))?;
-        self.create_replica(new.group, new.replica, &new.voters, new.disk)?;
         self.set_preferred_leader(new.group, preferred);
-        Ok(())
+        if self.node.status(new.replica).is_some() {
+            return Ok(false);
+        }
+        self.create_replica(new.group, new.replica, &new.voters, new.disk)?;
+        Ok(true)
     }
 
     /// The replicas hosted here, with their PGs.
@@ -376,12 +384,12 @@ impl<L: LogStore> PgHost<L> {
 
     /// Sets how many entries past its snapshot a PG's log holds before its leader proposes a
     /// compaction (tests use small numbers).
-    pub fn set_checkpoint_entries(&mut self, entries: u64) {
-        assert!(entries > 0, "checkpoint interval");
-        self.checkpoint_entries = entries;
+    pub fn set_compact_entries(&mut self, entries: u64) {
+        assert!(entries > 0, "compaction interval");
+        self.compact_entries = entries;
     }
 
-    /// For each PG this node leads whose log holds at least the checkpoint interval past its
+    /// For each PG this node leads whose log holds at least the compaction interval past its
     /// snapshot, proposes compacting every replica's log up to the highest index all members
     /// hold (see the module docs). A PG whose last proposal has not applied yet gets no other
     /// for [`COMPACT_RETRY_TICKS`] ticks (it may have been lost with a leadership change).
@@ -401,8 +409,7 @@ impl<L: LogStore> PgHost<L> {
             let recent = self.compactions.get(&group).is_some_and(|(at, proposed)| {
                 *proposed > status.snapshot_index && now.saturating_sub(*at) < COMPACT_RETRY_TICKS
             });
-            let long =
-                status.applied.saturating_sub(status.snapshot_index) >= self.checkpoint_entries;
+            let long = status.applied.saturating_sub(status.snapshot_index) >= self.compact_entries;
             let applied = self.applied.get(&replica).copied().unwrap_or(0);
             let index = matched.min(applied);
             if recent || !long || index <= status.snapshot_index {
@@ -425,6 +432,9 @@ impl<L: LogStore> PgHost<L> {
         self.node.tick();
         if self.ticks.is_multiple_of(LEADER_BALANCE_TICKS) {
             self.balance_leaders();
+        }
+        if self.ticks.is_multiple_of(COMPACT_CHECK_TICKS) {
+            self.propose_compactions();
         }
     }
 
@@ -503,13 +513,7 @@ impl<L: LogStore> PgHost<L> {
         offset: u32,
         data: Vec<u8>,
     ) -> Result<oneshot::Receiver<Result<(), PgError>>, PgError> {
-        // A bad request is refused whoever leads: the range first, then the leader.
-        let any = self
-            .node
-            .replicas_of(group)
-            .next()
-            .ok_or(PgError::UnknownGroup(group))?;
-        self.check_range(any, offset, data.len())?;
+        self.check_request(group, offset, data.len())?;
         let leader = self.leader_replica(group)?;
         let request = self.next_request()?;
         let proposal = Proposal {
@@ -540,13 +544,7 @@ impl<L: LogStore> PgHost<L> {
         offset: u32,
         length: u32,
     ) -> Result<oneshot::Receiver<Result<Vec<u8>, PgError>>, PgError> {
-        // A bad request is refused whoever leads: the range first.
-        let any = self
-            .node
-            .replicas_of(group)
-            .next()
-            .ok_or(PgError::UnknownGroup(group))?;
-        self.check_range(any, offset, length as usize)?;
+        self.check_request(group, offset, length as usize)?;
         // A local leader confirms its commit index itself; a follower that knows a leader
         // forwards the read to it; without a leader raft would drop the read silently.
         let replica = match self.leader_replica(group) {
@@ -601,7 +599,14 @@ impl<L: LogStore> PgHost<L> {
         &self.disks[&disk]
     }
 
-    fn check_range(&self, replica: ReplicaId, offset: u32, length: usize) -> Result<(), PgError> {
+    /// Refuses a request that does not fit one chunk or the request limit, whoever leads;
+    /// `UnknownGroup` if no replica of `group` is hosted here.
+    fn check_request(&self, group: GroupId, offset: u32, length: usize) -> Result<(), PgError> {
+        let replica = self
+            .node
+            .replicas_of(group)
+            .next()
+            .ok_or(PgError::UnknownGroup(group))?;
         let chunk_size = self.store(replica).chunk_size_bytes();
         let fits = u64::from(offset) + length as u64 <= u64::from(chunk_size);
         if length == 0 || length > WRITE_BYTES_MAX || !fits {
@@ -617,11 +622,12 @@ impl<L: LogStore> PgHost<L> {
     /// host must be dropped and restarted from its log (messages already returned may go).
     pub async fn round(&mut self) -> Result<Outbox, PgError> {
         let mut outbox = Outbox::default();
-        let mut applied: Vec<(ReplicaId, Applied)> = Vec::new();
+        let mut applied: Vec<(ReplicaId, GroupId, Applied)> = Vec::new();
         self.node
-            .process_ready(&mut outbox, |replica, _, apply| {
+            .process_ready(&mut outbox, |replica, group, apply| {
                 applied.push((
                     replica,
+                    group,
                     match apply {
                         Apply::Entry(entry) => Applied::Entry {
                             index: entry.index,
@@ -645,14 +651,13 @@ impl<L: LogStore> PgHost<L> {
             .map_err(|e| PgError::Raft(e.to_string()))?;
         // In index order per PG, the replicas of one PG in step: a replica repairing a block
         // then finds its siblings at the same index more often.
-        applied.sort_by_key(|(replica, applied)| {
-            let group = self.node.status(*replica).map(|s| s.group);
+        applied.sort_by_key(|(_, group, applied)| {
             let index = match applied {
                 Applied::Entry { index, .. } | Applied::Snapshot { index, .. } => *index,
             };
-            (group, index)
+            (*group, index)
         });
-        for (replica, applied) in applied {
+        for (replica, _, applied) in applied {
             self.apply(replica, applied).await?;
         }
         for read in self.node.take_reads() {
@@ -672,7 +677,6 @@ impl<L: LogStore> PgHost<L> {
             let _ = pending.reply.send(result);
         }
         self.drop_stale_requests();
-        self.propose_compactions();
         Ok(outbox)
     }
 
@@ -722,8 +726,8 @@ impl<L: LogStore> PgHost<L> {
                 installed,
             } => {
                 // The bootstrap snapshot (the empty state every chunk store starts as), or at a
-                // restart this replica's own checkpoint, which its flushed chunk store holds.
-                let own = !installed && checkpoint_index(&data) == Some(index);
+                // restart this replica's own compaction, which its flushed chunk store holds.
+                let own = !installed && compaction_index(&data) == Some(index);
                 if data.is_empty() || own {
                     self.applied.insert(replica, index);
                     return Ok(());
@@ -788,7 +792,7 @@ impl<L: LogStore> PgHost<L> {
             .map_err(|source| PgError::Disk { disk, source })?;
         let index = index.min(self.applied.get(&replica).copied().unwrap_or(0));
         self.node
-            .compact_at(replica, index, checkpoint_data(index))
+            .compact_at(replica, index, compaction_data(index))
             .map_err(|e| PgError::Raft(e.to_string()))?;
         tracing::info!(%replica, index, "PG log compacted");
         Ok(())

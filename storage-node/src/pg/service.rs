@@ -141,7 +141,9 @@ fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
             let _ = reply.send(host.report());
         }
         Request::Host(new, reply) => {
-            let result = new.into_iter().try_for_each(|r| host.host_new(r));
+            let result = new
+                .into_iter()
+                .try_for_each(|r| host.host_new(r).map(|_| ()));
             let _ = reply.send(result);
         }
     }
@@ -228,7 +230,8 @@ impl PgHandle {
             .map_err(|_| PgError::Raft("the PG host stopped".into()))
     }
 
-    /// Hosts replicas of new PGs (see [`PgHost::host_new`]).
+    /// Hosts replicas of new PGs; replicas hosted already are left as they are (see
+    /// [`PgHost::host_new`]).
     pub async fn host(&self, new: Vec<NewReplica>) -> Result<(), PgError> {
         let (tx, rx) = oneshot::channel();
         self.requests

@@ -196,13 +196,13 @@ async fn settle_leaders(host: &mut PgHost<FileLogStore>) {
     panic!("leaders never moved to the preferred replicas");
 }
 
-/// Goal: checkpoints keep the Raft log small, and a restart rebuilds the state from the
-/// flushed chunk stores plus the entries after the last checkpoint. Method: 64 KiB log
+/// Goal: compactions keep the Raft log small, and a restart rebuilds the state from the
+/// flushed chunk stores plus the entries after the last compaction. Method: 64 KiB log
 /// segments, a compaction proposed once a PG's log holds 8 entries past its snapshot, 300
 /// writes of 4 KiB (3.6 MB of log over three replicas without compaction, 61 segments);
 /// count the segments, restart, check the model.
 #[test]
-fn checkpoints_bound_the_log_and_restart_from_the_chunk_stores() {
+fn compactions_bound_the_log_and_restart_from_the_chunk_stores() {
     let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
     let dirs = [d0.path(), d1.path(), d2.path()];
     let segments = || {
@@ -218,7 +218,7 @@ fn checkpoints_bound_the_log_and_restart_from_the_chunk_stores() {
         let disks = open_disks(&dirs).await;
         let log = FileLogStore::open_with_segment_size(log_dir.path(), 64 << 10).expect("log");
         let mut host = new_host_on(&disks, log);
-        host.set_checkpoint_entries(8);
+        host.set_compact_entries(8);
         let mut model: BTreeMap<ChunkId, Vec<u8>> = BTreeMap::new();
         let mut most = 0;
         for i in 0..300u32 {

@@ -244,7 +244,13 @@ impl Setup {
         let disks = self.disks.clone();
         let (host, created) = storage::start_host(NODE, &self.dir.join("wal"), &disks, &[pool])?;
         let stats = host.stats();
-        let pgs = service::spawn(host, NODE, Duration::from_millis(10), None);
+        let pgs = service::spawn(
+            host,
+            NODE,
+            Duration::from_millis(10),
+            None,
+            cairn_storage_node::pg::restore::RESTORE_MB_PER_S_DEFAULT,
+        );
         tokio::spawn(heartbeats(meta.clone(), pgs.clone(), disks.clone()));
         let _ = self.storage.set(Storage { pgs, stats, disks });
         write_private(&self.dir.join("endpoints.env"), &self.endpoints)?;

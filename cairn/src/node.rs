@@ -29,7 +29,8 @@ use cairn_raft::transport::TcpTransport;
 use cairn_storage_node::{
     ChunkStore,
     pg::{
-        PgError, PgStats, WRITE_BYTES_MAX,
+        ChunkSource, PgError, PgStats, WRITE_BYTES_MAX,
+        restore::{SourceFuture, pg_chunks, read_existing},
         service::{self, Network, PgHandle},
     },
 };
@@ -77,6 +78,9 @@ pub struct NodeArgs {
     /// Entries a PG's log holds past its snapshot before its leader proposes a compaction.
     #[arg(long, default_value_t = cairn_storage_node::pg::COMPACT_ENTRIES_DEFAULT)]
     pg_compact_entries: u64,
+    /// The node's budget for copying chunks into joining replicas (recovery, rebalance), MB/s.
+    #[arg(long, default_value_t = cairn_storage_node::pg::restore::RESTORE_MB_PER_S_DEFAULT)]
+    restore_mb_per_s: u64,
 }
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
@@ -124,7 +128,12 @@ async fn fetch_pool(connection: &Connection, name: &str) -> Result<PoolMap, Stri
             let (Some(disk), Some(replica)) = (disk, replica) else {
                 return Err(format!("pool {name}: malformed PG member {member}"));
             };
-            pg.push(PgMember { disk, replica });
+            let joined = member["joined"].as_bool().unwrap_or(false);
+            pg.push(PgMember {
+                disk,
+                replica,
+                joined,
+            });
         }
         map.push(pg);
     }
@@ -192,15 +201,26 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     let mut known = Pools::new();
     let maps = refresh_pools(&connection, &mut known).await?;
     remember_members(&directory, &maps);
-    let (mut host, created) = storage::start_host(me, &args.data.join("wal"), &disks, &maps)?;
+    let wal = args.data.join("wal");
+    let (mut host, created) = storage::start_host(me, &wal, &disks, &maps)?;
     host.set_compact_entries(args.pg_compact_entries.max(1));
     let hosted = host.replicas().count();
     let network = Network {
         transport: transport.clone(),
         incoming,
+        source: Arc::new(HttpChunkSource {
+            token: token.clone(),
+            directory: directory.clone(),
+        }),
     };
     let stats = host.stats();
-    let pgs = service::spawn(host, me, Duration::from_millis(10), Some(network));
+    let pgs = service::spawn(
+        host,
+        me,
+        Duration::from_millis(10),
+        Some(network),
+        args.restore_mb_per_s,
+    );
     let backend = NodeBackend {
         connection: connection.clone(),
         token,
@@ -226,6 +246,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     loop {
         ticker.tick().await;
         let refreshed = refresh(
+            &wal,
             &connection,
             &transport,
             &pgs,
@@ -277,7 +298,9 @@ fn remember_members(directory: &Directory, pools: &[PoolMap]) {
 }
 
 /// One refresh: heartbeat, peers, and replicas of pools created or changed since.
+#[allow(clippy::too_many_arguments)]
 async fn refresh(
+    wal: &std::path::Path,
     connection: &Connection,
     transport: &TcpTransport,
     pgs: &PgHandle,
@@ -298,7 +321,12 @@ async fn refresh(
     set_peers(connection, transport, me, directory).await?;
     let fetched = refresh_pools(connection, known).await?;
     remember_members(directory, &fetched);
+    if !fetched.is_empty() {
+        pgs.set_targets(storage::targets(&fetched))
+            .map_err(|e| e.to_string())?;
+    }
     let wanted = storage::local_replicas(me, disks, &fetched);
+    storage::record_replicas(wal, &wanted)?;
     if !wanted.is_empty() {
         let count = wanted.len();
         // Replicas hosted already (a map at a new epoch) are left as they are. If the host
@@ -560,6 +588,145 @@ async fn piece_route(
     }
 }
 
+/// Where a joining replica here copies chunks from a replica on another node: that node's
+/// data API (`/v1/pg-chunks/...`, behind the token).
+struct HttpChunkSource {
+    token: String,
+    directory: Directory,
+}
+
+impl HttpChunkSource {
+    /// GETs `path` from the data API of `from`'s node, at most `limit` bytes.
+    async fn get(&self, from: ReplicaId, path: String, limit: u64) -> Result<Vec<u8>, String> {
+        let addr = {
+            let addrs = self.directory.data_addrs.lock().expect("not poisoned");
+            addrs.get(&from.node().0).copied()
+        };
+        let addr = addr.ok_or_else(|| format!("no data address known for {}", from.node()))?;
+        let url = format!("http://{addr}{path}");
+        let auth = format!("Bearer {}", self.token);
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(30)))
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut response = agent
+                .get(&url)
+                .header("Authorization", &auth)
+                .call()
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = response.status().as_u16();
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(limit)
+                .read_to_vec()
+                .map_err(|e| format!("{url}: {e}"))?;
+            if status != 200 {
+                return Err(format!(
+                    "{url}: HTTP {status} {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            Ok(body)
+        })
+        .await
+        .map_err(|e| format!("copy request: {e}"))?
+    }
+}
+
+/// Chunks one PG listing may name: a PG of 64 TiB in 4 MiB chunks holds 16 Mi; the listing is
+/// 16 bytes a chunk, so this bounds it to 256 MiB.
+const PG_CHUNKS_MAX: u64 = 16 << 20;
+
+impl ChunkSource for HttpChunkSource {
+    fn list(&self, from: ReplicaId, _group: GroupId) -> SourceFuture<'_, Vec<ChunkId>> {
+        Box::pin(async move {
+            let path = format!("/v1/pg-chunks/{}", from.0);
+            let body = self.get(from, path, PG_CHUNKS_MAX * 16).await?;
+            if !body.len().is_multiple_of(ChunkId::ENCODED_SIZE) {
+                return Err(format!("a chunk listing of {} bytes", body.len()));
+            }
+            Ok(body
+                .chunks_exact(ChunkId::ENCODED_SIZE)
+                .map(|c| ChunkId::from_bytes(c.try_into().expect("invariant: exact chunks")))
+                .collect())
+        })
+    }
+
+    fn read(
+        &self,
+        from: ReplicaId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+    ) -> SourceFuture<'_, Vec<u8>> {
+        Box::pin(async move {
+            let path = format!(
+                "/v1/pg-chunks/{}/{}/{}/{}?offset={offset}&length={length}",
+                from.0, chunk.pool.0, chunk.owner.0, chunk.index
+            );
+            self.get(from, path, u64::from(length) + 1).await
+        })
+    }
+}
+
+/// The chunks a replica here holds of its PG, 16 bytes each (`ChunkId::to_bytes`): the list a
+/// joining replica copies.
+async fn pg_chunks_route(
+    State(backend): State<NodeBackend>,
+    UrlPath(replica): UrlPath<u64>,
+) -> Response {
+    match backend.pgs.replica_store(ReplicaId(replica)).await {
+        Ok(Some((store, group, pg_count))) => {
+            let chunks = pg_chunks(&store, group, pg_count);
+            let body: Vec<u8> = chunks.iter().flat_map(|c| c.to_bytes()).collect();
+            (StatusCode::OK, body).into_response()
+        }
+        Ok(None) => DataError::NotFound(format!("replica {replica} is not here")).into_response(),
+        Err(e) => DataError::from(e).into_response(),
+    }
+}
+
+/// A range of one chunk as a replica here holds it (checksums verified; a chunk it does not
+/// hold is 404, never zeros).
+async fn pg_chunk_route(
+    State(backend): State<NodeBackend>,
+    UrlPath((replica, pool, owner, index)): UrlPath<(u64, u32, u64, u32)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let chunk = ChunkId {
+        pool: PoolId(pool),
+        owner: OwnerId(owner),
+        index,
+    };
+    let range = match data::range(query.as_deref(), true) {
+        Ok((offset, Some(length))) => u32::try_from(offset).ok().zip(u32::try_from(length).ok()),
+        Ok(_) => None,
+        Err(e) => return e.into_response(),
+    };
+    let Some((offset, length)) = range.filter(|(_, l)| *l as usize <= WRITE_BYTES_MAX) else {
+        return DataError::BadRequest(format!(
+            "offset and length (at most {WRITE_BYTES_MAX}) inside a chunk"
+        ))
+        .into_response();
+    };
+    match backend.pgs.replica_store(ReplicaId(replica)).await {
+        Ok(Some((store, group, pg_count))) if group.holds(chunk, pg_count) => {
+            match read_existing(&store, chunk, offset, length).await {
+                Ok(data) => (StatusCode::OK, data).into_response(),
+                Err(e) => DataError::NotFound(e).into_response(),
+            }
+        }
+        Ok(Some((_, group, _))) => {
+            DataError::BadRequest(format!("{chunk} is not in {group}")).into_response()
+        }
+        Ok(None) => DataError::NotFound(format!("replica {replica} is not here")).into_response(),
+        Err(e) => DataError::from(e).into_response(),
+    }
+}
+
 /// Refuses requests without the admin token (compared in constant time).
 async fn require_token(
     State(token): State<Arc<String>>,
@@ -607,6 +774,14 @@ async fn serve_data(
         .route(
             "/v1/pieces/{group}/{pool}/{owner}/{index}",
             axum::routing::get(piece_route).put(piece_route),
+        )
+        .route(
+            "/v1/pg-chunks/{replica}",
+            axum::routing::get(pg_chunks_route),
+        )
+        .route(
+            "/v1/pg-chunks/{replica}/{pool}/{owner}/{index}",
+            axum::routing::get(pg_chunk_route),
         )
         .layer(axum::extract::DefaultBodyLimit::max(WRITE_BYTES_MAX + 4096))
         .with_state(backend.clone())

@@ -20,7 +20,7 @@ use cairn_raft::{NodeConfig, file_log::FileLogStore};
 use cairn_storage_node::{
     ChunkStore, ChunkStoreOptions,
     io::EngineOptions,
-    pg::{NewReplica, PgHost, PgStats},
+    pg::{NewReplica, PgHost, PgStats, PgTarget},
 };
 use std::sync::atomic::AtomicU64;
 
@@ -84,21 +84,88 @@ pub fn local_replicas(
     let local: Vec<DiskId> = disks.iter().map(|d| d.disk_id()).collect();
     let mut out = Vec::new();
     for pool in pools {
+        let pg_count = pool.pg_map.len() as u32;
         for (index, members) in pool.pg_map.iter().enumerate() {
-            let voters: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
+            let listed: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
+            let first_voters: Vec<ReplicaId> = members
+                .iter()
+                .filter(|m| !m.joined)
+                .map(|m| m.replica)
+                .collect();
             for member in members {
                 if member.replica.node() == node && local.contains(&member.disk) {
                     out.push(NewReplica {
                         group: GroupId::pg(pool.id, index as u32),
                         replica: member.replica,
-                        voters: voters.clone(),
+                        members: listed.clone(),
+                        joined: member.joined,
+                        first_voters: first_voters.clone(),
                         disk: member.disk,
+                        pg_count,
                     });
                 }
             }
         }
     }
     out
+}
+
+/// What `pools`' maps say of every PG (local leaders follow them; replicas a map dropped
+/// learn it).
+pub fn targets(pools: &[PoolMap]) -> Vec<PgTarget> {
+    let mut out = Vec::new();
+    for pool in pools {
+        let pg_count = pool.pg_map.len() as u32;
+        for (index, members) in pool.pg_map.iter().enumerate() {
+            out.push(PgTarget {
+                group: GroupId::pg(pool.id, index as u32),
+                members: members.iter().map(|m| m.replica).collect(),
+                pg_count,
+            });
+        }
+    }
+    out
+}
+
+/// The file beside the Raft log naming each replica's disk: a replica the maps no longer list
+/// (it moved away, and is leaving) is still in the log at a restart and needs its disk.
+const REPLICAS_FILE: &str = "replicas.json";
+
+/// The disks of the replicas recorded in `wal` (empty if none were).
+pub fn recorded_replicas(wal: &Path) -> Result<BTreeMap<ReplicaId, DiskId>, String> {
+    let path = wal.join(REPLICAS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Adds `new` to the replicas recorded in `wal`, durably (written aside, synced, renamed,
+/// directory synced), before the replicas are hosted.
+pub fn record_replicas(wal: &Path, new: &[NewReplica]) -> Result<(), String> {
+    let mut recorded = recorded_replicas(wal)?;
+    let before = recorded.len();
+    for replica in new {
+        recorded.insert(replica.replica, replica.disk);
+    }
+    if recorded.len() == before {
+        return Ok(());
+    }
+    std::fs::create_dir_all(wal).map_err(|e| format!("{}: {e}", wal.display()))?;
+    let text = serde_json::to_string(&recorded).map_err(|e| e.to_string())?;
+    let path = wal.join(REPLICAS_FILE);
+    let aside = wal.join(format!("{REPLICAS_FILE}.new"));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&aside)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&aside, &path)?;
+        std::fs::File::open(wal)?.sync_all()
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Starts the PG host of `node` on its Raft log in `wal` and its `disks`, hosting every member
@@ -111,18 +178,24 @@ pub fn start_host(
     pools: &[PoolMap],
 ) -> Result<(PgHost<FileLogStore>, usize), String> {
     let wanted = local_replicas(node, disks, pools);
-    let placement: BTreeMap<ReplicaId, DiskId> =
-        wanted.iter().map(|r| (r.replica, r.disk)).collect();
+    record_replicas(wal, &wanted)?;
+    let placement = recorded_replicas(wal)?;
     let log = FileLogStore::open(wal).map_err(|e| e.to_string())?;
     let mut config = NodeConfig::new(node);
     config.election_tick_range = (10, 20);
     let mut host =
         PgHost::new(config, log, disks.to_vec(), placement).map_err(|e| e.to_string())?;
     let mut created = 0;
+    for target in targets(pools) {
+        host.set_target(target).map_err(|e| e.to_string())?;
+    }
     for new in wanted {
-        // Also names each PG's preferred leader (the PG map's first member).
-        if host.host_new(new).map_err(|e| e.to_string())? {
-            created += 1;
+        // Also names each PG's preferred leader (the PG map's first member). One refused (its
+        // disk still holds a leaving replica of the PG) is hosted on a later refresh.
+        match host.host_new(new) {
+            Ok(true) => created += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{e}"),
         }
     }
     Ok((host, created))
@@ -158,6 +231,10 @@ pub fn heartbeat(
                 term: r.term,
                 commit: r.commit,
                 applied: r.applied,
+                voters: r.voters,
+                learners: r.learners,
+                restoring: r.restoring,
+                restored_bytes: r.restored_bytes,
             })
             .collect(),
     }
@@ -175,7 +252,7 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let node_counters: [(&str, &str, &AtomicU64); 4] = [
+    let node_counters: [(&str, &str, &AtomicU64); 8] = [
         (
             "cairn_pg_read_repairs_total",
             "Blocks repaired from another replica after a checksum failure.",
@@ -195,6 +272,26 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
             "cairn_pg_reads_served_total",
             "Linearizable reads served.",
             &stats.reads_served,
+        ),
+        (
+            "cairn_pg_restores_total",
+            "Snapshot copies completed into joining replicas.",
+            &stats.restores,
+        ),
+        (
+            "cairn_pg_restored_bytes_total",
+            "Bytes copied into joining replicas.",
+            &stats.restored_bytes,
+        ),
+        (
+            "cairn_pg_snapshots_refused_total",
+            "Snapshots refused by replicas holding state (they are replaced instead).",
+            &stats.snapshots_refused,
+        ),
+        (
+            "cairn_pg_replicas_dropped_total",
+            "Replicas that left their PG, their chunks deleted.",
+            &stats.replicas_dropped,
         ),
     ];
     for (name, help, value) in node_counters {

@@ -602,7 +602,17 @@ fn start_node(dir: &Path, id: u64, ports: (u16, u16), env: &[(&str, &str)]) -> K
 
 /// Polls `cluster status --json` until `done` holds for its health (or 30 s pass).
 fn wait_health(env: &[(&str, &str)], what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    wait_health_for(env, what, 30, done)
+}
+
+/// [`wait_health`] for up to `seconds`.
+fn wait_health_for(
+    env: &[(&str, &str)],
+    what: &str,
+    seconds: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     loop {
         let (code, out, err) = cairn_with_env(&["cluster", "status", "--json"], env);
         assert_eq!(code, 0, "{out}{err}");
@@ -747,4 +757,138 @@ fn storage_nodes_replicate_pgs_across_processes() {
     nodes.insert(1, start_node(dir.path(), 3, ports[1], &env));
     wait_health(&env, "healthy again", |h| h["pgs_healthy"] == 8);
     assert!(read_back(1), "read through the restarted node");
+}
+
+/// Goal: the scheduler moves PG members: a node added to a running cluster receives its share
+/// of the PGs (rebalance), and a node lost for good has its members replaced on the others
+/// (recovery); every move copies the PG's chunks to the new member before the old one goes,
+/// so every byte written reads back, with client IO going on meanwhile. Method: one `cairn
+/// meta` and nodes 2-4, a 3-replica pool of 8 PGs by host, 6 MiB written; node 5 joins and
+/// the cluster settles with node 5 hosting members; node 3 is SIGKILLed for good and the
+/// cluster settles healthy on nodes 2, 4 and 5; the bytes read back through several nodes.
+#[test]
+fn storage_nodes_rebalance_onto_a_new_node_and_recover_a_lost_one() {
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-moves-test-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    assert_eq!(cairn(&["ca", "init", &path("ca")]).0, 0);
+    for id in 1..=5 {
+        let id = id.to_string();
+        assert_eq!(
+            cairn(&["ca", "issue", &path("ca"), &id, "--out", &path("certs")]).0,
+            0
+        );
+    }
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let api = format!("127.0.0.1:{}", free_port());
+    let member = format!("1=127.0.0.1:{},{api}", free_port());
+    let _meta = Killed(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["meta", "--id", "1", "--data", &path("meta")])
+            .args(["--certs", &path("certs"), "--token-file", &path("token")])
+            .args(["--member", &member, "--tick-ms", "20"])
+            .args(["--heartbeat-timeout-s", "2"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cairn meta"),
+    );
+    let url = format!("http://{api}");
+    let env = [
+        ("CAIRN_ADMIN_URL", url.as_str()),
+        ("CAIRN_ADMIN_TOKEN", TOKEN),
+    ];
+    let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
+    let mut nodes: Vec<Killed> = (0..3)
+        .map(|i| start_node(dir.path(), 2 + i as u64, ports[i], &env))
+        .collect();
+    wait_health(&env, "three disks reporting", |h| {
+        h["disks_in_reporting"] == 3
+    });
+    let create = [
+        "pool",
+        "create",
+        "p",
+        "--replicas",
+        "3",
+        "--domain",
+        "host",
+        "--pg-count",
+        "8",
+    ];
+    let (code, out, err) = cairn_with_env(&create, &env);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_health(&env, "healthy", |h| h["pgs_healthy"] == 8);
+    let (code, out, err) = cairn_with_env(
+        &["volume", "create", "v", "--pool", "p", "--size", "64M"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let via = |i: usize, args: &[&str]| {
+        let url = format!("http://127.0.0.1:{}", ports[i].1);
+        cairn_with_env(
+            args,
+            &[("CAIRN_ADMIN_URL", &url), ("CAIRN_ADMIN_TOKEN", TOKEN)],
+        )
+    };
+    let bytes: Vec<u8> = (0..(6 << 20) + 77).map(|i: u32| (i % 251) as u8).collect();
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, &bytes).expect("input");
+    let (code, out, err) = via(
+        0,
+        &["volume", "write", "v", "3000", &input.to_string_lossy()],
+    );
+    assert_eq!(code, 0, "write: {out}{err}");
+    let output = dir.path().join("out.bin");
+    let length = bytes.len().to_string();
+    let read_back = |i: usize| {
+        let out_path = output.to_string_lossy();
+        let (code, out, err) = via(
+            i,
+            &["volume", "read", "v", "3000", &length, "--out", &out_path],
+        );
+        assert_eq!(code, 0, "read via node {}: {out}{err}", i + 2);
+        std::fs::read(&output).expect("output") == bytes
+    };
+    let replicas_on = |status: &serde_json::Value, node: u64| {
+        status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node"] == node && n["fresh"] == true)
+            .and_then(|n| n["replicas"].as_u64())
+            .unwrap_or(0)
+    };
+
+    // Rebalance: node 5 joins and takes its share (24 members over 4 hosts: 6 each).
+    nodes.push(start_node(dir.path(), 5, ports[3], &env));
+    wait_health_for(&env, "node 5 holding its share", 90, |h| {
+        h["status"] == "healthy" && replicas_on(h, 5) >= 5 && replicas_on(h, 2) <= 7
+    });
+    let (code, out, err) = cairn_with_env(&["rebalance", "status", "--json"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(read_back(3), "read through node 5 after the rebalance");
+
+    // Recovery: node 3 is lost for good; its members move to nodes 2, 4 and 5.
+    drop(nodes.remove(1));
+    wait_health_for(&env, "healthy without node 3", 90, |h| {
+        h["status"] == "healthy" && h["pgs_healthy"] == 8 && replicas_on(h, 3) == 0
+    });
+    assert!(read_back(0), "read through node 2 after the recovery");
+    let (code, out, err) = via(
+        2,
+        &["volume", "write", "v", "5000", &input.to_string_lossy()],
+    );
+    assert_eq!(code, 0, "write after the recovery: {out}{err}");
+    let out_path = output.to_string_lossy();
+    let (code, out, err) = via(
+        3,
+        &["volume", "read", "v", "5000", &length, "--out", &out_path],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        std::fs::read(&output).expect("output") == bytes,
+        "read after the recovery"
+    );
 }

@@ -103,6 +103,39 @@ impl GroupId {
     pub fn pg(pool: PoolId, index: u32) -> GroupId {
         GroupId(((u64::from(pool.0) + 1) << 32) | u64::from(index))
     }
+
+    /// The pool of a PG's group (`None` for the metadata group).
+    pub fn pool(self) -> Option<PoolId> {
+        let high = self.0 >> 32;
+        (high > 0).then(|| PoolId((high - 1) as u32))
+    }
+
+    /// The PG's index in its pool's PG map.
+    pub fn pg_index(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// True if `chunk` belongs to this PG of a pool of `pg_count` PGs.
+    pub fn holds(self, chunk: ChunkId, pg_count: u32) -> bool {
+        self.pool() == Some(chunk.pool)
+            && pg_of(chunk.owner, chunk.index, pg_count) == self.pg_index()
+    }
+}
+
+/// The placement group (0-based index into the pool's PG map) holding chunk `index` of
+/// `owner`, for a pool of `pg_count` PGs. Stable forever: changing it moves every chunk.
+///
+/// The hash is the SplitMix64 finalizer over the owner mixed with the index: cheap,
+/// well-distributed for sequential indexes and owners, and specified here rather than borrowed
+/// from a library whose output could change with a version.
+pub fn pg_of(owner: OwnerId, index: u32, pg_count: u32) -> u32 {
+    assert!(pg_count > 0, "a pool has at least one PG");
+    let mut x = owner.0 ^ (u64::from(index)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    // Lemire's multiply-shift range reduction: unbiased enough and no division.
+    ((u128::from(x) * u128::from(pg_count)) >> 64) as u32
 }
 
 impl fmt::Display for GroupId {

@@ -768,6 +768,22 @@ impl<L: LogStore> RaftNode<L> {
             .min()
     }
 
+    /// For a leader, how much of the log each member (voters and learners) holds: its
+    /// matched index. `None` on a replica that does not lead.
+    pub fn progress(&self, replica: ReplicaId) -> Option<BTreeMap<ReplicaId, u64>> {
+        let group = self.groups.get(&replica)?;
+        let raft = &group.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        Some(
+            raft.prs()
+                .iter()
+                .map(|(id, progress)| (ReplicaId(*id), progress.matched))
+                .collect(),
+        )
+    }
+
     /// The replicas hosted here, with their groups.
     pub fn replicas(&self) -> impl Iterator<Item = (ReplicaId, GroupId)> + '_ {
         self.groups.iter().map(|(id, g)| (*id, g.group))

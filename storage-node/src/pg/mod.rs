@@ -50,6 +50,7 @@
 //! another node (it needs a block-fetch request between nodes).
 
 pub mod command;
+pub mod restore;
 pub mod service;
 
 use std::{
@@ -63,13 +64,14 @@ use std::{
 
 use cairn_common::{BLOCK_SIZE, ChunkId, DiskId, GroupId, ReplicaId};
 use cairn_raft::{
-    Apply, NodeConfig, Outbox, ProposeError, RaftNode,
+    Apply, MemberChange, NodeConfig, Outbox, ProposeError, RaftNode,
     log::LogStore,
-    raft_types::{EntryType, Message},
+    raft_types::{EntryType, Message, MessageType, StateRole},
 };
 use tokio::sync::oneshot;
 
 pub use command::{PgCommand, Proposal, WRITE_BYTES_MAX};
+pub use restore::{ChunkSource, LocalSource, RestoreWanted};
 
 use crate::{ChunkStore, Error};
 
@@ -115,6 +117,23 @@ pub const COMPACT_CHECK_TICKS: u64 = 10;
 /// Ticks before a PG leader proposes a compaction again while its last one has not applied.
 pub const COMPACT_RETRY_TICKS: u64 = 50;
 
+/// Ticks between checks that each PG this node leads has the members its PG map lists.
+pub const MEMBERSHIP_CHECK_TICKS: u64 = 10;
+
+/// Ticks before a PG leader proposes a membership change again while its last one has not
+/// shown in the configuration (raft drops a change proposed while another is pending).
+pub const MEMBERSHIP_RETRY_TICKS: u64 = 50;
+
+/// A learner is promoted once its log is at most this many entries behind the leader's: it
+/// then catches up within a round trip, so promoting it does not stall commits.
+pub const LEARNER_LAG_MAX: u64 = 16;
+
+/// Ticks a replica its PG map no longer lists may go without knowing a leader (or, for a
+/// learner, at all) before it is dropped (30 s at 10 ms ticks). A member the map dropped stays a voter until the leader
+/// removes it, and hears from that leader meanwhile; one that hears from nobody for this long
+/// was removed while it was away (it never learns that itself) or its PG is down anyway.
+pub const LEFT_BEHIND_TICKS: u64 = 3000;
+
 /// Blocks one IO may repair before it gives up: a range of a few corrupt blocks is repaired
 /// whole; a disk returning garbage everywhere is not chased block by block.
 pub const REPAIRS_PER_IO_MAX: usize = 16;
@@ -130,6 +149,15 @@ pub struct PgStats {
     pub writes_applied: AtomicU64,
     /// Reads served.
     pub reads_served: AtomicU64,
+    /// Snapshot copies completed into joining replicas.
+    pub restores: AtomicU64,
+    /// Bytes copied into joining replicas.
+    pub restored_bytes: AtomicU64,
+    /// Snapshots refused by replicas that hold state (a lagging member cannot take a copy
+    /// safely; the scheduler replaces it).
+    pub snapshots_refused: AtomicU64,
+    /// Replicas dropped after leaving their PG (their chunks deleted).
+    pub replicas_dropped: AtomicU64,
 }
 
 /// Why a PG request failed.
@@ -185,14 +213,34 @@ pub struct NewReplica {
     pub group: GroupId,
     /// The replica.
     pub replica: ReplicaId,
-    /// The PG's first voters, the preferred leader first.
-    pub voters: Vec<ReplicaId>,
+    /// The PG's members as its map lists them now, the preferred leader first.
+    pub members: Vec<ReplicaId>,
+    /// True for a member added to an existing PG: it joins with an empty log and is sent a
+    /// snapshot (its chunks are copied). False for the PG's first members, which start from
+    /// the bootstrap configuration of the members not added later.
+    pub joined: bool,
+    /// The members placed with the pool that are still listed (the bootstrap configuration
+    /// of a member that is not `joined`).
+    pub first_voters: Vec<ReplicaId>,
     /// The disk its chunks go on.
     pub disk: DiskId,
+    /// The PG count of its pool (which chunks belong to the PG).
+    pub pg_count: u32,
+}
+
+/// What a PG map says of one PG: its members, the preferred leader first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgTarget {
+    /// The PG.
+    pub group: GroupId,
+    /// Its members.
+    pub members: Vec<ReplicaId>,
+    /// The PG count of its pool.
+    pub pg_count: u32,
 }
 
 /// One replica's state, as a heartbeat reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaState {
     /// The replica.
     pub replica: ReplicaId,
@@ -206,6 +254,14 @@ pub struct ReplicaState {
     pub commit: u64,
     /// The last index applied to its chunk store.
     pub applied: u64,
+    /// For a leader, the voters of the configuration it applied (empty otherwise).
+    pub voters: Vec<ReplicaId>,
+    /// For a leader, the learners of that configuration.
+    pub learners: Vec<ReplicaId>,
+    /// True while the replica copies its PG's chunks from a peer.
+    pub restoring: bool,
+    /// Bytes copied into it so far.
+    pub restored_bytes: u64,
 }
 
 /// Where a write's or read's answer goes.
@@ -248,6 +304,31 @@ enum Applied {
     },
 }
 
+/// Where a joining replica stands with the copy of its chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restore {
+    /// A snapshot arrived; the caller has not taken the copy yet.
+    Wanted(RestoreWanted),
+    /// The caller copies, for a snapshot at `index`.
+    Running { index: u64 },
+    /// Copied and flushed after a snapshot at `index` was sent: snapshots up to it install.
+    Done { index: u64 },
+}
+
+/// A copy for the caller to run (see [`PgHost::take_restores`]).
+pub struct RestoreJob {
+    /// What to copy.
+    pub wanted: RestoreWanted,
+    /// The PG count of the pool.
+    pub pg_count: u32,
+    /// The joining replica's store.
+    pub dest: Arc<ChunkStore>,
+    /// The source's store when the sender is a replica on this node.
+    pub local_source: Option<Arc<ChunkStore>>,
+    /// Bytes copied so far (reported in heartbeats).
+    pub progress: Arc<AtomicU64>,
+}
+
 /// The PG replicas of one storage node over its disks (see the module docs).
 pub struct PgHost<L: LogStore> {
     node: RaftNode<L>,
@@ -271,6 +352,23 @@ pub struct PgHost<L: LogStore> {
     preferred: BTreeMap<GroupId, ReplicaId>,
     /// Per PG, the tick of the last leadership transfer asked for.
     transfers: BTreeMap<GroupId, u64>,
+    /// Per PG, its members as the PG map lists them (leaders change the configuration to it).
+    targets: BTreeMap<GroupId, Vec<ReplicaId>>,
+    /// Per PG, its pool's PG count.
+    pg_counts: BTreeMap<GroupId, u32>,
+    /// Per PG, the tick of the last membership change proposed.
+    changes: BTreeMap<GroupId, u64>,
+    /// Joining replicas' copies.
+    restores: BTreeMap<ReplicaId, Restore>,
+    /// Per joining replica, bytes copied so far.
+    restore_progress: BTreeMap<ReplicaId, Arc<AtomicU64>>,
+    /// Per replica its map no longer lists, the tick since which it has known no leader.
+    left_behind: BTreeMap<ReplicaId, u64>,
+    /// The replicas hosted as of the last round, with their PGs (to notice those that left).
+    hosted: BTreeMap<ReplicaId, GroupId>,
+    /// Per replica hosted at start, the last index its log held then: entries up to it are
+    /// a replay after a possible crash.
+    replay_until: BTreeMap<ReplicaId, u64>,
 }
 
 impl<L: LogStore> PgHost<L> {
@@ -298,6 +396,11 @@ impl<L: LogStore> PgHost<L> {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or_default();
+        let hosted = node.replicas().collect();
+        let replay_until = node
+            .replicas()
+            .filter_map(|(r, _)| Some((r, node.status(r)?.last_index)))
+            .collect();
         Ok(PgHost {
             node,
             disks,
@@ -313,6 +416,14 @@ impl<L: LogStore> PgHost<L> {
             compactions: BTreeMap::new(),
             preferred: BTreeMap::new(),
             transfers: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            pg_counts: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            restores: BTreeMap::new(),
+            restore_progress: BTreeMap::new(),
+            left_behind: BTreeMap::new(),
+            hosted,
+            replay_until,
         })
     }
 
@@ -324,29 +435,96 @@ impl<L: LogStore> PgHost<L> {
         voters: &[ReplicaId],
         disk: DiskId,
     ) -> Result<(), PgError> {
-        if !self.disks.contains_key(&disk) {
-            return Err(PgError::Invalid(format!("disk {disk} is not on this node")));
-        }
+        self.check_disk(group, disk)?;
         self.node
             .create_group(group, replica, voters)
             .map_err(|e| PgError::Raft(e.to_string()))?;
         self.placement.insert(replica, disk);
+        self.hosted.insert(replica, group);
+        Ok(())
+    }
+
+    /// Hosts `replica`, being added to PG `group`, on `disk` with an empty log: the leader
+    /// sends it a snapshot, and its chunks are copied before it installs it.
+    pub fn join_replica(
+        &mut self,
+        group: GroupId,
+        replica: ReplicaId,
+        disk: DiskId,
+    ) -> Result<(), PgError> {
+        self.check_disk(group, disk)?;
+        self.node
+            .join_group(group, replica)
+            .map_err(|e| PgError::Raft(e.to_string()))?;
+        self.placement.insert(replica, disk);
+        self.hosted.insert(replica, group);
+        Ok(())
+    }
+
+    /// A disk here, holding no replica of `group` yet. Chunks are keyed by chunk id, not by
+    /// replica, so two replicas of one PG on one disk would share (and overwrite, and delete)
+    /// each other's chunks: that is refused here, whatever a map says.
+    fn check_disk(&self, group: GroupId, disk: DiskId) -> Result<(), PgError> {
+        if !self.disks.contains_key(&disk) {
+            return Err(PgError::Invalid(format!("disk {disk} is not on this node")));
+        }
+        let taken = self.placement.iter().find(|(replica, d)| {
+            **d == disk
+                && self
+                    .node
+                    .status(**replica)
+                    .is_some_and(|s| s.group == group)
+        });
+        if let Some((other, _)) = taken {
+            return Err(PgError::Invalid(format!(
+                "disk {disk} already holds {other} of {group}"
+            )));
+        }
         Ok(())
     }
 
     /// Hosts a replica of a new PG and names the PG's preferred leader (its first voter).
     /// Returns false if the replica was hosted already (its preferred leader is set again).
     pub fn host_new(&mut self, new: NewReplica) -> Result<bool, PgError> {
-        let preferred = *new
-            .voters
-            .first()
-            .ok_or_else(|| PgError::Invalid(format!("{}: a PG without voters", new.group)))?;
-        self.set_preferred_leader(new.group, preferred);
+        self.set_target(PgTarget {
+            group: new.group,
+            members: new.members.clone(),
+            pg_count: new.pg_count,
+        })?;
         if self.node.status(new.replica).is_some() {
             return Ok(false);
         }
-        self.create_replica(new.group, new.replica, &new.voters, new.disk)?;
+        if new.joined {
+            self.join_replica(new.group, new.replica, new.disk)?;
+        } else {
+            if !new.first_voters.contains(&new.replica) {
+                return Err(PgError::Invalid(format!(
+                    "{} of {}: a first member missing from the first voters",
+                    new.replica, new.group
+                )));
+            }
+            self.create_replica(new.group, new.replica, &new.first_voters, new.disk)?;
+        }
         Ok(true)
+    }
+
+    /// Records what the PG map says of a PG: local leaders move its configuration there, and
+    /// its first member is the preferred leader.
+    pub fn set_target(&mut self, target: PgTarget) -> Result<(), PgError> {
+        let preferred = *target
+            .members
+            .first()
+            .ok_or_else(|| PgError::Invalid(format!("{}: a PG without members", target.group)))?;
+        if target.pg_count == 0 {
+            return Err(PgError::Invalid(format!(
+                "{}: a pool of 0 PGs",
+                target.group
+            )));
+        }
+        self.set_preferred_leader(target.group, preferred);
+        self.pg_counts.insert(target.group, target.pg_count);
+        self.targets.insert(target.group, target.members);
+        Ok(())
     }
 
     /// The replicas hosted here, with their PGs.
@@ -370,13 +548,29 @@ impl<L: LogStore> PgHost<L> {
             .replicas()
             .filter_map(|(replica, group)| {
                 let status = self.node.status(replica)?;
+                let leader = status.role == StateRole::Leader;
+                let (voters, learners) = match self.node.membership(replica) {
+                    Some(conf) if leader => (
+                        conf.voters.iter().map(|v| ReplicaId(*v)).collect(),
+                        conf.learners.iter().map(|l| ReplicaId(*l)).collect(),
+                    ),
+                    _ => (Vec::new(), Vec::new()),
+                };
+                let restoring = self.is_fresh(replica);
                 Some(ReplicaState {
                     replica,
                     group,
-                    leader: status.role == cairn_raft::raft_types::StateRole::Leader,
+                    leader,
                     term: status.term,
                     commit: status.commit,
                     applied: self.applied.get(&replica).copied().unwrap_or(0),
+                    voters,
+                    learners,
+                    restoring,
+                    restored_bytes: self
+                        .restore_progress
+                        .get(&replica)
+                        .map_or(0, |p| p.load(Ordering::Relaxed)),
                 })
             })
             .collect()
@@ -436,6 +630,237 @@ impl<L: LogStore> PgHost<L> {
         if self.ticks.is_multiple_of(COMPACT_CHECK_TICKS) {
             self.propose_compactions();
         }
+        if self.ticks.is_multiple_of(MEMBERSHIP_CHECK_TICKS) {
+            self.change_memberships();
+            self.drop_left_behind();
+        }
+    }
+
+    /// True for a replica that has applied nothing: a joining member before its snapshot
+    /// (its store may be being filled by a copy).
+    fn is_fresh(&self, replica: ReplicaId) -> bool {
+        self.node
+            .status(replica)
+            .is_some_and(|s| s.snapshot_index == 0 && s.applied == 0)
+    }
+
+    /// Moves the configuration of each PG this node leads towards its map, one change at a
+    /// time: a member the map adds joins as a learner; a learner that caught up (it installed
+    /// a snapshot, so it holds the chunks) is promoted in one joint change with the removal of
+    /// a voter the map dropped, so the voter count never shrinks below the map's; a leader the
+    /// map dropped hands leadership to a caught-up member first; learners the map does not
+    /// list are removed.
+    fn change_memberships(&mut self) {
+        let now = self.ticks;
+        let leaders: Vec<(ReplicaId, GroupId)> = self
+            .node
+            .replicas()
+            .filter(|(r, _)| {
+                self.node
+                    .status(*r)
+                    .is_some_and(|s| s.role == StateRole::Leader)
+            })
+            .collect();
+        for (leader, group) in leaders {
+            let Some(target) = self.targets.get(&group) else {
+                continue;
+            };
+            let recent = self
+                .changes
+                .get(&group)
+                .is_some_and(|at| now.saturating_sub(*at) < MEMBERSHIP_RETRY_TICKS);
+            let (Some(conf), Some(progress), Some(status)) = (
+                self.node.membership(leader),
+                self.node.progress(leader),
+                self.node.status(leader),
+            ) else {
+                continue;
+            };
+            if recent || !conf.voters_outgoing.is_empty() {
+                continue;
+            }
+            let voters: Vec<ReplicaId> = conf.voters.iter().map(|v| ReplicaId(*v)).collect();
+            let learners: Vec<ReplicaId> = conf.learners.iter().map(|l| ReplicaId(*l)).collect();
+            let caught_up = |r: &ReplicaId| {
+                progress.get(r).is_some_and(|matched| {
+                    *matched > 0
+                        && *matched >= status.snapshot_index
+                        && status.last_index.saturating_sub(*matched) <= LEARNER_LAG_MAX
+                })
+            };
+            let extra: Vec<ReplicaId> = voters
+                .iter()
+                .filter(|v| !target.contains(v))
+                .copied()
+                .collect();
+            let missing = target
+                .iter()
+                .find(|t| !voters.contains(t) && !learners.contains(t));
+            let ready = learners.iter().find(|l| target.contains(l) && caught_up(l));
+            let stray = learners.iter().find(|l| !target.contains(l));
+            let changes: Vec<MemberChange> = if let Some(stray) = stray {
+                vec![MemberChange::Remove(*stray)]
+            } else if let Some(missing) = missing {
+                vec![MemberChange::AddLearner(*missing)]
+            } else if extra.contains(&leader) {
+                // Leadership goes first: a leader never proposes its own removal.
+                let heir = voters
+                    .iter()
+                    .find(|v| **v != leader && target.contains(v) && caught_up(v));
+                if let Some(heir) = heir
+                    && self.node.transfer_leader(leader, *heir).is_ok()
+                {
+                    self.changes.insert(group, now);
+                }
+                continue;
+            } else if let Some(ready) = ready {
+                let mut changes = vec![MemberChange::AddVoter(*ready)];
+                changes.extend(extra.first().map(|v| MemberChange::Remove(*v)));
+                changes
+            } else if let Some(extra) = extra.first()
+                && voters.len() > target.len()
+            {
+                vec![MemberChange::Remove(*extra)]
+            } else {
+                continue;
+            };
+            match self.node.change_members(leader, &changes) {
+                Ok(()) => {
+                    tracing::info!(%group, %leader, ?changes, "PG membership change proposed");
+                    self.changes.insert(group, now);
+                }
+                Err(e) => tracing::debug!(%group, "membership change not proposed: {e:?}"),
+            }
+        }
+    }
+
+    /// Drops replicas their map no longer lists that have known no leader for
+    /// [`LEFT_BEHIND_TICKS`] (see there). A replica still in its PG's configuration hears
+    /// from the leader and is removed by it instead (and drops itself when it applies that).
+    fn drop_left_behind(&mut self) {
+        let now = self.ticks;
+        let mut drop = Vec::new();
+        let hosted: Vec<(ReplicaId, GroupId)> = self.node.replicas().collect();
+        for (replica, group) in hosted {
+            let listed = self
+                .targets
+                .get(&group)
+                .is_none_or(|members| members.contains(&replica));
+            // Learners never campaign, so one removed keeps its old leader in mind: not being
+            // a voter counts like hearing no leader.
+            let leaderless = self
+                .node
+                .status(replica)
+                .is_some_and(|s| s.leader.is_none());
+            let voter = self
+                .node
+                .membership(replica)
+                .is_some_and(|c| c.voters.contains(&replica.0));
+            if listed || (voter && !leaderless) {
+                self.left_behind.remove(&replica);
+                continue;
+            }
+            let since = *self.left_behind.entry(replica).or_insert(now);
+            if now - since >= LEFT_BEHIND_TICKS {
+                drop.push(replica);
+            }
+        }
+        for replica in drop {
+            self.left_behind.remove(&replica);
+            match self.node.remove_group(replica) {
+                Ok(()) => {
+                    tracing::warn!(%replica, "dropped: no longer in its PG's map and no leader heard for {LEFT_BEHIND_TICKS} ticks")
+                }
+                Err(e) => tracing::error!(%replica, "cannot drop: {e}"),
+            }
+        }
+    }
+
+    /// Copies wanted since the last call, at most [`restore::RESTORES_RUNNING_MAX`] running
+    /// at once; the caller runs each ([`restore::copy_pg`]) and reports with
+    /// [`PgHost::restore_done`].
+    pub fn take_restores(&mut self) -> Vec<RestoreJob> {
+        let running = self
+            .restores
+            .values()
+            .filter(|r| matches!(r, Restore::Running { .. }))
+            .count();
+        let wanted: Vec<RestoreWanted> = self
+            .restores
+            .values()
+            .filter_map(|r| match r {
+                Restore::Wanted(w) => Some(*w),
+                _ => None,
+            })
+            .take(restore::RESTORES_RUNNING_MAX.saturating_sub(running))
+            .collect();
+        let mut jobs = Vec::new();
+        for wanted in wanted {
+            let (Some(&pg_count), Some(&disk)) = (
+                self.pg_counts.get(&wanted.group),
+                self.placement.get(&wanted.replica),
+            ) else {
+                self.restores.remove(&wanted.replica);
+                continue;
+            };
+            let local_source = self
+                .placement
+                .get(&wanted.from)
+                .map(|d| self.disks[d].clone());
+            let progress = self
+                .restore_progress
+                .entry(wanted.replica)
+                .or_default()
+                .clone();
+            self.restores.insert(
+                wanted.replica,
+                Restore::Running {
+                    index: wanted.index,
+                },
+            );
+            tracing::info!(replica = %wanted.replica, group = %wanted.group, from = %wanted.from, index = wanted.index, "copying the PG's chunks for a snapshot");
+            jobs.push(RestoreJob {
+                wanted,
+                pg_count,
+                dest: self.disks[&disk].clone(),
+                local_source,
+                progress,
+            });
+        }
+        jobs
+    }
+
+    /// A copy ended: on success, the next snapshot the replica is sent at `index` or below
+    /// installs; on failure the next snapshot asks for a new copy.
+    pub fn restore_done(&mut self, wanted: RestoreWanted, result: Result<u64, String>) {
+        match result {
+            Ok(bytes) => {
+                tracing::info!(replica = %wanted.replica, group = %wanted.group, bytes, "PG chunks copied; installing the snapshot");
+                self.stats.restores.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .restored_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                self.restores.insert(
+                    wanted.replica,
+                    Restore::Done {
+                        index: wanted.index,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(replica = %wanted.replica, group = %wanted.group, from = %wanted.from, "copying the PG's chunks failed (retried with the next snapshot): {e}");
+                self.restores.remove(&wanted.replica);
+            }
+        }
+    }
+
+    /// The store of a replica hosted here (a copy source for a peer), with its PG's pool's
+    /// PG count.
+    pub fn replica_store(&self, replica: ReplicaId) -> Option<(Arc<ChunkStore>, GroupId, u32)> {
+        let group = self.node.status(replica)?.group;
+        let pg_count = *self.pg_counts.get(&group)?;
+        let disk = self.placement.get(&replica)?;
+        Some((self.disks[disk].clone(), group, pg_count))
     }
 
     /// Names the replica that should lead `group` (the PG map lists it first; placement
@@ -468,8 +893,49 @@ impl<L: LogStore> PgHost<L> {
     }
 
     /// Feeds a batch of Raft messages (from a peer, or this node's own batch).
-    pub fn step(&mut self, batch: Vec<(GroupId, Message)>) {
+    pub fn step(&mut self, mut batch: Vec<(GroupId, Message)>) {
+        batch.retain(|(group, message)| self.admit(*group, message));
         self.node.step(batch);
+    }
+
+    /// Holds back a snapshot for a replica whose chunks are not copied for it yet (see
+    /// [`restore`]); everything else passes.
+    fn admit(&mut self, group: GroupId, message: &Message) -> bool {
+        if message.msg_type != MessageType::MsgSnapshot as i32 {
+            return true;
+        }
+        let replica = ReplicaId(message.to);
+        if self.node.status(replica).is_none_or(|s| s.group != group) {
+            return true; // Not ours: the runtime drops it.
+        }
+        let index = message
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.metadata.as_ref())
+            .map_or(0, |m| m.index);
+        if !self.is_fresh(replica) {
+            // Taking a copy under a replica that applies entries could leave blocks older
+            // than the snapshot: refused, and the scheduler replaces the member.
+            self.stats.snapshots_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%replica, %group, index, "snapshot refused: the replica holds state");
+            return false;
+        }
+        match self.restores.get(&replica) {
+            Some(Restore::Done { index: copied }) if index <= *copied => true,
+            Some(Restore::Running { .. } | Restore::Wanted(_)) => false,
+            _ => {
+                self.restores.insert(
+                    replica,
+                    Restore::Wanted(RestoreWanted {
+                        replica,
+                        group,
+                        from: ReplicaId(message.from),
+                        index,
+                    }),
+                );
+                false
+            }
+        }
     }
 
     /// The local replica of `group` that leads it.
@@ -549,13 +1015,19 @@ impl<L: LogStore> PgHost<L> {
         // forwards the read to it; without a leader raft would drop the read silently.
         let replica = match self.leader_replica(group) {
             Ok(replica) => replica,
+            // A joining replica still copying would hold the read until it has applied the
+            // read index: the leader's node serves it instead.
             Err(PgError::NotLeader {
-                leader: Some(_), ..
+                leader: Some(leader),
+                ..
             }) => self
                 .node
                 .replicas_of(group)
-                .next()
-                .ok_or(PgError::UnknownGroup(group))?,
+                .find(|r| !self.is_fresh(*r))
+                .ok_or(PgError::NotLeader {
+                    group,
+                    leader: Some(leader),
+                })?,
             Err(e) => return Err(e),
         };
         let request = self.next_request()?;
@@ -677,7 +1149,64 @@ impl<L: LogStore> PgHost<L> {
             let _ = pending.reply.send(result);
         }
         self.drop_stale_requests();
+        self.take_snapshots().await?;
+        self.clean_dropped().await;
         Ok(outbox)
+    }
+
+    /// Answers leaders whose follower needs a newer snapshot (one that includes it: a joining
+    /// member): the leader's store is flushed and its log compacted at its applied index.
+    async fn take_snapshots(&mut self) -> Result<(), PgError> {
+        for replica in self.node.snapshots_wanted() {
+            let Some(&disk) = self.placement.get(&replica) else {
+                continue;
+            };
+            self.store(replica)
+                .flush()
+                .await
+                .map_err(|source| PgError::Disk { disk, source })?;
+            let index = self.applied.get(&replica).copied().unwrap_or(0);
+            self.node
+                .compact_at(replica, index, compaction_data(index))
+                .map_err(|e| PgError::Raft(e.to_string()))?;
+            tracing::info!(%replica, index, "PG snapshot taken for a joining member");
+        }
+        Ok(())
+    }
+
+    /// Deletes the chunks of replicas that left (removed from their PG, or dropped): their
+    /// disk holds no other replica of the PG (see `check_disk`), so every chunk of the PG
+    /// there was theirs.
+    async fn clean_dropped(&mut self) {
+        let gone: Vec<(ReplicaId, GroupId)> = self
+            .hosted
+            .iter()
+            .filter(|(replica, _)| self.node.status(**replica).is_none())
+            .map(|(r, g)| (*r, *g))
+            .collect();
+        for (replica, group) in gone {
+            self.hosted.remove(&replica);
+            self.restores.remove(&replica);
+            self.restore_progress.remove(&replica);
+            self.applied.remove(&replica);
+            let Some(disk) = self.placement.remove(&replica) else {
+                continue;
+            };
+            self.stats.replicas_dropped.fetch_add(1, Ordering::Relaxed);
+            let Some(&pg_count) = self.pg_counts.get(&group) else {
+                tracing::warn!(%replica, %group, "left its PG; its chunks stay (PG count unknown)");
+                continue;
+            };
+            let store = self.disks[&disk].clone();
+            let chunks = restore::pg_chunks(&store, group, pg_count);
+            let count = chunks.len();
+            for chunk in chunks {
+                if let Err(e) = store.delete(chunk).await {
+                    tracing::warn!(%replica, %chunk, "deleting a chunk of a replica that left: {e}");
+                }
+            }
+            tracing::info!(%replica, %group, %disk, chunks = count, "replica left its PG; its chunks deleted");
+        }
     }
 
     /// Answers `Dropped` to requests whose replica changed term or that waited too long, and
@@ -728,12 +1257,18 @@ impl<L: LogStore> PgHost<L> {
                 // The bootstrap snapshot (the empty state every chunk store starts as), or at a
                 // restart this replica's own compaction, which its flushed chunk store holds.
                 let own = !installed && compaction_index(&data) == Some(index);
-                if data.is_empty() || own {
+                // Or one a leader sent, for which this replica's chunks were copied.
+                let copied = installed
+                    && matches!(self.restores.get(&replica), Some(Restore::Done { index: c }) if index <= *c);
+                if data.is_empty() || own || copied {
+                    if copied {
+                        self.restores.remove(&replica);
+                    }
                     self.applied.insert(replica, index);
                     return Ok(());
                 }
                 return Err(PgError::Raft(format!(
-                    "{replica}: a PG snapshot at {index} arrived from a leader; moving chunks between replicas is not implemented"
+                    "{replica}: a PG snapshot at {index} was installed without its chunks"
                 )));
             }
         };
@@ -763,7 +1298,16 @@ impl<L: LogStore> PgHost<L> {
                 return Ok(());
             }
         };
-        let result = self.write_repairing(replica, chunk, offset, data).await;
+        let mut result = self.write_repairing(replica, chunk, offset, data).await;
+        let replayed = self
+            .replay_until
+            .get(&replica)
+            .is_some_and(|end| entry_index <= *end);
+        if replayed && let Err(Error::Corrupt { block_index, .. }) = &result {
+            // Written before the crash and not flushed: see `ChunkStore::write_replaying`.
+            tracing::info!(%replica, entry_index, %chunk, block = block_index, "replay merges a block written since the last flush");
+            result = write_chunk_as(self.store(replica), chunk, offset, data, true).await;
+        }
         let mine = proposal.incarnation == self.incarnation;
         match result {
             Ok(()) => {
@@ -901,15 +1445,34 @@ async fn write_chunk(
     offset: u32,
     data: &[u8],
 ) -> Result<(), Error> {
+    write_chunk_as(store, chunk, offset, data, false).await
+}
+
+/// [`write_chunk`], for a replay after a crash if `replaying` (see
+/// [`ChunkStore::write_replaying`]).
+async fn write_chunk_as(
+    store: &ChunkStore,
+    chunk: ChunkId,
+    offset: u32,
+    data: &[u8],
+    replaying: bool,
+) -> Result<(), Error> {
+    let write = async |offset_bytes: u64, piece: &[u8]| {
+        if replaying {
+            store.write_replaying(chunk, offset_bytes, piece).await
+        } else {
+            store.write(chunk, offset_bytes, piece).await
+        }
+    };
     let mut at = 0;
     while at < data.len() {
         let offset_bytes = u64::from(offset) + at as u64;
         let take = piece_length(store, offset_bytes, (data.len() - at) as u64);
         let piece = &data[at..at + take as usize];
-        match store.write(chunk, offset_bytes, piece).await {
+        match write(offset_bytes, piece).await {
             Err(Error::NotFound { .. }) => {
                 store.create(chunk).await?;
-                store.write(chunk, offset_bytes, piece).await?;
+                write(offset_bytes, piece).await?;
             }
             other => other?,
         }

@@ -11,7 +11,11 @@ use cairn_raft::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewReplica, PgError, PgHost, ReplicaState};
+use super::{
+    ChunkSource, LocalSource, NewReplica, PgError, PgHost, PgTarget, ReplicaState, RestoreWanted,
+    restore::{self, Pacer, RESTORES_RUNNING_MAX},
+};
+use crate::ChunkStore;
 
 /// Requests queued for the host task; beyond it callers get `Busy`.
 pub const REQUEST_QUEUE_MAX: usize = 1024;
@@ -38,6 +42,11 @@ enum Request {
     },
     Report(oneshot::Sender<Vec<ReplicaState>>),
     Host(Vec<NewReplica>, oneshot::Sender<Result<(), PgError>>),
+    Targets(Vec<PgTarget>),
+    Store(
+        cairn_common::ReplicaId,
+        oneshot::Sender<Option<(Arc<ChunkStore>, GroupId, u32)>>,
+    ),
 }
 
 /// Writes and reads through the host task.
@@ -53,25 +62,35 @@ pub struct Network {
     pub transport: Arc<dyn Transport>,
     /// Batches other nodes sent.
     pub incoming: mpsc::Receiver<Incoming>,
+    /// Where joining replicas copy chunks from replicas on other nodes.
+    pub source: Arc<dyn ChunkSource>,
 }
 
 /// Starts the task driving `host`, ticking every `tick`. Without `network` only replicas on
 /// this node can talk to each other (`cairn dev`). The task ends, logging why, if the host
 /// fails (a log or disk error): the node must then be restarted.
+/// `restore_mb_per_s` is the node's budget for copying chunks into joining replicas.
 pub fn spawn<L>(
     mut host: PgHost<L>,
     me: NodeId,
     tick: Duration,
     network: Option<Network>,
+    restore_mb_per_s: u64,
 ) -> PgHandle
 where
     L: LogStore + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel(REQUEST_QUEUE_MAX);
+    let (restored_tx, mut restored) = mpsc::channel(RESTORES_RUNNING_MAX * 2);
+    let pacer = Arc::new(tokio::sync::Mutex::new(Pacer::new(restore_mb_per_s)));
     tokio::spawn(async move {
-        let (transport, mut incoming) = match network {
-            Some(network) => (Some(network.transport), Some(network.incoming)),
-            None => (None, None),
+        let (transport, mut incoming, source) = match network {
+            Some(network) => (
+                Some(network.transport),
+                Some(network.incoming),
+                Some(network.source),
+            ),
+            None => (None, None, None),
         };
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -83,6 +102,24 @@ where
                     None => return,
                 },
                 Some((_, batch)) = recv_incoming(&mut incoming) => host.step(batch),
+                Some((wanted, result)) = restored.recv() => host.restore_done(wanted, result),
+            }
+            for job in host.take_restores() {
+                let remote = source.clone();
+                let (pacer, restored_tx) = (pacer.clone(), restored_tx.clone());
+                tokio::spawn(async move {
+                    let result = run_restore(
+                        job.wanted,
+                        job.pg_count,
+                        job.local_source,
+                        remote,
+                        &job.dest,
+                        &pacer,
+                        &job.progress,
+                    )
+                    .await;
+                    let _ = restored_tx.send((job.wanted, result)).await;
+                });
             }
             while let Ok(request) = rx.try_recv() {
                 handle(&mut host, request);
@@ -114,6 +151,27 @@ where
     PgHandle { requests: tx, me }
 }
 
+/// Runs one copy from a sibling store here, or else from the sender's node.
+async fn run_restore(
+    wanted: RestoreWanted,
+    pg_count: u32,
+    local: Option<Arc<ChunkStore>>,
+    remote: Option<Arc<dyn ChunkSource>>,
+    dest: &ChunkStore,
+    pacer: &tokio::sync::Mutex<Pacer>,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Result<u64, String> {
+    let local = local.map(|store| LocalSource { store, pg_count });
+    let source: &dyn ChunkSource = match (&local, &remote) {
+        (Some(local), _) => local,
+        (None, Some(remote)) => remote.as_ref(),
+        (None, None) => return Err(format!("no way to reach {} (no network)", wanted.from)),
+    };
+    // One copy at a time moves under the node's budget; others wait their turn here.
+    let mut pacer = pacer.lock().await;
+    restore::copy_pg(wanted, pg_count, source, dest, &mut pacer, progress).await
+}
+
 async fn recv_incoming(incoming: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
     match incoming {
         Some(incoming) => incoming.recv().await,
@@ -141,10 +199,26 @@ fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
             let _ = reply.send(host.report());
         }
         Request::Host(new, reply) => {
-            let result = new
-                .into_iter()
-                .try_for_each(|r| host.host_new(r).map(|_| ()));
+            // Each replica on its own: one refused (its disk still holds a leaving replica
+            // of the PG) does not hold up the others.
+            let mut result = Ok(());
+            for replica in new {
+                if let Err(e) = host.host_new(replica) {
+                    tracing::warn!("{e}");
+                    result = Err(e);
+                }
+            }
             let _ = reply.send(result);
+        }
+        Request::Targets(targets) => {
+            for target in targets {
+                if let Err(e) = host.set_target(target) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        Request::Store(replica, reply) => {
+            let _ = reply.send(host.replica_store(replica));
         }
     }
 }
@@ -239,6 +313,26 @@ impl PgHandle {
             .map_err(|_| PgError::Busy)?;
         rx.await
             .unwrap_or_else(|_| Err(PgError::Raft("the PG host stopped".into())))
+    }
+
+    /// Hands the host every PG's members as the maps list them (see [`PgHost::set_target`]).
+    pub fn set_targets(&self, targets: Vec<PgTarget>) -> Result<(), PgError> {
+        self.requests
+            .try_send(Request::Targets(targets))
+            .map_err(|_| PgError::Busy)
+    }
+
+    /// The store of a replica hosted here, its PG and its pool's PG count (a copy source).
+    pub async fn replica_store(
+        &self,
+        replica: cairn_common::ReplicaId,
+    ) -> Result<Option<(Arc<ChunkStore>, GroupId, u32)>, PgError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .try_send(Request::Store(replica, tx))
+            .map_err(|_| PgError::Busy)?;
+        rx.await
+            .map_err(|_| PgError::Raft("the PG host stopped".into()))
     }
 
     /// Reads through PG `group` (see [`PgHost::read`]).

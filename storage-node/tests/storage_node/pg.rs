@@ -419,3 +419,162 @@ fn a_replica_without_a_disk_is_refused_at_start() {
         assert!(matches!(refused, Err(PgError::Invalid(_))));
     });
 }
+
+/// Goal: a PG member moves to another disk by snapshot transfer while writes go on: the new
+/// replica copies the PG's chunks from a sibling, installs the snapshot, is promoted in the
+/// same change that removes the old member (which led the PG), and the old member's chunks
+/// are deleted; every write reads back, the new disk holds every chunk, and a restart keeps
+/// it all. Method: one PG of a one-PG pool on disks 0-2 with compactions every 8 entries (so
+/// the joining member cannot catch up from the log), 40 writes, then the map moves member 0
+/// to disk 3; rounds run with the copies spawned beside them and a write every few rounds.
+#[test]
+fn a_pg_member_moves_to_another_disk_by_snapshot_transfer() {
+    use cairn_storage_node::pg::{
+        LocalSource, NewReplica,
+        restore::{self, Pacer},
+    };
+    let dirs: Vec<_> = (0..5).map(|_| disk_dir()).collect();
+    let paths: Vec<&Path> = dirs[..4].iter().map(|d| d.path()).collect();
+    let log_dir = dirs[4].path();
+    let group = GroupId::pg(PoolId(1), 0);
+    let first: Vec<ReplicaId> = (1..=3).map(|k| ReplicaId::new(NODE, k)).collect();
+    let joining = ReplicaId::new(NODE, 10);
+    let members = vec![first[1], first[2], joining];
+    block_on(async {
+        let disks = open_disks(&paths).await;
+        let log = FileLogStore::open(log_dir).expect("log");
+        let mut host =
+            PgHost::new(NodeConfig::new(NODE), log, disks.clone(), BTreeMap::new()).expect("host");
+        host.set_compact_entries(8);
+        for (k, replica) in first.iter().enumerate() {
+            let new = NewReplica {
+                group,
+                replica: *replica,
+                members: first.clone(),
+                joined: false,
+                first_voters: first.clone(),
+                disk: disks[k].disk_id(),
+                pg_count: 1,
+            };
+            assert!(host.host_new(new).expect("host"));
+        }
+        let mut model: BTreeMap<ChunkId, Vec<u8>> = BTreeMap::new();
+        let mut writes = 0u32;
+        let mut write_one = async |host: &mut PgHost<FileLogStore>, model: &mut BTreeMap<_, _>| {
+            let i = writes;
+            writes += 1;
+            let at = chunk(i % 5);
+            // Unaligned, so replays after the install merge into copied blocks.
+            let offset = (i * 5000) % (CHUNK as u32 - 5000);
+            let data = pattern(u64::from(i) + 1000, 5000);
+            request(host, |h| h.write(group, at, offset, data.clone())).await;
+            let image: &mut Vec<u8> = model.entry(at).or_insert_with(|| vec![0; CHUNK]);
+            image[offset as usize..offset as usize + 5000].copy_from_slice(&data);
+        };
+        for _ in 0..40 {
+            write_one(&mut host, &mut model).await;
+        }
+        let moved = NewReplica {
+            group,
+            replica: joining,
+            members: members.clone(),
+            joined: true,
+            first_voters: vec![first[1], first[2]],
+            disk: disks[3].disk_id(),
+            pg_count: 1,
+        };
+        assert!(host.host_new(moved).expect("host the joining member"));
+        let mut copies = Vec::new();
+        let mut settled = false;
+        for round in 0..ROUNDS_MAX * 5 {
+            pump(&mut host).await;
+            for job in host.take_restores() {
+                copies.push(tokio::spawn(async move {
+                    let source = LocalSource {
+                        store: job.local_source.expect("the sender is a sibling"),
+                        pg_count: job.pg_count,
+                    };
+                    let mut pacer = Pacer::new(1000);
+                    let result = restore::copy_pg(
+                        job.wanted,
+                        job.pg_count,
+                        &source,
+                        &job.dest,
+                        &mut pacer,
+                        &job.progress,
+                    )
+                    .await;
+                    (job.wanted, result)
+                }));
+            }
+            let (done, running): (Vec<_>, Vec<_>) =
+                copies.into_iter().partition(|c| c.is_finished());
+            copies = running;
+            for copy in done {
+                let (wanted, result) = copy.await.expect("copy task");
+                host.restore_done(wanted, result);
+            }
+            if round % 7 == 0 {
+                write_one(&mut host, &mut model).await;
+            }
+            let leader = members.iter().find(|r| {
+                host.node()
+                    .status(**r)
+                    .is_some_and(|s| s.role == cairn_raft::raft_types::StateRole::Leader)
+            });
+            let conf = leader.and_then(|l| host.node().membership(*l));
+            let mut want: Vec<u64> = members.iter().map(|r| r.0).collect();
+            want.sort();
+            settled = host.node().status(first[0]).is_none()
+                && conf.is_some_and(|c| {
+                    let mut voters = c.voters.clone();
+                    voters.sort();
+                    voters == want && c.learners.is_empty()
+                });
+            if settled {
+                break;
+            }
+        }
+        assert!(settled, "the PG never reached its new members");
+        let stats = host.stats();
+        assert!(stats.restores.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        assert!(
+            disks[0].chunk_ids().is_empty(),
+            "the old member's chunks are deleted"
+        );
+        for _ in 0..5 {
+            write_one(&mut host, &mut model).await;
+        }
+        // Reads through the PG, and every current member's disk, hold the model.
+        for (at, image) in &model {
+            let through_pg = request(&mut host, |h| h.read(group, *at, 0, CHUNK as u32)).await;
+            assert!(&through_pg == image, "{at} through its PG");
+            for k in 1..4 {
+                let stored = disks[k].read(*at, 0, CHUNK).await.expect("chunk on disk");
+                assert!(stored[..] == image[..], "{at} on disk {k}");
+            }
+        }
+        drop(host);
+        drop(disks);
+        let disks = open_disks(&paths).await;
+        let placement: BTreeMap<ReplicaId, DiskId> = [
+            (first[1], disks[1].disk_id()),
+            (first[2], disks[2].disk_id()),
+            (joining, disks[3].disk_id()),
+        ]
+        .into();
+        let log = FileLogStore::open(log_dir).expect("log");
+        let mut host =
+            PgHost::new(NodeConfig::new(NODE), log, disks.clone(), placement).expect("restart");
+        for (at, image) in &model {
+            let through_pg = request(&mut host, |h| h.read(group, *at, 0, CHUNK as u32)).await;
+            assert!(&through_pg == image, "{at} through its PG after a restart");
+            let stored = disks[3].read(*at, 0, CHUNK).await.expect("chunk on disk");
+            assert_eq!(
+                &stored[..],
+                &image[..],
+                "{at} on the new disk after a restart"
+            );
+        }
+    });
+}

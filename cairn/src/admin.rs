@@ -1,11 +1,11 @@
-//! The operator CLI over the admin API: `cairn cluster|pool|volume|node|tenant ...`.
+//! The operator CLI over the admin API: `cairn cluster|pool|volume|node|tenant|rebalance ...`.
 //!
 //! Tables on a terminal, `--json` for scripts. Errors print the API's message and exit
 //! non-zero. A member that is not the leader answers writes with 503 and the leader's address;
 //! the client follows it, and retries a few times while an election runs.
 
 use std::{
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     path::PathBuf,
     process::ExitCode,
     thread,
@@ -124,8 +124,26 @@ pub enum NodeCommand {
     },
     /// Marks a disk in or out.
     SetDiskState { id: String, state: String },
+    /// Marks every disk of storage node N out: its PG members move to other nodes.
+    Drain { id: u64 },
     /// Runs a storage node: registers it and its disks, hosts its PG replicas.
     Run(crate::node::NodeArgs),
+}
+
+#[derive(Subcommand)]
+pub enum RebalanceCommand {
+    /// PGs whose members are moving (recovery or rebalance), and whether rebalancing is on.
+    Status {
+        /// Redraw every second until no PG is settling.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Turns rebalancing on (the default).
+    Start,
+    /// Stops starting rebalance moves (recovery of lost members goes on).
+    Pause,
+    /// Turns rebalancing on again.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +187,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number
         .checked_mul(1u64 << shift)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Formats bytes with a binary unit and one decimal, for amounts that grow (3.2 GiB).
+pub fn format_size_approx(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut unit = 0;
+    let mut scaled = bytes as f64;
+    while unit + 1 < UNITS.len() && scaled >= 1024.0 {
+        scaled /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{scaled:.1} {}", UNITS[unit])
+    }
 }
 
 /// Formats bytes with a binary unit.
@@ -489,7 +523,12 @@ fn status_table(v: &Value) -> Table {
         }
     }
     let health = &v["health"];
+    if !health.is_object() {
+        let note = "kept by the leader; this member does not lead";
+        table.add_row(vec!["health".to_string(), note.to_string()]);
+    }
     if health.is_object() {
+        table.add_row(vec!["status".to_string(), text(&v["status"])]);
         let pgs = format!(
             "{} healthy, {} degraded, {} down",
             text(&health["pgs_healthy"]),
@@ -533,6 +572,135 @@ fn status_table(v: &Value) -> Table {
         }
     }
     table
+}
+
+/// A replica id from the API (a number) as operators read it: `n2.r5`.
+fn replica_text(value: &Value) -> String {
+    match value.as_u64() {
+        Some(id) => cairn_common::ReplicaId(id).to_string(),
+        None => text(value),
+    }
+}
+
+/// The settling PGs of a `GET /v1/rebalance` answer, one row each.
+fn rebalance_table(v: &Value) -> Table {
+    let mut table = Table::new();
+    table.set_header(vec!["POOL", "PG", "MEMBERS", "JOINING", "RESTORED"]);
+    for pg in v["settling"].as_array().into_iter().flatten() {
+        let replicas = |key: &str| -> String {
+            let list = pg[key].as_array().into_iter().flatten();
+            list.map(replica_text).collect::<Vec<_>>().join(" ")
+        };
+        table.add_row(vec![
+            text(&pg["pool"]),
+            text(&pg["pg"]),
+            replicas("members"),
+            replicas("joining"),
+            format_size_approx(pg["restored_bytes"].as_u64().unwrap_or_default()),
+        ]);
+    }
+    table
+}
+
+/// "3 PGs settling, rebalance enabled" from a `GET /v1/rebalance` answer.
+fn rebalance_summary(v: &Value) -> String {
+    let settling = v["settling"].as_array().map_or(0, Vec::len);
+    let noun = if settling == 1 { "PG" } else { "PGs" };
+    let switch = if v["enabled"] == Value::Bool(true) {
+        "enabled"
+    } else {
+        "paused"
+    };
+    format!("{settling} {noun} settling, rebalance {switch}")
+}
+
+/// A text progress bar `[#####-----] 5/10 PGs settled`, `width` characters between the
+/// brackets.
+fn progress_bar(done: u64, total: u64, width: usize) -> String {
+    let filled = match total {
+        0 => width,
+        _ => (done.min(total) as u128 * width as u128 / u128::from(total)) as usize,
+    };
+    format!(
+        "[{}{}] {done}/{total} PGs settled",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    )
+}
+
+/// Prints one rebalance status: JSON, or the table (if any PG settles) and the summary,
+/// with a progress bar when `bar`.
+fn print_rebalance(connection: &Connection, v: &Value, bar: bool) {
+    if connection.json {
+        println!("{v}");
+        return;
+    }
+    if v["settling"].as_array().is_some_and(|s| !s.is_empty()) {
+        println!("{}", rebalance_table(v));
+    }
+    println!("{}", rebalance_summary(v));
+    if bar {
+        let total = v["pgs_total"].as_u64().unwrap_or_default();
+        let settling = v["settling"].as_array().map_or(0, Vec::len) as u64;
+        println!(
+            "{}",
+            progress_bar(total.saturating_sub(settling), total, 40)
+        );
+    }
+}
+
+/// `cairn rebalance status [--watch]`.
+fn rebalance_status(connection: &Connection, watch: bool) -> ExitCode {
+    let client = match Client::new(connection) {
+        Ok(client) => client,
+        Err(Failure(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let v = match client.call("/v1/rebalance", Method::Get) {
+            Ok(v) => v,
+            Err(Failure(message)) => {
+                eprintln!("error: {message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if !watch {
+            if connection.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_rebalance(connection, &v, false);
+            }
+            return ExitCode::SUCCESS;
+        }
+        if terminal && !connection.json {
+            // Clears the screen and homes the cursor: a redraw, not a scroll.
+            print!("\x1b[2J\x1b[H");
+        }
+        print_rebalance(connection, &v, terminal);
+        let _ = std::io::stdout().flush();
+        if v["settling"].as_array().is_none_or(|s| s.is_empty()) {
+            return ExitCode::SUCCESS;
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+pub fn rebalance(connection: &Connection, command: RebalanceCommand) -> ExitCode {
+    let action = match command {
+        RebalanceCommand::Status { watch } => return rebalance_status(connection, watch),
+        RebalanceCommand::Start => "start",
+        RebalanceCommand::Pause => "pause",
+        RebalanceCommand::Resume => "resume",
+    };
+    run_with(
+        connection,
+        &format!("/v1/rebalance/{action}"),
+        Method::Post(json!({})),
+        done_table,
+    )
 }
 
 fn run_with(
@@ -677,6 +845,12 @@ pub fn node(connection: &Connection, command: NodeCommand) -> ExitCode {
                 disk_table,
             )
         }
+        NodeCommand::Drain { id } => run_with(
+            connection,
+            &format!("/v1/storage-nodes/{id}/drain"),
+            Method::Post(json!({})),
+            done_table,
+        ),
         NodeCommand::SetDiskState { id, state } => {
             let body = json!({ "state": state });
             run_with(
@@ -734,5 +908,41 @@ mod tests {
         assert!(parse_size("99999999P").is_err());
         assert_eq!(format_size(10 << 30), "10 GiB");
         assert_eq!(format_size(1000), "1000 B");
+        assert_eq!(format_size_approx(1000), "1000 B");
+        assert_eq!(format_size_approx(3 << 20), "3.0 MiB");
+        assert_eq!(format_size_approx((5 << 30) + (1 << 29)), "5.5 GiB");
+    }
+
+    /// Goal: the rebalance status's summary, bar and table read as documented. Method: fixed
+    /// answers.
+    #[test]
+    fn rebalance_status_formats() {
+        let answer = json!({
+            "enabled": false,
+            "moves_planned": 0,
+            "pgs_total": 8,
+            "settling": [{
+                "pool": "p", "pg": 3,
+                "members": [(2u64 << 40) | 1, (4u64 << 40) | 7],
+                "joining": [(4u64 << 40) | 7],
+                "restored_bytes": 3 << 20,
+                "leader": (2u64 << 40) | 1,
+            }],
+        });
+        assert_eq!(
+            rebalance_summary(&answer),
+            "1 PG settling, rebalance paused"
+        );
+        let quiet = json!({ "enabled": true, "settling": [] });
+        assert_eq!(
+            rebalance_summary(&quiet),
+            "0 PGs settling, rebalance enabled"
+        );
+        let table = rebalance_table(&answer).to_string();
+        assert!(table.contains("n4.r7"), "{table}");
+        assert!(table.contains("3.0 MiB"), "{table}");
+        assert_eq!(progress_bar(6, 8, 8), "[######--] 6/8 PGs settled");
+        assert_eq!(progress_bar(0, 0, 4), "[####] 0/0 PGs settled");
+        assert_eq!(progress_bar(9, 8, 4), "[####] 9/8 PGs settled");
     }
 }

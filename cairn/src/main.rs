@@ -1,7 +1,7 @@
 //! `cairn`: the one Cairn binary. It carries the disk tools over the chunk store, the cluster CA
 //! for node-to-node mutual TLS, the metadata service (`cairn meta`) and the operator CLI over
-//! its admin API (`cairn cluster|pool|volume|node|tenant`). The storage node, `cairn dev` and
-//! the gateways join it as their issues land.
+//! its admin API (`cairn cluster|pool|volume|node|tenant|rebalance`). The storage node,
+//! `cairn dev` and the gateways join it as their issues land.
 
 mod admin;
 mod ca;
@@ -53,6 +53,9 @@ enum Command {
     /// Tenants and their S3 access keys.
     #[command(subcommand)]
     Tenant(admin::TenantCommand),
+    /// Recovery and rebalance: PGs whose members are moving; the rebalance switch.
+    #[command(subcommand)]
+    Rebalance(admin::RebalanceCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,5 +76,6 @@ fn main() -> ExitCode {
         Command::Volume(command) => admin::volume(&cli.connection, command),
         Command::Node(command) => admin::node(&cli.connection, command),
         Command::Tenant(command) => admin::tenant(&cli.connection, command),
+        Command::Rebalance(command) => admin::rebalance(&cli.connection, command),
     }
 }

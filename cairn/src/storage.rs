@@ -235,6 +235,7 @@ pub fn heartbeat(
                 learners: r.learners,
                 restoring: r.restoring,
                 restored_bytes: r.restored_bytes,
+                needs_replacing: r.needs_replacing,
             })
             .collect(),
     }

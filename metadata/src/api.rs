@@ -4,10 +4,16 @@
 //!
 //! ```text
 //! GET    /cluster/status                 this member's Raft view, the members, counts, health
+//!                                        and "status": healthy, recovering, degraded or down
+//!                                        (health and status from the leader only; null elsewhere)
 //! POST   /cluster/members/{id}/rejoin    replace a member's replica by a new one (its disk was lost)
-//! POST   /nodes/{id}/heartbeat           a storage node's heartbeat (disks, PG replicas)
+//! POST   /nodes/{id}/heartbeat           a storage node's heartbeat (disks, PG replicas);
+//!                                        leader only: a follower answers 503 naming the leader
 //! GET    /storage-nodes                  where each storage node listens
 //! PUT    /storage-nodes/{id}             {raft_addr, data_addr}: a node registers itself
+//! POST   /storage-nodes/{id}/drain       marks every disk of the node out; answers the disks
+//! GET    /rebalance                      {enabled, settling, moves_planned, pgs_total}; leader only
+//! POST   /rebalance/{start|pause|resume} turns rebalancing on (start, resume) or off (pause)
 //! GET    /nodes                          disks of the cluster map
 //! POST   /nodes/disks                    register a disk {id, host, rack, site, capacity_bytes}
 //! POST   /nodes/disks/{id}/state         {state: "in" | "out"}
@@ -85,6 +91,9 @@ pub fn router_with(
             "/v1/storage-nodes/{id}",
             axum::routing::put(register_storage_node),
         )
+        .route("/v1/storage-nodes/{id}/drain", post(drain_storage_node))
+        .route("/v1/rebalance", get(rebalance_status))
+        .route("/v1/rebalance/{action}", post(set_rebalance))
         .route("/v1/nodes/disks/{id}/state", post(set_disk_state))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(show_pool))
@@ -202,9 +211,76 @@ async fn cluster_status(State(api): State<Api>) -> Response {
         }))
         .await
         .ok();
+    // Only the leader keeps heartbeats: elsewhere health and status are null.
     let health = api.driver.health().await.ok();
-    Json(json!({ "member": raft, "members": members, "counts": counts, "health": health }))
-        .into_response()
+    let status = health.as_ref().map(|h| h.status);
+    Json(json!({
+        "member": raft,
+        "members": members,
+        "counts": counts,
+        "status": status,
+        "health": health,
+    }))
+    .into_response()
+}
+
+async fn rebalance_status(State(api): State<Api>) -> Response {
+    match api.driver.rebalance().await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn set_rebalance(
+    State(api): State<Api>,
+    Path(action): Path<String>,
+) -> Result<Response, Response> {
+    let enabled = match action.as_str() {
+        "start" | "resume" => true,
+        "pause" => false,
+        other => {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                format!("rebalance action {other:?}: start, pause or resume"),
+            ));
+        }
+    };
+    write(&api, Command::SetRebalance { enabled }).await?;
+    Ok(Json(json!({ "enabled": enabled })).into_response())
+}
+
+/// Marks every disk of storage node `id` (host `id`) out, so the scheduler moves its PG
+/// members elsewhere. One command per disk: a retry after a partial failure marks the rest.
+async fn drain_storage_node(
+    State(api): State<Api>,
+    Path(id): Path<u64>,
+) -> Result<Response, Response> {
+    let listed = api
+        .driver
+        .read(Box::new(move |state: &MetaState| {
+            let disks = state.disks().filter(|d| u64::from(d.host.0) == id);
+            let disks: Vec<String> = disks.map(|d| d.id.to_string()).collect();
+            if disks.is_empty() {
+                return Err(MetaError::NotFound {
+                    kind: "storage node",
+                    name: id.to_string(),
+                });
+            }
+            Ok(json!(disks))
+        }))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let mut marked = Vec::new();
+    for text in listed.as_array().into_iter().flatten() {
+        let disk = parse_disk_id(text.as_str().unwrap_or_default())?;
+        let command = Command::SetDiskState {
+            disk,
+            state: DiskState::Out,
+        };
+        write(&api, command).await?;
+        marked.push(disk.to_string());
+    }
+    Ok(Json(json!({ "node": id, "disks_out": marked })).into_response())
 }
 
 async fn list_storage_nodes(State(api): State<Api>) -> Response {
@@ -247,7 +323,8 @@ async fn heartbeat(
         ));
     }
     api.driver
-        .heartbeat(beat)
+        .report_heartbeat(beat)
+        .await
         .map_err(IntoResponse::into_response)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -367,7 +444,13 @@ fn pool_json(name: &str, pool: &crate::state::Pool, with_map: bool) -> Value {
             .map(|members| {
                 members
                     .iter()
-                    .map(|m| json!({ "disk": m.disk.to_string(), "replica": m.replica.0 }))
+                    .map(|m| {
+                        json!({
+                            "disk": m.disk.to_string(),
+                            "replica": m.replica.0,
+                            "joined": m.joined,
+                        })
+                    })
                     .collect()
             })
             .collect();

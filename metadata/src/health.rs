@@ -1,10 +1,13 @@
 //! Cluster health from storage-node heartbeats, pure: the caller passes each node's latest
 //! heartbeat with its age; nothing here reads a clock.
 //!
-//! Heartbeats live in the memory of the member that receives them (the leader, for nodes that
-//! follow it), never in the Raft log: they change every second and only their freshness
-//! matters. A member that becomes leader learns the nodes' state within one heartbeat
-//! interval.
+//! Heartbeats live in the leader's memory (followers refuse them, so nodes follow the leader),
+//! never in the Raft log: they change every second and only their freshness matters. A member
+//! that becomes leader learns the nodes' state within one heartbeat interval.
+//!
+//! The overall word ([`Overall`]): down if a PG has no member up, else recovering if a PG is
+//! settling (its members moving, see [`crate::scheduler`]), else degraded if a PG lacks a
+//! member or a leader, else healthy.
 //!
 //! A PG member is *up* when a heartbeat younger than the timeout from its node lists its
 //! replica. A PG is healthy when every member is up and one of them leads, down when no member
@@ -70,11 +73,48 @@ pub struct ReplicaReport {
     pub commit: u64,
     /// Its applied index.
     pub applied: u64,
+    /// The voters of the configuration it applied; reported by a PG's leader only (empty
+    /// otherwise). The scheduler counts a PG settled once these are its map's members.
+    #[serde(default)]
+    pub voters: Vec<ReplicaId>,
+    /// The learners of that configuration (members still copying), leader only.
+    #[serde(default)]
+    pub learners: Vec<ReplicaId>,
+    /// True while the replica copies the PG's chunks from a peer (a member that joined).
+    #[serde(default)]
+    pub restoring: bool,
+    /// Bytes copied into this replica from peers so far.
+    #[serde(default)]
+    pub restored_bytes: u64,
+    /// The replica refused a snapshot lately: it holds state, its log is behind the leader's
+    /// and it cannot take a copy, so it never catches up; the scheduler replaces it.
+    #[serde(default)]
+    pub needs_replacing: bool,
+}
+
+/// The cluster in one word, worst first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overall {
+    /// Some PG has no member up.
+    Down,
+    /// Some PG is settling (a member moving in) and none is down.
+    Recovering,
+    /// Some PG lacks a member or a leader, and nothing is moving.
+    Degraded,
+    /// Every PG has every member up and a leader.
+    #[default]
+    Healthy,
 }
 
 /// The cluster's health as heartbeats show it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Health {
+    /// The cluster in one word.
+    pub status: Overall,
+    /// PGs whose Raft configuration does not match their map yet (members moving); filled
+    /// by the leader from its scheduler's latest plan ([`Health::with_settling`]).
+    pub pgs_settling: u64,
     /// PGs with every member up and a leader.
     pub pgs_healthy: u64,
     /// PGs with some members up, or no leader.
@@ -122,6 +162,27 @@ pub struct DiskLatency {
     pub read_us: u64,
     /// Mean write latency, microseconds (0 before the first write).
     pub write_us: u64,
+}
+
+impl Health {
+    /// The same health with `settling` PGs moving members, and the overall word again.
+    pub fn with_settling(mut self, settling: u64) -> Health {
+        self.pgs_settling = settling;
+        self.status = self.overall();
+        self
+    }
+
+    fn overall(&self) -> Overall {
+        if self.pgs_down > 0 {
+            Overall::Down
+        } else if self.pgs_settling > 0 {
+            Overall::Recovering
+        } else if self.pgs_degraded > 0 {
+            Overall::Degraded
+        } else {
+            Overall::Healthy
+        }
+    }
 }
 
 /// Health of `state`'s pools and disks given each node's latest heartbeat and its age.
@@ -192,6 +253,7 @@ pub fn summarize(
                 .collect(),
         });
     }
+    health.status = health.overall();
     health
 }
 
@@ -255,6 +317,11 @@ mod tests {
                         term: 6,
                         commit: 9,
                         applied: 9,
+                        voters: Vec::new(),
+                        learners: Vec::new(),
+                        restoring: false,
+                        restored_bytes: 0,
+                        needs_replacing: false,
                     })
                     .collect(),
             })
@@ -285,6 +352,22 @@ mod tests {
         assert_eq!(health.nodes[0].leaders, 4);
         assert_eq!(health.nodes[0].disks[0].read_us, 30);
         assert_eq!(health.nodes[0].disks[0].write_us, 50);
+        assert_eq!(health.status, Overall::Healthy);
+        assert_eq!(health.with_settling(1).status, Overall::Recovering);
+    }
+
+    /// Goal: heartbeats from nodes built before the recovery fields still decode. Method: a
+    /// replica report without them.
+    #[test]
+    fn replica_reports_without_recovery_fields_decode() {
+        let old = r#"{"group":4294967296,"replica":1099511627777,"leader":true,"term":2,
+            "commit":5,"applied":5}"#;
+        let report: ReplicaReport = serde_json::from_str(old).expect("old report");
+        assert!(report.voters.is_empty() && report.learners.is_empty());
+        assert!(!report.restoring);
+        assert_eq!(report.restored_bytes, 0);
+        let unknown = old.replace("\"term\"", "\"terms\"");
+        assert!(serde_json::from_str::<ReplicaReport>(&unknown).is_err());
     }
 
     #[test]
@@ -296,6 +379,7 @@ mod tests {
             Duration::from_secs(30),
         );
         assert_eq!((health.pgs_healthy, health.pgs_degraded), (0, 4));
+        assert_eq!(health.status, Overall::Degraded);
         assert_eq!(health.disks_in_silent, 1);
         let stale = summarize(
             &state,
@@ -303,6 +387,7 @@ mod tests {
             Duration::from_secs(30),
         );
         assert_eq!(stale.pgs_down, 4);
+        assert_eq!(stale.clone().with_settling(2).status, Overall::Down);
         assert!(stale.nodes.iter().all(|n| !n.fresh));
         let leaderless = summarize(
             &state,

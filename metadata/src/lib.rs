@@ -8,17 +8,21 @@
 //! - [`codec`]: the versioned encoding of commands in the Raft log and of stored records.
 //! - [`store`]: the state machine persisted in RocksDB (one record per object, keys by prefix),
 //!   with snapshots for Raft log compaction and its crash ordering.
+//! - [`health`]: cluster health from storage-node heartbeats.
+//! - [`scheduler`]: the pure planner of recovery and rebalance moves (PG members from lost,
+//!   drained or fuller disks to others), run by the leader every second.
 //! - [`server`]: `cairn meta`, one member of the metadata Raft group: the Raft node on its file
 //!   log, the store as its state machine, the mutual-TLS transport.
 //! - [`api`]: the admin API (axum, JSON, bearer token) the CLI and the Cinder driver use.
 //!
-//! Pure modules here (placement, state, codec) do no IO, read no clock and spawn
-//! nothing. This crate must not depend on storage-node or any gateway.
+//! Pure modules here (placement, state, codec, health, scheduler) do no IO, read no clock and
+//! spawn nothing. This crate must not depend on storage-node or any gateway.
 
 pub mod api;
 pub mod codec;
 pub mod health;
 pub mod placement;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;

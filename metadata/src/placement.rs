@@ -25,8 +25,8 @@
 //! members, the one leading fewest PGs so far for its capacity, so leadership (where reads and
 //! write ordering happen) spreads over the disks too.
 //!
-//! Not yet: minimal movement when the map changes (the rebalance planner of issue 4 starts from
-//! the current PG map rather than from scratch).
+//! Placement runs once, when a pool is created. Later changes start from the current PG map
+//! and move one member at a time ([`crate::scheduler`]), rather than placing from scratch.
 
 use std::collections::BTreeMap;
 
@@ -87,7 +87,7 @@ pub struct Disk {
 
 impl Disk {
     /// The failure domain this disk belongs to at `level`, as a comparable key.
-    fn domain(&self, level: FailureDomain) -> (u32, u32, u32, [u8; 16]) {
+    pub(crate) fn domain(&self, level: FailureDomain) -> (u32, u32, u32, [u8; 16]) {
         match level {
             FailureDomain::Site => (self.site.0, 0, 0, [0; 16]),
             FailureDomain::Rack => (self.site.0, self.rack.0, 0, [0; 16]),

@@ -17,6 +17,12 @@
 //! [`Request::Rejoin`]), never as its old one: the old replica may have voted in a term the new
 //! one knows nothing of, and voting again in that term could elect two leaders.
 //!
+//! The leader alone keeps the storage nodes' heartbeats (a follower answers them with "not the
+//! leader", so nodes follow the leader) and, every [`SCHEDULE_INTERVAL`], runs the
+//! [`crate::scheduler`] and proposes the PG member moves it plans, like any other
+//! command. It waits for those to be applied before it plans again, so no plan starts from a
+//! map its own earlier moves are about to change.
+//!
 //! Crash ordering: the Raft log is synced before anything is acknowledged; the state machine
 //! is written without sync (see [`crate::store`]) and replayed from the log after a crash, so
 //! compaction first flushes the state machine, then records the snapshot in the log.
@@ -43,6 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     codec::{decode_command, encode_command},
     health::{HEARTBEAT_NODES_MAX, Health, Heartbeat},
+    scheduler::{self, Plan, SchedulerInput, Settling},
     state::{Applied, Command, MetaError, MetaState},
     store::MetaStore,
 };
@@ -54,6 +61,13 @@ pub const META_GROUP: GroupId = GroupId::META;
 const REQUEST_QUEUE_MAX: usize = 1024;
 /// Envelope prefix: proposer id, incarnation, counter.
 const ENVELOPE_BYTES: usize = 24;
+/// How often the leader plans recovery and rebalance moves: heartbeats arrive every second,
+/// so planning more often would only see the same view again.
+pub const SCHEDULE_INTERVAL: Duration = Duration::from_secs(1);
+/// Plans skipped at most while the moves proposed earlier wait to be applied. Proposals of a
+/// leader that keeps leading commit within a few round trips; after this many intervals the
+/// answers are given up on, so one lost answer cannot stop recovery for good.
+const MOVES_PENDING_PLANS_MAX: u64 = 10;
 
 /// A member of the metadata group and where it listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,10 +156,27 @@ pub enum Request {
     Rejoin(NodeId, oneshot::Sender<Result<ReplicaId, RequestError>>),
     /// This member hosts the replica the group added for it (after its own `Rejoin`).
     Host(ReplicaId),
-    /// A storage node's heartbeat, kept in memory.
-    Heartbeat(Heartbeat),
-    /// The cluster's health from heartbeats and this member's state (not linearizable).
-    Health(oneshot::Sender<Health>),
+    /// A storage node's heartbeat, kept in memory by the leader; a follower drops it and
+    /// answers (if asked to) that it is not the leader.
+    Heartbeat(Heartbeat, Option<oneshot::Sender<Result<(), RequestError>>>),
+    /// The cluster's health from heartbeats and this member's state (not linearizable;
+    /// leader only, since only the leader keeps heartbeats).
+    Health(oneshot::Sender<Result<Health, RequestError>>),
+    /// The scheduler's latest plan and the rebalance switch (leader only).
+    Rebalance(oneshot::Sender<Result<RebalanceView, RequestError>>),
+}
+
+/// The leader's recovery and rebalance status, for `cairn rebalance status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RebalanceView {
+    /// Whether rebalancing is on (recovery always is).
+    pub enabled: bool,
+    /// PGs settling, from the latest plan.
+    pub settling: Vec<Settling>,
+    /// Moves the latest plan proposed.
+    pub moves_planned: u64,
+    /// PGs in all pools, settled or not.
+    pub pgs_total: u64,
 }
 
 /// This member's view of the group, for `cairn cluster status`.
@@ -209,16 +240,28 @@ impl DriverHandle {
         self.ask(|tx| Request::Rejoin(id, tx)).await
     }
 
-    /// Hands a storage node's heartbeat to the driver.
+    /// Hands a storage node's heartbeat to the driver without waiting (an in-process node,
+    /// as in `cairn dev`); a member that does not lead drops it.
     pub fn heartbeat(&self, beat: Heartbeat) -> Result<(), RequestError> {
         self.requests
-            .try_send(Request::Heartbeat(beat))
+            .try_send(Request::Heartbeat(beat, None))
             .map_err(|_| RequestError::Unavailable("metadata service busy"))
     }
 
-    /// The cluster's health as this member's heartbeats show it.
+    /// Hands a storage node's heartbeat to the driver; [`RequestError::NotLeader`] if this
+    /// member does not lead.
+    pub async fn report_heartbeat(&self, beat: Heartbeat) -> Result<(), RequestError> {
+        self.ask(|tx| Request::Heartbeat(beat, Some(tx))).await
+    }
+
+    /// The cluster's health as the leader's heartbeats show it.
     pub async fn health(&self) -> Result<Health, RequestError> {
-        self.ask_local(Request::Health).await
+        self.ask(Request::Health).await
+    }
+
+    /// The scheduler's status (leader only).
+    pub async fn rebalance(&self) -> Result<RebalanceView, RequestError> {
+        self.ask(Request::Rebalance).await
     }
 
     /// This member's Raft status.
@@ -376,10 +419,24 @@ struct Driver {
     fresh: bool,
     /// A rejoin in progress (one at a time: raft takes one membership change at a time).
     rejoin: Option<Rejoin>,
-    /// Each storage node's latest heartbeat and when it arrived.
+    /// Each storage node's latest heartbeat and when it arrived (leader only).
     heartbeats: BTreeMap<u64, (tokio::time::Instant, Heartbeat)>,
     heartbeat_timeout: Duration,
+    /// When this member last became leader; none while it does not lead.
+    leading_since: Option<tokio::time::Instant>,
+    /// Ticks since start, to plan every [`SCHEDULE_INTERVAL`].
+    ticks: u64,
+    /// Ticks per [`SCHEDULE_INTERVAL`].
+    schedule_ticks: u64,
+    /// The scheduler's latest plan (empty while not leading).
+    plan: Plan,
+    /// Moves proposed and not yet answered, and the plans skipped waiting for them.
+    moves_pending: Vec<PendingMove>,
+    plans_skipped: u64,
 }
+
+/// A move this leader proposed: the command, and where its outcome arrives.
+type PendingMove = (Command, oneshot::Receiver<Result<Applied, RequestError>>);
 
 impl Driver {
     fn open(config: &ServerConfig, transport: Arc<TcpTransport>) -> Result<Driver, ServerError> {
@@ -430,6 +487,12 @@ impl Driver {
             rejoin: None,
             heartbeats: BTreeMap::new(),
             heartbeat_timeout: config.heartbeat_timeout,
+            leading_since: None,
+            ticks: 0,
+            schedule_ticks: schedule_ticks(config.tick),
+            plan: Plan::default(),
+            moves_pending: Vec::new(),
+            plans_skipped: 0,
         })
     }
 
@@ -447,6 +510,10 @@ impl Driver {
                     self.node.tick();
                     self.proposals.retain(|_, tx| !tx.is_closed());
                     self.reads.retain(|_, (_, tx)| !tx.is_closed());
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(self.schedule_ticks) {
+                        self.schedule();
+                    }
                 }
                 Some((_, batch)) = incoming.recv() => self.node.step(batch),
                 Some(request) = requests.recv() => self.handle(request),
@@ -498,23 +565,52 @@ impl Driver {
             Request::Status(reply) => {
                 let _ = reply.send(self.view());
             }
-            Request::Heartbeat(beat) => {
-                let known = self.heartbeats.contains_key(&beat.node);
-                if known || self.heartbeats.len() < HEARTBEAT_NODES_MAX {
-                    self.heartbeats
-                        .insert(beat.node, (tokio::time::Instant::now(), beat));
+            Request::Heartbeat(beat, reply) => {
+                let outcome = if self.leading_since.is_none() {
+                    Err(self.not_leader())
+                } else {
+                    let known = self.heartbeats.contains_key(&beat.node);
+                    if known || self.heartbeats.len() < HEARTBEAT_NODES_MAX {
+                        self.heartbeats
+                            .insert(beat.node, (tokio::time::Instant::now(), beat));
+                    }
+                    Ok(())
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
                 }
             }
             Request::Health(reply) => {
-                let now = tokio::time::Instant::now();
-                let aged = self
-                    .heartbeats
-                    .iter()
-                    .map(|(node, (at, beat))| (*node, (now - *at, beat.clone())))
-                    .collect();
-                let health =
-                    crate::health::summarize(self.store.state(), &aged, self.heartbeat_timeout);
+                let health = match self.leading_since {
+                    None => Err(self.not_leader()),
+                    Some(_) => {
+                        let aged = self.aged_heartbeats();
+                        let health = crate::health::summarize(
+                            self.store.state(),
+                            &aged,
+                            self.heartbeat_timeout,
+                        );
+                        Ok(health.with_settling(self.plan.settling.len() as u64))
+                    }
+                };
                 let _ = reply.send(health);
+            }
+            Request::Rebalance(reply) => {
+                let view = match self.leading_since {
+                    None => Err(self.not_leader()),
+                    Some(_) => Ok(RebalanceView {
+                        enabled: self.store.state().rebalance_enabled(),
+                        settling: self.plan.settling.clone(),
+                        moves_planned: self.plan.moves.len() as u64,
+                        pgs_total: self
+                            .store
+                            .state()
+                            .pools()
+                            .map(|(_, p)| u64::from(p.policy.pg_count))
+                            .sum(),
+                    }),
+                };
+                let _ = reply.send(view);
             }
             Request::Rejoin(id, reply) => match self.start_rejoin(id) {
                 Ok(new) => self.rejoin = Some((new, reply)),
@@ -535,6 +631,77 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Each heartbeat with its age.
+    fn aged_heartbeats(&self) -> BTreeMap<u64, (Duration, Heartbeat)> {
+        let now = tokio::time::Instant::now();
+        self.heartbeats
+            .iter()
+            .map(|(node, (at, beat))| (*node, (now - *at, beat.clone())))
+            .collect()
+    }
+
+    /// "Not the leader", naming the leader if this member knows it.
+    fn not_leader(&self) -> RequestError {
+        let status = self.replica.and_then(|r| self.node.status(r));
+        let leader = status.and_then(|s| s.leader);
+        self.refusal(ProposeError::NotLeader { leader })
+    }
+
+    /// Plans recovery and rebalance moves and proposes them (leader only). Fire and forget:
+    /// outcomes are logged when they arrive; the next plan waits for them.
+    fn schedule(&mut self) {
+        let Some(since) = self.leading_since else {
+            return;
+        };
+        self.collect_move_outcomes();
+        if !self.moves_pending.is_empty() && self.plans_skipped < MOVES_PENDING_PLANS_MAX {
+            self.plans_skipped += 1;
+            return;
+        }
+        self.moves_pending.clear();
+        self.plans_skipped = 0;
+        let heartbeats = self.aged_heartbeats();
+        let plan = scheduler::plan(&SchedulerInput {
+            state: self.store.state(),
+            heartbeats: &heartbeats,
+            timeout: self.heartbeat_timeout,
+            leading_for: since.elapsed(),
+        });
+        for command in &plan.moves {
+            if let Command::MovePgMember { pool, pg, from, to } = command {
+                tracing::info!(%pool, pg, %from, %to, "proposing a PG member move");
+            }
+            let (tx, rx) = oneshot::channel();
+            self.handle(Request::Propose(command.clone(), tx));
+            self.moves_pending.push((command.clone(), rx));
+        }
+        self.plan = plan;
+    }
+
+    /// Logs the outcome of each proposed move that has one.
+    fn collect_move_outcomes(&mut self) {
+        self.moves_pending.retain_mut(|(command, rx)| {
+            let outcome = match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return true,
+                Err(oneshot::error::TryRecvError::Closed) => return false,
+                Ok(outcome) => outcome,
+            };
+            let Command::MovePgMember { pool, pg, from, to } = command else {
+                return false;
+            };
+            match outcome {
+                Ok(applied) => {
+                    tracing::info!(%pool, pg, %from, %to, ?applied, "PG member move applied");
+                }
+                Err(RequestError::Refused(e)) => {
+                    tracing::warn!(%pool, pg, %from, %to, "PG member move refused: {e}");
+                }
+                Err(e) => tracing::warn!(%pool, pg, %from, %to, "PG member move lost: {e:?}"),
+            }
+            false
+        });
     }
 
     /// This member's replica, or `UnknownReplica` while it has none.
@@ -687,6 +854,14 @@ impl Driver {
                         "leadership changed before the request committed; retry",
                     )));
                 }
+                // Heartbeats and plans are the leader's: the next leader builds its own.
+                self.heartbeats.clear();
+                self.plan = Plan::default();
+                self.moves_pending.clear();
+                self.leading_since = None;
+            }
+            if status.role == StateRole::Leader {
+                self.leading_since = Some(tokio::time::Instant::now());
             }
             self.role = status.role;
         }
@@ -781,6 +956,13 @@ fn apply_one(
             Ok(mine.then_some((counter, outcome)))
         }
     }
+}
+
+/// Ticks per [`SCHEDULE_INTERVAL`] (at least one).
+fn schedule_ticks(tick: Duration) -> u64 {
+    let tick_nanos = tick.as_nanos().max(1);
+    let ticks = SCHEDULE_INTERVAL.as_nanos().div_ceil(tick_nanos);
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
 fn role_name(role: StateRole) -> &'static str {

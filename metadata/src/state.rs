@@ -80,6 +80,12 @@ pub struct PgMember {
     pub disk: DiskId,
     /// The Raft replica.
     pub replica: ReplicaId,
+    /// True for a member added after the pool was created ([`Command::MovePgMember`]): its
+    /// node hosts it with an empty Raft log and the PG's leader adds it as a learner, instead
+    /// of bootstrapping it with the PG's first configuration. Left out of the encoding when
+    /// false, so records written before the field existed encode the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joined: bool,
 }
 
 /// The storage node that serves a host's disks: host `h` is node `h` (hosts number from 1).
@@ -254,6 +260,26 @@ pub enum Command {
         /// The key's id.
         access_key_id: String,
     },
+    /// Replaces one member of a PG by a new replica on another disk (recovery or rebalance).
+    /// The new member gets a new replica id and `joined` set; the pool's epoch is bumped. If
+    /// the replaced member was the preferred leader (first), the new one goes last, since the
+    /// preferred leader must hold the PG's data; otherwise it takes the old one's place.
+    MovePgMember {
+        /// The pool.
+        pool: String,
+        /// The PG's index in the pool.
+        pg: u32,
+        /// The member replaced.
+        from: ReplicaId,
+        /// The disk of the new member.
+        to: DiskId,
+    },
+    /// Lets the scheduler rebalance PGs onto new or emptier disks, or stops it (recovery of
+    /// lost members goes on either way).
+    SetRebalance {
+        /// True to rebalance.
+        enabled: bool,
+    },
 }
 
 /// Why a command was refused. Nothing changed.
@@ -262,7 +288,7 @@ pub enum MetaError {
     /// The thing named does not exist (404).
     #[error("{kind} {name} not found")]
     NotFound {
-        /// "disk", "pool", "volume", "tenant" or "access key".
+        /// "disk", "pool", "volume", "tenant", "access key", "PG member" or "storage node".
         kind: &'static str,
         /// Its name or id.
         name: String,
@@ -302,6 +328,8 @@ pub enum Applied {
     Volume(OwnerId),
     /// A tenant was created with this id.
     Tenant(TenantId),
+    /// A PG member was moved; the new member's replica.
+    Replica(ReplicaId),
 }
 
 /// The last id handed out of each kind; the next one is one more. Ids are never reused.
@@ -314,6 +342,22 @@ pub(crate) struct Counters {
     /// Per host, the last replica number handed out on its node.
     #[serde(default)]
     pub(crate) replicas: BTreeMap<u32, u64>,
+}
+
+/// Cluster-wide switches an operator sets. Stored as one record; fields added later take
+/// their default when an older record lacks them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Settings {
+    /// Whether the scheduler rebalances PGs (recovery is not affected).
+    pub(crate) rebalance: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        // A new cluster rebalances: a disk added later should fill without an operator step.
+        Settings { rebalance: true }
+    }
 }
 
 /// The whole metadata state.
@@ -329,6 +373,7 @@ pub struct MetaState {
     pub(crate) tenants: BTreeMap<String, Tenant>,
     pub(crate) access_keys: BTreeMap<String, AccessKey>,
     pub(crate) counters: Counters,
+    pub(crate) settings: Settings,
 }
 
 /// Checks a pool, volume or tenant name: such names become store keys, so they hold no `/`.
@@ -448,6 +493,13 @@ impl MetaState {
                     }),
                 }
             }
+            Command::MovePgMember { pool, pg, from, to } => {
+                self.move_pg_member(&pool, pg, from, to)
+            }
+            Command::SetRebalance { enabled } => {
+                self.settings.rebalance = enabled;
+                Ok(Applied::Done)
+            }
         }
     }
 
@@ -501,6 +553,7 @@ impl MetaState {
                     PgMember {
                         disk: disks[i].id,
                         replica: ReplicaId::new(host_node(host), *number),
+                        joined: false,
                     }
                 })
                 .collect();
@@ -518,6 +571,99 @@ impl MetaState {
             },
         );
         Ok(Applied::Pool(id))
+    }
+
+    fn move_pg_member(
+        &mut self,
+        pool_name: &str,
+        pg: u32,
+        from: ReplicaId,
+        to: DiskId,
+    ) -> Result<Applied, MetaError> {
+        let pool = self
+            .pools
+            .get(pool_name)
+            .ok_or_else(|| MetaError::NotFound {
+                kind: "pool",
+                name: pool_name.to_string(),
+            })?;
+        if pg >= pool.policy.pg_count {
+            return Err(MetaError::Invalid(format!(
+                "pool {pool_name} has {} PGs; there is no PG {pg}",
+                pool.policy.pg_count
+            )));
+        }
+        let members = &pool.pg_map[pg as usize];
+        let index = members.iter().position(|m| m.replica == from);
+        let index = index.ok_or_else(|| MetaError::NotFound {
+            kind: "PG member",
+            name: format!("{from} of {pool_name}/{pg}"),
+        })?;
+        let target = self.disks.get(&to).ok_or_else(|| MetaError::NotFound {
+            kind: "disk",
+            name: to.to_string(),
+        })?;
+        self.check_target(pool, pg, index, target)?;
+        let host = target.host;
+        let number = self.counters.replicas.entry(host.0).or_default();
+        *number += 1;
+        let joined = PgMember {
+            disk: to,
+            replica: ReplicaId::new(host_node(host), *number),
+            joined: true,
+        };
+        let pool = self
+            .pools
+            .get_mut(pool_name)
+            .expect("invariant: the pool was found above");
+        let members = &mut pool.pg_map[pg as usize];
+        if index == 0 {
+            // The preferred leader must hold the PG's data: the next member takes its place.
+            members.remove(0);
+            members.push(joined);
+        } else {
+            members[index] = joined;
+        }
+        pool.epoch += 1;
+        Ok(Applied::Replica(joined.replica))
+    }
+
+    /// Checks that `target` may take the place of member `index` of PG `pg` of `pool`: in
+    /// service, holding no member of the PG, in a failure domain no remaining member uses.
+    fn check_target(
+        &self,
+        pool: &Pool,
+        pg: u32,
+        index: usize,
+        target: &Disk,
+    ) -> Result<(), MetaError> {
+        if target.state != DiskState::In {
+            return Err(MetaError::Invalid(format!(
+                "disk {} is out of service",
+                target.id
+            )));
+        }
+        let members = &pool.pg_map[pg as usize];
+        if members.iter().any(|m| m.disk == target.id) {
+            return Err(MetaError::Invalid(format!(
+                "disk {} already holds a member of PG {pg}",
+                target.id
+            )));
+        }
+        let level = pool.policy.domain;
+        let shared = members
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .filter_map(|(_, m)| self.disks.get(&m.disk))
+            .any(|d| d.domain(level) == target.domain(level));
+        if shared {
+            return Err(MetaError::Invalid(format!(
+                "disk {} shares a {level:?} failure domain with a member of PG {pg}",
+                target.id
+            )));
+        }
+        Ok(())
     }
 
     fn create_volume(
@@ -668,6 +814,11 @@ impl MetaState {
     /// Volumes in name order.
     pub fn volumes(&self) -> impl Iterator<Item = (&String, &Volume)> {
         self.volumes.iter()
+    }
+
+    /// Whether the scheduler may rebalance PGs ([`Command::SetRebalance`]).
+    pub fn rebalance_enabled(&self) -> bool {
+        self.settings.rebalance
     }
 
     /// A tenant by name.
@@ -1055,6 +1206,202 @@ pub(crate) mod tests {
         }
     }
 
+    /// Four disks on hosts 1-4 and a pool "p" of 4 PGs with 3 replicas each (host domain),
+    /// then disk 5 on host 5 (no member yet).
+    fn move_cluster() -> MetaState {
+        let mut state = MetaState::default();
+        for n in 0..4u8 {
+            let applied = state.apply(Command::RegisterDisk(disk(n, 1 + u32::from(n))));
+            assert_eq!(applied, Ok(Applied::Done));
+        }
+        let pool = Command::CreatePool {
+            name: "p".into(),
+            replicas: 3,
+            domain: FailureDomain::Host,
+            pg_count: 4,
+        };
+        assert_eq!(state.apply(pool), Ok(Applied::Pool(PoolId(1))));
+        let applied = state.apply(Command::RegisterDisk(disk(5, 5)));
+        assert_eq!(applied, Ok(Applied::Done));
+        state
+    }
+
+    fn move_member(pg: u32, from: ReplicaId, to: u8) -> Command {
+        Command::MovePgMember {
+            pool: "p".into(),
+            pg,
+            from,
+            to: DiskId([to; 16]),
+        }
+    }
+
+    /// Goal: a move replaces the member by a new, joined replica on the target's host, keeps
+    /// a data-holding member first, and bumps the epoch. Method: move a middle member, then
+    /// the first one; check the map, the ids and the epoch.
+    #[test]
+    fn move_pg_member_replaces_in_place_or_appends_the_first() {
+        let mut state = move_cluster();
+        let before = state.pool("p").expect("pool").clone();
+        let members = before.pg_map[0].clone();
+        let used = |host: u32| members.iter().any(|m| state.disks[&m.disk].host.0 == host);
+        let free = (1..=4)
+            .find(|h| !used(*h))
+            .expect("one host of four is free");
+        let to = u8::try_from(free - 1).expect("disk n sits on host n + 1");
+        let counter = state.counters.replicas.get(&free).copied().unwrap_or(0);
+        let applied = state.apply(move_member(0, members[1].replica, to));
+        let new = ReplicaId::new(NodeId(u64::from(free)), counter + 1);
+        assert_eq!(applied, Ok(Applied::Replica(new)));
+        let pool = state.pool("p").expect("pool");
+        let expected = PgMember {
+            disk: DiskId([to; 16]),
+            replica: new,
+            joined: true,
+        };
+        assert_eq!(
+            pool.pg_map[0],
+            vec![members[0], expected, members[2]],
+            "a member other than the first is replaced in place"
+        );
+        assert_eq!(pool.epoch, before.epoch + 1);
+        assert_eq!(
+            &pool.pg_map[1..],
+            &before.pg_map[1..],
+            "other PGs unchanged"
+        );
+
+        let from = state.pool("p").expect("pool").pg_map[0][0].replica;
+        let applied = state.apply(move_member(0, from, 5));
+        assert!(matches!(applied, Ok(Applied::Replica(_))), "{applied:?}");
+        let pool = state.pool("p").expect("pool");
+        assert_eq!(pool.pg_map[0][0], expected, "the next member leads");
+        assert_eq!(pool.pg_map[0][1], members[2]);
+        assert_eq!(
+            pool.pg_map[0][2].disk,
+            DiskId([5; 16]),
+            "the new member goes last"
+        );
+        assert_eq!(state.invariant_violation(), None);
+    }
+
+    /// Goal: each documented refusal of a move, and a refused move changes nothing. Method:
+    /// one command per refusal against the same state.
+    #[test]
+    fn move_pg_member_refusals() {
+        let mut state = move_cluster();
+        let members = state.pool("p").expect("pool").pg_map[0].clone();
+        let free = (1..=4u32)
+            .find(|h| !members.iter().any(|m| state.disks[&m.disk].host.0 == *h))
+            .expect("free host");
+        let free_disk = u8::try_from(free - 1).expect("disk");
+        let from = members[1].replica;
+        // Disk 6 shares a host with the PG's third member.
+        let third_host = state.disks[&members[2].disk].host.0;
+        let applied = state.apply(Command::RegisterDisk(disk(6, third_host)));
+        assert_eq!(applied, Ok(Applied::Done));
+        let before = state.clone();
+        let other_pool = Command::MovePgMember {
+            pool: "nope".into(),
+            pg: 0,
+            from,
+            to: DiskId([free_disk; 16]),
+        };
+        assert!(matches!(
+            state.apply(other_pool),
+            Err(MetaError::NotFound { kind: "pool", .. })
+        ));
+        assert!(matches!(
+            state.apply(move_member(4, from, free_disk)),
+            Err(MetaError::Invalid(_))
+        ));
+        let stranger = ReplicaId::new(NodeId(u64::from(free)), 999);
+        assert!(matches!(
+            state.apply(move_member(0, stranger, free_disk)),
+            Err(MetaError::NotFound {
+                kind: "PG member",
+                ..
+            })
+        ));
+        assert!(matches!(
+            state.apply(move_member(0, from, 42)),
+            Err(MetaError::NotFound { kind: "disk", .. })
+        ));
+        let taken = state.disks[&members[2].disk].id.0[0];
+        assert!(matches!(
+            state.apply(move_member(0, from, taken)),
+            Err(MetaError::Invalid(_))
+        ));
+        let shared = state.apply(move_member(0, from, 6));
+        let Err(MetaError::Invalid(message)) = shared else {
+            panic!("a shared host accepted: {shared:?}");
+        };
+        assert!(message.contains("failure domain"), "{message}");
+        assert_eq!(state, before, "refusals changed nothing");
+        state
+            .apply(Command::SetDiskState {
+                disk: DiskId([free_disk; 16]),
+                state: DiskState::Out,
+            })
+            .expect("out");
+        let out = state.apply(move_member(0, from, free_disk));
+        let Err(MetaError::Invalid(message)) = out else {
+            panic!("an out disk accepted: {out:?}");
+        };
+        assert!(message.contains("out of service"), "{message}");
+    }
+
+    /// Goal: rebalancing is on by default and the switch applies. Method: flip it.
+    #[test]
+    fn rebalance_switch_defaults_on() {
+        let mut state = MetaState::default();
+        assert!(state.rebalance_enabled());
+        let off = Command::SetRebalance { enabled: false };
+        assert_eq!(state.apply(off), Ok(Applied::Done));
+        assert!(!state.rebalance_enabled());
+        let on = Command::SetRebalance { enabled: true };
+        assert_eq!(state.apply(on), Ok(Applied::Done));
+        assert!(state.rebalance_enabled());
+    }
+
+    /// Member selectors: a move's `from` below this (node 0, never a real replica) names the
+    /// PG's member at that index, modulo the PG's size (see [`resolve`]).
+    const SELECTORS: u64 = 3;
+
+    /// Replaces a move's member selector by the member it selects in `state`, if the PG
+    /// exists; every other command is returned as it is. A test applying `command()`s resolves
+    /// each against its state first, so that random moves name real members.
+    pub(crate) fn resolve(state: &MetaState, command: Command) -> Command {
+        let Command::MovePgMember { pool, pg, from, to } = command else {
+            return command;
+        };
+        let members = state
+            .pools
+            .get(&pool)
+            .and_then(|p| p.pg_map.get(pg as usize));
+        let from = match members {
+            Some(members) if from.0 < SELECTORS && !members.is_empty() => {
+                members[(from.0 as usize) % members.len()].replica
+            }
+            _ => from,
+        };
+        Command::MovePgMember { pool, pg, from, to }
+    }
+
+    /// Disks 0-6 on hosts 1-5 and a pool "a" of 4 PGs with 3 replicas: a cluster where
+    /// moves can apply, for random sequences to start from.
+    pub(crate) fn setup() -> Vec<Command> {
+        let mut commands: Vec<Command> = (0..7u8)
+            .map(|n| Command::RegisterDisk(disk(n, 1 + u32::from(n % 5))))
+            .collect();
+        commands.push(Command::CreatePool {
+            name: "a".into(),
+            replicas: 3,
+            domain: FailureDomain::Host,
+            pg_count: 4,
+        });
+        commands
+    }
+
     /// Commands over small name sets, so that they collide: valid and invalid names, ids and
     /// secrets, so both applied and refused commands are drawn.
     pub(crate) fn command() -> impl Strategy<Value = Command> {
@@ -1078,6 +1425,12 @@ pub(crate) mod tests {
         let secret = prop_oneof![
             Just(SecretKey::new(SECRET.to_string())),
             Just(SecretKey::new("too short".to_string())),
+        ];
+        // Mostly the pool `setup` creates.
+        let moved_pool = prop_oneof![3 => Just("a".to_string()), 1 => name.clone()];
+        let member = prop_oneof![
+            (1u64..5, 1u64..12).prop_map(|(node, number)| ReplicaId::new(NodeId(node), number)),
+            (0..SELECTORS).prop_map(ReplicaId),
         ];
         prop_oneof![
             (0u8..8, 1u32..5).prop_map(|(n, host)| Command::RegisterDisk(disk(n, host))),
@@ -1115,14 +1468,27 @@ pub(crate) mod tests {
             name.clone().prop_map(|name| Command::DeleteVolume { name }),
             name.clone().prop_map(|name| Command::CreateTenant { name }),
             name.clone().prop_map(|name| Command::DeleteTenant { name }),
-            (name, key_id.clone(), secret).prop_map(|(tenant, access_key_id, secret_key)| {
-                Command::CreateAccessKey {
-                    tenant,
-                    access_key_id,
-                    secret_key,
+            (name.clone(), key_id.clone(), secret).prop_map(
+                |(tenant, access_key_id, secret_key)| {
+                    Command::CreateAccessKey {
+                        tenant,
+                        access_key_id,
+                        secret_key,
+                    }
+                }
+            ),
+            key_id.prop_map(|access_key_id| Command::DeleteAccessKey { access_key_id }),
+            // Either a replica id (rarely a member) or a member selector that `resolve`
+            // turns into a member of the PG, so that moves apply too.
+            (moved_pool, 0u32..4, member, 0u8..8).prop_map(|(pool, pg, from, to)| {
+                Command::MovePgMember {
+                    pool,
+                    pg,
+                    from,
+                    to: DiskId([to; 16]),
                 }
             }),
-            key_id.prop_map(|access_key_id| Command::DeleteAccessKey { access_key_id }),
+            any::<bool>().prop_map(|enabled| Command::SetRebalance { enabled }),
         ]
     }
 
@@ -1131,9 +1497,14 @@ pub(crate) mod tests {
         /// invariants hold. Method: random command sequences applied to two states (one also
         /// cloned before each command to compare on refusal).
         #[test]
-        fn apply_is_deterministic_atomic_and_keeps_invariants(commands in proptest::collection::vec(command(), 1..60)) {
+        fn apply_is_deterministic_atomic_and_keeps_invariants(
+            set_up in any::<bool>(),
+            commands in proptest::collection::vec(command(), 1..60),
+        ) {
             let (mut a, mut b) = (MetaState::default(), MetaState::default());
-            for command in commands {
+            let prefix = if set_up { setup() } else { Vec::new() };
+            for command in prefix.into_iter().chain(commands) {
+                let command = resolve(&a, command);
                 let before = a.clone();
                 let result_a = a.apply(command.clone());
                 let result_b = b.apply(command);
@@ -1160,6 +1531,14 @@ pub(crate) mod tests {
                             members.iter().map(|m| m.replica).collect();
                         prop_assert_eq!(replicas.len(), members.len(), "distinct replicas");
                     }
+                }
+                if let Ok(Applied::Replica(new)) = result_a {
+                    let placed = a.pools.values().flat_map(|p| p.pg_map.iter().flatten());
+                    let placed: Vec<_> = placed.filter(|m| m.replica == new).collect();
+                    prop_assert_eq!(placed.len(), 1, "a new replica id is used once");
+                    prop_assert!(placed[0].joined, "a moved-in member is marked joined");
+                    let moved = before.pools.values().flat_map(|p| p.pg_map.iter().flatten());
+                    prop_assert!(moved.clone().all(|m| m.replica != new), "the id is new");
                 }
             }
         }

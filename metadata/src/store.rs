@@ -16,6 +16,7 @@
 //! | `ten/<name>`              | [`Tenant`](crate::state::Tenant)              |
 //! | `key/<access key id>`     | [`AccessKey`](crate::state::AccessKey) (holds the secret) |
 //! | `sys/counters`            | the last pool, owner and tenant ids handed out |
+//! | `sys/settings`            | operator switches (rebalance on or off)       |
 //! | `sys/applied`             | the index of the last Raft entry applied      |
 //!
 //! Names and access key ids hold no `/` (the state refuses them), so each key parses back
@@ -83,13 +84,16 @@ use rocksdb::{
 use crate::{
     codec::{self, CodecError},
     placement::Disk,
-    state::{self, Applied, Command, Counters, MetaError, MetaState},
+    state::{self, Applied, Command, Counters, MetaError, MetaState, Settings},
 };
 
 /// The key of the applied index.
 const APPLIED_KEY: &[u8] = b"sys/applied";
 /// The key of the id counters.
 const COUNTERS_KEY: &[u8] = b"sys/counters";
+/// The key of the operator settings. A store written before settings existed lacks it: the
+/// state then keeps the defaults.
+const SETTINGS_KEY: &[u8] = b"sys/settings";
 const DISK_PREFIX: &str = "map/disk/";
 const NODE_PREFIX: &str = "map/node/";
 const POOL_PREFIX: &str = "pool/";
@@ -170,6 +174,7 @@ enum RecordKey {
     Tenant(String),
     AccessKey(String),
     Counters,
+    Settings,
 }
 
 impl RecordKey {
@@ -185,6 +190,7 @@ impl RecordKey {
             RecordKey::Tenant(name) => format!("{TENANT_PREFIX}{name}"),
             RecordKey::AccessKey(id) => format!("{ACCESS_KEY_PREFIX}{id}"),
             RecordKey::Counters => return COUNTERS_KEY.to_vec(),
+            RecordKey::Settings => return SETTINGS_KEY.to_vec(),
         };
         key.into_bytes()
     }
@@ -193,6 +199,9 @@ impl RecordKey {
     fn parse(key: &[u8]) -> Option<RecordKey> {
         if key == COUNTERS_KEY {
             return Some(RecordKey::Counters);
+        }
+        if key == SETTINGS_KEY {
+            return Some(RecordKey::Settings);
         }
         let key = std::str::from_utf8(key).ok()?;
         let parsed = if let Some(hex) = key.strip_prefix(DISK_PREFIX) {
@@ -269,6 +278,10 @@ fn touched(command: &Command) -> Vec<RecordKey> {
         | Command::DeleteAccessKey { access_key_id } => {
             vec![RecordKey::AccessKey(access_key_id.clone())]
         }
+        Command::MovePgMember { pool, .. } => {
+            vec![RecordKey::Pool(pool.clone()), RecordKey::Counters]
+        }
+        Command::SetRebalance { .. } => vec![RecordKey::Settings],
     }
 }
 
@@ -282,6 +295,7 @@ fn record_value(state: &MetaState, key: &RecordKey) -> Option<Vec<u8>> {
         RecordKey::Tenant(name) => state.tenants.get(name).map(codec::encode),
         RecordKey::AccessKey(id) => state.access_keys.get(id).map(codec::encode),
         RecordKey::Counters => Some(codec::encode(&state.counters)),
+        RecordKey::Settings => Some(codec::encode(&state.settings)),
     }
 }
 
@@ -298,7 +312,7 @@ fn records(state: &MetaState) -> BTreeMap<Vec<u8>, Vec<u8>> {
                 .keys()
                 .map(|id| RecordKey::AccessKey(id.clone())),
         )
-        .chain([RecordKey::Counters]);
+        .chain([RecordKey::Counters, RecordKey::Settings]);
     keys.map(|key| {
         let value = record_value(state, &key).expect("invariant: listed records exist");
         (key.to_bytes(), value)
@@ -348,6 +362,7 @@ fn load_record(state: &mut MetaState, key: &[u8], value: &[u8]) -> Result<(), St
             state.access_keys.insert(id, decode_value(key, value)?);
         }
         RecordKey::Counters => state.counters = decode_value::<Counters>(key, value)?,
+        RecordKey::Settings => state.settings = decode_value::<Settings>(key, value)?,
     }
     Ok(())
 }
@@ -617,7 +632,7 @@ mod tests {
         placement::FailureDomain,
         state::{
             QosTier, SecretKey,
-            tests::{KEY_ID, SECRET, command, disk},
+            tests::{KEY_ID, SECRET, command, disk, resolve, setup},
         },
     };
 
@@ -690,7 +705,29 @@ mod tests {
                 access_key_id: KEY_ID.into(),
                 secret_key: SecretKey::new(SECRET.into()),
             },
+            Command::SetRebalance { enabled: false },
         ]);
+        // A move within host 1 (disks 0 and 1): PG 0 has a member there, host domain.
+        let mut state = MetaState::default();
+        for command in &commands {
+            let _ = state.apply(command.clone());
+        }
+        let pool = state.pool("ssd").expect("the script creates the pool");
+        let on_host_one = pool.pg_map[0]
+            .iter()
+            .find(|m| m.disk == DiskId([0; 16]) || m.disk == DiskId([1; 16]))
+            .expect("3 replicas over 3 hosts use host 1");
+        let to = if on_host_one.disk == DiskId([0; 16]) {
+            1
+        } else {
+            0
+        };
+        commands.push(Command::MovePgMember {
+            pool: "ssd".into(),
+            pg: 0,
+            from: on_host_one.replica,
+            to: DiskId([to; 16]),
+        });
         commands
     }
 
@@ -700,8 +737,9 @@ mod tests {
         let mut expected = MetaState::default();
         let first = store.applied_index() + 1;
         for (index, command) in (first..).zip(commands) {
-            let outcome = store.apply(index, command).expect("store");
-            assert_eq!(outcome, expected.apply(command.clone()));
+            let command = resolve(&expected, command.clone());
+            let outcome = store.apply(index, &command).expect("store");
+            assert_eq!(outcome, expected.apply(command));
         }
         assert_eq!(store.state(), &expected);
         expected
@@ -727,6 +765,16 @@ mod tests {
         assert_eq!(store.state().tenants().count(), 1);
         let key = store.state().access_key(KEY_ID).expect("key");
         assert_eq!(key.secret_key.expose(), SECRET);
+        assert!(
+            !store.state().rebalance_enabled(),
+            "the switch is persisted"
+        );
+        let moved = store.state().pool("ssd").expect("pool").pg_map[0].iter();
+        assert_eq!(
+            moved.filter(|m| m.joined).count(),
+            1,
+            "the move is persisted"
+        );
     }
 
     /// Goal: an applied entry is never applied again. Method: apply index 1 twice.
@@ -869,6 +917,10 @@ mod tests {
         ]);
         store.restore(&good).expect("a well-formed blob restores");
         assert_eq!(store.applied_index(), 7);
+        assert!(
+            store.state().rebalance_enabled(),
+            "a blob without sys/settings (an older build's) restores the defaults"
+        );
         let cases: [(&[u8], Vec<u8>, &str); 5] = [
             (b"ten/t", b"\x01{".to_vec(), "CorruptValue"),
             (b"ten/t", b"\x02{}".to_vec(), "CorruptValue"),
@@ -901,6 +953,7 @@ mod tests {
             RecordKey::Tenant("acme".into()),
             RecordKey::AccessKey(KEY_ID.into()),
             RecordKey::Counters,
+            RecordKey::Settings,
         ];
         for key in keys {
             assert_eq!(RecordKey::parse(&key.to_bytes()), Some(key));
@@ -927,9 +980,14 @@ mod tests {
         /// Goal: `touched` names every record a command changes. Method: random sequences on a
         /// plain state; compare all records before and after each command. Cheap: no RocksDB.
         #[test]
-        fn touched_records_cover_every_change(commands in proptest::collection::vec(command(), 1..60)) {
+        fn touched_records_cover_every_change(
+            set_up in any::<bool>(),
+            commands in proptest::collection::vec(command(), 1..60),
+        ) {
             let mut state = MetaState::default();
-            for command in commands {
+            let prefix = if set_up { setup() } else { Vec::new() };
+            for command in prefix.into_iter().chain(commands) {
+                let command = resolve(&state, command);
                 let before = records(&state);
                 let outcome = state.apply(command.clone());
                 let after = records(&state);
@@ -953,7 +1011,12 @@ mod tests {
         /// plain state, reopen, compare; restore the snapshot into a fresh store, compare.
         /// Few cases: each opens RocksDB three times.
         #[test]
-        fn random_sequences_survive_reopen(commands in proptest::collection::vec(command(), 1..60)) {
+        fn random_sequences_survive_reopen(
+            set_up in any::<bool>(),
+            commands in proptest::collection::vec(command(), 1..60),
+        ) {
+            let prefix = if set_up { setup() } else { Vec::new() };
+            let commands: Vec<Command> = prefix.into_iter().chain(commands).collect();
             let dir = tempfile::tempdir().expect("tempdir");
             let expected = {
                 let mut store = MetaStore::open(dir.path()).expect("open");

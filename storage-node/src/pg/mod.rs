@@ -134,6 +134,11 @@ pub const LEARNER_LAG_MAX: u64 = 16;
 /// was removed while it was away (it never learns that itself) or its PG is down anyway.
 pub const LEFT_BEHIND_TICKS: u64 = 3000;
 
+/// Ticks a replica counts as needing replacement after it refused a snapshot (10 s at 10 ms
+/// ticks): the leader resends the snapshot every heartbeat, so a replica that still needs
+/// one keeps refusing within this time.
+pub const REFUSED_TICKS: u64 = 1000;
+
 /// Blocks one IO may repair before it gives up: a range of a few corrupt blocks is repaired
 /// whole; a disk returning garbage everywhere is not chased block by block.
 pub const REPAIRS_PER_IO_MAX: usize = 16;
@@ -262,6 +267,9 @@ pub struct ReplicaState {
     pub restoring: bool,
     /// Bytes copied into it so far.
     pub restored_bytes: u64,
+    /// True if it recently refused a snapshot: it holds state, so it cannot take a copy, and
+    /// its log is behind the leader's: it can never catch up and must be replaced.
+    pub needs_replacing: bool,
 }
 
 /// Where a write's or read's answer goes.
@@ -369,6 +377,8 @@ pub struct PgHost<L: LogStore> {
     /// Per replica hosted at start, the last index its log held then: entries up to it are
     /// a replay after a possible crash.
     replay_until: BTreeMap<ReplicaId, u64>,
+    /// Per replica, the tick it last refused a snapshot.
+    refused: BTreeMap<ReplicaId, u64>,
 }
 
 impl<L: LogStore> PgHost<L> {
@@ -424,6 +434,7 @@ impl<L: LogStore> PgHost<L> {
             left_behind: BTreeMap::new(),
             hosted,
             replay_until,
+            refused: BTreeMap::new(),
         })
     }
 
@@ -571,6 +582,10 @@ impl<L: LogStore> PgHost<L> {
                         .restore_progress
                         .get(&replica)
                         .map_or(0, |p| p.load(Ordering::Relaxed)),
+                    needs_replacing: self
+                        .refused
+                        .get(&replica)
+                        .is_some_and(|at| self.ticks.saturating_sub(*at) < REFUSED_TICKS),
                 })
             })
             .collect()
@@ -917,6 +932,7 @@ impl<L: LogStore> PgHost<L> {
             // Taking a copy under a replica that applies entries could leave blocks older
             // than the snapshot: refused, and the scheduler replaces the member.
             self.stats.snapshots_refused.fetch_add(1, Ordering::Relaxed);
+            self.refused.insert(replica, self.ticks);
             tracing::debug!(%replica, %group, index, "snapshot refused: the replica holds state");
             return false;
         }
@@ -1186,6 +1202,7 @@ impl<L: LogStore> PgHost<L> {
             .collect();
         for (replica, group) in gone {
             self.hosted.remove(&replica);
+            self.refused.remove(&replica);
             self.restores.remove(&replica);
             self.restore_progress.remove(&replica);
             self.applied.remove(&replica);

@@ -549,8 +549,8 @@ fn a_pg_member_moves_to_another_disk_by_snapshot_transfer() {
         for (at, image) in &model {
             let through_pg = request(&mut host, |h| h.read(group, *at, 0, CHUNK as u32)).await;
             assert!(&through_pg == image, "{at} through its PG");
-            for k in 1..4 {
-                let stored = disks[k].read(*at, 0, CHUNK).await.expect("chunk on disk");
+            for (k, disk) in disks.iter().enumerate().skip(1) {
+                let stored = disk.read(*at, 0, CHUNK).await.expect("chunk on disk");
                 assert!(stored[..] == image[..], "{at} on disk {k}");
             }
         }

@@ -1,0 +1,805 @@
+//! The recovery and rebalance scheduler, pure: the metadata state and the storage nodes' latest
+//! heartbeats in, the PG member moves to propose out. No IO and no clock: heartbeat ages and
+//! how long this member has led come in as arguments.
+//!
+//! The metadata leader runs [`plan`] every second and proposes each move as a
+//! [`Command::MovePgMember`]; storage nodes carry it out (the PG's leader adds the new member
+//! as a learner, it copies the chunks, is promoted, and the old member is removed). The PG map
+//! says where members should be; the PG leader's heartbeat says which configuration it
+//! applied. A PG is *settled* once they agree, *settling* until then.
+//!
+//! Definitions (all from the inputs):
+//! - a node is *fresh* if its latest heartbeat is at most `timeout` old;
+//! - a member is *up* if a fresh heartbeat of its own node lists its replica;
+//! - a member is *lost* if its disk is marked out, or if this member has led for at least
+//!   `timeout` and the member is not up (a new leader has heard from no one yet, so silence is
+//!   judged only after one timeout of leading);
+//! - a PG is *settled* when a fresh heartbeat reports its leader with `voters` equal to the
+//!   map's members and no learners.
+//!
+//! Rules:
+//! - at most [`MOVES_IN_FLIGHT_MAX`] PGs settle at once, cluster-wide: moves only start while
+//!   fewer settle, counting the ones this plan starts;
+//! - one move per PG per plan, and only for a settled PG: a PG whose last change has not
+//!   settled could otherwise have two members copying at once;
+//! - recovery first: a settled PG with a lost member and a strict majority of members up
+//!   moves one lost member (a silent one before one merely marked out) to the target disk
+//!   carrying the fewest PG members for its capacity (ties: lower disk id). Without a majority
+//!   the PG cannot commit the configuration change, so nothing is tried;
+//! - rebalance only when enabled, when no member anywhere is lost and after one timeout of
+//!   leading (so the view of the nodes is whole): with `ideal = members x capacity / total
+//!   capacity` over the disks in service on fresh nodes, a member moves from a disk at least
+//!   one member over its ideal (most over first) to one at least one under (most under
+//!   first). A move leaves both disks within their ideal's reach, so a balanced cluster plans
+//!   nothing and no member moves back and forth;
+//! - a target disk is in service, on a fresh node, holds no member of the PG, lies in a
+//!   failure domain (at the pool's level) no remaining member uses, and its node reports no
+//!   replica of the PG outside the map: a member moved away may still be leaving a disk of
+//!   that node, and two replicas of one PG must never share a disk. (A node's report of a
+//!   replica that *is* in the map names its disk, which the map rule already excludes; only
+//!   in `cairn dev`, where one node's disks are the failure domains, does that matter.)
+
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use cairn_common::{DiskId, GroupId, ReplicaId};
+use serde::Serialize;
+
+use crate::{
+    health::{Heartbeat, ReplicaReport},
+    placement::{Disk, DiskState},
+    state::{Command, MetaState, PgMember, Pool, host_node},
+};
+
+/// PGs settling at once, cluster-wide, beyond which no move starts. Each move copies a PG's
+/// data under the recovery bandwidth budget; more at once only splits the budget and
+/// stretches every moving PG's window of reduced redundancy.
+pub const MOVES_IN_FLIGHT_MAX: usize = 4;
+
+/// What the scheduler plans from.
+pub struct SchedulerInput<'a> {
+    /// The applied metadata state.
+    pub state: &'a MetaState,
+    /// Per node, its latest heartbeat and that heartbeat's age.
+    pub heartbeats: &'a BTreeMap<u64, (Duration, Heartbeat)>,
+    /// A node silent longer than this is lost.
+    pub timeout: Duration,
+    /// How long this member has led: silence is judged only once it is at least `timeout`.
+    pub leading_for: Duration,
+}
+
+/// One run of the scheduler: the moves to propose and the PGs settling, for status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// [`Command::MovePgMember`]s, at most one per PG.
+    pub moves: Vec<Command>,
+    /// PGs whose configuration does not match their map yet, in pool and PG order.
+    pub settling: Vec<Settling>,
+}
+
+/// A PG whose members are changing (or whose leader is unknown).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Settling {
+    /// The pool's name.
+    pub pool: String,
+    /// The PG's index.
+    pub pg: u32,
+    /// The map's members, preferred leader first.
+    pub members: Vec<ReplicaId>,
+    /// Members the PG's leader does not count as voters yet (empty if no leader is known).
+    pub joining: Vec<ReplicaId>,
+    /// Bytes copied into the joining members so far, as their nodes report.
+    pub restored_bytes: u64,
+    /// The PG's leader, if a fresh heartbeat reports one.
+    pub leader: Option<ReplicaId>,
+}
+
+/// Plans the next moves (module docs for the rules).
+pub fn plan(input: &SchedulerInput) -> Plan {
+    let view = View::new(input);
+    let state = input.state;
+    let mut plan = Plan::default();
+    let mut settled = Vec::new();
+    let mut any_lost = false;
+    for (name, pool) in state.pools() {
+        for (index, members) in pool.pg_map.iter().enumerate() {
+            let pg = Pg {
+                name,
+                pool,
+                index: u32::try_from(index).expect("invariant: PG counts are u32"),
+                members,
+            };
+            any_lost |= members.iter().any(|m| view.lost(state, m));
+            match view.settling(&pg) {
+                Some(settling) => plan.settling.push(settling),
+                None => settled.push(pg),
+            }
+        }
+    }
+    let mut moves = Moves {
+        budget: MOVES_IN_FLIGHT_MAX.saturating_sub(plan.settling.len()),
+        counts: member_counts(state),
+        moved: BTreeSet::new(),
+        commands: Vec::new(),
+    };
+    recover(state, &view, &settled, &mut moves);
+    if state.rebalance_enabled() && !any_lost && view.judge_silence {
+        rebalance(state, &view, &settled, &mut moves);
+    }
+    plan.moves = moves.commands;
+    plan
+}
+
+/// One PG of one pool.
+struct Pg<'a> {
+    name: &'a str,
+    pool: &'a Pool,
+    index: u32,
+    members: &'a [PgMember],
+}
+
+impl Pg<'_> {
+    fn group(&self) -> u64 {
+        GroupId::pg(self.pool.id, self.index).0
+    }
+}
+
+/// The heartbeats, indexed.
+struct View<'a> {
+    fresh_nodes: BTreeSet<u64>,
+    /// Replicas listed by a fresh heartbeat of their own node.
+    up: BTreeMap<ReplicaId, &'a ReplicaReport>,
+    /// Per Raft group, the replicas of it that fresh heartbeats list.
+    groups: BTreeMap<u64, Vec<&'a ReplicaReport>>,
+    /// True once this member has led for a timeout: silence means lost.
+    judge_silence: bool,
+}
+
+impl<'a> View<'a> {
+    fn new(input: &SchedulerInput<'a>) -> View<'a> {
+        let mut view = View {
+            fresh_nodes: BTreeSet::new(),
+            up: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            judge_silence: input.leading_for >= input.timeout,
+        };
+        for (node, (age, beat)) in input.heartbeats {
+            if *age > input.timeout {
+                continue;
+            }
+            view.fresh_nodes.insert(*node);
+            // A node speaks only for its own replicas.
+            let own = beat.replicas.iter().filter(|r| r.replica.node().0 == *node);
+            for report in own {
+                view.up.insert(report.replica, report);
+                view.groups.entry(report.group).or_default().push(report);
+            }
+        }
+        view
+    }
+
+    fn lost(&self, state: &MetaState, member: &PgMember) -> bool {
+        let out = state
+            .disk(member.disk)
+            .is_none_or(|d| d.state == DiskState::Out);
+        let stuck = self
+            .up
+            .get(&member.replica)
+            .is_some_and(|r| r.needs_replacing);
+        out || stuck || (self.judge_silence && !self.up.contains_key(&member.replica))
+    }
+
+    /// The PG's leader as reported: of several claims (a deposed leader not yet told), the
+    /// highest term's.
+    fn leader(&self, group: u64) -> Option<&'a ReplicaReport> {
+        let reports = self.groups.get(&group)?;
+        let leaders = reports.iter().filter(|r| r.leader);
+        leaders.max_by_key(|r| (r.term, r.replica)).copied()
+    }
+
+    /// The PG's status entry if it is settling, `None` if settled.
+    fn settling(&self, pg: &Pg) -> Option<Settling> {
+        let members: Vec<ReplicaId> = pg.members.iter().map(|m| m.replica).collect();
+        let leader = self.leader(pg.group());
+        if let Some(leader) = leader {
+            let voters: BTreeSet<ReplicaId> = leader.voters.iter().copied().collect();
+            let wanted: BTreeSet<ReplicaId> = members.iter().copied().collect();
+            if voters == wanted && leader.learners.is_empty() {
+                return None;
+            }
+        }
+        let joining: Vec<ReplicaId> = match leader {
+            Some(leader) => members
+                .iter()
+                .copied()
+                .filter(|m| !leader.voters.contains(m))
+                .collect(),
+            None => Vec::new(),
+        };
+        let restored_bytes = joining
+            .iter()
+            .filter_map(|r| self.up.get(r))
+            .map(|r| r.restored_bytes)
+            .sum();
+        Some(Settling {
+            pool: pg.name.to_string(),
+            pg: pg.index,
+            members,
+            joining,
+            restored_bytes,
+            leader: leader.map(|l| l.replica),
+        })
+    }
+
+    /// Whether `disk` may take the place of member `from` of `pg` (module docs, target rules).
+    fn may_take(&self, state: &MetaState, pg: &Pg, from: usize, disk: &Disk) -> bool {
+        let node = host_node(disk.host);
+        if disk.state != DiskState::In || !self.fresh_nodes.contains(&node.0) {
+            return false;
+        }
+        if pg.members.iter().any(|m| m.disk == disk.id) {
+            return false;
+        }
+        let reported = self.groups.get(&pg.group()).into_iter().flatten();
+        let leaving = reported
+            .filter(|r| r.replica.node() == node)
+            .any(|r| pg.members.iter().all(|m| m.replica != r.replica));
+        if leaving {
+            return false;
+        }
+        let level = pg.pool.policy.domain;
+        let remaining = pg.members.iter().enumerate().filter(|(i, _)| *i != from);
+        remaining
+            .filter_map(|(_, m)| state.disk(m.disk))
+            .all(|d| d.domain(level) != disk.domain(level))
+    }
+}
+
+/// The moves of one plan so far.
+struct Moves {
+    /// PGs that may still start settling.
+    budget: usize,
+    /// PG members per disk (all pools), as the planned moves leave them.
+    counts: BTreeMap<DiskId, u64>,
+    /// PGs moved by this plan: (pool name, PG index).
+    moved: BTreeSet<(String, u32)>,
+    commands: Vec<Command>,
+}
+
+impl Moves {
+    fn push(&mut self, pg: &Pg, from: usize, to: DiskId) {
+        assert!(self.budget > 0);
+        let member = pg.members[from];
+        let fresh = self.moved.insert((pg.name.to_string(), pg.index));
+        assert!(fresh, "one move per PG per plan");
+        *self.counts.entry(member.disk).or_default() -= 1;
+        *self.counts.entry(to).or_default() += 1;
+        self.budget -= 1;
+        self.commands.push(Command::MovePgMember {
+            pool: pg.name.to_string(),
+            pg: pg.index,
+            from: member.replica,
+            to,
+        });
+    }
+
+    fn may_move(&self, pg: &Pg) -> bool {
+        !self.moved.contains(&(pg.name.to_string(), pg.index))
+    }
+}
+
+/// PG members per disk, over all pools; every disk of the map has an entry.
+fn member_counts(state: &MetaState) -> BTreeMap<DiskId, u64> {
+    let mut counts: BTreeMap<DiskId, u64> = state.disks().map(|d| (d.id, 0)).collect();
+    for (_, pool) in state.pools() {
+        for member in pool.pg_map.iter().flatten() {
+            *counts.entry(member.disk).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Orders disks by members per byte of capacity, fewest first, then by id.
+fn by_load(counts: &BTreeMap<DiskId, u64>, a: &Disk, b: &Disk) -> Ordering {
+    let load = |d: &Disk| u128::from(counts.get(&d.id).copied().unwrap_or(0));
+    let left = load(a) * u128::from(b.capacity_bytes);
+    let right = load(b) * u128::from(a.capacity_bytes);
+    left.cmp(&right).then(a.id.cmp(&b.id))
+}
+
+/// Moves one lost member of each settled PG that keeps a majority up, while the budget lasts.
+fn recover(state: &MetaState, view: &View, settled: &[Pg], moves: &mut Moves) {
+    for pg in settled {
+        if moves.budget == 0 {
+            return;
+        }
+        let up = pg
+            .members
+            .iter()
+            .filter(|m| view.up.contains_key(&m.replica));
+        if up.count() * 2 <= pg.members.len() {
+            continue;
+        }
+        // Silent members first: they are the ones no longer holding a copy.
+        let mut lost: Vec<usize> = (0..pg.members.len())
+            .filter(|i| view.lost(state, &pg.members[*i]))
+            .collect();
+        lost.sort_by_key(|i| view.up.contains_key(&pg.members[*i].replica));
+        for from in lost {
+            let candidates = state.disks().filter(|d| view.may_take(state, pg, from, d));
+            let target = candidates.min_by(|a, b| by_load(&moves.counts, a, b));
+            if let Some(target) = target {
+                moves.push(pg, from, target.id);
+                break;
+            }
+        }
+    }
+}
+
+/// Moves members from disks over their ideal share to disks under it, while the budget lasts.
+///
+/// Cost: each move scans sources x PGs x targets; fine for the control plane at the
+/// cluster sizes this serves, and the budget bounds the moves per plan.
+fn rebalance(state: &MetaState, view: &View, settled: &[Pg], moves: &mut Moves) {
+    let eligible: Vec<&Disk> = state
+        .disks()
+        .filter(|d| d.state == DiskState::In)
+        .filter(|d| view.fresh_nodes.contains(&host_node(d.host).0))
+        .collect();
+    let capacity: u128 = eligible.iter().map(|d| u128::from(d.capacity_bytes)).sum();
+    if capacity == 0 {
+        return;
+    }
+    let total: u64 = eligible.iter().map(|d| moves.counts[&d.id]).sum();
+    let ideal = |d: &Disk| total as f64 * (d.capacity_bytes as f64 / capacity as f64);
+    while moves.budget > 0 {
+        let excess = |d: &&Disk| moves.counts[&d.id] as f64 - ideal(d);
+        let mut sources: Vec<&Disk> = eligible
+            .iter()
+            .copied()
+            .filter(|d| excess(d) >= 1.0)
+            .collect();
+        let mut targets: Vec<&Disk> = eligible
+            .iter()
+            .copied()
+            .filter(|d| -excess(d) >= 1.0)
+            .collect();
+        sources.sort_by(|a, b| excess(b).total_cmp(&excess(a)).then(a.id.cmp(&b.id)));
+        targets.sort_by(|a, b| excess(a).total_cmp(&excess(b)).then(a.id.cmp(&b.id)));
+        let Some((pg, from, to)) = first_move(state, view, settled, moves, &sources, &targets)
+        else {
+            return;
+        };
+        moves.push(pg, from, to);
+    }
+}
+
+/// The first (source, PG, target) in preference order that the target rules allow: the PG,
+/// the member's index in it, and the target disk.
+fn first_move<'p, 'a>(
+    state: &MetaState,
+    view: &View,
+    settled: &'p [Pg<'a>],
+    moves: &Moves,
+    sources: &[&Disk],
+    targets: &[&Disk],
+) -> Option<(&'p Pg<'a>, usize, DiskId)> {
+    for source in sources {
+        for pg in settled.iter().filter(|pg| moves.may_move(pg)) {
+            let Some(from) = pg.members.iter().position(|m| m.disk == source.id) else {
+                continue;
+            };
+            let target = targets.iter().find(|d| view.may_take(state, pg, from, d));
+            if let Some(target) = target {
+                return Some((pg, from, target.id));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_common::NodeId;
+
+    use super::*;
+    use crate::{
+        placement::FailureDomain,
+        state::{Applied, tests::disk},
+    };
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Disk `n` on host `n + 1` for each of `hosts`, and a pool "p" of `pg_count` PGs with 3
+    /// replicas, host domain.
+    fn cluster(hosts: u8, pg_count: u32) -> MetaState {
+        let mut state = MetaState::default();
+        for n in 0..hosts {
+            let applied = state.apply(Command::RegisterDisk(disk(n, 1 + u32::from(n))));
+            assert_eq!(applied, Ok(Applied::Done));
+        }
+        let pool = Command::CreatePool {
+            name: "p".into(),
+            replicas: 3,
+            domain: FailureDomain::Host,
+            pg_count,
+        };
+        assert!(state.apply(pool).is_ok());
+        state
+    }
+
+    fn report(group: u64, replica: ReplicaId) -> ReplicaReport {
+        ReplicaReport {
+            group,
+            replica,
+            leader: false,
+            term: 3,
+            commit: 7,
+            applied: 7,
+            voters: Vec::new(),
+            learners: Vec::new(),
+            restoring: false,
+            restored_bytes: 0,
+            needs_replacing: false,
+        }
+    }
+
+    /// One second old heartbeats of `alive` nodes, each listing its members of every PG; the
+    /// first alive member of each PG leads with the map's members as voters (settled).
+    fn beats(state: &MetaState, alive: &[u64]) -> BTreeMap<u64, (Duration, Heartbeat)> {
+        let mut out: BTreeMap<u64, (Duration, Heartbeat)> = alive
+            .iter()
+            .map(|node| {
+                let beat = Heartbeat {
+                    node: *node,
+                    disks: Vec::new(),
+                    replicas: Vec::new(),
+                };
+                (*node, (Duration::from_secs(1), beat))
+            })
+            .collect();
+        for (_, pool) in state.pools() {
+            for (index, members) in pool.pg_map.iter().enumerate() {
+                let group = GroupId::pg(pool.id, index as u32).0;
+                let voters: Vec<ReplicaId> = members.iter().map(|m| m.replica).collect();
+                let mut led = false;
+                for member in members {
+                    let Some((_, beat)) = out.get_mut(&member.replica.node().0) else {
+                        continue;
+                    };
+                    let mut report = report(group, member.replica);
+                    if !led {
+                        (report.leader, report.voters, led) = (true, voters.clone(), true);
+                    }
+                    beat.replicas.push(report);
+                }
+            }
+        }
+        out
+    }
+
+    fn input<'a>(
+        state: &'a MetaState,
+        heartbeats: &'a BTreeMap<u64, (Duration, Heartbeat)>,
+    ) -> SchedulerInput<'a> {
+        SchedulerInput {
+            state,
+            heartbeats,
+            timeout: TIMEOUT,
+            leading_for: TIMEOUT,
+        }
+    }
+
+    fn hosts_of(state: &MetaState, members: &[PgMember]) -> Vec<u32> {
+        let host = |m: &PgMember| state.disk(m.disk).expect("disk").host.0;
+        members.iter().map(host).collect()
+    }
+
+    fn apply_all(state: &mut MetaState, moves: &[Command]) {
+        for command in moves {
+            let applied = state.apply(command.clone());
+            assert!(matches!(applied, Ok(Applied::Replica(_))), "{applied:?}");
+        }
+    }
+
+    /// Runs plan-apply rounds, with heartbeats of `alive` nodes that follow the map at once,
+    /// until a plan has no moves; returns the rounds taken.
+    fn settle(state: &mut MetaState, alive: &[u64]) -> usize {
+        for round in 0..100 {
+            let heartbeats = beats(state, alive);
+            let plan = plan(&input(state, &heartbeats));
+            assert!(plan.settling.is_empty());
+            assert!(plan.moves.len() <= MOVES_IN_FLIGHT_MAX);
+            if plan.moves.is_empty() {
+                return round;
+            }
+            apply_all(state, &plan.moves);
+        }
+        panic!("the scheduler never stopped moving");
+    }
+
+    fn counts(state: &MetaState) -> Vec<u64> {
+        member_counts(state).into_values().collect()
+    }
+
+    /// Goal: the members of a lost node are replaced on the free host, never one a remaining
+    /// member uses, at most MOVES_IN_FLIGHT_MAX at once. Method: 4 hosts, 8 PGs of 3; host 1
+    /// silent; plan, check each move, apply them.
+    #[test]
+    fn a_lost_nodes_members_move_to_another_host() {
+        let mut state = cluster(4, 8);
+        let heartbeats = beats(&state, &[2, 3, 4]);
+        let plan = plan(&input(&state, &heartbeats));
+        assert!(plan.settling.is_empty());
+        let pool = state.pool("p").expect("pool").clone();
+        let affected = pool
+            .pg_map
+            .iter()
+            .filter(|pg| hosts_of(&state, pg).contains(&1));
+        assert_eq!(plan.moves.len(), affected.count().min(MOVES_IN_FLIGHT_MAX));
+        for command in &plan.moves {
+            let Command::MovePgMember {
+                pool: name,
+                pg,
+                from,
+                to,
+            } = command
+            else {
+                panic!("{command:?}");
+            };
+            assert_eq!(name, "p");
+            assert_eq!(from.node(), NodeId(1), "only host 1's members move");
+            let members = &pool.pg_map[*pg as usize];
+            let target = state.disk(*to).expect("target").host.0;
+            assert!(!hosts_of(&state, members).contains(&target));
+        }
+        apply_all(&mut state, &plan.moves);
+        assert_eq!(state.invariant_violation(), None);
+    }
+
+    /// Goal: a PG without a majority up is left alone; with one member lost it moves.
+    /// Method: 5 hosts, one PG; silence two of its members' nodes, then one.
+    #[test]
+    fn no_move_without_a_majority_up() {
+        let state = cluster(5, 1);
+        let members = state.pool("p").expect("pool").pg_map[0].clone();
+        let nodes: Vec<u64> = members.iter().map(|m| m.replica.node().0).collect();
+        let others: Vec<u64> = (1..=5).filter(|n| !nodes.contains(n)).collect();
+        let alive: Vec<u64> = others.iter().copied().chain([nodes[0]]).collect();
+        let heartbeats = beats(&state, &alive);
+        let planned = plan(&input(&state, &heartbeats));
+        assert!(planned.moves.is_empty(), "{planned:?}");
+        let alive: Vec<u64> = others.iter().copied().chain([nodes[0], nodes[1]]).collect();
+        let heartbeats = beats(&state, &alive);
+        let planned = plan(&input(&state, &heartbeats));
+        assert_eq!(planned.moves.len(), 1);
+        let Command::MovePgMember { from, .. } = &planned.moves[0] else {
+            panic!("not a move");
+        };
+        assert_eq!(*from, members[2].replica);
+    }
+
+    /// Goal: a member that reports it needs replacing (it refused a snapshot: its log is
+    /// behind the leader's and it holds state) is replaced though its node is alive.
+    /// Method: 4 hosts, one PG, every node fresh; one member flags itself.
+    #[test]
+    fn a_member_that_needs_replacing_is_replaced() {
+        let state = cluster(4, 1);
+        let members = state.pool("p").expect("pool").pg_map[0].clone();
+        let mut heartbeats = beats(&state, &[1, 2, 3, 4]);
+        let planned = plan(&input(&state, &heartbeats));
+        assert!(planned.moves.is_empty(), "{planned:?}");
+        let stuck = members[1].replica;
+        for (_, beat) in heartbeats.values_mut() {
+            for report in &mut beat.replicas {
+                report.needs_replacing = report.replica == stuck;
+            }
+        }
+        let planned = plan(&input(&state, &heartbeats));
+        assert_eq!(planned.moves.len(), 1, "{planned:?}");
+        let Command::MovePgMember { from, .. } = &planned.moves[0] else {
+            panic!("not a move");
+        };
+        assert_eq!(*from, stuck);
+    }
+
+    /// Goal: no move starts while MOVES_IN_FLIGHT_MAX PGs settle; with fewer settling, only
+    /// as many as fit. Method: host 1 silent; 4, then 3 unsettled PGs not involving host 1.
+    #[test]
+    fn no_move_while_four_pgs_settle() {
+        let state = cluster(5, 32);
+        let pool = state.pool("p").expect("pool").clone();
+        let unaffected: Vec<u64> = (0..32u32)
+            .filter(|i| !hosts_of(&state, &pool.pg_map[*i as usize]).contains(&1))
+            .map(|i| GroupId::pg(pool.id, i).0)
+            .collect();
+        assert!(unaffected.len() >= MOVES_IN_FLIGHT_MAX);
+        let unsettle = |count: usize| {
+            let mut heartbeats = beats(&state, &[2, 3, 4, 5]);
+            for (_, (_, beat)) in heartbeats.iter_mut() {
+                for report in &mut beat.replicas {
+                    if report.leader && unaffected[..count].contains(&report.group) {
+                        report.learners.push(ReplicaId::new(NodeId(9), 1));
+                    }
+                }
+            }
+            heartbeats
+        };
+        let heartbeats = unsettle(MOVES_IN_FLIGHT_MAX);
+        let planned = plan(&input(&state, &heartbeats));
+        assert_eq!(planned.settling.len(), MOVES_IN_FLIGHT_MAX);
+        assert!(planned.moves.is_empty(), "{planned:?}");
+        let heartbeats = unsettle(MOVES_IN_FLIGHT_MAX - 1);
+        let planned = plan(&input(&state, &heartbeats));
+        assert_eq!(planned.moves.len(), 1);
+    }
+
+    /// Goal: a member that became leader judges no node silent before it has led for a
+    /// timeout, but a disk marked out is lost at once. Method: host 1 silent, led for less
+    /// than the timeout; then host 2's disk also out.
+    #[test]
+    fn nothing_is_judged_silent_before_leading_for_the_timeout() {
+        let mut state = cluster(5, 8);
+        let heartbeats = beats(&state, &[2, 3, 4, 5]);
+        let early = SchedulerInput {
+            leading_for: TIMEOUT - Duration::from_millis(1),
+            ..input(&state, &heartbeats)
+        };
+        assert!(plan(&early).moves.is_empty());
+        let out = Command::SetDiskState {
+            disk: DiskId([1; 16]),
+            state: DiskState::Out,
+        };
+        assert_eq!(state.apply(out), Ok(Applied::Done));
+        let heartbeats = beats(&state, &[2, 3, 4, 5]);
+        let early = SchedulerInput {
+            leading_for: Duration::ZERO,
+            ..input(&state, &heartbeats)
+        };
+        let planned = plan(&early);
+        assert!(!planned.moves.is_empty());
+        for command in &planned.moves {
+            let Command::MovePgMember { from, .. } = command else {
+                panic!("not a move");
+            };
+            assert_eq!(from.node(), NodeId(2), "only the out disk's members move");
+        }
+    }
+
+    /// Goal: a new, empty node receives PGs until the cluster is balanced, and a balanced
+    /// cluster plans nothing (no member moves back and forth). Method: 3 hosts, 16 PGs of 3
+    /// (every host holds every PG); add host 4; plan-apply rounds until no move; each disk
+    /// then holds 12 members. Also a cluster placed balanced from the start plans nothing.
+    #[test]
+    fn a_new_node_fills_until_balanced_and_then_nothing_moves() {
+        let mut state = cluster(3, 16);
+        assert_eq!(counts(&state), vec![16, 16, 16]);
+        let heartbeats = beats(&state, &[1, 2, 3]);
+        assert!(plan(&input(&state, &heartbeats)).moves.is_empty());
+        let added = state.apply(Command::RegisterDisk(disk(3, 4)));
+        assert_eq!(added, Ok(Applied::Done));
+        let rounds = settle(&mut state, &[1, 2, 3, 4]);
+        assert_eq!(rounds, 3, "12 moves, 4 at a time");
+        assert_eq!(counts(&state), vec![12, 12, 12, 12]);
+        assert_eq!(state.invariant_violation(), None);
+        for _ in 0..3 {
+            let heartbeats = beats(&state, &[1, 2, 3, 4]);
+            assert!(plan(&input(&state, &heartbeats)).moves.is_empty());
+        }
+
+        let mut paused = cluster(3, 16);
+        let off = Command::SetRebalance { enabled: false };
+        assert_eq!(paused.apply(off), Ok(Applied::Done));
+        let added = paused.apply(Command::RegisterDisk(disk(3, 4)));
+        assert_eq!(added, Ok(Applied::Done));
+        assert_eq!(settle(&mut paused, &[1, 2, 3, 4]), 0, "paused: no moves");
+
+        // Placement balances within a member of the ideal (24 here): nothing to do.
+        let mut balanced = cluster(5, 40);
+        let before = counts(&balanced);
+        assert!(before.iter().all(|c| c.abs_diff(24) < 1), "{before:?}");
+        assert_eq!(settle(&mut balanced, &[1, 2, 3, 4, 5]), 0);
+    }
+
+    /// Goal: a disk marked out is drained while its node still serves. Method: 4 hosts; host
+    /// 1's disk out, every node alive; plan-apply rounds until no move; nothing remains on it.
+    #[test]
+    fn a_disk_marked_out_is_drained() {
+        let mut state = cluster(4, 16);
+        let out = Command::SetDiskState {
+            disk: DiskId([0; 16]),
+            state: DiskState::Out,
+        };
+        assert_eq!(state.apply(out), Ok(Applied::Done));
+        settle(&mut state, &[1, 2, 3, 4]);
+        assert_eq!(counts(&state), vec![0, 16, 16, 16]);
+    }
+
+    /// Goal: a node still reporting a replica of a PG (a member moving away) is never a
+    /// target for that PG. Method: 5 hosts, one PG, one member's node silent; a free node
+    /// reports a stale replica of the PG: the move goes to the other free node; when both
+    /// report one, there is no move.
+    #[test]
+    fn never_a_target_that_reports_a_replica_of_the_pg() {
+        let state = cluster(5, 1);
+        let pool = state.pool("p").expect("pool").clone();
+        let members = &pool.pg_map[0];
+        let nodes: Vec<u64> = members.iter().map(|m| m.replica.node().0).collect();
+        let free: Vec<u64> = (1..=5).filter(|n| !nodes.contains(n)).collect();
+        let alive: Vec<u64> = free.iter().copied().chain([nodes[0], nodes[1]]).collect();
+        let group = GroupId::pg(pool.id, 0).0;
+        let mut heartbeats = beats(&state, &alive);
+        let stale = |node: u64| report(group, ReplicaId::new(NodeId(node), 77));
+        let beat = &mut heartbeats.get_mut(&free[0]).expect("beat").1;
+        beat.replicas.push(stale(free[0]));
+        let planned = plan(&input(&state, &heartbeats));
+        let [Command::MovePgMember { to, .. }] = planned.moves.as_slice() else {
+            panic!("{planned:?}");
+        };
+        assert_eq!(
+            u64::from(state.disk(*to).expect("disk").host.0),
+            free[1],
+            "the node with a stale replica is skipped"
+        );
+        let beat = &mut heartbeats.get_mut(&free[1]).expect("beat").1;
+        beat.replicas.push(stale(free[1]));
+        assert!(plan(&input(&state, &heartbeats)).moves.is_empty());
+    }
+
+    /// Goal: status shows a settling PG's joining member and the bytes copied into it.
+    /// Method: apply a move; the leader reports the old voters and the new member as a
+    /// learner; the new member's node reports its progress.
+    #[test]
+    fn settling_pgs_show_joining_members_and_progress() {
+        let mut state = cluster(4, 1);
+        let old = state.pool("p").expect("pool").pg_map[0].clone();
+        let free = (1..=4u32)
+            .find(|h| !hosts_of(&state, &old).contains(h))
+            .expect("free host");
+        let to = DiskId([u8::try_from(free - 1).expect("disk"); 16]);
+        let command = Command::MovePgMember {
+            pool: "p".into(),
+            pg: 0,
+            from: old[1].replica,
+            to,
+        };
+        let Ok(Applied::Replica(new)) = state.apply(command) else {
+            panic!("move refused");
+        };
+        let mut heartbeats = beats(&state, &[1, 2, 3, 4]);
+        for (_, (_, beat)) in heartbeats.iter_mut() {
+            for report in &mut beat.replicas {
+                if report.leader {
+                    report.voters = old.iter().map(|m| m.replica).collect();
+                    report.learners = vec![new];
+                }
+                if report.replica == new {
+                    (report.restoring, report.restored_bytes) = (true, 3 << 20);
+                }
+            }
+        }
+        let planned = plan(&input(&state, &heartbeats));
+        let members: Vec<ReplicaId> = state.pool("p").expect("pool").pg_map[0]
+            .iter()
+            .map(|m| m.replica)
+            .collect();
+        let expected = Settling {
+            pool: "p".into(),
+            pg: 0,
+            members,
+            joining: vec![new],
+            restored_bytes: 3 << 20,
+            leader: Some(old[0].replica),
+        };
+        assert_eq!(planned.settling, vec![expected]);
+
+        let silent = beats(&state, &[]);
+        let planned = plan(&input(&state, &silent));
+        assert_eq!(planned.settling.len(), 1, "no leader known: settling");
+        assert!(planned.settling[0].joining.is_empty());
+        assert!(planned.moves.is_empty(), "no majority up");
+    }
+}

@@ -29,7 +29,7 @@ use cairn_raft::transport::TcpTransport;
 use cairn_storage_node::{
     ChunkStore,
     pg::{
-        ChunkSource, PgError, PgStats, WRITE_BYTES_MAX,
+        ChunkSource, HostedReplica, PgError, PgStats, ReplicaDirectory, WRITE_BYTES_MAX,
         restore::{SourceFuture, pg_chunks, read_existing},
         service::{self, Network, PgHandle},
     },
@@ -214,6 +214,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         }),
     };
     let stats = host.stats();
+    let replicas = host.directory();
     let pgs = service::spawn(
         host,
         me,
@@ -228,6 +229,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         pgs: pgs.clone(),
         chunk_size: disks[0].chunk_size_bytes(),
         directory: directory.clone(),
+        replicas,
     };
     let data_listen = args.data_listen;
     let served_disks = disks.clone();
@@ -362,6 +364,8 @@ struct NodeBackend {
     pgs: PgHandle,
     chunk_size: u32,
     directory: Directory,
+    /// The replicas hosted here (peers copy and repair from them).
+    replicas: ReplicaDirectory,
 }
 
 /// Maps an admin API error ("message (HTTP status)") to the data API's, keeping the message.
@@ -380,6 +384,15 @@ fn api_error(e: String) -> DataError {
 }
 
 impl NodeBackend {
+    /// A replica hosted here, for a peer's copy or repair.
+    fn hosted(&self, replica: u64) -> Result<HostedReplica, DataError> {
+        let replicas = self.replicas.read().expect("not poisoned");
+        replicas
+            .get(&ReplicaId(replica))
+            .cloned()
+            .ok_or_else(|| DataError::NotFound(format!("replica {replica} is not here")))
+    }
+
     fn forget_leader(&self, group: GroupId) {
         let mut router = self.directory.router.lock().expect("not poisoned");
         router.forget_leader(group);
@@ -661,10 +674,11 @@ impl ChunkSource for HttpChunkSource {
         chunk: ChunkId,
         offset: u32,
         length: u32,
+        min_applied: u64,
     ) -> SourceFuture<'_, Vec<u8>> {
         Box::pin(async move {
             let path = format!(
-                "/v1/pg-chunks/{}/{}/{}/{}?offset={offset}&length={length}",
+                "/v1/pg-chunks/{}/{}/{}/{}?offset={offset}&length={length}&min_applied={min_applied}",
                 from.0, chunk.pool.0, chunk.owner.0, chunk.index
             );
             self.get(from, path, u64::from(length) + 1).await
@@ -678,15 +692,35 @@ async fn pg_chunks_route(
     State(backend): State<NodeBackend>,
     UrlPath(replica): UrlPath<u64>,
 ) -> Response {
-    match backend.pgs.replica_store(ReplicaId(replica)).await {
-        Ok(Some((store, group, pg_count))) => {
-            let chunks = pg_chunks(&store, group, pg_count);
+    match backend.hosted(replica) {
+        Ok(hosted) if hosted.pg_count > 0 => {
+            let chunks = pg_chunks(&hosted.store, hosted.group, hosted.pg_count);
             let body: Vec<u8> = chunks.iter().flat_map(|c| c.to_bytes()).collect();
             (StatusCode::OK, body).into_response()
         }
-        Ok(None) => DataError::NotFound(format!("replica {replica} is not here")).into_response(),
-        Err(e) => DataError::from(e).into_response(),
+        Ok(_) => DataError::Unavailable(format!(
+            "replica {replica}: its pool's map is not known yet"
+        ))
+        .into_response(),
+        Err(e) => e.into_response(),
     }
+}
+
+/// Splits `min_applied=N` off a query string (the rest is an offset and length).
+fn take_min_applied(query: Option<&str>) -> Result<(u64, String), DataError> {
+    let mut min_applied = 0;
+    let mut rest = Vec::new();
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.strip_prefix("min_applied=") {
+            Some(value) => {
+                min_applied = value.parse().map_err(|_| {
+                    DataError::BadRequest(format!("min_applied={value:?} is not a number"))
+                })?
+            }
+            None => rest.push(pair),
+        }
+    }
+    Ok((min_applied, rest.join("&")))
 }
 
 /// A range of one chunk as a replica here holds it (checksums verified; a chunk it does not
@@ -701,7 +735,11 @@ async fn pg_chunk_route(
         owner: OwnerId(owner),
         index,
     };
-    let range = match data::range(query.as_deref(), true) {
+    let (min_applied, query) = match take_min_applied(query.as_deref()) {
+        Ok(split) => split,
+        Err(e) => return e.into_response(),
+    };
+    let range = match data::range(Some(&query), true) {
         Ok((offset, Some(length))) => u32::try_from(offset).ok().zip(u32::try_from(length).ok()),
         Ok(_) => None,
         Err(e) => return e.into_response(),
@@ -712,18 +750,24 @@ async fn pg_chunk_route(
         ))
         .into_response();
     };
-    match backend.pgs.replica_store(ReplicaId(replica)).await {
-        Ok(Some((store, group, pg_count))) if group.holds(chunk, pg_count) => {
-            match read_existing(&store, chunk, offset, length).await {
-                Ok(data) => (StatusCode::OK, data).into_response(),
-                Err(e) => DataError::NotFound(e).into_response(),
-            }
-        }
-        Ok(Some((_, group, _))) => {
-            DataError::BadRequest(format!("{chunk} is not in {group}")).into_response()
-        }
-        Ok(None) => DataError::NotFound(format!("replica {replica} is not here")).into_response(),
-        Err(e) => DataError::from(e).into_response(),
+    let hosted = match backend.hosted(replica) {
+        Ok(hosted) => hosted,
+        Err(e) => return e.into_response(),
+    };
+    if !hosted.group.holds(chunk, hosted.pg_count) {
+        return DataError::BadRequest(format!("{chunk} is not in {}", hosted.group))
+            .into_response();
+    }
+    let applied = hosted.applied.load(std::sync::atomic::Ordering::Relaxed);
+    if applied < min_applied {
+        return DataError::Unavailable(format!(
+            "replica {replica} applied {applied}, behind {min_applied}"
+        ))
+        .into_response();
+    }
+    match read_existing(&hosted.store, chunk, offset, length).await {
+        Ok(data) => (StatusCode::OK, data).into_response(),
+        Err(e) => DataError::NotFound(e).into_response(),
     }
 }
 

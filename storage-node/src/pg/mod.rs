@@ -139,6 +139,10 @@ pub const LEFT_BEHIND_TICKS: u64 = 3000;
 /// one keeps refusing within this time.
 pub const REFUSED_TICKS: u64 = 1000;
 
+/// How long a repair waits for a block from a replica on another node. The host waits
+/// inside its round (a repair is rare); a peer that does not answer in time is skipped.
+pub const REMOTE_REPAIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Blocks one IO may repair before it gives up: a range of a few corrupt blocks is repaired
 /// whole; a disk returning garbage everywhere is not chased block by block.
 pub const REPAIRS_PER_IO_MAX: usize = 16;
@@ -312,6 +316,24 @@ enum Applied {
     },
 }
 
+/// One replica hosted here as the node's data API sees it: its store, its PG and how far it
+/// has applied. Peers read chunks through it (a copy for a joining replica, a block for a
+/// repair) without going through the host's task, which may itself be waiting on a peer.
+#[derive(Clone)]
+pub struct HostedReplica {
+    /// The store of its disk.
+    pub store: Arc<ChunkStore>,
+    /// Its PG.
+    pub group: GroupId,
+    /// Its pool's PG count (0 until a map said).
+    pub pg_count: u32,
+    /// The last index it applied.
+    pub applied: Arc<AtomicU64>,
+}
+
+/// The replicas hosted here, shared with the data API.
+pub type ReplicaDirectory = Arc<std::sync::RwLock<BTreeMap<ReplicaId, HostedReplica>>>;
+
 /// Where a joining replica stands with the copy of its chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Restore {
@@ -379,6 +401,10 @@ pub struct PgHost<L: LogStore> {
     replay_until: BTreeMap<ReplicaId, u64>,
     /// Per replica, the tick it last refused a snapshot.
     refused: BTreeMap<ReplicaId, u64>,
+    /// The replicas hosted here, for the data API.
+    directory: ReplicaDirectory,
+    /// Where blocks come from for a repair when no replica here holds a good copy.
+    remote: Option<Arc<dyn ChunkSource>>,
 }
 
 impl<L: LogStore> PgHost<L> {
@@ -406,12 +432,12 @@ impl<L: LogStore> PgHost<L> {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or_default();
-        let hosted = node.replicas().collect();
+        let hosted: BTreeMap<ReplicaId, GroupId> = node.replicas().collect();
         let replay_until = node
             .replicas()
             .filter_map(|(r, _)| Some((r, node.status(r)?.last_index)))
             .collect();
-        Ok(PgHost {
+        let host = PgHost {
             node,
             disks,
             placement,
@@ -435,7 +461,11 @@ impl<L: LogStore> PgHost<L> {
             hosted,
             replay_until,
             refused: BTreeMap::new(),
-        })
+            directory: ReplicaDirectory::default(),
+            remote: None,
+        };
+        host.refresh_directory();
+        Ok(host)
     }
 
     /// Hosts `replica`, one of the first `voters` of PG `group`, on `disk`.
@@ -452,6 +482,7 @@ impl<L: LogStore> PgHost<L> {
             .map_err(|e| PgError::Raft(e.to_string()))?;
         self.placement.insert(replica, disk);
         self.hosted.insert(replica, group);
+        self.refresh_directory();
         Ok(())
     }
 
@@ -469,6 +500,7 @@ impl<L: LogStore> PgHost<L> {
             .map_err(|e| PgError::Raft(e.to_string()))?;
         self.placement.insert(replica, disk);
         self.hosted.insert(replica, group);
+        self.refresh_directory();
         Ok(())
     }
 
@@ -533,8 +565,11 @@ impl<L: LogStore> PgHost<L> {
             )));
         }
         self.set_preferred_leader(target.group, preferred);
-        self.pg_counts.insert(target.group, target.pg_count);
+        let known = self.pg_counts.insert(target.group, target.pg_count);
         self.targets.insert(target.group, target.members);
+        if known != Some(target.pg_count) {
+            self.refresh_directory();
+        }
         Ok(())
     }
 
@@ -869,13 +904,44 @@ impl<L: LogStore> PgHost<L> {
         }
     }
 
-    /// The store of a replica hosted here (a copy source for a peer), with its PG's pool's
-    /// PG count.
-    pub fn replica_store(&self, replica: ReplicaId) -> Option<(Arc<ChunkStore>, GroupId, u32)> {
-        let group = self.node.status(replica)?.group;
-        let pg_count = *self.pg_counts.get(&group)?;
-        let disk = self.placement.get(&replica)?;
-        Some((self.disks[disk].clone(), group, pg_count))
+    /// The replicas hosted here with their stores and applied indexes, kept up to date by
+    /// the host: the data API serves peers from it.
+    pub fn directory(&self) -> ReplicaDirectory {
+        self.directory.clone()
+    }
+
+    /// Lets repairs fetch blocks from replicas on other nodes.
+    pub fn set_remote_source(&mut self, source: Arc<dyn ChunkSource>) {
+        self.remote = Some(source);
+    }
+
+    /// Records how far a replica applied, here and in the directory.
+    fn set_applied(&mut self, replica: ReplicaId, index: u64) {
+        self.applied.insert(replica, index);
+        let directory = self.directory.read().expect("invariant: not poisoned");
+        if let Some(hosted) = directory.get(&replica) {
+            hosted.applied.store(index, Ordering::Relaxed);
+        }
+    }
+
+    /// Brings the directory in line with the replicas hosted and the PG counts known.
+    fn refresh_directory(&self) {
+        let mut directory = self.directory.write().expect("invariant: not poisoned");
+        directory.retain(|replica, _| self.hosted.contains_key(replica));
+        for (replica, group) in &self.hosted {
+            let Some(disk) = self.placement.get(replica) else {
+                continue;
+            };
+            let pg_count = self.pg_counts.get(group).copied().unwrap_or(0);
+            let applied = self.applied.get(replica).copied().unwrap_or(0);
+            let entry = directory.entry(*replica).or_insert_with(|| HostedReplica {
+                store: self.disks[disk].clone(),
+                group: *group,
+                pg_count,
+                applied: Arc::new(AtomicU64::new(applied)),
+            });
+            entry.pg_count = pg_count;
+        }
     }
 
     /// Names the replica that should lead `group` (the PG map lists it first; placement
@@ -1200,6 +1266,7 @@ impl<L: LogStore> PgHost<L> {
             .filter(|(replica, _)| self.node.status(**replica).is_none())
             .map(|(r, g)| (*r, *g))
             .collect();
+        let gone_any = !gone.is_empty();
         for (replica, group) in gone {
             self.hosted.remove(&replica);
             self.refused.remove(&replica);
@@ -1224,6 +1291,10 @@ impl<L: LogStore> PgHost<L> {
             }
             tracing::info!(%replica, %group, %disk, chunks = count, "replica left its PG; its chunks deleted");
         }
+        if !gone_any {
+            return;
+        }
+        self.refresh_directory();
     }
 
     /// Answers `Dropped` to requests whose replica changed term or that waited too long, and
@@ -1281,7 +1352,7 @@ impl<L: LogStore> PgHost<L> {
                     if copied {
                         self.restores.remove(&replica);
                     }
-                    self.applied.insert(replica, index);
+                    self.set_applied(replica, index);
                     return Ok(());
                 }
                 return Err(PgError::Raft(format!(
@@ -1291,7 +1362,7 @@ impl<L: LogStore> PgHost<L> {
         };
         if data.is_empty() {
             // A new leader's empty entry or a configuration change.
-            self.applied.insert(replica, entry_index);
+            self.set_applied(replica, entry_index);
             return Ok(());
         }
         let proposal = match Proposal::decode(&data) {
@@ -1299,7 +1370,7 @@ impl<L: LogStore> PgHost<L> {
             Err(e) => {
                 // Every replica refuses it alike: a no-op, logged.
                 tracing::error!(%replica, entry_index, "undecodable PG command skipped: {e}");
-                self.applied.insert(replica, entry_index);
+                self.set_applied(replica, entry_index);
                 return Ok(());
             }
         };
@@ -1311,7 +1382,7 @@ impl<L: LogStore> PgHost<L> {
             } => (*chunk, *offset, data),
             PgCommand::Compact { index } => {
                 self.compact(replica, *index).await?;
-                self.applied.insert(replica, entry_index);
+                self.set_applied(replica, entry_index);
                 return Ok(());
             }
         };
@@ -1328,7 +1399,7 @@ impl<L: LogStore> PgHost<L> {
         let mine = proposal.incarnation == self.incarnation;
         match result {
             Ok(()) => {
-                self.applied.insert(replica, entry_index);
+                self.set_applied(replica, entry_index);
                 self.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
                 if mine && let Some(write) = self.writes.remove(&proposal.request) {
                     let _ = write.reply.send(Ok(()));
@@ -1433,9 +1504,53 @@ impl<L: LogStore> PgHost<L> {
             );
             return Ok(());
         }
+        if let Some(source) = self.remote.clone() {
+            let applied = at.unwrap_or(0);
+            for peer in self.remote_peers(group, replica) {
+                let fetched = tokio::time::timeout(
+                    REMOTE_REPAIR_TIMEOUT,
+                    source.read(peer, chunk, offset as u32, BLOCK_SIZE, applied),
+                )
+                .await;
+                let block = match fetched {
+                    Ok(Ok(block)) if block.len() == BLOCK_SIZE as usize => block,
+                    Ok(Ok(_)) | Err(_) => continue,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%replica, %peer, %chunk, "no repair from this peer: {e}");
+                        continue;
+                    }
+                };
+                self.store(replica).write(chunk, offset, &block).await?;
+                self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    %replica, %peer, %chunk, block = block_index,
+                    "checksum mismatch repaired from a replica on another node"
+                );
+                return Ok(());
+            }
+        }
         self.stats.unrepaired.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(%replica, %chunk, block = block_index, "checksum mismatch: no replica here could repair it");
+        tracing::error!(%replica, %chunk, block = block_index, "checksum mismatch: no replica could repair it");
         Err(corrupt)
+    }
+
+    /// The other members of `group` on other nodes, the leader first: where a repair looks
+    /// once no replica here holds a good copy.
+    fn remote_peers(&self, group: GroupId, replica: ReplicaId) -> Vec<ReplicaId> {
+        let me = self.node.id();
+        let leader = self.node.status(replica).and_then(|s| s.leader);
+        let mut peers: Vec<ReplicaId> = self
+            .targets
+            .get(&group)
+            .into_iter()
+            .flatten()
+            .copied()
+            .chain(leader)
+            .filter(|p| p.node() != me)
+            .collect();
+        peers.sort_by_key(|p| Some(*p) != leader);
+        peers.dedup();
+        peers
     }
 }
 

@@ -64,14 +64,17 @@ pub trait ChunkSource: Send + Sync {
     fn list(&self, from: ReplicaId, group: GroupId) -> SourceFuture<'_, Vec<ChunkId>>;
 
     /// `length` bytes at `offset` of `chunk` as replica `from` holds them, checksums verified
-    /// (a corrupt block fails the copy, which is retried). A chunk the source no longer has is
-    /// an error, never zeros: the copy must not turn data into holes.
+    /// (a corrupt block fails the copy, which is retried), once `from` has applied at least
+    /// `min_applied` (an error before: a repair must not take a block older than the one it
+    /// replaces). A chunk the source no longer has is an error, never zeros: the copy must
+    /// not turn data into holes.
     fn read(
         &self,
         from: ReplicaId,
         chunk: ChunkId,
         offset: u32,
         length: u32,
+        min_applied: u64,
     ) -> SourceFuture<'_, Vec<u8>>;
 }
 
@@ -95,6 +98,7 @@ impl ChunkSource for LocalSource {
         chunk: ChunkId,
         offset: u32,
         length: u32,
+        _min_applied: u64,
     ) -> SourceFuture<'_, Vec<u8>> {
         Box::pin(async move { read_existing(&self.store, chunk, offset, length).await })
     }
@@ -202,7 +206,7 @@ pub async fn copy_pg(
         let mut offset = 0u32;
         while offset < chunk_size {
             let length = piece_max.min(chunk_size - offset);
-            let data = source.read(wanted.from, chunk, offset, length).await?;
+            let data = source.read(wanted.from, chunk, offset, length, 0).await?;
             if data.len() != length as usize {
                 return Err(format!(
                     "{chunk}: asked {length} bytes at {offset}, got {}",

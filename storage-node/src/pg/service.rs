@@ -43,10 +43,6 @@ enum Request {
     Report(oneshot::Sender<Vec<ReplicaState>>),
     Host(Vec<NewReplica>, oneshot::Sender<Result<(), PgError>>),
     Targets(Vec<PgTarget>),
-    Store(
-        cairn_common::ReplicaId,
-        oneshot::Sender<Option<(Arc<ChunkStore>, GroupId, u32)>>,
-    ),
 }
 
 /// Writes and reads through the host task.
@@ -84,6 +80,9 @@ where
     let (restored_tx, mut restored) = mpsc::channel(RESTORES_RUNNING_MAX * 2);
     let pacer = Arc::new(tokio::sync::Mutex::new(Pacer::new(restore_mb_per_s)));
     tokio::spawn(async move {
+        if let Some(network) = &network {
+            host.set_remote_source(network.source.clone());
+        }
         let (transport, mut incoming, source) = match network {
             Some(network) => (
                 Some(network.transport),
@@ -217,9 +216,6 @@ fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
                 }
             }
         }
-        Request::Store(replica, reply) => {
-            let _ = reply.send(host.replica_store(replica));
-        }
     }
 }
 
@@ -320,19 +316,6 @@ impl PgHandle {
         self.requests
             .try_send(Request::Targets(targets))
             .map_err(|_| PgError::Busy)
-    }
-
-    /// The store of a replica hosted here, its PG and its pool's PG count (a copy source).
-    pub async fn replica_store(
-        &self,
-        replica: cairn_common::ReplicaId,
-    ) -> Result<Option<(Arc<ChunkStore>, GroupId, u32)>, PgError> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .try_send(Request::Store(replica, tx))
-            .map_err(|_| PgError::Busy)?;
-        rx.await
-            .map_err(|_| PgError::Raft("the PG host stopped".into()))
     }
 
     /// Reads through PG `group` (see [`PgHost::read`]).

@@ -578,3 +578,159 @@ fn a_pg_member_moves_to_another_disk_by_snapshot_transfer() {
         }
     });
 }
+
+/// A peer's chunks as another node's data API serves them: straight from the hosts'
+/// replica directories.
+struct Peers(Vec<cairn_storage_node::pg::ReplicaDirectory>);
+
+impl cairn_storage_node::pg::ChunkSource for Peers {
+    fn list(
+        &self,
+        _from: ReplicaId,
+        _group: GroupId,
+    ) -> cairn_storage_node::pg::restore::SourceFuture<'_, Vec<ChunkId>> {
+        Box::pin(async { Err("not used".to_string()) })
+    }
+
+    fn read(
+        &self,
+        from: ReplicaId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+        min_applied: u64,
+    ) -> cairn_storage_node::pg::restore::SourceFuture<'_, Vec<u8>> {
+        Box::pin(async move {
+            let hosted = self
+                .0
+                .iter()
+                .find_map(|d| d.read().expect("lock").get(&from).cloned())
+                .ok_or("no such replica")?;
+            let applied = hosted.applied.load(std::sync::atomic::Ordering::Relaxed);
+            if applied < min_applied {
+                return Err(format!("applied {applied} < {min_applied}"));
+            }
+            cairn_storage_node::pg::restore::read_existing(&hosted.store, chunk, offset, length)
+                .await
+        })
+    }
+}
+
+/// Goal: a corrupt block on a node that hosts no other replica of its PG is repaired from a
+/// replica on another node: the read returns the right bytes, the repair is counted, the disk
+/// holds the good block; with the block bad on every node the read fails. Method: three
+/// hosts (nodes 1-3) of one PG, one replica each, messages passed between them by the test;
+/// a bit flipped in node 2's chunk file; reads through node 2, which follows.
+#[test]
+fn a_corrupt_block_is_repaired_from_a_replica_on_another_node() {
+    use cairn_storage_node::pg::NewReplica;
+    let dirs: Vec<_> = (0..6).map(|_| disk_dir()).collect();
+    let group = GroupId::pg(PoolId(1), 0);
+    let members: Vec<ReplicaId> = (1..=3).map(|n| ReplicaId::new(NodeId(n), 1)).collect();
+    block_on(async {
+        let mut hosts = Vec::new();
+        let mut disks = Vec::new();
+        for (i, member) in members.iter().enumerate() {
+            let disk = open_disks(&[dirs[i].path()]).await.remove(0);
+            let log = FileLogStore::open(dirs[3 + i].path()).expect("log");
+            let config = NodeConfig::new(member.node());
+            let mut host =
+                PgHost::new(config, log, vec![disk.clone()], BTreeMap::new()).expect("host");
+            let new = NewReplica {
+                group,
+                replica: *member,
+                members: members.clone(),
+                joined: false,
+                first_voters: members.clone(),
+                disk: disk.disk_id(),
+                pg_count: 1,
+            };
+            host.host_new(new).expect("host the replica");
+            hosts.push(host);
+            disks.push(disk);
+        }
+        let directories: Vec<_> = hosts.iter().map(|h| h.directory()).collect();
+        for host in &mut hosts {
+            host.set_remote_source(Arc::new(Peers(directories.clone())));
+        }
+        // One round on every host, each batch delivered to its node.
+        async fn pump_all(hosts: &mut [PgHost<FileLogStore>]) {
+            let mut mail = Vec::new();
+            for host in hosts.iter_mut() {
+                host.tick();
+                mail.push(host.round().await.expect("round"));
+            }
+            for outbox in mail {
+                for (to, batch) in outbox.batches {
+                    hosts[to.0 as usize - 1].step(batch);
+                }
+            }
+        }
+        async fn ask<T>(
+            hosts: &mut [PgHost<FileLogStore>],
+            at: usize,
+            start: impl Fn(
+                &mut PgHost<FileLogStore>,
+            ) -> Result<oneshot::Receiver<Result<T, PgError>>, PgError>,
+        ) -> Result<T, PgError> {
+            for _ in 0..ROUNDS_MAX {
+                let mut rx = match start(&mut hosts[at]) {
+                    Ok(rx) => rx,
+                    Err(PgError::NotLeader { .. } | PgError::Dropped(_)) => {
+                        pump_all(hosts).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                loop {
+                    pump_all(hosts).await;
+                    match rx.try_recv() {
+                        Ok(Err(PgError::NotLeader { .. } | PgError::Dropped(_))) => break,
+                        Ok(answer) => return answer,
+                        Err(oneshot::error::TryRecvError::Empty) => {}
+                        Err(e) => panic!("abandoned: {e}"),
+                    }
+                }
+            }
+            panic!("no answer after {ROUNDS_MAX} attempts");
+        }
+        let at = chunk(0);
+        let data = pattern(77, CHUNK);
+        // Node 1 leads (its replica is the preferred one); write there.
+        ask(&mut hosts, 0, |h| h.write(group, at, 0, data.clone()))
+            .await
+            .expect("write");
+        // Let every follower apply it.
+        for _ in 0..50 {
+            pump_all(&mut hosts).await;
+        }
+        flip_bit(&disks[1], at, 2);
+        assert!(disks[1].read(at, 2 * 4096, 4096).await.is_err());
+        let leader_is_1 = hosts[0]
+            .node()
+            .status(members[0])
+            .is_some_and(|s| s.role == cairn_raft::raft_types::StateRole::Leader);
+        assert!(leader_is_1, "node 1 leads, so node 2 reads as a follower");
+        let read = ask(&mut hosts, 1, |h| h.read(group, at, 0, CHUNK as u32))
+            .await
+            .expect("repaired read");
+        assert!(read == data, "the repaired read returns the written bytes");
+        let repairs = hosts[1]
+            .stats()
+            .read_repairs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(repairs, 1);
+        let fixed = disks[1].read(at, 0, CHUNK).await.expect("repaired on disk");
+        assert!(fixed[..] == data[..]);
+
+        for disk in &disks {
+            flip_bit(disk, at, 5);
+        }
+        match ask(&mut hosts, 1, |h| h.read(group, at, 5 * 4096, 100)).await {
+            Err(PgError::Store { source, .. }) => {
+                assert!(source.to_string().contains("checksum"), "{source}")
+            }
+            other => panic!("a block bad everywhere must fail the read: {other:?}"),
+        }
+    });
+}

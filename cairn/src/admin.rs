@@ -126,6 +126,10 @@ pub enum NodeCommand {
     SetDiskState { id: String, state: String },
     /// Marks every disk of storage node N out: its PG members move to other nodes.
     Drain { id: u64 },
+    /// Removes a drained storage node and its disks from the cluster map (refused while a PG
+    /// still has a member on it). A node joins by running `cairn node run`, which registers
+    /// it and its disks.
+    Remove { id: u64 },
     /// Runs a storage node: registers it and its disks, hosts its PG replicas.
     Run(crate::node::NodeArgs),
 }
@@ -845,6 +849,12 @@ pub fn node(connection: &Connection, command: NodeCommand) -> ExitCode {
                 disk_table,
             )
         }
+        NodeCommand::Remove { id } => run_with(
+            connection,
+            &format!("/v1/storage-nodes/{id}"),
+            Method::Delete,
+            done_table,
+        ),
         NodeCommand::Drain { id } => run_with(
             connection,
             &format!("/v1/storage-nodes/{id}/drain"),

@@ -771,6 +771,47 @@ async fn pg_chunk_route(
     }
 }
 
+/// Where block `?block=B` of a chunk lies in the files of this node's disks that hold the
+/// chunk: `[{"disk", "path", "offset"}]` (for tools and fault-injection tests that inspect
+/// or damage chunk files; behind the token like everything here).
+fn chunk_location(
+    disks: &[Arc<ChunkStore>],
+    pool: u32,
+    owner: u64,
+    index: u32,
+    query: Option<&str>,
+) -> Response {
+    let chunk = ChunkId {
+        pool: PoolId(pool),
+        owner: OwnerId(owner),
+        index,
+    };
+    let block = query
+        .and_then(|q| q.strip_prefix("block="))
+        .and_then(|b| b.parse::<u64>().ok());
+    let Some(block) = block else {
+        return DataError::BadRequest("block=N is required".into()).into_response();
+    };
+    let mut found = Vec::new();
+    for disk in disks {
+        let bytes = block * u64::from(cairn_common::BLOCK_SIZE);
+        if bytes >= u64::from(disk.chunk_size_bytes()) {
+            return DataError::BadRequest(format!("block {block} past the chunk")).into_response();
+        }
+        if let (Ok((path, _)), Ok(offset)) = (
+            disk.chunk_location(chunk),
+            disk.data_file_offset(chunk, bytes),
+        ) {
+            found.push(json!({
+                "disk": disk.disk_id().to_string(),
+                "path": path.display().to_string(),
+                "offset": offset,
+            }));
+        }
+    }
+    axum::Json(Value::Array(found)).into_response()
+}
+
 /// Refuses requests without the admin token (compared in constant time).
 async fn require_token(
     State(token): State<Arc<String>>,
@@ -809,12 +850,21 @@ async fn serve_data(
     disks: Vec<Arc<ChunkStore>>,
 ) -> Result<(), String> {
     let token = Arc::new(backend.token.clone());
+    let located_disks = disks.clone();
     let metrics = axum::routing::get(move || {
         let (stats, disks) = (stats.clone(), disks.clone());
         async move { storage::metrics(&stats, &disks) }
     });
+    let locate = axum::routing::get(
+        move |UrlPath((pool, owner, index)): UrlPath<(u32, u64, u32)>,
+              RawQuery(query): RawQuery| {
+            let disks = located_disks.clone();
+            async move { chunk_location(&disks, pool, owner, index, query.as_deref()) }
+        },
+    );
     let router = axum::Router::new()
         .route("/metrics", metrics)
+        .route("/v1/debug/chunk-location/{pool}/{owner}/{index}", locate)
         .route(
             "/v1/pieces/{group}/{pool}/{owner}/{index}",
             axum::routing::get(piece_route).put(piece_route),

@@ -760,21 +760,23 @@ fn storage_nodes_replicate_pgs_across_processes() {
 }
 
 /// Goal: the scheduler moves PG members: a node added to a running cluster receives its share
-/// of the PGs (rebalance), and a node lost for good has its members replaced on the others
-/// (recovery); every move copies the PG's chunks to the new member before the old one goes,
-/// so every byte written reads back, with client IO going on meanwhile. Method: one `cairn
-/// meta` and nodes 2-4, a 3-replica pool of 8 PGs by host, 6 MiB written; node 5 joins and
-/// the cluster settles with node 5 hosting members; node 3 is SIGKILLed for good and the
-/// cluster settles healthy on nodes 2, 4 and 5; the bytes read back through several nodes.
+/// of the PGs (rebalance), a drained node gives its members away and can then be removed,
+/// and a node lost for good has its members replaced on the others (recovery); every move
+/// copies the PG's chunks to the new member before the old one goes, so every byte written
+/// reads back. Method: one `cairn meta` and nodes 2-4, a 3-replica pool of 8 PGs by host,
+/// 6 MiB written; node 5 joins and the cluster settles with node 5 hosting members; `node
+/// remove 4` is refused, `node drain 4` empties it and `node remove 4` then succeeds; node 6
+/// joins and takes members; node 3 is SIGKILLed for good and the cluster settles healthy on
+/// nodes 2, 5 and 6; the bytes read back through several nodes, and a new write too.
 #[test]
-fn storage_nodes_rebalance_onto_a_new_node_and_recover_a_lost_one() {
+fn storage_nodes_rebalance_drain_and_recover() {
     let dir = tempfile::Builder::new()
         .prefix("cairn-moves-test-")
         .tempdir_in("/var/tmp")
         .expect("tempdir");
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     assert_eq!(cairn(&["ca", "init", &path("ca")]).0, 0);
-    for id in 1..=5 {
+    for id in 1..=6 {
         let id = id.to_string();
         assert_eq!(
             cairn(&["ca", "issue", &path("ca"), &id, "--out", &path("certs")]).0,
@@ -869,21 +871,38 @@ fn storage_nodes_rebalance_onto_a_new_node_and_recover_a_lost_one() {
     let (code, out, err) = cairn_with_env(&["rebalance", "status", "--json"], &env);
     assert_eq!(code, 0, "{out}{err}");
     assert!(read_back(3), "read through node 5 after the rebalance");
+    // A node holding members cannot be removed; drained, it can.
+    let (code, out, err) = cairn_with_env(&["node", "remove", "4"], &env);
+    assert_ne!(code, 0, "node 4 holds members: {out}{err}");
+    let (code, out, err) = cairn_with_env(&["node", "drain", "4"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_health_for(&env, "node 4 drained", 90, |h| {
+        h["status"] == "healthy" && replicas_on(h, 4) == 0
+    });
+    let (code, out, err) = cairn_with_env(&["node", "remove", "4"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    drop(nodes.remove(2));
+    assert!(read_back(0), "read through node 2 after node 4 left");
 
-    // Recovery: node 3 is lost for good; its members move to nodes 2, 4 and 5.
+    // Recovery: node 6 joins; node 3 is lost for good; its members move to nodes 2, 5 and 6.
+    let port6 = (free_port(), free_port());
+    nodes.push(start_node(dir.path(), 6, port6, &env));
+    wait_health_for(&env, "node 6 holding members", 90, |h| {
+        h["status"] == "healthy" && replicas_on(h, 6) >= 5
+    });
     drop(nodes.remove(1));
     wait_health_for(&env, "healthy without node 3", 90, |h| {
         h["status"] == "healthy" && h["pgs_healthy"] == 8 && replicas_on(h, 3) == 0
     });
     assert!(read_back(0), "read through node 2 after the recovery");
     let (code, out, err) = via(
-        2,
+        3,
         &["volume", "write", "v", "5000", &input.to_string_lossy()],
     );
     assert_eq!(code, 0, "write after the recovery: {out}{err}");
     let out_path = output.to_string_lossy();
     let (code, out, err) = via(
-        3,
+        0,
         &["volume", "read", "v", "5000", &length, "--out", &out_path],
     );
     assert_eq!(code, 0, "{out}{err}");

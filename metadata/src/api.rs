@@ -89,7 +89,7 @@ pub fn router_with(
         .route("/v1/storage-nodes", get(list_storage_nodes))
         .route(
             "/v1/storage-nodes/{id}",
-            axum::routing::put(register_storage_node),
+            axum::routing::put(register_storage_node).delete(remove_storage_node),
         )
         .route("/v1/storage-nodes/{id}/drain", post(drain_storage_node))
         .route("/v1/rebalance", get(rebalance_status))
@@ -281,6 +281,29 @@ async fn drain_storage_node(
         marked.push(disk.to_string());
     }
     Ok(Json(json!({ "node": id, "disks_out": marked })).into_response())
+}
+
+/// Removes a drained storage node and its disks from the cluster map (409 while a PG still
+/// has a member on it).
+async fn remove_storage_node(
+    State(api): State<Api>,
+    Path(id): Path<u64>,
+) -> Result<Response, Response> {
+    let listed = api
+        .driver
+        .read(Box::new(move |state: &MetaState| {
+            let disks = state.disks().filter(|d| u64::from(d.host.0) == id);
+            Ok(json!(disks.map(|d| d.id.to_string()).collect::<Vec<_>>()))
+        }))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let mut disks = Vec::new();
+    for text in listed.as_array().into_iter().flatten() {
+        disks.push(parse_disk_id(text.as_str().unwrap_or_default())?);
+    }
+    let count = disks.len();
+    write(&api, Command::RemoveNode { id, disks }).await?;
+    Ok(Json(json!({ "removed": id, "disks": count })).into_response())
 }
 
 async fn list_storage_nodes(State(api): State<Api>) -> Response {

@@ -264,6 +264,16 @@ pub enum Command {
     /// The new member gets a new replica id and `joined` set; the pool's epoch is bumped. If
     /// the replaced member was the preferred leader (first), the new one goes last, since the
     /// preferred leader must hold the PG's data; otherwise it takes the old one's place.
+    /// Removes a storage node and its disks from the cluster map. Refused with
+    /// [`MetaError::NotEmpty`] (409) while any PG still has a member on one of its disks
+    /// (drain it first), and as invalid if `disks` is not exactly the node's disks (the
+    /// proposer lists them so the records to delete are known from the command alone).
+    RemoveNode {
+        /// The node (its host number).
+        id: u64,
+        /// Its disks.
+        disks: Vec<DiskId>,
+    },
     MovePgMember {
         /// The pool.
         pool: String,
@@ -496,6 +506,7 @@ impl MetaState {
             Command::MovePgMember { pool, pg, from, to } => {
                 self.move_pg_member(&pool, pg, from, to)
             }
+            Command::RemoveNode { id, disks } => self.remove_node(id, disks),
             Command::SetRebalance { enabled } => {
                 self.settings.rebalance = enabled;
                 Ok(Applied::Done)
@@ -745,6 +756,48 @@ impl MetaState {
             });
         }
         self.tenants.remove(&name);
+        Ok(Applied::Done)
+    }
+
+    fn remove_node(&mut self, id: u64, mut disks: Vec<DiskId>) -> Result<Applied, MetaError> {
+        let mut held: Vec<DiskId> = self
+            .disks
+            .values()
+            .filter(|d| u64::from(d.host.0) == id)
+            .map(|d| d.id)
+            .collect();
+        if held.is_empty() && !self.nodes.contains_key(&id) {
+            return Err(MetaError::NotFound {
+                kind: "storage node",
+                name: id.to_string(),
+            });
+        }
+        held.sort();
+        disks.sort();
+        if held != disks {
+            return Err(MetaError::Invalid(format!(
+                "storage node {id} has {} disks, the request named {}; retry",
+                held.len(),
+                disks.len()
+            )));
+        }
+        let used = self.pools.values().any(|pool| {
+            pool.pg_map
+                .iter()
+                .flatten()
+                .any(|member| held.contains(&member.disk))
+        });
+        if used {
+            return Err(MetaError::NotEmpty {
+                kind: "storage node",
+                name: id.to_string(),
+                holds: "PG members (drain it first)",
+            });
+        }
+        for disk in held {
+            self.disks.remove(&disk);
+        }
+        self.nodes.remove(&id);
         Ok(Applied::Done)
     }
 
@@ -1282,6 +1335,38 @@ pub(crate) mod tests {
             "the new member goes last"
         );
         assert_eq!(state.invariant_violation(), None);
+    }
+
+    /// Goal: a storage node leaves the map only once no PG has a member on it, and only with
+    /// its exact disk list; nothing changes on a refusal. Method: host 5 holds no member (it
+    /// joined after the pool); host 1 holds members.
+    #[test]
+    fn remove_node_only_when_drained() {
+        let mut state = move_cluster();
+        let before = state.clone();
+        let remove = |id: u64, disks: &[u8]| Command::RemoveNode {
+            id,
+            disks: disks.iter().map(|d| DiskId([*d; 16])).collect(),
+        };
+        assert!(matches!(
+            state.apply(remove(1, &[0])),
+            Err(MetaError::NotEmpty { .. })
+        ));
+        assert!(matches!(
+            state.apply(remove(5, &[])),
+            Err(MetaError::Invalid(_))
+        ));
+        assert!(matches!(
+            state.apply(remove(9, &[])),
+            Err(MetaError::NotFound { .. })
+        ));
+        assert_eq!(state, before, "refusals change nothing");
+        assert_eq!(state.apply(remove(5, &[5])), Ok(Applied::Done));
+        assert!(state.disk(DiskId([5; 16])).is_none());
+        assert!(matches!(
+            state.apply(remove(5, &[])),
+            Err(MetaError::NotFound { .. })
+        ));
     }
 
     /// Goal: each documented refusal of a move, and a refused move changes nothing. Method:

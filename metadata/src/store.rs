@@ -282,6 +282,9 @@ fn touched(command: &Command) -> Vec<RecordKey> {
             vec![RecordKey::Pool(pool.clone()), RecordKey::Counters]
         }
         Command::SetRebalance { .. } => vec![RecordKey::Settings],
+        Command::RemoveNode { id, disks } => std::iter::once(RecordKey::Node(*id))
+            .chain(disks.iter().map(|d| RecordKey::Disk(*d)))
+            .collect(),
     }
 }
 

@@ -253,7 +253,7 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let node_counters: [(&str, &str, &AtomicU64); 8] = [
+    let node_counters: [(&str, &str, &AtomicU64); 10] = [
         (
             "cairn_pg_read_repairs_total",
             "Blocks repaired from another replica after a checksum failure.",
@@ -288,6 +288,16 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
             "cairn_pg_snapshots_refused_total",
             "Snapshots refused by replicas holding state (they are replaced instead).",
             &stats.snapshots_refused,
+        ),
+        (
+            "cairn_pg_scrubbed_bytes_total",
+            "Bytes the background scrub read and verified.",
+            &stats.scrubbed_bytes,
+        ),
+        (
+            "cairn_pg_scrub_passes_total",
+            "Full passes of the background scrub over the node's replicas.",
+            &stats.scrub_passes,
         ),
         (
             "cairn_pg_replicas_dropped_total",

@@ -139,6 +139,14 @@ pub const LEFT_BEHIND_TICKS: u64 = 3000;
 /// one keeps refusing within this time.
 pub const REFUSED_TICKS: u64 = 1000;
 
+/// Ticks between two steps of the background scrub (100 ms at 10 ms ticks).
+pub const SCRUB_STEP_TICKS_DEFAULT: u64 = 10;
+
+/// Bytes one scrub step reads (and verifies, repairing what fails): with a step every 100 ms,
+/// 10 MB/s per node, a small share of a disk's bandwidth (DESIGN.md invariant 4), which
+/// still walks a 1 TB disk in about 28 hours.
+pub const SCRUB_STEP_BYTES: u32 = 1 << 20;
+
 /// How long a repair waits for a block from a replica on another node. The host waits
 /// inside its round (a repair is rare); a peer that does not answer in time is skipped.
 pub const REMOTE_REPAIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -158,6 +166,10 @@ pub struct PgStats {
     pub writes_applied: AtomicU64,
     /// Reads served.
     pub reads_served: AtomicU64,
+    /// Bytes the background scrub read and verified.
+    pub scrubbed_bytes: AtomicU64,
+    /// Full passes of the background scrub over every replica here.
+    pub scrub_passes: AtomicU64,
     /// Snapshot copies completed into joining replicas.
     pub restores: AtomicU64,
     /// Bytes copied into joining replicas.
@@ -405,6 +417,23 @@ pub struct PgHost<L: LogStore> {
     directory: ReplicaDirectory,
     /// Where blocks come from for a repair when no replica here holds a good copy.
     remote: Option<Arc<dyn ChunkSource>>,
+    /// Where the background scrub is.
+    scrub: Scrub,
+    /// Ticks between scrub steps (0: no scrub).
+    scrub_step_ticks: u64,
+}
+
+/// The background scrub's cursor: it reads every written block of every replica here, one
+/// piece per step, and a block that fails its checksum is repaired like on any read.
+#[derive(Default)]
+struct Scrub {
+    /// The replica being scrubbed, with the chunks of its PG listed when it began.
+    replica: Option<(ReplicaId, Vec<ChunkId>)>,
+    /// The chunk (index into the list) and the offset in it.
+    chunk: usize,
+    offset: u32,
+    /// The tick of the last step.
+    last_tick: u64,
 }
 
 impl<L: LogStore> PgHost<L> {
@@ -463,6 +492,8 @@ impl<L: LogStore> PgHost<L> {
             refused: BTreeMap::new(),
             directory: ReplicaDirectory::default(),
             remote: None,
+            scrub: Scrub::default(),
+            scrub_step_ticks: SCRUB_STEP_TICKS_DEFAULT,
         };
         host.refresh_directory();
         Ok(host)
@@ -1233,7 +1264,90 @@ impl<L: LogStore> PgHost<L> {
         self.drop_stale_requests();
         self.take_snapshots().await?;
         self.clean_dropped().await;
+        self.scrub_step().await;
         Ok(outbox)
+    }
+
+    /// Sets the ticks between background scrub steps (0 turns the scrub off; tests speed it
+    /// up).
+    pub fn set_scrub_step_ticks(&mut self, ticks: u64) {
+        self.scrub_step_ticks = ticks;
+    }
+
+    /// One step of the background scrub, if one is due: reads the next piece of the replica
+    /// being scrubbed (verifying every block, repairing those that fail), then moves on;
+    /// after the last chunk of the last replica, a pass is counted and the next begins.
+    async fn scrub_step(&mut self) {
+        let due = self.scrub_step_ticks > 0
+            && self.ticks.saturating_sub(self.scrub.last_tick) >= self.scrub_step_ticks;
+        if !due {
+            return;
+        }
+        self.scrub.last_tick = self.ticks;
+        let Some((replica, chunk)) = self.scrub_position() else {
+            return;
+        };
+        let store = self.store(replica).clone();
+        let chunk_size = store.chunk_size_bytes();
+        let offset = self.scrub.offset;
+        let length = SCRUB_STEP_BYTES.min(chunk_size - offset);
+        match self.read_repairing(replica, chunk, offset, length).await {
+            Ok(_) => {
+                self.stats
+                    .scrubbed_bytes
+                    .fetch_add(u64::from(length), Ordering::Relaxed);
+            }
+            // Counted and logged by the repair; the next pass tries again.
+            Err(Error::Corrupt { .. }) => {}
+            Err(e) => tracing::warn!(%replica, %chunk, offset, "scrub read failed: {e}"),
+        }
+        self.scrub.offset += length;
+        if self.scrub.offset >= chunk_size {
+            self.scrub.offset = 0;
+            self.scrub.chunk += 1;
+        }
+    }
+
+    /// The replica and chunk the scrub reads next, moving to the next replica (in id order)
+    /// when one is done. Replicas still being filled by a copy, or of a PG whose pool is not
+    /// known, are skipped.
+    fn scrub_position(&mut self) -> Option<(ReplicaId, ChunkId)> {
+        for _ in 0..=self.hosted.len() {
+            if let Some((replica, chunks)) = &self.scrub.replica
+                && self.hosted.contains_key(replica)
+                && let Some(chunk) = chunks.get(self.scrub.chunk)
+            {
+                return Some((*replica, *chunk));
+            }
+            let after = self.scrub.replica.as_ref().map(|(r, _)| *r);
+            let next = match after {
+                Some(after) => self.hosted.range(after..).find(|(r, _)| **r != after),
+                None => self.hosted.iter().next(),
+            };
+            let next = next.map(|(r, g)| (*r, *g));
+            self.scrub.chunk = 0;
+            self.scrub.offset = 0;
+            let Some((replica, group)) = next else {
+                // Past the last replica: a pass is complete.
+                if after.is_some() {
+                    self.stats.scrub_passes.fetch_add(1, Ordering::Relaxed);
+                }
+                self.scrub.replica = None;
+                if self.hosted.is_empty() {
+                    return None;
+                }
+                continue;
+            };
+            let pg_count = self.pg_counts.get(&group).copied();
+            let chunks = match pg_count {
+                Some(pg_count) if !self.is_fresh(replica) => {
+                    restore::pg_chunks(self.store(replica), group, pg_count)
+                }
+                _ => Vec::new(),
+            };
+            self.scrub.replica = Some((replica, chunks));
+        }
+        None
     }
 
     /// Answers leaders whose follower needs a newer snapshot (one that includes it: a joining

@@ -618,9 +618,11 @@ impl cairn_storage_node::pg::ChunkSource for Peers {
 
 /// Goal: a corrupt block on a node that hosts no other replica of its PG is repaired from a
 /// replica on another node: the read returns the right bytes, the repair is counted, the disk
-/// holds the good block; with the block bad on every node the read fails. Method: three
-/// hosts (nodes 1-3) of one PG, one replica each, messages passed between them by the test;
-/// a bit flipped in node 2's chunk file; reads through node 2, which follows.
+/// holds the good block; the background scrub finds and repairs a block nobody reads; with
+/// the block bad on every node the read fails. Method: three hosts (nodes 1-3) of one PG,
+/// one replica each, messages passed between them by the test; a bit flipped in node 2's
+/// chunk file, read through node 2, which follows; a bit flipped in node 3's, and node 3's
+/// scrub turned on.
 #[test]
 fn a_corrupt_block_is_repaired_from_a_replica_on_another_node() {
     use cairn_storage_node::pg::NewReplica;
@@ -652,6 +654,8 @@ fn a_corrupt_block_is_repaired_from_a_replica_on_another_node() {
         let directories: Vec<_> = hosts.iter().map(|h| h.directory()).collect();
         for host in &mut hosts {
             host.set_remote_source(Arc::new(Peers(directories.clone())));
+            // The scrub is tested below; here reads must meet the flipped bits first.
+            host.set_scrub_step_ticks(0);
         }
         // One round on every host, each batch delivered to its node.
         async fn pump_all(hosts: &mut [PgHost<FileLogStore>]) {
@@ -722,6 +726,26 @@ fn a_corrupt_block_is_repaired_from_a_replica_on_another_node() {
         assert_eq!(repairs, 1);
         let fixed = disks[1].read(at, 0, CHUNK).await.expect("repaired on disk");
         assert!(fixed[..] == data[..]);
+
+        // The background scrub finds and repairs a block nobody reads.
+        flip_bit(&disks[2], at, 9);
+        hosts[2].set_scrub_step_ticks(1);
+        let stats = hosts[2].stats();
+        let scrub_repairs = || {
+            stats
+                .read_repairs
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        for _ in 0..ROUNDS_MAX {
+            if scrub_repairs() > 0 {
+                break;
+            }
+            pump_all(&mut hosts).await;
+        }
+        assert_eq!(scrub_repairs(), 1, "the scrub repaired the flipped block");
+        let fixed = disks[2].read(at, 0, CHUNK).await.expect("scrubbed on disk");
+        assert!(fixed[..] == data[..]);
+        hosts[2].set_scrub_step_ticks(0);
 
         for disk in &disks {
             flip_bit(disk, at, 5);

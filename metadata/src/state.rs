@@ -260,10 +260,6 @@ pub enum Command {
         /// The key's id.
         access_key_id: String,
     },
-    /// Replaces one member of a PG by a new replica on another disk (recovery or rebalance).
-    /// The new member gets a new replica id and `joined` set; the pool's epoch is bumped. If
-    /// the replaced member was the preferred leader (first), the new one goes last, since the
-    /// preferred leader must hold the PG's data; otherwise it takes the old one's place.
     /// Removes a storage node and its disks from the cluster map. Refused with
     /// [`MetaError::NotEmpty`] (409) while any PG still has a member on one of its disks
     /// (drain it first), and as invalid if `disks` is not exactly the node's disks (the
@@ -274,6 +270,10 @@ pub enum Command {
         /// Its disks.
         disks: Vec<DiskId>,
     },
+    /// Replaces one member of a PG by a new replica on another disk (recovery or rebalance).
+    /// The new member gets a new replica id and `joined` set; the pool's epoch is bumped. If
+    /// the replaced member was the preferred leader (first), the new one goes last, since the
+    /// preferred leader must hold the PG's data; otherwise it takes the old one's place.
     MovePgMember {
         /// The pool.
         pool: String,

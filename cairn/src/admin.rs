@@ -589,7 +589,7 @@ fn replica_text(value: &Value) -> String {
 /// The settling PGs of a `GET /v1/rebalance` answer, one row each.
 fn rebalance_table(v: &Value) -> Table {
     let mut table = Table::new();
-    table.set_header(vec!["POOL", "PG", "MEMBERS", "JOINING", "RESTORED"]);
+    table.set_header(vec!["POOL", "PG", "MEMBERS", "JOINING", "COPIED", "OF"]);
     for pg in v["settling"].as_array().into_iter().flatten() {
         let replicas = |key: &str| -> String {
             let list = pg[key].as_array().into_iter().flatten();
@@ -601,13 +601,29 @@ fn rebalance_table(v: &Value) -> Table {
             replicas("members"),
             replicas("joining"),
             format_size_approx(pg["restored_bytes"].as_u64().unwrap_or_default()),
+            match pg["total_bytes"].as_u64() {
+                Some(total) if total > 0 => format_size_approx(total),
+                _ => "?".into(),
+            },
         ]);
     }
     table
 }
 
-/// "3 PGs settling, rebalance enabled" from a `GET /v1/rebalance` answer.
-fn rebalance_summary(v: &Value) -> String {
+/// Bytes copied and bytes to copy in all, over the settling PGs of a `GET /v1/rebalance`
+/// answer.
+fn rebalance_bytes(v: &Value) -> (u64, u64) {
+    let settling = v["settling"].as_array().into_iter().flatten();
+    settling.fold((0, 0), |(copied, total), pg| {
+        let done = pg["restored_bytes"].as_u64().unwrap_or_default();
+        let all = pg["total_bytes"].as_u64().unwrap_or_default();
+        (copied + done.min(all), total + all)
+    })
+}
+
+/// "3 PGs settling, 12 MiB of 40 MiB copied, ETA 9 s, rebalance enabled" from a
+/// `GET /v1/rebalance` answer; the ETA only when a copy rate (bytes/s) is known.
+fn rebalance_summary(v: &Value, rate: Option<f64>) -> String {
     let settling = v["settling"].as_array().map_or(0, Vec::len);
     let noun = if settling == 1 { "PG" } else { "PGs" };
     let switch = if v["enabled"] == Value::Bool(true) {
@@ -615,7 +631,21 @@ fn rebalance_summary(v: &Value) -> String {
     } else {
         "paused"
     };
-    format!("{settling} {noun} settling, rebalance {switch}")
+    let (copied, total) = rebalance_bytes(v);
+    let mut line = format!("{settling} {noun} settling");
+    if total > 0 {
+        line.push_str(&format!(
+            ", {} of {} copied",
+            format_size_approx(copied),
+            format_size_approx(total)
+        ));
+        if let Some(rate) = rate.filter(|r| *r > 0.0) {
+            let eta = (total - copied) as f64 / rate;
+            line.push_str(&format!(", ETA {} s", eta.ceil() as u64));
+        }
+    }
+    line.push_str(&format!(", rebalance {switch}"));
+    line
 }
 
 /// A text progress bar `[#####-----] 5/10 PGs settled`, `width` characters between the
@@ -634,7 +664,7 @@ fn progress_bar(done: u64, total: u64, width: usize) -> String {
 
 /// Prints one rebalance status: JSON, or the table (if any PG settles) and the summary,
 /// with a progress bar when `bar`.
-fn print_rebalance(connection: &Connection, v: &Value, bar: bool) {
+fn print_rebalance(connection: &Connection, v: &Value, bar: bool, rate: Option<f64>) {
     if connection.json {
         println!("{v}");
         return;
@@ -642,7 +672,7 @@ fn print_rebalance(connection: &Connection, v: &Value, bar: bool) {
     if v["settling"].as_array().is_some_and(|s| !s.is_empty()) {
         println!("{}", rebalance_table(v));
     }
-    println!("{}", rebalance_summary(v));
+    println!("{}", rebalance_summary(v, rate));
     if bar {
         let total = v["pgs_total"].as_u64().unwrap_or_default();
         let settling = v["settling"].as_array().map_or(0, Vec::len) as u64;
@@ -663,6 +693,7 @@ fn rebalance_status(connection: &Connection, watch: bool) -> ExitCode {
         }
     };
     let terminal = std::io::stdout().is_terminal();
+    let mut last = None;
     loop {
         let v = match client.call("/v1/rebalance", Method::Get) {
             Ok(v) => v,
@@ -675,7 +706,7 @@ fn rebalance_status(connection: &Connection, watch: bool) -> ExitCode {
             if connection.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                print_rebalance(connection, &v, false);
+                print_rebalance(connection, &v, false, None);
             }
             return ExitCode::SUCCESS;
         }
@@ -683,7 +714,14 @@ fn rebalance_status(connection: &Connection, watch: bool) -> ExitCode {
             // Clears the screen and homes the cursor: a redraw, not a scroll.
             print!("\x1b[2J\x1b[H");
         }
-        print_rebalance(connection, &v, terminal);
+        // The copy rate since the last refresh gives the ETA.
+        let copied = rebalance_bytes(&v).0;
+        let now = std::time::Instant::now();
+        let rate = last.map(|(before, at): (u64, std::time::Instant)| {
+            copied.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()
+        });
+        last = Some((copied, now));
+        print_rebalance(connection, &v, terminal, rate);
         let _ = std::io::stdout().flush();
         if v["settling"].as_array().is_none_or(|s| s.is_empty()) {
             return ExitCode::SUCCESS;
@@ -936,16 +974,21 @@ mod tests {
                 "members": [(2u64 << 40) | 1, (4u64 << 40) | 7],
                 "joining": [(4u64 << 40) | 7],
                 "restored_bytes": 3 << 20,
+                "total_bytes": 8 << 20,
                 "leader": (2u64 << 40) | 1,
             }],
         });
         assert_eq!(
-            rebalance_summary(&answer),
-            "1 PG settling, rebalance paused"
+            rebalance_summary(&answer, None),
+            "1 PG settling, 3.0 MiB of 8.0 MiB copied, rebalance paused"
+        );
+        assert_eq!(
+            rebalance_summary(&answer, Some(f64::from(1u32 << 20))),
+            "1 PG settling, 3.0 MiB of 8.0 MiB copied, ETA 5 s, rebalance paused"
         );
         let quiet = json!({ "enabled": true, "settling": [] });
         assert_eq!(
-            rebalance_summary(&quiet),
+            rebalance_summary(&quiet, Some(1.0)),
             "0 PGs settling, rebalance enabled"
         );
         let table = rebalance_table(&answer).to_string();

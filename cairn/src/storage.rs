@@ -236,6 +236,7 @@ pub fn heartbeat(
                 restoring: r.restoring,
                 restored_bytes: r.restored_bytes,
                 needs_replacing: r.needs_replacing,
+                pg_bytes: r.pg_bytes,
             })
             .collect(),
     }

@@ -90,6 +90,10 @@ pub struct ReplicaReport {
     /// and it cannot take a copy, so it never catches up; the scheduler replaces it.
     #[serde(default)]
     pub needs_replacing: bool,
+    /// For a leader with learners, the bytes of the PG's chunks: what each joining member
+    /// copies in all.
+    #[serde(default)]
+    pub pg_bytes: u64,
 }
 
 /// The cluster in one word, worst first.
@@ -322,6 +326,7 @@ mod tests {
                         restoring: false,
                         restored_bytes: 0,
                         needs_replacing: false,
+                        pg_bytes: 0,
                     })
                     .collect(),
             })

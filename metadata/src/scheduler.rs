@@ -93,6 +93,9 @@ pub struct Settling {
     pub joining: Vec<ReplicaId>,
     /// Bytes copied into the joining members so far, as their nodes report.
     pub restored_bytes: u64,
+    /// Bytes the joining members copy in all (the PG's size as its leader reports it, once
+    /// per joining member; 0 while unknown).
+    pub total_bytes: u64,
     /// The PG's leader, if a fresh heartbeat reports one.
     pub leader: Option<ReplicaId>,
 }
@@ -224,12 +227,14 @@ impl<'a> View<'a> {
             .filter_map(|r| self.up.get(r))
             .map(|r| r.restored_bytes)
             .sum();
+        let total_bytes = leader.map_or(0, |l| l.pg_bytes) * joining.len() as u64;
         Some(Settling {
             pool: pg.name.to_string(),
             pg: pg.index,
             members,
             joining,
             restored_bytes,
+            total_bytes,
             leader: leader.map(|l| l.replica),
         })
     }
@@ -444,6 +449,7 @@ mod tests {
             restoring: false,
             restored_bytes: 0,
             needs_replacing: false,
+            pg_bytes: 0,
         }
     }
 
@@ -775,6 +781,7 @@ mod tests {
                 if report.leader {
                     report.voters = old.iter().map(|m| m.replica).collect();
                     report.learners = vec![new];
+                    report.pg_bytes = 8 << 20;
                 }
                 if report.replica == new {
                     (report.restoring, report.restored_bytes) = (true, 3 << 20);
@@ -792,6 +799,7 @@ mod tests {
             members,
             joining: vec![new],
             restored_bytes: 3 << 20,
+            total_bytes: 8 << 20,
             leader: Some(old[0].replica),
         };
         assert_eq!(planned.settling, vec![expected]);

@@ -286,6 +286,9 @@ pub struct ReplicaState {
     /// True if it recently refused a snapshot: it holds state, so it cannot take a copy, and
     /// its log is behind the leader's: it can never catch up and must be replaced.
     pub needs_replacing: bool,
+    /// For a leader with learners (members copying the PG), the bytes of the PG's chunks on
+    /// its disk: what each of them copies in all (0 otherwise).
+    pub pg_bytes: u64,
 }
 
 /// Where a write's or read's answer goes.
@@ -634,6 +637,14 @@ impl<L: LogStore> PgHost<L> {
                     _ => (Vec::new(), Vec::new()),
                 };
                 let restoring = self.is_fresh(replica);
+                let pg_bytes = match self.pg_counts.get(&group) {
+                    Some(&pg_count) if !learners.is_empty() => {
+                        let store = self.store(replica);
+                        let chunks = restore::pg_chunks(store, group, pg_count).len() as u64;
+                        chunks * u64::from(store.chunk_size_bytes())
+                    }
+                    _ => 0,
+                };
                 Some(ReplicaState {
                     replica,
                     group,
@@ -652,6 +663,7 @@ impl<L: LogStore> PgHost<L> {
                         .refused
                         .get(&replica)
                         .is_some_and(|at| self.ticks.saturating_sub(*at) < REFUSED_TICKS),
+                    pg_bytes,
                 })
             })
             .collect()

@@ -683,6 +683,9 @@ fn print_rebalance(connection: &Connection, v: &Value, bar: bool, rate: Option<f
     }
 }
 
+/// Polls (a second apart) with nothing settling and nothing planned before `--watch` ends.
+const WATCH_QUIET_POLLS: u32 = 3;
+
 /// `cairn rebalance status [--watch]`.
 fn rebalance_status(connection: &Connection, watch: bool) -> ExitCode {
     let client = match Client::new(connection) {
@@ -694,6 +697,7 @@ fn rebalance_status(connection: &Connection, watch: bool) -> ExitCode {
     };
     let terminal = std::io::stdout().is_terminal();
     let mut last = None;
+    let mut quiet = 0;
     loop {
         let v = match client.call("/v1/rebalance", Method::Get) {
             Ok(v) => v,
@@ -723,7 +727,12 @@ fn rebalance_status(connection: &Connection, watch: bool) -> ExitCode {
         last = Some((copied, now));
         print_rebalance(connection, &v, terminal, rate);
         let _ = std::io::stdout().flush();
-        if v["settling"].as_array().is_none_or(|s| s.is_empty()) {
+        // Quiet for a few scheduler rounds (one a second), not just once: right after a drain
+        // or a new node, nothing is planned yet.
+        let quiet_now = v["settling"].as_array().is_none_or(|s| s.is_empty())
+            && v["moves_planned"].as_u64().unwrap_or_default() == 0;
+        quiet = if quiet_now { quiet + 1 } else { 0 };
+        if quiet >= WATCH_QUIET_POLLS {
             return ExitCode::SUCCESS;
         }
         thread::sleep(Duration::from_secs(1));

@@ -312,7 +312,7 @@ pub enum MetaError {
         name: String,
     },
     /// The thing still holds others that must be deleted first (409).
-    #[error("{kind} {name} still holds {holds}; delete them first")]
+    #[error("{kind} {name} still holds {holds}")]
     NotEmpty {
         /// "tenant".
         kind: &'static str,
@@ -752,7 +752,7 @@ impl MetaState {
             return Err(MetaError::NotEmpty {
                 kind: "tenant",
                 name,
-                holds: "access keys",
+                holds: "access keys; delete them first",
             });
         }
         self.tenants.remove(&name);
@@ -791,7 +791,7 @@ impl MetaState {
             return Err(MetaError::NotEmpty {
                 kind: "storage node",
                 name: id.to_string(),
-                holds: "PG members (drain it first)",
+                holds: "PG members; drain it first (cairn node drain)",
             });
         }
         for disk in held {
@@ -1180,7 +1180,7 @@ pub(crate) mod tests {
             Err(MetaError::NotEmpty {
                 kind: "tenant",
                 name: "acme".into(),
-                holds: "access keys"
+                holds: "access keys; delete them first"
             })
         );
         let delete_key = Command::DeleteAccessKey {

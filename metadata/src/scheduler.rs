@@ -132,8 +132,50 @@ pub fn plan(input: &SchedulerInput) -> Plan {
     if state.rebalance_enabled() && !any_lost && view.judge_silence {
         rebalance(state, &view, &settled, &mut moves);
     }
+    let quiet = moves.commands.is_empty() && plan.settling.is_empty() && !any_lost;
+    if quiet && view.judge_silence {
+        moves.commands.extend(balance_leaders(state));
+    }
     plan.moves = moves.commands;
     plan
+}
+
+/// Once nothing moves, one PG's preferred leader (the map's first member) from the disk
+/// preferred for the most PGs to a member of that PG on a disk preferred for at least two
+/// fewer, so leaders spread over the disks again after moves (placement spread them at
+/// creation). One change per plan: each moves leadership, which costs a transfer.
+fn balance_leaders(state: &MetaState) -> Option<Command> {
+    let mut leads: BTreeMap<DiskId, u64> = BTreeMap::new();
+    for (_, pool) in state.pools() {
+        for members in &pool.pg_map {
+            for (i, member) in members.iter().enumerate() {
+                *leads.entry(member.disk).or_default() += u64::from(i == 0);
+            }
+        }
+    }
+    let mut best: Option<(u64, Command)> = None;
+    for (name, pool) in state.pools() {
+        for (index, members) in pool.pg_map.iter().enumerate() {
+            let Some(first) = members.first() else {
+                continue;
+            };
+            let high = leads[&first.disk];
+            let low = members[1..].iter().min_by_key(|m| (leads[&m.disk], m.disk));
+            let Some(low) = low.filter(|m| leads[&m.disk] + 2 <= high) else {
+                continue;
+            };
+            let gain = high - leads[&low.disk];
+            if best.as_ref().is_none_or(|(g, _)| gain > *g) {
+                let command = Command::SetPgLeader {
+                    pool: name.clone(),
+                    pg: u32::try_from(index).expect("invariant: PG counts are u32"),
+                    replica: low.replica,
+                };
+                best = Some((gain, command));
+            }
+        }
+    }
+    best.map(|(_, command)| command)
 }
 
 /// One PG of one pool.
@@ -507,21 +549,30 @@ mod tests {
     fn apply_all(state: &mut MetaState, moves: &[Command]) {
         for command in moves {
             let applied = state.apply(command.clone());
-            assert!(matches!(applied, Ok(Applied::Replica(_))), "{applied:?}");
+            let leader = matches!(command, Command::SetPgLeader { .. });
+            let expected = if leader {
+                matches!(applied, Ok(Applied::Done))
+            } else {
+                matches!(applied, Ok(Applied::Replica(_)))
+            };
+            assert!(expected, "{command:?}: {applied:?}");
         }
     }
 
     /// Runs plan-apply rounds, with heartbeats of `alive` nodes that follow the map at once,
-    /// until a plan has no moves; returns the rounds taken.
+    /// until a plan has no moves; returns the rounds that moved members (leader changes follow).
     fn settle(state: &mut MetaState, alive: &[u64]) -> usize {
-        for round in 0..100 {
+        let mut member_rounds = 0;
+        for _ in 0..100 {
             let heartbeats = beats(state, alive);
             let plan = plan(&input(state, &heartbeats));
             assert!(plan.settling.is_empty());
             assert!(plan.moves.len() <= MOVES_IN_FLIGHT_MAX);
             if plan.moves.is_empty() {
-                return round;
+                return member_rounds;
             }
+            let members = |c: &Command| matches!(c, Command::MovePgMember { .. });
+            member_rounds += usize::from(plan.moves.iter().any(members));
             apply_all(state, &plan.moves);
         }
         panic!("the scheduler never stopped moving");
@@ -610,6 +661,29 @@ mod tests {
             panic!("not a move");
         };
         assert_eq!(*from, stuck);
+    }
+
+    /// Goal: after a recovery the preferred leaders are spread over the disks again (within
+    /// one), and a spread cluster plans no leader change. Method: 5 hosts, 16 PGs; host 1
+    /// silent; settle; count first members per disk.
+    #[test]
+    fn leaders_spread_again_after_a_recovery() {
+        let mut state = cluster(5, 16);
+        settle(&mut state, &[2, 3, 4, 5]);
+        let mut leads: BTreeMap<DiskId, u64> = BTreeMap::new();
+        for disk in state.disks().filter(|d| d.host.0 != 1) {
+            leads.insert(disk.id, 0);
+        }
+        for members in &state.pool("p").expect("pool").pg_map {
+            *leads.get_mut(&members[0].disk).expect("a live disk leads") += 1;
+        }
+        let (most, least) = (leads.values().max(), leads.values().min());
+        assert!(
+            most.zip(least).is_some_and(|(m, l)| m - l <= 1),
+            "{leads:?}"
+        );
+        let heartbeats = beats(&state, &[2, 3, 4, 5]);
+        assert!(plan(&input(&state, &heartbeats)).moves.is_empty());
     }
 
     /// Goal: no move starts while MOVES_IN_FLIGHT_MAX PGs settle; with fewer settling, only

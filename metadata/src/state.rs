@@ -270,6 +270,17 @@ pub enum Command {
         /// Its disks.
         disks: Vec<DiskId>,
     },
+    /// Makes `replica`, a member of the PG, its preferred leader (first in the map); the
+    /// pool's epoch is bumped. Placement spreads preferred leaders over the disks; moves
+    /// disturb that, and the scheduler evens it out again with this.
+    SetPgLeader {
+        /// The pool.
+        pool: String,
+        /// The PG's index in the pool.
+        pg: u32,
+        /// The member to lead.
+        replica: ReplicaId,
+    },
     /// Replaces one member of a PG by a new replica on another disk (recovery or rebalance).
     /// The new member gets a new replica id and `joined` set; the pool's epoch is bumped. If
     /// the replaced member was the preferred leader (first), the new one goes last, since the
@@ -507,6 +518,7 @@ impl MetaState {
                 self.move_pg_member(&pool, pg, from, to)
             }
             Command::RemoveNode { id, disks } => self.remove_node(id, disks),
+            Command::SetPgLeader { pool, pg, replica } => self.set_pg_leader(&pool, pg, replica),
             Command::SetRebalance { enabled } => {
                 self.settings.rebalance = enabled;
                 Ok(Applied::Done)
@@ -582,6 +594,38 @@ impl MetaState {
             },
         );
         Ok(Applied::Pool(id))
+    }
+
+    fn set_pg_leader(
+        &mut self,
+        pool_name: &str,
+        pg: u32,
+        replica: ReplicaId,
+    ) -> Result<Applied, MetaError> {
+        let pool = self
+            .pools
+            .get_mut(pool_name)
+            .ok_or_else(|| MetaError::NotFound {
+                kind: "pool",
+                name: pool_name.to_string(),
+            })?;
+        let members = pool
+            .pg_map
+            .get_mut(pg as usize)
+            .ok_or_else(|| MetaError::Invalid(format!("pool {pool_name} has no PG {pg}")))?;
+        let at = members
+            .iter()
+            .position(|m| m.replica == replica)
+            .ok_or_else(|| MetaError::NotFound {
+                kind: "PG member",
+                name: replica.to_string(),
+            })?;
+        if at > 0 {
+            let member = members.remove(at);
+            members.insert(0, member);
+            pool.epoch += 1;
+        }
+        Ok(Applied::Done)
     }
 
     fn move_pg_member(

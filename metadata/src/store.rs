@@ -282,6 +282,7 @@ fn touched(command: &Command) -> Vec<RecordKey> {
             vec![RecordKey::Pool(pool.clone()), RecordKey::Counters]
         }
         Command::SetRebalance { .. } => vec![RecordKey::Settings],
+        Command::SetPgLeader { pool, .. } => vec![RecordKey::Pool(pool.clone())],
         Command::RemoveNode { id, disks } => std::iter::once(RecordKey::Node(*id))
             .chain(disks.iter().map(|d| RecordKey::Disk(*d)))
             .collect(),

@@ -374,6 +374,40 @@ pub struct RestoreJob {
     pub progress: Arc<AtomicU64>,
 }
 
+/// A committed write, decoded, to apply to one replica's store.
+struct PlainWrite {
+    index: u64,
+    incarnation: u64,
+    request: u64,
+    chunk: ChunkId,
+    offset: u32,
+    data: Vec<u8>,
+}
+
+/// The write an applied entry carries, if it is a plain write (not a snapshot, an empty or
+/// configuration entry, a compaction, or bytes that do not decode: those apply one by one).
+fn plain_write(applied: &Applied) -> Option<PlainWrite> {
+    let Applied::Entry { index, data } = applied else {
+        return None;
+    };
+    let proposal = Proposal::decode(data).ok()?;
+    match proposal.command {
+        PgCommand::Write {
+            chunk,
+            offset,
+            data,
+        } => Some(PlainWrite {
+            index: *index,
+            incarnation: proposal.incarnation,
+            request: proposal.request,
+            chunk,
+            offset,
+            data,
+        }),
+        PgCommand::Compact { .. } => None,
+    }
+}
+
 /// The PG replicas of one storage node over its disks (see the module docs).
 pub struct PgHost<L: LogStore> {
     node: RaftNode<L>,
@@ -1254,9 +1288,21 @@ impl<L: LogStore> PgHost<L> {
             };
             (*group, index)
         });
+        // Plain writes run concurrently, one task per replica (each replica's in log order);
+        // anything else waits for the writes queued before it and runs alone.
+        let mut queued: BTreeMap<ReplicaId, Vec<PlainWrite>> = BTreeMap::new();
         for (replica, _, applied) in applied {
-            self.apply(replica, applied).await?;
+            match plain_write(&applied) {
+                Some(write) => queued.entry(replica).or_default().push(write),
+                None => {
+                    if queued.contains_key(&replica) {
+                        self.apply_writes(std::mem::take(&mut queued)).await?;
+                    }
+                    self.apply(replica, applied).await?;
+                }
+            }
         }
+        self.apply_writes(queued).await?;
         for read in self.node.take_reads() {
             let Some(pending) = self.reads.remove(&read.request) else {
                 continue;
@@ -1500,18 +1546,88 @@ impl<L: LogStore> PgHost<L> {
                 return Ok(());
             }
         };
-        let (chunk, offset, data) = match &proposal.command {
+        match proposal.command {
             PgCommand::Write {
                 chunk,
                 offset,
                 data,
-            } => (*chunk, *offset, data),
-            PgCommand::Compact { index } => {
-                self.compact(replica, *index).await?;
-                self.set_applied(replica, entry_index);
-                return Ok(());
+            } => {
+                let write = PlainWrite {
+                    index: entry_index,
+                    incarnation: proposal.incarnation,
+                    request: proposal.request,
+                    chunk,
+                    offset,
+                    data,
+                };
+                self.apply_write(replica, write).await
             }
-        };
+            PgCommand::Compact { index } => {
+                self.compact(replica, index).await?;
+                self.set_applied(replica, entry_index);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies queued plain writes, one task per replica writing its own in log order (its
+    /// store is its own disk's), then records them in order. A write that fails there (a
+    /// corrupt edge block, a replay) and those after it on its replica go through
+    /// [`PgHost::apply_write`], which repairs.
+    async fn apply_writes(
+        &mut self,
+        queued: BTreeMap<ReplicaId, Vec<PlainWrite>>,
+    ) -> Result<(), PgError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (replica, writes) in queued {
+            let store = self.store(replica).clone();
+            tasks.spawn(async move {
+                let mut done = Vec::new();
+                let mut writes = writes.into_iter();
+                for write in writes.by_ref() {
+                    if write_chunk(&store, write.chunk, write.offset, &write.data)
+                        .await
+                        .is_err()
+                    {
+                        let rest: Vec<PlainWrite> = std::iter::once(write).chain(writes).collect();
+                        return (replica, done, rest);
+                    }
+                    done.push(write);
+                }
+                (replica, done, Vec::new())
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            results.push(joined.map_err(|e| PgError::Raft(format!("apply task: {e}")))?);
+        }
+        results.sort_by_key(|(replica, _, _)| *replica);
+        for (replica, done, rest) in results {
+            for write in done {
+                self.write_applied(replica, write);
+            }
+            for write in rest {
+                self.apply_write(replica, write).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a write applied to a replica's store and answers its client if it waits here.
+    fn write_applied(&mut self, replica: ReplicaId, write: PlainWrite) {
+        self.set_applied(replica, write.index);
+        self.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
+        let mine = write.incarnation == self.incarnation;
+        if mine && let Some(pending) = self.writes.remove(&write.request) {
+            let _ = pending.reply.send(Ok(()));
+        }
+    }
+
+    /// Applies one write, repairing corrupt edge blocks (or, for an entry replayed after a
+    /// crash, merging them as stored).
+    async fn apply_write(&mut self, replica: ReplicaId, write: PlainWrite) -> Result<(), PgError> {
+        let (entry_index, chunk, offset, data) =
+            (write.index, write.chunk, write.offset, &write.data);
         let mut result = self.write_repairing(replica, chunk, offset, data).await;
         let replayed = self
             .replay_until
@@ -1522,14 +1638,9 @@ impl<L: LogStore> PgHost<L> {
             tracing::info!(%replica, entry_index, %chunk, block = block_index, "replay merges a block written since the last flush");
             result = write_chunk_as(self.store(replica), chunk, offset, data, true).await;
         }
-        let mine = proposal.incarnation == self.incarnation;
         match result {
             Ok(()) => {
-                self.set_applied(replica, entry_index);
-                self.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
-                if mine && let Some(write) = self.writes.remove(&proposal.request) {
-                    let _ = write.reply.send(Ok(()));
-                }
+                self.write_applied(replica, write);
                 Ok(())
             }
             // A write the leader accepted cannot be refused here: this disk failed.

@@ -21,7 +21,18 @@
 #                     volume through the nodes' data APIs while one storage node at a time is
 #                     killed with SIGKILL and restarted; the same checks as dev-kill. Ends with
 #                     `nodes-kill: acknowledged=N lost=L corrupt=C` (L and C must be 0).
-# Partitions and disk faults across nodes come with recovery (snapshot transfer).
+#   kill-nodes        three `cairn meta` members (--heartbeat-timeout-s 2) and four storage
+#                     nodes, a 3-replica pool of 8 PGs; under the same writer, every second or
+#                     two one of the 7 processes is SIGKILLed (one down at a time): mostly for
+#                     0.2-1 s, one kill in four a storage node for 6-10 s, so the scheduler
+#                     replaces its PG members and it comes back stale. Then the cluster must
+#                     heal (healthy, 8 PGs healthy, within 120 s) and every block is checked.
+#                     Ends with `kill-nodes: acknowledged=N lost=L corrupt=C unrepaired=U
+#                     degraded_pgs=D` (all but N must be 0; U sums the nodes' unrepaired
+#                     checksum errors, D counts PGs not healthy after the heal). Kills, long
+#                     outages and restores go to stderr; DIR keeps m1..m3.log, n4..n7.log and
+#                     kills.log (UTC times of the kills).
+# Not covered yet: network partitions and disk faults across nodes.
 set -euo pipefail
 scenario=${1:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
 seconds=${2:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
@@ -35,9 +46,9 @@ case $scenario in
   chunkstore-kill|raftlog-kill)
     cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
     exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
-  dev-kill|nodes-kill)
+  dev-kill|nodes-kill|kill-nodes)
     # The dev profile the tests share (one RocksDB build); cairn-chaos runs the cairn beside it.
     cairn_test_binaries
     exec "$CAIRN_CHAOS" "$scenario" "$dir" "$seconds" ;;
-  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill)" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, kill-nodes)" >&2; exit 2 ;;
 esac

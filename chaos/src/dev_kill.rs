@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::chunkstore_kill::Rng;
+use crate::{chunkstore_kill::Rng, cluster::post_any};
 
 /// The volume's size: 16,384 blocks.
 const VOLUME_BYTES: u64 = 64 << 20;
@@ -32,6 +32,9 @@ const BLOCK: u64 = 4096;
 const RUN_BLOCKS_MAX: u64 = 16;
 /// How long a restart may take to serve again.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// A write slower than this is reported (with its time, to line up with the processes' logs):
+/// a stall the kill loop would otherwise only show as fewer acknowledgements.
+const SLOW_WRITE: Duration = Duration::from_secs(2);
 /// Bytes per verification read.
 const VERIFY_BYTES: u64 = 8 << 20;
 
@@ -132,18 +135,31 @@ pub(crate) fn new_agent() -> ureq::Agent {
         .into()
 }
 
+/// Where a cluster under a volume writer serves.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// Admin API base URLs, one per metadata member (the volume is created on the leader).
+    pub admin_urls: Vec<String>,
+    /// Data API base URLs; the writer moves to the next one when a request fails.
+    pub data_urls: Vec<String>,
+    /// The bearer token.
+    pub token: String,
+    /// The pool the volume goes in.
+    pub pool: &'static str,
+}
+
 /// A cluster under a volume writer: where its APIs are and how to kill part of it.
 pub trait Victim {
-    /// Admin API base URL (the volume is created there).
-    fn admin_url(&self) -> String;
-    /// Data API base URLs; the writer moves to the next one when a request fails.
-    fn data_urls(&self) -> Vec<String>;
-    /// The bearer token.
-    fn token(&self) -> String;
-    /// The pool the volume goes in.
-    fn pool(&self) -> &'static str;
+    /// Where it serves now.
+    fn endpoints(&self) -> Endpoints;
     /// Kills something with SIGKILL and brings it back, returning once it was restarted.
     fn kill_and_restart(&mut self, rng: &mut Rng) -> Result<(), String>;
+    /// Runs after the writer stopped, before the volume is read back; returns the kills it
+    /// delivered. By default the last word: one more kill.
+    fn settle(&mut self, rng: &mut Rng) -> Result<u64, String> {
+        self.kill_and_restart(rng)?;
+        Ok(1)
+    }
 }
 
 struct DevVictim {
@@ -152,17 +168,14 @@ struct DevVictim {
 }
 
 impl Victim for DevVictim {
-    fn admin_url(&self) -> String {
-        format!("http://{}", self.dev.listen)
-    }
-    fn data_urls(&self) -> Vec<String> {
-        vec![self.admin_url()]
-    }
-    fn token(&self) -> String {
-        self.token.clone()
-    }
-    fn pool(&self) -> &'static str {
-        "default"
+    fn endpoints(&self) -> Endpoints {
+        let url = format!("http://{}", self.dev.listen);
+        Endpoints {
+            admin_urls: vec![url.clone()],
+            data_urls: vec![url],
+            token: self.token.clone(),
+            pool: "default",
+        }
     }
     fn kill_and_restart(&mut self, _: &mut Rng) -> Result<(), String> {
         self.dev.kill();
@@ -194,19 +207,9 @@ pub fn run_with(
     name: &'static str,
 ) -> Result<Verdict, String> {
     let agent = new_agent();
-    let auth = format!("Bearer {}", victim.token());
-    let create = serde_json::json!({
-        "name": "chaos", "pool": victim.pool(), "size_bytes": VOLUME_BYTES, "tier": "ultra"
-    });
-    let status = agent
-        .post(&format!("{}/v1/volumes", victim.admin_url()))
-        .header("Authorization", &auth)
-        .send_json(&create)
-        .map_err(|e| format!("create volume: {e}"))?
-        .status();
-    if !status.is_success() {
-        return Err(format!("create volume: HTTP {status}"));
-    }
+    let endpoints = victim.endpoints();
+    let auth = format!("Bearer {}", endpoints.token);
+    create_volume(&agent, &endpoints)?;
 
     let blocks = VOLUME_BYTES / BLOCK;
     let allowed = Arc::new(Mutex::new(vec![Allowed::default(); blocks as usize]));
@@ -214,7 +217,7 @@ pub fn run_with(
     let counts = Arc::new(Mutex::new((0u64, 0u64)));
     let writer = {
         let (allowed, stop, counts) = (allowed.clone(), stop.clone(), counts.clone());
-        let (urls, auth) = (victim.data_urls(), auth.clone());
+        let (urls, auth) = (endpoints.data_urls.clone(), auth.clone());
         thread::spawn(move || {
             let agent = new_agent();
             let mut rng = Rng::new(seed);
@@ -228,6 +231,7 @@ pub fn run_with(
                     .flat_map(|b| block_content(seed, write, b))
                     .collect();
                 let url = &urls[target % urls.len()];
+                let sent = Instant::now();
                 let answer = agent
                     .put(&format!(
                         "{url}/v1/volumes/chaos/data?offset={}",
@@ -235,7 +239,19 @@ pub fn run_with(
                     ))
                     .header("Authorization", &auth)
                     .send(&body[..]);
-                let acknowledged = answer.is_ok_and(|r| r.status().as_u16() == 204);
+                let took = sent.elapsed();
+                let acknowledged = answer.as_ref().is_ok_and(|r| r.status().as_u16() == 204);
+                if took > SLOW_WRITE {
+                    let outcome = match &answer {
+                        Ok(r) => r.status().to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    eprintln!(
+                        "{} {name}: write {write} (offset {}) to {url} took {took:?}: {outcome}",
+                        crate::utc_now(),
+                        first * BLOCK
+                    );
+                }
                 let mut allowed = allowed.lock().expect("not poisoned");
                 let mut counts = counts.lock().expect("not poisoned");
                 for b in first..first + count {
@@ -279,15 +295,16 @@ pub fn run_with(
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().map_err(|_| "writer panicked")?;
-    // The last word: one more kill, then read everything back.
-    victim.kill_and_restart(&mut rng)?;
-    verdict.kills += 1;
+    // The last word (by default one more kill), then read everything back.
+    verdict.kills += victim.settle(&mut rng)?;
     let (acknowledged, ambiguous) = *counts.lock().expect("not poisoned");
     verdict.acknowledged = acknowledged;
     verdict.ambiguous = ambiguous;
     let allowed = allowed.lock().expect("not poisoned");
-    let auth = format!("Bearer {}", victim.token());
-    let urls = victim.data_urls();
+    // A restart may have changed the token (`cairn dev` makes one per start).
+    let endpoints = victim.endpoints();
+    let auth = format!("Bearer {}", endpoints.token);
+    let urls = endpoints.data_urls;
     for start in (0..VOLUME_BYTES).step_by(VERIFY_BYTES as usize) {
         let Some(data) = read_range(&agent, &urls, &auth, start) else {
             verdict.corrupt += VERIFY_BYTES / BLOCK;
@@ -311,6 +328,29 @@ pub fn run_with(
         }
     }
     Ok(verdict)
+}
+
+/// Creates the volume on whichever metadata member leads (a member that does not answers 503
+/// with the leader's address), retrying through elections for up to `READY_DEADLINE`.
+fn create_volume(agent: &ureq::Agent, endpoints: &Endpoints) -> Result<(), String> {
+    let create = serde_json::json!({
+        "name": "chaos", "pool": endpoints.pool, "size_bytes": VOLUME_BYTES, "tier": "ultra"
+    });
+    let (status, body, ambiguous) = post_any(
+        agent,
+        &endpoints.admin_urls,
+        &endpoints.token,
+        "/v1/volumes",
+        &create,
+        READY_DEADLINE,
+    )
+    .map_err(|e| format!("create volume: {e}"))?;
+    // 409 after an attempt whose answer was lost: that attempt created it.
+    if (200..300).contains(&status) || (status == 409 && ambiguous) {
+        Ok(())
+    } else {
+        Err(format!("create volume: HTTP {status} {body}"))
+    }
 }
 
 /// Reads `VERIFY_BYTES` at `start`, retrying (other URLs, elections) for up to 30 s; `None`

@@ -1,15 +1,35 @@
 //! Cairn's fault harness. Scenarios run real processes, inject faults (today: kill -9 of a chunk
 //! store mid-IO), and check that nothing acknowledged was lost and nothing corrupt was served.
 //! Also here: the deterministic Raft simulation and `meta-failover` (kill -9 of the metadata
-//! leader, a wiped member rejoining by snapshot) and `dev-kill` (kill -9 of `cairn dev` under
-//! a volume writer). The multi-node data-plane scenarios (issue 4) join here.
+//! leader, a wiped member rejoining by snapshot), `dev-kill` (kill -9 of `cairn dev` under
+//! a volume writer), `nodes-kill` (kill -9 of storage nodes under a volume writer) and
+//! `kill-nodes` (kill -9 of any metadata member or storage node, long outages that make the
+//! scheduler move PG members, then heal).
 
 pub mod chunkstore_kill;
+mod cluster;
 pub mod dev_kill;
 pub mod journal;
 pub mod kill;
+pub mod kill_nodes;
 pub mod meta_failover;
 pub mod nodes_kill;
+
+/// The UTC time of day, `HH:MM:SS.mmm`, as the `cairn` processes' logs print it: lines a
+/// scenario prints can be lined up with theirs.
+pub(crate) fn utc_now() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, millis) = (now.as_secs() % 86_400, now.subsec_millis());
+    format!(
+        "{:02}:{:02}:{:02}.{millis:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
 
 /// A loopback port nothing listens on, below the kernel's ephemeral range (32768-60999 by
 /// default): a process restarted on the same port must find it free, and a port from the

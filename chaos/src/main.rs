@@ -8,12 +8,25 @@
 //! cairn-chaos meta-failover DIR SECONDS [MEMBERS]    kill -9 metadata leaders, wipe a member
 //! cairn-chaos dev-kill DIR SECONDS [SEED]            kill -9 `cairn dev` under a volume writer
 //! cairn-chaos nodes-kill DIR SECONDS [SEED]          kill -9 storage nodes under a volume writer
+//! cairn-chaos kill-nodes DIR SECONDS [SEED]          kill -9 any member or node, moves, heal
 //! ```
 //!
-//! `meta-failover` and `dev-kill` run the `cairn` binary next to this one, or `$CAIRN_BIN`.
+//! `meta-failover`, `dev-kill`, `nodes-kill` and `kill-nodes` run the `cairn` binary next to
+//! this one, or `$CAIRN_BIN`.
 //!
 //! A scenario ends with one line, `<scenario>: acknowledged=N lost=L corrupt=C ...`, and exits
 //! non-zero if L or C is not zero or nothing was acknowledged.
+//!
+//! `kill-nodes` runs 3 `cairn meta` members and 4 storage nodes (a 3-replica pool of 8 PGs)
+//! under the volume writer; every second or two one of the 7 processes is SIGKILLed, mostly
+//! for 0.2-1 s, one kill in four a storage node for 6-10 s (past the 2 s heartbeat timeout,
+//! so the scheduler replaces its PG members; it comes back as a stale member). Afterwards the
+//! cluster must heal (healthy, 8 PGs healthy, within 120 s), then every block is checked.
+//! Its line: `kill-nodes: acknowledged=N lost=L corrupt=C unrepaired=U degraded_pgs=D`
+//! (U: unrepaired checksum errors summed over the nodes; D: PGs not healthy when the heal
+//! ended); it exits non-zero unless L, C, U and D are 0 and N is not. Kills, long outages and
+//! the nodes' restore counters go to stderr; DIR keeps every process's log (`m1.log`..
+//! `n7.log`) and `kills.log`.
 
 use std::{path::Path, process::ExitCode};
 
@@ -159,6 +172,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["kill-nodes", dir, seconds, ref seed @ ..] => {
+            let (Ok(seconds), Some(seed)) = (seconds.parse::<f64>(), seed_arg(seed)) else {
+                return usage();
+            };
+            kill_nodes(Path::new(dir), seconds, seed)
+        }
         ["meta-bench", dir, seconds, clients] => {
             let (Ok(seconds), Ok(clients)) = (seconds.parse::<f64>(), clients.parse::<usize>())
             else {
@@ -228,6 +247,42 @@ fn meta_failover(dir: &Path, seconds: f64, members: u64) -> ExitCode {
     }
 }
 
+fn kill_nodes(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
+    eprintln!("kill-nodes: seed {seed} (replay: cairn-chaos kill-nodes DIR {seconds} {seed})");
+    let report = match cairn_chaos::kill_nodes::run(&cairn_binary(), dir, seconds, seed) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("kill-nodes: {error}");
+            eprintln!("kill-nodes: logs kept in {}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let counter = |name: &str| report.counters.get(name).copied().unwrap_or(0);
+    let v = &report.verdict;
+    eprintln!(
+        "kill-nodes: kills={} long_outages={} restores={} restored_bytes={} replicas_dropped={} \
+         ambiguous={} healed_after={:?}",
+        v.kills,
+        report.long_outages,
+        counter("cairn_pg_restores_total"),
+        counter("cairn_pg_restored_bytes_total"),
+        counter("cairn_pg_replicas_dropped_total"),
+        v.ambiguous,
+        report.healed_after,
+    );
+    println!(
+        "kill-nodes: acknowledged={} lost={} corrupt={} unrepaired={} degraded_pgs={}",
+        v.acknowledged, v.lost, v.corrupt, report.unrepaired, report.degraded_pgs
+    );
+    let clean = v.lost == 0 && v.corrupt == 0 && report.unrepaired == 0;
+    if clean && report.degraded_pgs == 0 && v.acknowledged > 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("kill-nodes: FAILED; logs kept in {}", dir.display());
+        ExitCode::FAILURE
+    }
+}
+
 /// Runs seeds `first..first + count` of the Raft simulation; stops at the first failure.
 fn raft_sim_seeds(first: u64, count: u64) -> ExitCode {
     let mut committed = 0;
@@ -269,6 +324,7 @@ fn usage() -> ExitCode {
     eprintln!("       cairn-chaos meta-failover DIR SECONDS [MEMBERS]");
     eprintln!("       cairn-chaos dev-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos nodes-kill DIR SECONDS [SEED]");
+    eprintln!("       cairn-chaos kill-nodes DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-bench DIR SECONDS CLIENTS");
     ExitCode::from(2)
 }

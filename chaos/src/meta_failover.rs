@@ -16,8 +16,8 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Child,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -28,7 +28,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::free_port;
+use crate::{
+    cluster::{call, credentials, meta_command, post_any},
+    free_port,
+};
 
 /// A failover slower than this fails the run (the issue's bound).
 const FAILOVER_MAX: Duration = Duration::from_secs(5);
@@ -85,45 +88,11 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// One call: status and JSON body, or a transport error.
-fn call(agent: &ureq::Agent, url: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
-    let auth = format!("Bearer {TOKEN}");
-    let response = match body {
-        Some(body) => agent
-            .post(url)
-            .header("Authorization", &auth)
-            .send_json(body),
-        None => agent.get(url).header("Authorization", &auth).call(),
-    };
-    let mut response = response.map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_json::<Value>()
-        .unwrap_or(Value::Null);
-    Ok((status, body))
-}
-
 impl Cluster {
     fn create(options: Options) -> Result<Cluster, String> {
-        let certs = options.dir.join("certs");
-        run_cairn(
-            &options.cairn,
-            &["ca", "init", &path_str(&options.dir.join("ca"))],
-        )?;
+        credentials(&options.cairn, &options.dir, 1..=options.members, TOKEN)?;
         let mut members = Vec::new();
         for id in 1..=options.members {
-            run_cairn(
-                &options.cairn,
-                &[
-                    "ca",
-                    "issue",
-                    &path_str(&options.dir.join("ca")),
-                    &id.to_string(),
-                    "--out",
-                    &path_str(&certs),
-                ],
-            )?;
             members.push(Member {
                 id,
                 raft: format!("127.0.0.1:{}", free_port()?),
@@ -131,7 +100,6 @@ impl Cluster {
                 child: None,
             });
         }
-        fs::write(options.dir.join("token"), TOKEN).map_err(|e| e.to_string())?;
         let mut cluster = Cluster {
             options,
             members,
@@ -167,25 +135,8 @@ impl Cluster {
             .map(|m| format!("{}={},{}", m.id, m.raft, m.api))
             .collect();
         let member = &self.members[index];
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("m{}.log", member.id)))
-            .map_err(|e| e.to_string())?;
-        let mut command = Command::new(&self.options.cairn);
-        command
-            .arg("meta")
-            .args(["--id", &member.id.to_string()])
-            .args(["--data", &path_str(&dir.join(format!("m{}", member.id)))])
-            .args(["--certs", &path_str(&dir.join("certs"))])
-            .args(["--token-file", &path_str(&dir.join("token"))])
-            .args(["--tick-ms", "50", "--compact-every", "200"])
-            .env("CAIRN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for m in &member_args {
-            command.args(["--member", m]);
-        }
+        let mut command = meta_command(&self.options.cairn, dir, member.id, &member_args)?;
+        command.args(["--tick-ms", "50", "--compact-every", "200"]);
         if join {
             command.arg("--join");
         }
@@ -218,6 +169,7 @@ impl Cluster {
                 && call(
                     &self.agent,
                     &format!("http://{}/v1/cluster/status", m.api),
+                    TOKEN,
                     None,
                 )
                 .is_ok_and(|(_, v)| v["member"]["role"] == "leader")
@@ -237,7 +189,7 @@ impl Cluster {
 
     /// Posts to any member, following the leader, until `deadline`.
     fn post(&self, path: &str, body: &Value, deadline: Duration) -> Result<(u16, Value), String> {
-        post_any(&self.agent, &self.urls(), path, body, deadline).map(|(s, v, _)| (s, v))
+        post_any(&self.agent, &self.urls(), TOKEN, path, body, deadline).map(|(s, v, _)| (s, v))
     }
 
     fn stop_all(&mut self) {
@@ -250,66 +202,6 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
-    }
-}
-
-/// Also says whether an earlier attempt may have been applied (its answer was lost, or the
-/// leader gave up waiting), which makes a later 409 for a creation its success.
-fn post_any(
-    agent: &ureq::Agent,
-    urls: &[String],
-    path: &str,
-    body: &Value,
-    deadline: Duration,
-) -> Result<(u16, Value, bool), String> {
-    let mut ambiguous = false;
-    let start = Instant::now();
-    let mut next = 0;
-    let mut leader: Option<String> = None;
-    let mut last = String::new();
-    while start.elapsed() < deadline {
-        let base = leader
-            .take()
-            .unwrap_or_else(|| urls[next % urls.len()].clone());
-        match call(agent, &format!("{base}{path}"), Some(body)) {
-            Ok((503, v)) => {
-                last = v.to_string();
-                leader = v["leader_api"].as_str().map(str::to_string);
-                // "Not the leader" proposed nothing; a timeout may have.
-                ambiguous |= leader.is_none();
-                if leader.is_none() {
-                    next += 1;
-                }
-            }
-            Ok((status, v)) => return Ok((status, v, ambiguous)),
-            Err(e) => {
-                last = e;
-                ambiguous = true;
-                next += 1;
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Err(format!("{path}: no answer within {deadline:?}: {last}"))
-}
-
-fn path_str(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-fn run_cairn(cairn: &Path, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(cairn)
-        .args(args)
-        .output()
-        .map_err(|e| format!("run {}: {e}", cairn.display()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "cairn {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        ))
     }
 }
 
@@ -330,7 +222,14 @@ fn workload(agent: ureq::Agent, urls: Vec<String>, shared: Arc<Workload>) {
             if shared.stop.load(Ordering::Relaxed) && !ambiguous {
                 return;
             }
-            match post_any(&agent, &urls, "/v1/volumes", &body, Duration::from_secs(2)) {
+            match post_any(
+                &agent,
+                &urls,
+                TOKEN,
+                "/v1/volumes",
+                &body,
+                Duration::from_secs(2),
+            ) {
                 Ok((201, _, _)) => break,
                 // An earlier attempt committed after all.
                 Ok((409, _, earlier)) if ambiguous || earlier => break,
@@ -479,7 +378,7 @@ fn check(cluster: &Cluster, acknowledged: &[String], verdict: &mut Verdict) -> R
         // Linearizable: the member answers once it has applied the leader's commit index.
         let start = Instant::now();
         let list = loop {
-            match call(&cluster.agent, &url, None) {
+            match call(&cluster.agent, &url, TOKEN, None) {
                 Ok((200, Value::Array(list))) => break list,
                 other if start.elapsed() > Duration::from_secs(20) => {
                     return Err(format!("m{}: list volumes: {other:?}", member.id));
@@ -542,12 +441,12 @@ pub fn bench(options: Options, clients: usize) -> Result<BenchResult, String> {
                     while start.elapsed() < duration {
                         let name = format!("c{c}-{done}");
                         let ok = if reads {
-                            call(&agent, &format!("{url}/v1/volumes/c{c}-0"), None)
+                            call(&agent, &format!("{url}/v1/volumes/c{c}-0"), TOKEN, None)
                                 .is_ok_and(|(s, _)| s == 200)
                         } else {
                             let body =
                                 json!({ "name": name, "pool": "p", "size_bytes": 1u64 << 30 });
-                            call(&agent, &format!("{url}/v1/volumes"), Some(&body))
+                            call(&agent, &format!("{url}/v1/volumes"), TOKEN, Some(&body))
                                 .is_ok_and(|(s, _)| s == 201)
                         };
                         if !ok {

@@ -1,0 +1,502 @@
+//! A cluster of real processes on loopback for the scenarios that kill parts of it: `cairn
+//! meta` members (ids 1..=M, one group) and `cairn node run` storage nodes (ids M+1.., one disk
+//! each), one CA, one admin token, and a 3-replica pool [`POOL`] of [`POOL_PGS`] PGs with host
+//! as failure domain, created once every disk reports.
+//!
+//! Each process logs to `DIR/<name>.log` at `CAIRN_LOG=info` (`m<ID>` for members, `n<ID>`
+//! for nodes); a restart appends to the same file, so one file tells a process's whole story.
+//! Storage nodes reach the metadata group through every member (`CAIRN_ADMIN_URL`, comma
+//! separated); only the leader keeps heartbeats, so health is asked of every member.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    dev_kill::{Endpoints, new_agent},
+    free_port,
+};
+
+const TOKEN: &str = "chaos-nodes-token-0123456789";
+/// The pool the volume goes in.
+pub(crate) const POOL: &str = "p";
+/// PGs of the pool: a few per node, so every node leads some and kills hit leaders.
+pub(crate) const POOL_PGS: u64 = 8;
+/// Seconds without a heartbeat after which the metadata leader counts a storage node as down
+/// and its scheduler replaces the node's PG members: short, so moves happen within a run.
+pub(crate) const HEARTBEAT_TIMEOUT_S: u64 = 2;
+/// How long a new cluster may take to report every disk and every PG healthy (elections of
+/// the metadata group and of each PG, on debug builds sharing two cores).
+const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one health question waits: a member that was just killed must not stall a poll.
+const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a process of the cluster is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A `cairn meta` member.
+    Meta,
+    /// A `cairn node run` storage node.
+    Node,
+}
+
+struct Process {
+    id: u64,
+    role: Role,
+    /// Raft port, and the admin API port (members) or data API port (nodes).
+    ports: (u16, u16),
+    child: Option<Child>,
+}
+
+/// The processes: members first, then storage nodes; an index names one.
+pub(crate) struct Cluster {
+    cairn: PathBuf,
+    dir: PathBuf,
+    processes: Vec<Process>,
+    agent: ureq::Agent,
+}
+
+/// The log file `DIR/<name>.log`, appended to.
+pub(crate) fn log_file(dir: &Path, name: &str) -> Result<fs::File, String> {
+    fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .map_err(|e| format!("log {name}: {e}"))
+}
+
+/// One call with `token`: status and JSON body, or a transport error.
+pub(crate) fn call(
+    agent: &ureq::Agent,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let auth = format!("Bearer {token}");
+    let response = match body {
+        Some(body) => agent
+            .post(url)
+            .header("Authorization", &auth)
+            .send_json(body),
+        None => agent.get(url).header("Authorization", &auth).call(),
+    };
+    let mut response = response.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_json::<Value>()
+        .unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+/// Posts `body` to `path` on any member of `urls`, following the leader's address a 503
+/// names, until `deadline`. Also says whether an earlier attempt may have been applied (its
+/// answer was lost, or the leader gave up waiting), which makes a later 409 for a creation its
+/// success.
+pub(crate) fn post_any(
+    agent: &ureq::Agent,
+    urls: &[String],
+    token: &str,
+    path: &str,
+    body: &Value,
+    deadline: Duration,
+) -> Result<(u16, Value, bool), String> {
+    let mut ambiguous = false;
+    let start = Instant::now();
+    let mut next = 0;
+    let mut leader: Option<String> = None;
+    let mut last = String::new();
+    while start.elapsed() < deadline {
+        let base = leader
+            .take()
+            .unwrap_or_else(|| urls[next % urls.len()].clone());
+        match call(agent, &format!("{base}{path}"), token, Some(body)) {
+            Ok((503, v)) => {
+                last = v.to_string();
+                leader = v["leader_api"].as_str().map(str::to_string);
+                // "Not the leader" proposed nothing; a timeout may have.
+                ambiguous |= leader.is_none();
+                if leader.is_none() {
+                    next += 1;
+                }
+            }
+            Ok((status, v)) => return Ok((status, v, ambiguous)),
+            Err(e) => {
+                last = e;
+                ambiguous = true;
+                next += 1;
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("{path}: no answer within {deadline:?}: {last}"))
+}
+
+/// A path as a command-line argument.
+pub(crate) fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Runs `cairn ARGS...` to completion; its stderr is the error.
+pub(crate) fn run_cairn(cairn: &Path, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(cairn)
+        .args(args)
+        .output()
+        .map_err(|e| format!("run {}: {e}", cairn.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cairn {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// `cairn meta` for member `id` of `members` (`ID=RAFT_ADDR,API_ADDR` each): data in
+/// `DIR/m<ID>`, certificates in `DIR/certs`, the token in `DIR/token`, `CAIRN_LOG=info` to
+/// `DIR/m<ID>.log`. Callers add their tuning flags.
+pub(crate) fn meta_command(
+    cairn: &Path,
+    dir: &Path,
+    id: u64,
+    members: &[String],
+) -> Result<Command, String> {
+    let mut command = Command::new(cairn);
+    command
+        .arg("meta")
+        .args(["--id", &id.to_string()])
+        .args(["--data", &path_str(&dir.join(format!("m{id}")))])
+        .args(["--certs", &path_str(&dir.join("certs"))])
+        .args(["--token-file", &path_str(&dir.join("token"))])
+        .env("CAIRN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, &format!("m{id}"))?);
+    for member in members {
+        command.args(["--member", member]);
+    }
+    Ok(command)
+}
+
+/// A CA in `DIR/ca`, a certificate per id in `DIR/certs`, and `token` in `DIR/token`.
+pub(crate) fn credentials(
+    cairn: &Path,
+    dir: &Path,
+    ids: impl Iterator<Item = u64>,
+    token: &str,
+) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let ca = path_str(&dir.join("ca"));
+    run_cairn(cairn, &["ca", "init", &ca])?;
+    for id in ids {
+        let certs = path_str(&dir.join("certs"));
+        run_cairn(
+            cairn,
+            &["ca", "issue", &ca, &id.to_string(), "--out", &certs],
+        )?;
+    }
+    fs::write(dir.join("token"), token).map_err(|e| format!("write token: {e}"))
+}
+
+/// Sums Prometheus text samples per metric name (labels dropped). Lines that do not parse are
+/// skipped: the counters are diagnostics, and a scrape cut short by a kill is not an error.
+fn parse_counters(text: &str) -> BTreeMap<String, u64> {
+    let mut counters = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<u64>() else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series).trim();
+        *counters.entry(name.to_string()).or_default() += value;
+    }
+    counters
+}
+
+impl Cluster {
+    /// Starts `metas` members and `nodes` storage nodes in `dir`, creates the pool and waits
+    /// until every PG is healthy.
+    pub(crate) fn start(cairn: &Path, dir: &Path, metas: u64, nodes: u64) -> Result<Self, String> {
+        assert!(metas >= 1);
+        assert!(nodes >= 3, "3 replicas on distinct hosts");
+        credentials(cairn, dir, 1..=metas + nodes, TOKEN)?;
+        let mut processes = Vec::new();
+        for id in 1..=metas + nodes {
+            processes.push(Process {
+                id,
+                role: if id <= metas { Role::Meta } else { Role::Node },
+                ports: (free_port()?, free_port()?),
+                child: None,
+            });
+        }
+        let mut cluster = Cluster {
+            cairn: cairn.to_path_buf(),
+            dir: dir.to_path_buf(),
+            processes,
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(HEALTH_CALL_TIMEOUT))
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        };
+        for index in 0..cluster.len() {
+            cluster.spawn(index)?;
+        }
+        let (reporting, last) = cluster.wait_health(SETUP_DEADLINE, |h| {
+            h["disks_in_reporting"].as_u64() == Some(nodes)
+        });
+        if !reporting {
+            return Err(format!("the disks never all reported: {last:?}"));
+        }
+        let pool = json!({
+            "name": POOL, "replicas": 3, "domain": "host", "pg_count": POOL_PGS
+        });
+        let endpoints = cluster.endpoints();
+        let (status, body, _) = post_any(
+            &new_agent(),
+            &endpoints.admin_urls,
+            &endpoints.token,
+            "/v1/pools",
+            &pool,
+            SETUP_DEADLINE,
+        )?;
+        if status != 201 {
+            return Err(format!("create pool: HTTP {status} {body}"));
+        }
+        let (healthy, last) = cluster.wait_health(SETUP_DEADLINE, |h| {
+            h["pgs_healthy"].as_u64() == Some(POOL_PGS)
+        });
+        if !healthy {
+            return Err(format!("the new pool never got healthy: {last:?}"));
+        }
+        Ok(cluster)
+    }
+
+    /// Processes, members and nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub(crate) fn role(&self, index: usize) -> Role {
+        self.processes[index].role
+    }
+
+    /// Indexes of the storage nodes.
+    pub(crate) fn nodes(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|i| self.role(*i) == Role::Node)
+            .collect()
+    }
+
+    /// `m<ID>` or `n<ID>`: the name of its log and directory.
+    pub(crate) fn name(&self, index: usize) -> String {
+        let process = &self.processes[index];
+        match process.role {
+            Role::Meta => format!("m{}", process.id),
+            Role::Node => format!("n{}", process.id),
+        }
+    }
+
+    /// Where process `index` listens: `n5 raft 127.0.0.1:P data http://127.0.0.1:Q`.
+    pub(crate) fn describe(&self, index: usize) -> String {
+        let (raft, api) = self.processes[index].ports;
+        let kind = match self.role(index) {
+            Role::Meta => "admin",
+            Role::Node => "data",
+        };
+        format!(
+            "{} raft 127.0.0.1:{raft} {kind} http://127.0.0.1:{api}",
+            self.name(index)
+        )
+    }
+
+    fn admin_urls(&self) -> Vec<String> {
+        self.processes
+            .iter()
+            .filter(|p| p.role == Role::Meta)
+            .map(|p| format!("http://127.0.0.1:{}", p.ports.1))
+            .collect()
+    }
+
+    /// Where the writer and checker of [`crate::dev_kill`] go.
+    pub(crate) fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            admin_urls: self.admin_urls(),
+            data_urls: self
+                .nodes()
+                .iter()
+                .map(|i| format!("http://127.0.0.1:{}", self.processes[*i].ports.1))
+                .collect(),
+            token: TOKEN.into(),
+            pool: POOL,
+        }
+    }
+
+    /// Starts process `index` on its directory (new or left by an earlier run).
+    pub(crate) fn spawn(&mut self, index: usize) -> Result<(), String> {
+        assert!(
+            self.processes[index].child.is_none(),
+            "one process per index"
+        );
+        let (id, (raft, api)) = (self.processes[index].id, self.processes[index].ports);
+        let name = self.name(index);
+        let mut command = match self.role(index) {
+            Role::Meta => {
+                let members: Vec<String> = self
+                    .processes
+                    .iter()
+                    .filter(|p| p.role == Role::Meta)
+                    .map(|p| format!("{}=127.0.0.1:{},127.0.0.1:{}", p.id, p.ports.0, p.ports.1))
+                    .collect();
+                let mut command = meta_command(&self.cairn, &self.dir, id, &members)?;
+                // Fast elections (20 ms ticks) and a short heartbeat timeout.
+                let timeout = HEARTBEAT_TIMEOUT_S.to_string();
+                command.args(["--tick-ms", "20", "--heartbeat-timeout-s", &timeout]);
+                command
+            }
+            Role::Node => {
+                let node_dir = self.dir.join(&name);
+                let mut command = Command::new(&self.cairn);
+                command
+                    .args(["node", "run", "--id", &id.to_string()])
+                    .args(["--data", &path_str(&node_dir)])
+                    .args(["--disk", &path_str(&node_dir.join("disk"))])
+                    .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+                    .args(["--data-listen", &format!("127.0.0.1:{api}")])
+                    .args(["--certs", &path_str(&self.dir.join("certs"))])
+                    .args(["--token-file", &path_str(&self.dir.join("token"))])
+                    // Compactions every few dozen writes, so they happen while nodes die.
+                    .args(["--pg-compact-entries", "16"])
+                    .env("CAIRN_ADMIN_URL", self.admin_urls().join(","))
+                    .env("CAIRN_LOG", "info")
+                    .stdout(Stdio::null())
+                    .stderr(log_file(&self.dir, &name)?);
+                command
+            }
+        };
+        let child = command.spawn().map_err(|e| format!("spawn {name}: {e}"))?;
+        self.processes[index].child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs process `index` (no shutdown path runs) if it runs.
+    pub(crate) fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.processes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks the metadata members for health, from any thread.
+    pub(crate) fn probe(&self) -> Probe {
+        Probe {
+            admin_urls: self.admin_urls(),
+            agent: self.agent.clone(),
+        }
+    }
+
+    /// The metadata leader's health (see [`Probe::health`]).
+    pub(crate) fn health(&self) -> Option<Value> {
+        self.probe().health()
+    }
+
+    /// Polls health until `done` holds or `within` passes; says which, with the last health
+    /// seen.
+    pub(crate) fn wait_health(
+        &self,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> (bool, Option<Value>) {
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            if let Some(health) = self.health() {
+                let ok = done(&health);
+                last = Some(health);
+                if ok {
+                    return (true, last);
+                }
+            }
+            if started.elapsed() > within {
+                return (false, last);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Storage node `index`'s Prometheus counters, summed per name; `None` if it does not
+    /// answer.
+    pub(crate) fn counters(&self, index: usize) -> Option<BTreeMap<String, u64>> {
+        assert_eq!(self.role(index), Role::Node);
+        let url = format!("http://127.0.0.1:{}/metrics", self.processes[index].ports.1);
+        let mut response = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .ok()?;
+        if response.status().as_u16() != 200 {
+            return None;
+        }
+        let text = response.body_mut().read_to_string().ok()?;
+        Some(parse_counters(&text))
+    }
+}
+
+/// Health questions to the metadata members.
+#[derive(Clone)]
+pub(crate) struct Probe {
+    admin_urls: Vec<String>,
+    agent: ureq::Agent,
+}
+
+impl Probe {
+    /// The metadata leader's health, from whichever member reports one (followers report
+    /// null; a member that is down refuses the connection at once).
+    pub(crate) fn health(&self) -> Option<Value> {
+        self.admin_urls.iter().find_map(|url| {
+            let mut response = self
+                .agent
+                .get(&format!("{url}/v1/cluster/status"))
+                .header("Authorization", &format!("Bearer {TOKEN}"))
+                .call()
+                .ok()?;
+            let status = response.body_mut().read_json::<Value>().ok()?;
+            let health = &status["health"];
+            (!health.is_null()).then(|| health.clone())
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Storage nodes first: a node outliving the metadata group only logs retries.
+        for index in (0..self.len()).rev() {
+            self.kill(index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_counters;
+
+    #[test]
+    fn counters_sum_over_labels_and_skip_comments() {
+        let text = "# HELP a x\n# TYPE a counter\na 3\nb{disk=\"1\"} 2\nb{disk=\"2\"} 5\nc nan\n";
+        let counters = parse_counters(text);
+        assert_eq!(counters.get("a"), Some(&3));
+        assert_eq!(counters.get("b"), Some(&7));
+        assert_eq!(counters.get("c"), None);
+    }
+}

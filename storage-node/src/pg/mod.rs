@@ -562,6 +562,7 @@ impl<L: LogStore> PgHost<L> {
         replica: ReplicaId,
         disk: DiskId,
     ) -> Result<(), PgError> {
+        self.replace_leftover(group, disk);
         self.check_disk(group, disk)?;
         self.node
             .join_group(group, replica)
@@ -570,6 +571,41 @@ impl<L: LogStore> PgHost<L> {
         self.hosted.insert(replica, group);
         self.refresh_directory();
         Ok(())
+    }
+
+    /// Stops hosting a replica of `group` on `disk` that the map no longer lists, to make room
+    /// for a new member there. The scheduler moves only settled PGs, whose configuration is
+    /// their map, so such a leftover is in no configuration: nothing needs it. Its chunks stay
+    /// for the new member's copy, which overwrites or deletes every chunk of the PG on the
+    /// disk before the member installs its snapshot.
+    fn replace_leftover(&mut self, group: GroupId, disk: DiskId) {
+        let leftover = self.placement.iter().find(|(replica, d)| {
+            **d == disk
+                && self.hosted.get(*replica) == Some(&group)
+                && !self.listed(group, **replica)
+        });
+        let Some((&leftover, _)) = leftover else {
+            return;
+        };
+        // A copy still running into it would go on writing the PG's chunks on this disk
+        // under the new member's: wait for it to end (the host is asked again next refresh).
+        if matches!(self.restores.get(&leftover), Some(Restore::Running { .. })) {
+            return;
+        }
+        if let Err(e) = self.node.remove_group(leftover) {
+            tracing::error!(replica = %leftover, "cannot drop a leftover replica: {e}");
+            return;
+        }
+        // Forgotten here rather than by `clean_dropped`, which would delete the chunks.
+        self.hosted.remove(&leftover);
+        self.placement.remove(&leftover);
+        self.applied.remove(&leftover);
+        self.restores.remove(&leftover);
+        self.restore_progress.remove(&leftover);
+        self.refused.remove(&leftover);
+        self.left_behind.remove(&leftover);
+        self.refresh_directory();
+        tracing::info!(replica = %leftover, %group, %disk, "leftover replica replaced by a new member on its disk");
     }
 
     /// A disk here, holding no replica of `group` yet. Chunks are keyed by chunk id, not by
@@ -763,6 +799,13 @@ impl<L: LogStore> PgHost<L> {
         }
     }
 
+    /// True if `group`'s map lists `replica` (or no map has been seen for the group).
+    fn listed(&self, group: GroupId, replica: ReplicaId) -> bool {
+        self.targets
+            .get(&group)
+            .is_none_or(|members| members.contains(&replica))
+    }
+
     /// True for a replica that has applied nothing: a joining member before its snapshot
     /// (its store may be being filled by a copy).
     fn is_fresh(&self, replica: ReplicaId) -> bool {
@@ -869,10 +912,10 @@ impl<L: LogStore> PgHost<L> {
         let mut drop = Vec::new();
         let hosted: Vec<(ReplicaId, GroupId)> = self.node.replicas().collect();
         for (replica, group) in hosted {
-            let listed = self
-                .targets
-                .get(&group)
-                .is_none_or(|members| members.contains(&replica));
+            let listed = self.listed(group, replica);
+            // A copy running into it must end first (it would write chunks after the
+            // cleanup); it ends within the copy's own time.
+            let copying = matches!(self.restores.get(&replica), Some(Restore::Running { .. }));
             // Learners never campaign, so one removed keeps its old leader in mind: not being
             // a voter counts like hearing no leader.
             let leaderless = self
@@ -883,7 +926,7 @@ impl<L: LogStore> PgHost<L> {
                 .node
                 .membership(replica)
                 .is_some_and(|c| c.voters.contains(&replica.0));
-            if listed || (voter && !leaderless) {
+            if listed || copying || (voter && !leaderless) {
                 self.left_behind.remove(&replica);
                 continue;
             }
@@ -960,6 +1003,10 @@ impl<L: LogStore> PgHost<L> {
     /// A copy ended: on success, the next snapshot the replica is sent at `index` or below
     /// installs; on failure the next snapshot asks for a new copy.
     pub fn restore_done(&mut self, wanted: RestoreWanted, result: Result<u64, String>) {
+        if !self.hosted.contains_key(&wanted.replica) {
+            self.restores.remove(&wanted.replica);
+            return;
+        }
         match result {
             Ok(bytes) => {
                 tracing::info!(replica = %wanted.replica, group = %wanted.group, bytes, "PG chunks copied; installing the snapshot");
@@ -1102,7 +1149,6 @@ impl<L: LogStore> PgHost<L> {
         let mut hint = None;
         let mut any = false;
         for replica in self.node.replicas_of(group) {
-            any = true;
             let status = self
                 .node
                 .status(replica)
@@ -1110,6 +1156,13 @@ impl<L: LogStore> PgHost<L> {
             if status.role == cairn_raft::raft_types::StateRole::Leader {
                 return Ok(replica);
             }
+            // A follower the map dropped (left over from before this node was away) knows no
+            // leader and never will: requests go to the PG's members elsewhere instead of
+            // waiting on it.
+            if !self.listed(group, replica) {
+                continue;
+            }
+            any = true;
             hint = hint.or(status.leader);
         }
         if !any {
@@ -1182,7 +1235,7 @@ impl<L: LogStore> PgHost<L> {
             }) => self
                 .node
                 .replicas_of(group)
-                .find(|r| !self.is_fresh(*r))
+                .find(|r| !self.is_fresh(*r) && self.listed(group, *r))
                 .ok_or(PgError::NotLeader {
                     group,
                     leader: Some(leader),

@@ -32,7 +32,22 @@
 #                     checksum errors, D counts PGs not healthy after the heal). Kills, long
 #                     outages and restores go to stderr; DIR keeps m1..m3.log, n4..n7.log and
 #                     kills.log (UTC times of the kills).
-# Not covered yet: network partitions and disk faults across nodes.
+#   bitflip           one `cairn meta` and three storage nodes (ids 2-4), a 3-replica pool of 8
+#                     PGs by host; under the same writer (nothing killed), every 100-300 ms one
+#                     bit of one written block is flipped in one node's chunk file (found with
+#                     GET /v1/debug/chunk-location; a block is flipped once, on one node, so a
+#                     good copy exists), and a reader reads random ranges through random nodes
+#                     (a 200 must serve allowed contents). Afterwards the volume is read through
+#                     each node (every replica verified, damage repaired), the chunk stores are
+#                     flushed (rewrites of settled blocks make every PG compact), counters
+#                     summed, nodes SIGKILLed and `cairn disk scrub --json` run on each disk.
+#                     Ends with `bitflip: acknowledged=N lost=L corrupt=C unrepaired=U
+#                     degraded_pgs=D` (all but N must be 0; U = unrepaired checksum errors the
+#                     nodes counted + corrupt blocks the offline scrubs found); stderr has
+#                     `flips=F repairs=R reads_checked=K` (F and R must not be 0). DIR keeps
+#                     m1.log, n2..n4.log and flips.log (node, file, block and byte of each
+#                     flip, and whether a later write replaced it).
+# Not covered yet: network partitions and disks failing whole (IO errors, gone).
 set -euo pipefail
 scenario=${1:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
 seconds=${2:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
@@ -46,9 +61,9 @@ case $scenario in
   chunkstore-kill|raftlog-kill)
     cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
     exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
-  dev-kill|nodes-kill|kill-nodes)
+  dev-kill|nodes-kill|kill-nodes|bitflip)
     # The dev profile the tests share (one RocksDB build); cairn-chaos runs the cairn beside it.
     cairn_test_binaries
     exec "$CAIRN_CHAOS" "$scenario" "$dir" "$seconds" ;;
-  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, kill-nodes)" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, kill-nodes, bitflip)" >&2; exit 2 ;;
 esac

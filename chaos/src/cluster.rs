@@ -32,6 +32,10 @@ pub(crate) const POOL_PGS: u64 = 8;
 /// Seconds without a heartbeat after which the metadata leader counts a storage node as down
 /// and its scheduler replaces the node's PG members: short, so moves happen within a run.
 pub(crate) const HEARTBEAT_TIMEOUT_S: u64 = 2;
+/// Entries a PG logs past its snapshot before it compacts, which flushes every member's chunk
+/// store (`--pg-compact-entries`): every few dozen writes, so compactions happen while nodes
+/// die.
+pub(crate) const PG_COMPACT_ENTRIES: u64 = 16;
 /// How long a new cluster may take to report every disk and every PG healthy (elections of
 /// the metadata group and of each PG, on debug builds sharing two cores).
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
@@ -375,8 +379,7 @@ impl Cluster {
                     .args(["--data-listen", &format!("127.0.0.1:{api}")])
                     .args(["--certs", &path_str(&self.dir.join("certs"))])
                     .args(["--token-file", &path_str(&self.dir.join("token"))])
-                    // Compactions every few dozen writes, so they happen while nodes die.
-                    .args(["--pg-compact-entries", "16"])
+                    .args(["--pg-compact-entries", &PG_COMPACT_ENTRIES.to_string()])
                     .env("CAIRN_ADMIN_URL", self.admin_urls().join(","))
                     .env("CAIRN_LOG", "info")
                     .stdout(Stdio::null())

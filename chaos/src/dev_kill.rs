@@ -25,9 +25,11 @@ use std::{
 
 use crate::{chunkstore_kill::Rng, cluster::post_any};
 
+/// The volume's name.
+pub(crate) const VOLUME: &str = "chaos";
 /// The volume's size: 16,384 blocks.
-const VOLUME_BYTES: u64 = 64 << 20;
-const BLOCK: u64 = 4096;
+pub(crate) const VOLUME_BYTES: u64 = 64 << 20;
+pub(crate) const BLOCK: u64 = 4096;
 /// Blocks per write at most.
 const RUN_BLOCKS_MAX: u64 = 16;
 /// How long a restart may take to serve again.
@@ -59,6 +61,159 @@ pub struct Verdict {
 struct Allowed {
     acknowledged: u64,
     ambiguous: Vec<u64>,
+}
+
+impl Allowed {
+    fn writes(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.acknowledged).chain(self.ambiguous.iter().copied())
+    }
+}
+
+/// Writes a read may have raced with that a check recomputes at most: a read slower than
+/// this many writes is not checked (counted as unchecked), which bounds the work per block.
+const RACING_WRITES_MAX: u64 = 64;
+
+/// The writer's record of what every block may hold, shared with checkers that read while it
+/// writes (see [`Victim::writing`]).
+#[derive(Clone)]
+pub struct Writes {
+    seed: u64,
+    log: Arc<Mutex<WriteLog>>,
+}
+
+struct WriteLog {
+    /// Per block of the volume.
+    allowed: Vec<Allowed>,
+    /// The last write the writer started (0: none yet); it may still be in flight.
+    started: u64,
+}
+
+/// What a range of blocks may hold, taken just before reading it.
+pub(crate) struct Expected {
+    first: u64,
+    started: u64,
+    allowed: Vec<Allowed>,
+}
+
+/// How a read's bytes compared with what its blocks may hold.
+pub(crate) enum ReadCheck {
+    /// Every block holds an allowed content.
+    Good,
+    /// This many blocks hold none of theirs.
+    Bad(u64),
+    /// Too many writes raced with the read to check it.
+    Unchecked,
+}
+
+impl Writes {
+    fn new(seed: u64, blocks: u64) -> Writes {
+        Writes {
+            seed,
+            log: Arc::new(Mutex::new(WriteLog {
+                allowed: vec![Allowed::default(); blocks as usize],
+                started: 0,
+            })),
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, WriteLog> {
+        self.log.lock().expect("not poisoned")
+    }
+
+    /// The last acknowledged write of block `block` (0: none, a thin zero block).
+    pub(crate) fn acknowledged_write(&self, block: u64) -> u64 {
+        self.log().allowed[block as usize].acknowledged
+    }
+
+    /// The last write the writer started (0: none yet).
+    pub(crate) fn started(&self) -> u64 {
+        self.log().started
+    }
+
+    /// The content of `block` if it can hold only one, its last acknowledged write (no
+    /// ambiguous write since); `None` otherwise or if it was never written.
+    pub(crate) fn settled_content(&self, block: u64) -> Option<Vec<u8>> {
+        let allowed = self.log().allowed[block as usize].clone();
+        (allowed.acknowledged != 0 && allowed.ambiguous.is_empty())
+            .then(|| block_content(self.seed, allowed.acknowledged, block))
+    }
+
+    /// What blocks `first..first + count` may hold, to take right before reading them.
+    pub(crate) fn before_read(&self, first: u64, count: u64) -> Expected {
+        let log = self.log();
+        Expected {
+            first,
+            started: log.started,
+            allowed: log.allowed[first as usize..(first + count) as usize].to_vec(),
+        }
+    }
+
+    /// Checks `data`, read after `expected` was taken: each block must hold a content allowed
+    /// then, or that of a write started since (the read may have seen any of them).
+    pub(crate) fn check_read(&self, expected: &Expected, data: &[u8]) -> ReadCheck {
+        assert_eq!(data.len() as u64, expected.allowed.len() as u64 * BLOCK);
+        let started = self.log().started;
+        if started - expected.started > RACING_WRITES_MAX {
+            return ReadCheck::Unchecked;
+        }
+        let mut bad = 0;
+        for (i, got) in data.chunks(BLOCK as usize).enumerate() {
+            let block = expected.first + i as u64;
+            let ok = expected.allowed[i]
+                .writes()
+                .chain(expected.started..=started)
+                .any(|write| got == block_content(self.seed, write, block).as_slice());
+            if !ok {
+                eprintln!(
+                    "{} read of block {block} holds none of {:?} nor writes {}..={started}",
+                    crate::utc_now(),
+                    expected.allowed[i].writes().collect::<Vec<_>>(),
+                    expected.started,
+                );
+                bad += 1;
+            }
+        }
+        if bad == 0 {
+            ReadCheck::Good
+        } else {
+            ReadCheck::Bad(bad)
+        }
+    }
+
+    /// Reads the whole volume through `urls` (the next one when a read fails) once the writer
+    /// stopped and checks every block: returns blocks holding none of their allowed contents
+    /// (lost) and blocks no read returned (corrupt).
+    pub(crate) fn verify(
+        &self,
+        agent: &ureq::Agent,
+        urls: &[String],
+        auth: &str,
+        name: &str,
+    ) -> (u64, u64) {
+        let (mut lost, mut corrupt) = (0, 0);
+        for start in (0..VOLUME_BYTES).step_by(VERIFY_BYTES as usize) {
+            let Some(data) = read_range(agent, urls, auth, start) else {
+                corrupt += VERIFY_BYTES / BLOCK;
+                continue;
+            };
+            let log = self.log();
+            for (i, got) in data.chunks(BLOCK as usize).enumerate() {
+                let block = start / BLOCK + i as u64;
+                let entry = &log.allowed[block as usize];
+                let ok = entry
+                    .writes()
+                    .any(|write| got == block_content(self.seed, write, block).as_slice());
+                if !ok {
+                    eprintln!(
+                        "{name}: block {block} holds none of {:?}",
+                        entry.writes().collect::<Vec<_>>()
+                    );
+                    lost += 1;
+                }
+            }
+        }
+        (lost, corrupt)
+    }
 }
 
 /// The bytes write `write` puts in block `block`.
@@ -154,6 +309,9 @@ pub trait Victim {
     fn endpoints(&self) -> Endpoints;
     /// Kills something with SIGKILL and brings it back, returning once it was restarted.
     fn kill_and_restart(&mut self, rng: &mut Rng) -> Result<(), String>;
+    /// Called once the volume exists, before the writer starts, with the writer's record: a
+    /// scenario that checks reads while the writer runs keeps a clone. By default nothing.
+    fn writing(&mut self, _writes: &Writes) {}
     /// Runs after the writer stopped, before the volume is read back; returns the kills it
     /// delivered. By default the last word: one more kill.
     fn settle(&mut self, rng: &mut Rng) -> Result<u64, String> {
@@ -212,11 +370,12 @@ pub fn run_with(
     create_volume(&agent, &endpoints)?;
 
     let blocks = VOLUME_BYTES / BLOCK;
-    let allowed = Arc::new(Mutex::new(vec![Allowed::default(); blocks as usize]));
+    let writes = Writes::new(seed, blocks);
+    victim.writing(&writes);
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(Mutex::new((0u64, 0u64)));
     let writer = {
-        let (allowed, stop, counts) = (allowed.clone(), stop.clone(), counts.clone());
+        let (writes, stop, counts) = (writes.clone(), stop.clone(), counts.clone());
         let (urls, auth) = (endpoints.data_urls.clone(), auth.clone());
         thread::spawn(move || {
             let agent = new_agent();
@@ -231,10 +390,11 @@ pub fn run_with(
                     .flat_map(|b| block_content(seed, write, b))
                     .collect();
                 let url = &urls[target % urls.len()];
+                writes.log().started = write;
                 let sent = Instant::now();
                 let answer = agent
                     .put(&format!(
-                        "{url}/v1/volumes/chaos/data?offset={}",
+                        "{url}/v1/volumes/{VOLUME}/data?offset={}",
                         first * BLOCK
                     ))
                     .header("Authorization", &auth)
@@ -252,10 +412,10 @@ pub fn run_with(
                         first * BLOCK
                     );
                 }
-                let mut allowed = allowed.lock().expect("not poisoned");
+                let mut log = writes.log();
                 let mut counts = counts.lock().expect("not poisoned");
                 for b in first..first + count {
-                    let entry = &mut allowed[b as usize];
+                    let entry = &mut log.allowed[b as usize];
                     if acknowledged {
                         *entry = Allowed {
                             acknowledged: write,
@@ -270,7 +430,7 @@ pub fn run_with(
                 } else {
                     counts.1 += 1;
                     target += 1;
-                    drop((allowed, counts));
+                    drop((log, counts));
                     thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -300,33 +460,10 @@ pub fn run_with(
     let (acknowledged, ambiguous) = *counts.lock().expect("not poisoned");
     verdict.acknowledged = acknowledged;
     verdict.ambiguous = ambiguous;
-    let allowed = allowed.lock().expect("not poisoned");
     // A restart may have changed the token (`cairn dev` makes one per start).
     let endpoints = victim.endpoints();
     let auth = format!("Bearer {}", endpoints.token);
-    let urls = endpoints.data_urls;
-    for start in (0..VOLUME_BYTES).step_by(VERIFY_BYTES as usize) {
-        let Some(data) = read_range(&agent, &urls, &auth, start) else {
-            verdict.corrupt += VERIFY_BYTES / BLOCK;
-            continue;
-        };
-        for (i, got) in data.chunks(BLOCK as usize).enumerate() {
-            let block = start / BLOCK + i as u64;
-            let entry = &allowed[block as usize];
-            let ok = std::iter::once(entry.acknowledged)
-                .chain(entry.ambiguous.iter().copied())
-                .any(|write| got == block_content(seed, write, block).as_slice());
-            if !ok {
-                eprintln!(
-                    "{name}: block {block} holds none of {:?}",
-                    std::iter::once(entry.acknowledged)
-                        .chain(entry.ambiguous.iter().copied())
-                        .collect::<Vec<_>>()
-                );
-                verdict.lost += 1;
-            }
-        }
-    }
+    (verdict.lost, verdict.corrupt) = writes.verify(&agent, &endpoints.data_urls, &auth, name);
     Ok(verdict)
 }
 
@@ -334,7 +471,7 @@ pub fn run_with(
 /// with the leader's address), retrying through elections for up to `READY_DEADLINE`.
 fn create_volume(agent: &ureq::Agent, endpoints: &Endpoints) -> Result<(), String> {
     let create = serde_json::json!({
-        "name": "chaos", "pool": endpoints.pool, "size_bytes": VOLUME_BYTES, "tier": "ultra"
+        "name": VOLUME, "pool": endpoints.pool, "size_bytes": VOLUME_BYTES, "tier": "ultra"
     });
     let (status, body, ambiguous) = post_any(
         agent,
@@ -363,7 +500,7 @@ fn read_range(agent: &ureq::Agent, urls: &[String], auth: &str, start: u64) -> O
         attempt += 1;
         let response = agent
             .get(&format!(
-                "{url}/v1/volumes/chaos/data?offset={start}&length={VERIFY_BYTES}"
+                "{url}/v1/volumes/{VOLUME}/data?offset={start}&length={VERIFY_BYTES}"
             ))
             .header("Authorization", auth)
             .call();

@@ -9,10 +9,11 @@
 //! cairn-chaos dev-kill DIR SECONDS [SEED]            kill -9 `cairn dev` under a volume writer
 //! cairn-chaos nodes-kill DIR SECONDS [SEED]          kill -9 storage nodes under a volume writer
 //! cairn-chaos kill-nodes DIR SECONDS [SEED]          kill -9 any member or node, moves, heal
+//! cairn-chaos bitflip DIR SECONDS [SEED]             flip bits in chunk files under load, repair
 //! ```
 //!
-//! `meta-failover`, `dev-kill`, `nodes-kill` and `kill-nodes` run the `cairn` binary next to
-//! this one, or `$CAIRN_BIN`.
+//! `meta-failover`, `dev-kill`, `nodes-kill`, `kill-nodes` and `bitflip` run the `cairn` binary
+//! next to this one, or `$CAIRN_BIN`.
 //!
 //! A scenario ends with one line, `<scenario>: acknowledged=N lost=L corrupt=C ...`, and exits
 //! non-zero if L or C is not zero or nothing was acknowledged.
@@ -27,6 +28,21 @@
 //! ended); it exits non-zero unless L, C, U and D are 0 and N is not. Kills, long outages and
 //! the nodes' restore counters go to stderr; DIR keeps every process's log (`m1.log`..
 //! `n7.log`) and `kills.log`.
+//!
+//! `bitflip` runs 1 `cairn meta` member and 3 storage nodes (ids 2-4, a 3-replica pool of 8
+//! PGs, so every node holds every chunk) under the same volume writer; nothing is killed.
+//! Every 100-300 ms a flipper picks a written, never-flipped volume block, asks a random node
+//! where it lies (`GET /v1/debug/chunk-location/..`) and flips one bit of it in that node's
+//! chunk file (one replica of a block damaged, ever); a reader reads random ranges through
+//! random nodes, and any 200 must serve allowed contents. Afterwards the volume is read through
+//! each node (every replica read, damaged blocks repaired), the chunk stores are flushed, the
+//! nodes' counters summed, the nodes SIGKILLed and `cairn disk scrub --json` run on each disk.
+//! Its line: `bitflip: acknowledged=N lost=L corrupt=C unrepaired=U degraded_pgs=D` (L: blocks
+//! served or read back wrong; U: unrepaired checksum errors the nodes counted plus corrupt
+//! blocks the offline scrubs found; D: PGs not healthy at the end); stderr has
+//! `flips=F repairs=R reads_checked=K`. It exits non-zero unless L, C, U and D are 0 and N, F
+//! and R are not. DIR keeps `m1.log`, `n2.log`..`n4.log` and `flips.log` (node, file, block,
+//! byte of each flip).
 
 use std::{path::Path, process::ExitCode};
 
@@ -178,6 +194,12 @@ fn main() -> ExitCode {
             };
             kill_nodes(Path::new(dir), seconds, seed)
         }
+        ["bitflip", dir, seconds, ref seed @ ..] => {
+            let (Ok(seconds), Some(seed)) = (seconds.parse::<f64>(), seed_arg(seed)) else {
+                return usage();
+            };
+            bitflip(Path::new(dir), seconds, seed)
+        }
         ["meta-bench", dir, seconds, clients] => {
             let (Ok(seconds), Ok(clients)) = (seconds.parse::<f64>(), clients.parse::<usize>())
             else {
@@ -283,6 +305,34 @@ fn kill_nodes(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
     }
 }
 
+fn bitflip(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
+    eprintln!("bitflip: seed {seed} (replay: cairn-chaos bitflip DIR {seconds} {seed})");
+    let r = match cairn_chaos::bitflip::run(&cairn_binary(), dir, seconds, seed) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("bitflip: {error}");
+            eprintln!("bitflip: logs kept in {}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("{}", r.details);
+    eprintln!(
+        "bitflip: flips={} repairs={} reads_checked={}",
+        r.flips, r.repairs, r.reads_checked
+    );
+    println!(
+        "bitflip: acknowledged={} lost={} corrupt={} unrepaired={} degraded_pgs={}",
+        r.acknowledged, r.lost, r.corrupt, r.unrepaired, r.degraded_pgs
+    );
+    let clean = r.lost == 0 && r.corrupt == 0 && r.unrepaired == 0 && r.degraded_pgs == 0;
+    if clean && r.acknowledged > 0 && r.flips > 0 && r.repairs > 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("bitflip: FAILED; logs kept in {}", dir.display());
+        ExitCode::FAILURE
+    }
+}
+
 /// Runs seeds `first..first + count` of the Raft simulation; stops at the first failure.
 fn raft_sim_seeds(first: u64, count: u64) -> ExitCode {
     let mut committed = 0;
@@ -325,6 +375,7 @@ fn usage() -> ExitCode {
     eprintln!("       cairn-chaos dev-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos nodes-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos kill-nodes DIR SECONDS [SEED]");
+    eprintln!("       cairn-chaos bitflip DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-bench DIR SECONDS CLIENTS");
     ExitCode::from(2)
 }

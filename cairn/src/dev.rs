@@ -252,6 +252,7 @@ impl Setup {
             cairn_storage_node::pg::restore::RESTORE_MB_PER_S_DEFAULT,
         );
         tokio::spawn(heartbeats(meta.clone(), pgs.clone(), disks.clone()));
+        tokio::spawn(storage::stop_on_signal("cairn dev".into(), disks.clone()));
         let _ = self.storage.set(Storage { pgs, stats, disks });
         write_private(&self.dir.join("endpoints.env"), &self.endpoints)?;
         println!(

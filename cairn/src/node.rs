@@ -240,6 +240,10 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
             std::process::exit(1);
         }
     });
+    tokio::spawn(storage::stop_on_signal(
+        format!("cairn node {}", args.id),
+        disks.clone(),
+    ));
     println!(
         "cairn node {}: up ({hosted} replicas, {created} created now)",
         args.id

@@ -594,10 +594,26 @@ fn start_node(dir: &Path, id: u64, ports: (u16, u16), env: &[(&str, &str)]) -> K
         .args(["--certs", &path("certs"), "--token-file", &path("token")])
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(test_log(&format!("n{id}")))
         .spawn()
         .expect("spawn cairn node run");
     Killed(child)
+}
+
+/// Where a process of a test logs: `$CAIRN_TEST_LOGS/NAME.log` (at info level, appended)
+/// when that is set, to read after a failure; nowhere otherwise.
+fn test_log(name: &str) -> std::process::Stdio {
+    let Some(dir) = std::env::var_os("CAIRN_TEST_LOGS") else {
+        return std::process::Stdio::null();
+    };
+    let path = Path::new(&dir).join(format!("{name}.log"));
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("log file");
+    file.into()
 }
 
 /// Polls `cluster status --json` until `done` holds for its health (or 30 s pass).
@@ -792,7 +808,7 @@ fn storage_nodes_rebalance_drain_and_recover() {
             .args(["--certs", &path("certs"), "--token-file", &path("token")])
             .args(["--member", &member, "--tick-ms", "20"])
             .args(["--heartbeat-timeout-s", "2"])
-            .stderr(std::process::Stdio::null())
+            .stderr(test_log("m1"))
             .spawn()
             .expect("spawn cairn meta"),
     );

@@ -12,9 +12,12 @@
 //! After the run the writer stops, then the flipper and reader; the whole volume is read
 //! through each node in turn (a node serves reads from its own replicas, so every replica of
 //! every block is read, verified and repaired where damaged) and checked as `dev-kill` does.
-//! Then the chunk stores are flushed (`flush_chunk_stores`), the volume is read and checked
-//! once more through any node (`dev-kill`'s final check), the nodes' counters are
-//! summed, the nodes SIGKILLed, and `cairn disk scrub --json` runs on each node's disk.
+//! Then the volume is read and checked once more through any node (`dev-kill`'s final
+//! check), the nodes' counters are summed, the nodes stopped with SIGTERM (each flushes its
+//! chunk stores, so every repair is durable with its checksum), and `cairn disk scrub
+//! --json` runs on each node's disk. (After a SIGKILL the scrub would also report blocks
+//! written since the last flush, which a restart replays from the Raft log: the chunk
+//! store's crash contract, not damage.)
 //!
 //! The verdict line: `bitflip: acknowledged=N lost=L corrupt=C unrepaired=U degraded_pgs=D`,
 //! where L counts blocks holding none of their allowed contents (reads during the run and the
@@ -42,7 +45,7 @@ use serde_json::Value;
 
 use crate::{
     chunkstore_kill::Rng,
-    cluster::{Cluster, PG_COMPACT_ENTRIES, POOL, POOL_PGS, call, path_str},
+    cluster::{Cluster, POOL, POOL_PGS, call, path_str},
     dev_kill::{
         BLOCK, Endpoints, ReadCheck, VOLUME, VOLUME_BYTES, Victim, Writes, new_agent, run_with,
     },
@@ -69,12 +72,6 @@ const READ_BLOCKS_MAX: u64 = 64;
 const READ_PAUSE_MS: u64 = 20;
 /// How long the cluster may take to be healthy at the end (nothing was killed: it should be).
 const HEALTH_DEADLINE: Duration = Duration::from_secs(30);
-/// Rewrites per chunk before the nodes are killed (see [`flush_chunk_stores`]): more than a PG
-/// logs between compactions, so each compacts past the writer's last write.
-const FLUSH_WRITES_PER_CHUNK: u64 = PG_COMPACT_ENTRIES + 4;
-/// How long the compactions those rewrites cause take to apply on every member: a leader
-/// checks every 100 ms, followers apply at the next heartbeat; ample on a loaded machine.
-const FLUSH_SETTLE: Duration = Duration::from_secs(3);
 /// Time for the last counters to settle before they are read (a repair in flight when the
 /// final reads ended), as the brief asks: about 2 s.
 const COUNTERS_SETTLE: Duration = Duration::from_secs(2);
@@ -405,70 +402,8 @@ impl Victim for Bitflip {
             self.final_lost += lost;
             self.final_corrupt += corrupt;
         }
-        flush_chunk_stores(&endpoints, &writes)?;
         Ok(0)
     }
-}
-
-/// Makes every chunk store durable before the nodes are SIGKILLed, so that the offline scrub
-/// checks what the repairs left, not the crash contract. A chunk store keeps its checksums in
-/// memory until a flush, and a PG flushes only when it compacts (every `PG_COMPACT_ENTRIES`
-/// entries): a block the writer overwrote after its PG's last compaction holds new data on
-/// disk under its old durable checksum, which the offline scrub rightly reports as corrupt
-/// (a restart would replay it from the log). So each chunk gets `FLUSH_WRITES_PER_CHUNK`
-/// more writes, each rewriting a block with the content it already holds: every PG holding a
-/// chunk then logs more than `PG_COMPACT_ENTRIES` entries after the writer's last, so its
-/// leader compacts past that write and every member flushes (nothing is down, so every
-/// member has matched). Then `FLUSH_SETTLE` for the compactions to apply everywhere.
-fn flush_chunk_stores(endpoints: &Endpoints, writes: &Writes) -> Result<(), String> {
-    let started = Instant::now();
-    let auth = format!("Bearer {}", endpoints.token);
-    let mut threads = Vec::new();
-    // One thread per chunk (16): PGs compact in parallel rather than one after another.
-    for chunk in 0..VOLUME_BYTES / CHUNK_BYTES {
-        let blocks = chunk * BLOCKS_PER_CHUNK..(chunk + 1) * BLOCKS_PER_CHUNK;
-        let Some((block, content)) = blocks
-            .clone()
-            .find_map(|b| Some((b, writes.settled_content(b)?)))
-        else {
-            // Nothing written there for sure: nothing for a compaction to make durable, or
-            // only ambiguous writes (none without kills).
-            eprintln!("bitflip: flush: chunk {chunk} has no settled block");
-            continue;
-        };
-        let url = endpoints.data_urls[chunk as usize % endpoints.data_urls.len()].clone();
-        let auth = auth.clone();
-        threads.push(thread::spawn(move || -> Result<(), String> {
-            let agent = new_agent();
-            for _ in 0..FLUSH_WRITES_PER_CHUNK {
-                let answer = agent
-                    .put(&format!(
-                        "{url}/v1/volumes/{VOLUME}/data?offset={}",
-                        block * BLOCK
-                    ))
-                    .header("Authorization", &auth)
-                    .send(&content[..]);
-                match answer {
-                    Ok(r) if r.status().as_u16() == 204 => {}
-                    Ok(r) => {
-                        return Err(format!("flush: rewrite block {block}: HTTP {}", r.status()));
-                    }
-                    Err(e) => return Err(format!("flush: rewrite block {block}: {e}")),
-                }
-            }
-            Ok(())
-        }));
-    }
-    for thread in threads {
-        thread.join().map_err(|_| "flush writer panicked")??;
-    }
-    thread::sleep(FLUSH_SETTLE);
-    eprintln!(
-        "{} bitflip: chunk stores flushed (rewrites and settle) in {:?}",
-        utc_now(),
-        started.elapsed()
-    );
-    Ok(())
 }
 
 /// What a run measured.
@@ -587,12 +522,13 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     }
     let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
 
-    // SIGKILL, then scrub each disk offline.
+    // A clean stop (each node flushes its chunk stores on SIGTERM), then an offline scrub of
+    // each disk: what it finds, no replay could hide.
     let damage = std::mem::take(&mut *victim.damage.lock().expect("not poisoned"));
     let mut scrub_corrupt = 0;
     let mut details = String::new();
     for (n, &index) in nodes.iter().enumerate() {
-        victim.cluster.kill(index);
+        victim.cluster.stop(index)?;
         let name = victim.cluster.name(index);
         let disk = victim.dir.join(&name).join("disk");
         let (corrupt, report) = offline_scrub(cairn, &disk)?;

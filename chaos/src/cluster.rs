@@ -39,6 +39,8 @@ pub(crate) const PG_COMPACT_ENTRIES: u64 = 16;
 /// How long a new cluster may take to report every disk and every PG healthy (elections of
 /// the metadata group and of each PG, on debug builds sharing two cores).
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a process gets to stop after SIGTERM (a storage node flushes its chunk stores).
+const STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// How long one health question waits: a member that was just killed must not stall a poll.
 const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -390,6 +392,31 @@ impl Cluster {
         let child = command.spawn().map_err(|e| format!("spawn {name}: {e}"))?;
         self.processes[index].child = Some(child);
         Ok(())
+    }
+
+    /// Stops process `index` cleanly if it runs: SIGTERM (a storage node flushes its chunk
+    /// stores, then exits), then waits for it, SIGKILLing it after `STOP_DEADLINE`.
+    pub(crate) fn stop(&mut self, index: usize) -> Result<(), String> {
+        let Some(mut child) = self.processes[index].child.take() else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .map_err(|e| format!("kill -TERM: {e}"))?;
+        let deadline = std::time::Instant::now() + STOP_DEADLINE;
+        while status.success() && std::time::Instant::now() < deadline {
+            if let Ok(Some(exit)) = child.try_wait() {
+                return exit
+                    .success()
+                    .then_some(())
+                    .ok_or_else(|| format!("{} stopped with {exit}", self.name(index)));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!("{} did not stop on SIGTERM", self.name(index)))
     }
 
     /// SIGKILLs process `index` (no shutdown path runs) if it runs.

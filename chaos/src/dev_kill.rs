@@ -130,14 +130,6 @@ impl Writes {
         self.log().started
     }
 
-    /// The content of `block` if it can hold only one, its last acknowledged write (no
-    /// ambiguous write since); `None` otherwise or if it was never written.
-    pub(crate) fn settled_content(&self, block: u64) -> Option<Vec<u8>> {
-        let allowed = self.log().allowed[block as usize].clone();
-        (allowed.acknowledged != 0 && allowed.ambiguous.is_empty())
-            .then(|| block_content(self.seed, allowed.acknowledged, block))
-    }
-
     /// What blocks `first..first + count` may hold, to take right before reading them.
     pub(crate) fn before_read(&self, first: u64, count: u64) -> Expected {
         let log = self.log();

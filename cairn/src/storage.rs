@@ -131,6 +131,7 @@ pub fn local_replicas(
                         first_voters: first_voters.clone(),
                         disk: member.disk,
                         pg_count,
+                        epoch: pool.epoch,
                     });
                 }
             }
@@ -150,6 +151,7 @@ pub fn targets(pools: &[PoolMap]) -> Vec<PgTarget> {
                 group: GroupId::pg(pool.id, index as u32),
                 members: members.iter().map(|m| m.replica).collect(),
                 pg_count,
+                epoch: pool.epoch,
             });
         }
     }

@@ -108,6 +108,7 @@ pub fn plan(input: &SchedulerInput) -> Plan {
     let state = input.state;
     let mut plan = Plan::default();
     let mut settled = Vec::new();
+    let mut stuck = Vec::new();
     let mut any_lost = false;
     for (name, pool) in state.pools() {
         for (index, members) in pool.pg_map.iter().enumerate() {
@@ -119,7 +120,18 @@ pub fn plan(input: &SchedulerInput) -> Plan {
             };
             any_lost |= members.iter().any(|m| view.lost(state, m));
             match view.settling(&pg) {
-                Some(settling) => plan.settling.push(settling),
+                Some(settling) => {
+                    // A member lost while it joins would keep its PG settling forever.
+                    let lost_joining = members
+                        .iter()
+                        .position(|m| settling.joining.contains(&m.replica) && view.lost(state, m));
+                    if let Some(from) = lost_joining
+                        && settling.leader.is_some()
+                    {
+                        stuck.push((pg, from));
+                    }
+                    plan.settling.push(settling);
+                }
                 None => settled.push(pg),
             }
         }
@@ -130,6 +142,21 @@ pub fn plan(input: &SchedulerInput) -> Plan {
         moved: BTreeSet::new(),
         commands: Vec::new(),
     };
+    // Replacing a member that never became a voter is safe at any time; it does not add a
+    // PG to those settling, so it needs no budget. The PG is not settled, so a replica of it
+    // its map no longer lists may still be a voter: no disk of a node reporting one is a
+    // target (a node replaces such a leftover on the disk it is told to use).
+    for (pg, from) in &stuck {
+        let reported = view.groups.get(&pg.group()).into_iter().flatten();
+        let holding: BTreeSet<u64> = reported.map(|r| r.replica.node().0).collect();
+        let candidates = state.disks().filter(|d| {
+            view.may_take(state, pg, *from, d) && !holding.contains(&host_node(d.host).0)
+        });
+        if let Some(target) = candidates.min_by(|a, b| by_load(&moves.counts, a, b)) {
+            moves.budget += 1;
+            moves.push(pg, *from, target.id);
+        }
+    }
     recover(state, &view, &settled, &mut moves);
     if state.rebalance_enabled() && !any_lost && view.judge_silence {
         rebalance(state, &view, &settled, &mut moves);
@@ -817,6 +844,53 @@ mod tests {
             panic!("{planned:?}");
         };
         assert_eq!(u64::from(state.disk(*to).expect("disk").host.0), free[0]);
+    }
+
+    /// Goal: a member lost while it joins (its node died during the copy) is replaced,
+    /// though its PG is settling: it never became a voter, and otherwise the PG would settle
+    /// never. Method: 5 hosts, one PG; move a member to a free host; the leader reports the
+    /// new member as a learner; that host falls silent.
+    #[test]
+    fn a_member_lost_while_joining_is_replaced() {
+        let mut state = cluster(5, 1);
+        let old = state.pool("p").expect("pool").pg_map[0].clone();
+        let free: Vec<u32> = (1..=5u32)
+            .filter(|h| !hosts_of(&state, &old).contains(h))
+            .collect();
+        let to = DiskId([u8::try_from(free[0] - 1).expect("disk"); 16]);
+        let command = Command::MovePgMember {
+            pool: "p".into(),
+            pg: 0,
+            from: old[1].replica,
+            to,
+        };
+        let Ok(Applied::Replica(new)) = state.apply(command) else {
+            panic!("move refused");
+        };
+        let alive: Vec<u64> = (1..=5u64).filter(|n| *n != u64::from(free[0])).collect();
+        let mut heartbeats = beats(&state, &alive);
+        for (_, (_, beat)) in heartbeats.iter_mut() {
+            for report in &mut beat.replicas {
+                if report.leader {
+                    report.voters = old.iter().map(|m| m.replica).collect();
+                    report.learners = vec![new];
+                }
+            }
+        }
+        // The member being replaced is still a voter, and its node says so.
+        let leaving = old[1].replica;
+        let group = GroupId::pg(state.pool("p").expect("pool").id, 0).0;
+        let beat = &mut heartbeats.get_mut(&leaving.node().0).expect("beat").1;
+        beat.replicas.push(report(group, leaving));
+        let planned = plan(&input(&state, &heartbeats));
+        let [Command::MovePgMember { from, to, .. }] = planned.moves.as_slice() else {
+            panic!("{planned:?}");
+        };
+        assert_eq!(*from, new, "the joining member is the one replaced");
+        assert_eq!(
+            u64::from(state.disk(*to).expect("disk").host.0),
+            u64::from(free[1])
+        );
     }
 
     /// Goal: status shows a settling PG's joining member and the bytes copied into it.

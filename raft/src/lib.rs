@@ -28,7 +28,7 @@ pub mod storage;
 
 pub use node::{
     Apply, GroupStatus, MemberChange, NodeConfig, NodeError, Outbox, ProposeError, RaftNode,
-    ReadReady,
+    ReadReady, conf_change_context,
 };
 
 /// raft-rs types that appear in this crate's API.

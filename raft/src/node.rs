@@ -464,6 +464,18 @@ impl<L: LogStore> RaftNode<L> {
         replica: ReplicaId,
         changes: &[MemberChange],
     ) -> Result<(), ProposeError> {
+        self.change_members_with(replica, changes, Vec::new())
+    }
+
+    /// [`RaftNode::change_members`] carrying `context`, which every member sees with the
+    /// applied entry ([`conf_change_context`]): a PG leader records there the map epoch it
+    /// acted on, so a later leader holding an older map does not undo the change.
+    pub fn change_members_with(
+        &mut self,
+        replica: ReplicaId,
+        changes: &[MemberChange],
+        context: Vec<u8>,
+    ) -> Result<(), ProposeError> {
         let group = self
             .groups
             .get_mut(&replica)
@@ -486,7 +498,7 @@ impl<L: LogStore> RaftNode<L> {
         let change = ConfChangeV2 {
             transition: ConfChangeTransition::Auto as i32,
             changes,
-            context: Vec::new(),
+            context,
         };
         group
             .raw
@@ -810,6 +822,16 @@ impl<L: LogStore> RaftNode<L> {
     pub fn into_log(self) -> L {
         self.log
     }
+}
+
+/// The context a configuration change entry carries (see
+/// [`RaftNode::change_members_with`]); `None` for other entries and empty contexts.
+pub fn conf_change_context(entry: &Entry) -> Option<Vec<u8>> {
+    if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
+        return None;
+    }
+    let change = ConfChangeV2::decode(entry.data.as_slice()).ok()?;
+    (!change.context.is_empty()).then_some(change.context)
 }
 
 fn apply_all(

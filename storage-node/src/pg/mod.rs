@@ -64,7 +64,7 @@ use std::{
 
 use cairn_common::{BLOCK_SIZE, ChunkId, DiskId, GroupId, ReplicaId};
 use cairn_raft::{
-    Apply, MemberChange, NodeConfig, Outbox, ProposeError, RaftNode,
+    Apply, MemberChange, NodeConfig, Outbox, ProposeError, RaftNode, conf_change_context,
     log::LogStore,
     raft_types::{EntryType, Message, MessageType, StateRole},
 };
@@ -247,6 +247,8 @@ pub struct NewReplica {
     pub disk: DiskId,
     /// The PG count of its pool (which chunks belong to the PG).
     pub pg_count: u32,
+    /// The epoch of the map that lists it.
+    pub epoch: u64,
 }
 
 /// What a PG map says of one PG: its members, the preferred leader first.
@@ -258,6 +260,9 @@ pub struct PgTarget {
     pub members: Vec<ReplicaId>,
     /// The PG count of its pool.
     pub pg_count: u32,
+    /// The map's epoch: a leader changes the configuration only from a map at least as new
+    /// as the one the last change was made from.
+    pub epoch: u64,
 }
 
 /// One replica's state, as a heartbeat reports it.
@@ -433,6 +438,10 @@ pub struct PgHost<L: LogStore> {
     transfers: BTreeMap<GroupId, u64>,
     /// Per PG, its members as the PG map lists them (leaders change the configuration to it).
     targets: BTreeMap<GroupId, Vec<ReplicaId>>,
+    /// Per PG, the epoch of the map in `targets`.
+    target_epochs: BTreeMap<GroupId, u64>,
+    /// Per PG, the newest map epoch a configuration change applied here was made from.
+    config_epochs: BTreeMap<GroupId, u64>,
     /// Per PG, its pool's PG count.
     pg_counts: BTreeMap<GroupId, u32>,
     /// Per PG, the tick of the last membership change proposed.
@@ -519,6 +528,8 @@ impl<L: LogStore> PgHost<L> {
             preferred: BTreeMap::new(),
             transfers: BTreeMap::new(),
             targets: BTreeMap::new(),
+            target_epochs: BTreeMap::new(),
+            config_epochs: BTreeMap::new(),
             pg_counts: BTreeMap::new(),
             changes: BTreeMap::new(),
             restores: BTreeMap::new(),
@@ -637,6 +648,7 @@ impl<L: LogStore> PgHost<L> {
             group: new.group,
             members: new.members.clone(),
             pg_count: new.pg_count,
+            epoch: new.epoch,
         })?;
         if self.node.status(new.replica).is_some() {
             return Ok(false);
@@ -669,6 +681,15 @@ impl<L: LogStore> PgHost<L> {
             )));
         }
         self.set_preferred_leader(target.group, preferred);
+        // Maps arrive from a poll: an older one than held (a slow answer) changes nothing.
+        if self
+            .target_epochs
+            .get(&target.group)
+            .is_some_and(|held| *held > target.epoch)
+        {
+            return Ok(());
+        }
+        self.target_epochs.insert(target.group, target.epoch);
         let known = self.pg_counts.insert(target.group, target.pg_count);
         self.targets.insert(target.group, target.members);
         if known != Some(target.pg_count) {
@@ -846,7 +867,14 @@ impl<L: LogStore> PgHost<L> {
             ) else {
                 continue;
             };
-            if recent || !conf.voters_outgoing.is_empty() {
+            // A map older than the one the last change came from (this leader's node has not
+            // polled the newer one yet) would undo that change: wait for it.
+            let epoch = self.target_epochs.get(&group).copied().unwrap_or(0);
+            let stale = self
+                .config_epochs
+                .get(&group)
+                .is_some_and(|applied| *applied > epoch);
+            if recent || stale || !conf.voters_outgoing.is_empty() {
                 continue;
             }
             let voters: Vec<ReplicaId> = conf.voters.iter().map(|v| ReplicaId(*v)).collect();
@@ -894,7 +922,10 @@ impl<L: LogStore> PgHost<L> {
             } else {
                 continue;
             };
-            match self.node.change_members(leader, &changes) {
+            match self
+                .node
+                .change_members_with(leader, &changes, epoch.to_le_bytes().to_vec())
+            {
                 Ok(()) => {
                     tracing::info!(%group, %leader, ?changes, "PG membership change proposed");
                     self.changes.insert(group, now);
@@ -1307,19 +1338,30 @@ impl<L: LogStore> PgHost<L> {
     pub async fn round(&mut self) -> Result<Outbox, PgError> {
         let mut outbox = Outbox::default();
         let mut applied: Vec<(ReplicaId, GroupId, Applied)> = Vec::new();
+        let config_epochs = &mut self.config_epochs;
         self.node
             .process_ready(&mut outbox, |replica, group, apply| {
                 applied.push((
                     replica,
                     group,
                     match apply {
-                        Apply::Entry(entry) => Applied::Entry {
-                            index: entry.index,
-                            data: match entry.get_entry_type() {
-                                EntryType::EntryNormal => entry.data.clone(),
-                                _ => Vec::new(),
-                            },
-                        },
+                        Apply::Entry(entry) => {
+                            let context = conf_change_context(entry);
+                            if let Some(epoch) = context
+                                .and_then(|c| <[u8; 8]>::try_from(c.as_slice()).ok())
+                                .map(u64::from_le_bytes)
+                            {
+                                let held = config_epochs.entry(group).or_insert(0);
+                                *held = (*held).max(epoch);
+                            }
+                            Applied::Entry {
+                                index: entry.index,
+                                data: match entry.get_entry_type() {
+                                    EntryType::EntryNormal => entry.data.clone(),
+                                    _ => Vec::new(),
+                                },
+                            }
+                        }
                         Apply::Snapshot {
                             index,
                             data,

@@ -455,6 +455,7 @@ fn a_pg_member_moves_to_another_disk_by_snapshot_transfer() {
                 first_voters: first.clone(),
                 disk: disks[k].disk_id(),
                 pg_count: 1,
+                epoch: 1,
             };
             assert!(host.host_new(new).expect("host"));
         }
@@ -482,6 +483,7 @@ fn a_pg_member_moves_to_another_disk_by_snapshot_transfer() {
             first_voters: vec![first[1], first[2]],
             disk: disks[3].disk_id(),
             pg_count: 1,
+            epoch: 2,
         };
         assert!(host.host_new(moved).expect("host the joining member"));
         let mut copies = Vec::new();
@@ -646,6 +648,7 @@ fn a_corrupt_block_is_repaired_from_a_replica_on_another_node() {
                 first_voters: members.clone(),
                 disk: disk.disk_id(),
                 pg_count: 1,
+                epoch: 1,
             };
             host.host_new(new).expect("host the replica");
             hosts.push(host);

@@ -641,20 +641,18 @@ fn wait_health_for(
     }
 }
 
-/// Goal: PG replicas on three storage-node processes replicate over mutual TLS: every PG of a
-/// 3-replica pool gets a leader and all members report; a SIGKILLed node degrades its PGs
-/// (the other two keep a leader); restarted, it catches up and the PGs are healthy again.
-/// Method: one `cairn meta` (node 1) and `cairn node run` for nodes 2-4, one disk each, a pool
-/// with host as failure domain, `cluster status` as an operator reads it.
-#[test]
-fn storage_nodes_replicate_pgs_across_processes() {
+/// A metadata member (node 1, heartbeat timeout 2 s) for storage-node tests, with the CA,
+/// certificates for nodes 1 to `nodes_max` and the token under a new directory in
+/// `/var/tmp` (the storage nodes need a disk file system). Returns the directory, the member
+/// (killed when dropped) and its admin URL.
+fn start_cluster_meta(prefix: &str, nodes_max: u64) -> (tempfile::TempDir, Killed, String) {
     let dir = tempfile::Builder::new()
-        .prefix("cairn-nodes-test-")
+        .prefix(prefix)
         .tempdir_in("/var/tmp")
         .expect("tempdir");
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     assert_eq!(cairn(&["ca", "init", &path("ca")]).0, 0);
-    for id in 1..=4 {
+    for id in 1..=nodes_max {
         let id = id.to_string();
         assert_eq!(
             cairn(&["ca", "issue", &path("ca"), &id, "--out", &path("certs")]).0,
@@ -664,24 +662,27 @@ fn storage_nodes_replicate_pgs_across_processes() {
     std::fs::write(dir.path().join("token"), TOKEN).expect("token");
     let api = format!("127.0.0.1:{}", free_port());
     let member = format!("1=127.0.0.1:{},{api}", free_port());
-    let _meta = Killed(
+    let meta = Killed(
         Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args([
-                "meta",
-                "--id",
-                "1",
-                "--data",
-                &path("meta"),
-                "--certs",
-                &path("certs"),
-            ])
-            .args(["--token-file", &path("token"), "--member", &member])
-            .args(["--tick-ms", "20", "--heartbeat-timeout-s", "2"])
-            .stderr(std::process::Stdio::null())
+            .args(["meta", "--id", "1", "--data", &path("meta")])
+            .args(["--certs", &path("certs"), "--token-file", &path("token")])
+            .args(["--member", &member, "--tick-ms", "20"])
+            .args(["--heartbeat-timeout-s", "2"])
+            .stderr(test_log("m1"))
             .spawn()
             .expect("spawn cairn meta"),
     );
-    let url = format!("http://{api}");
+    (dir, meta, format!("http://{api}"))
+}
+
+/// Goal: PG replicas on three storage-node processes replicate over mutual TLS: every PG of a
+/// 3-replica pool gets a leader and all members report; a SIGKILLed node degrades its PGs
+/// (the other two keep a leader); restarted, it catches up and the PGs are healthy again.
+/// Method: one `cairn meta` (node 1) and `cairn node run` for nodes 2-4, one disk each, a pool
+/// with host as failure domain, `cluster status` as an operator reads it.
+#[test]
+fn storage_nodes_replicate_pgs_across_processes() {
+    let (dir, _meta, url) = start_cluster_meta("cairn-nodes-test-", 4);
     let env = [
         ("CAIRN_ADMIN_URL", url.as_str()),
         ("CAIRN_ADMIN_TOKEN", TOKEN),
@@ -786,33 +787,7 @@ fn storage_nodes_replicate_pgs_across_processes() {
 /// nodes 2, 5 and 6; the bytes read back through several nodes, and a new write too.
 #[test]
 fn storage_nodes_rebalance_drain_and_recover() {
-    let dir = tempfile::Builder::new()
-        .prefix("cairn-moves-test-")
-        .tempdir_in("/var/tmp")
-        .expect("tempdir");
-    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    assert_eq!(cairn(&["ca", "init", &path("ca")]).0, 0);
-    for id in 1..=6 {
-        let id = id.to_string();
-        assert_eq!(
-            cairn(&["ca", "issue", &path("ca"), &id, "--out", &path("certs")]).0,
-            0
-        );
-    }
-    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
-    let api = format!("127.0.0.1:{}", free_port());
-    let member = format!("1=127.0.0.1:{},{api}", free_port());
-    let _meta = Killed(
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["meta", "--id", "1", "--data", &path("meta")])
-            .args(["--certs", &path("certs"), "--token-file", &path("token")])
-            .args(["--member", &member, "--tick-ms", "20"])
-            .args(["--heartbeat-timeout-s", "2"])
-            .stderr(test_log("m1"))
-            .spawn()
-            .expect("spawn cairn meta"),
-    );
-    let url = format!("http://{api}");
+    let (dir, _meta, url) = start_cluster_meta("cairn-moves-test-", 6);
     let env = [
         ("CAIRN_ADMIN_URL", url.as_str()),
         ("CAIRN_ADMIN_TOKEN", TOKEN),

@@ -249,30 +249,39 @@ async fn set_rebalance(
     Ok(Json(json!({ "enabled": enabled })).into_response())
 }
 
+/// The disks of storage node `id` (host `id`), read linearizably.
+async fn node_disks(api: &Api, id: u64) -> Result<Vec<DiskId>, Response> {
+    let listed = api
+        .driver
+        .read(Box::new(move |state: &MetaState| {
+            let disks = state.disks().filter(|d| u64::from(d.host.0) == id);
+            Ok(json!(disks.map(|d| d.id.to_string()).collect::<Vec<_>>()))
+        }))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let mut disks = Vec::new();
+    for text in listed.as_array().into_iter().flatten() {
+        disks.push(parse_disk_id(text.as_str().unwrap_or_default())?);
+    }
+    Ok(disks)
+}
+
 /// Marks every disk of storage node `id` (host `id`) out, so the scheduler moves its PG
 /// members elsewhere. One command per disk: a retry after a partial failure marks the rest.
 async fn drain_storage_node(
     State(api): State<Api>,
     Path(id): Path<u64>,
 ) -> Result<Response, Response> {
-    let listed = api
-        .driver
-        .read(Box::new(move |state: &MetaState| {
-            let disks = state.disks().filter(|d| u64::from(d.host.0) == id);
-            let disks: Vec<String> = disks.map(|d| d.id.to_string()).collect();
-            if disks.is_empty() {
-                return Err(MetaError::NotFound {
-                    kind: "storage node",
-                    name: id.to_string(),
-                });
-            }
-            Ok(json!(disks))
-        }))
-        .await
-        .map_err(IntoResponse::into_response)?;
+    let disks = node_disks(&api, id).await?;
+    if disks.is_empty() {
+        return Err(RequestError::Refused(MetaError::NotFound {
+            kind: "storage node",
+            name: id.to_string(),
+        })
+        .into_response());
+    }
     let mut marked = Vec::new();
-    for text in listed.as_array().into_iter().flatten() {
-        let disk = parse_disk_id(text.as_str().unwrap_or_default())?;
+    for disk in disks {
         let command = Command::SetDiskState {
             disk,
             state: DiskState::Out,
@@ -289,18 +298,7 @@ async fn remove_storage_node(
     State(api): State<Api>,
     Path(id): Path<u64>,
 ) -> Result<Response, Response> {
-    let listed = api
-        .driver
-        .read(Box::new(move |state: &MetaState| {
-            let disks = state.disks().filter(|d| u64::from(d.host.0) == id);
-            Ok(json!(disks.map(|d| d.id.to_string()).collect::<Vec<_>>()))
-        }))
-        .await
-        .map_err(IntoResponse::into_response)?;
-    let mut disks = Vec::new();
-    for text in listed.as_array().into_iter().flatten() {
-        disks.push(parse_disk_id(text.as_str().unwrap_or_default())?);
-    }
+    let disks = node_disks(&api, id).await?;
     let count = disks.len();
     write(&api, Command::RemoveNode { id, disks }).await?;
     Ok(Json(json!({ "removed": id, "disks": count })).into_response())

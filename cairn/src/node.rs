@@ -1,7 +1,10 @@
 //! `cairn node run`: a storage node process. It registers itself (where its Raft transport
 //! and data API listen) and its disks with the metadata service, hosts the PG replicas the PG
-//! maps place on its disks (new pools are picked up within a second), talks Raft with the other
-//! nodes over mutual TLS, and reports a heartbeat every second.
+//! maps place on its disks (new pools and changed maps are picked up within a second: a member
+//! moved here joins and copies its PG's chunks), talks Raft with the other nodes over mutual
+//! TLS, serves its replicas' chunks to peers copying or repairing from them
+//! (`/v1/pg-chunks/...`), reports a heartbeat every second, and on SIGTERM flushes its chunk
+//! stores before it exits.
 //!
 //! The metadata service is reached through the admin API (`--admin-url`, or
 //! `CAIRN_ADMIN_URL`), with the token from `--token-file`. The node's id is its host number in

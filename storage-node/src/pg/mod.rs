@@ -24,11 +24,14 @@
 //!
 //! # Read-repair
 //!
-//! A block whose checksum fails on a replica (a read, or the read-modify-write of a partial
-//! write) is fetched from another replica of the same PG on this node that has applied exactly
-//! as much of the log, written back, counted in [`PgStats`] and logged with the chunk and
-//! block; then the IO is retried. Without such a replica the read fails with the checksum
-//! error: bad data is never returned.
+//! A block whose checksum fails on a replica (a read, the read-modify-write of a partial
+//! write, or the background scrub) is fetched from another replica of the same PG on this
+//! node that has applied exactly as much of the log, else from a member on another node
+//! (leader first) that has applied at least as much ([`PgHost::set_remote_source`]); it is
+//! written back, counted in [`PgStats`] and logged with the chunk and block; then the IO is
+//! retried. Without a good copy anywhere the read fails with the checksum error: bad data is
+//! never returned. The background scrub reads every written block of every replica here,
+//! [`SCRUB_STEP_BYTES`] per [`SCRUB_STEP_TICKS_DEFAULT`] ticks.
 //!
 //! # Compaction
 //!
@@ -39,15 +42,17 @@
 //! compacts its log there with a snapshot that only records the index. All replicas drop the
 //! same prefix, so no member ever needs entries another compacted away, and a member that was
 //! down catches up from the log (TiKV's CompactLog). A restart replays the entries after the
-//! snapshot. A member added later needs the chunks themselves (snapshot transfer), which does
-//! not exist yet: a snapshot arriving from a leader stops the host rather than leave a replica
-//! without its data.
+//! snapshot.
 //!
-//! # Not yet
+//! # Membership
 //!
-//! Snapshot transfer (a replica added to a PG needs the chunks, not a
-//! state-machine blob), and with them membership changes; read-repair from a replica on
-//! another node (it needs a block-fetch request between nodes).
+//! Each PG's members come from its map ([`PgHost::set_target`]); local leaders move the Raft
+//! configuration there one change at a time (`change_memberships`: learner, promotion with
+//! the removal of a dropped member, leadership handed over first), each change carrying the
+//! map epoch it was made from so a leader with an older map changes nothing. A member added
+//! later joins with an empty log and is sent a snapshot; its chunks are copied first
+//! ([`restore`]). Replicas that leave are dropped and their chunks deleted; two replicas of
+//! one PG never share a disk.
 
 pub mod command;
 pub mod restore;

@@ -675,6 +675,48 @@ fn start_cluster_meta(prefix: &str, nodes_max: u64) -> (tempfile::TempDir, Kille
     (dir, meta, format!("http://{api}"))
 }
 
+/// Starts storage nodes 2, 3 and 4 (ports from `ports`), then a 3-replica pool `p` of 8 PGs
+/// by host and a 64 MiB volume `v` on it, once every PG is healthy.
+fn start_three_nodes_with_a_volume(
+    dir: &Path,
+    ports: &[(u16, u16)],
+    env: &[(&str, &str)],
+) -> Vec<Killed> {
+    let nodes: Vec<Killed> = (0..3)
+        .map(|i| start_node(dir, 2 + i as u64, ports[i], env))
+        .collect();
+    wait_health(env, "three disks reporting", |h| {
+        h["disks_in_reporting"] == 3
+    });
+    let pool = [
+        "pool",
+        "create",
+        "p",
+        "--replicas",
+        "3",
+        "--domain",
+        "host",
+        "--pg-count",
+        "8",
+    ];
+    let (code, out, err) = cairn_with_env(&pool, env);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_health(env, "healthy", |h| h["pgs_healthy"] == 8);
+    let volume = ["volume", "create", "v", "--pool", "p", "--size", "64M"];
+    let (code, out, err) = cairn_with_env(&volume, env);
+    assert_eq!(code, 0, "{out}{err}");
+    nodes
+}
+
+/// Runs the CLI against a storage node's data API (volume bytes through that node).
+fn via_node(port: u16, args: &[&str]) -> (i32, String, String) {
+    let url = format!("http://127.0.0.1:{port}");
+    cairn_with_env(
+        args,
+        &[("CAIRN_ADMIN_URL", &url), ("CAIRN_ADMIN_TOKEN", TOKEN)],
+    )
+}
+
 /// Goal: PG replicas on three storage-node processes replicate over mutual TLS: every PG of a
 /// 3-replica pool gets a leader and all members report; a SIGKILLed node degrades its PGs
 /// (the other two keep a leader); restarted, it catches up and the PGs are healthy again.
@@ -688,42 +730,9 @@ fn storage_nodes_replicate_pgs_across_processes() {
         ("CAIRN_ADMIN_TOKEN", TOKEN),
     ];
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let mut nodes: Vec<Killed> = (0..3)
-        .map(|i| start_node(dir.path(), 2 + i as u64, ports[i], &env))
-        .collect();
-    wait_health(&env, "three disks reporting", |h| {
-        h["disks_in_reporting"] == 3
-    });
-    let (code, out, err) = cairn_with_env(
-        &[
-            "pool",
-            "create",
-            "p",
-            "--replicas",
-            "3",
-            "--domain",
-            "host",
-            "--pg-count",
-            "8",
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    wait_health(&env, "healthy", |h| h["pgs_healthy"] == 8);
-
+    let mut nodes = start_three_nodes_with_a_volume(dir.path(), &ports, &env);
     // Volume bytes through any node's data API: pieces go to the nodes leading their PGs.
-    let (code, out, err) = cairn_with_env(
-        &["volume", "create", "v", "--pool", "p", "--size", "64M"],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let run_via = |i: usize, args: &[&str]| {
-        let url = format!("http://127.0.0.1:{}", ports[i].1);
-        cairn_with_env(
-            args,
-            &[("CAIRN_ADMIN_URL", &url), ("CAIRN_ADMIN_TOKEN", TOKEN)],
-        )
-    };
+    let run_via = |i: usize, args: &[&str]| via_node(ports[i].1, args);
     let bytes: Vec<u8> = (0..(9 << 20) + 5).map(|i: u32| (i % 253) as u8).collect();
     let input = dir.path().join("in.bin");
     std::fs::write(&input, &bytes).expect("input");
@@ -793,38 +802,8 @@ fn storage_nodes_rebalance_drain_and_recover() {
         ("CAIRN_ADMIN_TOKEN", TOKEN),
     ];
     let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
-    let mut nodes: Vec<Killed> = (0..3)
-        .map(|i| start_node(dir.path(), 2 + i as u64, ports[i], &env))
-        .collect();
-    wait_health(&env, "three disks reporting", |h| {
-        h["disks_in_reporting"] == 3
-    });
-    let create = [
-        "pool",
-        "create",
-        "p",
-        "--replicas",
-        "3",
-        "--domain",
-        "host",
-        "--pg-count",
-        "8",
-    ];
-    let (code, out, err) = cairn_with_env(&create, &env);
-    assert_eq!(code, 0, "{out}{err}");
-    wait_health(&env, "healthy", |h| h["pgs_healthy"] == 8);
-    let (code, out, err) = cairn_with_env(
-        &["volume", "create", "v", "--pool", "p", "--size", "64M"],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let via = |i: usize, args: &[&str]| {
-        let url = format!("http://127.0.0.1:{}", ports[i].1);
-        cairn_with_env(
-            args,
-            &[("CAIRN_ADMIN_URL", &url), ("CAIRN_ADMIN_TOKEN", TOKEN)],
-        )
-    };
+    let mut nodes = start_three_nodes_with_a_volume(dir.path(), &ports, &env);
+    let via = |i: usize, args: &[&str]| via_node(ports[i].1, args);
     let bytes: Vec<u8> = (0..(6 << 20) + 77).map(|i: u32| (i % 251) as u8).collect();
     let input = dir.path().join("in.bin");
     std::fs::write(&input, &bytes).expect("input");

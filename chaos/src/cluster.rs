@@ -400,12 +400,11 @@ impl Cluster {
         let Some(mut child) = self.processes[index].child.take() else {
             return Ok(());
         };
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .map_err(|e| format!("kill -TERM: {e}"))?;
+        let pid = libc::pid_t::try_from(child.id()).map_err(|e| format!("pid: {e}"))?;
+        // SAFETY: kill(2) with a pid this harness spawned and has not reaped yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) } == 0;
         let deadline = std::time::Instant::now() + STOP_DEADLINE;
-        while status.success() && std::time::Instant::now() < deadline {
+        while sent && std::time::Instant::now() < deadline {
             if let Ok(Some(exit)) = child.try_wait() {
                 return exit
                     .success()

@@ -846,16 +846,15 @@ mod tests {
         assert_eq!(u64::from(state.disk(*to).expect("disk").host.0), free[0]);
     }
 
-    /// Goal: a member lost while it joins (its node died during the copy) is replaced,
-    /// though its PG is settling: it never became a voter, and otherwise the PG would settle
-    /// never. Method: 5 hosts, one PG; move a member to a free host; the leader reports the
-    /// new member as a learner; that host falls silent.
-    #[test]
-    fn a_member_lost_while_joining_is_replaced() {
-        let mut state = cluster(5, 1);
+    /// Moves member 1 of PG 0 to the first host holding no member of it; returns the old
+    /// members, the new replica and the hosts that were free.
+    fn move_to_free_host(
+        state: &mut MetaState,
+        hosts: u32,
+    ) -> (Vec<PgMember>, ReplicaId, Vec<u32>) {
         let old = state.pool("p").expect("pool").pg_map[0].clone();
-        let free: Vec<u32> = (1..=5u32)
-            .filter(|h| !hosts_of(&state, &old).contains(h))
+        let free: Vec<u32> = (1..=hosts)
+            .filter(|h| !hosts_of(state, &old).contains(h))
             .collect();
         let to = DiskId([u8::try_from(free[0] - 1).expect("disk"); 16]);
         let command = Command::MovePgMember {
@@ -867,16 +866,34 @@ mod tests {
         let Ok(Applied::Replica(new)) = state.apply(command) else {
             panic!("move refused");
         };
-        let alive: Vec<u64> = (1..=5u64).filter(|n| *n != u64::from(free[0])).collect();
-        let mut heartbeats = beats(&state, &alive);
+        (old, new, free)
+    }
+
+    /// The PG's leader reports the old members as voters and `new` as a learner.
+    fn report_joining(
+        heartbeats: &mut BTreeMap<u64, (Duration, Heartbeat)>,
+        old: &[PgMember],
+        new: ReplicaId,
+    ) {
         for (_, (_, beat)) in heartbeats.iter_mut() {
-            for report in &mut beat.replicas {
-                if report.leader {
-                    report.voters = old.iter().map(|m| m.replica).collect();
-                    report.learners = vec![new];
-                }
+            for report in beat.replicas.iter_mut().filter(|r| r.leader) {
+                report.voters = old.iter().map(|m| m.replica).collect();
+                report.learners = vec![new];
             }
         }
+    }
+
+    /// Goal: a member lost while it joins (its node died during the copy) is replaced,
+    /// though its PG is settling: it never became a voter, and otherwise the PG would settle
+    /// never. Method: 5 hosts, one PG; move a member to a free host; the leader reports the
+    /// new member as a learner; that host falls silent.
+    #[test]
+    fn a_member_lost_while_joining_is_replaced() {
+        let mut state = cluster(5, 1);
+        let (old, new, free) = move_to_free_host(&mut state, 5);
+        let alive: Vec<u64> = (1..=5u64).filter(|n| *n != u64::from(free[0])).collect();
+        let mut heartbeats = beats(&state, &alive);
+        report_joining(&mut heartbeats, &old, new);
         // The member being replaced is still a voter, and its node says so.
         let leaving = old[1].replica;
         let group = GroupId::pg(state.pool("p").expect("pool").id, 0).0;
@@ -899,26 +916,12 @@ mod tests {
     #[test]
     fn settling_pgs_show_joining_members_and_progress() {
         let mut state = cluster(4, 1);
-        let old = state.pool("p").expect("pool").pg_map[0].clone();
-        let free = (1..=4u32)
-            .find(|h| !hosts_of(&state, &old).contains(h))
-            .expect("free host");
-        let to = DiskId([u8::try_from(free - 1).expect("disk"); 16]);
-        let command = Command::MovePgMember {
-            pool: "p".into(),
-            pg: 0,
-            from: old[1].replica,
-            to,
-        };
-        let Ok(Applied::Replica(new)) = state.apply(command) else {
-            panic!("move refused");
-        };
+        let (old, new, _) = move_to_free_host(&mut state, 4);
         let mut heartbeats = beats(&state, &[1, 2, 3, 4]);
+        report_joining(&mut heartbeats, &old, new);
         for (_, (_, beat)) in heartbeats.iter_mut() {
             for report in &mut beat.replicas {
                 if report.leader {
-                    report.voters = old.iter().map(|m| m.replica).collect();
-                    report.learners = vec![new];
                     report.pg_bytes = 8 << 20;
                 }
                 if report.replica == new {

@@ -42,6 +42,8 @@ export CEPH_PEER_RBD_GB=${CEPH_PEER_RBD_GB:-$(((span_mib + 1023) / 1024 + 1))}
 
 # shellcheck source=../scripts/prerequisites.sh
 source "$here/../scripts/prerequisites.sh"
+# shellcheck source=workloads.sh
+source "$here/workloads.sh"
 cairn_ensure_prerequisites
 command -v python3 >/dev/null || { echo "block.sh: python3 is needed to read fio's JSON" >&2; exit 2; }
 log() { echo "# $*" >&2; }
@@ -124,16 +126,6 @@ rbd_args() {
     "--rbdname=$CEPH_RBD_IMAGE --direct=1 --size=${span_mib}m"
 }
 
-# Translates a workload name into fio's --rw, --bs and --iodepth.
-fio_shape() {
-  local block=${1%%-*} rest=${1#*-}
-  local pattern=${rest%%-*} depth=${rest##*-qd}
-  case $pattern in
-    randread) rw=randread ;; randwrite) rw=randwrite ;; seqread) rw=read ;; seqwrite) rw=write ;;
-    *) echo "unknown workload $1" >&2; exit 2 ;;
-  esac
-  echo "--rw=$rw --bs=$block --iodepth=$depth"
-}
 
 run_ceph() {
   # shellcheck disable=SC2046

@@ -25,6 +25,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # shellcheck source=../scripts/prerequisites.sh
 source "$here/../scripts/prerequisites.sh"
+# shellcheck source=workloads.sh
+source "$here/workloads.sh"
 cairn_ensure_prerequisites
 command -v python3 >/dev/null || { echo "chunkstore.sh: python3 is needed to read fio's JSON" >&2; exit 2; }
 
@@ -46,20 +48,10 @@ echo "# preparing ${size_mib} MiB for each side in $dir" >&2
 fio --name=prepare --filename="$fio_file" --size="${size_mib}m" --rw=write --bs=1m \
   --direct=1 --ioengine=io_uring --output=/dev/null
 
-# Translates a workload name into fio's --rw, --bs and --iodepth.
-fio_args() {
-  local block=${1%%-*} rest=${1#*-}
-  local pattern=${rest%%-*} depth=${rest##*-qd}
-  case $pattern in
-    randread) rw=randread ;; randwrite) rw=randwrite ;; seqread) rw=read ;; seqwrite) rw=write ;;
-    *) echo "unknown workload $1" >&2; exit 2 ;;
-  esac
-  echo "--rw=$rw --bs=$block --iodepth=$depth"
-}
 
 run_fio() {
   # shellcheck disable=SC2046
-  fio --name=bench --filename="$fio_file" --size="${size_mib}m" $(fio_args "$1") \
+  fio --name=bench --filename="$fio_file" --size="${size_mib}m" $(fio_shape "$1") \
     --direct=1 --ioengine=io_uring --time_based --runtime="$seconds" --ramp_time="$ramp" \
     --output-format=json | python3 -c '
 import json, sys

@@ -58,6 +58,22 @@ enum Command {
     Rebalance(admin::RebalanceCommand),
 }
 
+/// Stops glibc's allocator from handing freed memory back to the kernel at once. The data
+/// path allocates and frees megabytes a second (request bodies, log buffers, pieces); by
+/// default the heap top is trimmed and large blocks are unmapped on every free, so the next
+/// allocation faults fresh zeroed pages in again: 8% of a loaded node's CPU in profiles.
+fn keep_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
+    unsafe {
+        // Blocks under 64 MiB come from the heap (the default threshold grows to 32 MiB only
+        // after a large block is freed), and up to 1 GiB of free heap stays mapped.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -66,6 +82,12 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .init();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Dev(_) | Command::Node(admin::NodeCommand::Run(_))
+    ) {
+        keep_heap();
+    }
     match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Disk(command) => disk::run(command),

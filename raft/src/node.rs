@@ -11,12 +11,17 @@
 //! [`RaftNode::process_ready`] after any of them. `process_ready` handles the Readies of all
 //! groups as one round:
 //!
-//! 1. collect each group's messages that may go before persistence (a leader's appends) and its
-//!    committed entries, which are applied;
-//! 2. write every group's new entries and hard state to the [`LogStore`];
-//! 3. sync the store once for all groups (group commit);
+//! 1. leaders first: collect each one's messages that may go before persistence (appends,
+//!    heartbeats) and its committed entries, which are applied; appends and heartbeats to
+//!    replicas hosted here are stepped into them at once;
+//! 2. then every other group, which so takes those entries in this same round;
+//! 3. write every group's new entries and hard state to the [`LogStore`] and sync it once for
+//!    all groups (group commit), unless nothing needs it (only commit indexes moved);
 //! 4. only then release the messages that claim persistence (votes, append responses) and
 //!    advance each group.
+//!
+//! With all three replicas of a group on one node (`cairn dev`), a write so costs one sync,
+//! not one for the leader and another for its followers a round later.
 //!
 //! Messages leave batched per peer node ([`Outbox`]), whatever group they belong to.
 //!
@@ -45,7 +50,7 @@
 //! An error from `process_ready` means the store failed mid-round: the node must be dropped and
 //! restarted from its store, as after a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_common::{GroupId, NodeId, ReplicaId};
 use prost::Message as _;
@@ -270,6 +275,8 @@ pub struct GroupStatus {
     pub commit: u64,
     /// Highest index applied.
     pub applied: u64,
+    /// Bytes of entry data its log holds after the snapshot.
+    pub log_bytes: u64,
 }
 
 /// Many Raft replicas on one node, over one log store.
@@ -533,19 +540,10 @@ impl<L: LogStore> RaftNode<L> {
     /// group than the replica's, are dropped (the sender retries; membership comes from the
     /// metadata service), as are messages raft refuses.
     pub fn step(&mut self, batch: Vec<(GroupId, Message)>) {
-        for (group_id, mut message) in batch {
+        for (group_id, message) in batch {
             let hosted = self.groups.get_mut(&ReplicaId(message.to));
             if let Some(group) = hosted.filter(|g| g.group == group_id) {
-                // A leader that still counts entries this member lost with its disk sends a
-                // commit index past its log, on which raft-rs would abort; a heartbeat's
-                // commit is advisory, so it is clamped.
-                if message.msg_type == MessageType::MsgHeartbeat as i32 {
-                    let last = group.raw.raft.raft_log.last_index();
-                    message.commit = message.commit.min(last);
-                }
-                // Errors here are peers the group does not know or local-only message types:
-                // a misbehaving or stale peer, never ours to fail on.
-                let _ = group.raw.step(message);
+                step_one(group, message);
             }
         }
     }
@@ -634,72 +632,63 @@ impl<L: LogStore> RaftNode<L> {
         outbox: &mut Outbox,
         mut apply: impl FnMut(ReplicaId, GroupId, Apply<'_>),
     ) -> Result<(), NodeError<L::Error>> {
+        // Leaders first: their appends and heartbeats to replicas hosted here are stepped in
+        // directly, so those followers persist the same entries in this round's one sync
+        // (a leader may send before it persists, raft thesis 10.2.1) instead of a round later.
         let mut round = Vec::new();
+        let mut durable = false;
+        let mut local = Vec::new();
+        let mut leaders = BTreeSet::new();
         for (&id, group) in &mut self.groups {
-            if std::mem::take(&mut group.restore_pending) {
-                let snapshot = group.raw.store().snapshot_ref();
-                let index = snapshot.get_metadata().index;
-                apply(
-                    id,
-                    group.group,
-                    Apply::Snapshot {
-                        index,
-                        data: &snapshot.data,
-                        installed: false,
-                    },
-                );
-            }
-            if !group.raw.has_ready() {
+            if group.raw.raft.state != StateRole::Leader {
                 continue;
             }
-            let mut ready = group.raw.ready();
-            outbox.push(group.group, ready.take_messages());
-            for read in ready.take_read_states() {
-                let request = read.request_ctx.try_into().map(u64::from_le_bytes);
-                // Contexts are ours (8 bytes); anything else came from a confused peer.
-                if let Ok(request) = request {
-                    group.reads_waiting.push((request, read.index));
+            let Some(mut ready) = take_ready(&mut self.log, id, group, &mut apply)? else {
+                continue;
+            };
+            durable |= ready.must_sync();
+            for message in ready.take_messages() {
+                let direct = message.msg_type == MessageType::MsgAppend as i32
+                    || message.msg_type == MessageType::MsgHeartbeat as i32;
+                if direct && ReplicaId(message.to).node() == self.config.id {
+                    local.push((group.group, message));
+                } else {
+                    outbox.push(group.group, vec![message]);
                 }
             }
-            if !ready.snapshot().is_empty() {
-                // From the leader: this log did not match its, so the snapshot replaces it.
-                let snapshot = ready.snapshot().clone();
-                self.log
-                    .set_snapshot(id, &snapshot, SnapshotKind::Install)
-                    .map_err(NodeError::Log)?;
-                let index = snapshot.get_metadata().index;
-                apply(
-                    id,
-                    group.group,
-                    Apply::Snapshot {
-                        index,
-                        data: &snapshot.data,
-                        installed: true,
-                    },
-                );
-                group.raw.mut_store().set_snapshot(snapshot, false);
-                group.applied = index;
+            leaders.insert(id);
+            round.push((id, ready));
+        }
+        for (group_id, message) in local {
+            let to = ReplicaId(message.to);
+            let in_round = leaders.contains(&to);
+            match self.groups.get_mut(&to) {
+                // A replica whose Ready is taken already (another leader of an older term)
+                // gets it next round, like any message.
+                Some(group) if !in_round && group.group == group_id => step_one(group, message),
+                _ => outbox.push(group_id, vec![message]),
             }
-            apply_all(id, group, ready.take_committed_entries(), &mut apply);
-            if !ready.entries().is_empty() {
-                group.raw.mut_store().append(ready.entries());
-                self.log
-                    .append(id, ready.entries())
-                    .map_err(NodeError::Log)?;
+        }
+        for (&id, group) in &mut self.groups {
+            if leaders.contains(&id) {
+                continue;
             }
-            if let Some(hard_state) = ready.hs() {
-                group.raw.mut_store().set_hard_state(hard_state.clone());
-                self.log
-                    .set_hard_state(id, hard_state)
-                    .map_err(NodeError::Log)?;
-            }
+            let Some(mut ready) = take_ready(&mut self.log, id, group, &mut apply)? else {
+                continue;
+            };
+            durable |= ready.must_sync();
+            outbox.push(group.group, ready.take_messages());
             round.push((id, ready));
         }
         self.report_snapshots(outbox);
         if round.is_empty() {
             return self.drop_removed_groups();
         }
-        self.log.sync().map_err(NodeError::Log)?;
+        // Nothing to make durable (a round that only moved commit indexes, which are
+        // recovered from the leader): no fdatasync. What was written rides with the next sync.
+        if durable {
+            self.log.sync().map_err(NodeError::Log)?;
+        }
         for (id, mut ready) in round {
             let group = self
                 .groups
@@ -760,6 +749,7 @@ impl<L: LogStore> RaftNode<L> {
             leader: (raft.leader_id != 0).then_some(ReplicaId(raft.leader_id)),
             last_index: raft.raft_log.last_index(),
             snapshot_index: group.raw.store().snapshot_index(),
+            log_bytes: group.raw.store().entry_bytes(),
             commit: raft.raft_log.committed,
             applied: group.applied,
         })
@@ -832,6 +822,83 @@ pub fn conf_change_context(entry: &Entry) -> Option<Vec<u8>> {
     }
     let change = ConfChangeV2::decode(entry.data.as_slice()).ok()?;
     (!change.context.is_empty()).then_some(change.context)
+}
+
+/// Steps one message into a hosted replica of its group.
+fn step_one(group: &mut Group, mut message: Message) {
+    // A leader that still counts entries this member lost with its disk sends a commit index
+    // past its log, on which raft-rs would abort; a heartbeat's commit is advisory, so it is
+    // clamped.
+    if message.msg_type == MessageType::MsgHeartbeat as i32 {
+        let last = group.raw.raft.raft_log.last_index();
+        message.commit = message.commit.min(last);
+    }
+    // Errors here are peers the group does not know or local-only message types: a
+    // misbehaving or stale peer, never ours to fail on.
+    let _ = group.raw.step(message);
+}
+
+/// Takes `group`'s Ready, if it has one: applies what it commits (and a snapshot it installs)
+/// through `apply`, collects its read states, and writes its entries and hard state to `log`
+/// (unsynced). The caller sends its messages and syncs.
+fn take_ready<L: LogStore>(
+    log: &mut L,
+    id: ReplicaId,
+    group: &mut Group,
+    apply: &mut impl FnMut(ReplicaId, GroupId, Apply<'_>),
+) -> Result<Option<raft::Ready>, NodeError<L::Error>> {
+    if std::mem::take(&mut group.restore_pending) {
+        let snapshot = group.raw.store().snapshot_ref();
+        let index = snapshot.get_metadata().index;
+        apply(
+            id,
+            group.group,
+            Apply::Snapshot {
+                index,
+                data: &snapshot.data,
+                installed: false,
+            },
+        );
+    }
+    if !group.raw.has_ready() {
+        return Ok(None);
+    }
+    let mut ready = group.raw.ready();
+    for read in ready.take_read_states() {
+        let request = read.request_ctx.try_into().map(u64::from_le_bytes);
+        // Contexts are ours (8 bytes); anything else came from a confused peer.
+        if let Ok(request) = request {
+            group.reads_waiting.push((request, read.index));
+        }
+    }
+    if !ready.snapshot().is_empty() {
+        // From the leader: this log did not match its, so the snapshot replaces it.
+        let snapshot = ready.snapshot().clone();
+        log.set_snapshot(id, &snapshot, SnapshotKind::Install)
+            .map_err(NodeError::Log)?;
+        let index = snapshot.get_metadata().index;
+        apply(
+            id,
+            group.group,
+            Apply::Snapshot {
+                index,
+                data: &snapshot.data,
+                installed: true,
+            },
+        );
+        group.raw.mut_store().set_snapshot(snapshot, false);
+        group.applied = index;
+    }
+    apply_all(id, group, ready.take_committed_entries(), apply);
+    if !ready.entries().is_empty() {
+        group.raw.mut_store().append(ready.entries());
+        log.append(id, ready.entries()).map_err(NodeError::Log)?;
+    }
+    if let Some(hard_state) = ready.hs() {
+        group.raw.mut_store().set_hard_state(hard_state.clone());
+        log.set_hard_state(id, hard_state).map_err(NodeError::Log)?;
+    }
+    Ok(Some(ready))
 }
 
 fn apply_all(

@@ -22,6 +22,8 @@ pub struct GroupStorage {
     conf_state: ConfState,
     snapshot: Snapshot,
     entries: Vec<Entry>,
+    /// Bytes of entry data in `entries`: what the log holds in memory (and a restart replays).
+    entry_bytes: u64,
     /// Set when raft asked for a snapshot the latest one cannot serve (it predates the
     /// requesting member's addition): the runtime asks the state machine for a new one.
     wanted: std::cell::Cell<bool>,
@@ -41,6 +43,7 @@ impl GroupStorage {
             conf_state,
             snapshot: state.snapshot.clone(),
             entries: state.entries.clone(),
+            entry_bytes: data_bytes(&state.entries),
             wanted: std::cell::Cell::new(false),
         };
         storage.assert_contiguous();
@@ -100,8 +103,15 @@ impl GroupStorage {
             self.last() + 1
         );
         let keep = usize::try_from(first.index - base - 1).expect("invariant: log fits memory");
+        self.entry_bytes -= data_bytes(self.entries.get(keep..).unwrap_or_default());
         self.entries.truncate(keep);
         self.entries.extend_from_slice(entries);
+        self.entry_bytes += data_bytes(entries);
+    }
+
+    /// Bytes of entry data the log holds after its snapshot.
+    pub fn entry_bytes(&self) -> u64 {
+        self.entry_bytes
     }
 
     /// Makes `snapshot` the group's base and drops the entries it covers. A snapshot taken
@@ -114,9 +124,12 @@ impl GroupStorage {
             assert!(index <= self.last(), "compaction past the log's end");
             let drop =
                 usize::try_from(index - self.snapshot_index()).expect("invariant: log fits memory");
-            self.entries.drain(..drop.min(self.entries.len()));
+            let drop = drop.min(self.entries.len());
+            self.entry_bytes -= data_bytes(&self.entries[..drop]);
+            self.entries.drain(..drop);
         } else {
             self.entries.clear();
+            self.entry_bytes = 0;
             self.conf_state = metadata.get_conf_state().clone();
             self.hard_state.term = self.hard_state.term.max(metadata.term);
             self.hard_state.commit = self.hard_state.commit.max(index);
@@ -220,6 +233,10 @@ impl Storage for GroupStorage {
     }
 }
 
+fn data_bytes(entries: &[Entry]) -> u64 {
+    entries.iter().map(|e| e.data.len() as u64).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use raft::eraftpb::SnapshotMetadata;
@@ -272,5 +289,23 @@ mod tests {
         assert_eq!(storage.snapshot(0, 2).expect("snapshot").data, vec![7]);
         storage.append(&[entry(21, 3)]);
         assert_eq!(storage.last_index().ok(), Some(21));
+    }
+
+    #[test]
+    fn entry_bytes_follow_appends_truncations_and_compactions() {
+        let sized = |index: u64, term: u64, bytes: usize| Entry {
+            data: vec![1; bytes],
+            ..entry(index, term)
+        };
+        let mut storage = GroupStorage::default();
+        storage.append(&(1..=10).map(|i| sized(i, 1, 100)).collect::<Vec<_>>());
+        assert_eq!(storage.entry_bytes(), 1000);
+        // A conflicting tail from a new leader replaces entries 8..=10.
+        storage.append(&[sized(8, 2, 7)]);
+        assert_eq!(storage.entry_bytes(), 707);
+        storage.set_snapshot(snapshot(4, 1), true);
+        assert_eq!(storage.entry_bytes(), 307);
+        storage.set_snapshot(snapshot(20, 3), false);
+        assert_eq!(storage.entry_bytes(), 0);
     }
 }

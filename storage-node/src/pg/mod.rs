@@ -35,7 +35,8 @@
 //!
 //! # Compaction
 //!
-//! Once a PG's log holds [`COMPACT_ENTRIES_DEFAULT`] entries past its snapshot, its leader
+//! Once a PG's log holds [`COMPACT_ENTRIES_DEFAULT`] entries past its snapshot, or its share of
+//! [`LOG_BYTES_NODE_MAX`] bytes (logs are held in memory until compacted), its leader
 //! proposes a `Compact` command at the highest index every member holds (raft's matched
 //! index, the leader's applied one at most). Each replica applies it in log order: it flushes
 //! its chunk store (everything it applied, so that index at least, becomes durable) and
@@ -92,6 +93,18 @@ pub const REQUEST_TICKS_MAX: u64 = 40;
 /// Entries a PG's log holds past its snapshot before its leader proposes a compaction: bounds
 /// the log a restart replays (4096 x at most 1 MiB) and how often chunk stores are flushed.
 pub const COMPACT_ENTRIES_DEFAULT: u64 = 4096;
+
+/// Bytes of entries all the Raft logs of a node may hold past their snapshots: they live in
+/// memory until compacted, and 4096 entries of 1 MiB on each of hundreds of replicas would not
+/// fit any machine. Each replica's share (within [`COMPACT_BYTES_MIN`, `COMPACT_BYTES_MAX`])
+/// makes its leader propose a compaction whatever the entry count.
+pub const LOG_BYTES_NODE_MAX: u64 = 2 << 30;
+/// The smallest per-replica share: below it compactions (each a flush of the chunk stores)
+/// would come every few writes.
+pub const COMPACT_BYTES_MIN: u64 = 4 << 20;
+/// The largest per-replica share: a few replicas alone do not get the whole budget.
+pub const COMPACT_BYTES_MAX: u64 = 64 << 20;
+const _: () = assert!(COMPACT_BYTES_MIN <= COMPACT_BYTES_MAX);
 
 /// The snapshot data of a compaction: a version byte and the index the chunk stores hold.
 const COMPACTION_VERSION: u8 = 1;
@@ -435,6 +448,8 @@ pub struct PgHost<L: LogStore> {
     applied: BTreeMap<ReplicaId, u64>,
     stats: Arc<PgStats>,
     compact_entries: u64,
+    /// Set by tests: the log bytes that trigger a compaction, instead of the node's share.
+    compact_bytes: Option<u64>,
     /// Per PG, the tick and index of the last compaction proposed.
     compactions: BTreeMap<GroupId, (u64, u64)>,
     /// Per PG, the replica that should lead it (the PG map's first member).
@@ -529,6 +544,7 @@ impl<L: LogStore> PgHost<L> {
             applied: BTreeMap::new(),
             stats: Arc::new(PgStats::default()),
             compact_entries: COMPACT_ENTRIES_DEFAULT,
+            compact_bytes: None,
             compactions: BTreeMap::new(),
             preferred: BTreeMap::new(),
             transfers: BTreeMap::new(),
@@ -772,12 +788,23 @@ impl<L: LogStore> PgHost<L> {
         self.compact_entries = entries;
     }
 
+    /// Sets how many bytes of entries a replica's log holds before its leader proposes a
+    /// compaction, instead of its share of [`LOG_BYTES_NODE_MAX`] (tests use small numbers).
+    pub fn set_compact_bytes(&mut self, bytes: u64) {
+        assert!(bytes > 0, "compaction size");
+        self.compact_bytes = Some(bytes);
+    }
+
     /// For each PG this node leads whose log holds at least the compaction interval past its
-    /// snapshot, proposes compacting every replica's log up to the highest index all members
+    /// snapshot, or its share of [`LOG_BYTES_NODE_MAX`] in bytes, proposes compacting every replica's log up to the highest index all members
     /// hold (see the module docs). A PG whose last proposal has not applied yet gets no other
     /// for [`COMPACT_RETRY_TICKS`] ticks (it may have been lost with a leadership change).
     fn propose_compactions(&mut self) {
         let now = self.ticks;
+        let hosted = self.node.replicas().count().max(1) as u64;
+        let bytes_max = self.compact_bytes.unwrap_or_else(|| {
+            (LOG_BYTES_NODE_MAX / hosted).clamp(COMPACT_BYTES_MIN, COMPACT_BYTES_MAX)
+        });
         let leaders: Vec<(ReplicaId, GroupId)> = self
             .node
             .replicas()
@@ -792,7 +819,8 @@ impl<L: LogStore> PgHost<L> {
             let recent = self.compactions.get(&group).is_some_and(|(at, proposed)| {
                 *proposed > status.snapshot_index && now.saturating_sub(*at) < COMPACT_RETRY_TICKS
             });
-            let long = status.applied.saturating_sub(status.snapshot_index) >= self.compact_entries;
+            let long = status.applied.saturating_sub(status.snapshot_index) >= self.compact_entries
+                || status.log_bytes >= bytes_max;
             let applied = self.applied.get(&replica).copied().unwrap_or(0);
             let index = matched.min(applied);
             if recent || !long || index <= status.snapshot_index {
@@ -1403,27 +1431,48 @@ impl<L: LogStore> PgHost<L> {
             }
         }
         self.apply_writes(queued).await?;
-        for read in self.node.take_reads() {
-            let Some(pending) = self.reads.remove(&read.request) else {
-                continue;
-            };
-            let result = self
-                .read_repairing(read.replica, pending.chunk, pending.offset, pending.length)
-                .await
-                .map_err(|source| PgError::Store {
-                    replica: read.replica,
-                    source,
-                });
-            if result.is_ok() {
-                self.stats.reads_served.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = pending.reply.send(result);
-        }
+        self.serve_reads().await;
         self.drop_stale_requests();
         self.take_snapshots().await?;
         self.clean_dropped().await;
         self.scrub_step().await;
         Ok(outbox)
+    }
+
+    /// Serves the reads whose index is applied, all at once: each reads its store on its own
+    /// task, and only one that meets a corrupt block comes back here to be repaired (repairs
+    /// need the host). A read may see writes applied after its index: they committed before
+    /// it was served, so it stays linearizable.
+    async fn serve_reads(&mut self) {
+        let mut in_flight = tokio::task::JoinSet::new();
+        for read in self.node.take_reads() {
+            let Some(pending) = self.reads.remove(&read.request) else {
+                continue;
+            };
+            let store = self.store(read.replica).clone();
+            in_flight.spawn(async move {
+                let result =
+                    read_chunk(&store, pending.chunk, pending.offset, pending.length).await;
+                (read.replica, pending, result)
+            });
+        }
+        while let Some(joined) = in_flight.join_next().await {
+            let Ok((replica, pending, mut result)) = joined else {
+                // A read task panicked: its reply went with it, and the caller gets an error.
+                continue;
+            };
+            if matches!(result, Err(Error::Corrupt { .. })) {
+                result = self
+                    .read_repairing(replica, pending.chunk, pending.offset, pending.length)
+                    .await;
+            }
+            if result.is_ok() {
+                self.stats.reads_served.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = pending
+                .reply
+                .send(result.map_err(|source| PgError::Store { replica, source }));
+        }
     }
 
     /// Sets the ticks between background scrub steps (0 turns the scrub off; tests speed it

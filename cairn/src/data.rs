@@ -6,7 +6,12 @@
 //! and each piece goes to its PG (`cairn_client::pg_of`) through a [`Backend`], up to
 //! [`PIECES_IN_FLIGHT_MAX`] at once. Errors become HTTP in one place ([`DataError`]).
 
-use std::future::Future;
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -28,6 +33,17 @@ pub const DATA_REQUEST_BYTES_MAX: usize = 64 << 20;
 /// on a small cluster without one request taking the whole queue of the PG task.
 pub const PIECES_IN_FLIGHT_MAX: usize = 16;
 
+/// How long a volume looked up stays trusted without asking the metadata service again.
+pub const TARGET_FRESH: Duration = Duration::from_secs(2);
+
+/// How long a volume looked up may still be used while the metadata service does not answer
+/// (a leader just killed, an election): data keeps flowing instead of waiting out the lookup's
+/// deadline on every request.
+pub const TARGET_STALE_MAX: Duration = Duration::from_secs(60);
+
+/// Volumes a [`TargetCache`] holds at most; past it, it starts over.
+pub const TARGET_CACHE_MAX: usize = 4096;
+
 /// Where a volume's bytes go.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
@@ -39,6 +55,55 @@ pub struct Target {
     pub pg_count: u32,
     /// The volume's size.
     pub size_bytes: u64,
+}
+
+/// Volumes looked up recently, by name, so a data request does not cost a metadata lookup
+/// (two admin calls on a storage node). A volume deleted and created again under the same
+/// name is seen at most [`TARGET_FRESH`] late: until then requests go to the old one's chunks.
+#[derive(Debug, Default)]
+pub struct TargetCache {
+    entries: Mutex<HashMap<String, (Target, Instant)>>,
+}
+
+impl TargetCache {
+    /// The volume `name`: from the cache while fresh, else from `lookup`, else (the metadata
+    /// service unavailable) from the cache up to [`TARGET_STALE_MAX`] old.
+    pub async fn get<F>(&self, name: String, lookup: F) -> Result<Target, DataError>
+    where
+        F: AsyncFnOnce(String) -> Result<Target, DataError>,
+    {
+        let cached = self.entries().get(&name).copied();
+        if let Some((target, at)) = cached
+            && at.elapsed() < TARGET_FRESH
+        {
+            return Ok(target);
+        }
+        match lookup(name.clone()).await {
+            Ok(target) => {
+                let mut entries = self.entries();
+                if entries.len() >= TARGET_CACHE_MAX {
+                    entries.clear();
+                }
+                entries.insert(name, (target, Instant::now()));
+                Ok(target)
+            }
+            Err(DataError::Unavailable(why)) => match cached {
+                Some((target, at)) if at.elapsed() < TARGET_STALE_MAX => {
+                    tracing::debug!(volume = %name, "metadata unavailable ({why}); volume as last seen");
+                    Ok(target)
+                }
+                _ => Err(DataError::Unavailable(why)),
+            },
+            Err(e) => {
+                self.entries().remove(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Target, Instant)>> {
+        self.entries.lock().expect("invariant: not poisoned")
+    }
 }
 
 /// Why a data request failed; its `into_response` is the one place it becomes HTTP.
@@ -198,6 +263,63 @@ async fn finish_one<T: 'static>(
     }
 }
 
+/// Writes `data` at byte `offset` of the volume `target`, every piece through its PG; returns
+/// once every piece is acknowledged (committed on a majority of replicas and applied).
+pub async fn write_range<B: Backend>(
+    backend: &B,
+    target: &Target,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), DataError> {
+    check(target, offset, data.len() as u64)?;
+    let chunk_size = backend.chunk_size()?;
+    let mut in_flight = tokio::task::JoinSet::new();
+    for (group, piece) in pieces(target, chunk_size, offset, data.len() as u64) {
+        if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
+            finish_one(&mut in_flight).await?;
+        }
+        let start = piece.buffer_offset as usize;
+        let data = data[start..start + piece.length as usize].to_vec();
+        let backend = backend.clone();
+        in_flight.spawn(async move { backend.write(group, piece, data).await });
+    }
+    while !in_flight.is_empty() {
+        finish_one(&mut in_flight).await?;
+    }
+    Ok(())
+}
+
+/// Reads `length` bytes at byte `offset` of the volume `target` (unwritten space reads as
+/// zeros), every piece through its PG, linearizably.
+pub async fn read_range<B: Backend>(
+    backend: &B,
+    target: &Target,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, DataError> {
+    check(target, offset, length)?;
+    let chunk_size = backend.chunk_size()?;
+    let mut out = vec![0u8; length as usize];
+    let mut place = |(at, data): (usize, Vec<u8>)| {
+        out[at..at + data.len()].copy_from_slice(&data);
+    };
+    let mut in_flight = tokio::task::JoinSet::new();
+    for (group, piece) in pieces(target, chunk_size, offset, length) {
+        if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
+            place(finish_one(&mut in_flight).await?);
+        }
+        let backend = backend.clone();
+        in_flight.spawn(async move {
+            let data = backend.read(group, piece).await?;
+            Ok((piece.buffer_offset as usize, data))
+        });
+    }
+    while !in_flight.is_empty() {
+        place(finish_one(&mut in_flight).await?);
+    }
+    Ok(out)
+}
+
 async fn write_data<B: Backend>(
     State(backend): State<B>,
     UrlPath(name): UrlPath<String>,
@@ -207,22 +329,7 @@ async fn write_data<B: Backend>(
     let result: Result<(), DataError> = async {
         let (offset, _) = range(query.as_deref(), false)?;
         let target = backend.target(name).await?;
-        check(&target, offset, body.len() as u64)?;
-        let chunk_size = backend.chunk_size()?;
-        let mut in_flight = tokio::task::JoinSet::new();
-        for (group, piece) in pieces(&target, chunk_size, offset, body.len() as u64) {
-            if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
-                finish_one(&mut in_flight).await?;
-            }
-            let start = piece.buffer_offset as usize;
-            let data = body[start..start + piece.length as usize].to_vec();
-            let backend = backend.clone();
-            in_flight.spawn(async move { backend.write(group, piece, data).await });
-        }
-        while !in_flight.is_empty() {
-            finish_one(&mut in_flight).await?;
-        }
-        Ok(())
+        write_range(&backend, &target, offset, &body).await
     }
     .await;
     match result {
@@ -238,33 +345,72 @@ async fn read_data<B: Backend>(
 ) -> Response {
     let result: Result<Vec<u8>, DataError> = async {
         let (offset, length) = range(query.as_deref(), true)?;
-        let length = length.unwrap_or_default();
         let target = backend.target(name).await?;
-        check(&target, offset, length)?;
-        let chunk_size = backend.chunk_size()?;
-        let mut out = vec![0u8; length as usize];
-        let mut place = |(at, data): (usize, Vec<u8>)| {
-            out[at..at + data.len()].copy_from_slice(&data);
-        };
-        let mut in_flight = tokio::task::JoinSet::new();
-        for (group, piece) in pieces(&target, chunk_size, offset, length) {
-            if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
-                place(finish_one(&mut in_flight).await?);
-            }
-            let backend = backend.clone();
-            in_flight.spawn(async move {
-                let data = backend.read(group, piece).await?;
-                Ok((piece.buffer_offset as usize, data))
-            });
-        }
-        while !in_flight.is_empty() {
-            place(finish_one(&mut in_flight).await?);
-        }
-        Ok(out)
+        read_range(&backend, &target, offset, length.unwrap_or_default()).await
     }
     .await;
     match result {
         Ok(data) => (StatusCode::OK, data).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn target(size_bytes: u64) -> Target {
+        Target {
+            owner: OwnerId(7),
+            pool: PoolId(1),
+            pg_count: 8,
+            size_bytes,
+        }
+    }
+
+    /// Goal: a fresh entry saves the lookup, an unavailable metadata service is bridged by the
+    /// entry last seen, and a volume found gone is forgotten.
+    #[test]
+    fn the_target_cache_bridges_an_unavailable_metadata_service() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let cache = TargetCache::default();
+            let lookups = AtomicU32::new(0);
+            let found = async |_: String| {
+                lookups.fetch_add(1, Ordering::Relaxed);
+                Ok(target(1 << 20))
+            };
+            let got = cache.get("v".into(), found).await.expect("found");
+            assert_eq!(got.size_bytes, 1 << 20);
+            cache.get("v".into(), found).await.expect("cached");
+            assert_eq!(
+                lookups.load(Ordering::Relaxed),
+                1,
+                "the second came from the cache"
+            );
+            // Age the entry past freshness: the lookup runs, and its outage is bridged.
+            cache.entries().get_mut("v").expect("entry").1 -= TARGET_FRESH;
+            let down = async |_: String| Err(DataError::Unavailable("no leader".into()));
+            let got = cache.get("v".into(), down).await.expect("stale entry");
+            assert_eq!(got.size_bytes, 1 << 20);
+            cache.entries().get_mut("v").expect("entry").1 -= TARGET_STALE_MAX;
+            assert!(matches!(
+                cache.get("v".into(), down).await,
+                Err(DataError::Unavailable(_))
+            ));
+            let gone = async |name: String| Err(DataError::NotFound(name));
+            assert!(matches!(
+                cache.get("v".into(), gone).await,
+                Err(DataError::NotFound(_))
+            ));
+            assert!(
+                cache.entries().is_empty(),
+                "a volume found gone is forgotten"
+            );
+        });
     }
 }

@@ -48,7 +48,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::{
-    data::{self, DataError, Target},
+    data::{self, DataError, Target, TargetCache},
     storage,
 };
 
@@ -169,6 +169,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         let backend = DevBackend {
             meta: meta.clone(),
             storage,
+            targets: Arc::default(),
         };
         tokio::spawn(async move {
             if let Err(e) = setup.run(meta).await {
@@ -304,6 +305,7 @@ async fn read_pool(meta: &DriverHandle) -> Result<storage::PoolMap, String> {
 struct DevBackend {
     meta: DriverHandle,
     storage: Arc<OnceLock<Storage>>,
+    targets: Arc<TargetCache>,
 }
 
 impl DevBackend {
@@ -316,6 +318,32 @@ impl DevBackend {
 
 impl data::Backend for DevBackend {
     async fn target(&self, name: String) -> Result<Target, DataError> {
+        self.targets
+            .get(name, async |name| self.lookup(name).await)
+            .await
+    }
+
+    fn chunk_size(&self) -> Result<u32, DataError> {
+        // Every disk of a node is formatted with the default chunk size.
+        Ok(self.storage()?.disks[0].chunk_size_bytes())
+    }
+
+    async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {
+        let pgs = self.storage()?.pgs.clone();
+        Ok(pgs.write(group, piece.chunk, piece.offset, data).await?)
+    }
+
+    async fn read(&self, group: GroupId, piece: Piece) -> Result<Vec<u8>, DataError> {
+        let pgs = self.storage()?.pgs.clone();
+        Ok(pgs
+            .read(group, piece.chunk, piece.offset, piece.length)
+            .await?)
+    }
+}
+
+impl DevBackend {
+    /// The volume `name` as the metadata member has it now.
+    async fn lookup(&self, name: String) -> Result<Target, DataError> {
         let value = self
             .meta
             .read(Box::new(move |state| {
@@ -351,23 +379,6 @@ impl data::Backend for DevBackend {
             pg_count: field("pg_count") as u32,
             size_bytes: field("size_bytes"),
         })
-    }
-
-    fn chunk_size(&self) -> Result<u32, DataError> {
-        // Every disk of a node is formatted with the default chunk size.
-        Ok(self.storage()?.disks[0].chunk_size_bytes())
-    }
-
-    async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {
-        let pgs = self.storage()?.pgs.clone();
-        Ok(pgs.write(group, piece.chunk, piece.offset, data).await?)
-    }
-
-    async fn read(&self, group: GroupId, piece: Piece) -> Result<Vec<u8>, DataError> {
-        let pgs = self.storage()?.pgs.clone();
-        Ok(pgs
-            .read(group, piece.chunk, piece.offset, piece.length)
-            .await?)
     }
 }
 

@@ -42,7 +42,7 @@ use serde_json::{Value, json};
 
 use crate::{
     admin::{Connection, Method, api_call},
-    data::{self, DataError, Target},
+    data::{self, DataError, Target, TargetCache},
     storage::{self, PoolMap},
 };
 
@@ -233,6 +233,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         chunk_size: disks[0].chunk_size_bytes(),
         directory: directory.clone(),
         replicas,
+        targets: Arc::default(),
     };
     let data_listen = args.data_listen;
     let served_disks = disks.clone();
@@ -373,6 +374,7 @@ struct NodeBackend {
     directory: Directory,
     /// The replicas hosted here (peers copy and repair from them).
     replicas: ReplicaDirectory,
+    targets: Arc<TargetCache>,
 }
 
 /// Maps an admin API error ("message (HTTP status)") to the data API's, keeping the message.
@@ -522,6 +524,27 @@ impl NodeBackend {
 
 impl data::Backend for NodeBackend {
     async fn target(&self, name: String) -> Result<Target, DataError> {
+        self.targets
+            .get(name, async |name| self.lookup(name).await)
+            .await
+    }
+
+    fn chunk_size(&self) -> Result<u32, DataError> {
+        Ok(self.chunk_size)
+    }
+
+    async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {
+        self.piece(group, piece, Some(data)).await.map(|_| ())
+    }
+
+    async fn read(&self, group: GroupId, piece: Piece) -> Result<Vec<u8>, DataError> {
+        self.piece(group, piece, None).await
+    }
+}
+
+impl NodeBackend {
+    /// The volume `name` as the metadata service has it now.
+    async fn lookup(&self, name: String) -> Result<Target, DataError> {
         let volume = call(&self.connection, format!("/v1/volumes/{name}"), Method::Get)
             .await
             .map_err(api_error)?;
@@ -543,18 +566,6 @@ impl data::Backend for NodeBackend {
             pg_count: pool["pg_count"].as_u64().unwrap_or_default() as u32,
             size_bytes: volume["size_bytes"].as_u64().unwrap_or_default(),
         })
-    }
-
-    fn chunk_size(&self) -> Result<u32, DataError> {
-        Ok(self.chunk_size)
-    }
-
-    async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {
-        self.piece(group, piece, Some(data)).await.map(|_| ())
-    }
-
-    async fn read(&self, group: GroupId, piece: Piece) -> Result<Vec<u8>, DataError> {
-        self.piece(group, piece, None).await
     }
 }
 

@@ -11,8 +11,12 @@
 //!   leader it last heard of, else the preferred leader), refusing older maps by epoch and
 //!   leader hints from replicas that are no longer members.
 //!
+//! - [`qos`]: per-volume token buckets (IOPS and bytes per second) the gateways enforce.
+//!
 //! The transport (requests to the nodes, retries under a deadline) lives with its callers for
 //! now: `cairn node run` forwards pieces with it.
+
+pub mod qos;
 
 use std::collections::BTreeMap;
 

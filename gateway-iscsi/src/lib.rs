@@ -9,9 +9,15 @@
 //! - [`scsi`]: CDB parsing, sense data and the SCSI block command set, persistent
 //!   reservations included, over a [`scsi::BlockDevice`].
 //!
-//! Not here yet: the TCP server (sessions, R2T and Data-Out collection, task management),
-//! the volume backend over the client library, and `cairn gateway iscsi` / `cairn dev`.
+//! On top of them, [`server`] is the TCP target: connections, login, sessions in full
+//! feature phase (CmdSN window, R2T and Data-Out collection, Data-In, task management,
+//! NOP-In pings, logout) at ErrorRecoveryLevel 0, over devices a [`server::Volumes`]
+//! provides ([`server::MemVolumes`] in memory).
+//!
+//! Not here yet: the volume backend over the client library, and `cairn gateway iscsi` /
+//! `cairn dev`.
 
 pub mod login;
 pub mod pdu;
 pub mod scsi;
+pub mod server;

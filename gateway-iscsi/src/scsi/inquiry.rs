@@ -73,14 +73,22 @@ impl LunIdentity {
     }
 }
 
-/// Standard INQUIRY data: 36 bytes, the minimum SPC-4 allows, without version descriptors.
+/// Length of our standard INQUIRY data: through the fourth version descriptor.
+pub const STANDARD_INQUIRY_LEN: usize = 66;
+
+/// The version descriptors of standard INQUIRY (SPC-4 table 150): SAM-5, iSCSI, SPC-4 and
+/// SBC-3. Initiators read the SBC version from here to know that the SBC-3 block limits and
+/// logical block provisioning VPD pages are there.
+const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
+
+/// Standard INQUIRY data: the 36 bytes SPC-4 requires, then the version descriptors.
 pub fn standard_inquiry() -> Vec<u8> {
-    let mut data = Vec::with_capacity(36);
+    let mut data = Vec::with_capacity(STANDARD_INQUIRY_LEN);
     data.push(0x00); // PERIPHERAL QUALIFIER 000b (connected), DEVICE TYPE 00h (direct access).
     data.push(0x00); // RMB 0: not removable.
     data.push(0x06); // VERSION: SPC-4.
     data.push(0x12); // HISUP (LUNs are hierarchical), RESPONSE DATA FORMAT 2.
-    data.push(31); // ADDITIONAL LENGTH: 36 - 5.
+    data.push((STANDARD_INQUIRY_LEN - 5) as u8); // ADDITIONAL LENGTH.
     data.push(0x00); // SCCS, ACC, TPGS 00b (no ALUA), 3PC, PROTECT all zero.
     data.push(0x00); // ENCSERV, MULTIP zero.
     data.push(0x02); // CMDQUE: full task management model.
@@ -88,6 +96,12 @@ pub fn standard_inquiry() -> Vec<u8> {
     data.extend_from_slice(PRODUCT_ID);
     data.extend_from_slice(PRODUCT_REVISION);
     assert_eq!(data.len(), 36);
+    // Bytes 36..58: vendor specific, CLOCKING/QAS/IUS and reserved, all zero.
+    data.resize(58, 0);
+    for descriptor in VERSION_DESCRIPTORS {
+        data.extend_from_slice(&descriptor.to_be_bytes());
+    }
+    assert_eq!(data.len(), STANDARD_INQUIRY_LEN);
     data
 }
 
@@ -220,8 +234,10 @@ mod tests {
     /// Standard INQUIRY, checked byte by byte against SPC-4 table 148.
     #[test]
     fn standard_inquiry_layout() {
-        let mut expected = vec![0x00, 0x00, 0x06, 0x12, 0x1F, 0x00, 0x00, 0x02];
+        let mut expected = vec![0x00, 0x00, 0x06, 0x12, 61, 0x00, 0x00, 0x02];
         expected.extend_from_slice(b"CAIRN   VOLUME          0001");
+        expected.resize(58, 0);
+        expected.extend_from_slice(&[0x00, 0xA0, 0x09, 0x60, 0x04, 0x60, 0x04, 0xC0]);
         assert_eq!(standard_inquiry(), expected);
     }
 

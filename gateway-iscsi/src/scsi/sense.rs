@@ -96,14 +96,22 @@ pub enum AdditionalSense {
     LogicalBlockAddressOutOfRange,
     /// 0x24/0x00.
     InvalidFieldInCdb,
+    /// 0x25/0x00: the command names a logical unit the target does not have.
+    LogicalUnitNotSupported,
     /// 0x26/0x00.
     InvalidFieldInParameterList,
     /// 0x26/0x04.
     InvalidReleaseOfPersistentReservation,
+    /// 0x29/0x03: a LOGICAL UNIT RESET or target reset happened; the iSCSI layer reports it
+    /// as a unit attention to every session of the logical unit.
+    BusDeviceResetFunctionOccurred,
     /// 0x39/0x00.
     SavingParametersNotSupported,
     /// 0x44/0x00.
     InternalTargetFailure,
+    /// 0x4B/0x00: the data-out of the command broke the transport protocol (DataSN, buffer
+    /// offset, digest); the iSCSI layer fails the command with it.
+    DataPhaseError,
     /// 0x55/0x04.
     InsufficientRegistrationResources,
 }
@@ -121,10 +129,13 @@ impl AdditionalSense {
             AdditionalSense::InvalidCommandOperationCode => (0x20, 0x00),
             AdditionalSense::LogicalBlockAddressOutOfRange => (0x21, 0x00),
             AdditionalSense::InvalidFieldInCdb => (0x24, 0x00),
+            AdditionalSense::LogicalUnitNotSupported => (0x25, 0x00),
             AdditionalSense::InvalidFieldInParameterList => (0x26, 0x00),
             AdditionalSense::InvalidReleaseOfPersistentReservation => (0x26, 0x04),
+            AdditionalSense::BusDeviceResetFunctionOccurred => (0x29, 0x03),
             AdditionalSense::SavingParametersNotSupported => (0x39, 0x00),
             AdditionalSense::InternalTargetFailure => (0x44, 0x00),
+            AdditionalSense::DataPhaseError => (0x4B, 0x00),
             AdditionalSense::InsufficientRegistrationResources => (0x55, 0x04),
         }
     }
@@ -234,6 +245,29 @@ impl Sense {
                 AdditionalSense::InvalidCommandOperationCode,
             )
         }
+    }
+
+    /// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED: the iSCSI layer's answer to a command
+    /// for a LUN other than 0.
+    pub fn logical_unit_not_supported() -> Sense {
+        Sense::new(
+            SenseKey::IllegalRequest,
+            AdditionalSense::LogicalUnitNotSupported,
+        )
+    }
+
+    /// ABORTED COMMAND, DATA PHASE ERROR: the iSCSI layer's answer to a command whose
+    /// data-out broke the protocol.
+    pub fn data_phase_error() -> Sense {
+        Sense::new(SenseKey::AbortedCommand, AdditionalSense::DataPhaseError)
+    }
+
+    /// UNIT ATTENTION, BUS DEVICE RESET FUNCTION OCCURRED.
+    pub fn reset_occurred() -> Sense {
+        Sense::new(
+            SenseKey::UnitAttention,
+            AdditionalSense::BusDeviceResetFunctionOccurred,
+        )
     }
 
     /// ILLEGAL REQUEST, LOGICAL BLOCK ADDRESS OUT OF RANGE.

@@ -435,7 +435,7 @@ async fn medium_errors() {
 async fn inquiry_and_truncation() {
     let fixture = fixture(512, 64).await;
     let standard = fixture.good(&[INQUIRY, 0, 0, 0, 96, 0], &[]).await;
-    assert_eq!(standard.len(), 36);
+    assert_eq!(standard.len(), 66);
     assert_eq!(&standard[8..16], b"CAIRN   ");
     let truncated = fixture.good(&[INQUIRY, 0, 0, 0, 5, 0], &[]).await;
     assert_eq!(truncated, standard[..5]);

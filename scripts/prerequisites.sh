@@ -8,6 +8,8 @@
 #   python3            reads fio's JSON in benches/chunkstore.sh
 #   libclang-dev       bindgen generates RocksDB's Rust bindings at build time
 #   g++                compiles the bundled RocksDB (once per machine, see below)
+#   libiscsi-bin       real iSCSI initiators for the gateway's tests: iscsi-ls, iscsi-inq,
+#                      iscsi-readcapacity16 and the conformance suite iscsi-test-cu
 #
 # It also provides RocksDB as a prebuilt static library (cairn_ensure_rocksdb): the bundled
 # C++ build costs 12-25 minutes on 2 cores, and cargo redoes it whenever the build-dependency
@@ -22,6 +24,7 @@ cairn_ensure_prerequisites() {
   command -v mount >/dev/null || missing+=(mount)
   command -v python3 >/dev/null || missing+=(python3)
   command -v g++ >/dev/null || missing+=(g++)
+  command -v iscsi-test-cu >/dev/null || missing+=(libiscsi-bin)
   ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
   [ "${#missing[@]}" -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -82,6 +82,10 @@ pub enum VolumeCommand {
     Show { name: String },
     /// Deletes a volume.
     Delete { name: String },
+    /// What an initiator needs to attach the volume over iSCSI: portal, target name (IQN),
+    /// LUN and CHAP user (the secret is the operator's: `cairn dev` keeps it in
+    /// DIR/iscsi-chap.secret).
+    AttachInfo { name: String },
     /// Grows a volume.
     Resize {
         name: String,
@@ -481,6 +485,13 @@ fn volume_table(v: &Value) -> Table {
     rows(v, &["name", "id", "pool", "size_bytes", "tier", "iops_max"])
 }
 
+fn attach_table(v: &Value) -> Table {
+    rows(
+        v,
+        &["volume", "protocol", "portal", "target", "lun", "chap_user"],
+    )
+}
+
 fn disk_table(v: &Value) -> Table {
     rows(
         v,
@@ -822,6 +833,12 @@ pub fn volume(connection: &Connection, command: VolumeCommand) -> ExitCode {
             &format!("/v1/volumes/{name}"),
             Method::Get,
             volume_table,
+        ),
+        VolumeCommand::AttachInfo { name } => run_with(
+            connection,
+            &format!("/v1/volumes/{name}/attach-info"),
+            Method::Get,
+            attach_table,
         ),
         VolumeCommand::Delete { name } => run_with(
             connection,

@@ -55,6 +55,8 @@ pub struct Target {
     pub pg_count: u32,
     /// The volume's size.
     pub size_bytes: u64,
+    /// The volume's IOPS limit (its tier), enforced by the block gateway.
+    pub iops_max: u32,
 }
 
 /// Volumes looked up recently, by name, so a data request does not cost a metadata lookup
@@ -367,6 +369,7 @@ mod tests {
             pool: PoolId(1),
             pg_count: 8,
             size_bytes,
+            iops_max: 800,
         }
     }
 

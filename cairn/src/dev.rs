@@ -49,8 +49,12 @@ use serde_json::json;
 
 use crate::{
     data::{self, DataError, Target, TargetCache},
-    storage,
+    iscsi, storage,
 };
+use cairn_gateway_iscsi::login::ChapSecret;
+
+/// The CHAP user every iSCSI target asks for (the secret is in `DIR/iscsi-chap.secret`).
+const ISCSI_CHAP_USER: &str = "cairn";
 
 /// The storage node's id, which is also its host number in the cluster map.
 const NODE: NodeId = NodeId(1);
@@ -76,6 +80,9 @@ pub struct DevArgs {
     /// PGs of the `default` pool (used on the first start only).
     #[arg(long, default_value_t = 32)]
     pg_count: u32,
+    /// Address of the iSCSI portal (port 0: any free port, written to endpoints.env).
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    iscsi_listen: SocketAddr,
 }
 
 pub fn run(args: DevArgs) -> ExitCode {
@@ -98,11 +105,17 @@ pub fn run(args: DevArgs) -> ExitCode {
 
 /// Reads the admin token, creating a random one on the first start.
 fn token(dir: &Path) -> Result<String, String> {
-    let path = dir.join("admin.token");
+    secret(dir, "admin.token", 24)
+}
+
+/// Reads the secret kept in `DIR/name`, creating a random one of `bytes` bytes (in hex) on the
+/// first start.
+fn secret(dir: &Path, name: &str, bytes: usize) -> Result<String, String> {
+    let path = dir.join(name);
     if let Ok(token) = fs::read_to_string(&path) {
         return Ok(token.trim().to_string());
     }
-    let mut random = [0u8; 24];
+    let mut random = vec![0u8; bytes];
     fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut random))
         .map_err(|e| format!("read /dev/urandom: {e}"))?;
@@ -139,6 +152,18 @@ async fn serve(args: DevArgs) -> Result<(), String> {
     let dir = args.data.clone();
     fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     let token = token(&dir)?;
+    // CHAP secrets must be 12 to 16 bytes for some initiators (Windows); 16 hex characters.
+    let chap_secret = secret(&dir, "iscsi-chap.secret", 8)?;
+    let chap = iscsi::Chap {
+        user: ISCSI_CHAP_USER.into(),
+        secret: ChapSecret::new(chap_secret.clone()),
+    };
+    let iscsi_listener = tokio::net::TcpListener::bind(args.iscsi_listen)
+        .await
+        .map_err(|e| format!("iSCSI portal {}: {e}", args.iscsi_listen))?;
+    let portal = iscsi_listener
+        .local_addr()
+        .map_err(|e| format!("iSCSI portal: {e}"))?;
     let disks = open_disks(&dir).await?;
     let ca = ClusterCa::generate().map_err(|e| e.to_string())?;
     let identity = ca.issue(NODE).map_err(|e| e.to_string())?;
@@ -163,7 +188,14 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         disks,
         pg_count: args.pg_count,
         storage: storage.clone(),
-        endpoints: format!("ADMIN_URL=http://{}\nADMIN_TOKEN={token}\n", args.listen),
+        endpoints: format!(
+            "ADMIN_URL=http://{}\nADMIN_TOKEN={token}\nISCSI_PORTAL={portal}\n\
+             ISCSI_TARGET={}\nISCSI_CHAP_USER={}\nISCSI_CHAP_SECRET={}\n",
+            args.listen,
+            iscsi::IQN_PREFIX,
+            chap.user,
+            chap_secret,
+        ),
     };
     let extra = move |meta: DriverHandle| {
         let backend = DevBackend {
@@ -171,6 +203,17 @@ async fn serve(args: DevArgs) -> Result<(), String> {
             storage,
             targets: Arc::default(),
         };
+        let gateway = backend.clone();
+        let listing = meta.clone();
+        let meta_for_attach = meta.clone();
+        tokio::spawn(async move {
+            let list = move || volumes(listing.clone());
+            if let Err(e) = iscsi::serve(iscsi_listener, gateway, Some(chap), list).await {
+                tracing::error!("{e}");
+                eprintln!("cairn dev: {e}");
+                std::process::exit(1);
+            }
+        });
         tokio::spawn(async move {
             if let Err(e) = setup.run(meta).await {
                 tracing::error!("cairn dev setup failed: {e}");
@@ -178,9 +221,16 @@ async fn serve(args: DevArgs) -> Result<(), String> {
                 std::process::exit(1);
             }
         });
+        let attach = AttachInfo {
+            portal: portal.to_string(),
+            chap_user: ISCSI_CHAP_USER,
+            meta: meta_for_attach,
+        };
         Router::new()
             .route("/metrics", get(metrics))
             .with_state(backend.clone())
+            .route("/v1/volumes/{name}/attach-info", get(attach_info))
+            .with_state(attach)
             .merge(data::routes(backend))
     };
     cairn_metadata::server::serve_with(config, extra)
@@ -278,6 +328,57 @@ async fn heartbeats(meta: DriverHandle, pgs: PgHandle, disks: Vec<Arc<ChunkStore
     }
 }
 
+/// What `GET /v1/volumes/NAME/attach-info` answers from.
+#[derive(Clone)]
+struct AttachInfo {
+    portal: String,
+    chap_user: &'static str,
+    meta: DriverHandle,
+}
+
+/// `GET /v1/volumes/NAME/attach-info`: the portal, target name, LUN and CHAP user an
+/// initiator (or the Cinder driver) needs to attach the volume.
+async fn attach_info(
+    State(attach): State<AttachInfo>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let volumes = match volumes(attach.meta.clone()).await {
+        Ok(volumes) => volumes,
+        Err(e) => return DataError::Unavailable(e).into_response(),
+    };
+    let Some((volume, owner)) = volumes.into_iter().find(|(volume, _)| *volume == name) else {
+        return DataError::NotFound(format!("volume {name:?} not found")).into_response();
+    };
+    axum::Json(json!({
+        "volume": volume,
+        "protocol": "iscsi",
+        "portal": attach.portal,
+        "target": iscsi::target_name(&volume, owner),
+        "lun": 0,
+        "chap_user": attach.chap_user,
+    }))
+    .into_response()
+}
+
+/// Every volume's name and owner id, for the iSCSI gateway's targets.
+async fn volumes(meta: DriverHandle) -> Result<Vec<(String, OwnerId)>, String> {
+    let value = meta
+        .read(Box::new(|state| {
+            let volumes: Vec<(String, u64)> = state
+                .volumes()
+                .map(|(name, volume)| (name.clone(), volume.id.0))
+                .collect();
+            Ok(json!(volumes))
+        }))
+        .await
+        .map_err(|e| format!("list volumes: {e:?}"))?;
+    let volumes: Vec<(String, u64)> = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    Ok(volumes
+        .into_iter()
+        .map(|(name, owner)| (name, OwnerId(owner)))
+        .collect())
+}
+
 async fn read_pool(meta: &DriverHandle) -> Result<storage::PoolMap, String> {
     let value = meta
         .read(Box::new(|state| {
@@ -362,6 +463,7 @@ impl DevBackend {
                     "pool": pool.id.0,
                     "pg_count": pool.policy.pg_count,
                     "size_bytes": volume.size_bytes,
+                    "iops_max": volume.tier.iops_max(),
                 }))
             }))
             .await
@@ -378,6 +480,7 @@ impl DevBackend {
             pool: PoolId(field("pool") as u32),
             pg_count: field("pg_count") as u32,
             size_bytes: field("size_bytes"),
+            iops_max: field("iops_max") as u32,
         })
     }
 }

@@ -8,6 +8,7 @@ mod ca;
 mod data;
 mod dev;
 mod disk;
+mod iscsi;
 mod meta;
 mod node;
 mod storage;

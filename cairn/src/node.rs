@@ -565,6 +565,7 @@ impl NodeBackend {
             pool: PoolId(pool["id"].as_u64().unwrap_or_default() as u32),
             pg_count: pool["pg_count"].as_u64().unwrap_or_default() as u32,
             size_bytes: volume["size_bytes"].as_u64().unwrap_or_default(),
+            iops_max: volume["iops_max"].as_u64().unwrap_or(800) as u32,
         })
     }
 }

@@ -389,12 +389,12 @@ impl Drop for Dev {
 
 /// Starts `cairn dev` on `dir` and waits for its `endpoints.env`; returns the process and the
 /// environment a user would source from that file.
-fn start_dev(dir: &Path, listen: &str) -> (Dev, Vec<(String, String)>) {
+fn start_dev(dir: &Path, listen: &str, iscsi: &str) -> (Dev, Vec<(String, String)>) {
     let endpoints = dir.join("endpoints.env");
     let _ = std::fs::remove_file(&endpoints);
     let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["dev", "--data", &dir.to_string_lossy(), "--listen", listen])
-        .args(["--pg-count", "8"])
+        .args(["--pg-count", "8", "--iscsi-listen", iscsi])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -451,7 +451,8 @@ fn cairn_dev_stores_volume_bytes_across_a_kill() {
         .tempdir_in("/var/tmp")
         .expect("tempdir");
     let listen = format!("127.0.0.1:{}", free_port());
-    let (dev, env) = start_dev(dir.path(), &listen);
+    let iscsi = format!("127.0.0.1:{}", free_port());
+    let (dev, env) = start_dev(dir.path(), &listen, &iscsi);
     let run = |args: &[&str]| {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         cairn_with_env(args, &env)
@@ -563,7 +564,7 @@ fn cairn_dev_stores_volume_bytes_across_a_kill() {
     assert!(http_get(&listen, "/metrics", "wrong-token").starts_with("HTTP/1.1 401"));
 
     drop(dev);
-    let (_dev, env2) = start_dev(dir.path(), &listen);
+    let (_dev, env2) = start_dev(dir.path(), &listen, &iscsi);
     assert_eq!(env2, env, "the same endpoints and token after a restart");
     assert!(
         read_back(&run) == data,

@@ -239,6 +239,8 @@ impl Dev {
             .args(["dev", "--data"])
             .arg(&self.dir)
             .args(["--listen", &self.listen, "--pg-count", "8"])
+            // Any free port: the scenario drives the HTTP data routes only.
+            .args(["--iscsi-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -198,6 +198,12 @@ fn install_panic_hook() {
 /// Whether libiscsi's tool `name` is installed; prints why a test is skipped if not.
 pub fn have_tool(name: &str) -> bool {
     let found = Command::new(name).arg("--help").output().is_ok();
+    // CI installs libiscsi-bin (scripts/prerequisites.sh): there a missing tool is a failure,
+    // never a silent pass.
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "{name} is not installed (Debian package libiscsi-bin)"
+    );
     if !found {
         println!("skipped: {name} is not installed (Debian package libiscsi-bin)");
     }

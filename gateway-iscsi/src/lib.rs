@@ -13,10 +13,12 @@
 //! feature phase (CmdSN window, R2T and Data-Out collection, Data-In, task management,
 //! NOP-In pings, logout) at ErrorRecoveryLevel 0, over devices a [`server::Volumes`]
 //! provides ([`server::MemVolumes`] in memory).
+//! [`initiator`] is a blocking initiator over `std::net::TcpStream`, for tests and tools.
 //!
 //! Not here yet: the volume backend over the client library, and `cairn gateway iscsi` /
 //! `cairn dev`.
 
+pub mod initiator;
 pub mod login;
 pub mod pdu;
 pub mod scsi;

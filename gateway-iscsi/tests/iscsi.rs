@@ -8,6 +8,8 @@ mod harness;
 #[path = "iscsi/initiator.rs"]
 mod initiator;
 
+#[path = "iscsi/client.rs"]
+mod client;
 #[path = "iscsi/conformance.rs"]
 mod conformance;
 #[path = "iscsi/gated.rs"]

@@ -1006,7 +1006,9 @@ fn cairn_dev_serves_volumes_over_iscsi() {
     );
 
     // Bytes through our initiator, checked through the HTTP data route, then after a kill.
-    let data: Vec<u8> = (0..(1 << 20) + 3 * 512).map(|i: u32| (i % 253) as u8).collect();
+    let data: Vec<u8> = (0..(1 << 20) + 3 * 512)
+        .map(|i: u32| (i % 253) as u8)
+        .collect();
     let lba = 77;
     let address: std::net::SocketAddr = portal.parse().expect("portal");
     let login = || {

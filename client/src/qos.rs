@@ -98,7 +98,11 @@ mod tests {
             start,
         );
         for _ in 0..800 {
-            assert_eq!(qos.admit(4096, start), Duration::ZERO, "one second of burst");
+            assert_eq!(
+                qos.admit(4096, start),
+                Duration::ZERO,
+                "one second of burst"
+            );
         }
         let wait = qos.admit(4096, start);
         assert!(

@@ -54,7 +54,7 @@ use crate::{
 use cairn_gateway_iscsi::login::ChapSecret;
 
 /// The CHAP user every iSCSI target asks for (the secret is in `DIR/iscsi-chap.secret`).
-const ISCSI_CHAP_USER: &str = "cairn";
+const ISCSI_CHAP_USER: &str = iscsi::CHAP_USER;
 
 /// The storage node's id, which is also its host number in the cluster map.
 const NODE: NodeId = NodeId(1);

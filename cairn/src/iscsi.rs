@@ -33,6 +33,9 @@ use crate::data::{self, Backend, DataError, Target};
 /// naming authority owned its domain, the reversed domain, then our own part).
 pub const IQN_PREFIX: &str = "iqn.2026-12.io.cairn:";
 
+/// The CHAP user every target asks for (`cairn dev` and `cairn node run --iscsi-listen`).
+pub const CHAP_USER: &str = "cairn";
+
 /// How often the gateway looks for volumes created or deleted.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 

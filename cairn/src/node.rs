@@ -84,6 +84,14 @@ pub struct NodeArgs {
     /// The node's budget for copying chunks into joining replicas (recovery, rebalance), MB/s.
     #[arg(long, default_value_t = cairn_storage_node::pg::restore::RESTORE_MB_PER_S_DEFAULT)]
     restore_mb_per_s: u64,
+    /// Serve every volume over iSCSI on this address too (through this node, like the data
+    /// API); needs `--iscsi-chap-file`.
+    #[arg(long, requires = "iscsi_chap_file")]
+    iscsi_listen: Option<std::net::SocketAddr>,
+    /// File holding the CHAP secret initiators log in with (user `cairn`; 12-16 characters
+    /// suit every initiator).
+    #[arg(long)]
+    iscsi_chap_file: Option<PathBuf>,
 }
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
@@ -111,6 +119,21 @@ async fn call(connection: &Connection, path: String, method: Method) -> Result<V
     tokio::task::spawn_blocking(move || api_call(&connection, &path, method))
         .await
         .map_err(|e| format!("admin call: {e}"))?
+}
+
+/// Every volume's name and owner id (the admin API lists ids in hex), for the iSCSI targets.
+async fn volumes(connection: Connection) -> Result<Vec<(String, OwnerId)>, String> {
+    let listed = call(&connection, "/v1/volumes".into(), Method::Get).await?;
+    let mut volumes = Vec::new();
+    for volume in listed.as_array().into_iter().flatten() {
+        let name = volume["name"].as_str().ok_or("a volume without a name")?;
+        let owner = volume["id"]
+            .as_str()
+            .and_then(|id| u64::from_str_radix(id, 16).ok())
+            .ok_or_else(|| format!("volume {name} without an id"))?;
+        volumes.push((name.to_string(), OwnerId(owner)));
+    }
+    Ok(volumes)
 }
 
 /// The pool maps a node knows, by pool name.
@@ -235,6 +258,31 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         replicas,
         targets: Arc::default(),
     };
+    if let (Some(listen), Some(chap_file)) = (args.iscsi_listen, &args.iscsi_chap_file) {
+        let secret = std::fs::read_to_string(chap_file)
+            .map_err(|e| format!("read {}: {e}", chap_file.display()))?
+            .trim()
+            .to_string();
+        if !(12..=255).contains(&secret.len()) {
+            return Err("the iSCSI CHAP secret must be 12 to 255 characters".into());
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("iSCSI portal {listen}: {e}"))?;
+        let chap = crate::iscsi::Chap {
+            user: crate::iscsi::CHAP_USER.into(),
+            secret: cairn_gateway_iscsi::login::ChapSecret::new(secret),
+        };
+        let (gateway, listing) = (backend.clone(), connection.clone());
+        tokio::spawn(async move {
+            let list = move || volumes(listing.clone());
+            if let Err(e) = crate::iscsi::serve(listener, gateway, Some(chap), list).await {
+                tracing::error!("{e}");
+                eprintln!("cairn node: {e}");
+                std::process::exit(1);
+            }
+        });
+    }
     let data_listen = args.data_listen;
     let served_disks = disks.clone();
     tokio::spawn(async move {

@@ -584,6 +584,17 @@ impl Drop for Killed {
 
 /// `cairn node run` for node `id` with one disk under `dir`, on fixed ports.
 fn start_node(dir: &Path, id: u64, ports: (u16, u16), env: &[(&str, &str)]) -> Killed {
+    start_node_with(dir, id, ports, env, &[])
+}
+
+/// [`start_node`] with more arguments.
+fn start_node_with(
+    dir: &Path,
+    id: u64,
+    ports: (u16, u16),
+    env: &[(&str, &str)],
+    more: &[&str],
+) -> Killed {
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let node_dir = dir.join(format!("n{id}"));
     let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
@@ -593,6 +604,7 @@ fn start_node(dir: &Path, id: u64, ports: (u16, u16), env: &[(&str, &str)]) -> K
         .args(["--raft-listen", &format!("127.0.0.1:{}", ports.0)])
         .args(["--data-listen", &format!("127.0.0.1:{}", ports.1)])
         .args(["--certs", &path("certs"), "--token-file", &path("token")])
+        .args(more)
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(test_log(&format!("n{id}")))
@@ -682,9 +694,13 @@ fn start_three_nodes_with_a_volume(
     dir: &Path,
     ports: &[(u16, u16)],
     env: &[(&str, &str)],
+    first_node_args: &[&str],
 ) -> Vec<Killed> {
     let nodes: Vec<Killed> = (0..3)
-        .map(|i| start_node(dir, 2 + i as u64, ports[i], env))
+        .map(|i| {
+            let more = if i == 0 { first_node_args } else { &[] };
+            start_node_with(dir, 2 + i as u64, ports[i], env, more)
+        })
         .collect();
     wait_health(env, "three disks reporting", |h| {
         h["disks_in_reporting"] == 3
@@ -731,7 +747,14 @@ fn storage_nodes_replicate_pgs_across_processes() {
         ("CAIRN_ADMIN_TOKEN", TOKEN),
     ];
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let mut nodes = start_three_nodes_with_a_volume(dir.path(), &ports, &env);
+    // Node 2 also serves the volumes over iSCSI.
+    let portal = format!("127.0.0.1:{}", free_port());
+    let chap_file = dir.path().join("chap");
+    let secret = "chap-secret-123";
+    std::fs::write(&chap_file, secret).expect("chap file");
+    let chap_path = chap_file.to_string_lossy().into_owned();
+    let iscsi_args = ["--iscsi-listen", &portal, "--iscsi-chap-file", &chap_path];
+    let mut nodes = start_three_nodes_with_a_volume(dir.path(), &ports, &env, &iscsi_args);
     // Volume bytes through any node's data API: pieces go to the nodes leading their PGs.
     let run_via = |i: usize, args: &[&str]| via_node(ports[i].1, args);
     let bytes: Vec<u8> = (0..(9 << 20) + 5).map(|i: u32| (i % 253) as u8).collect();
@@ -775,15 +798,91 @@ fn storage_nodes_replicate_pgs_across_processes() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
+    // iSCSI through node 2: the volume's target, CHAP, a write that every node then serves.
+    let target = "iqn.2026-12.io.cairn:v";
+    let iscsi_data: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i % 241) as u8).collect();
+    let iscsi_lba = 50_000u64;
+    let iscsi_write = |data: &[u8]| {
+        // The gateway lists new volumes within a second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            match iscsi_session(&portal, target, secret).and_then(|mut initiator| {
+                initiator
+                    .write(iscsi_lba, data)
+                    .map_err(|e| e.to_string())?;
+                initiator
+                    .read(iscsi_lba, (data.len() / 512) as u32)
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(read) => return read,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("iSCSI not yet: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+                Err(e) => panic!("iSCSI through node 2: {e}"),
+            }
+        }
+    };
+    assert!(
+        iscsi_write(&iscsi_data) == iscsi_data,
+        "read back over iSCSI"
+    );
+    let iscsi_back = |i: usize| {
+        let out_path = output.to_string_lossy();
+        let offset = (iscsi_lba * 512).to_string();
+        let length = iscsi_data.len().to_string();
+        let (code, out, err) = run_via(
+            i,
+            &["volume", "read", "v", &offset, &length, "--out", &out_path],
+        );
+        assert_eq!(code, 0, "read via node {}: {out}{err}", i + 2);
+        std::fs::read(&output).expect("output")
+    };
+    assert!(
+        iscsi_back(2) == iscsi_data,
+        "written over iSCSI, read through node 4"
+    );
+
     drop(nodes.remove(1)); // SIGKILL node 3
     wait_health(&env, "degraded", |h| {
         h["pgs_degraded"] == 8 && h["disks_in_silent"] == 1
     });
     assert!(read_back(0), "read with a node down");
     write_via(2);
+    let second: Vec<u8> = iscsi_data.iter().map(|b| b ^ 0x5a).collect();
+    assert!(
+        iscsi_write(&second) == second,
+        "iSCSI writes go on with a storage node SIGKILLed"
+    );
     nodes.insert(1, start_node(dir.path(), 3, ports[1], &env));
     wait_health(&env, "healthy again", |h| h["pgs_healthy"] == 8);
     assert!(read_back(1), "read through the restarted node");
+    assert!(
+        iscsi_back(1) == second,
+        "the iSCSI write acknowledged during the outage, read through the restarted node"
+    );
+}
+
+/// A logged-in iSCSI session on `target` at `portal` with CHAP user `cairn`.
+fn iscsi_session(
+    portal: &str,
+    target: &str,
+    secret: &str,
+) -> Result<cairn_gateway_iscsi::initiator::Initiator, String> {
+    let address: std::net::SocketAddr = portal.parse().map_err(|e| format!("{e}"))?;
+    let mut initiator = cairn_gateway_iscsi::initiator::Initiator::connect(
+        address,
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| e.to_string())?;
+    initiator
+        .login(
+            "iqn.2026-12.io.cairn:node-test",
+            target,
+            Some(("cairn", secret.as_bytes())),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(initiator)
 }
 
 /// Goal: the scheduler moves PG members: a node added to a running cluster receives its share
@@ -803,7 +902,7 @@ fn storage_nodes_rebalance_drain_and_recover() {
         ("CAIRN_ADMIN_TOKEN", TOKEN),
     ];
     let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
-    let mut nodes = start_three_nodes_with_a_volume(dir.path(), &ports, &env);
+    let mut nodes = start_three_nodes_with_a_volume(dir.path(), &ports, &env, &[]);
     let via = |i: usize, args: &[&str]| via_node(ports[i].1, args);
     let bytes: Vec<u8> = (0..(6 << 20) + 77).map(|i: u32| (i % 251) as u8).collect();
     let input = dir.path().join("in.bin");

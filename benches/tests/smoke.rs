@@ -133,3 +133,79 @@ fn block_script_measures_cairn_without_ceph() {
         }
     }
 }
+
+/// Smoke test of `benches/iscsi.sh` with its tgt peer left out: against a `cairn dev` (the
+/// debug binary `cargo test --workspace` builds beside this crate's), a tiny run (one round,
+/// one second per workload, 16 MiB, one workload of each kind) must print one line per
+/// workload with a positive Cairn rate and latency and `n/a` for tgt. Proves the script,
+/// cairn-bench-iscsi (login with CHAP, prefill, reads checked against their stamps) and
+/// `cairn dev`'s iSCSI gateway work together; says nothing about speed.
+#[test]
+fn iscsi_script_measures_cairn_without_tgt() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_cairn-bench-iscsi"));
+    let cairn = bench.with_file_name("cairn");
+    if !cairn.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs `cargo test --workspace`, which builds {}",
+            cairn.display()
+        );
+        eprintln!(
+            "skipping: no {} (build it: cargo build -p cairn)",
+            cairn.display()
+        );
+        return;
+    }
+    // A free port for cairn dev's admin and data routes, released just before it binds them.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/iscsi.sh");
+    let workloads = [
+        "4k-randwrite-qd1",
+        "4k-randread-qd32",
+        "1m-seqwrite-qd8",
+        "1m-seqread-qd8",
+    ];
+    let output = Command::new("bash")
+        .arg(script)
+        .arg(dir.path())
+        .arg("1")
+        .arg("1")
+        .env("CAIRN_BENCH_ISCSI", bench)
+        .env("CAIRN_BENCH_CAIRN", &cairn)
+        .env("CAIRN_BENCH_TGT", "0")
+        .env("CAIRN_BENCH_RAMP", "0")
+        .env("CAIRN_BENCH_SPAN_MIB", "16")
+        .env("CAIRN_BENCH_WORKLOADS", workloads.join(" "))
+        .env("CAIRN_BENCH_PORT", port.to_string())
+        .output()
+        .expect("run iscsi.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "iscsi.sh failed:\n{stdout}\n{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), workloads.len(), "{stdout}\n{stderr}");
+    for (line, workload) in lines.iter().zip(workloads) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 6, "{line}");
+        assert_eq!(fields[0], workload);
+        let keys = ["cairn", "tgt", "ratio", "cairn_p99_us", "tgt_p99_us"];
+        for (field, key) in fields[1..].iter().zip(keys) {
+            let value = field
+                .strip_prefix(&format!("{key}="))
+                .unwrap_or_else(|| panic!("{line}"));
+            if key.starts_with("cairn") {
+                let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+                assert!(value > 0.0, "{line}");
+            } else {
+                assert_eq!(value, "n/a", "{line}");
+            }
+        }
+    }
+}

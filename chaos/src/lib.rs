@@ -49,7 +49,9 @@ pub fn free_port() -> Result<u16, String> {
     // all its ports before starting the processes that bind them, and two picks of the same
     // free port (about one scenario in 400) made a node fail with "address in use".
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for attempt in 0..COUNT {
         let port = FIRST + (seed.wrapping_add(attempt.wrapping_mul(7_919)) % COUNT);
         let port = u16::try_from(port).expect("invariant: below 32768");

@@ -5,8 +5,8 @@
 //! - [`chunk`]: fixed-size chunks in preallocated files with a CRC-32C per 4 KiB block, verified
 //!   on every read, with documented flush semantics and crash ordering.
 //! - [`label`]: the disk label whose UUID identifies a disk wherever it is mounted.
-//! - [`pg`]: placement-group replicas as Raft groups applying committed writes to the chunk
-//!   store of their disk; linearizable reads.
+//! - [`pg`]: placement-group replicas as Raft groups applying committed writes and discards
+//!   to the chunk store of their disk; linearizable reads.
 //!
 //! Later issues add the read cache, disk health scoring and the `cairn node` server here. This crate must not depend on the
 //! metadata service or any gateway.

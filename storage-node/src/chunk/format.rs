@@ -158,6 +158,19 @@ impl MetaImage {
         self.crcs[index as usize] = crc;
     }
 
+    /// Marks block `index` unwritten (it reads as zeros) and clears its checksum.
+    pub fn clear_written(&mut self, index: u32) {
+        self.written[index as usize / 8] &= !(1 << (index % 8));
+        self.crcs[index as usize] = 0;
+    }
+
+    /// True if any block holds data. Bits past the last block (a decoded image may carry
+    /// stray ones) do not count.
+    pub fn any_written(&self) -> bool {
+        let block_count = u32::try_from(self.crcs.len()).expect("invariant: blocks fit u32");
+        (0..block_count).any(|index| self.is_written(index))
+    }
+
     /// Encodes the image into `out`, which must be exactly `geometry.meta_bytes()` long.
     pub fn encode(&self, geometry: &Geometry, out: &mut [u8]) {
         assert_eq!(out.len(), geometry.meta_bytes as usize);

@@ -32,6 +32,7 @@
 //! | `write`              | yes              | no: after the next `flush` returns     |
 //! | `create`             | yes              | no: after the next `flush` returns     |
 //! | `delete`             | yes              | no: after the next `flush` returns     |
+//! | `discard`            | yes              | no: after the next `flush` returns     |
 //! | `flush`              | -                | every call that returned before it began |
 //!
 //! This is a disk with a volatile write cache and a FLUSH command, which is what the layer above
@@ -53,7 +54,12 @@
 //!
 //! A deleted chunk's slot is reused only after the flush that made its deletion durable, so a
 //! crash can never pair an old chunk's durable image with a new chunk's data.
+//!
+//! A discard clears the blocks it covers whole in the meta image (no data IO), zeroes the
+//! blocks it covers in part by read-modify-write, and deletes a chunk left with no written
+//! block (see `discard.rs` for its crash ordering and replay).
 
+mod discard;
 mod files;
 mod flush;
 mod format;
@@ -133,6 +139,8 @@ pub struct Stats {
     pub corrupt_blocks: AtomicU64,
     /// Completed flushes.
     pub flushes: AtomicU64,
+    /// Completed discards of chunks that existed.
+    pub discards: AtomicU64,
 }
 
 /// Where a chunk slot is: a pool file and the slot's byte offset in it.
@@ -404,17 +412,7 @@ impl ChunkStore {
         // Wait for the IO already admitted on the chunk to finish.
         let last = self.geometry.block_count() - 1;
         let _all = chunk.locks.lock(0, last, Mode::Exclusive).await;
-        let newly_dirty = {
-            let mut meta = chunk.meta();
-            meta.deleted = true;
-            meta.image.state = SlotState::Free;
-            !std::mem::replace(&mut meta.dirty, true)
-        };
-        let mut state = self.state();
-        if newly_dirty {
-            state.dirty.push(chunk.clone());
-        }
-        state.freeing.push(chunk.clone());
+        discard::retire(&mut self.state(), &chunk);
         Ok(())
     }
 

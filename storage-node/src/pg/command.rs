@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! version      u8    1
-//! kind         u8    1 write, 2 compact
+//! kind         u8    1 write, 2 compact, 3 discard
 //! incarnation  u64   the proposing host's incarnation (answers go only to it)
 //! request      u64   the proposer's request number
 //! write:
@@ -14,12 +14,21 @@
 //!   data
 //! compact:
 //!   index      u64   every replica compacts its log up to here
+//! discard:
+//!   chunk      16    ChunkId::to_bytes
+//!   offset     u32   byte offset inside the chunk
+//!   length     u32   bytes that read as zeros afterwards (no data follows)
 //! ```
 //!
 //! All integers little endian. The log record around an entry carries its checksum; this
 //! format only has to refuse what it does not understand, never guess.
+//!
+//! Kind 3 (discard) came after the first release of version 1. It is a new kind, not a new
+//! version, because every entry written before it still decodes the same; but a build that
+//! predates it skips a discard as undecodable, so every replica of a PG must run a build that
+//! knows it before discards are proposed.
 
-use cairn_common::ChunkId;
+use cairn_common::{CHUNK_SIZE_MAX, ChunkId};
 
 /// The version this build writes and reads.
 pub const COMMAND_VERSION: u8 = 1;
@@ -30,8 +39,14 @@ pub const WRITE_BYTES_MAX: usize = 1 << 20;
 
 const KIND_WRITE: u8 = 1;
 const KIND_COMPACT: u8 = 2;
+const KIND_DISCARD: u8 = 3;
 const HEADER_BYTES: usize = 1 + 1 + 8 + 8;
 const WRITE_HEADER_BYTES: usize = ChunkId::ENCODED_SIZE + 4 + 4;
+const DISCARD_BYTES: usize = ChunkId::ENCODED_SIZE + 4 + 4;
+
+/// The largest discard one log entry carries: a whole chunk of the largest size. It carries
+/// no data, so a discard is bounded by the chunk, not by [`WRITE_BYTES_MAX`].
+pub const DISCARD_BYTES_MAX: u32 = CHUNK_SIZE_MAX;
 
 /// What a PG's replicas do to their chunk stores.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +59,16 @@ pub enum PgCommand {
         offset: u32,
         /// The bytes, at most [`WRITE_BYTES_MAX`].
         data: Vec<u8>,
+    },
+    /// Make `length` bytes at `offset` of `chunk` read as zeros, deallocating what they held
+    /// (SCSI UNMAP); a chunk left empty is deleted, one that does not exist stays so.
+    Discard {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Byte offset inside the chunk.
+        offset: u32,
+        /// Bytes, at most [`DISCARD_BYTES_MAX`] (and the chunk size, checked at proposal).
+        length: u32,
     },
     /// Make the chunk store durable and compact the log up to `index`, chosen by the leader
     /// as an index every member holds, so that all replicas drop the same prefix and none
@@ -85,6 +110,9 @@ pub enum CommandError {
         /// The bytes after the header.
         present: usize,
     },
+    /// A discard longer than [`DISCARD_BYTES_MAX`].
+    #[error("discard of {0} bytes, more than {DISCARD_BYTES_MAX}")]
+    DiscardLength(u32),
 }
 
 impl Proposal {
@@ -95,6 +123,7 @@ impl Proposal {
         out.push(match self.command {
             PgCommand::Write { .. } => KIND_WRITE,
             PgCommand::Compact { .. } => KIND_COMPACT,
+            PgCommand::Discard { .. } => KIND_DISCARD,
         });
         out.extend_from_slice(&self.incarnation.to_le_bytes());
         out.extend_from_slice(&self.request.to_le_bytes());
@@ -116,6 +145,16 @@ impl Proposal {
                 out.extend_from_slice(data);
             }
             PgCommand::Compact { index } => out.extend_from_slice(&index.to_le_bytes()),
+            PgCommand::Discard {
+                chunk,
+                offset,
+                length,
+            } => {
+                assert!(*length <= DISCARD_BYTES_MAX, "discard of {length} bytes");
+                out.extend_from_slice(&chunk.to_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&length.to_le_bytes());
+            }
         }
         out
     }
@@ -164,6 +203,7 @@ impl Proposal {
                     index: u64::from_le_bytes(index),
                 }
             }
+            KIND_DISCARD => decode_discard(body, bytes.len())?,
             other => return Err(CommandError::Kind(other)),
         };
         Ok(Proposal {
@@ -172,6 +212,28 @@ impl Proposal {
             command,
         })
     }
+}
+
+/// Decodes the body of a discard, which must be exactly the size of one (`total` is the
+/// command's size, for the error).
+fn decode_discard(body: &[u8], total: usize) -> Result<PgCommand, CommandError> {
+    if body.len() != DISCARD_BYTES {
+        return Err(CommandError::Truncated(total));
+    }
+    let id: [u8; ChunkId::ENCODED_SIZE] = body[..ChunkId::ENCODED_SIZE]
+        .try_into()
+        .expect("invariant: sliced to size");
+    let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4"));
+    let offset = u32_at(ChunkId::ENCODED_SIZE);
+    let length = u32_at(ChunkId::ENCODED_SIZE + 4);
+    if length > DISCARD_BYTES_MAX {
+        return Err(CommandError::DiscardLength(length));
+    }
+    Ok(PgCommand::Discard {
+        chunk: ChunkId::from_bytes(id),
+        offset,
+        length,
+    })
 }
 
 #[cfg(test)]
@@ -193,6 +255,22 @@ mod tests {
                 },
                 offset: 4096,
                 data,
+            },
+        }
+    }
+
+    fn discard(offset: u32, length: u32) -> Proposal {
+        Proposal {
+            incarnation: 7,
+            request: 9,
+            command: PgCommand::Discard {
+                chunk: ChunkId {
+                    pool: PoolId(1),
+                    owner: OwnerId(2),
+                    index: 3,
+                },
+                offset,
+                length,
             },
         }
     }
@@ -226,6 +304,61 @@ mod tests {
         assert!(Proposal::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
+    /// Goal: entries logged before discards existed decode as they did. Method: a compaction
+    /// spelled out byte by byte (the write's golden bytes are above).
+    #[test]
+    fn a_compaction_logged_before_discards_still_decodes() {
+        let mut golden = vec![1u8, 2];
+        golden.extend_from_slice(&1u64.to_le_bytes());
+        golden.extend_from_slice(&0u64.to_le_bytes());
+        golden.extend_from_slice(&[77, 0, 0, 0, 0, 0, 0, 0]);
+        let expected = Proposal {
+            incarnation: 1,
+            request: 0,
+            command: PgCommand::Compact { index: 77 },
+        };
+        assert_eq!(Proposal::decode(&golden), Ok(expected));
+    }
+
+    /// Golden bytes of a discard: kind 3, then the chunk, offset and length, and no data.
+    #[test]
+    fn discard_encodes_to_the_documented_layout() {
+        let proposal = discard(8192, 4 << 20);
+        let bytes = proposal.encode();
+        let mut expected = vec![1u8, 3];
+        expected.extend_from_slice(&7u64.to_le_bytes());
+        expected.extend_from_slice(&9u64.to_le_bytes());
+        expected.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0]);
+        expected.extend_from_slice(&[0, 0x20, 0, 0]);
+        expected.extend_from_slice(&[0, 0, 0x40, 0]);
+        assert_eq!(bytes, expected);
+        assert_eq!(Proposal::decode(&bytes), Ok(proposal));
+    }
+
+    /// Goal: a discard of the wrong size or beyond the largest chunk is refused, not guessed
+    /// at. Method: cut and extend a valid one; set its length past the limit.
+    #[test]
+    fn discards_of_the_wrong_size_or_length_are_refused() {
+        let bytes = discard(0, DISCARD_BYTES_MAX).encode();
+        assert_eq!(bytes.len(), 18 + 24);
+        assert!(Proposal::decode(&bytes).is_ok());
+        let short = &bytes[..bytes.len() - 1];
+        assert_eq!(
+            Proposal::decode(short),
+            Err(CommandError::Truncated(short.len()))
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Proposal::decode(&longer).is_err());
+        let mut too_long = bytes.clone();
+        let at = too_long.len() - 4;
+        too_long[at..].copy_from_slice(&(DISCARD_BYTES_MAX + 1).to_le_bytes());
+        assert_eq!(
+            Proposal::decode(&too_long),
+            Err(CommandError::DiscardLength(DISCARD_BYTES_MAX + 1))
+        );
+    }
+
     #[test]
     fn other_versions_and_kinds_are_refused() {
         let mut bytes = write(vec![1; 10]).encode();
@@ -238,8 +371,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        fn round_trips(
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+            offset in any::<u32>(),
+            length in 0..=DISCARD_BYTES_MAX,
+        ) {
             let proposal = write(data);
+            prop_assert_eq!(Proposal::decode(&proposal.encode()), Ok(proposal));
+            let proposal = discard(offset, length);
             prop_assert_eq!(Proposal::decode(&proposal.encode()), Ok(proposal));
         }
 
@@ -253,6 +392,16 @@ mod tests {
             let mut longer = good.clone();
             longer.push(0);
             prop_assert!(Proposal::decode(&longer).is_err());
+            let good = discard(4096, 8192).encode();
+            prop_assert!(Proposal::decode(&good[..cut.min(good.len() - 1)]).is_err());
+            let mut longer = good.clone();
+            longer.push(0);
+            prop_assert!(Proposal::decode(&longer).is_err());
+            // Any bytes after a discard's header decode to a discard or an error.
+            let mut noisy = good.clone();
+            noisy.truncate(HEADER_BYTES);
+            noisy.extend(bytes.iter().take(DISCARD_BYTES));
+            let _ = Proposal::decode(&noisy);
         }
     }
 }

@@ -16,6 +16,16 @@
 //! without a flush and are replayed from the log after a crash (writes are idempotent, and
 //! replay keeps their order).
 //!
+//! # Discards
+//!
+//! [`PgHost::discard`] proposes a discard (SCSI UNMAP) the same way: committed, then applied
+//! to every replica's chunk store in log order with the writes, where the blocks it covers
+//! whole become unwritten without data IO, the blocks it covers in part are zeroed, and a
+//! chunk left with no written block is deleted ([`ChunkStore::discard`]). It carries no data,
+//! so one entry may cover a whole chunk. After a crash it is replayed like a write: a partial
+//! block whose checksum the replay finds stale is merged as stored
+//! ([`ChunkStore::discard_replaying`]).
+//!
 //! # Reads
 //!
 //! [`PgHost::read`] is linearizable: a ReadIndex round confirms the leader's commit index,
@@ -77,7 +87,7 @@ use cairn_raft::{
 };
 use tokio::sync::oneshot;
 
-pub use command::{PgCommand, Proposal, WRITE_BYTES_MAX};
+pub use command::{DISCARD_BYTES_MAX, PgCommand, Proposal, WRITE_BYTES_MAX};
 pub use restore::{ChunkSource, LocalSource, RestoreWanted};
 
 use crate::{ChunkStore, Error};
@@ -183,6 +193,8 @@ pub struct PgStats {
     pub unrepaired: AtomicU64,
     /// Writes applied to chunk stores (every replica counts its own).
     pub writes_applied: AtomicU64,
+    /// Discards applied to chunk stores (every replica counts its own).
+    pub discards_applied: AtomicU64,
     /// Reads served.
     pub reads_served: AtomicU64,
     /// Bytes the background scrub read and verified.
@@ -328,6 +340,7 @@ struct Taken {
     tick: u64,
 }
 
+/// A write or a discard waiting to be applied here.
 struct PendingWrite {
     taken: Taken,
     reply: Reply<()>,
@@ -398,37 +411,77 @@ pub struct RestoreJob {
     pub progress: Arc<AtomicU64>,
 }
 
-/// A committed write, decoded, to apply to one replica's store.
-struct PlainWrite {
+/// What a plain entry does to a byte range of a chunk.
+enum Change {
+    /// Writes these bytes there.
+    Write(Vec<u8>),
+    /// Makes this many bytes read as zeros.
+    Discard(u32),
+}
+
+/// A committed write or discard, decoded, to apply to one replica's store.
+struct PlainOp {
     index: u64,
     incarnation: u64,
     request: u64,
     chunk: ChunkId,
     offset: u32,
-    data: Vec<u8>,
+    change: Change,
 }
 
-/// The write an applied entry carries, if it is a plain write (not a snapshot, an empty or
+/// The write or discard an applied entry carries, if it is one (not a snapshot, an empty or
 /// configuration entry, a compaction, or bytes that do not decode: those apply one by one).
-fn plain_write(applied: &Applied) -> Option<PlainWrite> {
+fn plain_op(applied: &Applied) -> Option<PlainOp> {
     let Applied::Entry { index, data } = applied else {
         return None;
     };
     let proposal = Proposal::decode(data).ok()?;
-    match proposal.command {
-        PgCommand::Write {
-            chunk,
-            offset,
-            data,
-        } => Some(PlainWrite {
-            index: *index,
+    PlainOp::new(*index, proposal)
+}
+
+impl PlainOp {
+    /// The write or discard a proposal at `index` carries, if it is one.
+    fn new(index: u64, proposal: Proposal) -> Option<PlainOp> {
+        let (chunk, offset, change) = match proposal.command {
+            PgCommand::Write {
+                chunk,
+                offset,
+                data,
+            } => (chunk, offset, Change::Write(data)),
+            PgCommand::Discard {
+                chunk,
+                offset,
+                length,
+            } => (chunk, offset, Change::Discard(length)),
+            PgCommand::Compact { .. } => return None,
+        };
+        Some(PlainOp {
+            index,
             incarnation: proposal.incarnation,
             request: proposal.request,
             chunk,
             offset,
-            data,
-        }),
-        PgCommand::Compact { .. } => None,
+            change,
+        })
+    }
+
+    /// Applies it to `store`: a write creates the chunk if needed; a discard of a chunk that
+    /// does not exist changes nothing. For a replay after a crash if `replaying` (see
+    /// [`ChunkStore::write_replaying`]).
+    async fn apply_to(&self, store: &ChunkStore, replaying: bool) -> Result<(), Error> {
+        match &self.change {
+            Change::Write(data) => {
+                write_chunk_as(store, self.chunk, self.offset, data, replaying).await
+            }
+            Change::Discard(length) => {
+                let (offset, length) = (u64::from(self.offset), u64::from(*length));
+                if replaying {
+                    store.discard_replaying(self.chunk, offset, length).await
+                } else {
+                    store.discard(self.chunk, offset, length).await
+                }
+            }
+        }
     }
 }
 
@@ -1268,17 +1321,50 @@ impl<L: LogStore> PgHost<L> {
         offset: u32,
         data: Vec<u8>,
     ) -> Result<oneshot::Receiver<Result<(), PgError>>, PgError> {
-        self.check_request(group, offset, data.len())?;
+        self.check_request(group, offset, data.len(), Some(WRITE_BYTES_MAX))?;
+        let command = PgCommand::Write {
+            chunk,
+            offset,
+            data,
+        };
+        self.propose_change(group, command)
+    }
+
+    /// Discards `length` bytes at `offset` of `chunk` through PG `group`: they read as zeros
+    /// once the receiver answers, which it does once the discard is committed and applied (see
+    /// the module docs). Up to a whole chunk in one request; errors as for [`PgHost::write`].
+    pub fn discard(
+        &mut self,
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+    ) -> Result<oneshot::Receiver<Result<(), PgError>>, PgError> {
+        self.check_request(group, offset, length as usize, None)?;
+        assert!(
+            length <= DISCARD_BYTES_MAX,
+            "checked against the chunk size"
+        );
+        let command = PgCommand::Discard {
+            chunk,
+            offset,
+            length,
+        };
+        self.propose_change(group, command)
+    }
+
+    /// Proposes a write or discard through `group`'s local leader and waits for it to apply.
+    fn propose_change(
+        &mut self,
+        group: GroupId,
+        command: PgCommand,
+    ) -> Result<oneshot::Receiver<Result<(), PgError>>, PgError> {
         let leader = self.leader_replica(group)?;
         let request = self.next_request()?;
         let proposal = Proposal {
             incarnation: self.incarnation,
             request,
-            command: PgCommand::Write {
-                chunk,
-                offset,
-                data,
-            },
+            command,
         };
         self.node
             .propose(leader, proposal.encode())
@@ -1299,7 +1385,7 @@ impl<L: LogStore> PgHost<L> {
         offset: u32,
         length: u32,
     ) -> Result<oneshot::Receiver<Result<Vec<u8>, PgError>>, PgError> {
-        self.check_request(group, offset, length as usize)?;
+        self.check_request(group, offset, length as usize, Some(WRITE_BYTES_MAX))?;
         // A local leader confirms its commit index itself; a follower that knows a leader
         // forwards the read to it; without a leader raft would drop the read silently.
         let replica = match self.leader_replica(group) {
@@ -1360,9 +1446,16 @@ impl<L: LogStore> PgHost<L> {
         &self.disks[&disk]
     }
 
-    /// Refuses a request that does not fit one chunk or the request limit, whoever leads;
-    /// `UnknownGroup` if no replica of `group` is hosted here.
-    fn check_request(&self, group: GroupId, offset: u32, length: usize) -> Result<(), PgError> {
+    /// Refuses a request that does not fit one chunk or `length_max` (none: a discard, which
+    /// the chunk alone bounds), whoever leads; `UnknownGroup` if no replica of `group` is
+    /// hosted here.
+    fn check_request(
+        &self,
+        group: GroupId,
+        offset: u32,
+        length: usize,
+        length_max: Option<usize>,
+    ) -> Result<(), PgError> {
         let replica = self
             .node
             .replicas_of(group)
@@ -1370,9 +1463,12 @@ impl<L: LogStore> PgHost<L> {
             .ok_or(PgError::UnknownGroup(group))?;
         let chunk_size = self.store(replica).chunk_size_bytes();
         let fits = u64::from(offset) + length as u64 <= u64::from(chunk_size);
-        if length == 0 || length > WRITE_BYTES_MAX || !fits {
+        let within = length_max.is_none_or(|max| length <= max);
+        if length == 0 || !within || !fits {
+            let limit =
+                length_max.map_or(String::new(), |max| format!(" (at most {max} per request)"));
             return Err(PgError::Invalid(format!(
-                "{length} bytes at {offset} in a chunk of {chunk_size} (at most {WRITE_BYTES_MAX} per request)"
+                "{length} bytes at {offset} in a chunk of {chunk_size}{limit}"
             )));
         }
         Ok(())
@@ -1429,21 +1525,21 @@ impl<L: LogStore> PgHost<L> {
             };
             (*group, index)
         });
-        // Plain writes run concurrently, one task per replica (each replica's in log order);
-        // anything else waits for the writes queued before it and runs alone.
-        let mut queued: BTreeMap<ReplicaId, Vec<PlainWrite>> = BTreeMap::new();
+        // Plain writes and discards run concurrently, one task per replica (each replica's in
+        // log order); anything else waits for the ones queued before it and runs alone.
+        let mut queued: BTreeMap<ReplicaId, Vec<PlainOp>> = BTreeMap::new();
         for (replica, _, applied) in applied {
-            match plain_write(&applied) {
-                Some(write) => queued.entry(replica).or_default().push(write),
+            match plain_op(&applied) {
+                Some(op) => queued.entry(replica).or_default().push(op),
                 None => {
                     if queued.contains_key(&replica) {
-                        self.apply_writes(std::mem::take(&mut queued)).await?;
+                        self.apply_ops(std::mem::take(&mut queued)).await?;
                     }
                     self.apply(replica, applied).await?;
                 }
             }
         }
-        self.apply_writes(queued).await?;
+        self.apply_ops(queued).await?;
         self.serve_reads().await;
         self.drop_stale_requests();
         self.finish_compactions().await?;
@@ -1709,53 +1805,35 @@ impl<L: LogStore> PgHost<L> {
                 return Ok(());
             }
         };
-        match proposal.command {
-            PgCommand::Write {
-                chunk,
-                offset,
-                data,
-            } => {
-                let write = PlainWrite {
-                    index: entry_index,
-                    incarnation: proposal.incarnation,
-                    request: proposal.request,
-                    chunk,
-                    offset,
-                    data,
-                };
-                self.apply_write(replica, write).await
-            }
-            PgCommand::Compact { index } => {
-                self.compact(replica, index);
-                self.set_applied(replica, entry_index);
-                Ok(())
-            }
+        if let PgCommand::Compact { index } = proposal.command {
+            self.compact(replica, index);
+            self.set_applied(replica, entry_index);
+            return Ok(());
         }
+        let op = PlainOp::new(entry_index, proposal).expect("invariant: a write or a discard");
+        self.apply_op(replica, op).await
     }
 
-    /// Applies queued plain writes, one task per replica writing its own in log order (its
-    /// store is its own disk's), then records them in order. A write that fails there (a
-    /// corrupt edge block, a replay) and those after it on its replica go through
-    /// [`PgHost::apply_write`], which repairs.
-    async fn apply_writes(
+    /// Applies queued plain writes and discards, one task per replica applying its own in log
+    /// order (its store is its own disk's), then records them in order. One that fails there
+    /// (a corrupt edge block, a replay) and those after it on its replica go through
+    /// [`PgHost::apply_op`], which repairs.
+    async fn apply_ops(
         &mut self,
-        queued: BTreeMap<ReplicaId, Vec<PlainWrite>>,
+        queued: BTreeMap<ReplicaId, Vec<PlainOp>>,
     ) -> Result<(), PgError> {
         let mut tasks = tokio::task::JoinSet::new();
-        for (replica, writes) in queued {
+        for (replica, ops) in queued {
             let store = self.store(replica).clone();
             tasks.spawn(async move {
                 let mut done = Vec::new();
-                let mut writes = writes.into_iter();
-                for write in writes.by_ref() {
-                    if write_chunk(&store, write.chunk, write.offset, &write.data)
-                        .await
-                        .is_err()
-                    {
-                        let rest: Vec<PlainWrite> = std::iter::once(write).chain(writes).collect();
+                let mut ops = ops.into_iter();
+                for op in ops.by_ref() {
+                    if op.apply_to(&store, false).await.is_err() {
+                        let rest: Vec<PlainOp> = std::iter::once(op).chain(ops).collect();
                         return (replica, done, rest);
                     }
-                    done.push(write);
+                    done.push(op);
                 }
                 (replica, done, Vec::new())
             });
@@ -1766,47 +1844,50 @@ impl<L: LogStore> PgHost<L> {
         }
         results.sort_by_key(|(replica, _, _)| *replica);
         for (replica, done, rest) in results {
-            for write in done {
-                self.write_applied(replica, write);
+            for op in done {
+                self.op_applied(replica, op);
             }
-            for write in rest {
-                self.apply_write(replica, write).await?;
+            for op in rest {
+                self.apply_op(replica, op).await?;
             }
         }
         Ok(())
     }
 
-    /// Records a write applied to a replica's store and answers its client if it waits here.
-    fn write_applied(&mut self, replica: ReplicaId, write: PlainWrite) {
-        self.set_applied(replica, write.index);
-        self.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
-        let mine = write.incarnation == self.incarnation;
-        if mine && let Some(pending) = self.writes.remove(&write.request) {
+    /// Records a write or discard applied to a replica's store and answers its client if it
+    /// waits here.
+    fn op_applied(&mut self, replica: ReplicaId, op: PlainOp) {
+        self.set_applied(replica, op.index);
+        let counter = match op.change {
+            Change::Write(_) => &self.stats.writes_applied,
+            Change::Discard(_) => &self.stats.discards_applied,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mine = op.incarnation == self.incarnation;
+        if mine && let Some(pending) = self.writes.remove(&op.request) {
             let _ = pending.reply.send(Ok(()));
         }
     }
 
-    /// Applies one write, repairing corrupt edge blocks (or, for an entry replayed after a
-    /// crash, merging them as stored).
-    async fn apply_write(&mut self, replica: ReplicaId, write: PlainWrite) -> Result<(), PgError> {
-        let (entry_index, chunk, offset, data) =
-            (write.index, write.chunk, write.offset, &write.data);
-        let mut result = self.write_repairing(replica, chunk, offset, data).await;
+    /// Applies one write or discard, repairing corrupt edge blocks (or, for an entry replayed
+    /// after a crash, merging them as stored).
+    async fn apply_op(&mut self, replica: ReplicaId, op: PlainOp) -> Result<(), PgError> {
+        let mut result = self.apply_repairing(replica, &op).await;
         let replayed = self
             .replay_until
             .get(&replica)
-            .is_some_and(|end| entry_index <= *end);
+            .is_some_and(|end| op.index <= *end);
         if replayed && let Err(Error::Corrupt { block_index, .. }) = &result {
             // Written before the crash and not flushed: see `ChunkStore::write_replaying`.
-            tracing::info!(%replica, entry_index, %chunk, block = block_index, "replay merges a block written since the last flush");
-            result = write_chunk_as(self.store(replica), chunk, offset, data, true).await;
+            tracing::info!(%replica, entry_index = op.index, chunk = %op.chunk, block = block_index, "replay merges a block written since the last flush");
+            result = op.apply_to(self.store(replica), true).await;
         }
         match result {
             Ok(()) => {
-                self.write_applied(replica, write);
+                self.op_applied(replica, op);
                 Ok(())
             }
-            // A write the leader accepted cannot be refused here: this disk failed.
+            // A write or discard the leader accepted cannot be refused here: this disk failed.
             Err(source) => Err(PgError::Store { replica, source }),
         }
     }
@@ -1882,25 +1963,19 @@ impl<L: LogStore> PgHost<L> {
         read_chunk(self.store(replica), chunk, offset, length).await
     }
 
-    /// Writes into a replica's chunk store, repairing corrupt edge blocks (read-modify-write)
-    /// from a sibling.
-    async fn write_repairing(
-        &mut self,
-        replica: ReplicaId,
-        chunk: ChunkId,
-        offset: u32,
-        data: &[u8],
-    ) -> Result<(), Error> {
+    /// Applies a write or discard to a replica's chunk store, repairing corrupt edge blocks
+    /// (read-modify-write) from a sibling.
+    async fn apply_repairing(&mut self, replica: ReplicaId, op: &PlainOp) -> Result<(), Error> {
         for _ in 0..REPAIRS_PER_IO_MAX {
             let store = self.store(replica).clone();
-            match write_chunk(&store, chunk, offset, data).await {
+            match op.apply_to(&store, false).await {
                 Err(Error::Corrupt { block_index, .. }) => {
-                    self.repair_block(replica, chunk, block_index).await?;
+                    self.repair_block(replica, op.chunk, block_index).await?;
                 }
                 other => return other,
             }
         }
-        write_chunk(self.store(replica), chunk, offset, data).await
+        op.apply_to(self.store(replica), false).await
     }
 
     /// Replaces a corrupt block of `replica` with the same block of a sibling replica (same

@@ -17,7 +17,12 @@
 //! are overwrites of byte ranges applied in log order, so the final value of each byte is that
 //! of the last write to it after `J` (replayed here) or, if none, its value at `J`, which is
 //! what the copy holds since no write touched it between `J` and `k`. Partial-block writes
-//! merge into the copied block the same way (byte by byte). Two conditions follow and are
+//! merge into the copied block the same way (byte by byte). A discard is an overwrite with
+//! zeros, and a chunk a discard deleted is all zeros (it is deleted only once no block of it
+//! holds data), so discards keep the argument: a discarded block copies as zeros, and a chunk
+//! deleted before it is listed is not copied (reading as zeros here too). A listed chunk that
+//! a discard deletes before its copy ends fails the copy (see [`ChunkSource::read`]), which is
+//! retried with the next snapshot. Two conditions follow and are
 //! enforced by the host: the copy must have been started after the snapshot it installs
 //! (snapshot index <= the one that asked for the copy), and the replica must apply nothing
 //! while its store is being overwritten, so only replicas that have applied nothing yet (a

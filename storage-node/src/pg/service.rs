@@ -1,5 +1,5 @@
 //! The PG host as a task: [`spawn`] drives a [`PgHost`] (ticks, rounds, message delivery) and
-//! [`PgHandle`] is how the rest of the process writes and reads through it, retrying while a
+//! [`PgHandle`] is how the rest of the process writes, discards and reads through it, retrying while a
 //! PG elects a leader or drops a request, under a deadline.
 
 use std::{sync::Arc, time::Duration};
@@ -33,6 +33,13 @@ enum Request {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(), PgError>>,
     },
+    Discard {
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+        reply: oneshot::Sender<Result<(), PgError>>,
+    },
     Read {
         group: GroupId,
         chunk: ChunkId,
@@ -45,7 +52,7 @@ enum Request {
     Targets(Vec<PgTarget>),
 }
 
-/// Writes and reads through the host task.
+/// Writes, discards and reads through the host task.
 #[derive(Clone)]
 pub struct PgHandle {
     requests: mpsc::Sender<Request>,
@@ -187,6 +194,13 @@ fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
             data,
             reply,
         } => forward(host.write(group, chunk, offset, data), reply),
+        Request::Discard {
+            group,
+            chunk,
+            offset,
+            length,
+            reply,
+        } => forward(host.discard(group, chunk, offset, length), reply),
         Request::Read {
             group,
             chunk,
@@ -285,6 +299,25 @@ impl PgHandle {
             chunk,
             offset,
             data: data.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Discards `length` bytes at `offset` of `chunk` through PG `group`: they read as zeros
+    /// once this returns `Ok` (see [`PgHost::discard`]). Retries like [`PgHandle::write`].
+    pub async fn discard(
+        &self,
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+    ) -> Result<(), PgError> {
+        self.ask(|reply| Request::Discard {
+            group,
+            chunk,
+            offset,
+            length,
             reply,
         })
         .await

@@ -1,12 +1,14 @@
 //! A small blocking iSCSI initiator over [`std::net::TcpStream`], on this crate's PDU codec
 //! and login helpers: for other crates' tests, the `cairn-iscsi-io` tool and load generators.
 //!
-//! One session, one connection, one command at a time, ErrorRecoveryLevel 0, no digests.
-//! Login goes through the security stage (AuthMethod=None, or one-way CHAP with MD5), then
-//! negotiates HeaderDigest/DataDigest=None, MaxRecvDataSegmentLength=262144,
-//! ImmediateData=Yes and InitialR2T=No, taking MaxBurstLength and FirstBurstLength as the
-//! target answers. SCSI commands are READ CAPACITY (16), READ (16) and WRITE (16); a write
-//! sends immediate data and unsolicited Data-Out as negotiated, then answers R2Ts.
+//! One session, one connection, one command at a time, ErrorRecoveryLevel 0. Commands go to
+//! one logical unit, LUN 0 unless [`Initiator::set_lun`] names another (tgt, for one, serves
+//! its disks from LUN 1). Login goes through the security stage (AuthMethod=None, or one-way
+//! CHAP with MD5), then negotiates MaxRecvDataSegmentLength=262144, ImmediateData=Yes and
+//! InitialR2T=No, taking MaxBurstLength and FirstBurstLength as the target answers, and
+//! HeaderDigest/DataDigest=None unless [`Initiator::set_digests`] asked for CRC32C. SCSI
+//! commands are READ CAPACITY (16), READ (16) and WRITE (16); a write sends immediate data
+//! and unsolicited Data-Out as negotiated, then answers R2Ts.
 //!
 //! Fault model: the target may send anything. Every malformed, unexpected or oversized PDU,
 //! every I/O error and every timeout is returned as an [`InitiatorError`]; nothing the target
@@ -252,6 +254,8 @@ pub struct Negotiated {
     pub initial_r2t: bool,
     /// The session's TSIH.
     pub tsih: u16,
+    /// The CRC32C digests in effect from the first PDU after login.
+    pub digests: Digests,
 }
 
 impl Default for Negotiated {
@@ -263,6 +267,7 @@ impl Default for Negotiated {
             immediate_data: true,
             initial_r2t: true,
             tsih: 0,
+            digests: Digests::NONE,
         }
     }
 }
@@ -281,6 +286,10 @@ pub struct Initiator {
     stream: TcpStream,
     timeout: Duration,
     isid: Isid,
+    /// The logical unit commands go to.
+    lun: Lun,
+    /// The digests login proposes (CRC32C where set, None otherwise).
+    digests_wanted: Digests,
     /// Set by a successful login.
     session: Option<Negotiated>,
     /// The LUN's block size, from READ CAPACITY (16).
@@ -302,6 +311,7 @@ impl fmt::Debug for Initiator {
         f.debug_struct("Initiator")
             .field("peer", &self.stream.peer_addr().ok())
             .field("isid", &self.isid)
+            .field("lun", &self.lun)
             .field("session", &self.session)
             .field("block_size", &self.block_size)
             .field("cmd_sn", &self.cmd_sn)
@@ -328,6 +338,8 @@ impl Initiator {
             stream,
             timeout,
             isid: random_isid(),
+            lun: Lun(0),
+            digests_wanted: Digests::NONE,
             session: None,
             block_size: None,
             itt_next: 1,
@@ -338,6 +350,34 @@ impl Initiator {
             frame: Vec::with_capacity(BHS_LEN + LOGIN_DATA_SEGMENT_LEN_MAX as usize),
             encoded: Vec::new(),
         })
+    }
+
+    /// Sends later commands to logical unit `lun` (the raw 8-byte LUN field; SAM's
+    /// peripheral addressing puts LUN numbers below 256 in the second byte, see
+    /// [`lun_from_number`]). The block size is asked again on the next read or write.
+    pub fn set_lun(&mut self, lun: Lun) {
+        if lun != self.lun {
+            self.lun = lun;
+            self.block_size = None;
+        }
+    }
+
+    /// The logical unit commands go to: LUN 0 unless [`Initiator::set_lun`] said otherwise.
+    pub fn lun(&self) -> Lun {
+        self.lun
+    }
+
+    /// Chooses the digests the login proposes: CRC32C (with None as the fallback the target
+    /// may pick) for each one set in `digests`. [`Negotiated::digests`] tells what the target
+    /// agreed to. Only before [`Initiator::login`].
+    pub fn set_digests(&mut self, digests: Digests) -> Result<(), InitiatorError> {
+        if self.session.is_some() {
+            return Err(InitiatorError::State(
+                "digests are negotiated at login, which is over",
+            ));
+        }
+        self.digests_wanted = digests;
+        Ok(())
     }
 
     /// What the login negotiated, once logged in.
@@ -446,9 +486,10 @@ impl Initiator {
     fn operational(&mut self) -> Result<(), InitiatorError> {
         let mrdsl = INITIATOR_MAX_RECV_DATA_SEGMENT_LEN.to_string();
         let burst = SEGMENT_LEN_MAX.to_string();
+        let wanted = self.digests_wanted;
         let proposal = [
-            ("HeaderDigest", "None"),
-            ("DataDigest", "None"),
+            ("HeaderDigest", digest_offer(wanted.header)),
+            ("DataDigest", digest_offer(wanted.data)),
             ("MaxRecvDataSegmentLength", mrdsl.as_str()),
             ("ImmediateData", "Yes"),
             ("InitialR2T", "No"),
@@ -459,7 +500,7 @@ impl Initiator {
         let mut pairs: &[(&str, &str)] = &proposal;
         for _ in 0..LOGIN_STEPS_MAX {
             let reply = self.login_step(Stage::Operational, true, pairs)?;
-            apply_answers(&reply.pairs, &mut negotiated)?;
+            apply_answers(&reply.pairs, wanted, &mut negotiated)?;
             if reply.transit && reply.nsg == Stage::FullFeature {
                 negotiated.first_burst_len =
                     negotiated.first_burst_len.min(negotiated.max_burst_len);
@@ -543,7 +584,8 @@ impl Initiator {
         cdb[0] = SERVICE_ACTION_IN_16;
         cdb[1] = SA_READ_CAPACITY_16;
         cdb[10..14].copy_from_slice(&READ_CAPACITY_16_LEN.to_be_bytes());
-        let data = self.execute(cdb, READ_CAPACITY_16_LEN, &[])?;
+        let mut data = Vec::with_capacity(READ_CAPACITY_16_LEN as usize);
+        self.execute(cdb, READ_CAPACITY_16_LEN, &[], &mut data)?;
         let Some((last_lba, rest)) = data.split_first_chunk::<8>() else {
             return Err(InitiatorError::Protocol(
                 "READ CAPACITY (16) data too short",
@@ -567,20 +609,34 @@ impl Initiator {
 
     /// READ (16) of `blocks` blocks from `lba`.
     pub fn read(&mut self, lba: u64, blocks: u32) -> Result<Vec<u8>, InitiatorError> {
+        let mut data = Vec::new();
+        self.read_into(lba, blocks, &mut data)?;
+        Ok(data)
+    }
+
+    /// READ (16) of `blocks` blocks from `lba` into `data` (cleared first), so that a load
+    /// generator reuses one buffer instead of allocating one per command.
+    pub fn read_into(
+        &mut self,
+        lba: u64,
+        blocks: u32,
+        data: &mut Vec<u8>,
+    ) -> Result<(), InitiatorError> {
+        data.clear();
         let block_size = self.known_block_size()?;
         let len = u64::from(blocks) * u64::from(block_size);
         let len = transfer_len(len)?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let data = self.execute(rw16(READ_16, lba, blocks), len, &[])?;
+        self.execute(rw16(READ_16, lba, blocks), len, &[], data)?;
         if data.len() != len as usize {
             return Err(InitiatorError::ShortRead {
                 received: data.len() as u32,
                 expected: len,
             });
         }
-        Ok(data)
+        Ok(())
     }
 
     /// WRITE (16) of `data` (a multiple of the block size) at `lba`.
@@ -596,8 +652,12 @@ impl Initiator {
         if len == 0 {
             return Ok(());
         }
-        self.execute(rw16(WRITE_16, lba, len / block_size), 0, data)?;
-        Ok(())
+        self.execute(
+            rw16(WRITE_16, lba, len / block_size),
+            0,
+            data,
+            &mut Vec::new(),
+        )
     }
 
     /// Logs out (closing the session) and closes the connection.
@@ -640,14 +700,16 @@ impl Initiator {
         }
     }
 
-    /// Runs one SCSI command on LUN 0: `data_out` is the write data (empty for reads),
-    /// `read_len` the most bytes of Data-In accepted. Returns the Data-In.
+    /// Runs one SCSI command on the initiator's LUN: `data_out` is the write data (empty for
+    /// reads), `read_len` the most bytes of Data-In accepted, gathered into `data_in` (empty
+    /// on entry).
     fn execute(
         &mut self,
         cdb: [u8; 16],
         read_len: u32,
         data_out: &[u8],
-    ) -> Result<Vec<u8>, InitiatorError> {
+        data_in: &mut Vec<u8>,
+    ) -> Result<(), InitiatorError> {
         let Some(session) = self.session else {
             return Err(InitiatorError::State("not logged in"));
         };
@@ -658,7 +720,8 @@ impl Initiator {
             read_len == 0 || data_out.is_empty(),
             "bidirectional command"
         );
-        let result = self.execute_on(session, cdb, read_len, data_out);
+        assert!(data_in.is_empty());
+        let result = self.execute_on(session, cdb, read_len, data_out, data_in);
         self.note(result)
     }
 
@@ -668,7 +731,8 @@ impl Initiator {
         cdb: [u8; 16],
         read_len: u32,
         data_out: &[u8],
-    ) -> Result<Vec<u8>, InitiatorError> {
+        data_in: &mut Vec<u8>,
+    ) -> Result<(), InitiatorError> {
         if !serial_le(self.cmd_sn, self.max_cmd_sn) {
             return Err(InitiatorError::WindowClosed {
                 cmd_sn: self.cmd_sn,
@@ -693,7 +757,7 @@ impl Initiator {
             fin: unsolicited_len == immediate_len,
             read: read_len > 0,
             write: write_len > 0,
-            lun: Lun(0),
+            lun: self.lun,
             itt,
             expected_data_len: read_len.max(write_len as u32),
             cmd_sn: self.cmd_sn,
@@ -706,18 +770,19 @@ impl Initiator {
         self.cmd_sn = self.cmd_sn.wrapping_add(1);
         let unsolicited = &data_out[immediate_len..unsolicited_len];
         self.send_data_out(itt, Ttt::RESERVED, unsolicited, immediate_len, segment_len)?;
-        self.complete(session, itt, read_len, data_out)
+        self.complete(session, itt, read_len, data_out, data_in)
     }
 
-    /// Answers R2Ts and gathers Data-In until the command's status.
+    /// Answers R2Ts and gathers Data-In into `data_in` until the command's status.
     fn complete(
         &mut self,
         session: Negotiated,
         itt: Itt,
         read_len: u32,
         data_out: &[u8],
-    ) -> Result<Vec<u8>, InitiatorError> {
-        let mut data_in = Vec::with_capacity(read_len as usize);
+        data_in: &mut Vec<u8>,
+    ) -> Result<(), InitiatorError> {
+        data_in.reserve_exact(read_len as usize);
         let mut data_sn_next = 0u32;
         let mut r2t_sn_next = 0u32;
         let mut idle = 0u32;
@@ -736,13 +801,13 @@ impl Initiator {
                     let status = accept_data_in(&pdu, itt, data_sn_next, received, read_len)?;
                     if let Some(status) = status {
                         data_in.extend_from_slice(&pdu.data);
-                        return status_result(status, &[]).map(|()| data_in);
+                        return status_result(status, &[]);
                     }
                     data_sn_next = data_sn_next.wrapping_add(1);
                     data_in.extend_from_slice(&pdu.data);
                 }
                 Pdu::ScsiResponse(response) => {
-                    return scsi_response_result(&response, itt).map(|()| data_in);
+                    return scsi_response_result(&response, itt);
                 }
                 other => {
                     idle += 1;
@@ -772,7 +837,7 @@ impl Initiator {
         for (index, piece) in data.chunks(segment_len).enumerate() {
             let pdu = DataOut {
                 fin: index + 1 == count,
-                lun: Lun(0),
+                lun: self.lun,
                 itt,
                 ttt,
                 exp_stat_sn: self.exp_stat_sn,
@@ -851,9 +916,16 @@ impl Initiator {
         result
     }
 
+    /// The digests in effect: none during login (RFC 7143 section 13.1), the negotiated ones
+    /// from the first PDU after it.
+    fn digests(&self) -> Digests {
+        self.session
+            .map_or(Digests::NONE, |session| session.digests)
+    }
+
     fn send(&mut self, pdu: &Pdu) -> Result<(), InitiatorError> {
         self.encoded.clear();
-        pdu.encode(Digests::NONE, &mut self.encoded);
+        pdu.encode(self.digests(), &mut self.encoded);
         self.stream
             .write_all(&self.encoded)
             .map_err(|error| io_error(error, self.timeout))
@@ -869,14 +941,15 @@ impl Initiator {
         self.stream
             .read_exact(&mut bhs)
             .map_err(|error| io_error(error, self.timeout))?;
-        let len = pdu_len_within(&bhs, Digests::NONE, max_data)?;
+        let digests = self.digests();
+        let len = pdu_len_within(&bhs, digests, max_data)?;
         self.frame.clear();
         self.frame.extend_from_slice(&bhs);
         self.frame.resize(len, 0);
         self.stream
             .read_exact(&mut self.frame[BHS_LEN..])
             .map_err(|error| io_error(error, self.timeout))?;
-        let pdu = Pdu::decode(&self.frame, Digests::NONE, max_data)?;
+        let pdu = Pdu::decode(&self.frame, digests, max_data)?;
         self.track(&pdu);
         Ok(pdu)
     }
@@ -940,13 +1013,35 @@ fn check_login_response(
     Ok(())
 }
 
-/// Takes the target's answers to our operational keys into `negotiated`.
-fn apply_answers(pairs: &Pairs, negotiated: &mut Negotiated) -> Result<(), InitiatorError> {
+/// The value proposed for HeaderDigest or DataDigest: CRC32C first when wanted, with None
+/// left to a target that does not do digests.
+fn digest_offer(wanted: bool) -> &'static str {
+    if wanted { "CRC32C,None" } else { "None" }
+}
+
+/// Whether a HeaderDigest or DataDigest answer turns the digest on; an answer we did not
+/// offer is a negotiation failure.
+fn digest_answer(value: &str, wanted: bool) -> Result<bool, InitiatorError> {
+    match value {
+        "None" => Ok(false),
+        "CRC32C" if wanted => Ok(true),
+        _ => Err(InitiatorError::Negotiation(
+            "the target answered a digest we did not offer",
+        )),
+    }
+}
+
+/// Takes the target's answers to our operational keys into `negotiated`; `wanted` are the
+/// digests we offered.
+fn apply_answers(
+    pairs: &Pairs,
+    wanted: Digests,
+    negotiated: &mut Negotiated,
+) -> Result<(), InitiatorError> {
     for (key, value) in pairs {
         match key.as_str() {
-            "HeaderDigest" | "DataDigest" if value != "None" => {
-                return Err(InitiatorError::Negotiation("the target insists on digests"));
-            }
+            "HeaderDigest" => negotiated.digests.header = digest_answer(value, wanted.header)?,
+            "DataDigest" => negotiated.digests.data = digest_answer(value, wanted.data)?,
             "MaxRecvDataSegmentLength" => {
                 negotiated.target_max_recv_data_segment_len = segment_number(value)?;
             }
@@ -1068,6 +1163,12 @@ pub fn parse_sense(sense: &[u8]) -> (u8, u8, u8) {
         0x72 | 0x73 => (at(1) & 0x0f, at(2), at(3)),
         _ => (0, 0, 0),
     }
+}
+
+/// The LUN field for LUN `number` below 256: SAM-5 peripheral device addressing, bus 0, the
+/// number in the second byte (what tgt, LIO and this crate's target expect).
+pub fn lun_from_number(number: u8) -> Lun {
+    Lun(u64::from(number) << 48)
 }
 
 /// A READ (16) or WRITE (16) CDB.

@@ -8,10 +8,14 @@ mod harness;
 #[path = "iscsi/initiator.rs"]
 mod initiator;
 
+#[path = "iscsi/budget.rs"]
+mod budget;
 #[path = "iscsi/client.rs"]
 mod client;
 #[path = "iscsi/conformance.rs"]
 mod conformance;
+#[path = "iscsi/digests.rs"]
+mod digests;
 #[path = "iscsi/gated.rs"]
 mod gated;
 #[path = "iscsi/malformed.rs"]

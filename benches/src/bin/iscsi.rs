@@ -27,15 +27,13 @@
 //! A UNIT ATTENTION is retried likewise (tgt reports one on a new nexus). Every other failure
 //! ends the run with a message and a non-zero exit.
 //!
-//! The session is this file's own, on `cairn_gateway_iscsi`'s PDU codec, text and CHAP helpers:
-//! `cairn_gateway_iscsi::initiator::Initiator` addresses LUN 0 only, and tgt keeps LUN 0 for its
-//! controller, so both targets are driven by this code. One connection per session,
-//! ErrorRecoveryLevel 0, no digests, ImmediateData=Yes and InitialR2T=No proposed.
+//! Each session is the gateway's blocking initiator (`cairn_gateway_iscsi::initiator`) set to
+//! the LUN named (tgt keeps LUN 0 for its controller), so both targets are driven by the same
+//! code: one connection per session, ErrorRecoveryLevel 0, no digests, ImmediateData=Yes and
+//! InitialR2T=No proposed.
 
 use std::{
-    hash::{BuildHasher, Hasher},
-    io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs},
+    net::{SocketAddr, ToSocketAddrs},
     process::ExitCode,
     sync::{
         Mutex,
@@ -47,13 +45,8 @@ use std::{
 
 use cairn_benches::{Workload, percentile};
 use cairn_gateway_iscsi::{
-    initiator::parse_sense,
-    login::{ChapSecret, LOGIN_DATA_SEGMENT_LEN_MAX, VERSION, chap, text},
-    pdu::{
-        BHS_LEN, DataOut, Digests, Isid, Itt, LoginRequest, LogoutReason, LogoutRequest,
-        LogoutResponseCode, Lun, NopIn, NopOut, Pdu, ScsiCommand, ScsiResponse, Stage, Ttt,
-        pdu_len_within,
-    },
+    initiator::{Initiator, InitiatorError, lun_from_number},
+    pdu::Lun,
 };
 
 /// Sessions (hence connections and commands in flight) of one run: the script's deepest queue
@@ -89,36 +82,18 @@ const PREFILL_QUEUE_DEPTH: u32 = 8;
 /// Every block written and checked is stamped per 4 KiB with its offset.
 const STAMP_BYTES: u64 = 4096;
 
-/// The MaxRecvDataSegmentLength we declare: the largest Data-In segment we read.
-const RECV_DATA_SEGMENT_LEN_MAX: u32 = 256 * 1024;
-
-/// PDUs that do not advance a command (NOP-In pings, asynchronous events) tolerated while
-/// waiting for one answer.
-const IDLE_PDUS_MAX: u32 = 1024;
-
-/// Login requests per stage before giving up on a target that never lets us transit.
-const LOGIN_STEPS_MAX: u32 = 8;
-
-/// Largest LUN number this tool addresses: single-level peripheral addressing (SAM).
-const LUN_NUMBER_MAX: u64 = 255;
-
 const _: () = assert!(SPAN_BYTES_MAX.is_multiple_of(STAMP_BYTES));
 const _: () = assert!((PREFILL_BLOCK_BYTES as u64).is_multiple_of(STAMP_BYTES));
 const _: () = assert!(PREFILL_QUEUE_DEPTH <= QUEUE_DEPTH_MAX);
-const _: () = assert!(RECV_DATA_SEGMENT_LEN_MAX >= LOGIN_DATA_SEGMENT_LEN_MAX);
 
-/// SCSI status bytes (SAM-5).
-const STATUS_GOOD: u8 = 0x00;
-const STATUS_CHECK_CONDITION: u8 = 0x02;
+/// SCSI status bytes (SAM-5) a target refuses a command with for now.
 const STATUS_BUSY: u8 = 0x08;
 const STATUS_TASK_SET_FULL: u8 = 0x28;
 /// Sense key UNIT ATTENTION.
 const SENSE_UNIT_ATTENTION: u8 = 0x06;
-/// CDB opcodes.
-const READ_16: u8 = 0x88;
-const WRITE_16: u8 = 0x8a;
-const SERVICE_ACTION_IN_16: u8 = 0x9e;
-const SA_READ_CAPACITY_16: u8 = 0x10;
+/// Login Response status 0x0203 (RFC 7143): initiator error, target not found.
+const LOGIN_CLASS_INITIATOR_ERROR: u8 = 0x02;
+const LOGIN_DETAIL_NOT_FOUND: u8 = 0x03;
 
 fn usage() -> ExitCode {
     eprintln!("usage: cairn-bench-iscsi prefill PORTAL TARGET[/LUN] SPAN_MIB");
@@ -199,11 +174,10 @@ fn target_options(portal: &str, target: &str) -> Result<TargetOptions, String> {
         .ok_or_else(|| format!("portal {portal}: no address"))?;
     let (target_name, lun_number) = match target.split_once('/') {
         Some((name, lun)) => {
+            // Single-level peripheral device addressing (SAM) reaches LUNs 0 to 255.
             let number = lun
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n <= LUN_NUMBER_MAX)
-                .ok_or_else(|| format!("LUN {lun:?}: expected 0..={LUN_NUMBER_MAX}"))?;
+                .parse::<u8>()
+                .map_err(|_| format!("LUN {lun:?}: expected 0..=255"))?;
             (name, number)
         }
         None => (target, 0),
@@ -221,8 +195,7 @@ fn target_options(portal: &str, target: &str) -> Result<TargetOptions, String> {
     Ok(TargetOptions {
         portal,
         target_name: target_name.to_string(),
-        // Peripheral device addressing, bus 0: the LUN number in the second byte.
-        lun: Lun(lun_number << 48),
+        lun: lun_from_number(lun_number),
         chap,
     })
 }
@@ -485,76 +458,54 @@ fn check_stamps(data: &[u8], offset: u64, length: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// What the login negotiated that commands depend on (RFC 7143 defaults where unanswered).
-#[derive(Clone, Copy, Debug)]
-struct Negotiated {
-    /// The target's MaxRecvDataSegmentLength: our largest data segment.
-    target_max_recv_data_segment_len: u32,
-    max_burst_len: u32,
-    first_burst_len: u32,
-    immediate_data: bool,
-    initial_r2t: bool,
-}
-
-impl Default for Negotiated {
-    fn default() -> Negotiated {
-        Negotiated {
-            target_max_recv_data_segment_len: 8192,
-            max_burst_len: 262_144,
-            first_burst_len: 65_536,
-            immediate_data: true,
-            initial_r2t: true,
-        }
-    }
-}
-
-/// How a command ended when it did not fail.
-enum Outcome {
-    Done,
-    /// BUSY, TASK SET FULL or UNIT ATTENTION: send it again.
-    Again,
-}
-
-/// One logged-in session over one connection, one command at a time, on one LUN.
+/// One logged-in session over one connection, one command at a time, on one LUN: the
+/// gateway's [`Initiator`] with this tool's rule for refused commands.
 struct Session {
-    stream: TcpStream,
-    /// For messages: the target's name.
+    initiator: Initiator,
+    /// For messages: the target's name and portal.
     target_name: String,
-    lun: Lun,
-    isid: Isid,
-    negotiated: Negotiated,
-    block_size: u32,
-    itt_next: u32,
-    cmd_sn: u32,
-    exp_stat_sn: u32,
-    max_cmd_sn: u32,
-    logged_in: bool,
+    portal: SocketAddr,
     /// Commands answered BUSY, TASK SET FULL or UNIT ATTENTION and sent again.
     busy_count: u64,
-    /// Receive buffer: one PDU.
-    frame: Vec<u8>,
-    /// Send buffer: one encoded PDU.
-    encoded: Vec<u8>,
-    /// The last command's Data-In.
+    /// The last read's data, one buffer reused by every read.
     data_in: Vec<u8>,
 }
 
 impl Session {
-    /// Connects and logs in as session number `index` (its own initiator name and ISID),
-    /// waiting up to [`TARGET_WAIT`] for a target that is not listed yet.
+    /// Connects and logs in as session number `index` (its own initiator name; the initiator
+    /// draws a random ISID per connection), waiting up to [`TARGET_WAIT`] for a target that
+    /// is not listed yet.
     fn open(target: &TargetOptions, index: u32) -> Result<Session, String> {
+        let initiator_name = format!("iqn.2026-12.io.cairn:bench-{}-{index}", std::process::id());
+        let chap = target
+            .chap
+            .as_ref()
+            .map(|(user, secret)| (user.as_str(), secret.as_slice()));
         let waited_from = Instant::now();
         loop {
-            let mut session = Session::connect(target)?;
-            match session.login(target, index) {
-                Ok(()) => return Ok(session),
-                // Status 0x0203: target not found.
-                Err(LoginFailure::Refused(0x02, 0x03)) if waited_from.elapsed() < TARGET_WAIT => {
+            let mut initiator =
+                Initiator::connect(target.portal, IO_TIMEOUT).map_err(|e| e.to_string())?;
+            initiator.set_lun(target.lun);
+            match initiator.login(&initiator_name, &target.target_name, chap) {
+                Ok(()) => {
+                    return Ok(Session {
+                        initiator,
+                        target_name: target.target_name.clone(),
+                        portal: target.portal,
+                        busy_count: 0,
+                        data_in: Vec::new(),
+                    });
+                }
+                Err(InitiatorError::LoginRefused {
+                    class: LOGIN_CLASS_INITIATOR_ERROR,
+                    detail: LOGIN_DETAIL_NOT_FOUND,
+                    ..
+                }) if waited_from.elapsed() < TARGET_WAIT => {
                     thread::sleep(Duration::from_millis(200));
                 }
-                Err(failure) => {
+                Err(error) => {
                     return Err(format!(
-                        "login to {} at {}: {failure}",
+                        "login to {} at {}: {error}",
                         target.target_name, target.portal
                     ));
                 }
@@ -562,666 +513,107 @@ impl Session {
         }
     }
 
-    fn connect(target: &TargetOptions) -> Result<Session, String> {
-        let address = target.portal;
-        let failed = |e: std::io::Error| format!("connecting to {address}: {e}");
-        let stream = TcpStream::connect_timeout(&address, IO_TIMEOUT).map_err(failed)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(failed)?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(failed)?;
-        stream.set_nodelay(true).map_err(failed)?;
-        Ok(Session {
-            stream,
-            target_name: target.target_name.clone(),
-            lun: target.lun,
-            isid: random_isid(),
-            negotiated: Negotiated::default(),
-            block_size: 0,
-            itt_next: 1,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            max_cmd_sn: 1,
-            logged_in: false,
-            busy_count: 0,
-            frame: Vec::with_capacity(BHS_LEN + LOGIN_DATA_SEGMENT_LEN_MAX as usize),
-            encoded: Vec::new(),
-            data_in: Vec::new(),
-        })
-    }
-
-    /// The security stage (AuthMethod=None, or one-way CHAP with MD5), then the operational
-    /// stage, into full feature phase.
-    fn login(&mut self, target: &TargetOptions, index: u32) -> Result<(), LoginFailure> {
-        let initiator_name = format!("iqn.2026-12.io.cairn:bench-{}-{index}", std::process::id());
-        let mut identity = vec![
-            ("InitiatorName".to_owned(), initiator_name),
-            ("TargetName".to_owned(), target.target_name.clone()),
-            ("SessionType".to_owned(), "Normal".to_owned()),
-        ];
-        match &target.chap {
-            None => {
-                identity.push(("AuthMethod".to_owned(), "None".to_owned()));
-                let reply = self.login_step(Stage::Security, true, &identity)?;
-                if !(reply.transit && reply.nsg == Stage::Operational) {
-                    return Err(LoginFailure::Other(
-                        "the target wants authentication (ISCSI_CHAP_* not set)".into(),
-                    ));
-                }
-            }
-            Some((user, secret)) => {
-                identity.push(("AuthMethod".to_owned(), "CHAP".to_owned()));
-                let reply = self.login_step(Stage::Security, false, &identity)?;
-                if text::get(&reply.pairs, "AuthMethod") != Some("CHAP") {
-                    return Err(LoginFailure::Other(
-                        "the target did not agree to CHAP".into(),
-                    ));
-                }
-                let algorithm = [("CHAP_A", chap::ALGORITHM_MD5)];
-                let reply = self.login_step(Stage::Security, false, &algorithm)?;
-                let identifier = text::get(&reply.pairs, "CHAP_I")
-                    .and_then(text::parse_number)
-                    .and_then(|number| u8::try_from(number).ok());
-                let challenge = text::get(&reply.pairs, "CHAP_C")
-                    .and_then(text::parse_binary)
-                    .filter(|c| !c.is_empty() && c.len() <= chap::PEER_CHALLENGE_LEN_MAX);
-                let (Some(identifier), Some(challenge)) = (identifier, challenge) else {
-                    return Err(LoginFailure::Other(
-                        "CHAP_I or CHAP_C missing or unusable".into(),
-                    ));
-                };
-                let secret = ChapSecret::new(secret.clone());
-                let response = chap::response(identifier, &secret, &challenge);
-                let answer = [
-                    ("CHAP_N", user.clone()),
-                    ("CHAP_R", text::hex_value(&response)),
-                ];
-                let reply = self.login_step(Stage::Security, true, &answer)?;
-                if !(reply.transit && reply.nsg == Stage::Operational) {
-                    return Err(LoginFailure::Other(
-                        "the target did not leave the security stage after CHAP".into(),
-                    ));
-                }
-            }
-        }
-        self.operational()
-    }
-
-    fn operational(&mut self) -> Result<(), LoginFailure> {
-        let mrdsl = RECV_DATA_SEGMENT_LEN_MAX.to_string();
-        let burst = ((1u32 << 24) - 1).to_string();
-        let proposal = [
-            ("HeaderDigest", "None"),
-            ("DataDigest", "None"),
-            ("MaxRecvDataSegmentLength", mrdsl.as_str()),
-            ("ImmediateData", "Yes"),
-            ("InitialR2T", "No"),
-            ("MaxBurstLength", burst.as_str()),
-            ("FirstBurstLength", burst.as_str()),
-        ];
-        let mut negotiated = Negotiated::default();
-        let mut pairs: &[(&str, &str)] = &proposal;
-        for _ in 0..LOGIN_STEPS_MAX {
-            let reply = self.login_step(Stage::Operational, true, pairs)?;
-            apply_answers(&reply.pairs, &mut negotiated).map_err(LoginFailure::Other)?;
-            if reply.transit && reply.nsg == Stage::FullFeature {
-                negotiated.first_burst_len =
-                    negotiated.first_burst_len.min(negotiated.max_burst_len);
-                self.negotiated = negotiated;
-                self.logged_in = true;
-                return Ok(());
-            }
-            pairs = &[];
-        }
-        Err(LoginFailure::Other(
-            "the target never completed the operational stage".into(),
-        ))
-    }
-
-    /// One Login Request from stage `csg` and its response, text gathered over Continue PDUs.
-    fn login_step<K: AsRef<str>, V: AsRef<str>>(
-        &mut self,
-        csg: Stage,
-        transit: bool,
-        pairs: &[(K, V)],
-    ) -> Result<LoginReply, LoginFailure> {
-        let mut data = Vec::new();
-        text::encode(pairs, &mut data);
-        assert!(data.len() <= LOGIN_DATA_SEGMENT_LEN_MAX as usize);
-        let nsg = match csg {
-            Stage::Security => Stage::Operational,
-            _ => Stage::FullFeature,
-        };
-        let itt = self.itt();
-        let mut whole = Vec::new();
-        for _ in 0..LOGIN_STEPS_MAX {
-            let request = LoginRequest {
-                transit: transit && whole.is_empty(),
-                cont: false,
-                csg,
-                nsg,
-                version_max: VERSION,
-                version_min: VERSION,
-                isid: self.isid,
-                tsih: 0,
-                itt,
-                cid: 0,
-                cmd_sn: self.cmd_sn,
-                exp_stat_sn: self.exp_stat_sn,
-                data: std::mem::take(&mut data),
-            };
-            self.send(&Pdu::LoginRequest(request))
-                .map_err(LoginFailure::Other)?;
-            let Pdu::LoginResponse(response) = self.recv().map_err(LoginFailure::Other)? else {
-                return Err(LoginFailure::Other("expected a Login Response".into()));
-            };
-            if !response.status.is_success() {
-                return Err(LoginFailure::Refused(
-                    response.status.class,
-                    response.status.detail,
-                ));
-            }
-            if response.itt != itt || response.isid != self.isid || response.csg != csg {
-                return Err(LoginFailure::Other("Login Response does not match".into()));
-            }
-            if whole.len() + response.data.len() > text::TEXT_LEN_MAX {
-                return Err(LoginFailure::Other("login text too long".into()));
-            }
-            whole.extend_from_slice(&response.data);
-            if response.cont {
-                continue;
-            }
-            if response.transit && response.nsg == Stage::FullFeature {
-                if response.tsih == 0 {
-                    return Err(LoginFailure::Other("login completed with TSIH 0".into()));
-                }
-                self.cmd_sn = response.exp_cmd_sn;
-                self.max_cmd_sn = response.max_cmd_sn;
-            }
-            let pairs = text::parse(&whole).map_err(|e| LoginFailure::Other(e.to_string()))?;
-            return Ok(LoginReply {
-                transit: response.transit,
-                nsg: response.nsg,
-                pairs,
-            });
-        }
-        Err(LoginFailure::Other(
-            "login text continues without end".into(),
-        ))
-    }
-
     /// READ CAPACITY (16): the number of logical blocks and the block size in bytes.
     fn read_capacity(&mut self) -> Result<(u64, u32), String> {
-        let mut cdb = [0u8; 16];
-        cdb[0] = SERVICE_ACTION_IN_16;
-        cdb[1] = SA_READ_CAPACITY_16;
-        cdb[10..14].copy_from_slice(&32u32.to_be_bytes());
-        self.execute_until_done("READ CAPACITY (16)", cdb, 32, &[])?;
-        let data = &self.data_in;
-        if data.len() < 12 {
-            return Err(format!(
-                "{}: READ CAPACITY (16) data too short",
-                self.target_name
-            ));
-        }
-        let mut last_lba = [0u8; 8];
-        last_lba.copy_from_slice(&data[..8]);
-        let mut block_size = [0u8; 4];
-        block_size.copy_from_slice(&data[8..12]);
-        let block_size = u32::from_be_bytes(block_size);
-        if block_size == 0 || block_size > 1 << 20 {
-            return Err(format!(
-                "{}: unusable block size {block_size}",
-                self.target_name
-            ));
-        }
-        self.block_size = block_size;
-        let blocks = u64::from_be_bytes(last_lba).saturating_add(1);
-        Ok((blocks, block_size))
+        let result = until_done(&mut self.initiator, &mut self.busy_count, |initiator| {
+            initiator.read_capacity()
+        });
+        result.map_err(|e| self.failed("READ CAPACITY (16)", e))
     }
 
     /// READ (16) of `length` bytes at byte `offset`; returns the data.
     fn read(&mut self, offset: u64, length: u64) -> Result<&[u8], String> {
         let (lba, blocks) = self.extent(offset, length);
-        self.execute_until_done("READ (16)", rw16(READ_16, lba, blocks), length as u32, &[])?;
-        if self.data_in.len() as u64 != length {
-            return Err(format!(
-                "{}: READ (16) at {offset}: {} bytes of {length}",
-                self.target_name,
-                self.data_in.len()
-            ));
-        }
+        let data_in = &mut self.data_in;
+        let result = until_done(&mut self.initiator, &mut self.busy_count, |initiator| {
+            initiator.read_into(lba, blocks, data_in)
+        });
+        result.map_err(|e| self.failed(&format!("READ (16) at {offset}"), e))?;
         Ok(&self.data_in)
     }
 
     /// WRITE (16) of `data` at byte `offset`.
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
-        let (lba, blocks) = self.extent(offset, data.len() as u64);
-        self.execute_until_done("WRITE (16)", rw16(WRITE_16, lba, blocks), 0, data)
+        let (lba, _) = self.extent(offset, data.len() as u64);
+        let result = until_done(&mut self.initiator, &mut self.busy_count, |initiator| {
+            initiator.write(lba, data)
+        });
+        result.map_err(|e| self.failed(&format!("WRITE (16) at {offset}"), e))
     }
 
     /// The LBA and block count of a byte range (block-aligned: the callers move whole 4 KiB).
     fn extent(&self, offset: u64, length: u64) -> (u64, u32) {
-        let block_size = u64::from(self.block_size);
-        assert!(block_size > 0, "read_capacity comes first");
+        let block_size = u64::from(
+            self.initiator
+                .block_size()
+                .expect("invariant: read_capacity comes first"),
+        );
         assert!(offset.is_multiple_of(block_size) && length.is_multiple_of(block_size));
         assert!(length <= u64::from(PREFILL_BLOCK_BYTES));
         (offset / block_size, (length / block_size) as u32)
     }
 
-    /// Runs a command until it is neither BUSY, TASK SET FULL nor UNIT ATTENTION.
-    fn execute_until_done(
-        &mut self,
-        name: &str,
-        cdb: [u8; 16],
-        read_len: u32,
-        data_out: &[u8],
-    ) -> Result<(), String> {
-        for _ in 0..BUSY_ATTEMPTS_MAX {
-            let outcome = self.execute(cdb, read_len, data_out).map_err(|e| {
-                format!(
-                    "{} at {}: {name}: {e}",
-                    self.target_name,
-                    self.stream_peer()
-                )
-            })?;
-            match outcome {
-                Outcome::Done => return Ok(()),
-                Outcome::Again => {
-                    self.busy_count += 1;
-                    thread::sleep(BUSY_PAUSE);
-                }
-            }
-        }
-        Err(format!(
-            "{}: {name} still refused after {BUSY_ATTEMPTS_MAX} attempts",
-            self.target_name
-        ))
-    }
-
-    fn stream_peer(&self) -> String {
-        self.stream
-            .peer_addr()
-            .map_or_else(|_| "?".into(), |a| a.to_string())
-    }
-
-    /// Sends one SCSI command with its unsolicited data, answers R2Ts and gathers Data-In into
-    /// `self.data_in` until the status.
-    fn execute(
-        &mut self,
-        cdb: [u8; 16],
-        read_len: u32,
-        data_out: &[u8],
-    ) -> Result<Outcome, String> {
-        assert!(self.logged_in);
-        assert!(
-            read_len == 0 || data_out.is_empty(),
-            "bidirectional command"
-        );
-        if !serial_le(self.cmd_sn, self.max_cmd_sn) {
-            return Err(format!(
-                "command window closed: CmdSN {}, MaxCmdSN {}",
-                self.cmd_sn, self.max_cmd_sn
-            ));
-        }
-        let session = self.negotiated;
-        let segment_len = session.target_max_recv_data_segment_len as usize;
-        let write_len = data_out.len();
-        let first_burst = (session.first_burst_len as usize).min(write_len);
-        let immediate_len = if session.immediate_data {
-            first_burst.min(segment_len)
-        } else {
-            0
-        };
-        let unsolicited_len = if session.initial_r2t {
-            immediate_len
-        } else {
-            first_burst
-        };
-        let itt = self.itt();
-        let command = ScsiCommand {
-            fin: unsolicited_len == immediate_len,
-            read: read_len > 0,
-            write: write_len > 0,
-            lun: self.lun,
-            itt,
-            expected_data_len: read_len.max(write_len as u32),
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: self.exp_stat_sn,
-            cdb,
-            data: data_out[..immediate_len].to_vec(),
-            ..ScsiCommand::default()
-        };
-        self.send(&Pdu::ScsiCommand(command))?;
-        self.cmd_sn = self.cmd_sn.wrapping_add(1);
-        let unsolicited = &data_out[immediate_len..unsolicited_len];
-        self.send_data_out(itt, Ttt::RESERVED, self.lun, unsolicited, immediate_len)?;
-        self.data_in.clear();
-        let mut data_sn_next = 0u32;
-        let mut r2t_sn_next = 0u32;
-        let mut idle = 0u32;
-        loop {
-            match self.recv()? {
-                Pdu::R2t(r2t) => {
-                    if r2t.itt != itt || r2t.r2t_sn != r2t_sn_next {
-                        return Err("R2T for another task or out of order".into());
-                    }
-                    let end = u64::from(r2t.buffer_offset) + u64::from(r2t.desired_len);
-                    if r2t.desired_len == 0
-                        || r2t.desired_len > session.max_burst_len
-                        || end > write_len as u64
-                    {
-                        return Err("R2T beyond the write's data or MaxBurstLength".into());
-                    }
-                    r2t_sn_next = r2t_sn_next.wrapping_add(1);
-                    let start = r2t.buffer_offset as usize;
-                    let piece = &data_out[start..end as usize];
-                    self.send_data_out(itt, r2t.ttt, r2t.lun, piece, start)?;
-                }
-                Pdu::DataIn(pdu) => {
-                    if pdu.itt != itt || pdu.data_sn != data_sn_next {
-                        return Err("Data-In for another task or out of order".into());
-                    }
-                    if pdu.buffer_offset as usize != self.data_in.len()
-                        || self.data_in.len() + pdu.data.len() > read_len as usize
-                    {
-                        return Err("Data-In out of order or beyond the length asked".into());
-                    }
-                    data_sn_next = data_sn_next.wrapping_add(1);
-                    self.data_in.extend_from_slice(&pdu.data);
-                    if let Some(status) = pdu.status {
-                        return status_outcome(status.status, &[]);
-                    }
-                }
-                Pdu::ScsiResponse(response) => {
-                    if response.itt != itt {
-                        return Err("SCSI Response for another task".into());
-                    }
-                    if response.response != ScsiResponse::COMMAND_COMPLETED {
-                        return Err(format!(
-                            "iSCSI response {:#04x}: the target failed the command",
-                            response.response
-                        ));
-                    }
-                    return status_outcome(response.status, &response.sense);
-                }
-                other => {
-                    idle += 1;
-                    if idle > IDLE_PDUS_MAX {
-                        return Err(format!("{idle} PDUs without an answer"));
-                    }
-                    self.idle_pdu(other)?;
-                }
-            }
-        }
-    }
-
-    /// Sends `data` (at `offset` in the command's data) as Data-Out PDUs of at most the target's
-    /// MaxRecvDataSegmentLength.
-    fn send_data_out(
-        &mut self,
-        itt: Itt,
-        ttt: Ttt,
-        lun: Lun,
-        data: &[u8],
-        offset: usize,
-    ) -> Result<(), String> {
-        let segment_len = self.negotiated.target_max_recv_data_segment_len as usize;
-        assert!(segment_len > 0);
-        let count = data.len().div_ceil(segment_len);
-        for (index, piece) in data.chunks(segment_len).enumerate() {
-            let pdu = DataOut {
-                fin: index + 1 == count,
-                lun,
-                itt,
-                ttt,
-                exp_stat_sn: self.exp_stat_sn,
-                data_sn: index as u32,
-                buffer_offset: (offset + index * segment_len) as u32,
-                data: piece.to_vec(),
-            };
-            self.send(&Pdu::DataOut(pdu))?;
-        }
-        Ok(())
-    }
-
-    /// A PDU that answers nothing we wait for: pings are answered, SCSI asynchronous events
-    /// ignored, everything else fails the command.
-    fn idle_pdu(&mut self, pdu: Pdu) -> Result<(), String> {
-        match pdu {
-            Pdu::NopIn(nop_in) => self.answer_ping(nop_in),
-            Pdu::AsyncMessage(message) if message.event == 0 => Ok(()),
-            Pdu::AsyncMessage(message) => Err(format!(
-                "asynchronous event {} from the target",
-                message.event
-            )),
-            Pdu::Reject(reject) => Err(format!(
-                "the target rejected a PDU, reason {:#04x}",
-                reject.reason
-            )),
-            other => Err(format!("unexpected PDU (opcode {:#04x})", other.opcode())),
-        }
-    }
-
-    fn answer_ping(&mut self, nop_in: NopIn) -> Result<(), String> {
-        if nop_in.ttt == Ttt::RESERVED {
-            return Ok(());
-        }
-        let mut data = nop_in.data;
-        data.truncate(self.negotiated.target_max_recv_data_segment_len as usize);
-        let nop_out = NopOut {
-            immediate: true,
-            lun: nop_in.lun,
-            itt: Itt::RESERVED,
-            ttt: nop_in.ttt,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: self.exp_stat_sn,
-            data,
-        };
-        self.send(&Pdu::NopOut(nop_out))
+    fn failed(&self, name: &str, error: Failure) -> String {
+        format!("{} at {}: {name}: {error}", self.target_name, self.portal)
     }
 
     /// Logs out (closing the session) and closes the connection.
-    fn logout(mut self) -> Result<(), String> {
-        let itt = self.itt();
-        let request = LogoutRequest {
-            immediate: true,
-            reason: LogoutReason::CloseSession,
-            itt,
-            cid: 0,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: self.exp_stat_sn,
-        };
-        let target_name = self.target_name.clone();
-        let failed = |e: String| format!("logout from {target_name}: {e}");
-        self.send(&Pdu::LogoutRequest(request)).map_err(failed)?;
-        for _ in 0..IDLE_PDUS_MAX {
-            match self.recv().map_err(failed)? {
-                Pdu::LogoutResponse(response) if response.itt == itt => {
-                    let _ = self.stream.shutdown(Shutdown::Both);
-                    return match response.response {
-                        LogoutResponseCode::Closed => Ok(()),
-                        other => Err(failed(format!("answered {other:?}"))),
-                    };
-                }
-                other => self.idle_pdu(other).map_err(failed)?,
-            }
-        }
-        Err(failed("no Logout Response".into()))
-    }
-
-    fn itt(&mut self) -> Itt {
-        let itt = self.itt_next;
-        self.itt_next = self.itt_next.wrapping_add(1);
-        if self.itt_next == Itt::RESERVED.0 {
-            self.itt_next = 1;
-        }
-        Itt(itt)
-    }
-
-    fn send(&mut self, pdu: &Pdu) -> Result<(), String> {
-        self.encoded.clear();
-        pdu.encode(Digests::NONE, &mut self.encoded);
-        self.stream
-            .write_all(&self.encoded)
-            .map_err(|e| format!("sending: {e}"))
-    }
-
-    /// Reads one PDU, refusing data segments beyond what we declared.
-    fn recv(&mut self) -> Result<Pdu, String> {
-        let max_data = if self.logged_in {
-            RECV_DATA_SEGMENT_LEN_MAX
-        } else {
-            LOGIN_DATA_SEGMENT_LEN_MAX
-        };
-        let mut bhs = [0u8; BHS_LEN];
-        self.stream
-            .read_exact(&mut bhs)
-            .map_err(|e| format!("receiving: {e}"))?;
-        let len = pdu_len_within(&bhs, Digests::NONE, max_data).map_err(|e| e.to_string())?;
-        self.frame.clear();
-        self.frame.extend_from_slice(&bhs);
-        self.frame.resize(len, 0);
-        self.stream
-            .read_exact(&mut self.frame[BHS_LEN..])
-            .map_err(|e| format!("receiving: {e}"))?;
-        let pdu = Pdu::decode(&self.frame, Digests::NONE, max_data).map_err(|e| e.to_string())?;
-        self.track(&pdu);
-        Ok(pdu)
-    }
-
-    /// Follows StatSN and the command window from a target PDU.
-    fn track(&mut self, pdu: &Pdu) {
-        let (stat_sn, window) = match pdu {
-            Pdu::ScsiResponse(p) => (Some(p.stat_sn), Some((p.exp_cmd_sn, p.max_cmd_sn))),
-            Pdu::DataIn(p) => (
-                p.status.map(|status| status.stat_sn),
-                Some((p.exp_cmd_sn, p.max_cmd_sn)),
-            ),
-            Pdu::NopIn(p) => (
-                (p.itt != Itt::RESERVED).then_some(p.stat_sn),
-                Some((p.exp_cmd_sn, p.max_cmd_sn)),
-            ),
-            Pdu::LogoutResponse(p) => (Some(p.stat_sn), Some((p.exp_cmd_sn, p.max_cmd_sn))),
-            Pdu::Reject(p) => (Some(p.stat_sn), Some((p.exp_cmd_sn, p.max_cmd_sn))),
-            Pdu::AsyncMessage(p) => (Some(p.stat_sn), Some((p.exp_cmd_sn, p.max_cmd_sn))),
-            Pdu::R2t(p) => (None, Some((p.exp_cmd_sn, p.max_cmd_sn))),
-            Pdu::LoginResponse(p) => (Some(p.stat_sn), None),
-            _ => (None, None),
-        };
-        if let Some(stat_sn) = stat_sn {
-            self.exp_stat_sn = stat_sn.wrapping_add(1);
-        }
-        // RFC 7143 (CmdSN and ExpCmdSN): a MaxCmdSN below ExpCmdSN - 1 is not a window.
-        if let Some((exp_cmd_sn, max_cmd_sn)) = window
-            && self.logged_in
-            && serial_le(exp_cmd_sn.wrapping_sub(1), max_cmd_sn)
-        {
-            self.max_cmd_sn = max_cmd_sn;
-        }
+    fn logout(self) -> Result<(), String> {
+        let target_name = self.target_name;
+        self.initiator
+            .logout()
+            .map_err(|e| format!("logout from {target_name}: {e}"))
     }
 }
 
-/// A login response's outcome, its text gathered.
-struct LoginReply {
-    transit: bool,
-    nsg: Stage,
-    pairs: text::Pairs,
+/// Why a command did not complete.
+#[derive(Debug)]
+enum Failure {
+    /// The initiator's error: the target failed the command or the connection.
+    Initiator(InitiatorError),
+    /// Refused [`BUSY_ATTEMPTS_MAX`] times in a row.
+    StillRefused,
 }
 
-/// Why a login failed: a refusal (Status-Class, Status-Detail) may be worth waiting out.
-enum LoginFailure {
-    Refused(u8, u8),
-    Other(String),
-}
-
-impl std::fmt::Display for LoginFailure {
+impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LoginFailure::Refused(0x02, 0x01) => write!(f, "refused: authentication failure"),
-            LoginFailure::Refused(0x02, 0x03) => write!(f, "refused: target not found"),
-            LoginFailure::Refused(class, detail) => {
-                write!(f, "refused: status {class:#04x}/{detail:#04x}")
-            }
-            LoginFailure::Other(message) => f.write_str(message),
+            Failure::Initiator(error) => error.fmt(f),
+            Failure::StillRefused => write!(f, "still refused after {BUSY_ATTEMPTS_MAX} attempts"),
         }
     }
 }
 
-/// Takes the target's answers to our operational keys.
-fn apply_answers(pairs: &[(String, String)], negotiated: &mut Negotiated) -> Result<(), String> {
-    let length = |value: &str| {
-        text::parse_number(value)
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| (512..(1 << 24)).contains(n))
-            .ok_or_else(|| format!("length answer {value:?} is not in 512..=16777215"))
-    };
-    let boolean = |value: &str| {
-        text::parse_bool(value).ok_or_else(|| format!("boolean answer {value:?} is not Yes or No"))
-    };
-    for (key, value) in pairs {
-        match key.as_str() {
-            "HeaderDigest" | "DataDigest" if value != "None" => {
-                return Err("the target insists on digests".into());
+/// Runs `command` until the target answers it with something else than BUSY, TASK SET FULL
+/// or UNIT ATTENTION (each counted in `busy_count`, then sent again after [`BUSY_PAUSE`]).
+fn until_done<T>(
+    initiator: &mut Initiator,
+    busy_count: &mut u64,
+    mut command: impl FnMut(&mut Initiator) -> Result<T, InitiatorError>,
+) -> Result<T, Failure> {
+    for _ in 0..BUSY_ATTEMPTS_MAX {
+        match command(initiator) {
+            Ok(value) => return Ok(value),
+            Err(error) if is_refusal(&error) => {
+                *busy_count += 1;
+                thread::sleep(BUSY_PAUSE);
             }
-            "MaxRecvDataSegmentLength" => {
-                negotiated.target_max_recv_data_segment_len = length(value)?;
-            }
-            "MaxBurstLength" => negotiated.max_burst_len = length(value)?,
-            "FirstBurstLength" => negotiated.first_burst_len = length(value)?,
-            "ImmediateData" => negotiated.immediate_data = boolean(value)?,
-            "InitialR2T" => negotiated.initial_r2t = boolean(value)?,
-            _ => {}
+            Err(error) => return Err(Failure::Initiator(error)),
         }
     }
-    Ok(())
+    Err(Failure::StillRefused)
 }
 
-/// What a command's SCSI status means for the load: done, send again, or fail.
-fn status_outcome(status: u8, sense: &[u8]) -> Result<Outcome, String> {
-    match status {
-        STATUS_GOOD => Ok(Outcome::Done),
-        STATUS_BUSY | STATUS_TASK_SET_FULL => Ok(Outcome::Again),
-        STATUS_CHECK_CONDITION => {
-            let (sense_key, asc, ascq) = parse_sense(sense);
-            if sense_key == SENSE_UNIT_ATTENTION {
-                return Ok(Outcome::Again);
-            }
-            Err(format!(
-                "CHECK CONDITION: sense key {sense_key:#x}, ASC {asc:#04x}, ASCQ {ascq:#04x}"
-            ))
+/// Whether the target refused a command for now (busy, full, or reporting a unit attention
+/// such as tgt's on a new nexus): the command is worth sending again.
+fn is_refusal(error: &InitiatorError) -> bool {
+    match error {
+        InitiatorError::Status { status } => {
+            matches!(*status, STATUS_BUSY | STATUS_TASK_SET_FULL)
         }
-        other => Err(format!("SCSI status {other:#04x}")),
+        InitiatorError::CheckCondition { sense_key, .. } => *sense_key == SENSE_UNIT_ATTENTION,
+        _ => false,
     }
-}
-
-/// A READ (16) or WRITE (16) CDB.
-fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
-    let mut cdb = [0u8; 16];
-    cdb[0] = opcode;
-    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
-    cdb
-}
-
-/// `a <= b` in 32-bit serial number arithmetic (RFC 1982).
-fn serial_le(a: u32, b: u32) -> bool {
-    a == b || (b.wrapping_sub(a) as i32) > 0
-}
-
-/// An ISID of the "random" type (RFC 7143 section 11.12.5, T = 0b10): every session its own,
-/// so sessions never reinstate each other.
-fn random_isid() -> Isid {
-    // RandomState::new() draws fresh keys per call: its hash of nothing is a random number.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    let bits = hasher.finish().to_be_bytes();
-    Isid([
-        0x80 | (bits[0] & 0x3f),
-        bits[1],
-        bits[2],
-        bits[3],
-        bits[4],
-        bits[5],
-    ])
 }
 
 #[cfg(test)]
@@ -1250,21 +642,26 @@ mod tests {
     }
 
     #[test]
-    fn statuses_map_to_outcomes() {
-        assert!(matches!(
-            status_outcome(STATUS_GOOD, &[]),
-            Ok(Outcome::Done)
-        ));
-        assert!(matches!(
-            status_outcome(STATUS_BUSY, &[]),
-            Ok(Outcome::Again)
-        ));
-        let unit_attention = [0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x29, 0];
-        assert!(matches!(
-            status_outcome(STATUS_CHECK_CONDITION, &unit_attention),
-            Ok(Outcome::Again)
-        ));
-        let medium_error = [0x70, 0, 0x03, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x11, 0];
-        assert!(status_outcome(STATUS_CHECK_CONDITION, &medium_error).is_err());
+    fn refusals_are_sent_again_and_failures_are_not() {
+        assert!(is_refusal(&InitiatorError::Status {
+            status: STATUS_BUSY
+        }));
+        assert!(is_refusal(&InitiatorError::Status {
+            status: STATUS_TASK_SET_FULL
+        }));
+        let unit_attention = InitiatorError::CheckCondition {
+            sense_key: SENSE_UNIT_ATTENTION,
+            asc: 0x29,
+            ascq: 0,
+        };
+        assert!(is_refusal(&unit_attention));
+        let medium_error = InitiatorError::CheckCondition {
+            sense_key: 0x03,
+            asc: 0x11,
+            ascq: 0,
+        };
+        assert!(!is_refusal(&medium_error));
+        assert!(!is_refusal(&InitiatorError::Status { status: 0x18 }));
+        assert!(!is_refusal(&InitiatorError::Closed));
     }
 }

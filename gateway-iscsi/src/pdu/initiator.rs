@@ -1,8 +1,8 @@
 //! PDUs an initiator sends (RFC 7143 sections 11.2-11.16 and 11.18-11.19).
 
 use super::{
-    BhsWriter, CDB_LEN, DataParts, Encoded, Frame, Isid, Itt, Lun, MAX_EXTENDED_CDB_LEN, PduError,
-    Stage, Ttt, opcode, padded_len,
+    BHS_LEN, BhsWriter, CDB_LEN, DataParts, Encoded, Frame, Isid, Itt, Lun, MAX_EXTENDED_CDB_LEN,
+    PduError, Stage, Ttt, data_segment_len, opcode, padded_len,
 };
 
 /// Byte 1 bit 7 of most PDUs: F (final), or a bit RFC 7143 fixes at 1.
@@ -520,6 +520,22 @@ pub struct DataOut {
 }
 
 impl DataOut {
+    /// The header of a Data-Out PDU whose data segment was discarded (a data digest error,
+    /// RFC 7143 section 7.8), with no data, and the length its data segment had: the target
+    /// still follows the sequence it belonged to. `None` if `bhs` is not a Data-Out header.
+    pub fn decode_discarded(bhs: &[u8; BHS_LEN]) -> Option<(DataOut, u32)> {
+        let frame = Frame {
+            bhs,
+            ahs: &[],
+            data: &[],
+        };
+        if frame.opcode() != opcode::DATA_OUT || bhs[4] != 0 {
+            return None;
+        }
+        let header = DataOut::decode(&frame).ok()?;
+        Some((header, data_segment_len(bhs)))
+    }
+
     pub(super) fn decode(f: &Frame<'_>) -> Result<DataOut, PduError> {
         f.expect_no_ahs()?;
         Ok(DataOut {

@@ -45,7 +45,8 @@ pub use inquiry::{IdentityError, LunIdentity};
 pub use limits::{BlockLimits, Geometry};
 pub use lun::{Failure, Lun, LunError, Outcome, Prepared};
 pub use pr::{
-    MemReservationStore, NameError, Nexus, PrOutRequest, PrRefusal, ReservationState,
-    ReservationStore, ReservationType, StoreError, VolumeId,
+    MemReservationStore, NameError, Nexus, PrOutRequest, PrRefusal,
+    RESERVATION_STATE_ENCODED_LEN_MAX, ReservationDecodeError, ReservationState, ReservationStore,
+    ReservationType, StoreError, VolumeId,
 };
 pub use sense::{AdditionalSense, FieldPointer, Sense, SenseKey, Status};

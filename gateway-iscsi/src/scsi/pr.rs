@@ -22,6 +22,10 @@ use crate::scsi::{
     sense::{AdditionalSense, Sense, SenseKey},
 };
 
+mod codec;
+
+pub use codec::{RESERVATION_STATE_ENCODED_LEN_MAX, ReservationDecodeError};
+
 /// Registrations one volume holds at most. Each initiator port registers once per target
 /// port; 64 covers a 16-host cluster with four paths each. Past it, REGISTER fails with
 /// INSUFFICIENT REGISTRATION RESOURCES.
@@ -95,6 +99,8 @@ pub struct Nexus {
     initiator_port: String,
     target_port: String,
     target_portal_group_tag: u16,
+    /// The ISID, also spelled out in `initiator_port`: kept to encode the nexus.
+    isid: [u8; 6],
 }
 
 impl Nexus {
@@ -117,7 +123,29 @@ impl Nexus {
             initiator_port,
             target_port,
             target_portal_group_tag,
+            isid,
         })
+    }
+
+    /// The initiator's iSCSI name: the initiator port name up to its first comma (names
+    /// hold none).
+    pub fn initiator_name(&self) -> &str {
+        name_before_comma(&self.initiator_port)
+    }
+
+    /// The initiator's session id.
+    pub fn isid(&self) -> [u8; 6] {
+        self.isid
+    }
+
+    /// The target's iSCSI name.
+    pub fn target_name(&self) -> &str {
+        name_before_comma(&self.target_port)
+    }
+
+    /// The target portal group tag of the session.
+    pub fn target_portal_group_tag(&self) -> u16 {
+        self.target_portal_group_tag
     }
 
     /// The initiator port name, "initiator name,i,0x" + ISID in hex.
@@ -135,6 +163,14 @@ impl Nexus {
     pub fn relative_target_port(&self) -> u16 {
         self.target_portal_group_tag
     }
+}
+
+/// The name a port name starts with: [`Nexus::new`] put it before the first comma.
+fn name_before_comma(port: &str) -> &str {
+    let (name, _) = port
+        .split_once(',')
+        .expect("invariant: port names are built as name,i|t,...");
+    name
 }
 
 /// The TYPE of a persistent reservation (SPC-4 table 170).
@@ -240,10 +276,14 @@ pub struct Reservation {
     pub reservation_type: ReservationType,
 }
 
-/// The reservation state of one volume.
+/// The reservation state of one volume. [`ReservationState::encode`] gives its stable bytes
+/// for a store shared by gateways.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReservationState {
-    /// PRGENERATION: bumped by every successful REGISTER, CLEAR and PREEMPT.
+    /// PRGENERATION: bumped by every successful REGISTER, CLEAR and PREEMPT. Not by RESERVE
+    /// or RELEASE (SPC-4, READ KEYS), so two gateways may change the state from one generation:
+    /// a store's compare-and-set compares the whole encoding (canonical: one state, one byte
+    /// string), or a version of its own, never this alone.
     pub generation: u32,
     /// Registrations in order of registration.
     pub registrations: Vec<Registration>,
@@ -368,20 +408,44 @@ impl ReservationState {
     }
 
     fn check_invariants(&self) {
-        assert!(self.registrations.len() <= REGISTRATIONS_MAX);
-        for (index, registration) in self.registrations.iter().enumerate() {
-            assert_ne!(registration.key, 0, "a zero key is never registered");
-            let later = &self.registrations[index + 1..];
-            assert!(later.iter().all(|other| other.nexus != registration.nexus));
+        if let Err(violation) = self.validate() {
+            panic!("reservation state invariant broken: {violation}");
         }
-        if let Some(reservation) = &self.reservation {
-            // A reservation never outlives its last holder's registration.
-            if reservation.reservation_type.all_registrants() {
-                assert!(!self.registrations.is_empty());
-            } else {
-                assert!(self.key_of(&reservation.holder).is_some());
+    }
+
+    /// Checks what every state must satisfy: at most [`REGISTRATIONS_MAX`] registrations,
+    /// none with key zero, one per nexus, and a reservation only while its holder (for the
+    /// all-registrants types, any registrant) is registered. [`ReservationState::apply`]
+    /// keeps these; [`ReservationState::decode`] refuses bytes that break them.
+    pub fn validate(&self) -> Result<(), ReservationDecodeError> {
+        let count = self.registrations.len();
+        if count > REGISTRATIONS_MAX {
+            return Err(ReservationDecodeError::TooManyRegistrations {
+                count,
+                max: REGISTRATIONS_MAX,
+            });
+        }
+        for (index, registration) in self.registrations.iter().enumerate() {
+            if registration.key == 0 {
+                return Err(ReservationDecodeError::ZeroKey { index });
+            }
+            let later = &self.registrations[index + 1..];
+            if later.iter().any(|other| other.nexus == registration.nexus) {
+                return Err(ReservationDecodeError::DuplicateNexus { index });
             }
         }
+        // A reservation never outlives its last holder's registration.
+        let Some(reservation) = &self.reservation else {
+            return Ok(());
+        };
+        if reservation.reservation_type.all_registrants() {
+            if self.registrations.is_empty() {
+                return Err(ReservationDecodeError::NoRegistrants);
+            }
+        } else if self.key_of(&reservation.holder).is_none() {
+            return Err(ReservationDecodeError::HolderNotRegistered);
+        }
+        Ok(())
     }
 
     fn require_registered(&self, nexus: &Nexus, key: u64) -> Result<(), PrRefusal> {

@@ -109,6 +109,9 @@ pub enum AdditionalSense {
     SavingParametersNotSupported,
     /// 0x44/0x00.
     InternalTargetFailure,
+    /// 0x47/0x05: PROTOCOL SERVICE CRC ERROR, what iSCSI answers a command whose data-out
+    /// failed its data digest (RFC 7143 section 11.4.7.2).
+    ProtocolServiceCrcError,
     /// 0x4B/0x00: the data-out of the command broke the transport protocol (DataSN, buffer
     /// offset, digest); the iSCSI layer fails the command with it.
     DataPhaseError,
@@ -135,6 +138,7 @@ impl AdditionalSense {
             AdditionalSense::BusDeviceResetFunctionOccurred => (0x29, 0x03),
             AdditionalSense::SavingParametersNotSupported => (0x39, 0x00),
             AdditionalSense::InternalTargetFailure => (0x44, 0x00),
+            AdditionalSense::ProtocolServiceCrcError => (0x47, 0x05),
             AdditionalSense::DataPhaseError => (0x4B, 0x00),
             AdditionalSense::InsufficientRegistrationResources => (0x55, 0x04),
         }
@@ -260,6 +264,15 @@ impl Sense {
     /// data-out broke the protocol.
     pub fn data_phase_error() -> Sense {
         Sense::new(SenseKey::AbortedCommand, AdditionalSense::DataPhaseError)
+    }
+
+    /// ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: the iSCSI layer's answer to a command
+    /// whose data-out failed its digest (RFC 7143 section 7.8, ErrorRecoveryLevel 0).
+    pub fn protocol_service_crc_error() -> Sense {
+        Sense::new(
+            SenseKey::AbortedCommand,
+            AdditionalSense::ProtocolServiceCrcError,
+        )
     }
 
     /// UNIT ATTENTION, BUS DEVICE RESET FUNCTION OCCURRED.

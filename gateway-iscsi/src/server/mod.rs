@@ -23,9 +23,11 @@
 //!
 //! Limits: connections and sessions per server, the command window per session, immediate
 //! commands per session, the data-out bytes of one command (what the SCSI layer asks for,
-//! at most [`transfer::DATA_OUT_LEN_MAX`]), the login duration, the idle time before a
-//! ping and the time to answer it, and how long a send may block.
+//! at most [`transfer::DATA_OUT_LEN_MAX`]), the data-out bytes of all commands of the server
+//! together ([`budget`]), the login duration, the idle time before a ping and the time to
+//! answer it, and how long a send may block.
 
+mod budget;
 mod connection;
 mod framer;
 mod mem;
@@ -43,6 +45,10 @@ use std::{
     time::Duration,
 };
 
+pub use budget::{
+    DATA_OUT_BUDGET_BYTES_DEFAULT, DATA_OUT_BUDGET_BYTES_MAX, DATA_OUT_BUDGET_BYTES_MIN,
+    DataOutBudgetStats,
+};
 pub use mem::MemVolumes;
 use tokio::{
     net::TcpListener,
@@ -92,6 +98,11 @@ pub struct ServerConfig {
     pub nop_timeout: Duration,
     /// How long a send may block on an initiator that does not read.
     pub send_timeout: Duration,
+    /// The most bytes of data-out (write data, parameter lists) the commands of all sessions
+    /// may hold at once; a command whose buffer does not fit waits for it before its R2Ts go
+    /// out. Within [`DATA_OUT_BUDGET_BYTES_MIN`] (one command's largest buffer) and
+    /// [`DATA_OUT_BUDGET_BYTES_MAX`].
+    pub data_out_budget_bytes: u64,
 }
 
 impl ServerConfig {
@@ -107,6 +118,7 @@ impl ServerConfig {
             nop_interval: Duration::from_secs(30),
             nop_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
+            data_out_budget_bytes: DATA_OUT_BUDGET_BYTES_DEFAULT,
         }
     }
 }
@@ -192,6 +204,8 @@ pub struct Server<V: Volumes, R: scsi::ReservationStore + 'static> {
     volumes: V,
     reservations: Arc<R>,
     connections: Arc<Semaphore>,
+    /// Data-out bytes the commands of every session share.
+    data_out_budget: budget::DataOutBudget,
     sessions: Mutex<Sessions>,
     /// Resets per target (lower-case name): sessions compare it with the count they have
     /// reported to raise the reset unit attention once on each I_T nexus. One small entry
@@ -201,8 +215,9 @@ pub struct Server<V: Volumes, R: scsi::ReservationStore + 'static> {
 }
 
 impl<V: Volumes, R: scsi::ReservationStore + 'static> Server<V, R> {
-    /// A server; nothing happens until [`Server::serve`]. Panics on limits of zero and on a
-    /// portal that is not a valid text value (programmer errors in the configuration).
+    /// A server; nothing happens until [`Server::serve`]. Panics on limits of zero, on a
+    /// data-out budget out of its bounds and on a portal that is not a valid text value
+    /// (programmer errors in the configuration).
     pub fn new(config: ServerConfig, volumes: V, reservations: R) -> Arc<Self> {
         assert!(config.connections_max >= 1);
         assert!(config.sessions_max >= 1 && config.sessions_max < u32::from(u16::MAX));
@@ -216,12 +231,14 @@ impl<V: Volumes, R: scsi::ReservationStore + 'static> Server<V, R> {
             config.portal
         );
         let connections = Arc::new(Semaphore::new(config.connections_max as usize));
+        let data_out_budget = budget::DataOutBudget::new(config.data_out_budget_bytes);
         Arc::new(Server {
             login: RwLock::new(Arc::clone(&config.login)),
             config,
             volumes,
             reservations: Arc::new(reservations),
             connections,
+            data_out_budget,
             sessions: Mutex::new(Sessions::default()),
             resets: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
@@ -242,6 +259,12 @@ impl<V: Volumes, R: scsi::ReservationStore + 'static> Server<V, R> {
     /// Sessions logged in or logging in.
     pub fn session_count(&self) -> usize {
         self.sessions().by_tsih.len()
+    }
+
+    /// How the data-out budget is used: capacity, bytes granted now, the peak, and how many
+    /// commands had to wait.
+    pub fn data_out_budget(&self) -> DataOutBudgetStats {
+        self.data_out_budget.stats()
     }
 
     /// Accepts connections until the listener fails or `shutdown` resolves; each

@@ -2,6 +2,11 @@
 //! over the PDUs an initiator sends, the tasks of the session and their data-out, task
 //! management, pings and logout.
 //!
+//! A command with data-out first takes its share of the server's data-out budget
+//! ([`super::budget`]): at once if it can, otherwise it queues behind the session's other
+//! waiting commands while the loop goes on reading, and the loop awaits the grant of the
+//! queue's head alongside everything else.
+//!
 //! Tasks run on a `JoinSet` owned by the loop, so the loop learns of every task's end and a
 //! task never outlives its connection. A running task answers only if it wins the race
 //! against an abort (its state goes RUNNING -> COMPLETING before it sends; an abort moves it
@@ -11,8 +16,10 @@
 mod command;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU8, AtomicU64, Ordering},
@@ -28,6 +35,7 @@ use tokio::{
 
 use super::{
     Server, Volumes,
+    budget::Grant,
     connection::{Established, SessionUnit},
     framer::{Framer, ReadError},
     response::{Delivery, residual, task_response},
@@ -40,8 +48,7 @@ use crate::{
     pdu::{
         BHS_LEN, DataOut, Itt, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode,
         Lun, NopIn, NopOut, Pdu, PduError, R2t, Reject, ScsiCommand, TaskMgmtFunction,
-        TaskMgmtRequest, TaskMgmtResponse, TaskMgmtResponseCode, TextRequest, Ttt, opcode,
-        reject_reason,
+        TaskMgmtRequest, TaskMgmtResponse, TaskMgmtResponseCode, TextRequest, Ttt, reject_reason,
     },
     scsi::{Command, Nexus, Outcome, ReservationStore, Sense, Status, cdb},
 };
@@ -101,11 +108,27 @@ struct Plan {
 }
 
 struct Collecting {
+    /// Tells this command from a later one that reuses its ITT; the task keeps it.
+    id: u64,
     plan: Plan,
     collector: DataOutCollector,
     slot: Option<Slot>,
     immediate: bool,
+    /// The command's share of the data-out budget, once granted (none is needed without
+    /// data-out).
+    grant: Option<Grant>,
 }
+
+/// A command waiting for its share of the data-out budget.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    itt: Itt,
+    id: u64,
+    len_bytes: u32,
+}
+
+/// The grant the head of the budget queue waits for.
+type Granting = Pin<Box<dyn Future<Output = Grant> + Send>>;
 
 enum Task {
     Collecting(Box<Collecting>),
@@ -133,6 +156,11 @@ struct Session<V: Volumes, R: ReservationStore + 'static> {
     limits: TransferLimits,
     /// The target's reset count (normal sessions) and the count this session reported.
     resets: Option<(Arc<AtomicU64>, u64)>,
+    /// Commands waiting for data-out budget, oldest first: each is a task collecting data, so
+    /// the command window bounds the queue.
+    budget_queue: VecDeque<Waiting>,
+    /// The grant the queue's head waits for; none when the queue is empty.
+    granting: Option<Granting>,
 }
 
 /// Runs the full feature phase of a connection until logout, an error or a close request.
@@ -184,6 +212,15 @@ pub(crate) async fn run<V: Volumes, R: ReservationStore + 'static>(
     drop(handle);
 }
 
+/// The grant the budget queue's head waits for. Cancel-safe: the future stays in `granting`
+/// (keeping its place in the budget's line) until it resolves; then the caller takes it out.
+async fn next_grant(granting: &mut Option<Granting>) -> Grant {
+    match granting {
+        Some(future) => future.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn read_error(error: &ReadError) -> Closed {
     match error {
         ReadError::Closed => "closed by the initiator",
@@ -231,6 +268,8 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
             ping_deadline: None,
             limits,
             resets,
+            budget_queue: VecDeque::new(),
+            granting: None,
         }
     }
 
@@ -257,6 +296,9 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
                 },
                 Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
                     self.on_joined(joined)
+                }
+                grant = next_grant(&mut self.granting), if self.granting.is_some() => {
+                    self.on_grant(grant).await
                 }
                 () = close.notified() => Err("session reinstated by a new login"),
                 _ = shutdown.changed() => Err("server shutting down"),
@@ -297,14 +339,12 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
             }) => {
                 tracing::warn!(tsih = self.complete.tsih, %why, "rejecting a PDU");
                 self.reject(reason, &header).await?;
+                // A command whose own data segment failed is dropped whole (RFC 7143 section
+                // 7.8: the initiator retries it); a Data-Out's task has lost its data.
                 if reason == reject_reason::DATA_DIGEST_ERROR
-                    && header[0] & 0x3f == opcode::DATA_OUT
+                    && let Some((data_out, len)) = DataOut::decode_discarded(&header)
                 {
-                    let itt = Itt(u32::from_be_bytes([
-                        header[16], header[17], header[18], header[19],
-                    ]));
-                    // ErrorRecoveryLevel 0: the data is lost, so is the task.
-                    self.fail_collecting(itt, Sense::data_phase_error()).await?;
+                    return self.on_lost_data_out(data_out, len).await;
                 }
                 Ok(())
             }
@@ -508,6 +548,9 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
     /// Aborts every task of the session: collecting ones are dropped, running ones finish
     /// without answering. Returns when none is left.
     async fn abort_all(&mut self) -> Flow {
+        // Every waiting command is a collecting task, dropped below.
+        self.budget_queue.clear();
+        self.granting = None;
         let mut ids = Vec::new();
         self.tasks.retain(|_, task| match task {
             Task::Collecting(_) => false,
@@ -532,7 +575,9 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
         match self.tasks.get(&itt) {
             None => Ok(TaskMgmtResponseCode::TaskDoesNotExist),
             Some(Task::Collecting(_)) => {
-                self.tasks.remove(&itt);
+                if let Some(Task::Collecting(collecting)) = self.tasks.remove(&itt) {
+                    self.forget_waiting(collecting.id);
+                }
                 Ok(TaskMgmtResponseCode::FunctionComplete)
             }
             Some(Task::Running { id, state, .. }) => {

@@ -10,6 +10,15 @@
 //! `needed_len` bytes (what the command needs, never more), count the rest, and ask with R2Ts
 //! only for what we keep. Any violation is an [`TransferError`]: at ErrorRecoveryLevel 0 the
 //! connection is dropped.
+//!
+//! A PDU whose data failed its digest is discarded, and the command's data with it
+//! ([`DataOutCollector::on_lost_data_out`]): the collector frees its buffer, asks for nothing
+//! more, and follows the sequences under way to their end, after which the command fails.
+//!
+//! The buffer for the `needed_len` bytes is allocated whole once the command holds its share
+//! of the server's data-out budget (`granted`). Until then no R2T goes out, and the bytes the
+//! initiator sends unasked (immediate and unsolicited data, at most FirstBurstLength) are
+//! staged in a buffer of at most that size.
 
 use std::collections::VecDeque;
 
@@ -124,33 +133,49 @@ pub(crate) struct DataOutCollector {
     /// Where the next R2T starts.
     solicited_len: u32,
     r2t_sn_next: u32,
+    /// The command holds its data-out budget: `data` may grow to `needed_len` and R2Ts may
+    /// ask for the rest.
+    granted: bool,
+    /// Data was discarded (a data digest error): the command cannot run; `data` is freed.
+    lost: bool,
 }
 
 impl DataOutCollector {
     /// Starts collecting: `expected_len` is the command's Expected Data Transfer Length (0
     /// without the W bit), `needed_len` what the command needs of it, `immediate` the
     /// command's data segment and `fin` its F bit (no unsolicited Data-Out follows).
+    /// `granted` says the command holds its data-out budget already (see
+    /// [`DataOutCollector::grant`]).
     pub(crate) fn new(
         limits: TransferLimits,
         expected_len: u32,
         needed_len: u32,
         immediate: &[u8],
         fin: bool,
+        granted: bool,
     ) -> Result<DataOutCollector, TransferError> {
         assert!(needed_len <= expected_len);
         assert!(needed_len <= DATA_OUT_LEN_MAX);
         assert!(limits.max_outstanding_r2t >= 1 && limits.max_burst_len >= 1);
         let unsolicited_max = limits.first_burst_len.min(expected_len);
+        // Without the budget, only the bytes the initiator may send unasked are kept.
+        let capacity = if granted {
+            needed_len
+        } else {
+            needed_len.min(unsolicited_max)
+        };
         let mut collector = DataOutCollector {
             limits,
             needed_len,
-            data: Vec::with_capacity(needed_len as usize),
+            data: Vec::with_capacity(capacity as usize),
             received_len: 0,
             unsolicited_max,
             unsolicited: Some(0),
             r2ts: VecDeque::new(),
             solicited_len: 0,
             r2t_sn_next: 0,
+            granted,
+            lost: false,
         };
         let len = u32::try_from(immediate.len()).unwrap_or(u32::MAX);
         if len > unsolicited_max {
@@ -159,7 +184,7 @@ impl DataOutCollector {
                 max: unsolicited_max,
             });
         }
-        collector.keep(immediate);
+        collector.keep(len, immediate);
         // Without room for more unsolicited data, the F bit is implied.
         if fin || collector.received_len == unsolicited_max {
             collector.end_unsolicited();
@@ -172,6 +197,26 @@ impl DataOutCollector {
     /// Takes one Data-Out PDU of this command.
     pub(crate) fn on_data_out(&mut self, pdu: &DataOut) -> Result<(), TransferError> {
         let len = u32::try_from(pdu.data.len()).unwrap_or(u32::MAX);
+        self.take(pdu, len, &pdu.data)
+    }
+
+    /// Takes the header of a Data-Out PDU of this command whose `len` bytes of data were
+    /// discarded: the command's data is lost for good (ErrorRecoveryLevel 0 asks for nothing
+    /// again), its buffer is freed, and the PDU still counts in its sequence.
+    pub(crate) fn on_lost_data_out(
+        &mut self,
+        header: &DataOut,
+        len: u32,
+    ) -> Result<(), TransferError> {
+        assert!(header.data.is_empty());
+        self.lost = true;
+        self.data = Vec::new();
+        self.take(header, len, &[])
+    }
+
+    /// Checks a Data-Out PDU of `len` bytes against the sequences under way and keeps
+    /// `bytes` (empty once the data is lost).
+    fn take(&mut self, pdu: &DataOut, len: u32, bytes: &[u8]) -> Result<(), TransferError> {
         if pdu.buffer_offset != self.received_len {
             return Err(TransferError::Offset {
                 received: pdu.buffer_offset,
@@ -191,7 +236,7 @@ impl DataOutCollector {
                 });
             }
             self.unsolicited = Some(data_sn_next.wrapping_add(1));
-            self.keep(&pdu.data);
+            self.keep(len, bytes);
             if pdu.fin {
                 self.end_unsolicited();
             }
@@ -218,16 +263,30 @@ impl DataOutCollector {
                 end: front_end,
             });
         }
-        self.keep(&pdu.data);
+        self.keep(len, bytes);
         if pdu.fin {
             self.r2ts.pop_front();
         }
         Ok(())
     }
 
+    /// Records that the command now holds its data-out budget: the buffer grows to its full
+    /// size and R2Ts may follow.
+    pub(crate) fn grant(&mut self) {
+        assert!(!self.granted);
+        assert!(!self.lost, "a command whose data is lost needs no budget");
+        // Unsolicited data alone never passes what the staging buffer was sized for.
+        assert!(self.data.len() <= self.data.capacity());
+        self.data
+            .reserve_exact(self.needed_len as usize - self.data.len());
+        self.granted = true;
+    }
+
     /// Whether an R2T should be sent now.
     pub(crate) fn wants_r2t(&self) -> bool {
-        self.unsolicited.is_none()
+        self.granted
+            && !self.lost
+            && self.unsolicited.is_none()
             && self.r2ts.len() < usize::from(self.limits.max_outstanding_r2t)
             && self.solicited_len < self.needed_len
     }
@@ -261,9 +320,25 @@ impl DataOutCollector {
         self.unsolicited.is_none() && self.r2ts.is_empty() && self.received_len >= self.needed_len
     }
 
-    /// The collected data, `needed_len` bytes once complete.
+    /// Whether the command may run: all its data is in and it holds its budget.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.is_complete() && self.granted && !self.lost
+    }
+
+    /// Whether data was discarded: the command must fail.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Whether no sequence is under way: no more unsolicited data may come and every R2T
+    /// sent has had its last PDU.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.unsolicited.is_none() && self.r2ts.is_empty()
+    }
+
+    /// The collected data, `needed_len` bytes once complete and granted.
     pub(crate) fn into_data(self) -> Vec<u8> {
-        assert!(self.is_complete());
+        assert!(self.is_ready());
         assert_eq!(self.data.len(), self.needed_len as usize);
         self.data
     }
@@ -273,12 +348,16 @@ impl DataOutCollector {
         self.solicited_len = self.received_len;
     }
 
-    /// Counts `bytes` as received at `received_len` and keeps what falls below `needed_len`.
-    fn keep(&mut self, bytes: &[u8]) {
-        let len = u32::try_from(bytes.len()).expect("invariant: checked against limits");
-        if self.received_len < self.needed_len {
+    /// Counts `len` bytes as received at `received_len` and keeps what of `bytes` falls
+    /// below `needed_len`, unless the data is lost.
+    fn keep(&mut self, len: u32, bytes: &[u8]) {
+        if !self.lost && self.received_len < self.needed_len {
+            assert_eq!(bytes.len(), len as usize);
             assert_eq!(self.data.len(), self.received_len as usize);
             let take = len.min(self.needed_len - self.received_len) as usize;
+            // Staged data stays in the buffer sized for it: no reallocation, no growth past
+            // the first burst before the grant.
+            assert!(self.granted || self.data.len() + take <= self.data.capacity());
             self.data.extend_from_slice(&bytes[..take]);
         }
         self.received_len += len;
@@ -322,7 +401,7 @@ mod tests {
     /// the collected bytes are the stream's first `needed_len` bytes.
     #[test]
     fn immediate_unsolicited_then_r2ts() {
-        let mut collector = DataOutCollector::new(LIMITS, 6000, 6000, &[0u8; 512], false)
+        let mut collector = DataOutCollector::new(LIMITS, 6000, 6000, &[0u8; 512], false, true)
             .expect("within the first burst");
         assert!(!collector.wants_r2t());
         collector
@@ -357,16 +436,79 @@ mod tests {
     /// The initiator sends more than the command needs: the surplus is counted, not kept.
     #[test]
     fn surplus_is_dropped() {
-        let collector =
-            DataOutCollector::new(LIMITS, 1000, 512, &[7u8; 1000], true).expect("immediate data");
+        let collector = DataOutCollector::new(LIMITS, 1000, 512, &[7u8; 1000], true, true)
+            .expect("immediate data");
         assert!(collector.is_complete());
         assert_eq!(collector.into_data(), vec![7u8; 512]);
+    }
+
+    /// Before its grant a command stages only its unsolicited data, in a buffer of at most
+    /// FirstBurstLength, and asks for nothing; the grant grows the buffer and R2Ts follow.
+    #[test]
+    fn nothing_is_asked_before_the_grant() {
+        let mut collector = DataOutCollector::new(LIMITS, 6000, 6000, &[1u8; 512], false, false)
+            .expect("within the first burst");
+        assert!(!collector.granted);
+        collector
+            .on_data_out(&data_out(Ttt::RESERVED, 0, 512, 512, true))
+            .expect("unsolicited in order");
+        assert!(!collector.wants_r2t());
+        assert!(!collector.is_complete());
+        assert!(collector.data.capacity() < 6000);
+        collector.grant();
+        assert!(collector.data.capacity() >= 6000);
+        let r2t = collector.issue_r2t(Ttt(1));
+        assert_eq!((r2t.offset, r2t.len), (1024, 2048));
+
+        // A write the first burst covers whole completes without R2Ts, granted or not.
+        let collector = DataOutCollector::new(LIMITS, 512, 512, &[2u8; 512], true, false)
+            .expect("all immediate");
+        assert!(collector.is_complete() && !collector.wants_r2t());
+    }
+
+    /// A PDU whose data was discarded frees the buffer and stops the R2Ts; the collector
+    /// still follows the R2T's sequence to its end, and the command never becomes ready.
+    #[test]
+    fn lost_data_is_followed_to_the_end_of_its_sequence() {
+        let mut collector = DataOutCollector::new(LIMITS, 6000, 6000, &[0u8; 1024], true, true)
+            .expect("a whole first burst");
+        let r2t = collector.issue_r2t(Ttt(1));
+        assert_eq!((r2t.offset, r2t.len), (1024, 2048));
+        let _ = collector.issue_r2t(Ttt(2));
+        let lost = DataOut {
+            data: Vec::new(),
+            ..data_out(Ttt(1), 0, 1024, 0, false)
+        };
+        collector
+            .on_lost_data_out(&lost, 1024)
+            .expect("in sequence");
+        assert!(collector.is_lost());
+        assert_eq!(collector.data.capacity(), 0);
+        assert!(!collector.is_drained());
+        collector
+            .on_data_out(&data_out(Ttt(1), 1, 2048, 1024, true))
+            .expect("the rest of the first R2T");
+        assert!(!collector.is_drained());
+        collector
+            .on_data_out(&data_out(Ttt(2), 0, 3072, 2048, true))
+            .expect("the second R2T");
+        assert!(collector.is_drained());
+        assert!(!collector.wants_r2t());
+        assert!(!collector.is_ready());
+        // A lost PDU out of sequence is still a violation.
+        let mut collector =
+            DataOutCollector::new(LIMITS, 4096, 4096, &[], false, true).expect("no immediate data");
+        let early = DataOut {
+            data: Vec::new(),
+            ..data_out(Ttt::RESERVED, 1, 0, 0, false)
+        };
+        assert!(collector.on_lost_data_out(&early, 512).is_err());
     }
 
     #[test]
     fn violations_are_errors() {
         let mut collector =
-            DataOutCollector::new(LIMITS, 4096, 4096, &[], false).expect("no immediate data");
+            DataOutCollector::new(LIMITS, 4096, 4096, &[], false, true).expect("no immediate data");
         assert_eq!(
             collector.on_data_out(&data_out(Ttt::RESERVED, 1, 0, 512, false)),
             Err(TransferError::DataSn {
@@ -394,11 +536,11 @@ mod tests {
             ..LIMITS
         };
         assert_eq!(
-            DataOutCollector::new(strict, 4096, 4096, &[], false).err(),
+            DataOutCollector::new(strict, 4096, 4096, &[], false, true).err(),
             Some(TransferError::UnsolicitedNotAllowed)
         );
         let mut collector =
-            DataOutCollector::new(strict, 4096, 4096, &[], true).expect("F bit set");
+            DataOutCollector::new(strict, 4096, 4096, &[], true, true).expect("F bit set");
         let r2t = collector.issue_r2t(Ttt(4));
         assert_eq!(r2t.len, 2048);
         assert!(matches!(

@@ -12,10 +12,10 @@ use std::{
 };
 
 use cairn_gateway_iscsi::{
-    initiator::{Initiator, InitiatorError},
+    initiator::{Initiator, InitiatorError, lun_from_number},
     login::{LoginConfig, OperationalLimits, TargetConfig},
     pdu::{
-        BHS_LEN, DataIn, DataInStatus, Digests, LoginResponse, LoginStatus, Pdu, PduError,
+        BHS_LEN, DataIn, DataInStatus, Digests, LoginResponse, LoginStatus, Lun, Pdu, PduError,
         ScsiResponse, Stage, pdu_len,
     },
     scsi::BlockDevice,
@@ -210,6 +210,46 @@ fn write_and_read_back_under_several_limits() {
         initiator.logout().expect("logout");
         server.assert_no_panics();
     }
+}
+
+#[test]
+fn commands_go_to_the_lun_the_initiator_is_set_to() {
+    // Goal: the initiator sends its commands to the LUN it is set to, LUN 0 by default.
+    // Method: this target has LUN 0 only, so LUN 1 answers LOGICAL UNIT NOT SUPPORTED
+    // (ILLEGAL REQUEST, 0x25/0x00) and the session goes on once set back.
+    let server = TestServer::start(vec![TestTargetConfig::open(TARGET)]);
+    let mut initiator = connect(&server);
+    assert_eq!(initiator.lun(), Lun(0));
+    initiator.login(INITIATOR, TARGET, None).expect("login");
+    assert_eq!(initiator.read_capacity().expect("LUN 0").1, BLOCK_SIZE);
+    initiator.set_lun(lun_from_number(1));
+    assert_eq!(initiator.lun(), Lun(1 << 48));
+    assert_eq!(
+        initiator.block_size(),
+        None,
+        "another LUN, another block size"
+    );
+    let error = initiator.read_capacity().expect_err("no LUN 1");
+    assert!(
+        matches!(
+            error,
+            InitiatorError::CheckCondition {
+                sense_key: 0x5,
+                asc: 0x25,
+                ascq: 0x00
+            }
+        ),
+        "{error}"
+    );
+    assert!(!error.is_fatal());
+    initiator.set_lun(Lun(0));
+    initiator.write(8, &[7u8; 512]).expect("a write to LUN 0");
+    assert_eq!(
+        initiator.read(8, 1).expect("a read of LUN 0"),
+        vec![7u8; 512]
+    );
+    initiator.logout().expect("logout");
+    server.assert_no_panics();
 }
 
 #[test]

@@ -15,8 +15,11 @@ use std::{
 use cairn_gateway_iscsi::{
     login::{ChapAuth, ChapCredentials, ChapSecret, CheckedConfig, LoginConfig, TargetConfig},
     scsi::{MemDevice, MemReservationStore},
-    server::{MemVolumes, Server, ServerConfig, Volumes},
+    server::{DataOutBudgetStats, MemVolumes, Server, ServerConfig, Volumes},
 };
+
+/// Reads the server's data-out budget from the test's thread.
+type BudgetProbe = Box<dyn Fn() -> DataOutBudgetStats + Send + Sync>;
 
 /// Size of every test LUN: 64 MiB of 512-byte blocks.
 pub const LUN_SIZE_BYTES: u64 = 64 << 20;
@@ -69,6 +72,7 @@ pub fn mutual_chap(user: &str, secret: &str, target_user: &str, target_secret: &
 pub struct TestServer {
     pub address: SocketAddr,
     pub devices: Vec<Arc<MemDevice>>,
+    budget: BudgetProbe,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -115,6 +119,7 @@ impl TestServer {
             .expect("non-blocking listener");
         let address = listener.local_addr().expect("local address");
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let (probe_tx, probe_rx) = std::sync::mpsc::channel::<BudgetProbe>();
         let thread = std::thread::Builder::new()
             .name(format!("{SERVER_THREAD_PREFIX}-{}", address.port()))
             .spawn(move || {
@@ -128,6 +133,10 @@ impl TestServer {
                     let mut config = ServerConfig::new(login, format!("{address},1"));
                     tune(&mut config);
                     let server = Server::new(config, volumes, MemReservationStore::default());
+                    let probed = Arc::clone(&server);
+                    probe_tx
+                        .send(Box::new(move || probed.data_out_budget()))
+                        .expect("the test waits for the probe");
                     let stopped = async {
                         let _ = shutdown_rx.await;
                     };
@@ -137,9 +146,11 @@ impl TestServer {
                 });
             })
             .expect("a server thread");
+        let budget = probe_rx.recv().expect("the server starts");
         TestServer {
             address,
             devices: Vec::new(),
+            budget,
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
@@ -147,6 +158,11 @@ impl TestServer {
 
     pub fn start(targets: Vec<TestTargetConfig>) -> TestServer {
         TestServer::start_with(targets, None, |_| {})
+    }
+
+    /// How the server's data-out budget is used now.
+    pub fn budget(&self) -> DataOutBudgetStats {
+        (self.budget)()
     }
 
     pub fn port(&self) -> u16 {

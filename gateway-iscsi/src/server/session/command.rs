@@ -42,12 +42,15 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
             plan.action = Action::Fail(sense);
             plan.needed_len = 0;
         }
+        let grant = self.try_grant(plan.needed_len);
+        let granted = plan.needed_len == 0 || grant.is_some();
         let collector = match DataOutCollector::new(
             self.limits,
             plan.expected_out_len,
             plan.needed_len,
             &command.data,
             command.fin,
+            granted,
         ) {
             Ok(collector) => collector,
             Err(error) => {
@@ -59,13 +62,97 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
                     .await;
             }
         };
+        let id = self.next_task_id;
+        self.next_task_id += 1;
+        if !granted {
+            self.wait_for_budget(Waiting {
+                itt: command.itt,
+                id,
+                len_bytes: plan.needed_len,
+            });
+        }
         let collecting = Box::new(Collecting {
+            id,
             plan,
             collector,
             slot,
             immediate: command.immediate,
+            grant,
         });
         self.advance(command.itt, collecting).await
+    }
+
+    /// The data-out budget for `len_bytes` at once, unless nothing is needed or commands of
+    /// this session already wait (they go first).
+    fn try_grant(&self, len_bytes: u32) -> Option<Grant> {
+        if len_bytes == 0 || !self.budget_queue.is_empty() {
+            return None;
+        }
+        self.server.data_out_budget.try_grant(len_bytes)
+    }
+
+    /// Queues a command for its data-out budget; the loop awaits the head's grant.
+    fn wait_for_budget(&mut self, waiting: Waiting) {
+        tracing::debug!(
+            tsih = self.complete.tsih,
+            itt = waiting.itt.0,
+            len_bytes = waiting.len_bytes,
+            "waiting for data-out budget"
+        );
+        // Each queued command is a task collecting data: the window and the immediate
+        // command limit bound them.
+        assert!(self.budget_queue.len() <= self.tasks.len());
+        self.server.data_out_budget.count_wait();
+        self.budget_queue.push_back(waiting);
+        self.request_grant();
+    }
+
+    /// Starts waiting for the grant of the queue's head, unless already waiting.
+    fn request_grant(&mut self) {
+        if self.granting.is_some() {
+            return;
+        }
+        if let Some(head) = self.budget_queue.front() {
+            self.granting = Some(Box::pin(self.server.data_out_budget.grant(head.len_bytes)));
+        }
+    }
+
+    /// The queue's head got its grant: its R2Ts go out (or it starts), and the next command
+    /// in the queue waits for its own.
+    pub(super) async fn on_grant(&mut self, grant: Grant) -> Flow {
+        self.granting = None;
+        let waiting = self
+            .budget_queue
+            .pop_front()
+            .expect("invariant: a grant answers the queue's head");
+        assert_eq!(grant.len_bytes(), waiting.len_bytes);
+        self.request_grant();
+        let current = matches!(
+            self.tasks.get(&waiting.itt),
+            Some(Task::Collecting(collecting)) if collecting.id == waiting.id
+        );
+        // A command that went meanwhile (aborted, failed) leaves the queue when it goes.
+        assert!(current, "a command left the budget queue behind");
+        let Some(Task::Collecting(mut collecting)) = self.tasks.remove(&waiting.itt) else {
+            unreachable!("checked above");
+        };
+        collecting.collector.grant();
+        collecting.grant = Some(grant);
+        self.advance(waiting.itt, collecting).await
+    }
+
+    /// Takes a command that goes away (aborted or failed while collecting) out of the budget
+    /// queue; if it was the head, the next one waits for its grant instead.
+    pub(super) fn forget_waiting(&mut self, id: u64) {
+        let Some(index) = self.budget_queue.iter().position(|w| w.id == id) else {
+            return;
+        };
+        self.budget_queue.remove(index);
+        if index == 0 {
+            // Dropping the wait gives back any bytes set aside for it.
+            self.granting = None;
+            self.request_grant();
+        }
     }
 
     /// The reason to reject a command before it takes a CmdSN: immediate data not
@@ -107,13 +194,58 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
             tracing::warn!(tsih = self.complete.tsih, itt = itt.0, %error, "Data-Out");
             return self.fail_collecting(itt, Sense::data_phase_error()).await;
         }
-        if !collecting.collector.wants_r2t() && !collecting.collector.is_complete() {
+        let collector = &collecting.collector;
+        if collector.is_lost() {
+            return self.fail_when_drained(itt).await;
+        }
+        // A command waiting for its budget moves on when the grant comes.
+        if !collector.wants_r2t() && !collector.is_ready() {
             return Ok(());
         }
         let Some(Task::Collecting(collecting)) = self.tasks.remove(&itt) else {
             unreachable!("the task was collecting above");
         };
         self.advance(itt, collecting).await
+    }
+
+    /// A Data-Out whose data failed its digest (RFC 7143 section 7.8). At ErrorRecoveryLevel 0
+    /// nothing is asked again, so the task's data is lost: it gives its buffer and budget back
+    /// and sends no more R2Ts, and fails with PROTOCOL SERVICE CRC ERROR once the sequences
+    /// under way have ended, so that none of its data arrives after its answer.
+    pub(super) async fn on_lost_data_out(&mut self, header: DataOut, len: u32) -> Flow {
+        let itt = header.itt;
+        let Some(Task::Collecting(collecting)) = self.tasks.get_mut(&itt) else {
+            tracing::debug!(
+                tsih = self.complete.tsih,
+                itt = itt.0,
+                "lost Data-Out for no task"
+            );
+            return Ok(());
+        };
+        if let Err(error) = collecting.collector.on_lost_data_out(&header, len) {
+            tracing::warn!(tsih = self.complete.tsih, itt = itt.0, %error, "lost Data-Out");
+            return self.fail_collecting(itt, Sense::data_phase_error()).await;
+        }
+        collecting.grant = None;
+        let id = collecting.id;
+        self.forget_waiting(id);
+        self.fail_when_drained(itt).await
+    }
+
+    /// Fails a task whose data is lost once no sequence of it is under way.
+    async fn fail_when_drained(&mut self, itt: Itt) -> Flow {
+        let drained = match self.tasks.get(&itt) {
+            Some(Task::Collecting(collecting)) => {
+                assert!(collecting.collector.is_lost());
+                collecting.collector.is_drained()
+            }
+            _ => false,
+        };
+        if !drained {
+            return Ok(());
+        }
+        self.fail_collecting(itt, Sense::protocol_service_crc_error())
+            .await
     }
 
     /// Sends the R2Ts the task wants and starts it once its data is in.
@@ -134,7 +266,7 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
                 desired_len: r2t.len,
             }));
         }
-        if collecting.collector.is_complete() {
+        if collecting.collector.is_ready() {
             assert!(r2ts.is_empty());
             self.start(itt, *collecting);
         } else {
@@ -149,27 +281,27 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
     /// Runs a task whose data is in on the session's task set.
     fn start(&mut self, itt: Itt, collecting: Collecting) {
         let Collecting {
+            id,
             plan,
             collector,
             slot,
             immediate,
+            grant,
         } = collecting;
-        let data = collector.into_data();
+        let data = DataOutBuffer {
+            bytes: collector.into_data(),
+            grant,
+        };
         let (lun, nexus) = self
             .lun
             .clone()
             .expect("invariant: commands run in normal sessions only");
-        let id = self.next_task_id;
-        self.next_task_id += 1;
         let state = Arc::new(AtomicU8::new(RUNNING));
         let delivery = self.delivery(&plan);
         let queue = self.queue.clone();
         let task_state = Arc::clone(&state);
         self.running.spawn(async move {
-            execute(
-                &lun, &nexus, &plan, &data, delivery, task_state, slot, queue,
-            )
-            .await;
+            execute(&lun, &nexus, &plan, data, delivery, task_state, slot, queue).await;
             (itt, id)
         });
         self.tasks.insert(
@@ -191,6 +323,7 @@ impl<V: Volumes, R: ReservationStore + 'static> Session<V, R> {
         let Some(Task::Collecting(collecting)) = self.tasks.remove(&itt) else {
             unreachable!("checked above");
         };
+        self.forget_waiting(collecting.id);
         let Collecting { plan, slot, .. } = *collecting;
         self.answer_failed(&plan, slot, sense).await
     }
@@ -359,20 +492,29 @@ fn shortened_write(
     Some((shortened, blocks))
 }
 
+/// A task's data-out and the budget it holds: both go once the logical unit has the data.
+struct DataOutBuffer {
+    bytes: Vec<u8>,
+    grant: Option<Grant>,
+}
+
 /// Runs one task and queues its answer unless it was aborted meanwhile.
 #[allow(clippy::too_many_arguments)]
 async fn execute<D: BlockDevice, S: ReservationStore>(
     lun: &LogicalUnit<D, S>,
     nexus: &Nexus,
     plan: &Plan,
-    data: &[u8],
+    data: DataOutBuffer,
     delivery: Delivery,
     state: Arc<AtomicU8>,
     slot: Option<Slot>,
     queue: mpsc::Sender<Vec<Pdu>>,
 ) {
+    if let Some(grant) = &data.grant {
+        assert_eq!(grant.len_bytes() as usize, data.bytes.len());
+    }
     let outcome = match plan.action {
-        Action::Execute => lun.execute(nexus, &plan.cdb, data).await,
+        Action::Execute => lun.execute(nexus, &plan.cdb, &data.bytes).await,
         Action::Good => Outcome {
             status: Status::Good,
             sense: None,
@@ -384,6 +526,8 @@ async fn execute<D: BlockDevice, S: ReservationStore>(
             data_in: Vec::new(),
         },
     };
+    // The logical unit is done with the data: its buffer and budget go before the answer.
+    drop(data);
     // Data flowed out if the command takes data-out or the initiator offered some.
     let residual =
         if plan.data_out_len > 0 || (plan.expected_out_len > 0 && plan.expected_in_len == 0) {

@@ -75,6 +75,50 @@ pub enum VolumeCommand {
         /// IOPS tier: normal (800), high (2500) or ultra (10000).
         #[arg(long, default_value = "normal")]
         tier: String,
+        /// A custom IOPS limit replacing the tier's (1 to 1,000,000).
+        #[arg(long)]
+        iops: Option<u32>,
+        /// A bandwidth limit in MB/s (10^6 bytes per second; at least 1).
+        #[arg(long)]
+        mbps: Option<u64>,
+    },
+    /// Sets a volume's QoS: the tier (kept when not given) and custom limits (a limit not
+    /// given is removed). The iSCSI gateways apply it within a second.
+    Qos {
+        name: String,
+        /// IOPS tier: normal, high or ultra.
+        #[arg(long)]
+        tier: Option<String>,
+        /// A custom IOPS limit replacing the tier's.
+        #[arg(long)]
+        iops: Option<u32>,
+        /// A bandwidth limit in MB/s.
+        #[arg(long)]
+        mbps: Option<u64>,
+    },
+    /// Sets who may log in to a volume's iSCSI target: its own CHAP credential (else the
+    /// gateway's), mutual CHAP, and the initiator names allowed (else any). `--clear` goes
+    /// back to the defaults. Secrets are read from files, never from the command line.
+    Access {
+        name: String,
+        /// CHAP user the initiator logs in as.
+        #[arg(long, requires = "chap_secret_file")]
+        chap_user: Option<String>,
+        /// File holding that user's secret (12-255 characters).
+        #[arg(long, requires = "chap_user")]
+        chap_secret_file: Option<PathBuf>,
+        /// Mutual CHAP: the user the target answers as.
+        #[arg(long, requires_all = ["mutual_secret_file", "chap_user"])]
+        mutual_user: Option<String>,
+        /// File holding the target's secret (another than the initiator's).
+        #[arg(long, requires = "mutual_user")]
+        mutual_secret_file: Option<PathBuf>,
+        /// An initiator name allowed (repeat); none given: any initiator.
+        #[arg(long = "initiator")]
+        initiators: Vec<String>,
+        /// Remove the volume's own rules.
+        #[arg(long, conflicts_with_all = ["chap_user", "mutual_user", "initiators"])]
+        clear: bool,
     },
     /// Lists volumes.
     List,
@@ -233,6 +277,15 @@ pub(crate) enum Method {
 }
 
 impl Connection {
+    /// The admin API at `url` with `token` (a process calling its own or a known API).
+    pub(crate) fn new(url: String, token: String) -> Connection {
+        Connection {
+            admin_url: url,
+            token: Some(token),
+            json: false,
+        }
+    }
+
     /// The same admin URLs with another token (a process reading its token from a file).
     pub(crate) fn with_token(&self, token: String) -> Connection {
         Connection {
@@ -250,6 +303,18 @@ pub(crate) fn api_call(
 ) -> Result<Value, String> {
     let client = Client::new(connection).map_err(|Failure(m)| m)?;
     client.call(path, method).map_err(|Failure(m)| m)
+}
+
+/// An admin API call off the async threads (the client blocks).
+pub(crate) async fn call(
+    connection: &Connection,
+    path: String,
+    method: Method,
+) -> Result<Value, String> {
+    let connection = connection.clone();
+    tokio::task::spawn_blocking(move || api_call(&connection, &path, method))
+        .await
+        .map_err(|e| format!("admin call: {e}"))?
 }
 
 struct Client {
@@ -482,7 +547,38 @@ fn pool_table(v: &Value) -> Table {
 }
 
 fn volume_table(v: &Value) -> Table {
-    rows(v, &["name", "id", "pool", "size_bytes", "tier", "iops_max"])
+    rows(
+        v,
+        &[
+            "name",
+            "id",
+            "pool",
+            "size_bytes",
+            "tier",
+            "iops_max",
+            "bytes_per_s_max",
+        ],
+    )
+}
+
+fn access_table(v: &Value) -> Table {
+    let access = &v["iscsi_access"];
+    let row = json!({
+        "name": v["name"],
+        "chap_user": access["chap"]["user"],
+        "mutual_user": access["mutual"]["user"],
+        "initiators": access["initiators"].as_array().map(|names| {
+            names.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+        }),
+    });
+    rows(&row, &["name", "chap_user", "mutual_user", "initiators"])
+}
+
+/// A secret from a file (trimmed): secrets stay off command lines, which other users can see.
+fn secret_file(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("read {}: {e}", path.display()))
 }
 
 fn attach_table(v: &Value) -> Table {
@@ -818,14 +914,66 @@ pub fn volume(connection: &Connection, command: VolumeCommand) -> ExitCode {
             pool,
             size,
             tier,
+            iops,
+            mbps,
         } => {
             let size_bytes = match size_or_exit(&size) {
                 Ok(bytes) => bytes,
                 Err(code) => return code,
             };
-            let body =
-                json!({ "name": name, "pool": pool, "size_bytes": size_bytes, "tier": tier });
+            let body = json!({ "name": name, "pool": pool, "size_bytes": size_bytes,
+                "tier": tier, "iops_max": iops, "bytes_per_s_max": mbps.map(|m| m * 1_000_000) });
             run_with(connection, "/v1/volumes", Method::Post(body), volume_table)
+        }
+        VolumeCommand::Qos {
+            name,
+            tier,
+            iops,
+            mbps,
+        } => {
+            let body = json!({ "tier": tier, "iops_max": iops,
+                "bytes_per_s_max": mbps.map(|m| m.saturating_mul(1_000_000)) });
+            run_with(
+                connection,
+                &format!("/v1/volumes/{name}/qos"),
+                Method::Put(body),
+                volume_table,
+            )
+        }
+        VolumeCommand::Access {
+            name,
+            chap_user,
+            chap_secret_file,
+            mutual_user,
+            mutual_secret_file,
+            initiators,
+            clear,
+        } => {
+            let path = format!("/v1/volumes/{name}/iscsi-access");
+            if clear {
+                return run_with(connection, &path, Method::Delete, access_table);
+            }
+            let secrets = chap_secret_file
+                .as_deref()
+                .map(secret_file)
+                .transpose()
+                .and_then(|chap| {
+                    Ok((
+                        chap,
+                        mutual_secret_file.as_deref().map(secret_file).transpose()?,
+                    ))
+                });
+            let (chap_secret, mutual_secret) = match secrets {
+                Ok(secrets) => secrets,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let body = json!({ "chap_user": chap_user, "chap_secret": chap_secret,
+                "mutual_user": mutual_user, "mutual_secret": mutual_secret,
+                "initiators": initiators });
+            run_with(connection, &path, Method::Put(body), access_table)
         }
         VolumeCommand::List => run_with(connection, "/v1/volumes", Method::Get, volume_table),
         VolumeCommand::Show { name } => run_with(

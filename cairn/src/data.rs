@@ -55,8 +55,6 @@ pub struct Target {
     pub pg_count: u32,
     /// The volume's size.
     pub size_bytes: u64,
-    /// The volume's IOPS limit (its tier), enforced by the block gateway.
-    pub iops_max: u32,
 }
 
 /// Volumes looked up recently, by name, so a data request does not cost a metadata lookup
@@ -167,6 +165,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
         group: GroupId,
         piece: Piece,
     ) -> impl Future<Output = Result<Vec<u8>, DataError>> + Send;
+    /// Deallocates one piece through its PG: it reads as zeros afterwards.
+    fn discard(
+        &self,
+        group: GroupId,
+        piece: Piece,
+    ) -> impl Future<Output = Result<(), DataError>> + Send;
 }
 
 /// The volume data routes over `backend`.
@@ -234,20 +238,24 @@ fn pieces(
     offset: u64,
     length: u64,
 ) -> impl Iterator<Item = (GroupId, Piece)> {
+    pieces_of(target, chunk_size, offset, length, WRITE_BYTES_MAX as u32)
+}
+
+/// Like [`pieces`], each piece at most `piece_max` bytes.
+fn pieces_of(
+    target: &Target,
+    chunk_size: u32,
+    offset: u64,
+    length: u64,
+    piece_max: u32,
+) -> impl Iterator<Item = (GroupId, Piece)> {
     let Target {
         pool,
         owner,
         pg_count,
         ..
     } = *target;
-    let all = cairn_client::pieces(
-        pool,
-        owner,
-        offset,
-        length,
-        chunk_size,
-        WRITE_BYTES_MAX as u32,
-    );
+    let all = cairn_client::pieces(pool, owner, offset, length, chunk_size, piece_max);
     all.map(move |piece| {
         let pg = cairn_client::pg_of(owner, piece.chunk.index, pg_count);
         (GroupId::pg(pool, pg), piece)
@@ -284,6 +292,38 @@ pub async fn write_range<B: Backend>(
         let data = data[start..start + piece.length as usize].to_vec();
         let backend = backend.clone();
         in_flight.spawn(async move { backend.write(group, piece, data).await });
+    }
+    while !in_flight.is_empty() {
+        finish_one(&mut in_flight).await?;
+    }
+    Ok(())
+}
+
+/// Deallocates `length` bytes at byte `offset` of the volume `target` (SCSI UNMAP): afterwards
+/// they read as zeros, and chunks left with nothing written are deleted. One discard per
+/// chunk touched (a discard carries no data, so a whole chunk is one log entry); no request
+/// size limit beyond the volume's.
+pub async fn discard_range<B: Backend>(
+    backend: &B,
+    target: &Target,
+    offset: u64,
+    length: u64,
+) -> Result<(), DataError> {
+    let end = offset.checked_add(length);
+    if end.is_none_or(|end| end > target.size_bytes) {
+        return Err(DataError::BadRequest(format!(
+            "{length} bytes at {offset} run past the volume's {} bytes",
+            target.size_bytes
+        )));
+    }
+    let chunk_size = backend.chunk_size()?;
+    let mut in_flight = tokio::task::JoinSet::new();
+    for (group, piece) in pieces_of(target, chunk_size, offset, length, chunk_size) {
+        if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
+            finish_one(&mut in_flight).await?;
+        }
+        let backend = backend.clone();
+        in_flight.spawn(async move { backend.discard(group, piece).await });
     }
     while !in_flight.is_empty() {
         finish_one(&mut in_flight).await?;
@@ -369,7 +409,6 @@ mod tests {
             pool: PoolId(1),
             pg_count: 8,
             size_bytes,
-            iops_max: 800,
         }
     }
 

@@ -48,6 +48,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::{
+    admin::Connection,
     data::{self, DataError, Target, TargetCache},
     iscsi, storage,
 };
@@ -182,6 +183,13 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         compact_every: 10_000,
         heartbeat_timeout: HEARTBEAT_TIMEOUT,
     };
+    // The gateway reads its targets and reservations from this process's own admin API, as
+    // every other gateway does.
+    let iscsi_config = iscsi::GatewayConfig {
+        connection: Connection::new(format!("http://{}", args.listen), token.clone()),
+        chap: Some(chap.clone()),
+        advertise: None,
+    };
     let storage: Arc<OnceLock<Storage>> = Arc::new(OnceLock::new());
     let setup = Setup {
         dir: dir.clone(),
@@ -204,11 +212,8 @@ async fn serve(args: DevArgs) -> Result<(), String> {
             targets: Arc::default(),
         };
         let gateway = backend.clone();
-        let listing = meta.clone();
-        let meta_for_attach = meta.clone();
         tokio::spawn(async move {
-            let list = move || volumes(listing.clone());
-            if let Err(e) = iscsi::serve(iscsi_listener, gateway, Some(chap), list).await {
+            if let Err(e) = iscsi::serve(iscsi_listener, gateway, iscsi_config).await {
                 tracing::error!("{e}");
                 eprintln!("cairn dev: {e}");
                 std::process::exit(1);
@@ -221,16 +226,9 @@ async fn serve(args: DevArgs) -> Result<(), String> {
                 std::process::exit(1);
             }
         });
-        let attach = AttachInfo {
-            portal: portal.to_string(),
-            chap_user: ISCSI_CHAP_USER,
-            meta: meta_for_attach,
-        };
         Router::new()
             .route("/metrics", get(metrics))
             .with_state(backend.clone())
-            .route("/v1/volumes/{name}/attach-info", get(attach_info))
-            .with_state(attach)
             .merge(data::routes(backend))
     };
     cairn_metadata::server::serve_with(config, extra)
@@ -328,57 +326,6 @@ async fn heartbeats(meta: DriverHandle, pgs: PgHandle, disks: Vec<Arc<ChunkStore
     }
 }
 
-/// What `GET /v1/volumes/NAME/attach-info` answers from.
-#[derive(Clone)]
-struct AttachInfo {
-    portal: String,
-    chap_user: &'static str,
-    meta: DriverHandle,
-}
-
-/// `GET /v1/volumes/NAME/attach-info`: the portal, target name, LUN and CHAP user an
-/// initiator (or the Cinder driver) needs to attach the volume.
-async fn attach_info(
-    State(attach): State<AttachInfo>,
-    axum::extract::Path(name): axum::extract::Path<String>,
-) -> Response {
-    let volumes = match volumes(attach.meta.clone()).await {
-        Ok(volumes) => volumes,
-        Err(e) => return DataError::Unavailable(e).into_response(),
-    };
-    let Some((volume, owner)) = volumes.into_iter().find(|(volume, _)| *volume == name) else {
-        return DataError::NotFound(format!("volume {name:?} not found")).into_response();
-    };
-    axum::Json(json!({
-        "volume": volume,
-        "protocol": "iscsi",
-        "portal": attach.portal,
-        "target": iscsi::target_name(&volume, owner),
-        "lun": 0,
-        "chap_user": attach.chap_user,
-    }))
-    .into_response()
-}
-
-/// Every volume's name and owner id, for the iSCSI gateway's targets.
-async fn volumes(meta: DriverHandle) -> Result<Vec<(String, OwnerId)>, String> {
-    let value = meta
-        .read(Box::new(|state| {
-            let volumes: Vec<(String, u64)> = state
-                .volumes()
-                .map(|(name, volume)| (name.clone(), volume.id.0))
-                .collect();
-            Ok(json!(volumes))
-        }))
-        .await
-        .map_err(|e| format!("list volumes: {e:?}"))?;
-    let volumes: Vec<(String, u64)> = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    Ok(volumes
-        .into_iter()
-        .map(|(name, owner)| (name, OwnerId(owner)))
-        .collect())
-}
-
 async fn read_pool(meta: &DriverHandle) -> Result<storage::PoolMap, String> {
     let value = meta
         .read(Box::new(|state| {
@@ -440,6 +387,13 @@ impl data::Backend for DevBackend {
             .read(group, piece.chunk, piece.offset, piece.length)
             .await?)
     }
+
+    async fn discard(&self, group: GroupId, piece: Piece) -> Result<(), DataError> {
+        let pgs = self.storage()?.pgs.clone();
+        Ok(pgs
+            .discard(group, piece.chunk, piece.offset, piece.length)
+            .await?)
+    }
 }
 
 impl DevBackend {
@@ -463,7 +417,6 @@ impl DevBackend {
                     "pool": pool.id.0,
                     "pg_count": pool.policy.pg_count,
                     "size_bytes": volume.size_bytes,
-                    "iops_max": volume.tier.iops_max(),
                 }))
             }))
             .await
@@ -480,7 +433,6 @@ impl DevBackend {
             pool: PoolId(field("pool") as u32),
             pg_count: field("pg_count") as u32,
             size_bytes: field("size_bytes"),
-            iops_max: field("iops_max") as u32,
         })
     }
 }

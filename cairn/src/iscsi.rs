@@ -3,19 +3,19 @@
 //! [`data::write_range`]), so a write's status goes back to the initiator only once every
 //! piece is committed by its PG.
 //!
-//! Target names derive from volume names ([`target_name`]); the gateway refreshes its target
-//! list from the metadata service every [`REFRESH_INTERVAL`], so a new volume can be logged
-//! into a second after it is created. Each volume's IOPS tier is enforced here, across all
-//! its sessions, with a token bucket (`cairn_client::qos`).
-//!
-//! Not yet: persistent reservations live in this gateway's memory (one gateway per
-//! `cairn dev`; the metadata service will hold them when gateways multiply), CHAP is one
-//! credential for every target, and UNMAP writes zeros (the chunk store cannot deallocate).
+//! Everything a gateway knows comes from the metadata service through the admin API, so any
+//! number of gateways (`cairn gateway iscsi`, each `cairn node run --iscsi-listen`, the one in
+//! `cairn dev`) serve the same targets and agree:
+//! - every [`REFRESH_INTERVAL`] the gateway lists the targets (`/v1/iscsi/targets`): target
+//!   names derive from volume names ([`target_name`]), each with its CHAP credentials and
+//!   initiator ACL (or the gateway's own credential), and its QoS limits, enforced here
+//!   across all its sessions with token buckets (`cairn_client::qos`);
+//! - persistent reservations live in the volume's metadata record ([`MetaReservations`]);
+//! - the gateway registers its portal, so `attach-info` can name it.
 
 use std::{
-    collections::BTreeMap,
-    future::Future,
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -23,49 +23,38 @@ use cairn_client::qos::{Qos, QosLimits};
 use cairn_common::OwnerId;
 use cairn_gateway_iscsi::{
     login::{ChapAuth, ChapCredentials, ChapSecret, CheckedConfig, LoginConfig, TargetConfig},
-    scsi::{BlockDevice, DeviceError, MemReservationStore, VolumeId},
+    scsi::{
+        BlockDevice, DeviceError, Nexus, PrOutRequest, PrRefusal, ReservationState,
+        ReservationStore, StoreError, VolumeId,
+    },
     server::{Server, ServerConfig, Volumes},
 };
+pub use cairn_metadata::api::{DEFAULT_CHAP_USER as CHAP_USER, IQN_PREFIX, target_name};
+use serde_json::{Value, json};
 
-use crate::data::{self, Backend, DataError, Target};
+use crate::{
+    admin::{Connection, Method, call},
+    data::{self, Backend, DataError, Target},
+};
 
-/// The IQN every volume's target name starts with (RFC 7143 iSCSI names: `iqn.`, the month the
-/// naming authority owned its domain, the reversed domain, then our own part).
-pub const IQN_PREFIX: &str = "iqn.2026-12.io.cairn:";
-
-/// The CHAP user every target asks for (`cairn dev` and `cairn node run --iscsi-listen`).
-pub const CHAP_USER: &str = "cairn";
-
-/// How often the gateway looks for volumes created or deleted.
+/// How often the gateway looks for volumes created, deleted or changed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The logical block size the gateway presents: what initiators expect of a disk.
 pub const BLOCK_SIZE_BYTES: u32 = 512;
 
-/// Largest zero write one UNMAP step makes (the chunk store has no deallocation yet, so
-/// unmapped ranges are written with zeros).
-const ZERO_STEP_BYTES: u64 = 4 << 20;
+/// How long a gateway trusts the reservation state it read. A change that can take access
+/// away waits this long (and a margin) before it is acknowledged, so by then every gateway
+/// has read the new state: a preempted initiator cannot write through another gateway after
+/// the preempting one was told GOOD (a lease, as in leader leases).
+const RESERVATION_TRUST: Duration = Duration::from_secs(1);
 
-/// The target name of volume `volume` (chunks keyed by `owner`). A volume name that is already
-/// a valid iSCSI name part (a-z, 0-9, '-', '.') is used as it is; any other is lowercased, '_'
-/// becomes '-', and the owner id follows after a ':' (a character volume names never hold), so
-/// two volumes never share a target name although iSCSI names ignore case.
-pub fn target_name(volume: &str, owner: OwnerId) -> String {
-    let plain = volume
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if plain {
-        return format!("{IQN_PREFIX}{volume}");
-    }
-    let mapped: String = volume
-        .chars()
-        .map(|c| match c {
-            '_' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
-    format!("{IQN_PREFIX}{mapped}:{}", owner.0)
-}
+/// What a revoking reservation change waits beyond [`RESERVATION_TRUST`] (clock-rate skew
+/// between gateways, scheduling).
+const RESERVATION_MARGIN: Duration = Duration::from_millis(200);
+
+/// Compare-and-set rounds a reservation change tries against other gateways' changes.
+const RESERVATION_ATTEMPTS_MAX: usize = 16;
 
 /// The 16-byte identity SCSI reports for a volume (VPD page 0x83, the serial number): its
 /// owner id, which no other volume ever gets.
@@ -76,14 +65,71 @@ fn volume_id(owner: OwnerId) -> VolumeId {
     VolumeId(id)
 }
 
-/// CHAP the gateway asks of every initiator logging in to a target (one-way; discovery is
-/// open, as it reveals only target names).
+/// The owner id inside a [`volume_id`].
+fn owner_of(volume: VolumeId) -> Option<OwnerId> {
+    let (tag, owner) = volume.0.split_at(8);
+    (tag == b"CAIRNVOL").then(|| OwnerId(u64::from_be_bytes(owner.try_into().unwrap_or([0; 8]))))
+}
+
+/// A CHAP credential the gateway asks for when a volume sets none of its own.
 #[derive(Clone, Debug)]
 pub struct Chap {
     /// CHAP_N.
     pub user: String,
     /// The shared secret (redacted in `Debug`).
     pub secret: ChapSecret,
+}
+
+/// One target as the metadata service lists it.
+#[derive(Clone, Debug)]
+struct Listed {
+    volume: String,
+    owner: OwnerId,
+    limits: QosLimits,
+    /// The volume's own CHAP credential and mutual one, if set.
+    chap: Option<ChapAuth>,
+    initiators: Vec<String>,
+}
+
+fn credential(value: &Value) -> Option<ChapCredentials> {
+    Some(ChapCredentials {
+        user: value["user"].as_str()?.to_string(),
+        secret: ChapSecret::new(value["secret"].as_str()?.to_string()),
+    })
+}
+
+/// Parses `/v1/iscsi/targets`.
+fn parse_targets(listing: &Value) -> Result<Vec<Listed>, String> {
+    let mut targets = Vec::new();
+    for target in listing.as_array().ok_or("targets: not a list")? {
+        let volume = target["name"].as_str().ok_or("a target without a name")?;
+        let owner = target["id"]
+            .as_str()
+            .and_then(|id| u64::from_str_radix(id, 16).ok())
+            .ok_or_else(|| format!("volume {volume} without an id"))?;
+        let access = &target["access"];
+        let chap = credential(&access["chap"]).map(|initiator| ChapAuth {
+            initiator,
+            target: credential(&access["mutual"]),
+        });
+        let initiators = access["initiators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|name| name.as_str().map(str::to_string))
+            .collect();
+        targets.push(Listed {
+            volume: volume.to_string(),
+            owner: OwnerId(owner),
+            limits: QosLimits {
+                iops: target["iops_max"].as_u64().unwrap_or(800).max(1),
+                bytes_per_s: target["bytes_per_s_max"].as_u64().filter(|b| *b > 0),
+            },
+            chap,
+            initiators,
+        });
+    }
+    Ok(targets)
 }
 
 /// A volume as the gateway serves it.
@@ -110,7 +156,7 @@ impl<B: Backend> VolumeDevice<B> {
         let wait = self
             .qos
             .lock()
-            .expect("invariant: not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .admit(bytes, Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -167,18 +213,14 @@ impl<B: Backend> BlockDevice for VolumeDevice<B> {
     async fn unmap(&self, offset_bytes: u64, length_bytes: u64) -> Result<(), DeviceError> {
         self.admit(0).await;
         let target = self.target("unmap").await?;
-        let zeros = vec![0u8; ZERO_STEP_BYTES.min(length_bytes) as usize];
-        let mut at = 0;
-        while at < length_bytes {
-            let step = (length_bytes - at).min(ZERO_STEP_BYTES) as usize;
-            data::write_range(&self.backend, &target, offset_bytes + at, &zeros[..step])
-                .await
-                .map_err(|e| device_error("unmap", e))?;
-            at += step as u64;
-        }
-        Ok(())
+        data::discard_range(&self.backend, &target, offset_bytes, length_bytes)
+            .await
+            .map_err(|e| device_error("unmap", e))
     }
 }
+
+/// A volume's QoS buckets and the limits they were made for.
+type Buckets = (QosLimits, Arc<Mutex<Qos>>);
 
 /// The volumes behind the gateway's targets, by target name.
 #[derive(Clone)]
@@ -186,44 +228,59 @@ pub struct VolumeTargets<B> {
     backend: B,
     /// Lowercased target name to volume name, as of the last refresh.
     names: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Owner id to volume name (reservations are keyed by the SCSI volume id).
+    owners: Arc<Mutex<HashMap<OwnerId, String>>>,
     /// Per volume name, its QoS buckets (kept across sessions, so logging in again does not
-    /// refill them).
-    qos: Arc<Mutex<BTreeMap<String, Arc<Mutex<Qos>>>>>,
+    /// refill them; replaced when the limits change).
+    qos: Arc<Mutex<BTreeMap<String, Buckets>>>,
 }
 
 impl<B: Backend> VolumeTargets<B> {
-    /// No targets until the first [`VolumeTargets::refresh`].
+    /// No targets until the first refresh.
     pub fn new(backend: B) -> VolumeTargets<B> {
         VolumeTargets {
             backend,
             names: Arc::default(),
+            owners: Arc::default(),
             qos: Arc::default(),
         }
     }
 
-    /// Takes the volumes that exist now (name and owner id) and returns the login
-    /// configuration listing one target per volume, each behind `chap`.
-    pub fn refresh(
+    /// Takes the targets listed now and returns the login configuration: one target per
+    /// volume, each behind its own CHAP credential or else `chap`, and its initiator ACL.
+    fn refresh(
         &self,
-        volumes: &[(String, OwnerId)],
+        listed: &[Listed],
         chap: Option<&Chap>,
     ) -> Result<Arc<CheckedConfig>, String> {
+        let served = listed
+            .len()
+            .min(cairn_gateway_iscsi::login::config::TARGETS_MAX);
+        if served < listed.len() {
+            tracing::warn!(
+                volumes = listed.len(),
+                served,
+                "more volumes than one gateway serves as targets; the rest are not served"
+            );
+        }
+        let listed = &listed[..served];
         let mut names = BTreeMap::new();
         let mut targets = Vec::new();
-        for (volume, owner) in volumes {
-            let name = target_name(volume, *owner);
-            names.insert(name.to_ascii_lowercase(), volume.clone());
+        for target in listed {
+            let name = target_name(&target.volume, target.owner);
+            names.insert(name.to_ascii_lowercase(), target.volume.clone());
+            let default = chap.map(|chap| ChapAuth {
+                initiator: ChapCredentials {
+                    user: chap.user.clone(),
+                    secret: chap.secret.clone(),
+                },
+                target: None,
+            });
             targets.push(TargetConfig {
                 name,
-                alias: Some(volume.clone()),
-                chap: chap.map(|chap| ChapAuth {
-                    initiator: ChapCredentials {
-                        user: chap.user.clone(),
-                        secret: chap.secret.clone(),
-                    },
-                    target: None,
-                }),
-                allowed_initiators: Vec::new(),
+                alias: Some(target.volume.clone()),
+                chap: target.chap.clone().or(default),
+                allowed_initiators: target.initiators.clone(),
             });
         }
         let config = LoginConfig {
@@ -232,12 +289,36 @@ impl<B: Backend> VolumeTargets<B> {
         }
         .check()
         .map_err(|e| format!("iSCSI targets: {e}"))?;
-        self.qos
-            .lock()
-            .expect("invariant: not poisoned")
-            .retain(|volume, _| names.values().any(|v| v == volume));
-        *self.names.lock().expect("invariant: not poisoned") = names;
+        let now = Instant::now();
+        {
+            let mut qos = self.qos.lock().unwrap_or_else(PoisonError::into_inner);
+            qos.retain(|volume, _| names.values().any(|v| v == volume));
+            for target in listed {
+                match qos.get_mut(&target.volume) {
+                    Some((limits, buckets)) if *limits != target.limits => {
+                        *limits = target.limits;
+                        *buckets.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Qos::new(target.limits, now);
+                    }
+                    Some(_) => {}
+                    None => {
+                        let buckets = Arc::new(Mutex::new(Qos::new(target.limits, now)));
+                        qos.insert(target.volume.clone(), (target.limits, buckets));
+                    }
+                }
+            }
+        }
+        *self.owners.lock().unwrap_or_else(PoisonError::into_inner) =
+            listed.iter().map(|t| (t.owner, t.volume.clone())).collect();
+        *self.names.lock().unwrap_or_else(PoisonError::into_inner) = names;
         Ok(config)
+    }
+
+    /// The volume of a SCSI volume id, as of the last refresh.
+    fn volume_of(&self, volume: VolumeId) -> Option<String> {
+        let owner = owner_of(volume)?;
+        let owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        owners.get(&owner).cloned()
     }
 }
 
@@ -248,7 +329,7 @@ impl<B: Backend> Volumes for VolumeTargets<B> {
         let volume = self
             .names
             .lock()
-            .expect("invariant: not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&target_name.to_ascii_lowercase())
             .cloned()
             .ok_or_else(|| format!("no volume behind target {target_name}"))?;
@@ -258,17 +339,13 @@ impl<B: Backend> Volumes for VolumeTargets<B> {
             .await
             .map_err(|e| format!("volume {volume}: {e:?}"))?;
         let id = volume_id(target.owner);
-        let limits = QosLimits {
-            iops: u64::from(target.iops_max.max(1)),
-            bytes_per_s: None,
-        };
         let qos = self
             .qos
             .lock()
-            .expect("invariant: not poisoned")
-            .entry(volume.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(Qos::new(limits, Instant::now()))))
-            .clone();
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&volume)
+            .map(|(_, buckets)| buckets.clone())
+            .ok_or_else(|| format!("volume {volume} has no QoS yet"))?;
         let device = VolumeDevice {
             backend: self.backend.clone(),
             volume,
@@ -278,41 +355,222 @@ impl<B: Backend> Volumes for VolumeTargets<B> {
     }
 }
 
-/// Serves iSCSI on `listener` for the volumes `list` names (name and owner id; asked every
-/// [`REFRESH_INTERVAL`]), each target behind `chap`, until the process ends.
-pub async fn serve<B, L, F>(
+/// A reservation state read from the metadata service, and when the read began.
+#[derive(Clone)]
+struct Read {
+    state: Arc<ReservationState>,
+    version: u64,
+    at: Instant,
+}
+
+/// Persistent reservations kept in the metadata service (each volume's record), so every
+/// gateway applies PERSISTENT RESERVE OUT to the same state in one order: a change is a
+/// compare-and-set on the record's version, retried from a fresh read when another gateway
+/// changed it first. Reads are cached for [`RESERVATION_TRUST`] (every SCSI command checks
+/// the state); a change that can take access away is acknowledged only after every other
+/// gateway's cached copy has expired.
+pub struct MetaReservations<B> {
+    connection: Connection,
+    targets: VolumeTargets<B>,
+    cache: Mutex<HashMap<VolumeId, Read>>,
+}
+
+fn store_error(volume: VolumeId, why: String) -> StoreError {
+    StoreError {
+        volume,
+        source: why.into(),
+    }
+}
+
+impl<B: Backend> MetaReservations<B> {
+    fn name(&self, volume: VolumeId) -> Result<String, StoreError> {
+        self.targets
+            .volume_of(volume)
+            .ok_or_else(|| store_error(volume, "no volume with this id is listed".into()))
+    }
+
+    /// Reads the state from the metadata service (and caches it).
+    async fn fetch(&self, volume: VolumeId) -> Result<Read, StoreError> {
+        let name = self.name(volume)?;
+        let at = Instant::now();
+        let value = call(
+            &self.connection,
+            format!("/v1/volumes/{name}/reservation"),
+            Method::Get,
+        )
+        .await
+        .map_err(|e| store_error(volume, e))?;
+        let version = value["version"].as_u64().unwrap_or_default();
+        let bytes = unhex(value["state"].as_str().unwrap_or_default())
+            .ok_or_else(|| store_error(volume, "reservation state is not hexadecimal".into()))?;
+        let state = if version == 0 {
+            ReservationState::default()
+        } else {
+            ReservationState::decode(&bytes).map_err(|e| store_error(volume, e.to_string()))?
+        };
+        let read = Read {
+            state: Arc::new(state),
+            version,
+            at,
+        };
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(volume, read.clone());
+        Ok(read)
+    }
+}
+
+/// Whether going from `before` to `after` can keep some nexus from a command it could run.
+fn may_revoke(before: &ReservationState, after: &ReservationState) -> bool {
+    before.reservation != after.reservation
+        || before
+            .registrations
+            .iter()
+            .any(|r| !after.registrations.contains(r))
+}
+
+impl<B: Backend> ReservationStore for MetaReservations<B> {
+    async fn load(&self, volume: VolumeId) -> Result<Arc<ReservationState>, StoreError> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&volume)
+            .filter(|read| read.at.elapsed() < RESERVATION_TRUST)
+            .map(|read| read.state.clone());
+        match cached {
+            Some(state) => Ok(state),
+            None => Ok(self.fetch(volume).await?.state),
+        }
+    }
+
+    async fn apply(
+        &self,
+        volume: VolumeId,
+        nexus: &Nexus,
+        request: &PrOutRequest,
+    ) -> Result<Result<(), PrRefusal>, StoreError> {
+        let name = self.name(volume)?;
+        for _ in 0..RESERVATION_ATTEMPTS_MAX {
+            let read = self.fetch(volume).await?;
+            let mut state = (*read.state).clone();
+            if let Err(refusal) = state.apply(nexus, request) {
+                return Ok(Err(refusal));
+            }
+            let body = json!({ "expected": read.version, "state": hex(&state.encode()) });
+            let put = call(
+                &self.connection,
+                format!("/v1/volumes/{name}/reservation"),
+                Method::Put(body),
+            )
+            .await;
+            match put {
+                Ok(_) => {
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&volume);
+                    if may_revoke(&read.state, &state) {
+                        tokio::time::sleep(RESERVATION_TRUST + RESERVATION_MARGIN).await;
+                    }
+                    return Ok(Ok(()));
+                }
+                // Another gateway changed it since the read: read again.
+                Err(e) if e.ends_with("(HTTP 412)") => continue,
+                Err(e) => return Err(store_error(volume, e)),
+            }
+        }
+        Err(store_error(
+            volume,
+            format!("{RESERVATION_ATTEMPTS_MAX} attempts lost to other gateways' changes"),
+        ))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// How a gateway serves: where initiators are told to connect, and the default credential.
+pub struct GatewayConfig {
+    /// The admin API (with its token).
+    pub connection: Connection,
+    /// The CHAP credential of targets whose volume sets none (`None`: no CHAP for them).
+    pub chap: Option<Chap>,
+    /// The portal registered for attach-info ("address:port"); `None` registers the
+    /// listener's address unless it is a wildcard.
+    pub advertise: Option<std::net::SocketAddr>,
+}
+
+/// Serves iSCSI on `listener` for every volume the metadata service lists, until the
+/// process ends.
+pub async fn serve<B: Backend>(
     listener: tokio::net::TcpListener,
     backend: B,
-    chap: Option<Chap>,
-    list: L,
-) -> Result<(), String>
-where
-    B: Backend,
-    L: Fn() -> F + Send + 'static,
-    F: Future<Output = Result<Vec<(String, OwnerId)>, String>> + Send,
-{
+    config: GatewayConfig,
+) -> Result<(), String> {
     let targets = VolumeTargets::new(backend);
-    let login = targets.refresh(&[], chap.as_ref())?;
+    let login = targets.refresh(&[], config.chap.as_ref())?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("iSCSI listener: {e}"))?;
-    let portal = format!("{address},{}", login.get().portal_group_tag);
+    let group_tag = login.get().portal_group_tag;
+    let portal = format!("{address},{group_tag}");
+    let reservations = MetaReservations {
+        connection: config.connection.clone(),
+        targets: targets.clone(),
+        cache: Mutex::default(),
+    };
     let server = Server::new(
         ServerConfig::new(login, portal),
         targets.clone(),
-        Arc::new(MemReservationStore::default()),
+        Arc::new(reservations),
     );
+    let advertised = config
+        .advertise
+        .or((!address.ip().is_unspecified()).then_some(address));
+    if advertised.is_none() {
+        tracing::warn!(%address, "iSCSI portal on a wildcard address: not registered for attach-info");
+    }
     let refreshed = server.clone();
+    let connection = config.connection;
+    let chap = config.chap;
     tokio::spawn(async move {
         let mut known = None;
+        let mut registered = false;
         loop {
-            match list().await {
-                Ok(volumes) if known.as_ref() != Some(&volumes) => {
-                    match targets.refresh(&volumes, chap.as_ref()) {
+            if let (Some(portal), false) = (advertised, registered) {
+                let path = format!("/v1/iscsi/portals/{portal}");
+                let body = json!({ "group_tag": group_tag });
+                match call(&connection, path, Method::Put(body)).await {
+                    Ok(_) => {
+                        tracing::info!(%portal, "iSCSI portal registered");
+                        registered = true;
+                    }
+                    Err(e) => tracing::debug!("iSCSI portal not registered yet: {e}"),
+                }
+            }
+            match call(&connection, "/v1/iscsi/targets".into(), Method::Get).await {
+                Ok(listing) if known.as_ref() != Some(&listing) => {
+                    let refresh = parse_targets(&listing)
+                        .and_then(|listed| targets.refresh(&listed, chap.as_ref()));
+                    match refresh {
                         Ok(config) => {
-                            tracing::info!(targets = volumes.len(), "iSCSI targets refreshed");
+                            let count = listing.as_array().map_or(0, Vec::len);
+                            tracing::info!(targets = count, "iSCSI targets refreshed");
                             refreshed.set_login_config(config);
-                            known = Some(volumes);
+                            known = Some(listing);
                         }
                         Err(e) => tracing::warn!("{e}"),
                     }
@@ -334,21 +592,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn target_names_are_valid_and_distinct() {
-        assert_eq!(
-            target_name("vol-1.a", OwnerId(9)),
-            "iqn.2026-12.io.cairn:vol-1.a"
-        );
-        let upper = target_name("Vol_1", OwnerId(9));
-        let lower = target_name("vol-1", OwnerId(10));
-        assert_eq!(upper, "iqn.2026-12.io.cairn:vol-1:9");
-        assert_ne!(upper.to_ascii_lowercase(), lower.to_ascii_lowercase());
-        for name in [upper, lower] {
-            assert!(
-                name.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b)),
-                "{name}"
-            );
-        }
+    fn volume_ids_carry_the_owner() {
+        assert_eq!(owner_of(volume_id(OwnerId(77))), Some(OwnerId(77)));
+        assert_eq!(owner_of(VolumeId([0; 16])), None);
+    }
+
+    #[test]
+    fn listings_parse_with_credentials_and_limits() {
+        let listing = json!([
+            { "name": "a", "id": "1f", "iops_max": 2500, "bytes_per_s_max": null,
+              "access": null },
+            { "name": "b", "id": "20", "iops_max": 50000, "bytes_per_s_max": 100000000,
+              "access": { "chap": { "user": "u", "secret": "secret-of-u!" },
+                          "mutual": null, "initiators": ["iqn.2026-12.org.x:h"] } },
+        ]);
+        let listed = parse_targets(&listing).expect("parse");
+        assert_eq!(listed[0].owner, OwnerId(0x1f));
+        assert!(listed[0].chap.is_none());
+        assert_eq!(listed[1].limits.bytes_per_s, Some(100_000_000));
+        let chap = listed[1].chap.as_ref().expect("chap");
+        assert_eq!(chap.initiator.user, "u");
+        assert_eq!(listed[1].initiators, ["iqn.2026-12.org.x:h"]);
+        assert!(parse_targets(&json!([{ "name": "c" }])).is_err());
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(unhex(&hex(&[0, 7, 255])), Some(vec![0, 7, 255]));
+        assert_eq!(unhex("0"), None);
     }
 }

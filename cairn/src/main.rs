@@ -1,13 +1,14 @@
 //! `cairn`: the one Cairn binary. It carries the disk tools over the chunk store, the cluster CA
 //! for node-to-node mutual TLS, the metadata service (`cairn meta`) and the operator CLI over
-//! its admin API (`cairn cluster|pool|volume|node|tenant|rebalance`). The storage node,
-//! `cairn dev` and the gateways join it as their issues land.
+//! its admin API (`cairn cluster|pool|volume|node|tenant|rebalance`), the storage node
+//! (`cairn node run`), `cairn dev`, and the stateless gateways (`cairn gateway iscsi`).
 
 mod admin;
 mod ca;
 mod data;
 mod dev;
 mod disk;
+mod gateway;
 mod iscsi;
 mod meta;
 mod node;
@@ -57,6 +58,9 @@ enum Command {
     /// Recovery and rebalance: PGs whose members are moving; the rebalance switch.
     #[command(subcommand)]
     Rebalance(admin::RebalanceCommand),
+    /// Stateless protocol gateways over the cluster.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
 }
 
 /// Stops glibc's allocator from handing freed memory back to the kernel at once. The data
@@ -85,7 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Dev(_) | Command::Node(admin::NodeCommand::Run(_))
+        Command::Dev(_) | Command::Node(admin::NodeCommand::Run(_)) | Command::Gateway(_)
     ) {
         keep_heap();
     }
@@ -100,5 +104,6 @@ fn main() -> ExitCode {
         Command::Node(command) => admin::node(&cli.connection, command),
         Command::Tenant(command) => admin::tenant(&cli.connection, command),
         Command::Rebalance(command) => admin::rebalance(&cli.connection, command),
+        Command::Gateway(command) => gateway::run(command, &cli.connection),
     }
 }

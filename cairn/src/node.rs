@@ -41,7 +41,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::{
-    admin::{Connection, Method, api_call},
+    admin::{Connection, Method, call},
     data::{self, DataError, Target, TargetCache},
     storage::{self, PoolMap},
 };
@@ -113,34 +113,11 @@ pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
     }
 }
 
-/// An admin API call off the async threads (the client blocks).
-async fn call(connection: &Connection, path: String, method: Method) -> Result<Value, String> {
-    let connection = connection.clone();
-    tokio::task::spawn_blocking(move || api_call(&connection, &path, method))
-        .await
-        .map_err(|e| format!("admin call: {e}"))?
-}
-
-/// Every volume's name and owner id (the admin API lists ids in hex), for the iSCSI targets.
-async fn volumes(connection: Connection) -> Result<Vec<(String, OwnerId)>, String> {
-    let listed = call(&connection, "/v1/volumes".into(), Method::Get).await?;
-    let mut volumes = Vec::new();
-    for volume in listed.as_array().into_iter().flatten() {
-        let name = volume["name"].as_str().ok_or("a volume without a name")?;
-        let owner = volume["id"]
-            .as_str()
-            .and_then(|id| u64::from_str_radix(id, 16).ok())
-            .ok_or_else(|| format!("volume {name} without an id"))?;
-        volumes.push((name.to_string(), OwnerId(owner)));
-    }
-    Ok(volumes)
-}
-
 /// The pool maps a node knows, by pool name.
-type Pools = BTreeMap<String, PoolMap>;
+pub(crate) type Pools = BTreeMap<String, PoolMap>;
 
 /// One pool's id, epoch and PG map, from the admin API.
-async fn fetch_pool(connection: &Connection, name: &str) -> Result<PoolMap, String> {
+pub(crate) async fn fetch_pool(connection: &Connection, name: &str) -> Result<PoolMap, String> {
     let shown = call(connection, format!("/v1/pools/{name}"), Method::Get).await?;
     let id = shown["id"].as_u64().ok_or("a pool without an id")?;
     let mut map = Vec::new();
@@ -172,7 +149,10 @@ async fn fetch_pool(connection: &Connection, name: &str) -> Result<PoolMap, Stri
 
 /// Brings `known` up to date: one call lists the pools and their epochs, and only a pool new
 /// or at another epoch is fetched whole. Returns the pools fetched.
-async fn refresh_pools(connection: &Connection, known: &mut Pools) -> Result<Vec<PoolMap>, String> {
+pub(crate) async fn refresh_pools(
+    connection: &Connection,
+    known: &mut Pools,
+) -> Result<Vec<PoolMap>, String> {
     let list = call(connection, "/v1/pools".into(), Method::Get).await?;
     let mut fetched = Vec::new();
     for pool in list.as_array().into_iter().flatten() {
@@ -226,7 +206,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     set_peers(&connection, &transport, me, &directory).await?;
     let mut known = Pools::new();
     let maps = refresh_pools(&connection, &mut known).await?;
-    remember_members(&directory, &maps);
+    directory.remember_members(&maps);
     let wal = args.data.join("wal");
     let (mut host, created) = storage::start_host(me, &wal, &disks, &maps)?;
     host.set_compact_entries(args.pg_compact_entries.max(1));
@@ -250,33 +230,29 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     );
     let backend = NodeBackend {
         connection: connection.clone(),
-        token,
-        me,
+        token: token.clone(),
         pgs: pgs.clone(),
         chunk_size: disks[0].chunk_size_bytes(),
-        directory: directory.clone(),
+        forwarder: Forwarder::new(token, Some(me), directory.clone()),
         replicas,
         targets: Arc::default(),
     };
     if let (Some(listen), Some(chap_file)) = (args.iscsi_listen, &args.iscsi_chap_file) {
-        let secret = std::fs::read_to_string(chap_file)
-            .map_err(|e| format!("read {}: {e}", chap_file.display()))?
-            .trim()
-            .to_string();
-        if !(12..=255).contains(&secret.len()) {
-            return Err("the iSCSI CHAP secret must be 12 to 255 characters".into());
-        }
+        let secret = crate::gateway::read_chap_secret(chap_file)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("iSCSI portal {listen}: {e}"))?;
-        let chap = crate::iscsi::Chap {
-            user: crate::iscsi::CHAP_USER.into(),
-            secret: cairn_gateway_iscsi::login::ChapSecret::new(secret),
+        let config = crate::iscsi::GatewayConfig {
+            connection: connection.clone(),
+            chap: Some(crate::iscsi::Chap {
+                user: crate::iscsi::CHAP_USER.into(),
+                secret,
+            }),
+            advertise: None,
         };
-        let (gateway, listing) = (backend.clone(), connection.clone());
+        let gateway = backend.clone();
         tokio::spawn(async move {
-            let list = move || volumes(listing.clone());
-            if let Err(e) = crate::iscsi::serve(listener, gateway, Some(chap), list).await {
+            if let Err(e) = crate::iscsi::serve(listener, gateway, config).await {
                 tracing::error!("{e}");
                 eprintln!("cairn node: {e}");
                 std::process::exit(1);
@@ -326,33 +302,12 @@ async fn set_peers(
     me: NodeId,
     directory: &Directory,
 ) -> Result<(), String> {
-    let nodes = call(connection, "/v1/storage-nodes".into(), Method::Get).await?;
-    for node in nodes.as_array().into_iter().flatten() {
-        let id = node["id"].as_u64().map(NodeId);
-        let raft = node["raft_addr"].as_str().and_then(|a| a.parse().ok());
-        let data = node["data_addr"].as_str().and_then(|a| a.parse().ok());
-        if let (Some(id), Some(raft), Some(data)) = (id, raft, data)
-            && id != me
-        {
+    for (id, raft) in directory.learn_nodes(connection).await? {
+        if id != me {
             transport.set_peer_address(id, raft);
-            let mut addrs = directory.data_addrs.lock().expect("not poisoned");
-            addrs.insert(id.0, data);
         }
     }
     Ok(())
-}
-
-/// Gives the router every pool's PG map (an older epoch than the one held is ignored).
-fn remember_members(directory: &Directory, pools: &[PoolMap]) {
-    let mut router = directory.router.lock().expect("not poisoned");
-    for pool in pools {
-        let map: Vec<Vec<ReplicaId>> = pool
-            .pg_map
-            .iter()
-            .map(|pg| pg.iter().map(|m| m.replica).collect())
-            .collect();
-        router.update_pool(pool.id, pool.epoch, &map);
-    }
 }
 
 /// One refresh: heartbeat, peers, and replicas of pools created or changed since.
@@ -378,7 +333,7 @@ async fn refresh(
     .await?;
     set_peers(connection, transport, me, directory).await?;
     let fetched = refresh_pools(connection, known).await?;
-    remember_members(directory, &fetched);
+    directory.remember_members(&fetched);
     if !fetched.is_empty() {
         pgs.set_targets(storage::targets(&fetched))
             .map_err(|e| e.to_string())?;
@@ -401,53 +356,74 @@ async fn refresh(
 /// What the refresh loop learns for the data path: other nodes' data API addresses and the
 /// PG map (with the leaders last heard of).
 #[derive(Clone, Default)]
-struct Directory {
+pub(crate) struct Directory {
     data_addrs: Arc<Mutex<BTreeMap<u64, SocketAddr>>>,
     router: Arc<Mutex<PgRouter>>,
+}
+
+impl Directory {
+    /// Learns where every storage node's data API listens; returns each node with its Raft
+    /// address, for a node's transport.
+    pub(crate) async fn learn_nodes(
+        &self,
+        connection: &Connection,
+    ) -> Result<Vec<(NodeId, SocketAddr)>, String> {
+        let nodes = call(connection, "/v1/storage-nodes".into(), Method::Get).await?;
+        let mut raft_addrs = Vec::new();
+        for node in nodes.as_array().into_iter().flatten() {
+            let id = node["id"].as_u64().map(NodeId);
+            let raft = node["raft_addr"].as_str().and_then(|a| a.parse().ok());
+            let data = node["data_addr"].as_str().and_then(|a| a.parse().ok());
+            if let (Some(id), Some(raft), Some(data)) = (id, raft, data) {
+                raft_addrs.push((id, raft));
+                let mut addrs = self.data_addrs.lock().expect("not poisoned");
+                addrs.insert(id.0, data);
+            }
+        }
+        Ok(raft_addrs)
+    }
+
+    /// Gives the router every pool's PG map (an older epoch than the one held is ignored).
+    pub(crate) fn remember_members(&self, pools: &[PoolMap]) {
+        let mut router = self.router.lock().expect("not poisoned");
+        for pool in pools {
+            let map: Vec<Vec<ReplicaId>> = pool
+                .pg_map
+                .iter()
+                .map(|pg| pg.iter().map(|m| m.replica).collect())
+                .collect();
+            router.update_pool(pool.id, pool.epoch, &map);
+        }
+    }
 }
 
 /// Forwarding hops a piece may take before the client is told to retry.
 const FORWARD_HOPS_MAX: usize = 3;
 
-/// `cairn node run`'s data backend: volumes from the admin API, pieces through the local PG
-/// host when it holds the PG's leader (or, for reads, any replica), else forwarded to the node
-/// that leads it.
+/// Sends pieces to the storage node leading their PG, over its data API (behind the token).
+/// One HTTP agent for all of them, so connections to a node are kept and reused.
 #[derive(Clone)]
-struct NodeBackend {
-    connection: Connection,
+pub(crate) struct Forwarder {
     token: String,
-    me: NodeId,
-    pgs: PgHandle,
-    chunk_size: u32,
+    /// This process's node, if it is one: pieces for it are not sent over the network.
+    me: Option<NodeId>,
     directory: Directory,
-    /// The replicas hosted here (peers copy and repair from them).
-    replicas: ReplicaDirectory,
-    targets: Arc<TargetCache>,
+    agent: ureq::Agent,
 }
 
-/// Maps an admin API error ("message (HTTP status)") to the data API's, keeping the message.
-fn api_error(e: String) -> DataError {
-    let message = e
-        .rsplit_once(" (HTTP ")
-        .map_or(e.as_str(), |(message, _)| message)
-        .to_string();
-    if e.ends_with("(HTTP 404)") {
-        DataError::NotFound(message)
-    } else if e.ends_with("(HTTP 400)") {
-        DataError::BadRequest(message)
-    } else {
-        DataError::Unavailable(message)
-    }
-}
-
-impl NodeBackend {
-    /// A replica hosted here, for a peer's copy or repair.
-    fn hosted(&self, replica: u64) -> Result<HostedReplica, DataError> {
-        let replicas = self.replicas.read().expect("not poisoned");
-        replicas
-            .get(&ReplicaId(replica))
-            .cloned()
-            .ok_or_else(|| DataError::NotFound(format!("replica {replica} is not here")))
+impl Forwarder {
+    pub(crate) fn new(token: String, me: Option<NodeId>, directory: Directory) -> Forwarder {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(15)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Forwarder {
+            token,
+            me,
+            directory,
+            agent,
+        }
     }
 
     fn forget_leader(&self, group: GroupId) {
@@ -456,7 +432,7 @@ impl NodeBackend {
     }
 
     /// The node to send a piece of `group` to: the leader last heard of (`hint` first), else
-    /// the preferred one.
+    /// the preferred one; `None` if that is this node or unknown.
     fn next_hop(&self, group: GroupId, hint: Option<ReplicaId>) -> Option<SocketAddr> {
         let node = {
             let mut router = self.directory.router.lock().expect("not poisoned");
@@ -465,42 +441,40 @@ impl NodeBackend {
             }
             router.target(group)?
         };
-        if node == self.me {
+        if Some(node) == self.me {
             return None;
         }
         let addrs = self.directory.data_addrs.lock().expect("not poisoned");
         addrs.get(&node.0).copied()
     }
 
-    /// Sends a piece request to another node's data API; `None` body means a read.
+    /// Sends a piece request to another node's data API.
     async fn forward(
         &self,
         addr: SocketAddr,
         group: GroupId,
         piece: Piece,
-        data: Option<Vec<u8>>,
+        op: &PieceOp,
     ) -> Result<Vec<u8>, DataError> {
         let c = piece.chunk;
         let mut url = format!(
             "http://{addr}/v1/pieces/{}/{}/{}/{}?offset={}",
             group.0, c.pool.0, c.owner.0, c.index, piece.offset
         );
-        if data.is_none() {
+        if !matches!(op, PieceOp::Write(_)) {
             url.push_str(&format!("&length={}", piece.length));
         }
         let auth = format!("Bearer {}", self.token);
+        let agent = self.agent.clone();
+        let op = op.clone();
         let answer = tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(15)))
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let response = match &data {
-                Some(data) => agent
+            let response = match &op {
+                PieceOp::Write(data) => agent
                     .put(&url)
                     .header("Authorization", &auth)
                     .send(&data[..]),
-                None => agent.get(&url).header("Authorization", &auth).call(),
+                PieceOp::Read => agent.get(&url).header("Authorization", &auth).call(),
+                PieceOp::Discard => agent.delete(&url).header("Authorization", &auth).call(),
             };
             let mut response = response.map_err(|e| format!("{url}: {e}"))?;
             let status = response.status().as_u16();
@@ -525,37 +499,35 @@ impl NodeBackend {
         }
     }
 
-    /// Runs a piece locally, forwarding it while the leader is elsewhere.
-    async fn piece(
+    /// Runs a piece: through `local` first when given (this node's PG host), else, or while
+    /// the leader is elsewhere, on the node leading the PG. Answers the bytes read (empty for
+    /// writes and discards).
+    pub(crate) async fn piece(
         &self,
+        local: Option<&PgHandle>,
         group: GroupId,
         piece: Piece,
-        data: Option<Vec<u8>>,
+        op: PieceOp,
     ) -> Result<Vec<u8>, DataError> {
         let mut hint = None;
         for _ in 0..FORWARD_HOPS_MAX {
-            let local = match &data {
-                Some(data) => self
-                    .pgs
-                    .write(group, piece.chunk, piece.offset, data.clone())
-                    .await
-                    .map(|()| Vec::new()),
-                None => {
-                    self.pgs
-                        .read(group, piece.chunk, piece.offset, piece.length)
-                        .await
+            if let Some(pgs) = local {
+                match run_local(pgs, group, piece, &op).await {
+                    Ok(done) => return Ok(done),
+                    Err(PgError::NotLeader { leader, .. }) => hint = leader,
+                    Err(PgError::UnknownGroup(_)) => {}
+                    Err(e) => return Err(e.into()),
                 }
-            };
-            match local {
-                Ok(done) => return Ok(done),
-                Err(PgError::NotLeader { leader, .. }) => hint = leader,
-                Err(PgError::UnknownGroup(_)) => {}
-                Err(e) => return Err(e.into()),
             }
-            let Some(addr) = self.next_hop(group, hint) else {
-                return Err(DataError::Unavailable(format!("{group}: no leader known")));
+            let Some(addr) = self.next_hop(group, hint.take()) else {
+                if local.is_some() {
+                    return Err(DataError::Unavailable(format!("{group}: no leader known")));
+                }
+                // A gateway with no map yet, or the leader's node not yet known.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             };
-            match self.forward(addr, group, piece, data.clone()).await {
+            match self.forward(addr, group, piece, &op).await {
                 Err(DataError::Unavailable(_)) => {
                     // That node did not lead (or answer): ask the map again next time.
                     self.forget_leader(group);
@@ -567,6 +539,81 @@ impl NodeBackend {
         Err(DataError::Unavailable(format!(
             "{group}: the leader moved {FORWARD_HOPS_MAX} times; retry"
         )))
+    }
+}
+
+/// What is done with a piece.
+#[derive(Clone)]
+pub(crate) enum PieceOp {
+    Read,
+    Write(Vec<u8>),
+    Discard,
+}
+
+/// Runs a piece on this node's PG host only; the bytes read, empty for writes and discards.
+async fn run_local(
+    pgs: &PgHandle,
+    group: GroupId,
+    piece: Piece,
+    op: &PieceOp,
+) -> Result<Vec<u8>, PgError> {
+    let Piece {
+        chunk,
+        offset,
+        length,
+        ..
+    } = piece;
+    match op {
+        PieceOp::Read => pgs.read(group, chunk, offset, length).await,
+        PieceOp::Write(data) => pgs
+            .write(group, chunk, offset, data.clone())
+            .await
+            .map(|()| Vec::new()),
+        PieceOp::Discard => pgs
+            .discard(group, chunk, offset, length)
+            .await
+            .map(|()| Vec::new()),
+    }
+}
+
+/// `cairn node run`'s data backend: volumes from the admin API, pieces through the local PG
+/// host when it holds the PG's leader (or, for reads, any replica), else forwarded to the node
+/// that leads it.
+#[derive(Clone)]
+struct NodeBackend {
+    connection: Connection,
+    token: String,
+    pgs: PgHandle,
+    chunk_size: u32,
+    forwarder: Forwarder,
+    /// The replicas hosted here (peers copy and repair from them).
+    replicas: ReplicaDirectory,
+    targets: Arc<TargetCache>,
+}
+
+/// Maps an admin API error ("message (HTTP status)") to the data API's, keeping the message.
+pub(crate) fn api_error(e: String) -> DataError {
+    let message = e
+        .rsplit_once(" (HTTP ")
+        .map_or(e.as_str(), |(message, _)| message)
+        .to_string();
+    if e.ends_with("(HTTP 404)") {
+        DataError::NotFound(message)
+    } else if e.ends_with("(HTTP 400)") {
+        DataError::BadRequest(message)
+    } else {
+        DataError::Unavailable(message)
+    }
+}
+
+impl NodeBackend {
+    /// A replica hosted here, for a peer's copy or repair.
+    fn hosted(&self, replica: u64) -> Result<HostedReplica, DataError> {
+        let replicas = self.replicas.read().expect("not poisoned");
+        replicas
+            .get(&ReplicaId(replica))
+            .cloned()
+            .ok_or_else(|| DataError::NotFound(format!("replica {replica} is not here")))
     }
 }
 
@@ -582,40 +629,56 @@ impl data::Backend for NodeBackend {
     }
 
     async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {
-        self.piece(group, piece, Some(data)).await.map(|_| ())
+        let op = PieceOp::Write(data);
+        let local = Some(&self.pgs);
+        self.forwarder
+            .piece(local, group, piece, op)
+            .await
+            .map(|_| ())
     }
 
     async fn read(&self, group: GroupId, piece: Piece) -> Result<Vec<u8>, DataError> {
-        self.piece(group, piece, None).await
+        let local = Some(&self.pgs);
+        self.forwarder
+            .piece(local, group, piece, PieceOp::Read)
+            .await
+    }
+
+    async fn discard(&self, group: GroupId, piece: Piece) -> Result<(), DataError> {
+        let local = Some(&self.pgs);
+        let op = PieceOp::Discard;
+        self.forwarder
+            .piece(local, group, piece, op)
+            .await
+            .map(|_| ())
     }
 }
 
 impl NodeBackend {
-    /// The volume `name` as the metadata service has it now.
     async fn lookup(&self, name: String) -> Result<Target, DataError> {
-        let volume = call(&self.connection, format!("/v1/volumes/{name}"), Method::Get)
-            .await
-            .map_err(api_error)?;
-        let pool_name = volume["pool"].as_str().unwrap_or_default().to_string();
-        let pool = call(
-            &self.connection,
-            format!("/v1/pools/{pool_name}"),
-            Method::Get,
-        )
+        lookup(&self.connection, name).await
+    }
+}
+
+/// The volume `name` as the metadata service has it now.
+pub(crate) async fn lookup(connection: &Connection, name: String) -> Result<Target, DataError> {
+    let volume = call(connection, format!("/v1/volumes/{name}"), Method::Get)
         .await
         .map_err(api_error)?;
-        let owner = volume["id"]
-            .as_str()
-            .and_then(|id| u64::from_str_radix(id, 16).ok())
-            .ok_or_else(|| DataError::Failed(format!("volume {name} without an id")))?;
-        Ok(Target {
-            owner: OwnerId(owner),
-            pool: PoolId(pool["id"].as_u64().unwrap_or_default() as u32),
-            pg_count: pool["pg_count"].as_u64().unwrap_or_default() as u32,
-            size_bytes: volume["size_bytes"].as_u64().unwrap_or_default(),
-            iops_max: volume["iops_max"].as_u64().unwrap_or(800) as u32,
-        })
-    }
+    let pool_name = volume["pool"].as_str().unwrap_or_default().to_string();
+    let pool = call(connection, format!("/v1/pools/{pool_name}"), Method::Get)
+        .await
+        .map_err(api_error)?;
+    let owner = volume["id"]
+        .as_str()
+        .and_then(|id| u64::from_str_radix(id, 16).ok())
+        .ok_or_else(|| DataError::Failed(format!("volume {name} without an id")))?;
+    Ok(Target {
+        owner: OwnerId(owner),
+        pool: PoolId(pool["id"].as_u64().unwrap_or_default() as u32),
+        pg_count: pool["pg_count"].as_u64().unwrap_or_default() as u32,
+        size_bytes: volume["size_bytes"].as_u64().unwrap_or_default(),
+    })
 }
 
 /// One piece from another node, run here only (no further forwarding): 503 with the leader's
@@ -627,30 +690,33 @@ async fn piece_route(
     method: axum::http::Method,
     body: Bytes,
 ) -> Response {
-    let write = method == axum::http::Method::PUT;
+    let op = match method {
+        axum::http::Method::PUT => PieceOp::Write(body.to_vec()),
+        axum::http::Method::DELETE => PieceOp::Discard,
+        _ => PieceOp::Read,
+    };
+    let answers_bytes = matches!(op, PieceOp::Read);
     let result: Result<Vec<u8>, Response> = async {
+        let need_length = !matches!(op, PieceOp::Write(_));
         let (offset, length) =
-            data::range(query.as_deref(), !write).map_err(IntoResponse::into_response)?;
-        let chunk = ChunkId {
-            pool: PoolId(pool),
-            owner: OwnerId(owner),
-            index,
+            data::range(query.as_deref(), need_length).map_err(IntoResponse::into_response)?;
+        let bad =
+            |what: &str| DataError::BadRequest(format!("{what} past a chunk")).into_response();
+        let length = match &op {
+            PieceOp::Write(data) => data.len() as u64,
+            _ => length.unwrap_or_default(),
         };
-        let offset = u32::try_from(offset)
-            .map_err(|_| DataError::BadRequest("offset past a chunk".into()).into_response())?;
-        let group = GroupId(group);
-        let answer = if write {
-            let data = body.to_vec();
-            backend
-                .pgs
-                .write(group, chunk, offset, data)
-                .await
-                .map(|()| Vec::new())
-        } else {
-            let length = u32::try_from(length.unwrap_or_default())
-                .map_err(|_| DataError::BadRequest("length past a chunk".into()).into_response())?;
-            backend.pgs.read(group, chunk, offset, length).await
+        let piece = Piece {
+            chunk: ChunkId {
+                pool: PoolId(pool),
+                owner: OwnerId(owner),
+                index,
+            },
+            offset: u32::try_from(offset).map_err(|_| bad("offset"))?,
+            length: u32::try_from(length).map_err(|_| bad("length"))?,
+            buffer_offset: 0,
         };
+        let answer = run_local(&backend.pgs, GroupId(group), piece, &op).await;
         answer.map_err(|e| match e {
             PgError::NotLeader { leader, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -662,7 +728,7 @@ async fn piece_route(
     }
     .await;
     match result {
-        Ok(data) if write && data.is_empty() => StatusCode::NO_CONTENT.into_response(),
+        Ok(_) if !answers_bytes => StatusCode::NO_CONTENT.into_response(),
         Ok(data) => (StatusCode::OK, data).into_response(),
         Err(response) => response,
     }
@@ -934,7 +1000,9 @@ async fn serve_data(
         .route("/v1/debug/chunk-location/{pool}/{owner}/{index}", locate)
         .route(
             "/v1/pieces/{group}/{pool}/{owner}/{index}",
-            axum::routing::get(piece_route).put(piece_route),
+            axum::routing::get(piece_route)
+                .put(piece_route)
+                .delete(piece_route),
         )
         .route(
             "/v1/pg-chunks/{replica}",

@@ -843,6 +843,48 @@ fn storage_nodes_replicate_pgs_across_processes() {
         "written over iSCSI, read through node 4"
     );
 
+    // A stateless gateway process: the same target, its pieces forwarded to the PG leaders.
+    let gateway_portal = format!("127.0.0.1:{}", free_port());
+    let _gateway = start_gateway(dir.path(), &gateway_portal, &chap_path, &env);
+    let through_gateway = |lba: u64, blocks: u32, data: Option<&[u8]>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let attempt = iscsi_session(&gateway_portal, target, secret).and_then(|mut s| {
+                if let Some(data) = data {
+                    s.write(lba, data).map_err(|e| e.to_string())?;
+                }
+                s.read(lba, blocks).map_err(|e| e.to_string())
+            });
+            match attempt {
+                Ok(read) => return read,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("gateway not yet: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+                Err(e) => panic!("iSCSI through the gateway: {e}"),
+            }
+        }
+    };
+    let blocks = (iscsi_data.len() / 512) as u32;
+    assert!(
+        through_gateway(iscsi_lba, blocks, None) == iscsi_data,
+        "written through node 2's target, read through the stateless gateway"
+    );
+    let gateway_lba = 70_000u64;
+    let gateway_data: Vec<u8> = (0..64 << 10).map(|i: u32| (i % 239) as u8).collect();
+    let gateway_blocks = (gateway_data.len() / 512) as u32;
+    through_gateway(gateway_lba, gateway_blocks, Some(&gateway_data));
+    let via_node_2 = iscsi_session(&portal, target, secret)
+        .and_then(|mut s| {
+            s.read(gateway_lba, gateway_blocks)
+                .map_err(|e| e.to_string())
+        })
+        .expect("read through node 2");
+    assert!(
+        via_node_2 == gateway_data,
+        "written through the gateway, read through node 2"
+    );
+
     drop(nodes.remove(1)); // SIGKILL node 3
     wait_health(&env, "degraded", |h| {
         h["pgs_degraded"] == 8 && h["disks_in_silent"] == 1
@@ -861,6 +903,31 @@ fn storage_nodes_replicate_pgs_across_processes() {
         iscsi_back(1) == second,
         "the iSCSI write acknowledged during the outage, read through the restarted node"
     );
+    assert!(
+        through_gateway(iscsi_lba, blocks, None) == second,
+        "and through the stateless gateway"
+    );
+}
+
+/// `cairn gateway iscsi` on `portal`, default CHAP secret from `chap_path`.
+fn start_gateway(dir: &Path, portal: &str, chap_path: &str, env: &[(&str, &str)]) -> Killed {
+    let token = dir.join("token").to_string_lossy().into_owned();
+    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "gateway",
+            "iscsi",
+            "--listen",
+            portal,
+            "--token-file",
+            &token,
+        ])
+        .args(["--chap-file", chap_path])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(test_log("gateway"))
+        .spawn()
+        .expect("spawn cairn gateway iscsi");
+    Killed(child)
 }
 
 /// A logged-in iSCSI session on `target` at `portal` with CHAP user `cairn`.
@@ -1034,9 +1101,17 @@ fn cairn_dev_serves_volumes_over_iscsi() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let target = format!("{prefix}disk-a");
-    let (code, out, err) = run(&["volume", "attach-info", "disk-a", "--json"]);
-    assert_eq!(code, 0, "{out}{err}");
-    let info: serde_json::Value = serde_json::from_str(&out).expect("json");
+    // The gateway registers its portal within a second or so of the start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let info = loop {
+        let (code, out, err) = run(&["volume", "attach-info", "disk-a", "--json"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let info: serde_json::Value = serde_json::from_str(&out).expect("json");
+        if !info["portal"].is_null() || std::time::Instant::now() > deadline {
+            break info;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert_eq!(info["target"], target.as_str());
     assert_eq!(info["portal"], portal.as_str());
     assert_eq!(info["lun"], 0);
@@ -1082,7 +1157,7 @@ fn cairn_dev_serves_volumes_over_iscsi() {
             "-I",
             "iqn.2026-12.io.cairn:test-2",
             "-t",
-            "SCSI.Write10,SCSI.Read10,SCSI.Write16,SCSI.CompareAndWrite,SCSI.WriteSame10,\
+            "SCSI.Write10,SCSI.Read10,SCSI.Write16,SCSI.CompareAndWrite,SCSI.WriteSame10,SCSI.Unmap,\
              SCSI.ProutRegister,SCSI.ProutReserve,SCSI.PrinReadKeys,SCSI.Inquiry,\
              iSCSI.iSCSIResiduals",
             &url,
@@ -1163,4 +1238,123 @@ fn cairn_dev_serves_volumes_over_iscsi() {
         read == data,
         "bytes acknowledged over iSCSI survive SIGKILL and restart"
     );
+}
+
+/// Goal: operators set a volume's QoS and who may log in to its target, and every gateway
+/// applies it within seconds; secrets never show in listings.
+/// Method: on `cairn dev`, custom limits through `cairn volume create|qos` (shown back, refused
+/// out of range); a volume given its own CHAP credential and an initiator ACL: discovery
+/// shows it only to the listed initiator, the gateway's default credential no longer logs in
+/// and the volume's own does, attach-info names its CHAP user, `--clear` restores the default.
+#[test]
+fn cairn_dev_applies_volume_qos_and_iscsi_access() {
+    use cairn_gateway_iscsi::initiator::Initiator;
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-dev-access-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let portal = format!("127.0.0.1:{}", free_port());
+    let (_dev, env) = start_dev(dir.path(), &listen, &portal);
+    let get = |key: &str| {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("{key} in endpoints.env"))
+            .1
+            .clone()
+    };
+    let run = |args: &[&str]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        cairn_with_env(args, &env)
+    };
+    let json = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")
+    };
+
+    let created = json(&[
+        "volume", "create", "fast", "--pool", "default", "--size", "8M", "--iops", "40000",
+        "--mbps", "300",
+    ]);
+    assert_eq!(created["iops_max"], 40_000);
+    assert_eq!(created["bytes_per_s_max"], 300_000_000u64);
+    let changed = json(&["volume", "qos", "fast", "--tier", "high"]);
+    assert_eq!(changed["iops_max"], 2500, "back to the tier's limit");
+    assert_eq!(changed["bytes_per_s_max"], serde_json::Value::Null);
+    let (code, out, err) = run(&["volume", "qos", "fast", "--iops", "0"]);
+    assert_ne!(code, 0, "an IOPS limit of 0 is refused: {out}");
+    assert!(err.contains("IOPS limit"), "{err}");
+
+    json(&[
+        "volume", "create", "private", "--pool", "default", "--size", "8M",
+    ]);
+    let secret_file = dir.path().join("alice.secret");
+    std::fs::write(&secret_file, "alice-secret-42\n").expect("secret");
+    let allowed = "iqn.2026-12.org.example:allowed";
+    let access = json(&[
+        "volume",
+        "access",
+        "private",
+        "--chap-user",
+        "alice",
+        "--chap-secret-file",
+        &secret_file.to_string_lossy(),
+        "--initiator",
+        allowed,
+    ]);
+    assert!(!access.to_string().contains("alice-secret"), "{access}");
+    let shown = json(&["volume", "show", "private"]);
+    assert_eq!(shown["iscsi_access"]["chap"]["user"], "alice");
+    assert!(!shown.to_string().contains("alice-secret"), "{shown}");
+    let target = format!("{}private", get("ISCSI_TARGET"));
+    let listed = |initiator: &str| {
+        let (_, out) = iscsi_tool("iscsi-ls", &["-i", initiator, &format!("iscsi://{portal}")]);
+        out.contains(&format!("Target:{target} "))
+    };
+    // The gateway may have listed the volume before its rules were set: wait for the rules.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !listed(allowed) || listed("iqn.2026-12.org.example:other") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "discovery never showed the target to the listed initiator alone"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The gateway registers its portal before it lists targets.
+    let info = json(&["volume", "attach-info", "private"]);
+    assert_eq!(info["chap_user"], "alice");
+    assert_eq!(
+        info["portal"],
+        portal.as_str(),
+        "the gateway registered its portal"
+    );
+
+    let address: std::net::SocketAddr = portal.parse().expect("portal");
+    let login = |initiator: &str, user: &str, secret: &str| {
+        let mut session =
+            Initiator::connect(address, std::time::Duration::from_secs(10)).expect("connect");
+        session
+            .login(initiator, &target, Some((user, secret.as_bytes())))
+            .map(|()| session)
+    };
+    let (user, default_secret) = (get("ISCSI_CHAP_USER"), get("ISCSI_CHAP_SECRET"));
+    assert!(login(allowed, &user, &default_secret).is_err());
+    assert!(login("iqn.2026-12.org.example:other", "alice", "alice-secret-42").is_err());
+    let mut session = login(allowed, "alice", "alice-secret-42").expect("the volume's own CHAP");
+    session.write(8, &[0x5a; 4096]).expect("write");
+    assert_eq!(session.read(8, 8).expect("read"), vec![0x5a; 4096]);
+    session.logout().expect("logout");
+
+    json(&["volume", "access", "private", "--clear"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while login("iqn.2026-12.org.example:other", &user, &default_secret).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "defaults never restored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

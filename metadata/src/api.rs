@@ -19,8 +19,10 @@
 //! POST   /nodes/disks/{id}/state         {state: "in" | "out"}
 //! GET    /pools            POST /pools   {name, replicas, domain, pg_count}
 //! GET    /pools/{name}
-//! GET    /volumes          POST /volumes {name, pool, size_bytes, tier}
+//! GET    /volumes          POST /volumes {name, pool, size_bytes, tier, iops_max?,
+//!                                        bytes_per_s_max?}
 //! GET    /volumes/{name}   DELETE /volumes/{name}
+//!        (QoS, iSCSI access, reservations and portals: see the `iscsi` module)
 //! POST   /volumes/{name}/resize          {size_bytes}
 //! GET    /tenants          POST /tenants {name}         DELETE /tenants/{name}
 //! POST   /tenants/{name}/keys            creates an access key; the only answer holding its secret
@@ -28,7 +30,7 @@
 //! ```
 //!
 //! Errors are JSON `{"error": message}` with 400 (malformed), 401 (no or wrong token), 404,
-//! 409 (exists, or not empty) and 503 (no leader, timeout; `leader_api` names the leader
+//! 409 (exists, or not empty), 412 (changed since read: read again) and 503 (no leader, timeout; `leader_api` names the leader
 //! when known, so a client can retry there). Reads are linearizable on every member; writes
 //! go to the leader.
 
@@ -43,11 +45,15 @@ use axum::{
     http::{HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use cairn_common::DiskId;
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+mod iscsi;
+
+pub use iscsi::{DEFAULT_CHAP_USER, IQN_PREFIX, target_name};
 
 use crate::{
     placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},
@@ -100,6 +106,22 @@ pub fn router_with(
         .route("/v1/volumes", get(list_volumes).post(create_volume))
         .route("/v1/volumes/{name}", get(show_volume).delete(delete_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
+        .route("/v1/volumes/{name}/qos", put(iscsi::set_qos))
+        .route(
+            "/v1/volumes/{name}/iscsi-access",
+            put(iscsi::set_access).delete(iscsi::clear_access),
+        )
+        .route(
+            "/v1/volumes/{name}/reservation",
+            get(iscsi::reservation).put(iscsi::set_reservation),
+        )
+        .route("/v1/volumes/{name}/attach-info", get(iscsi::attach_info))
+        .route("/v1/iscsi/targets", get(iscsi::targets))
+        .route("/v1/iscsi/portals", get(iscsi::portals))
+        .route(
+            "/v1/iscsi/portals/{address}",
+            put(iscsi::add_portal).delete(iscsi::remove_portal),
+        )
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{name}", axum::routing::delete(delete_tenant))
         .route("/v1/tenants/{name}/keys", post(create_key))
@@ -124,6 +146,7 @@ impl IntoResponse for RequestError {
                         StatusCode::CONFLICT
                     }
                     MetaError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    MetaError::Stale { .. } => StatusCode::PRECONDITION_FAILED,
                 };
                 error(status, e.to_string())
             }
@@ -185,6 +208,17 @@ async fn read(
         Ok(value) => Json(value).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// Like [`read`], the value kept for the handler (errors already answered).
+async fn read_value(
+    api: &Api,
+    f: impl FnOnce(&MetaState) -> Result<Value, MetaError> + Send + 'static,
+) -> Result<Value, Response> {
+    api.driver
+        .read(Box::new(f))
+        .await
+        .map_err(IntoResponse::into_response)
 }
 
 async fn cluster_status(State(api): State<Api>) -> Response {
@@ -570,8 +604,24 @@ fn volume_json(name: &str, volume: &crate::state::Volume) -> Value {
         "pool": volume.pool,
         "size_bytes": volume.size_bytes,
         "tier": tier_name(volume.tier),
-        "iops_max": volume.tier.iops_max(),
+        "iops_max": volume.iops_limit(),
+        "iops_custom": volume.iops_max.is_some(),
+        "bytes_per_s_max": volume.bytes_per_s_max,
+        "iscsi_access": iscsi::access_json(volume.iscsi.as_ref(), false),
     })
+}
+
+/// A tier by name, any case.
+fn parse_tier(name: &str) -> Result<QosTier, Response> {
+    match name.to_ascii_lowercase().as_str() {
+        "normal" => Ok(QosTier::Normal),
+        "high" => Ok(QosTier::High),
+        "ultra" => Ok(QosTier::Ultra),
+        other => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("tier {other:?}: normal, high or ultra"),
+        )),
+    }
 }
 
 async fn list_volumes(State(api): State<Api>) -> Response {
@@ -602,6 +652,8 @@ struct CreateVolume {
     size_bytes: u64,
     #[serde(default = "normal")]
     tier: String,
+    iops_max: Option<u32>,
+    bytes_per_s_max: Option<u64>,
 }
 
 fn normal() -> String {
@@ -613,30 +665,25 @@ async fn create_volume(
     parsed: Result<Json<CreateVolume>, JsonRejection>,
 ) -> Result<Response, Response> {
     let request = body(parsed)?;
-    let tier = match request.tier.to_ascii_lowercase().as_str() {
-        "normal" => QosTier::Normal,
-        "high" => QosTier::High,
-        "ultra" => QosTier::Ultra,
-        other => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("tier {other:?}: normal, high or ultra"),
-            ));
-        }
-    };
+    let tier = parse_tier(&request.tier)?;
     let command = Command::CreateVolume {
         name: request.name.clone(),
         pool: request.pool.clone(),
         size_bytes: request.size_bytes,
         tier,
+        iops_max: request.iops_max,
+        bytes_per_s_max: request.bytes_per_s_max,
     };
-    let applied = write(&api, command).await?;
-    let id = match applied {
-        Applied::Volume(id) => format!("{:x}", id.0),
-        _ => String::new(),
-    };
-    let view = json!({ "name": request.name, "id": id, "pool": request.pool,
-        "size_bytes": request.size_bytes, "tier": tier_name(tier), "iops_max": tier.iops_max() });
+    write(&api, command).await?;
+    let name = request.name;
+    let view = read_value(&api, move |state| {
+        let volume = state.volume(&name).ok_or_else(|| MetaError::NotFound {
+            kind: "volume",
+            name: name.clone(),
+        })?;
+        Ok(volume_json(&name, volume))
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 

@@ -106,6 +106,8 @@ mod tests {
             pool: "ssd".into(),
             size_bytes: 10 << 30,
             tier: QosTier::High,
+            iops_max: None,
+            bytes_per_s_max: None,
         };
         let disk = Command::RegisterDisk(Disk {
             id: DiskId([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]),
@@ -293,7 +295,9 @@ mod tests {
                     name,
                     pool,
                     size_bytes,
-                    tier
+                    tier,
+                    iops_max: None,
+                    bytes_per_s_max: None,
                 }
             ),
             (text.clone(), any::<u64>())

@@ -66,6 +66,25 @@ impl QosTier {
     }
 }
 
+/// Highest custom IOPS limit: far above what one volume can do, so it reads as "unlimited".
+pub const VOLUME_IOPS_MAX: u32 = 1_000_000;
+/// Lowest custom bandwidth limit, bytes per second: below 1 MB/s a volume cannot boot a VM.
+pub const VOLUME_BYTES_PER_S_MIN: u64 = 1_000_000;
+/// Shortest CHAP secret: RFC 7143 asks for at least 96 bits; 12 characters.
+pub const CHAP_SECRET_BYTES_MIN: usize = 12;
+/// Longest CHAP secret (the iSCSI text value limit is 255).
+pub const CHAP_SECRET_BYTES_MAX: usize = 255;
+/// Longest CHAP user name.
+pub const CHAP_USER_BYTES_MAX: usize = 255;
+/// Initiator names one volume's ACL may list.
+pub const VOLUME_INITIATORS_MAX: usize = 64;
+/// Longest iSCSI name (RFC 7143: 223 bytes).
+pub const ISCSI_NAME_BYTES_MAX: usize = 223;
+/// Largest persistent reservation state of one volume, encoded.
+pub const RESERVATION_BYTES_MAX: usize = 64 << 10;
+/// iSCSI portals the cluster may list.
+pub const PORTALS_MAX: usize = 256;
+
 /// A tenant's number, never reused: a tenant deleted and created again under the same name is
 /// a different tenant, so nothing the old one owned carries over by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -130,6 +149,68 @@ pub struct Volume {
     pub size_bytes: u64,
     /// Its IOPS tier.
     pub tier: QosTier,
+    /// An IOPS limit set by the operator, replacing the tier's. Left out of the encoding when
+    /// unset (as are the fields below), so records written before they existed encode the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_max: Option<u32>,
+    /// A bandwidth limit in bytes per second (unset: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_s_max: Option<u64>,
+    /// Who may log in to the volume's iSCSI target (unset: the gateway's own CHAP credential,
+    /// any initiator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi: Option<IscsiAccess>,
+    /// The volume's SCSI persistent reservations, as the iSCSI gateway encodes them: every
+    /// gateway reads and changes them here, so all agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+}
+
+impl Volume {
+    /// The IOPS limit in force: the custom one, else the tier's.
+    pub fn iops_limit(&self) -> u32 {
+        self.iops_max.unwrap_or(self.tier.iops_max())
+    }
+}
+
+/// One CHAP credential: the name and the shared secret (redacted in `Debug`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapCredential {
+    /// CHAP_N.
+    pub user: String,
+    /// The secret.
+    pub secret: SecretKey,
+}
+
+/// Who may log in to a volume's iSCSI target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiAccess {
+    /// What the initiator must prove (unset: the gateway's own credential).
+    pub chap: Option<ChapCredential>,
+    /// What the target proves back (mutual CHAP); needs `chap`.
+    pub mutual: Option<ChapCredential>,
+    /// The initiator names allowed to see and log in to the target (empty: any).
+    pub initiators: Vec<String>,
+}
+
+/// A volume's persistent reservation state and its version, for compare-and-set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    /// Bumped by every [`Command::SetReservation`]; starts at 1 (0 means "none yet").
+    pub version: u64,
+    /// The state as the gateway encoded it (opaque here).
+    pub state: Vec<u8>,
+}
+
+/// An iSCSI gateway's portal, where initiators connect (attach-info lists them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Portal {
+    /// Its target portal group tag.
+    pub group_tag: u16,
 }
 
 /// A tenant: the account S3 buckets and access keys belong to.
@@ -140,7 +221,7 @@ pub struct Tenant {
     pub id: TenantId,
 }
 
-/// An access key's secret, as SigV4 uses it.
+/// A secret: an access key's (as SigV4 uses it) or a CHAP secret.
 ///
 /// Its `Debug` prints `SecretKey(<redacted>)` and it has no `Display`, so a secret cannot reach
 /// a log through formatting; [`SecretKey::expose`] is the one way to read it. Serialization
@@ -220,6 +301,53 @@ pub enum Command {
         size_bytes: u64,
         /// IOPS tier.
         tier: QosTier,
+        /// A custom IOPS limit replacing the tier's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iops_max: Option<u32>,
+        /// A bandwidth limit, bytes per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes_per_s_max: Option<u64>,
+    },
+    /// Sets a volume's QoS whole: its tier and the custom limits (unset: none).
+    SetVolumeQos {
+        /// The volume.
+        name: String,
+        /// IOPS tier.
+        tier: QosTier,
+        /// A custom IOPS limit replacing the tier's.
+        iops_max: Option<u32>,
+        /// A bandwidth limit, bytes per second.
+        bytes_per_s_max: Option<u64>,
+    },
+    /// Sets (or with `None` clears) who may log in to a volume's iSCSI target.
+    SetVolumeAccess {
+        /// The volume.
+        name: String,
+        /// The rules.
+        access: Option<IscsiAccess>,
+    },
+    /// Replaces a volume's persistent reservation state if its version is still `expected`
+    /// (0: none yet); refused with [`MetaError::Stale`] otherwise, so two gateways changing
+    /// it at once cannot lose either change.
+    SetReservation {
+        /// The volume.
+        name: String,
+        /// The version the proposer read.
+        expected: u64,
+        /// The new state.
+        state: Vec<u8>,
+    },
+    /// Records an iSCSI gateway's portal ("address:port").
+    AddPortal {
+        /// Where initiators connect.
+        address: String,
+        /// Its portal group.
+        portal: Portal,
+    },
+    /// Forgets an iSCSI gateway's portal.
+    RemovePortal {
+        /// The address.
+        address: String,
     },
     /// Grows a volume (shrinking would drop written data, so it is refused).
     ResizeVolume {
@@ -335,6 +463,18 @@ pub enum MetaError {
     /// The request is malformed or impossible as asked (400).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The thing changed since the proposer read it (412): read again and retry.
+    #[error("{kind} of {name} is at version {current}, not {expected}")]
+    Stale {
+        /// "reservation".
+        kind: &'static str,
+        /// Whose.
+        name: String,
+        /// The version the proposer expected.
+        expected: u64,
+        /// The version now.
+        current: u64,
+    },
 }
 
 /// What an applied command produced.
@@ -395,6 +535,7 @@ pub struct MetaState {
     pub(crate) access_keys: BTreeMap<String, AccessKey>,
     pub(crate) counters: Counters,
     pub(crate) settings: Settings,
+    pub(crate) portals: BTreeMap<String, Portal>,
 }
 
 /// Checks a pool, volume or tenant name: such names become store keys, so they hold no `/`.
@@ -445,6 +586,93 @@ fn check_secret_key(secret: &SecretKey) -> Result<(), MetaError> {
     }
 }
 
+fn check_qos(iops_max: Option<u32>, bytes_per_s_max: Option<u64>) -> Result<(), MetaError> {
+    if iops_max.is_some_and(|iops| iops == 0 || iops > VOLUME_IOPS_MAX) {
+        return Err(MetaError::Invalid(format!(
+            "IOPS limit: 1 to {VOLUME_IOPS_MAX}"
+        )));
+    }
+    if bytes_per_s_max.is_some_and(|b| b < VOLUME_BYTES_PER_S_MIN) {
+        return Err(MetaError::Invalid(format!(
+            "bandwidth limit: at least {VOLUME_BYTES_PER_S_MIN} bytes per second"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks CHAP credentials and initiator names. Errors never quote a secret.
+fn check_access(access: &IscsiAccess) -> Result<(), MetaError> {
+    let credentials = access.chap.iter().chain(&access.mutual);
+    for (i, credential) in credentials.enumerate() {
+        let which = if i == 0 && access.chap.is_some() {
+            "CHAP"
+        } else {
+            "mutual CHAP"
+        };
+        let user = &credential.user;
+        if user.is_empty()
+            || user.len() > CHAP_USER_BYTES_MAX
+            || !user.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(MetaError::Invalid(format!(
+                "{which} user: 1-{CHAP_USER_BYTES_MAX} printable characters, no space"
+            )));
+        }
+        let secret = credential.secret.expose();
+        if !(CHAP_SECRET_BYTES_MIN..=CHAP_SECRET_BYTES_MAX).contains(&secret.len())
+            || !secret.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(MetaError::Invalid(format!(
+                "{which} secret: {CHAP_SECRET_BYTES_MIN}-{CHAP_SECRET_BYTES_MAX} printable \
+                 characters, no space"
+            )));
+        }
+    }
+    if access.mutual.is_some() && access.chap.is_none() {
+        return Err(MetaError::Invalid(
+            "mutual CHAP needs the initiator's CHAP credential too".into(),
+        ));
+    }
+    if let (Some(chap), Some(mutual)) = (&access.chap, &access.mutual)
+        && chap.secret == mutual.secret
+    {
+        // RFC 7143 12.1.3: the two directions must not share a secret.
+        return Err(MetaError::Invalid(
+            "mutual CHAP needs a secret of its own, not the initiator's".into(),
+        ));
+    }
+    if access.initiators.len() > VOLUME_INITIATORS_MAX {
+        return Err(MetaError::Invalid(format!(
+            "at most {VOLUME_INITIATORS_MAX} initiator names"
+        )));
+    }
+    for name in &access.initiators {
+        let lower = name.to_ascii_lowercase();
+        let valid = name.len() <= ISCSI_NAME_BYTES_MAX
+            && (lower.starts_with("iqn.")
+                || lower.starts_with("eui.")
+                || lower.starts_with("naa."))
+            && name.bytes().all(|b| b.is_ascii_graphic());
+        if !valid {
+            return Err(MetaError::Invalid(format!(
+                "initiator {name:?}: an iSCSI name (iqn., eui. or naa.) of at most \
+                 {ISCSI_NAME_BYTES_MAX} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a portal address: an IP address and port, as initiators are given it.
+fn check_portal(address: &str) -> Result<(), MetaError> {
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.port() != 0 && !addr.ip().is_unspecified() => Ok(()),
+        _ => Err(MetaError::Invalid(format!(
+            "portal {address:?}: an address and port initiators can reach"
+        ))),
+    }
+}
+
 fn check_size(size_bytes: u64) -> Result<(), MetaError> {
     let block = u64::from(cairn_common::BLOCK_SIZE);
     if size_bytes == 0 || size_bytes > VOLUME_BYTES_MAX || !size_bytes.is_multiple_of(block) {
@@ -489,7 +717,64 @@ impl MetaState {
                 pool,
                 size_bytes,
                 tier,
-            } => self.create_volume(name, pool, size_bytes, tier),
+                iops_max,
+                bytes_per_s_max,
+            } => {
+                check_qos(iops_max, bytes_per_s_max)?;
+                let volume = Volume {
+                    id: OwnerId(0),
+                    pool,
+                    size_bytes,
+                    tier,
+                    iops_max,
+                    bytes_per_s_max,
+                    iscsi: None,
+                    reservation: None,
+                };
+                self.create_volume(name, volume)
+            }
+            Command::SetVolumeQos {
+                name,
+                tier,
+                iops_max,
+                bytes_per_s_max,
+            } => {
+                check_qos(iops_max, bytes_per_s_max)?;
+                let volume = self.volume_mut(&name)?;
+                volume.tier = tier;
+                volume.iops_max = iops_max;
+                volume.bytes_per_s_max = bytes_per_s_max;
+                Ok(Applied::Done)
+            }
+            Command::SetVolumeAccess { name, access } => {
+                if let Some(access) = &access {
+                    check_access(access)?;
+                }
+                self.volume_mut(&name)?.iscsi = access;
+                Ok(Applied::Done)
+            }
+            Command::SetReservation {
+                name,
+                expected,
+                state,
+            } => self.set_reservation(name, expected, state),
+            Command::AddPortal { address, portal } => {
+                check_portal(&address)?;
+                if !self.portals.contains_key(&address) && self.portals.len() >= PORTALS_MAX {
+                    return Err(MetaError::Invalid(format!(
+                        "the cluster lists {PORTALS_MAX} iSCSI portals already"
+                    )));
+                }
+                self.portals.insert(address, portal);
+                Ok(Applied::Done)
+            }
+            Command::RemovePortal { address } => match self.portals.remove(&address) {
+                Some(_) => Ok(Applied::Done),
+                None => Err(MetaError::NotFound {
+                    kind: "portal",
+                    name: address,
+                }),
+            },
             Command::ResizeVolume { name, size_bytes } => self.resize_volume(name, size_bytes),
             Command::DeleteVolume { name } => match self.volumes.remove(&name) {
                 Some(_) => Ok(Applied::Done),
@@ -721,13 +1006,8 @@ impl MetaState {
         Ok(())
     }
 
-    fn create_volume(
-        &mut self,
-        name: String,
-        pool: String,
-        size_bytes: u64,
-        tier: QosTier,
-    ) -> Result<Applied, MetaError> {
+    /// Creates `volume` (its id is handed out here).
+    fn create_volume(&mut self, name: String, mut volume: Volume) -> Result<Applied, MetaError> {
         check_name(&name)?;
         if self.volumes.contains_key(&name) {
             return Err(MetaError::AlreadyExists {
@@ -735,23 +1015,56 @@ impl MetaState {
                 name,
             });
         }
-        if !self.pools.contains_key(&pool) {
+        if !self.pools.contains_key(&volume.pool) {
             return Err(MetaError::NotFound {
                 kind: "pool",
-                name: pool,
+                name: volume.pool,
             });
         }
-        check_size(size_bytes)?;
+        check_size(volume.size_bytes)?;
         self.counters.next_owner += 1;
         let id = OwnerId(self.counters.next_owner);
-        let volume = Volume {
-            id,
-            pool,
-            size_bytes,
-            tier,
-        };
+        volume.id = id;
         self.volumes.insert(name, volume);
         Ok(Applied::Volume(id))
+    }
+
+    fn volume_mut(&mut self, name: &str) -> Result<&mut Volume, MetaError> {
+        self.volumes
+            .get_mut(name)
+            .ok_or_else(|| MetaError::NotFound {
+                kind: "volume",
+                name: name.to_string(),
+            })
+    }
+
+    fn set_reservation(
+        &mut self,
+        name: String,
+        expected: u64,
+        state: Vec<u8>,
+    ) -> Result<Applied, MetaError> {
+        if state.len() > RESERVATION_BYTES_MAX {
+            return Err(MetaError::Invalid(format!(
+                "reservation state of {} bytes (at most {RESERVATION_BYTES_MAX})",
+                state.len()
+            )));
+        }
+        let volume = self.volume_mut(&name)?;
+        let current = volume.reservation.as_ref().map_or(0, |r| r.version);
+        if current != expected {
+            return Err(MetaError::Stale {
+                kind: "reservation",
+                name,
+                expected,
+                current,
+            });
+        }
+        volume.reservation = Some(Reservation {
+            version: current + 1,
+            state,
+        });
+        Ok(Applied::Done)
     }
 
     fn resize_volume(&mut self, name: String, size_bytes: u64) -> Result<Applied, MetaError> {
@@ -913,6 +1226,11 @@ impl MetaState {
         self.volumes.iter()
     }
 
+    /// The iSCSI portals gateways registered, by address.
+    pub fn portals(&self) -> impl Iterator<Item = (&String, &Portal)> {
+        self.portals.iter()
+    }
+
     /// Whether the scheduler may rebalance PGs ([`Command::SetRebalance`]).
     pub fn rebalance_enabled(&self) -> bool {
         self.settings.rebalance
@@ -1005,6 +1323,17 @@ impl MetaState {
             if !self.pools.contains_key(&volume.pool) || check_size(volume.size_bytes).is_err() {
                 return Some(format!("volume {name}: unknown pool or bad size"));
             }
+            let access_bad = volume
+                .iscsi
+                .as_ref()
+                .is_some_and(|a| check_access(a).is_err());
+            if check_qos(volume.iops_max, volume.bytes_per_s_max).is_err() || access_bad {
+                return Some(format!("volume {name}: bad QoS or iSCSI access"));
+            }
+        }
+        if self.portals.len() > PORTALS_MAX || self.portals.keys().any(|a| check_portal(a).is_err())
+        {
+            return Some("bad iSCSI portals".into());
         }
         None
     }
@@ -1098,6 +1427,8 @@ pub(crate) mod tests {
             pool: "ssd".into(),
             size_bytes: size,
             tier: QosTier::High,
+            iops_max: None,
+            bytes_per_s_max: None,
         };
         assert_eq!(
             state.apply(volume("vm-1", 10 << 30)),
@@ -1142,6 +1473,182 @@ pub(crate) mod tests {
         assert_eq!(state.pools().count(), 1);
         assert_eq!(state.disk(DiskId([0; 16])), Some(&disk(0, 1)));
         assert_eq!(state.invariant_violation(), None);
+    }
+
+    /// A state with pool "ssd" and volume "vm-1" (High tier).
+    fn with_volume() -> MetaState {
+        let mut state = MetaState::default();
+        for n in 0..3 {
+            state
+                .apply(Command::RegisterDisk(disk(n, 1 + u32::from(n))))
+                .expect("disk");
+        }
+        state
+            .apply(Command::CreatePool {
+                name: "ssd".into(),
+                replicas: 3,
+                domain: FailureDomain::Host,
+                pg_count: 8,
+            })
+            .expect("pool");
+        state
+            .apply(Command::CreateVolume {
+                name: "vm-1".into(),
+                pool: "ssd".into(),
+                size_bytes: 1 << 30,
+                tier: QosTier::High,
+                iops_max: None,
+                bytes_per_s_max: None,
+            })
+            .expect("volume");
+        state
+    }
+
+    #[test]
+    fn volume_qos_custom_limits_replace_the_tier() {
+        let mut state = with_volume();
+        assert_eq!(state.volume("vm-1").expect("volume").iops_limit(), 2500);
+        let qos = |iops_max, bytes_per_s_max| Command::SetVolumeQos {
+            name: "vm-1".into(),
+            tier: QosTier::Ultra,
+            iops_max,
+            bytes_per_s_max,
+        };
+        state
+            .apply(qos(Some(50_000), Some(200_000_000)))
+            .expect("qos");
+        let volume = state.volume("vm-1").expect("volume");
+        assert_eq!(
+            (volume.iops_limit(), volume.bytes_per_s_max),
+            (50_000, Some(200_000_000))
+        );
+        state.apply(qos(None, None)).expect("back to the tier");
+        assert_eq!(state.volume("vm-1").expect("volume").iops_limit(), 10_000);
+        for bad in [
+            qos(Some(0), None),
+            qos(Some(2_000_000), None),
+            qos(None, Some(999)),
+        ] {
+            assert!(matches!(state.apply(bad), Err(MetaError::Invalid(_))));
+        }
+        assert_eq!(state.volume("vm-1").expect("volume").iops_limit(), 10_000);
+        let missing = Command::SetVolumeQos {
+            name: "nope".into(),
+            tier: QosTier::Normal,
+            iops_max: None,
+            bytes_per_s_max: None,
+        };
+        assert!(matches!(
+            state.apply(missing),
+            Err(MetaError::NotFound { .. })
+        ));
+        assert_eq!(state.invariant_violation(), None);
+    }
+
+    #[test]
+    fn volume_access_is_checked_and_never_quotes_secrets() {
+        let mut state = with_volume();
+        let credential = |user: &str, secret: &str| ChapCredential {
+            user: user.into(),
+            secret: SecretKey::new(secret.into()),
+        };
+        let access = |chap, mutual, initiators: &[&str]| Command::SetVolumeAccess {
+            name: "vm-1".into(),
+            access: Some(IscsiAccess {
+                chap,
+                mutual,
+                initiators: initiators.iter().map(|s| s.to_string()).collect(),
+            }),
+        };
+        let good = access(
+            Some(credential("alice", "alice-secret-1")),
+            Some(credential("target", "target-secret-1")),
+            &["iqn.2026-12.org.example:host-1"],
+        );
+        state.apply(good).expect("access");
+        let held = state
+            .volume("vm-1")
+            .expect("volume")
+            .iscsi
+            .clone()
+            .expect("access");
+        assert_eq!(held.initiators, ["iqn.2026-12.org.example:host-1"]);
+        let bad = [
+            access(Some(credential("alice", "short")), None, &[]),
+            access(Some(credential("", "long-enough-secret")), None, &[]),
+            access(None, Some(credential("t", "long-enough-secret")), &[]),
+            access(
+                Some(credential("a", "same-secret-here")),
+                Some(credential("t", "same-secret-here")),
+                &[],
+            ),
+            access(None, None, &["host-1"]),
+        ];
+        for command in bad {
+            let refused = state.apply(command).expect_err("refused");
+            assert!(matches!(refused, MetaError::Invalid(_)), "{refused}");
+            let text = refused.to_string();
+            assert!(
+                !text.contains("short") && !text.contains("same-secret"),
+                "{text}"
+            );
+        }
+        assert_eq!(state.volume("vm-1").expect("volume").iscsi, Some(held));
+        state
+            .apply(Command::SetVolumeAccess {
+                name: "vm-1".into(),
+                access: None,
+            })
+            .expect("clear");
+        assert_eq!(state.volume("vm-1").expect("volume").iscsi, None);
+        assert_eq!(state.invariant_violation(), None);
+    }
+
+    #[test]
+    fn reservations_change_only_from_the_version_read() {
+        let mut state = with_volume();
+        let set = |expected, state: &[u8]| Command::SetReservation {
+            name: "vm-1".into(),
+            expected,
+            state: state.to_vec(),
+        };
+        state.apply(set(0, b"one")).expect("first");
+        let refused = state.apply(set(0, b"lost")).expect_err("stale");
+        assert!(matches!(refused, MetaError::Stale { current: 1, .. }));
+        state.apply(set(1, b"two")).expect("second");
+        let held = state.volume("vm-1").expect("volume").reservation.clone();
+        assert_eq!(
+            held,
+            Some(Reservation {
+                version: 2,
+                state: b"two".to_vec()
+            })
+        );
+        let huge = set(2, &vec![0; RESERVATION_BYTES_MAX + 1]);
+        assert!(matches!(state.apply(huge), Err(MetaError::Invalid(_))));
+    }
+
+    #[test]
+    fn portals_are_listed_and_checked() {
+        let mut state = MetaState::default();
+        let add = |address: &str| Command::AddPortal {
+            address: address.into(),
+            portal: Portal { group_tag: 1 },
+        };
+        state.apply(add("127.0.0.1:3260")).expect("portal");
+        state
+            .apply(add("127.0.0.1:3260"))
+            .expect("again: idempotent");
+        for bad in ["0.0.0.0:3260", "127.0.0.1:0", "host:3260"] {
+            assert!(matches!(state.apply(add(bad)), Err(MetaError::Invalid(_))));
+        }
+        assert_eq!(state.portals().count(), 1);
+        state
+            .apply(Command::RemovePortal {
+                address: "127.0.0.1:3260".into(),
+            })
+            .expect("remove");
+        assert_eq!(state.portals().count(), 0);
     }
 
     fn create_key(tenant: &str, id: &str, secret: &str) -> Command {
@@ -1582,12 +2089,60 @@ pub(crate) mod tests {
                     pg_count,
                 }
             }),
-            (name.clone(), name.clone(), 0u64..64, tier).prop_map(|(name, pool, blocks, tier)| {
-                Command::CreateVolume {
+            (name.clone(), name.clone(), 0u64..64, tier.clone()).prop_map(
+                |(name, pool, blocks, tier)| {
+                    Command::CreateVolume {
+                        name,
+                        pool,
+                        size_bytes: blocks * 4096,
+                        tier,
+                        iops_max: None,
+                        bytes_per_s_max: None,
+                    }
+                }
+            ),
+            (
+                name.clone(),
+                tier,
+                proptest::option::of(0u32..3),
+                any::<bool>()
+            )
+                .prop_map(|(name, tier, iops, bandwidth)| Command::SetVolumeQos {
                     name,
-                    pool,
-                    size_bytes: blocks * 4096,
                     tier,
+                    iops_max: iops.map(|i| i * 1000),
+                    bytes_per_s_max: bandwidth.then_some(50_000_000),
+                }),
+            (name.clone(), any::<bool>(), 0usize..2).prop_map(|(name, chap, initiators)| {
+                let credential = ChapCredential {
+                    user: "u".into(),
+                    secret: SecretKey::new(if chap { "twelve-chars" } else { "short" }.into()),
+                };
+                Command::SetVolumeAccess {
+                    name,
+                    access: (initiators > 0 || chap).then(|| IscsiAccess {
+                        chap: Some(credential),
+                        mutual: None,
+                        initiators: vec!["iqn.2026-12.org.example:h".into(); initiators],
+                    }),
+                }
+            }),
+            (name.clone(), 0u64..3, any::<u8>()).prop_map(|(name, expected, byte)| {
+                Command::SetReservation {
+                    name,
+                    expected,
+                    state: vec![byte; 3],
+                }
+            }),
+            (any::<bool>(), 1u16..3).prop_map(|(add, port)| {
+                let address = format!("127.0.0.1:{port}");
+                if add {
+                    Command::AddPortal {
+                        address,
+                        portal: Portal { group_tag: 1 },
+                    }
+                } else {
+                    Command::RemovePortal { address }
                 }
             }),
             (name.clone(), 0u64..64).prop_map(|(name, blocks)| Command::ResizeVolume {

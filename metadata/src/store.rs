@@ -100,6 +100,7 @@ const POOL_PREFIX: &str = "pool/";
 const VOLUME_PREFIX: &str = "vol/";
 const TENANT_PREFIX: &str = "ten/";
 const ACCESS_KEY_PREFIX: &str = "key/";
+const PORTAL_PREFIX: &str = "portal/";
 
 /// The first bytes of every snapshot blob.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CAIRNMET";
@@ -173,6 +174,7 @@ enum RecordKey {
     Volume(String),
     Tenant(String),
     AccessKey(String),
+    Portal(String),
     Counters,
     Settings,
 }
@@ -189,6 +191,7 @@ impl RecordKey {
             RecordKey::Volume(name) => format!("{VOLUME_PREFIX}{name}"),
             RecordKey::Tenant(name) => format!("{TENANT_PREFIX}{name}"),
             RecordKey::AccessKey(id) => format!("{ACCESS_KEY_PREFIX}{id}"),
+            RecordKey::Portal(address) => format!("{PORTAL_PREFIX}{address}"),
             RecordKey::Counters => return COUNTERS_KEY.to_vec(),
             RecordKey::Settings => return SETTINGS_KEY.to_vec(),
         };
@@ -222,6 +225,9 @@ impl RecordKey {
         } else if let Some(id) = key.strip_prefix(ACCESS_KEY_PREFIX) {
             state::check_access_key_id(id).ok()?;
             return Some(RecordKey::AccessKey(id.to_string()));
+        } else if let Some(address) = key.strip_prefix(PORTAL_PREFIX) {
+            // The state checks the address when it is loaded (invariant_violation).
+            return Some(RecordKey::Portal(address.to_string()));
         } else {
             return None;
         };
@@ -267,8 +273,13 @@ fn touched(command: &Command) -> Vec<RecordKey> {
         Command::CreateVolume { name, .. } => {
             vec![RecordKey::Volume(name.clone()), RecordKey::Counters]
         }
-        Command::ResizeVolume { name, .. } | Command::DeleteVolume { name } => {
-            vec![RecordKey::Volume(name.clone())]
+        Command::ResizeVolume { name, .. }
+        | Command::DeleteVolume { name }
+        | Command::SetVolumeQos { name, .. }
+        | Command::SetVolumeAccess { name, .. }
+        | Command::SetReservation { name, .. } => vec![RecordKey::Volume(name.clone())],
+        Command::AddPortal { address, .. } | Command::RemovePortal { address } => {
+            vec![RecordKey::Portal(address.clone())]
         }
         Command::CreateTenant { name } => {
             vec![RecordKey::Tenant(name.clone()), RecordKey::Counters]
@@ -298,6 +309,7 @@ fn record_value(state: &MetaState, key: &RecordKey) -> Option<Vec<u8>> {
         RecordKey::Volume(name) => state.volumes.get(name).map(codec::encode),
         RecordKey::Tenant(name) => state.tenants.get(name).map(codec::encode),
         RecordKey::AccessKey(id) => state.access_keys.get(id).map(codec::encode),
+        RecordKey::Portal(address) => state.portals.get(address).map(codec::encode),
         RecordKey::Counters => Some(codec::encode(&state.counters)),
         RecordKey::Settings => Some(codec::encode(&state.settings)),
     }
@@ -316,6 +328,7 @@ fn records(state: &MetaState) -> BTreeMap<Vec<u8>, Vec<u8>> {
                 .keys()
                 .map(|id| RecordKey::AccessKey(id.clone())),
         )
+        .chain(state.portals.keys().map(|a| RecordKey::Portal(a.clone())))
         .chain([RecordKey::Counters, RecordKey::Settings]);
     keys.map(|key| {
         let value = record_value(state, &key).expect("invariant: listed records exist");
@@ -364,6 +377,9 @@ fn load_record(state: &mut MetaState, key: &[u8], value: &[u8]) -> Result<(), St
         }
         RecordKey::AccessKey(id) => {
             state.access_keys.insert(id, decode_value(key, value)?);
+        }
+        RecordKey::Portal(address) => {
+            state.portals.insert(address, decode_value(key, value)?);
         }
         RecordKey::Counters => state.counters = decode_value::<Counters>(key, value)?,
         RecordKey::Settings => state.settings = decode_value::<Settings>(key, value)?,
@@ -675,18 +691,24 @@ mod tests {
                 pool: "ssd".into(),
                 size_bytes: 1 << 30,
                 tier: QosTier::Ultra,
+                iops_max: None,
+                bytes_per_s_max: None,
             },
             Command::CreateVolume {
                 name: "vm-2".into(),
                 pool: "nope".into(),
                 size_bytes: 1 << 30,
                 tier: QosTier::Normal,
+                iops_max: None,
+                bytes_per_s_max: None,
             },
             Command::CreateVolume {
                 name: "vm-3".into(),
                 pool: "ssd".into(),
                 size_bytes: 1 << 30,
                 tier: QosTier::Normal,
+                iops_max: None,
+                bytes_per_s_max: None,
             },
             Command::ResizeVolume {
                 name: "vm-1".into(),

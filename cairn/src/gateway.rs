@@ -1,0 +1,162 @@
+//! `cairn gateway iscsi`: a stateless iSCSI gateway process. It holds no data and no state of
+//! its own: targets, credentials, QoS limits and persistent reservations come from the
+//! metadata service (admin API), and every piece of a volume goes to the storage node leading
+//! its PG over that node's data API. Run as many as wanted; kill any of them at any time.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use cairn_client::Piece;
+use cairn_common::{CHUNK_SIZE_DEFAULT, GroupId};
+use cairn_gateway_iscsi::login::ChapSecret;
+use clap::{Args, Subcommand};
+
+use crate::{
+    admin::Connection,
+    data::{self, DataError, Target, TargetCache},
+    iscsi,
+    node::{self, Directory, Forwarder, PieceOp, Pools},
+};
+
+/// How often the gateway learns storage nodes and PG maps.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Subcommand)]
+pub enum GatewayCommand {
+    /// Serves every volume as an iSCSI target.
+    Iscsi(IscsiArgs),
+}
+
+#[derive(Args)]
+pub struct IscsiArgs {
+    /// Where initiators connect.
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    listen: SocketAddr,
+    /// The portal `attach-info` names, when initiators reach this gateway at another address
+    /// than `--listen` (a wildcard listen address is never registered).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// File holding the admin API's bearer token.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// File holding the CHAP secret (user `cairn`) of targets whose volume sets no
+    /// credential of its own (`cairn volume access`); 12-255 characters.
+    #[arg(long)]
+    chap_file: PathBuf,
+}
+
+pub fn run(command: GatewayCommand, connection: &Connection) -> ExitCode {
+    let GatewayCommand::Iscsi(args) = command;
+    let result = crate::meta::read_token(&args.token_file).and_then(|token| {
+        let connection = connection.with_token(token.clone());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?
+            .block_on(serve(args, connection, token))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn gateway iscsi: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a CHAP secret from `path` and checks its length.
+pub(crate) fn read_chap_secret(path: &std::path::Path) -> Result<ChapSecret, String> {
+    let secret = std::fs::read_to_string(path)
+        .map_err(|e| format!("read {}: {e}", path.display()))?
+        .trim()
+        .to_string();
+    if !(12..=255).contains(&secret.len()) {
+        return Err("the iSCSI CHAP secret must be 12 to 255 characters".into());
+    }
+    Ok(ChapSecret::new(secret))
+}
+
+async fn serve(args: IscsiArgs, connection: Connection, token: String) -> Result<(), String> {
+    let secret = read_chap_secret(&args.chap_file)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("iSCSI portal {}: {e}", args.listen))?;
+    let directory = Directory::default();
+    let backend = GatewayBackend {
+        connection: connection.clone(),
+        forwarder: Forwarder::new(token, None, directory.clone()),
+        targets: Arc::default(),
+    };
+    let refreshing = connection.clone();
+    tokio::spawn(async move {
+        let mut known = Pools::new();
+        loop {
+            let refreshed = async {
+                directory.learn_nodes(&refreshing).await?;
+                let fetched = node::refresh_pools(&refreshing, &mut known).await?;
+                directory.remember_members(&fetched);
+                Ok::<_, String>(())
+            };
+            if let Err(e) = refreshed.await {
+                tracing::warn!("refresh: {e}");
+            }
+            tokio::time::sleep(REFRESH_INTERVAL).await;
+        }
+    });
+    let config = iscsi::GatewayConfig {
+        connection,
+        chap: Some(iscsi::Chap {
+            user: iscsi::CHAP_USER.into(),
+            secret,
+        }),
+        advertise: args.advertise,
+    };
+    println!("cairn gateway iscsi: serving on {}", args.listen);
+    iscsi::serve(listener, backend, config).await
+}
+
+/// A gateway's data path: volumes from the admin API, every piece forwarded to the node
+/// leading its PG.
+#[derive(Clone)]
+struct GatewayBackend {
+    connection: Connection,
+    forwarder: Forwarder,
+    targets: Arc<TargetCache>,
+}
+
+impl data::Backend for GatewayBackend {
+    async fn target(&self, name: String) -> Result<Target, DataError> {
+        self.targets
+            .get(name, async |name| {
+                node::lookup(&self.connection, name).await
+            })
+            .await
+    }
+
+    fn chunk_size(&self) -> Result<u32, DataError> {
+        // Storage nodes format every disk with the default chunk size.
+        Ok(CHUNK_SIZE_DEFAULT)
+    }
+
+    async fn write(&self, group: GroupId, piece: Piece, data: Vec<u8>) -> Result<(), DataError> {
+        let op = PieceOp::Write(data);
+        self.forwarder
+            .piece(None, group, piece, op)
+            .await
+            .map(|_| ())
+    }
+
+    async fn read(&self, group: GroupId, piece: Piece) -> Result<Vec<u8>, DataError> {
+        self.forwarder
+            .piece(None, group, piece, PieceOp::Read)
+            .await
+    }
+
+    async fn discard(&self, group: GroupId, piece: Piece) -> Result<(), DataError> {
+        let op = PieceOp::Discard;
+        self.forwarder
+            .piece(None, group, piece, op)
+            .await
+            .map(|_| ())
+    }
+}

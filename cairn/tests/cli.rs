@@ -884,6 +884,7 @@ fn storage_nodes_replicate_pgs_across_processes() {
         via_node_2 == gateway_data,
         "written through the gateway, read through node 2"
     );
+    persistent_reservations_hold_across_gateways(&portal, &gateway_portal, target, secret);
 
     drop(nodes.remove(1)); // SIGKILL node 3
     wait_health(&env, "degraded", |h| {
@@ -907,6 +908,67 @@ fn storage_nodes_replicate_pgs_across_processes() {
         through_gateway(iscsi_lba, blocks, None) == second,
         "and through the stateless gateway"
     );
+}
+
+/// A PERSISTENT RESERVE OUT (SPC-4 6.15): `action` (0 register, 1 reserve, 3 clear,
+/// 4 preempt), type 1 (write exclusive), the keys in its 24-byte parameter list.
+fn prout(
+    session: &mut cairn_gateway_iscsi::initiator::Initiator,
+    action: u8,
+    key: u64,
+    service_action_key: u64,
+) -> Result<(), String> {
+    let cdb = [0x5f, action, 0x01, 0, 0, 0, 0, 0, 24, 0];
+    let mut parameters = [0u8; 24];
+    parameters[..8].copy_from_slice(&key.to_be_bytes());
+    parameters[8..16].copy_from_slice(&service_action_key.to_be_bytes());
+    session
+        .command(&cdb, &parameters, 0)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Goal: persistent reservations are one state for every gateway: a reservation taken
+/// through one gateway fences writes through another, and once a PREEMPT through one gateway
+/// is acknowledged, the preempted initiator can no longer write through any gateway.
+/// Method: initiator A registers and reserves (write exclusive) through gateway 1; B, through
+/// gateway 2, may read but its write is RESERVATION CONFLICT; B registers and preempts A
+/// through gateway 2; A's very next write through gateway 1 is RESERVATION CONFLICT while B
+/// writes; B clears the state.
+fn persistent_reservations_hold_across_gateways(
+    gateway_1: &str,
+    gateway_2: &str,
+    target: &str,
+    secret: &str,
+) {
+    const RESERVATION_CONFLICT: &str = "SCSI status 0x18";
+    let session = |portal: &str, name: &str| {
+        let mut session = iscsi_session_as(portal, target, secret, name).expect("login");
+        session.read_capacity().expect("read capacity");
+        session
+    };
+    let mut a = session(gateway_1, "iqn.2026-12.org.example:host-a");
+    let mut b = session(gateway_2, "iqn.2026-12.org.example:host-b");
+    let block = vec![0xa5u8; 512];
+    prout(&mut a, 0, 0, 0xa).expect("A registers");
+    prout(&mut a, 1, 0xa, 0).expect("A reserves");
+    a.write(90_000, &block).expect("the holder writes");
+    b.read(90_000, 1).expect("write exclusive lets others read");
+    let refused = b.write(90_000, &block).expect_err("B is fenced");
+    assert!(
+        refused.to_string().contains(RESERVATION_CONFLICT),
+        "{refused}"
+    );
+    prout(&mut b, 0, 0, 0xb).expect("B registers");
+    prout(&mut b, 4, 0xb, 0xa).expect("B preempts A");
+    let refused = a.write(90_000, &block).expect_err("A is fenced at once");
+    assert!(
+        refused.to_string().contains(RESERVATION_CONFLICT),
+        "{refused}"
+    );
+    b.write(90_000, &block).expect("the new holder writes");
+    prout(&mut b, 3, 0xb, 0).expect("B clears");
+    a.write(90_000, &block).expect("no reservation left");
 }
 
 /// `cairn gateway iscsi` on `portal`, default CHAP secret from `chap_path`.
@@ -936,6 +998,16 @@ fn iscsi_session(
     target: &str,
     secret: &str,
 ) -> Result<cairn_gateway_iscsi::initiator::Initiator, String> {
+    iscsi_session_as(portal, target, secret, "iqn.2026-12.io.cairn:node-test")
+}
+
+/// [`iscsi_session`] as initiator `initiator`.
+fn iscsi_session_as(
+    portal: &str,
+    target: &str,
+    secret: &str,
+    initiator_name: &str,
+) -> Result<cairn_gateway_iscsi::initiator::Initiator, String> {
     let address: std::net::SocketAddr = portal.parse().map_err(|e| format!("{e}"))?;
     let mut initiator = cairn_gateway_iscsi::initiator::Initiator::connect(
         address,
@@ -943,11 +1015,7 @@ fn iscsi_session(
     )
     .map_err(|e| e.to_string())?;
     initiator
-        .login(
-            "iqn.2026-12.io.cairn:node-test",
-            target,
-            Some(("cairn", secret.as_bytes())),
-        )
+        .login(initiator_name, target, Some(("cairn", secret.as_bytes())))
         .map_err(|e| e.to_string())?;
     Ok(initiator)
 }

@@ -660,6 +660,33 @@ impl Initiator {
         )
     }
 
+    /// Runs any SCSI command (a CDB of at most 16 bytes) with `data_out` to send, or with up
+    /// to `read_len` bytes of Data-In accepted (not both); answers the Data-In. A status
+    /// other than GOOD is an error ([`InitiatorError::Status`], CHECK CONDITION with its
+    /// sense). For commands this initiator has no method for: reservations, UNMAP, ...
+    pub fn command(
+        &mut self,
+        cdb: &[u8],
+        data_out: &[u8],
+        read_len: u32,
+    ) -> Result<Vec<u8>, InitiatorError> {
+        if cdb.is_empty() || cdb.len() > 16 {
+            return Err(InitiatorError::Protocol("a CDB holds 1 to 16 bytes"));
+        }
+        if !data_out.is_empty() && read_len > 0 {
+            return Err(InitiatorError::Protocol(
+                "bidirectional commands are not supported",
+            ));
+        }
+        transfer_len(data_out.len() as u64)?;
+        transfer_len(u64::from(read_len))?;
+        let mut padded = [0u8; 16];
+        padded[..cdb.len()].copy_from_slice(cdb);
+        let mut data_in = Vec::new();
+        self.execute(padded, read_len, data_out, &mut data_in)?;
+        Ok(data_in)
+    }
+
     /// Logs out (closing the session) and closes the connection.
     pub fn logout(mut self) -> Result<(), InitiatorError> {
         if self.session.is_none() || self.broken {

@@ -46,22 +46,10 @@ pub struct IscsiArgs {
 
 pub fn run(command: GatewayCommand, connection: &Connection) -> ExitCode {
     let GatewayCommand::Iscsi(args) = command;
-    let result = crate::meta::read_token(&args.token_file).and_then(|token| {
-        let connection = connection.with_token(token.clone());
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?
-            .block_on(serve(args, connection, token))
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cairn gateway iscsi: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let token_file = args.token_file.clone();
+    node::run_service("cairn gateway iscsi", &token_file, connection, |c, token| {
+        serve(args, c, token)
+    })
 }
 
 /// Reads a CHAP secret from `path` and checks its length.

@@ -30,6 +30,7 @@ use cairn_gateway_iscsi::{
     server::{Server, ServerConfig, Volumes},
 };
 pub use cairn_metadata::api::{DEFAULT_CHAP_USER as CHAP_USER, IQN_PREFIX, target_name};
+use cairn_metadata::api::{hex, unhex};
 use serde_json::{Value, json};
 
 use crate::{
@@ -488,20 +489,6 @@ impl<B: Backend> ReservationStore for MetaReservations<B> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// How a gateway serves: where initiators are told to connect, and the default credential.
 pub struct GatewayConfig {
     /// The admin API (with its token).
@@ -614,11 +601,5 @@ mod tests {
         assert_eq!(chap.initiator.user, "u");
         assert_eq!(listed[1].initiators, ["iqn.2026-12.org.x:h"]);
         assert!(parse_targets(&json!([{ "name": "c" }])).is_err());
-    }
-
-    #[test]
-    fn hex_round_trips() {
-        assert_eq!(unhex(&hex(&[0, 7, 255])), Some(vec![0, 7, 255]));
-        assert_eq!(unhex("0"), None);
     }
 }

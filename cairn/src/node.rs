@@ -95,19 +95,38 @@ pub struct NodeArgs {
 }
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
-    let result = crate::meta::read_token(&args.token_file).and_then(|token| {
+    let token_file = args.token_file.clone();
+    run_service("cairn node", &token_file, connection, |connection, token| {
+        serve(args, connection, token)
+    })
+}
+
+/// Runs a long-lived process of the cluster (a storage node, a gateway) on a tokio runtime
+/// of two workers: reads its admin token, calls the admin API with it, and reports a
+/// failure as `NAME: error` with a failing exit code.
+pub(crate) fn run_service<F, Fut>(
+    name: &str,
+    token_file: &std::path::Path,
+    connection: &Connection,
+    serve: F,
+) -> ExitCode
+where
+    F: FnOnce(Connection, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let result = crate::meta::read_token(token_file).and_then(|token| {
         let connection = connection.with_token(token.clone());
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))?
-            .block_on(serve(args, connection, token))
+            .block_on(serve(connection, token))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cairn node: {e}");
+            eprintln!("{name}: {e}");
             ExitCode::FAILURE
         }
     }

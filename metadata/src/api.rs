@@ -53,7 +53,7 @@ use serde_json::{Value, json};
 
 mod iscsi;
 
-pub use iscsi::{DEFAULT_CHAP_USER, IQN_PREFIX, target_name};
+pub use iscsi::{DEFAULT_CHAP_USER, IQN_PREFIX, hex, target_name, unhex};
 
 use crate::{
     placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},

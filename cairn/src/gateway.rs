@@ -47,9 +47,12 @@ pub struct IscsiArgs {
 pub fn run(command: GatewayCommand, connection: &Connection) -> ExitCode {
     let GatewayCommand::Iscsi(args) = command;
     let token_file = args.token_file.clone();
-    node::run_service("cairn gateway iscsi", &token_file, connection, |c, token| {
-        serve(args, c, token)
-    })
+    node::run_service(
+        "cairn gateway iscsi",
+        &token_file,
+        connection,
+        |c, token| serve(args, c, token),
+    )
 }
 
 /// Reads a CHAP secret from `path` and checks its length.

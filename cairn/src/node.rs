@@ -96,9 +96,12 @@ pub struct NodeArgs {
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
     let token_file = args.token_file.clone();
-    run_service("cairn node", &token_file, connection, |connection, token| {
-        serve(args, connection, token)
-    })
+    run_service(
+        "cairn node",
+        &token_file,
+        connection,
+        |connection, token| serve(args, connection, token),
+    )
 }
 
 /// Runs a long-lived process of the cluster (a storage node, a gateway) on a tokio runtime

@@ -237,7 +237,7 @@ fn pieces(
     chunk_size: u32,
     offset: u64,
     length: u64,
-) -> impl Iterator<Item = (GroupId, Piece)> {
+) -> impl Iterator<Item = (GroupId, Piece)> + Clone {
     pieces_of(target, chunk_size, offset, length, WRITE_BYTES_MAX as u32)
 }
 
@@ -248,7 +248,7 @@ fn pieces_of(
     offset: u64,
     length: u64,
     piece_max: u32,
-) -> impl Iterator<Item = (GroupId, Piece)> {
+) -> impl Iterator<Item = (GroupId, Piece)> + Clone {
     let Target {
         pool,
         owner,
@@ -263,6 +263,20 @@ fn pieces_of(
 }
 
 /// Waits for one piece; its error fails the request (the others are dropped with the set).
+/// The only piece of `pieces`, if there is exactly one; otherwise `pieces` is left whole
+/// (a `Clone` of the iterator is peeked, never the iterator itself).
+fn single<I>(pieces: &mut I) -> Option<(GroupId, Piece)>
+where
+    I: Iterator<Item = (GroupId, Piece)> + Clone,
+{
+    let mut peek = pieces.clone();
+    let first = peek.next()?;
+    if peek.next().is_some() {
+        return None;
+    }
+    Some(first)
+}
+
 async fn finish_one<T: 'static>(
     in_flight: &mut tokio::task::JoinSet<Result<T, DataError>>,
 ) -> Result<T, DataError> {
@@ -283,8 +297,13 @@ pub async fn write_range<B: Backend>(
 ) -> Result<(), DataError> {
     check(target, offset, data.len() as u64)?;
     let chunk_size = backend.chunk_size()?;
+    let mut all = pieces(target, chunk_size, offset, data.len() as u64);
+    if let Some((group, piece)) = single(&mut all) {
+        // One piece (most block IO): run it on this task, no spawn and wake-up in between.
+        return backend.write(group, piece, data.to_vec()).await;
+    }
     let mut in_flight = tokio::task::JoinSet::new();
-    for (group, piece) in pieces(target, chunk_size, offset, data.len() as u64) {
+    for (group, piece) in all {
         if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
             finish_one(&mut in_flight).await?;
         }
@@ -341,12 +360,17 @@ pub async fn read_range<B: Backend>(
 ) -> Result<Vec<u8>, DataError> {
     check(target, offset, length)?;
     let chunk_size = backend.chunk_size()?;
+    let mut all = pieces(target, chunk_size, offset, length);
+    if let Some((group, piece)) = single(&mut all) {
+        // One piece (most block IO): run it on this task, no spawn and wake-up in between.
+        return backend.read(group, piece).await;
+    }
     let mut out = vec![0u8; length as usize];
     let mut place = |(at, data): (usize, Vec<u8>)| {
         out[at..at + data.len()].copy_from_slice(&data);
     };
     let mut in_flight = tokio::task::JoinSet::new();
-    for (group, piece) in pieces(target, chunk_size, offset, length) {
+    for (group, piece) in all {
         if in_flight.len() >= PIECES_IN_FLIGHT_MAX {
             place(finish_one(&mut in_flight).await?);
         }

@@ -46,7 +46,7 @@ pub fn pieces(
     length: u64,
     chunk_size: u32,
     piece_max: u32,
-) -> impl Iterator<Item = Piece> {
+) -> impl Iterator<Item = Piece> + Clone {
     assert!(chunk_size > 0 && piece_max > 0, "sizes must be positive");
     let end = offset
         .checked_add(length)

@@ -21,6 +21,11 @@
 #                     volume through the nodes' data APIs while one storage node at a time is
 #                     killed with SIGKILL and restarted; the same checks as dev-kill. Ends with
 #                     `nodes-kill: acknowledged=N lost=L corrupt=C` (L and C must be 0).
+#   iscsi-kill        one `cairn meta`, three `cairn node run` and two `cairn gateway iscsi`
+#                     processes; the same writer writes through an iSCSI session (CHAP) on one
+#                     gateway, moving to the other when a write fails, while a storage node or
+#                     (one kill in three) a gateway is SIGKILLed and restarted; the same checks
+#                     as dev-kill. Ends with `iscsi-kill: acknowledged=N lost=L corrupt=C`.
 #   kill-nodes        three `cairn meta` members (--heartbeat-timeout-s 2) and four storage
 #                     nodes, a 3-replica pool of 8 PGs; under the same writer, every second or
 #                     two one of the 7 processes is SIGKILLed (one down at a time): mostly for
@@ -61,9 +66,9 @@ case $scenario in
   chunkstore-kill|raftlog-kill)
     cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
     exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
-  dev-kill|nodes-kill|kill-nodes|bitflip)
+  dev-kill|nodes-kill|iscsi-kill|kill-nodes|bitflip)
     # The dev profile the tests share (one RocksDB build); cairn-chaos runs the cairn beside it.
     cairn_test_binaries
     exec "$CAIRN_CHAOS" "$scenario" "$dir" "$seconds" ;;
-  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, kill-nodes, bitflip)" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, iscsi-kill, kill-nodes, bitflip)" >&2; exit 2 ;;
 esac

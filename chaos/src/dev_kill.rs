@@ -297,8 +297,60 @@ pub struct Endpoints {
     pub pool: &'static str,
 }
 
+/// Where the writer sends its writes.
+pub trait Sink: Send {
+    /// Writes `body` at byte `offset` of the volume; `Ok` means acknowledged.
+    fn write(&mut self, offset: u64, body: &[u8]) -> Result<(), String>;
+    /// Called after a write failed: try another endpoint next.
+    fn fail_over(&mut self);
+    /// The endpoint the next write goes to, for reports.
+    fn describe(&self) -> String;
+}
+
+/// The data API of the cluster's nodes (or `cairn dev`), round robin on failure.
+struct HttpSink {
+    agent: ureq::Agent,
+    urls: Vec<String>,
+    auth: String,
+    target: usize,
+}
+
+impl Sink for HttpSink {
+    fn write(&mut self, offset: u64, body: &[u8]) -> Result<(), String> {
+        let url = &self.urls[self.target % self.urls.len()];
+        let answer = self
+            .agent
+            .put(&format!("{url}/v1/volumes/{VOLUME}/data?offset={offset}"))
+            .header("Authorization", &self.auth)
+            .send(body);
+        match answer {
+            Ok(r) if r.status().as_u16() == 204 => Ok(()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn fail_over(&mut self) {
+        self.target += 1;
+    }
+
+    fn describe(&self) -> String {
+        self.urls[self.target % self.urls.len()].clone()
+    }
+}
+
 /// A cluster under a volume writer: where its APIs are and how to kill part of it.
 pub trait Victim {
+    /// Where the writer writes; by default the data APIs of [`Victim::endpoints`].
+    fn sink(&self) -> Box<dyn Sink> {
+        let endpoints = self.endpoints();
+        Box::new(HttpSink {
+            agent: new_agent(),
+            urls: endpoints.data_urls,
+            auth: format!("Bearer {}", endpoints.token),
+            target: 0,
+        })
+    }
     /// Where it serves now.
     fn endpoints(&self) -> Endpoints;
     /// Kills something with SIGKILL and brings it back, returning once it was restarted.
@@ -360,7 +412,6 @@ pub fn run_with(
 ) -> Result<Verdict, String> {
     let agent = new_agent();
     let endpoints = victim.endpoints();
-    let auth = format!("Bearer {}", endpoints.token);
     create_volume(&agent, &endpoints)?;
 
     let blocks = VOLUME_BYTES / BLOCK;
@@ -370,12 +421,10 @@ pub fn run_with(
     let counts = Arc::new(Mutex::new((0u64, 0u64)));
     let writer = {
         let (writes, stop, counts) = (writes.clone(), stop.clone(), counts.clone());
-        let (urls, auth) = (endpoints.data_urls.clone(), auth.clone());
+        let mut sink = victim.sink();
         thread::spawn(move || {
-            let agent = new_agent();
             let mut rng = Rng::new(seed);
             let mut write = 0u64;
-            let mut target = 0;
             while !stop.load(Ordering::Relaxed) {
                 write += 1;
                 let count = 1 + rng.below(RUN_BLOCKS_MAX);
@@ -383,25 +432,16 @@ pub fn run_with(
                 let body: Vec<u8> = (first..first + count)
                     .flat_map(|b| block_content(seed, write, b))
                     .collect();
-                let url = &urls[target % urls.len()];
                 writes.log().started = write;
                 let sent = Instant::now();
-                let answer = agent
-                    .put(&format!(
-                        "{url}/v1/volumes/{VOLUME}/data?offset={}",
-                        first * BLOCK
-                    ))
-                    .header("Authorization", &auth)
-                    .send(&body[..]);
+                let to = sink.describe();
+                let answer = sink.write(first * BLOCK, &body);
                 let took = sent.elapsed();
-                let acknowledged = answer.as_ref().is_ok_and(|r| r.status().as_u16() == 204);
+                let acknowledged = answer.is_ok();
                 if took > SLOW_WRITE {
-                    let outcome = match &answer {
-                        Ok(r) => r.status().to_string(),
-                        Err(e) => e.to_string(),
-                    };
+                    let outcome = answer.as_ref().err().map_or("acknowledged", |e| e);
                     eprintln!(
-                        "{} {name}: write {write} (offset {}) to {url} took {took:?}: {outcome}",
+                        "{} {name}: write {write} (offset {}) to {to} took {took:?}: {outcome}",
                         crate::utc_now(),
                         first * BLOCK
                     );
@@ -423,7 +463,7 @@ pub fn run_with(
                     counts.0 += 1;
                 } else {
                     counts.1 += 1;
-                    target += 1;
+                    sink.fail_over();
                     drop((log, counts));
                     thread::sleep(Duration::from_millis(50));
                 }

@@ -11,6 +11,7 @@ pub mod bitflip;
 pub mod chunkstore_kill;
 mod cluster;
 pub mod dev_kill;
+pub mod iscsi_kill;
 pub mod journal;
 pub mod kill;
 pub mod kill_nodes;

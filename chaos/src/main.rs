@@ -8,6 +8,8 @@
 //! cairn-chaos meta-failover DIR SECONDS [MEMBERS]    kill -9 metadata leaders, wipe a member
 //! cairn-chaos dev-kill DIR SECONDS [SEED]            kill -9 `cairn dev` under a volume writer
 //! cairn-chaos nodes-kill DIR SECONDS [SEED]          kill -9 storage nodes under a volume writer
+//! cairn-chaos iscsi-kill DIR SECONDS [SEED]          kill -9 nodes and iSCSI gateways under an
+//!                                                    iSCSI writer
 //! cairn-chaos kill-nodes DIR SECONDS [SEED]          kill -9 any member or node, moves, heal
 //! cairn-chaos bitflip DIR SECONDS [SEED]             flip bits in chunk files under load, repair
 //! ```
@@ -154,7 +156,7 @@ fn main() -> ExitCode {
             meta_failover(Path::new(dir), seconds, members)
         }
         [
-            name @ ("dev-kill" | "nodes-kill"),
+            name @ ("dev-kill" | "nodes-kill" | "iscsi-kill"),
             dir,
             seconds,
             ref seed @ ..,
@@ -164,10 +166,10 @@ fn main() -> ExitCode {
             };
             eprintln!("{name}: seed {seed} (replay: cairn-chaos {name} DIR {seconds} {seed})");
             let (cairn, dir) = (cairn_binary(), Path::new(dir));
-            let verdict = if name == "dev-kill" {
-                cairn_chaos::dev_kill::run(&cairn, dir, seconds, seed)
-            } else {
-                cairn_chaos::nodes_kill::run(&cairn, dir, seconds, seed)
+            let verdict = match name {
+                "dev-kill" => cairn_chaos::dev_kill::run(&cairn, dir, seconds, seed),
+                "nodes-kill" => cairn_chaos::nodes_kill::run(&cairn, dir, seconds, seed),
+                _ => cairn_chaos::iscsi_kill::run(&cairn, dir, seconds, seed),
             };
             match verdict {
                 Ok(v) => {
@@ -374,6 +376,7 @@ fn usage() -> ExitCode {
     eprintln!("       cairn-chaos meta-failover DIR SECONDS [MEMBERS]");
     eprintln!("       cairn-chaos dev-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos nodes-kill DIR SECONDS [SEED]");
+    eprintln!("       cairn-chaos iscsi-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos kill-nodes DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos bitflip DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-bench DIR SECONDS CLIENTS");

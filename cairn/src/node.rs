@@ -523,7 +523,10 @@ impl Forwarder {
 
     /// Runs a piece: through `local` first when given (this node's PG host), else, or while
     /// the leader is elsewhere, on the node leading the PG. Answers the bytes read (empty for
-    /// writes and discards).
+    /// writes and discards). A node forwards at most [`FORWARD_HOPS_MAX`] times and leaves
+    /// longer waits to its client; a gateway (no `local`) is the client, so it keeps trying
+    /// for up to [`GATEWAY_RETRY_FOR`] (elections, a node restarting, leaders moving), as an
+    /// initiator would otherwise see BUSY.
     pub(crate) async fn piece(
         &self,
         local: Option<&PgHandle>,
@@ -531,8 +534,20 @@ impl Forwarder {
         piece: Piece,
         op: PieceOp,
     ) -> Result<Vec<u8>, DataError> {
+        let deadline = std::time::Instant::now() + GATEWAY_RETRY_FOR;
         let mut hint = None;
-        for _ in 0..FORWARD_HOPS_MAX {
+        let mut hops = 0;
+        loop {
+            hops += 1;
+            let out_of_tries = match local {
+                Some(_) => hops > FORWARD_HOPS_MAX,
+                None => hops > 1 && std::time::Instant::now() >= deadline,
+            };
+            if out_of_tries {
+                return Err(DataError::Unavailable(format!(
+                    "{group}: no leader answered after {hops} tries; retry"
+                )));
+            }
             if let Some(pgs) = local {
                 match run_local(pgs, group, piece, &op).await {
                     Ok(done) => return Ok(done),
@@ -550,18 +565,30 @@ impl Forwarder {
                 continue;
             };
             match self.forward(addr, group, piece, &op).await {
-                Err(DataError::Unavailable(_)) => {
-                    // That node did not lead (or answer): ask the map again next time.
-                    self.forget_leader(group);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(DataError::Unavailable(why)) => {
+                    // That node did not lead (or answer): follow its hint, else ask the map
+                    // again next time.
+                    hint = leader_hint(&why);
+                    if hint.is_none() {
+                        self.forget_leader(group);
+                    }
+                    tokio::time::sleep(Duration::from_millis(if hint.is_some() { 5 } else { 100 }))
+                        .await;
                 }
                 other => return other,
             }
         }
-        Err(DataError::Unavailable(format!(
-            "{group}: the leader moved {FORWARD_HOPS_MAX} times; retry"
-        )))
     }
+}
+
+/// How long a gateway retries a piece before answering the initiator BUSY.
+const GATEWAY_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// The leader a node named in its 503 answer (`{"leader": REPLICA}`), if any.
+fn leader_hint(answer: &str) -> Option<ReplicaId> {
+    let body = answer.split_once(" HTTP 503 ")?.1;
+    let value: Value = serde_json::from_str(body).ok()?;
+    value["leader"].as_u64().map(ReplicaId)
 }
 
 /// What is done with a piece.
@@ -1044,4 +1071,22 @@ async fn serve_data(
     axum::serve(listener, router)
         .await
         .map_err(|e| format!("data API: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_hints_come_from_503_answers_only() {
+        let answer = r#"node at 127.0.0.1:9: HTTP 503 {"error":"not leader","leader":8589934593}"#;
+        assert_eq!(leader_hint(answer), Some(ReplicaId(8_589_934_593)));
+        let unknown = r#"node at 127.0.0.1:9: HTTP 503 {"error":"not leader","leader":null}"#;
+        assert_eq!(leader_hint(unknown), None);
+        assert_eq!(
+            leader_hint("node at 127.0.0.1:9: HTTP 500 {\"leader\":1}"),
+            None
+        );
+        assert_eq!(leader_hint("connection refused"), None);
+    }
 }

@@ -87,6 +87,7 @@ use cairn_raft::{
 };
 use tokio::sync::oneshot;
 
+use command::CommandError;
 pub use command::{DISCARD_BYTES_MAX, PgCommand, Proposal, WRITE_BYTES_MAX};
 pub use restore::{ChunkSource, LocalSource, RestoreWanted};
 
@@ -793,6 +794,12 @@ impl<L: LogStore> PgHost<L> {
     /// The runtime, for status.
     pub fn node(&self) -> &RaftNode<L> {
         &self.node
+    }
+
+    /// The runtime itself, for tests and tools that must reach Raft directly (proposing raw
+    /// entries). Requests proposed through it are not tracked or answered by the host.
+    pub fn node_mut(&mut self) -> &mut RaftNode<L> {
+        &mut self.node
     }
 
     /// The host's counters.
@@ -1798,8 +1805,19 @@ impl<L: LogStore> PgHost<L> {
         }
         let proposal = match Proposal::decode(&data) {
             Ok(proposal) => proposal,
+            Err(e @ (CommandError::Version(_) | CommandError::Kind(_))) => {
+                // Written by a newer build. Skipping it would leave this replica different
+                // from peers that apply it (a discard skipped keeps data they dropped), so
+                // stop applying instead: this node needs the newer build (upgrade every node
+                // before using new commands). Replay after a restart stops here again.
+                return Err(PgError::Raft(format!(
+                    "{replica}: log entry {entry_index} is a command this build cannot apply \
+                     ({e}); upgrade this node"
+                )));
+            }
             Err(e) => {
-                // Every replica refuses it alike: a no-op, logged.
+                // Malformed in this build's own format: every replica refuses it alike (they
+                // run this format too), so it is a no-op, logged.
                 tracing::error!(%replica, entry_index, "undecodable PG command skipped: {e}");
                 self.set_applied(replica, entry_index);
                 return Ok(());

@@ -1167,3 +1167,67 @@ fn a_corrupt_edge_block_under_a_discard_is_repaired() {
         assert_eq!(repairs, 1, "the corrupt edge block was repaired");
     });
 }
+
+/// Goal: a replica never skips a command that a newer build wrote: skipping would leave it
+/// different from peers that apply it (a discard skipped keeps data they dropped). It stops
+/// instead, and stops again at the same entry after a restart. A malformed entry in this
+/// build's own format is still a no-op every replica agrees on. Method: three replicas of
+/// each PG; through PG 1's leader, raw entries proposed straight to Raft: a truncated write
+/// (skipped: writes go on), then a command of an unknown kind (the next rounds fail naming
+/// the entry, before and after reopening the log).
+#[test]
+fn a_command_from_a_newer_build_stops_the_host_instead_of_being_skipped() {
+    let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
+    let dirs = [d0.path(), d1.path(), d2.path()];
+    block_on(async {
+        let disks = open_disks(&dirs).await;
+        let mut host = new_host(&disks, log_dir.path());
+        settle_leaders(&mut host).await;
+        let leader = replica(1, 1);
+        let at = (0..64u32)
+            .map(chunk)
+            .find(|c| group_of(*c) == GroupId(1))
+            .expect("a chunk of PG 1");
+        write(&mut host, at, 0, &pattern(1, 4096)).await;
+
+        let version = cairn_storage_node::pg::command::COMMAND_VERSION;
+        let truncated = vec![version, 1, 0, 0, 0];
+        host.node_mut()
+            .propose(leader, truncated)
+            .expect("propose truncated");
+        write(&mut host, at, 4096, &pattern(2, 4096)).await;
+        assert_eq!(read(&mut host, at, 4096, 4096).await, pattern(2, 4096));
+
+        let mut future = vec![version, 99];
+        future.extend_from_slice(&[0; 16]);
+        host.node_mut()
+            .propose(leader, future)
+            .expect("propose unknown kind");
+        let why = stopped_by(&mut host).await;
+        assert!(why.contains("cannot apply"), "{why}");
+        drop(host);
+        drop(disks);
+        let disks = open_disks(&dirs).await;
+        let log = FileLogStore::open(log_dir.path()).expect("reopen log");
+        let mut host = PgHost::new(NodeConfig::new(NODE), log, disks.clone(), placement(&disks))
+            .expect("restart");
+        let why = stopped_by(&mut host).await;
+        assert!(why.contains("cannot apply"), "after a restart: {why}");
+    });
+}
+
+/// Runs rounds until one fails; its error.
+async fn stopped_by(host: &mut PgHost<FileLogStore>) -> String {
+    for _ in 0..ROUNDS_MAX {
+        host.tick();
+        match host.round().await {
+            Ok(outbox) => {
+                for (_, batch) in outbox.batches {
+                    host.step(batch);
+                }
+            }
+            Err(e) => return e.to_string(),
+        }
+    }
+    panic!("the host applied past a command it cannot apply");
+}

@@ -9,9 +9,7 @@ use std::{
 
 use cairn_gateway_iscsi::{
     initiator::Initiator,
-    pdu::{
-        Itt, Lun, NopOut, Pdu, R2t, TaskMgmtFunction, TaskMgmtRequest, TaskMgmtResponseCode, Ttt,
-    },
+    pdu::{Itt, Lun, Pdu, R2t, TaskMgmtFunction, TaskMgmtRequest, TaskMgmtResponseCode},
     scsi::BlockDevice,
     server::DATA_OUT_BUDGET_BYTES_MIN,
 };
@@ -41,29 +39,6 @@ fn solicited_client(server: &TestServer) -> Client {
     let mut client = Client::connect(server.address);
     client.login_normal(TARGET, 1 << 20);
     client
-}
-
-/// Sends a NOP-Out and returns the PDUs that came before its answer: the target handles PDUs
-/// in order, so everything it did for earlier PDUs is among them.
-fn barrier(client: &mut Client) -> Vec<Pdu> {
-    let itt = Itt(0x7fff_0000 | client.cmd_sn);
-    client.send(&Pdu::NopOut(NopOut {
-        immediate: true,
-        lun: Lun(0),
-        itt,
-        ttt: Ttt::RESERVED,
-        cmd_sn: client.cmd_sn,
-        exp_stat_sn: client.exp_stat_sn,
-        data: Vec::new(),
-    }));
-    let mut before = Vec::new();
-    loop {
-        match client.recv() {
-            Pdu::NopIn(nop_in) if nop_in.itt == itt => return before,
-            other => before.push(other),
-        }
-        assert!(before.len() < 1000, "no answer to the NOP-Out");
-    }
 }
 
 fn r2t_itts(pdus: &[Pdu]) -> Vec<Itt> {
@@ -216,7 +191,7 @@ fn a_write_beyond_the_budget_waits_for_it_without_r2t() {
     let server = server();
     let mut client = solicited_client(&server);
     let itts = send_writes(&mut client, 3);
-    let before = barrier(&mut client);
+    let before = client.barrier();
     assert_eq!(r2t_itts(&before), itts[..2].to_vec(), "{before:?}");
     let stats = server.budget();
     assert_eq!(stats.in_use_bytes, BUDGET_BYTES);
@@ -255,15 +230,15 @@ fn aborts_and_dropped_connections_give_the_budget_back() {
     let server = server();
     let mut client = solicited_client(&server);
     let itts = send_writes(&mut client, 3);
-    assert_eq!(r2t_itts(&barrier(&mut client)), itts[..2].to_vec());
+    assert_eq!(r2t_itts(&client.barrier()), itts[..2].to_vec());
 
     // The waiting third write goes; a fourth takes its place in line.
     abort(&mut client, itts[2]);
     let fourth = send_writes(&mut client, 1)[0];
-    assert!(r2t_itts(&barrier(&mut client)).is_empty());
+    assert!(r2t_itts(&client.barrier()).is_empty());
     // Aborting the first write, granted and collecting, lets the fourth in.
     abort(&mut client, itts[0]);
-    let after = barrier(&mut client);
+    let after = client.barrier();
     assert_eq!(r2t_itts(&after), vec![fourth], "{after:?}");
     assert_eq!(server.budget().in_use_bytes, BUDGET_BYTES);
 
@@ -272,7 +247,7 @@ fn aborts_and_dropped_connections_give_the_budget_back() {
     wait_for_empty_budget(&server);
     let mut client = solicited_client(&server);
     let itts = send_writes(&mut client, 2);
-    assert_eq!(r2t_itts(&barrier(&mut client)), itts);
+    assert_eq!(r2t_itts(&client.barrier()), itts);
     assert!(server.budget().peak_bytes <= BUDGET_BYTES);
     server.assert_no_panics();
 }

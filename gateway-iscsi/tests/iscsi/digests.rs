@@ -9,7 +9,7 @@ use std::time::Duration;
 use cairn_gateway_iscsi::{
     initiator::{Initiator, InitiatorError},
     login::{LoginConfig, OperationalLimits, TargetConfig},
-    pdu::{BHS_LEN, DataOut, Digests, Itt, Lun, NopOut, Pdu, ScsiCommand, Ttt, reject_reason},
+    pdu::{BHS_LEN, DataOut, Digests, Lun, Pdu, ScsiCommand, reject_reason},
     scsi::BlockDevice,
     server::MemVolumes,
 };
@@ -131,29 +131,6 @@ fn digest_client(server: &TestServer, immediate_data: bool, max_burst: u32) -> C
     client
 }
 
-/// Sends a NOP-Out and returns the PDUs that came before its answer: the target handles PDUs
-/// in order, so everything it did for earlier PDUs is among them.
-fn barrier(client: &mut Client) -> Vec<Pdu> {
-    let itt = Itt(0x7fff_0000 | client.cmd_sn);
-    client.send(&Pdu::NopOut(NopOut {
-        immediate: true,
-        lun: Lun(0),
-        itt,
-        ttt: Ttt::RESERVED,
-        cmd_sn: client.cmd_sn,
-        exp_stat_sn: client.exp_stat_sn,
-        data: Vec::new(),
-    }));
-    let mut before = Vec::new();
-    loop {
-        match client.recv() {
-            Pdu::NopIn(nop_in) if nop_in.itt == itt => return before,
-            other => before.push(other),
-        }
-        assert!(before.len() < 1000, "no answer to the NOP-Out");
-    }
-}
-
 /// `pdu` with both digests, its data digest made wrong.
 fn with_bad_data_digest(pdu: &Pdu) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -223,7 +200,7 @@ fn a_data_out_with_a_bad_data_digest_fails_its_command_and_writes_nothing() {
             client.send_raw(&bytes);
         } else if data_sn + 1 == pieces.len() {
             // Before the sequence ends: a Reject, and no answer yet.
-            let before = barrier(&mut client);
+            let before = client.barrier();
             assert_eq!(before.len(), 1, "{before:?}");
             let Pdu::Reject(reject) = &before[0] else {
                 panic!("expected a Reject: {before:?}");
@@ -248,7 +225,7 @@ fn a_data_out_with_a_bad_data_digest_fails_its_command_and_writes_nothing() {
     assert_eq!(response.status, CHECK_CONDITION);
     let sense = cairn_gateway_iscsi::initiator::parse_sense(&response.sense);
     assert_eq!(sense, (0x0b, 0x47, 0x05), "{:?}", response.sense);
-    assert!(barrier(&mut client).is_empty());
+    assert!(client.barrier().is_empty());
 
     assert!(
         read(&mut client, lba, old.len()) == old,
@@ -289,7 +266,7 @@ fn a_command_whose_immediate_data_fails_its_digest_is_dropped() {
     });
     client.cmd_sn = client.cmd_sn.wrapping_add(1);
     client.send_raw(&with_bad_data_digest(&command));
-    let before = barrier(&mut client);
+    let before = client.barrier();
     assert_eq!(before.len(), 1, "{before:?}");
     let Pdu::Reject(reject) = &before[0] else {
         panic!("expected a Reject: {before:?}");

@@ -10,8 +10,8 @@ use std::{
 use cairn_gateway_iscsi::{
     login::text,
     pdu::{
-        BHS_LEN, DataOut, Digests, Isid, Itt, LoginRequest, LoginResponse, Lun, Pdu, ScsiCommand,
-        Stage, Ttt, pdu_len,
+        BHS_LEN, DataOut, Digests, Isid, Itt, LoginRequest, LoginResponse, Lun, NopOut, Pdu,
+        ScsiCommand, Stage, Ttt, pdu_len,
     },
 };
 
@@ -97,6 +97,29 @@ impl Client {
             self.exp_stat_sn = stat_sn.wrapping_add(1);
         }
         Some(pdu)
+    }
+
+    /// Sends a NOP-Out and returns the PDUs that came before its answer: the target handles
+    /// PDUs in order, so everything it did for earlier PDUs is among them.
+    pub fn barrier(&mut self) -> Vec<Pdu> {
+        let itt = Itt(0x7fff_0000 | self.cmd_sn);
+        self.send(&Pdu::NopOut(NopOut {
+            immediate: true,
+            lun: Lun(0),
+            itt,
+            ttt: Ttt::RESERVED,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            data: Vec::new(),
+        }));
+        let mut before = Vec::new();
+        loop {
+            match self.recv() {
+                Pdu::NopIn(nop_in) if nop_in.itt == itt => return before,
+                other => before.push(other),
+            }
+            assert!(before.len() < 1000, "no answer to the NOP-Out");
+        }
     }
 
     pub fn recv(&mut self) -> Pdu {

@@ -669,30 +669,89 @@ fn create_segment(dir: &Path, number: u64, size_bytes: u64) -> Result<(File, u64
 }
 
 /// Writes segment `number` at its full size as `.tmp`: header, zeros, synced.
+///
+/// Zeros written, not just allocated: later syncs then overwrite written blocks (writing
+/// into allocated-but-unwritten extents costs a journal commit per sync). They go around
+/// the page cache where the file system allows it (O_DIRECT): copying 64 MiB of zeros
+/// through the cache per segment took a fifth of a loaded `cairn dev`'s CPU (profile of
+/// iSCSI 4 KiB writes at queue depth 32, while the log grows) and evicted useful pages.
+/// Buffered writes are the fallback (tmpfs refuses O_DIRECT; odd sizes in tests).
 fn prepare_segment(dir: &Path, number: u64, size_bytes: u64) -> Result<File, FileLogError> {
     let temporary = dir.join(format!("{number:016x}.tmp"));
+    if let Err(e) = zero_fill_direct(&temporary, size_bytes) {
+        tracing::debug!(path = %temporary.display(), "O_DIRECT zero fill not used: {e}");
+        zero_fill_buffered(&temporary, size_bytes)?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(&temporary)
+        .map_err(io_error("open", &temporary))
+}
+
+/// The segment header: magic and format version.
+fn segment_header() -> [u8; HEADER_BYTES] {
+    let mut header = [0u8; HEADER_BYTES];
+    header[0..8].copy_from_slice(&MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header
+}
+
+/// [`prepare_segment`]'s file written with O_DIRECT from an aligned buffer, then synced.
+fn zero_fill_direct(path: &Path, size_bytes: u64) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const ALIGN: usize = 4096;
+    const STEP: usize = 1 << 20;
+    if !size_bytes.is_multiple_of(ALIGN as u64) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "size not 4 KiB aligned",
+        ));
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    // An aligned window of a plain allocation: no unsafe code for one buffer per segment.
+    let mut backing = vec![0u8; STEP + ALIGN];
+    let skip = backing.as_ptr().align_offset(ALIGN);
+    if skip >= ALIGN {
+        return Err(io::Error::other("no aligned window in the buffer"));
+    }
+    let buffer = &mut backing[skip..skip + STEP];
+    buffer[..HEADER_BYTES].copy_from_slice(&segment_header());
+    let mut written = 0u64;
+    while written < size_bytes {
+        let step = (size_bytes - written).min(STEP as u64) as usize;
+        file.write_all_at(&buffer[..step], written)?;
+        if written == 0 {
+            buffer[..HEADER_BYTES].fill(0);
+        }
+        written += step as u64;
+    }
+    file.sync_all()
+}
+
+/// [`prepare_segment`]'s file written through the page cache, then synced.
+fn zero_fill_buffered(path: &Path, size_bytes: u64) -> Result<(), FileLogError> {
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(&temporary)
-        .map_err(io_error("create", &temporary))?;
-    let mut header = [0u8; HEADER_BYTES];
-    header[0..8].copy_from_slice(&MAGIC);
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    file.write_all(&header)
-        .map_err(io_error("write", &temporary))?;
-    // Zeros written, not just allocated: later syncs then overwrite written blocks.
+        .open(path)
+        .map_err(io_error("create", path))?;
+    file.write_all(&segment_header())
+        .map_err(io_error("write", path))?;
     let zeros = vec![0u8; 1 << 20];
     let mut written = HEADER_BYTES as u64;
     while written < size_bytes {
         let step = (size_bytes - written).min(zeros.len() as u64) as usize;
         file.write_all(&zeros[..step])
-            .map_err(io_error("write", &temporary))?;
+            .map_err(io_error("write", path))?;
         written += step as u64;
     }
-    file.sync_all().map_err(io_error("fsync", &temporary))?;
-    Ok(file)
+    file.sync_all().map_err(io_error("fsync", path))
 }
 
 /// Takes a segment set aside at `aside` as segment `number`'s `.tmp`, for [`install_segment`].
@@ -980,5 +1039,30 @@ impl Cursor<'_> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new segment: the header, then zeros to the exact size, by either way of writing.
+    fn check_prepared(dir: &Path, number: u64, size: u64) {
+        drop(prepare_segment(dir, number, size).expect("prepare"));
+        let bytes = fs::read(dir.join(format!("{number:016x}.tmp"))).expect("read");
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(bytes[..HEADER_BYTES], segment_header());
+        assert!(bytes[HEADER_BYTES..].iter().all(|b| *b == 0), "zeros after the header");
+    }
+
+    #[test]
+    fn segments_are_zero_filled_around_the_cache_or_through_it() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        // Aligned: O_DIRECT where the file system takes it (ext4 here; tmpfs would refuse).
+        let direct = zero_fill_direct(&dir.path().join("probe"), 3 << 20);
+        eprintln!("O_DIRECT zero fill: {direct:?}");
+        check_prepared(dir.path(), 1, (2 << 20) + 4096);
+        // Not a multiple of 4 KiB: through the page cache.
+        check_prepared(dir.path(), 2, (1 << 20) + 100);
     }
 }

@@ -1052,7 +1052,10 @@ mod tests {
         let bytes = fs::read(dir.join(format!("{number:016x}.tmp"))).expect("read");
         assert_eq!(bytes.len() as u64, size);
         assert_eq!(bytes[..HEADER_BYTES], segment_header());
-        assert!(bytes[HEADER_BYTES..].iter().all(|b| *b == 0), "zeros after the header");
+        assert!(
+            bytes[HEADER_BYTES..].iter().all(|b| *b == 0),
+            "zeros after the header"
+        );
     }
 
     #[test]

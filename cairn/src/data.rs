@@ -221,6 +221,11 @@ fn check(target: &Target, offset: u64, length: u64) -> Result<(), DataError> {
             "at most {DATA_REQUEST_BYTES_MAX} bytes per request"
         )));
     }
+    check_range(target, offset, length)
+}
+
+/// Refuses a range that runs past the volume's end.
+fn check_range(target: &Target, offset: u64, length: u64) -> Result<(), DataError> {
     let end = offset.checked_add(length);
     if end.is_none_or(|end| end > target.size_bytes) {
         return Err(DataError::BadRequest(format!(
@@ -262,10 +267,9 @@ fn pieces_of(
     })
 }
 
-/// Waits for one piece; its error fails the request (the others are dropped with the set).
-/// The only piece of `pieces`, if there is exactly one; otherwise `pieces` is left whole
-/// (a `Clone` of the iterator is peeked, never the iterator itself).
-fn single<I>(pieces: &mut I) -> Option<(GroupId, Piece)>
+/// The only piece of `pieces`, if there is exactly one (peeked on a clone: `pieces` itself
+/// is left whole for the general path).
+fn single<I>(pieces: &I) -> Option<(GroupId, Piece)>
 where
     I: Iterator<Item = (GroupId, Piece)> + Clone,
 {
@@ -277,6 +281,7 @@ where
     Some(first)
 }
 
+/// Waits for one piece; its error fails the request (the others are dropped with the set).
 async fn finish_one<T: 'static>(
     in_flight: &mut tokio::task::JoinSet<Result<T, DataError>>,
 ) -> Result<T, DataError> {
@@ -297,8 +302,8 @@ pub async fn write_range<B: Backend>(
 ) -> Result<(), DataError> {
     check(target, offset, data.len() as u64)?;
     let chunk_size = backend.chunk_size()?;
-    let mut all = pieces(target, chunk_size, offset, data.len() as u64);
-    if let Some((group, piece)) = single(&mut all) {
+    let all = pieces(target, chunk_size, offset, data.len() as u64);
+    if let Some((group, piece)) = single(&all) {
         // One piece (most block IO): run it on this task, no spawn and wake-up in between.
         return backend.write(group, piece, data.to_vec()).await;
     }
@@ -328,13 +333,7 @@ pub async fn discard_range<B: Backend>(
     offset: u64,
     length: u64,
 ) -> Result<(), DataError> {
-    let end = offset.checked_add(length);
-    if end.is_none_or(|end| end > target.size_bytes) {
-        return Err(DataError::BadRequest(format!(
-            "{length} bytes at {offset} run past the volume's {} bytes",
-            target.size_bytes
-        )));
-    }
+    check_range(target, offset, length)?;
     let chunk_size = backend.chunk_size()?;
     let mut in_flight = tokio::task::JoinSet::new();
     for (group, piece) in pieces_of(target, chunk_size, offset, length, chunk_size) {
@@ -360,8 +359,8 @@ pub async fn read_range<B: Backend>(
 ) -> Result<Vec<u8>, DataError> {
     check(target, offset, length)?;
     let chunk_size = backend.chunk_size()?;
-    let mut all = pieces(target, chunk_size, offset, length);
-    if let Some((group, piece)) = single(&mut all) {
+    let all = pieces(target, chunk_size, offset, length);
+    if let Some((group, piece)) = single(&all) {
         // One piece (most block IO): run it on this task, no spawn and wake-up in between.
         return backend.read(group, piece).await;
     }

@@ -82,13 +82,7 @@ async fn serve(args: IscsiArgs, connection: Connection, token: String) -> Result
     tokio::spawn(async move {
         let mut known = Pools::new();
         loop {
-            let refreshed = async {
-                directory.learn_nodes(&refreshing).await?;
-                let fetched = node::refresh_pools(&refreshing, &mut known).await?;
-                directory.remember_members(&fetched);
-                Ok::<_, String>(())
-            };
-            if let Err(e) = refreshed.await {
+            if let Err(e) = directory.refresh(&refreshing, &mut known).await {
                 tracing::warn!("refresh: {e}");
             }
             tokio::time::sleep(REFRESH_INTERVAL).await;

@@ -7,14 +7,14 @@
 //! number of gateways (`cairn gateway iscsi`, each `cairn node run --iscsi-listen`, the one in
 //! `cairn dev`) serve the same targets and agree:
 //! - every [`REFRESH_INTERVAL`] the gateway lists the targets (`/v1/iscsi/targets`): target
-//!   names derive from volume names ([`target_name`]), each with its CHAP credentials and
-//!   initiator ACL (or the gateway's own credential), and its QoS limits, enforced here
-//!   across all its sessions with token buckets (`cairn_client::qos`);
+//!   names derive from volume names (`cairn_metadata::api::target_name`), each with its CHAP
+//!   credentials and initiator ACL (or the gateway's own credential), and its QoS limits,
+//!   enforced here across all its sessions with token buckets (`cairn_client::qos`);
 //! - persistent reservations live in the volume's metadata record ([`MetaReservations`]);
 //! - the gateway registers its portal, so `attach-info` can name it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -29,7 +29,7 @@ use cairn_gateway_iscsi::{
     },
     server::{Server, ServerConfig, Volumes},
 };
-pub use cairn_metadata::api::{DEFAULT_CHAP_USER as CHAP_USER, IQN_PREFIX, target_name};
+pub use cairn_metadata::api::{DEFAULT_CHAP_USER as CHAP_USER, IQN_PREFIX};
 use cairn_metadata::api::{hex, unhex};
 use serde_json::{Value, json};
 
@@ -86,6 +86,8 @@ pub struct Chap {
 struct Listed {
     volume: String,
     owner: OwnerId,
+    /// Its target name, as the metadata service derives it from the volume name.
+    target: String,
     limits: QosLimits,
     /// The volume's own CHAP credential and mutual one, if set.
     chap: Option<ChapAuth>,
@@ -108,6 +110,9 @@ fn parse_targets(listing: &Value) -> Result<Vec<Listed>, String> {
             .as_str()
             .and_then(|id| u64::from_str_radix(id, 16).ok())
             .ok_or_else(|| format!("volume {volume} without an id"))?;
+        let name = target["target"]
+            .as_str()
+            .ok_or_else(|| format!("volume {volume} without a target name"))?;
         let access = &target["access"];
         let chap = credential(&access["chap"]).map(|initiator| ChapAuth {
             initiator,
@@ -122,6 +127,7 @@ fn parse_targets(listing: &Value) -> Result<Vec<Listed>, String> {
         targets.push(Listed {
             volume: volume.to_string(),
             owner: OwnerId(owner),
+            target: name.to_string(),
             limits: QosLimits {
                 iops: target["iops_max"].as_u64().unwrap_or(800).max(1),
                 bytes_per_s: target["bytes_per_s_max"].as_u64().filter(|b| *b > 0),
@@ -265,22 +271,21 @@ impl<B: Backend> VolumeTargets<B> {
             );
         }
         let listed = &listed[..served];
+        let default = chap.map(|chap| ChapAuth {
+            initiator: ChapCredentials {
+                user: chap.user.clone(),
+                secret: chap.secret.clone(),
+            },
+            target: None,
+        });
         let mut names = BTreeMap::new();
         let mut targets = Vec::new();
         for target in listed {
-            let name = target_name(&target.volume, target.owner);
-            names.insert(name.to_ascii_lowercase(), target.volume.clone());
-            let default = chap.map(|chap| ChapAuth {
-                initiator: ChapCredentials {
-                    user: chap.user.clone(),
-                    secret: chap.secret.clone(),
-                },
-                target: None,
-            });
+            names.insert(target.target.to_ascii_lowercase(), target.volume.clone());
             targets.push(TargetConfig {
-                name,
+                name: target.target.clone(),
                 alias: Some(target.volume.clone()),
-                chap: target.chap.clone().or(default),
+                chap: target.chap.clone().or_else(|| default.clone()),
                 allowed_initiators: target.initiators.clone(),
             });
         }
@@ -293,7 +298,8 @@ impl<B: Backend> VolumeTargets<B> {
         let now = Instant::now();
         {
             let mut qos = self.qos.lock().unwrap_or_else(PoisonError::into_inner);
-            qos.retain(|volume, _| names.values().any(|v| v == volume));
+            let served: HashSet<&String> = listed.iter().map(|t| &t.volume).collect();
+            qos.retain(|volume, _| served.contains(volume));
             for target in listed {
                 match qos.get_mut(&target.volume) {
                     Some((limits, buckets)) if *limits != target.limits => {
@@ -587,9 +593,10 @@ mod tests {
     #[test]
     fn listings_parse_with_credentials_and_limits() {
         let listing = json!([
-            { "name": "a", "id": "1f", "iops_max": 2500, "bytes_per_s_max": null,
-              "access": null },
-            { "name": "b", "id": "20", "iops_max": 50000, "bytes_per_s_max": 100000000,
+            { "name": "a", "id": "1f", "target": "iqn.2026-12.io.cairn:a", "iops_max": 2500,
+              "bytes_per_s_max": null, "access": null },
+            { "name": "b", "id": "20", "target": "iqn.2026-12.io.cairn:b", "iops_max": 50000,
+              "bytes_per_s_max": 100000000,
               "access": { "chap": { "user": "u", "secret": "secret-of-u!" },
                           "mutual": null, "initiators": ["iqn.2026-12.org.x:h"] } },
         ]);

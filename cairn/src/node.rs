@@ -139,7 +139,7 @@ where
 pub(crate) type Pools = BTreeMap<String, PoolMap>;
 
 /// One pool's id, epoch and PG map, from the admin API.
-pub(crate) async fn fetch_pool(connection: &Connection, name: &str) -> Result<PoolMap, String> {
+async fn fetch_pool(connection: &Connection, name: &str) -> Result<PoolMap, String> {
     let shown = call(connection, format!("/v1/pools/{name}"), Method::Get).await?;
     let id = shown["id"].as_u64().ok_or("a pool without an id")?;
     let mut map = Vec::new();
@@ -171,10 +171,7 @@ pub(crate) async fn fetch_pool(connection: &Connection, name: &str) -> Result<Po
 
 /// Brings `known` up to date: one call lists the pools and their epochs, and only a pool new
 /// or at another epoch is fetched whole. Returns the pools fetched.
-pub(crate) async fn refresh_pools(
-    connection: &Connection,
-    known: &mut Pools,
-) -> Result<Vec<PoolMap>, String> {
+async fn refresh_pools(connection: &Connection, known: &mut Pools) -> Result<Vec<PoolMap>, String> {
     let list = call(connection, "/v1/pools".into(), Method::Get).await?;
     let mut fetched = Vec::new();
     for pool in list.as_array().into_iter().flatten() {
@@ -225,10 +222,9 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         .await
         .map_err(|e| e.to_string())?;
     let directory = Directory::default();
-    set_peers(&connection, &transport, me, &directory).await?;
     let mut known = Pools::new();
-    let maps = refresh_pools(&connection, &mut known).await?;
-    directory.remember_members(&maps);
+    let (nodes, maps) = directory.refresh(&connection, &mut known).await?;
+    set_peers(&transport, me, nodes);
     let wal = args.data.join("wal");
     let (mut host, created) = storage::start_host(me, &wal, &disks, &maps)?;
     host.set_compact_entries(args.pg_compact_entries.max(1));
@@ -317,19 +313,13 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     }
 }
 
-/// Tells the transport where every other node listens, and the directory their data APIs.
-async fn set_peers(
-    connection: &Connection,
-    transport: &TcpTransport,
-    me: NodeId,
-    directory: &Directory,
-) -> Result<(), String> {
-    for (id, raft) in directory.learn_nodes(connection).await? {
+/// Tells the transport where every other node's Raft listens.
+fn set_peers(transport: &TcpTransport, me: NodeId, nodes: Vec<(NodeId, SocketAddr)>) {
+    for (id, raft) in nodes {
         if id != me {
             transport.set_peer_address(id, raft);
         }
     }
-    Ok(())
 }
 
 /// One refresh: heartbeat, peers, and replicas of pools created or changed since.
@@ -353,9 +343,8 @@ async fn refresh(
         Method::Post(body),
     )
     .await?;
-    set_peers(connection, transport, me, directory).await?;
-    let fetched = refresh_pools(connection, known).await?;
-    directory.remember_members(&fetched);
+    let (nodes, fetched) = directory.refresh(connection, known).await?;
+    set_peers(transport, me, nodes);
     if !fetched.is_empty() {
         pgs.set_targets(storage::targets(&fetched))
             .map_err(|e| e.to_string())?;
@@ -384,9 +373,23 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
+    /// Learns the storage nodes and brings `known` up to date, remembering the PG maps of the
+    /// pools new or changed; returns each node's Raft address (for a node's transport) and
+    /// the pools fetched.
+    pub(crate) async fn refresh(
+        &self,
+        connection: &Connection,
+        known: &mut Pools,
+    ) -> Result<(Vec<(NodeId, SocketAddr)>, Vec<PoolMap>), String> {
+        let nodes = self.learn_nodes(connection).await?;
+        let fetched = refresh_pools(connection, known).await?;
+        self.remember_members(&fetched);
+        Ok((nodes, fetched))
+    }
+
     /// Learns where every storage node's data API listens; returns each node with its Raft
-    /// address, for a node's transport.
-    pub(crate) async fn learn_nodes(
+    /// address.
+    async fn learn_nodes(
         &self,
         connection: &Connection,
     ) -> Result<Vec<(NodeId, SocketAddr)>, String> {
@@ -406,7 +409,7 @@ impl Directory {
     }
 
     /// Gives the router every pool's PG map (an older epoch than the one held is ignored).
-    pub(crate) fn remember_members(&self, pools: &[PoolMap]) {
+    fn remember_members(&self, pools: &[PoolMap]) {
         let mut router = self.router.lock().expect("not poisoned");
         for pool in pools {
             let map: Vec<Vec<ReplicaId>> = pool
@@ -641,7 +644,7 @@ struct NodeBackend {
 }
 
 /// Maps an admin API error ("message (HTTP status)") to the data API's, keeping the message.
-pub(crate) fn api_error(e: String) -> DataError {
+fn api_error(e: String) -> DataError {
     let message = e
         .rsplit_once(" (HTTP ")
         .map_or(e.as_str(), |(message, _)| message)

@@ -13,13 +13,12 @@ use std::{
 
 use cairn_gateway_iscsi::{
     initiator::{Initiator, InitiatorError, lun_from_number},
-    login::{LoginConfig, OperationalLimits, TargetConfig},
+    login::OperationalLimits,
     pdu::{
         BHS_LEN, DataIn, DataInStatus, Digests, LoginResponse, LoginStatus, Lun, Pdu, PduError,
         ScsiResponse, Stage, pdu_len,
     },
     scsi::BlockDevice,
-    server::MemVolumes,
 };
 
 use crate::{
@@ -38,26 +37,6 @@ fn chap_server() -> TestServer {
         chap: Some(chap(CHAP_USER, CHAP_SECRET)),
         ..TestTargetConfig::open(TARGET)
     }])
-}
-
-/// A server with one open target whose login offers `limits`.
-fn server_with_limits(limits: OperationalLimits) -> TestServer {
-    let volumes = MemVolumes::new();
-    let device = volumes.add(TARGET, LUN_SIZE_BYTES, BLOCK_SIZE);
-    let login = LoginConfig {
-        targets: vec![TargetConfig {
-            name: TARGET.to_owned(),
-            alias: None,
-            chap: None,
-            allowed_initiators: Vec::new(),
-        }],
-        limits,
-        ..LoginConfig::default()
-    };
-    let login = login.check().expect("a valid test configuration");
-    let mut server = TestServer::spawn(login, volumes, |_| {});
-    server.devices = vec![device];
-    server
 }
 
 fn connect(server: &TestServer) -> Initiator {
@@ -183,7 +162,7 @@ fn write_and_read_back_under_several_limits() {
         },
     ];
     for limits in limit_sets {
-        let server = server_with_limits(limits.clone());
+        let server = TestServer::with_limits(TARGET, limits.clone());
         let mut initiator = connect(&server);
         initiator.login(INITIATOR, TARGET, None).expect("login");
         let negotiated = initiator.negotiated().expect("negotiated");

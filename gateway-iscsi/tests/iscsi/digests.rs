@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use cairn_gateway_iscsi::{
     initiator::{Initiator, InitiatorError},
-    login::{LoginConfig, OperationalLimits, TargetConfig},
+    login::OperationalLimits,
     pdu::{BHS_LEN, DataOut, Digests, Lun, Pdu, ScsiCommand, reject_reason},
     scsi::BlockDevice,
-    server::MemVolumes,
 };
 
 use crate::{
-    harness::{BLOCK_SIZE, LUN_SIZE_BYTES, TestServer},
+    harness::{BLOCK_SIZE, TestServer},
     initiator::{Client, READ_10, Rng, WRITE_10, rw10, seed},
 };
 
@@ -23,26 +22,6 @@ const TARGET: &str = "iqn.2026-12.io.cairn:digests";
 const INITIATOR: &str = "iqn.2026-12.io.cairn:digests-test";
 /// SCSI status CHECK CONDITION.
 const CHECK_CONDITION: u8 = 0x02;
-
-/// A server with one open target whose login offers `limits`.
-fn server_with_limits(limits: OperationalLimits) -> TestServer {
-    let volumes = MemVolumes::new();
-    let device = volumes.add(TARGET, LUN_SIZE_BYTES, BLOCK_SIZE);
-    let login = LoginConfig {
-        targets: vec![TargetConfig {
-            name: TARGET.to_owned(),
-            alias: None,
-            chap: None,
-            allowed_initiators: Vec::new(),
-        }],
-        limits,
-        ..LoginConfig::default()
-    };
-    let login = login.check().expect("a valid test configuration");
-    let mut server = TestServer::spawn(login, volumes, |_| {});
-    server.devices = vec![device];
-    server
-}
 
 fn device_bytes(server: &TestServer, lba: u64, len: usize) -> Vec<u8> {
     tokio::runtime::Builder::new_current_thread()
@@ -76,7 +55,7 @@ fn library_initiator_with_both_digests_writes_and_reads() {
         },
     ];
     for limits in limit_sets {
-        let server = server_with_limits(limits.clone());
+        let server = TestServer::with_limits(TARGET, limits.clone());
         let mut initiator =
             Initiator::connect(server.address, Duration::from_secs(10)).expect("connect");
         initiator.set_digests(Digests::BOTH).expect("before login");
@@ -162,7 +141,7 @@ fn a_data_out_with_a_bad_data_digest_fails_its_command_and_writes_nothing() {
     // the device, its budget comes back, and the session goes on. Method: a raw client with
     // both digests answers the first R2T of a 1 MiB write with one corrupted PDU among
     // sixteen; NOP-Out barriers show what the target sent and when.
-    let server = server_with_limits(OperationalLimits::default());
+    let server = TestServer::with_limits(TARGET, OperationalLimits::default());
     let mut client = digest_client(&server, false, 256 * 1024);
     let mut rng = Rng::new(seed());
     let lba = 100;
@@ -245,7 +224,7 @@ fn a_command_whose_immediate_data_fails_its_digest_is_dropped() {
     // whole (RFC 7143 section 7.8: the non-data PDU rule), so it is neither answered nor
     // written, and the commands after it run (the target skips its CmdSN). Method: a raw
     // client with both digests and ImmediateData=Yes.
-    let server = server_with_limits(OperationalLimits::default());
+    let server = TestServer::with_limits(TARGET, OperationalLimits::default());
     let mut client = digest_client(&server, true, 256 * 1024);
     let mut rng = Rng::new(seed());
     let lba = 40;

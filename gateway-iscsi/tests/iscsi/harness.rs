@@ -13,7 +13,10 @@ use std::{
 };
 
 use cairn_gateway_iscsi::{
-    login::{ChapAuth, ChapCredentials, ChapSecret, CheckedConfig, LoginConfig, TargetConfig},
+    login::{
+        ChapAuth, ChapCredentials, ChapSecret, CheckedConfig, LoginConfig, OperationalLimits,
+        TargetConfig,
+    },
     scsi::{MemDevice, MemReservationStore},
     server::{DataOutBudgetStats, MemVolumes, Server, ServerConfig, Volumes},
 };
@@ -158,6 +161,26 @@ impl TestServer {
 
     pub fn start(targets: Vec<TestTargetConfig>) -> TestServer {
         TestServer::start_with(targets, None, |_| {})
+    }
+
+    /// A server with one open target, `target`, whose login offers `limits`.
+    pub fn with_limits(target: &str, limits: OperationalLimits) -> TestServer {
+        let volumes = MemVolumes::new();
+        let device = volumes.add(target, LUN_SIZE_BYTES, BLOCK_SIZE);
+        let login = LoginConfig {
+            targets: vec![TargetConfig {
+                name: target.to_owned(),
+                alias: None,
+                chap: None,
+                allowed_initiators: Vec::new(),
+            }],
+            limits,
+            ..LoginConfig::default()
+        };
+        let login = login.check().expect("a valid test configuration");
+        let mut server = TestServer::spawn(login, volumes, |_| {});
+        server.devices = vec![device];
+        server
     }
 
     /// How the server's data-out budget is used now.

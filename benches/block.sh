@@ -146,7 +146,7 @@ cairn_up() {
   fi
   rm -rf "$cairn_dir"
   log "starting cairn dev in $cairn_dir on 127.0.0.1:$port"
-  "$cairn" dev --data "$cairn_dir" --listen "127.0.0.1:$port" --iscsi-listen 127.0.0.1:0 >"$dir/cairn.log" 2>&1 &
+  "$cairn" dev --data "$cairn_dir" --listen "127.0.0.1:$port" --iscsi-listen 127.0.0.1:0 --s3-listen 127.0.0.1:0 >"$dir/cairn.log" 2>&1 &
   cairn_pid=$!
   # endpoints.env appears once the cluster serves.
   for _ in $(seq 1 1200); do

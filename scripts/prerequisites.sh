@@ -10,6 +10,10 @@
 #   g++                compiles the bundled RocksDB (once per machine, see below)
 #   libiscsi-bin       real iSCSI initiators for the gateway's tests: iscsi-ls, iscsi-inq,
 #                      iscsi-readcapacity16 and the conformance suite iscsi-test-cu
+#   awscli, s3cmd,     real S3 clients for the S3 gateway's tests (Debian's awscli 2 at
+#   rclone, curl       /usr/bin/aws; curl fetches presigned URLs)
+#   python3-venv       a virtual environment with current boto3 from pip (cairn_ensure_boto3):
+#                      Debian's python3-boto3 predates the checksum trailers SDKs send today
 #
 # It also provides RocksDB as a prebuilt static library (cairn_ensure_rocksdb): the bundled
 # C++ build costs 12-25 minutes on 2 cores, and cargo redoes it whenever the build-dependency
@@ -25,6 +29,11 @@ cairn_ensure_prerequisites() {
   command -v python3 >/dev/null || missing+=(python3)
   command -v g++ >/dev/null || missing+=(g++)
   command -v iscsi-test-cu >/dev/null || missing+=(libiscsi-bin)
+  [ -x /usr/bin/aws ] || missing+=(awscli)
+  command -v s3cmd >/dev/null || missing+=(s3cmd)
+  command -v rclone >/dev/null || missing+=(rclone)
+  command -v curl >/dev/null || missing+=(curl)
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
   ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
   [ "${#missing[@]}" -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -36,6 +45,18 @@ cairn_ensure_prerequisites() {
     echo "cairn: missing system packages: ${missing[*]} (as root: apt-get install ${missing[*]})" >&2
     return 1
   fi
+}
+
+# Makes $HOME/.cache/cairn-py, a Python virtual environment with boto3 from pip (the S3
+# tests' client), once per machine, and exports CAIRN_PYTHON.
+cairn_ensure_boto3() {
+  local venv="$HOME/.cache/cairn-py"
+  if ! "$venv/bin/python" -c 'import boto3' 2>/dev/null; then
+    echo "cairn: installing boto3 into $venv" >&2
+    /usr/bin/python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet boto3 >&2
+  fi
+  export CAIRN_PYTHON="$venv/bin/python"
 }
 
 # Exports ROCKSDB_LIB_DIR and ROCKSDB_STATIC for the bundled RocksDB version in Cargo.lock,

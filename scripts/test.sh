@@ -7,4 +7,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/prerequisites.sh
 cairn_ensure_prerequisites
 cairn_ensure_rocksdb
+cairn_ensure_boto3
 exec cargo test --workspace "$@"

@@ -212,6 +212,18 @@ pub enum TenantCommand {
     DeleteKey { id: String },
 }
 
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Creates an access key for a tenant; prints the id and the secret (shown only once).
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Deletes an access key.
+    Delete { id: String },
+}
+
 /// Parses a size: a number with an optional binary unit (K, M, G, T, P; "iB" and "B" allowed).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -317,17 +329,18 @@ pub(crate) async fn call(
         .map_err(|e| format!("admin call: {e}"))?
 }
 
-struct Client {
+/// An admin API client keeping its connections (one ureq agent).
+pub(crate) struct Client {
     urls: Vec<String>,
     token: String,
     agent: ureq::Agent,
 }
 
 /// A failed call: the message to print.
-struct Failure(String);
+pub(crate) struct Failure(pub(crate) String);
 
 impl Client {
-    fn new(connection: &Connection) -> Result<Client, Failure> {
+    pub(crate) fn new(connection: &Connection) -> Result<Client, Failure> {
         let token = connection.token.clone().ok_or_else(|| {
             Failure("no admin token: pass --token or set CAIRN_ADMIN_TOKEN".into())
         })?;
@@ -379,6 +392,16 @@ impl Client {
 
     /// Calls the API, following the leader and retrying while the group has none.
     fn call(&self, path: &str, method: Method) -> Result<Value, Failure> {
+        match self.request(path, &method) {
+            Ok((status, body)) if status < 300 => Ok(body),
+            Ok((status, body)) => Err(Failure(error_text(status, &body))),
+            Err(e) => Err(Failure(e)),
+        }
+    }
+
+    /// One request, following the leader and retrying while the group has none (503) or no
+    /// member answers; any other answer is returned with its status.
+    pub(crate) fn request(&self, path: &str, method: &Method) -> Result<(u16, Value), String> {
         let started = Instant::now();
         let mut target = 0;
         let mut leader: Option<String> = None;
@@ -388,8 +411,7 @@ impl Client {
             let base = leader
                 .take()
                 .unwrap_or_else(|| self.urls[target % self.urls.len()].clone());
-            match self.once(&base, path, &method) {
-                Ok((status, body)) if status < 300 => return Ok(body),
+            match self.once(&base, path, method) {
                 Ok((503, body)) => {
                     last_error = error_text(503, &body);
                     leader = body["leader_api"].as_str().map(str::to_string);
@@ -397,7 +419,7 @@ impl Client {
                         target += 1;
                     }
                 }
-                Ok((status, body)) => return Err(Failure(error_text(status, &body))),
+                Ok(answer) => return Ok(answer),
                 Err(e) => {
                     last_error = e;
                     target += 1;
@@ -406,7 +428,7 @@ impl Client {
             thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_millis(500));
         }
-        Err(Failure(last_error))
+        Err(last_error)
     }
 }
 
@@ -1085,7 +1107,20 @@ pub fn node(connection: &Connection, command: NodeCommand) -> ExitCode {
     }
 }
 
+pub fn key(connection: &Connection, command: KeyCommand) -> ExitCode {
+    match command {
+        KeyCommand::Create { tenant } => {
+            tenant_command(connection, TenantCommand::CreateKey { tenant })
+        }
+        KeyCommand::Delete { id } => tenant_command(connection, TenantCommand::DeleteKey { id }),
+    }
+}
+
 pub fn tenant(connection: &Connection, command: TenantCommand) -> ExitCode {
+    tenant_command(connection, command)
+}
+
+fn tenant_command(connection: &Connection, command: TenantCommand) -> ExitCode {
     match command {
         TenantCommand::Create { name } => run_with(
             connection,

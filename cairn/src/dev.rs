@@ -8,6 +8,10 @@
 //!   `PUT /v1/volumes/NAME/data?offset=N` (the body is written) and
 //!   `GET /v1/volumes/NAME/data?offset=N&length=L` (`cairn volume write|read` use them).
 //!
+//! - the iSCSI gateway on `--iscsi-listen` and the S3 gateway on `--s3-listen`, both talking
+//!   to this process's own admin API like any other gateway; a tenant `dev` with one access
+//!   key (`DIR/s3.access-key`, `DIR/s3.secret-key`) for S3 clients.
+//!
 //! The first start creates everything; a restart on the same directory finds it all again,
 //! nothing lost. `DIR/endpoints.env` (shell-sourceable) is written once the cluster serves.
 //! The node-to-node TLS identity is generated in memory at each start: nothing else talks to
@@ -34,7 +38,7 @@ use cairn_common::{GroupId, NodeId, OwnerId, PoolId};
 use cairn_metadata::{
     placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},
     server::{DriverHandle, Member, RequestError, ServerConfig},
-    state::{Command, MetaError, PgMember},
+    state::{Command, MetaError, PgMember, SecretKey},
 };
 use cairn_raft::tls::ClusterCa;
 use cairn_storage_node::{
@@ -50,9 +54,12 @@ use serde_json::json;
 use crate::{
     admin::Connection,
     data::{self, DataError, Target, TargetCache},
-    iscsi, storage,
+    iscsi, s3, storage,
 };
 use cairn_gateway_iscsi::login::ChapSecret;
+
+/// The tenant owning the S3 access key `cairn dev` prints.
+const S3_TENANT: &str = "dev";
 
 /// The CHAP user every iSCSI target asks for (the secret is in `DIR/iscsi-chap.secret`).
 const ISCSI_CHAP_USER: &str = iscsi::CHAP_USER;
@@ -84,6 +91,12 @@ pub struct DevArgs {
     /// Address of the iSCSI portal (port 0: any free port, written to endpoints.env).
     #[arg(long, default_value = "127.0.0.1:3260")]
     iscsi_listen: SocketAddr,
+    /// Address of the S3 endpoint (port 0: any free port, written to endpoints.env).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    s3_listen: SocketAddr,
+    /// The domain of virtual-host-style S3 requests (`BUCKET.DOMAIN`).
+    #[arg(long, default_value = "localhost")]
+    s3_domain: String,
 }
 
 pub fn run(args: DevArgs) -> ExitCode {
@@ -165,6 +178,18 @@ async fn serve(args: DevArgs) -> Result<(), String> {
     let portal = iscsi_listener
         .local_addr()
         .map_err(|e| format!("iSCSI portal: {e}"))?;
+    let s3_listener = tokio::net::TcpListener::bind(args.s3_listen)
+        .await
+        .map_err(|e| format!("S3 endpoint {}: {e}", args.s3_listen))?;
+    let s3_endpoint = s3_listener
+        .local_addr()
+        .map_err(|e| format!("S3 endpoint: {e}"))?;
+    // Access key ids are upper-case letters and digits; 10 random bytes give 20 of them.
+    let s3_key_id = format!(
+        "CAIRN{}",
+        secret(&dir, "s3.access-key", 10)?.to_ascii_uppercase()
+    );
+    let s3_secret = secret(&dir, "s3.secret-key", 20)?;
     let disks = open_disks(&dir).await?;
     let ca = ClusterCa::generate().map_err(|e| e.to_string())?;
     let identity = ca.issue(NODE).map_err(|e| e.to_string())?;
@@ -190,6 +215,10 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         chap: Some(chap.clone()),
         advertise: None,
     };
+    let s3_connection = Connection::new(format!("http://{}", args.listen), token.clone());
+    let s3_config = cairn_gateway_s3::Config {
+        domain: Some(args.s3_domain.clone()),
+    };
     let storage: Arc<OnceLock<Storage>> = Arc::new(OnceLock::new());
     let setup = Setup {
         dir: dir.clone(),
@@ -198,12 +227,16 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         storage: storage.clone(),
         endpoints: format!(
             "ADMIN_URL=http://{}\nADMIN_TOKEN={token}\nISCSI_PORTAL={portal}\n\
-             ISCSI_TARGET={}\nISCSI_CHAP_USER={}\nISCSI_CHAP_SECRET={}\n",
+             ISCSI_TARGET={}\nISCSI_CHAP_USER={}\nISCSI_CHAP_SECRET={}\n\
+             S3_ENDPOINT=http://{s3_endpoint}\nS3_ACCESS_KEY={s3_key_id}\n\
+             S3_SECRET_KEY={s3_secret}\nS3_REGION={}\n",
             args.listen,
             iscsi::IQN_PREFIX,
             chap.user,
             chap_secret,
+            cairn_gateway_s3::REGION,
         ),
+        s3_key: (s3_key_id, s3_secret),
     };
     let extra = move |meta: DriverHandle| {
         let backend = DevBackend {
@@ -212,6 +245,22 @@ async fn serve(args: DevArgs) -> Result<(), String> {
             targets: Arc::default(),
         };
         let gateway = backend.clone();
+        match s3::S3Cluster::new(&s3_connection, backend.clone()) {
+            Ok(cluster) => {
+                tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone()));
+                tokio::spawn(async move {
+                    if let Err(e) = cairn_gateway_s3::serve(s3_listener, cluster, s3_config).await {
+                        tracing::error!("S3 endpoint: {e}");
+                        eprintln!("cairn dev: S3 endpoint: {e}");
+                        std::process::exit(1);
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("cairn dev: S3 gateway: {e}");
+                std::process::exit(1);
+            }
+        }
         tokio::spawn(async move {
             if let Err(e) = iscsi::serve(iscsi_listener, gateway, iscsi_config).await {
                 tracing::error!("{e}");
@@ -249,6 +298,8 @@ struct Setup {
     pg_count: u32,
     storage: Arc<OnceLock<Storage>>,
     endpoints: String,
+    /// The `dev` tenant's access key: id and secret.
+    s3_key: (String, String),
 }
 
 /// Proposes a command, retrying while the member elects itself; "already exists" is success
@@ -288,6 +339,20 @@ impl Setup {
             pg_count: self.pg_count,
         };
         propose(&meta, pool).await?;
+        propose(
+            &meta,
+            Command::CreateTenant {
+                name: S3_TENANT.into(),
+            },
+        )
+        .await?;
+        let (access_key_id, secret) = self.s3_key.clone();
+        let key = Command::CreateAccessKey {
+            tenant: S3_TENANT.into(),
+            access_key_id,
+            secret_key: SecretKey::new(secret),
+        };
+        propose(&meta, key).await?;
         let pool = read_pool(&meta).await?;
         let pg_count = pool.pg_map.len();
         let disks = self.disks.clone();

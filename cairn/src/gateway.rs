@@ -15,6 +15,7 @@ use crate::{
     data::{self, DataError, Target, TargetCache},
     iscsi,
     node::{self, Directory, Forwarder, PieceOp, Pools},
+    s3,
 };
 
 /// How often the gateway learns storage nodes and PG maps.
@@ -24,6 +25,21 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 pub enum GatewayCommand {
     /// Serves every volume as an iSCSI target.
     Iscsi(IscsiArgs),
+    /// Serves every bucket over the S3 API.
+    S3(S3Args),
+}
+
+#[derive(Args)]
+pub struct S3Args {
+    /// Where S3 clients connect.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// The domain of virtual-host-style requests (`BUCKET.DOMAIN`); path-style always works.
+    #[arg(long)]
+    domain: Option<String>,
+    /// File holding the admin API's bearer token.
+    #[arg(long)]
+    token_file: PathBuf,
 }
 
 #[derive(Args)]
@@ -45,14 +61,23 @@ pub struct IscsiArgs {
 }
 
 pub fn run(command: GatewayCommand, connection: &Connection) -> ExitCode {
-    let GatewayCommand::Iscsi(args) = command;
-    let token_file = args.token_file.clone();
-    node::run_service(
-        "cairn gateway iscsi",
-        &token_file,
-        connection,
-        |c, token| serve(args, c, token),
-    )
+    match command {
+        GatewayCommand::Iscsi(args) => {
+            let token_file = args.token_file.clone();
+            node::run_service(
+                "cairn gateway iscsi",
+                &token_file,
+                connection,
+                |c, token| serve(args, c, token),
+            )
+        }
+        GatewayCommand::S3(args) => {
+            let token_file = args.token_file.clone();
+            node::run_service("cairn gateway s3", &token_file, connection, |c, token| {
+                serve_s3(args, c, token)
+            })
+        }
+    }
 }
 
 /// Reads a CHAP secret from `path` and checks its length.
@@ -67,11 +92,9 @@ pub(crate) fn read_chap_secret(path: &std::path::Path) -> Result<ChapSecret, Str
     Ok(ChapSecret::new(secret))
 }
 
-async fn serve(args: IscsiArgs, connection: Connection, token: String) -> Result<(), String> {
-    let secret = read_chap_secret(&args.chap_file)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("iSCSI portal {}: {e}", args.listen))?;
+/// A backend forwarding pieces to storage nodes, with the directory of nodes and PG maps
+/// refreshed every [`REFRESH_INTERVAL`].
+fn forwarding_backend(connection: &Connection, token: String) -> GatewayBackend {
     let directory = Directory::default();
     let backend = GatewayBackend {
         connection: connection.clone(),
@@ -88,6 +111,15 @@ async fn serve(args: IscsiArgs, connection: Connection, token: String) -> Result
             tokio::time::sleep(REFRESH_INTERVAL).await;
         }
     });
+    backend
+}
+
+async fn serve(args: IscsiArgs, connection: Connection, token: String) -> Result<(), String> {
+    let secret = read_chap_secret(&args.chap_file)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("iSCSI portal {}: {e}", args.listen))?;
+    let backend = forwarding_backend(&connection, token);
     let config = iscsi::GatewayConfig {
         connection,
         chap: Some(iscsi::Chap {
@@ -98,6 +130,22 @@ async fn serve(args: IscsiArgs, connection: Connection, token: String) -> Result
     };
     println!("cairn gateway iscsi: serving on {}", args.listen);
     iscsi::serve(listener, backend, config).await
+}
+
+async fn serve_s3(args: S3Args, connection: Connection, token: String) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("S3 endpoint {}: {e}", args.listen))?;
+    let backend = forwarding_backend(&connection, token);
+    let cluster = s3::S3Cluster::new(&connection, backend)?;
+    tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone()));
+    println!("cairn gateway s3: serving on {}", args.listen);
+    let config = cairn_gateway_s3::Config {
+        domain: args.domain,
+    };
+    cairn_gateway_s3::serve(listener, cluster, config)
+        .await
+        .map_err(|e| format!("S3 endpoint: {e}"))
 }
 
 /// A gateway's data path: volumes from the admin API, every piece forwarded to the node

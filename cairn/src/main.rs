@@ -12,6 +12,7 @@ mod gateway;
 mod iscsi;
 mod meta;
 mod node;
+mod s3;
 mod storage;
 
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ enum Command {
     /// Tenants and their S3 access keys.
     #[command(subcommand)]
     Tenant(admin::TenantCommand),
+    /// S3 access keys (the same as `cairn tenant create-key` / `delete-key`).
+    #[command(subcommand)]
+    Key(admin::KeyCommand),
     /// Recovery and rebalance: PGs whose members are moving; the rebalance switch.
     #[command(subcommand)]
     Rebalance(admin::RebalanceCommand),
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Command::Volume(command) => admin::volume(&cli.connection, command),
         Command::Node(command) => admin::node(&cli.connection, command),
         Command::Tenant(command) => admin::tenant(&cli.connection, command),
+        Command::Key(command) => admin::key(&cli.connection, command),
         Command::Rebalance(command) => admin::rebalance(&cli.connection, command),
         Command::Gateway(command) => gateway::run(command, &cli.connection),
     }

@@ -395,6 +395,7 @@ fn start_dev(dir: &Path, listen: &str, iscsi: &str) -> (Dev, Vec<(String, String
     let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["dev", "--data", &dir.to_string_lossy(), "--listen", listen])
         .args(["--pg-count", "8", "--iscsi-listen", iscsi])
+        .args(["--s3-listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -565,7 +566,18 @@ fn cairn_dev_stores_volume_bytes_across_a_kill() {
 
     drop(dev);
     let (_dev, env2) = start_dev(dir.path(), &listen, &iscsi);
-    assert_eq!(env2, env, "the same endpoints and token after a restart");
+    // The S3 endpoint listens on any free port in these tests: everything else is the same.
+    let fixed = |env: &[(String, String)]| -> Vec<(String, String)> {
+        env.iter()
+            .filter(|(k, _)| k != "S3_ENDPOINT")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        fixed(&env2),
+        fixed(&env),
+        "the same endpoints, token and keys after a restart"
+    );
     assert!(
         read_back(&run) == data,
         "acknowledged bytes survive SIGKILL and restart"
@@ -1425,4 +1437,207 @@ fn cairn_dev_applies_volume_qos_and_iscsi_access() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// The Python that has boto3: `CAIRN_PYTHON`, else the virtual environment
+/// `scripts/prerequisites.sh` makes (`~/.cache/cairn-py`).
+fn boto3_python() -> String {
+    std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/cairn-py/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    })
+}
+
+/// Runs an S3 client tool with `env`; panics with its output unless it succeeds.
+fn s3_tool(program: &str, args: &[&str], env: &[(String, String)]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        // A CA bundle from the environment makes rclone refuse a plain-HTTP endpoint.
+        .env_remove("AWS_CA_BUNDLE")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (see scripts/prerequisites.sh)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+/// Goal: `cairn dev` serves S3 to the clients people use, and what they store survives a
+/// kill -9. Method: boto3 (current, from pip) runs `s3_boto3.py`: bucket and object life
+/// cycle, ranges, conditions, CRC-32 trailers, Content-MD5, listings, copies, batch deletes,
+/// multipart (errors included), presigned and virtual-host URLs with curl, wrong and unknown
+/// keys, anonymous access. Then Debian's awscli 2 uploads and downloads a 200 MiB file
+/// (multipart), s3cmd and rclone run a life cycle, `cairn dev` is killed and restarted, and
+/// every object reads back.
+#[test]
+fn cairn_dev_serves_s3_to_real_clients() {
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-dev-s3-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (dev, env) = start_dev(dir.path(), &listen, "127.0.0.1:0");
+    let get = |key: &str| {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{key} in endpoints.env"))
+    };
+    let endpoint = get("S3_ENDPOINT");
+    let mut env = env.clone();
+    env.push(("BUCKET".into(), "boto".into()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_boto3.py");
+    let out = s3_tool(&boto3_python(), &[script], &env);
+    assert!(out.contains("boto3 checks passed"), "{out}");
+
+    // awscli 2 (Debian's), with a file large enough for a multipart upload.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let aws_env: Vec<(String, String)> = vec![
+        ("HOME".into(), home.to_string_lossy().into()),
+        ("AWS_ACCESS_KEY_ID".into(), get("S3_ACCESS_KEY")),
+        ("AWS_SECRET_ACCESS_KEY".into(), get("S3_SECRET_KEY")),
+        ("AWS_DEFAULT_REGION".into(), get("S3_REGION")),
+        ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
+    ];
+    let aws = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        s3_tool("/usr/bin/aws", &all, &aws_env)
+    };
+    let big = dir.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&big).expect("create");
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..200u32 {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (i as usize * 31 + j * 7 % 251) as u8;
+            }
+            block[..4].copy_from_slice(&i.to_le_bytes());
+            file.write_all(&block).expect("write");
+        }
+    }
+    let big_path = big.to_string_lossy().to_string();
+    aws(&["s3", "mb", "s3://awscli"]);
+    aws(&["s3", "cp", &big_path, "s3://awscli/big.bin"]);
+    let head = aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "awscli",
+        "--key",
+        "big.bin",
+    ]);
+    assert!(head.contains("209715200") && head.contains('-'), "{head}");
+    let back = dir.path().join("big.back");
+    aws(&["s3", "cp", "s3://awscli/big.bin", &back.to_string_lossy()]);
+    assert!(std::fs::read(&back).expect("read") == std::fs::read(&big).expect("read"));
+    let listing = aws(&["s3", "ls", "s3://awscli/"]);
+    assert!(listing.contains("big.bin"), "{listing}");
+
+    // s3cmd: path-style against the endpoint, no TLS.
+    let host = endpoint.trim_start_matches("http://").to_string();
+    let s3cmd = |args: &[&str]| {
+        let access = format!("--access_key={}", get("S3_ACCESS_KEY"));
+        let secret = format!("--secret_key={}", get("S3_SECRET_KEY"));
+        let host_arg = format!("--host={host}");
+        let bucket_arg = format!("--host-bucket={host}");
+        let mut all = vec![
+            "--config=/dev/null",
+            "--no-ssl",
+            "--region=us-east-1",
+            access.as_str(),
+            secret.as_str(),
+            host_arg.as_str(),
+            bucket_arg.as_str(),
+        ];
+        all.extend_from_slice(args);
+        s3_tool("s3cmd", &all, &aws_env)
+    };
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, b"from s3cmd\n").expect("write");
+    s3cmd(&["mb", "s3://s3cmd"]);
+    s3cmd(&["put", &small.to_string_lossy(), "s3://s3cmd/dir/small.txt"]);
+    let listing = s3cmd(&["ls", "--recursive", "s3://s3cmd"]);
+    assert!(listing.contains("s3://s3cmd/dir/small.txt"), "{listing}");
+    let fetched = dir.path().join("small.back");
+    s3cmd(&[
+        "get",
+        "s3://s3cmd/dir/small.txt",
+        &fetched.to_string_lossy(),
+    ]);
+    assert_eq!(std::fs::read(&fetched).expect("read"), b"from s3cmd\n");
+    s3cmd(&["del", "s3://s3cmd/dir/small.txt"]);
+    s3cmd(&["rb", "s3://s3cmd"]);
+
+    // rclone: copy a tree up, check it, sync a deletion.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    std::fs::write(tree.join("a.txt"), b"alpha").expect("write");
+    std::fs::write(tree.join("sub/b.bin"), vec![7u8; 300_000]).expect("write");
+    let rclone_env: Vec<(String, String)> = vec![
+        ("HOME".into(), home.to_string_lossy().into()),
+        ("RCLONE_CONFIG".into(), "/dev/null".into()),
+        ("RCLONE_CONFIG_CAIRN_TYPE".into(), "s3".into()),
+        ("RCLONE_CONFIG_CAIRN_PROVIDER".into(), "Other".into()),
+        ("RCLONE_CONFIG_CAIRN_ENDPOINT".into(), endpoint.clone()),
+        (
+            "RCLONE_CONFIG_CAIRN_ACCESS_KEY_ID".into(),
+            get("S3_ACCESS_KEY"),
+        ),
+        (
+            "RCLONE_CONFIG_CAIRN_SECRET_ACCESS_KEY".into(),
+            get("S3_SECRET_KEY"),
+        ),
+        ("RCLONE_CONFIG_CAIRN_REGION".into(), get("S3_REGION")),
+        ("RCLONE_CONFIG_CAIRN_FORCE_PATH_STYLE".into(), "true".into()),
+    ];
+    let rclone = |args: &[&str]| s3_tool("rclone", args, &rclone_env);
+    let tree_path = tree.to_string_lossy().to_string();
+    rclone(&["mkdir", "cairn:rclone"]);
+    rclone(&["copy", &tree_path, "cairn:rclone/tree"]);
+    rclone(&["check", &tree_path, "cairn:rclone/tree"]);
+    std::fs::remove_file(tree.join("a.txt")).expect("rm");
+    rclone(&["sync", &tree_path, "cairn:rclone/tree"]);
+    let listing = rclone(&["ls", "cairn:rclone"]);
+    assert!(
+        listing.contains("tree/sub/b.bin") && !listing.contains("a.txt"),
+        "{listing}"
+    );
+
+    // Everything acknowledged survives a kill -9 and a restart.
+    drop(dev);
+    let (_dev, _) = start_dev(dir.path(), &listen, "127.0.0.1:0");
+    let endpoint_after = std::fs::read_to_string(dir.path().join("endpoints.env"))
+        .expect("endpoints")
+        .lines()
+        .find_map(|l| l.strip_prefix("S3_ENDPOINT=").map(str::to_string))
+        .expect("S3_ENDPOINT");
+    let aws_after = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint_after.as_str()];
+        all.extend_from_slice(args);
+        s3_tool("/usr/bin/aws", &all, &aws_env)
+    };
+    let again = dir.path().join("big.again");
+    aws_after(&["s3", "cp", "s3://awscli/big.bin", &again.to_string_lossy()]);
+    assert!(std::fs::read(&again).expect("read") == std::fs::read(&big).expect("read"));
+    let small_again = dir.path().join("hello.again");
+    aws_after(&[
+        "s3",
+        "cp",
+        "s3://boto/docs/hello.txt",
+        &small_again.to_string_lossy(),
+    ]);
+    assert_eq!(
+        std::fs::read(&small_again).expect("read"),
+        b"hello, cairn\n"
+    );
 }

@@ -240,7 +240,12 @@ impl Dev {
             .arg(&self.dir)
             .args(["--listen", &self.listen, "--pg-count", "8"])
             // Any free port: the scenario drives the HTTP data routes only.
-            .args(["--iscsi-listen", "127.0.0.1:0"])
+            .args([
+                "--iscsi-listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,1 +1,125 @@
-//! S3 gateway for OBS buckets: filled by issue 6 (OBS over S3).
+//! The S3 gateway for OBS buckets (issue 6): S3's REST API over Cairn's metadata service and
+//! data plane, on the s3s crate (routing, XML, SigV4 header and presigned auth, aws-chunked
+//! bodies) served by axum.
+//!
+//! The gateway is stateless: access keys, buckets, the object index and multipart uploads live
+//! in the metadata service, object bytes in chunks (or inline in the index when small), all
+//! reached through a [`cluster::Cluster`]. Run as many gateways as wanted.
+//!
+//! Consistency: an object becomes visible only when its index record is committed, after all
+//! its bytes are durable; an interrupted upload leaves chunks that no record names, listed as
+//! pending or garbage in the metadata service and discarded by [`reclaim`].
+
+pub mod body;
+pub mod cluster;
+pub mod reclaim;
+
+mod auth;
+mod ops;
+
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
+
+use s3s::{
+    S3Result,
+    host::{S3Host, VirtualHost},
+    s3_error,
+    service::S3ServiceBuilder,
+};
+
+pub use auth::{KeyAuth, Keys};
+pub use ops::{Gateway, PART_BYTES_MAX, PUT_BYTES_MAX, REGION};
+
+/// How the gateway is reached.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// The domain of virtual-host-style requests: `BUCKET.DOMAIN` names a bucket. Requests
+    /// to any other host name are path-style.
+    pub domain: Option<String>,
+}
+
+/// Virtual-host-style addressing under one domain, path-style otherwise.
+struct Hosts {
+    domain: Option<String>,
+}
+
+impl S3Host for Hosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        if name.is_empty() {
+            return Err(s3_error!(InvalidRequest, "Invalid host header"));
+        }
+        if let Some(domain) = &self.domain
+            && let Some(bucket) = name
+                .strip_suffix(domain.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+            && !bucket.is_empty()
+        {
+            return Ok(VirtualHost::new(Cow::Borrowed(domain.as_str()))
+                .with_bucket(bucket.to_ascii_lowercase()));
+        }
+        Ok(VirtualHost::new(name))
+    }
+}
+
+/// The gateway's HTTP service: S3 everywhere, and `GET /health` answering `OK`.
+pub fn router<C: cluster::Cluster>(cluster: C, config: Config) -> axum::Router {
+    let keys = Arc::new(Keys::new(cluster.clone()));
+    let mut builder = S3ServiceBuilder::new(Gateway::new(cluster, keys.clone()));
+    builder.set_auth(KeyAuth(keys));
+    builder.set_host(Hosts {
+        domain: config.domain,
+    });
+    let service =
+        axum::error_handling::HandleError::new(builder.build(), |e: s3s::HttpError| async move {
+            tracing::warn!("S3 request failed: {e:?}");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            )
+        });
+    axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "OK" }))
+        .fallback_service(service)
+}
+
+/// Serves S3 on `listener` until the process ends.
+pub async fn serve<C: cluster::Cluster>(
+    listener: tokio::net::TcpListener,
+    cluster: C,
+    config: Config,
+) -> std::io::Result<()> {
+    let app = router(cluster, config);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_split_virtual_and_path_style() {
+        let hosts = Hosts {
+            domain: Some("s3.example.com".into()),
+        };
+        let bucket = |h: &str| {
+            hosts
+                .parse_host_header(h)
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_else(|e| format!("error {e:?}"))
+        };
+        assert!(bucket("photos.s3.example.com:9000").contains("Some(\"photos\")"));
+        assert!(bucket("Photos.s3.example.com").contains("Some(\"photos\")"));
+        assert!(bucket("s3.example.com").contains("bucket: None"));
+        assert!(bucket("127.0.0.1:9000").contains("bucket: None"));
+        assert!(bucket("[::1]:9000").contains("bucket: None"));
+        assert!(bucket(".s3.example.com").contains("bucket: None"));
+        assert!(bucket("").starts_with("error"));
+    }
+}

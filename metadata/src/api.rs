@@ -27,10 +27,14 @@
 //! GET    /tenants          POST /tenants {name}         DELETE /tenants/{name}
 //! POST   /tenants/{name}/keys            creates an access key; the only answer holding its secret
 //! DELETE /keys/{id}
+//!        (S3 buckets, objects, uploads, writes and garbage: see the `s3` module)
 //! ```
 //!
 //! Errors are JSON `{"error": message}` with 400 (malformed), 401 (no or wrong token), 404,
-//! 409 (exists, or not empty), 412 (changed since read: read again) and 503 (no leader, timeout; `leader_api` names the leader
+//! 409 (exists, or not empty; a taken bucket name adds `"tenant"`, its owner), 400 with
+//! `"code"` (an S3 error code) for refusals S3 names, 503 with `"code": "SlowDown"` when the
+//! cluster holds too many uploads or writes in progress, 412 (changed since read: read again)
+//! and 503 (no leader, timeout; `leader_api` names the leader
 //! when known, so a client can retry there). Reads are linearizable on every member; writes
 //! go to the leader.
 
@@ -52,10 +56,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 mod iscsi;
+mod s3;
 
 pub use iscsi::{DEFAULT_CHAP_USER, IQN_PREFIX, hex, target_name, unhex};
+pub use s3::DEFAULT_POOL;
 
 use crate::{
+    objects::S3Code,
     placement::{Disk, DiskState, FailureDomain, HostId, RackId, SiteId},
     server::{DriverHandle, Member, RequestError},
     state::{Applied, Command, MetaError, MetaState, QosTier, SecretKey},
@@ -126,6 +133,7 @@ pub fn router_with(
         .route("/v1/tenants/{name}", axum::routing::delete(delete_tenant))
         .route("/v1/tenants/{name}/keys", post(create_key))
         .route("/v1/keys/{id}", axum::routing::delete(delete_key))
+        .merge(s3::routes())
         .with_state(api.clone())
         .merge(extra)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
@@ -140,15 +148,32 @@ impl IntoResponse for RequestError {
     fn into_response(self) -> Response {
         match self {
             RequestError::Refused(e) => {
-                let status = match e {
-                    MetaError::NotFound { .. } => StatusCode::NOT_FOUND,
+                let message = e.to_string();
+                let (status, extra) = match e {
+                    MetaError::NotFound { .. } => (StatusCode::NOT_FOUND, None),
                     MetaError::AlreadyExists { .. } | MetaError::NotEmpty { .. } => {
-                        StatusCode::CONFLICT
+                        (StatusCode::CONFLICT, None)
                     }
-                    MetaError::Invalid(_) => StatusCode::BAD_REQUEST,
-                    MetaError::Stale { .. } => StatusCode::PRECONDITION_FAILED,
+                    // The S3 gateway tells BucketAlreadyOwnedByYou from BucketAlreadyExists.
+                    MetaError::BucketExists { tenant, .. } => {
+                        (StatusCode::CONFLICT, Some(("tenant", tenant)))
+                    }
+                    MetaError::Invalid(_) => (StatusCode::BAD_REQUEST, None),
+                    MetaError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, None),
+                    // The S3 gateway answers with `code` as the S3 error code.
+                    MetaError::S3Refused { code, .. } => {
+                        let status = match code {
+                            S3Code::SlowDown => StatusCode::SERVICE_UNAVAILABLE,
+                            _ => StatusCode::BAD_REQUEST,
+                        };
+                        (status, Some(("code", code.as_str().to_string())))
+                    }
                 };
-                error(status, e.to_string())
+                let mut body = json!({ "error": message });
+                if let Some((field, value)) = extra {
+                    body[field] = json!(value);
+                }
+                (status, Json(body)).into_response()
             }
             RequestError::NotLeader(leader) => {
                 let body = json!({

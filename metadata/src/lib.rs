@@ -1,10 +1,12 @@
-//! Cairn's metadata service: the cluster map, pools with their PG maps, volumes, tenants and
-//! their S3 access keys, replicated through one Raft group.
+//! Cairn's metadata service: the cluster map, pools with their PG maps, volumes, tenants, their
+//! S3 access keys and the S3 object index, replicated through one Raft group.
 //!
 //! - [`placement`]: the pure function from a cluster map and a pool policy to each placement
 //!   group's members.
 //! - [`state`]: the pure state machine that applies typed commands in Raft log order; the only
 //!   place where command logic lives.
+//! - [`objects`]: the S3 object index in the state machine: buckets, objects, multipart
+//!   uploads, writes in progress and garbage (chunks to reclaim), with their checks and listing.
 //! - [`codec`]: the versioned encoding of commands in the Raft log and of stored records.
 //! - [`store`]: the state machine persisted in RocksDB (one record per object, keys by prefix),
 //!   with snapshots for Raft log compaction and its crash ordering.
@@ -21,6 +23,7 @@
 pub mod api;
 pub mod codec;
 pub mod health;
+pub mod objects;
 pub mod placement;
 pub mod scheduler;
 pub mod server;

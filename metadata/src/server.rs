@@ -235,6 +235,31 @@ impl DriverHandle {
         self.ask(|tx| Request::Read(read, tx)).await
     }
 
+    /// A handle over a bare state machine, without Raft or a store: each proposal applies at
+    /// once and reads see the state. For API tests; the task ends with the last handle.
+    #[cfg(test)]
+    pub(crate) fn over_state(mut state: MetaState) -> DriverHandle {
+        let (requests, mut incoming) = mpsc::channel(REQUEST_QUEUE_MAX);
+        tokio::spawn(async move {
+            while let Some(request) = incoming.recv().await {
+                match request {
+                    Request::Propose(command, tx) => {
+                        let _ = tx.send(state.apply(command).map_err(RequestError::Refused));
+                    }
+                    Request::Read(read, tx) => {
+                        let _ = tx.send(read(&state).map_err(RequestError::Refused));
+                    }
+                    // Dropping the sender answers "unavailable".
+                    _ => {}
+                }
+            }
+        });
+        DriverHandle {
+            requests,
+            deadline: Duration::from_secs(5),
+        }
+    }
+
     /// Gives member `id` a new replica (see [`Request::Rejoin`]).
     pub async fn rejoin(&self, id: NodeId) -> Result<ReplicaId, RequestError> {
         self.ask(|tx| Request::Rejoin(id, tx)).await

@@ -1,5 +1,7 @@
 //! The metadata state machine, pure: typed commands applied in Raft log order to the cluster
-//! map, pools (with their PG maps), volumes, tenants and their S3 access keys.
+//! map, pools (with their PG maps), volumes, tenants and their S3 access keys, and the S3
+//! object index (buckets, objects, multipart uploads, writes in progress, garbage), whose types
+//! and command logic live in [`crate::objects`].
 //!
 //! Every replica applies the same commands in the same order and must end in the same state, so
 //! `apply` reads no clock, draws no randomness and iterates only ordered maps. Whatever needs
@@ -12,8 +14,9 @@
 //! [`MetaState`]) can be logged with `{:?}`.
 //!
 //! Around this module: [`crate::codec`] encodes commands for the Raft log (versioned JSON) and
-//! [`crate::store`] persists the state in RocksDB, one record per disk, pool, volume, tenant and
-//! access key. This module stays the only place where command logic lives.
+//! [`crate::store`] persists the state in RocksDB, one record per disk, pool, volume, tenant,
+//! access key, bucket, object, upload, pending write and garbage entry. This module and
+//! [`crate::objects`] stay the only places where command logic lives.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,7 +26,12 @@ use std::{
 use cairn_common::{DiskId, NodeId, OwnerId, PoolId, ReplicaId};
 use serde::{Deserialize, Serialize};
 
-use crate::placement::{self, Disk, DiskState, FailureDomain, PoolPolicy};
+use crate::{
+    objects::{
+        Bucket, BucketId, Garbage, ObjectRecord, Part, PendingWrite, S3Code, Segment, Upload,
+    },
+    placement::{self, Disk, DiskState, FailureDomain, PoolPolicy},
+};
 
 /// Longest pool, volume or tenant name.
 pub const NAME_BYTES_MAX: usize = 128;
@@ -367,8 +375,8 @@ pub enum Command {
         name: String,
     },
     /// Deletes a tenant. Refused with [`MetaError::NotEmpty`] (409) while the tenant still holds
-    /// access keys: deleting them is an explicit step, so no credential disappears as a side
-    /// effect and none outlives its tenant.
+    /// access keys or owns buckets: deleting them is an explicit step, so no credential or
+    /// object disappears as a side effect and none outlives its tenant.
     DeleteTenant {
         /// The tenant.
         name: String,
@@ -429,6 +437,111 @@ pub enum Command {
         /// True to rebalance.
         enabled: bool,
     },
+    /// Creates an S3 bucket. Refused with [`MetaError::BucketExists`] (naming the owner) if
+    /// the name is taken, with [`S3Code::InvalidBucketName`] or [`S3Code::TooManyBuckets`].
+    CreateBucket {
+        /// Unique name, S3's rules.
+        name: String,
+        /// The owning tenant.
+        tenant: String,
+        /// The pool holding its objects' chunks.
+        pool: String,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Deletes a bucket; [`MetaError::NotEmpty`] while it holds objects, open uploads or
+    /// writes in progress.
+    DeleteBucket {
+        /// The bucket.
+        name: String,
+    },
+    /// Hands a gateway a new owner to write an object's or a part's chunks under
+    /// ([`Applied::Owner`]); the owner is pending until committed or abandoned.
+    BeginWrite {
+        /// The bucket written to.
+        bucket: String,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Puts an object, replacing any under the key. Its segments' owners must be pending for
+    /// this bucket; the replaced object's segments become garbage.
+    PutObject {
+        /// The bucket.
+        bucket: String,
+        /// The key (1 to 1024 bytes of UTF-8).
+        key: String,
+        /// The object; `modified_ms` is set to `now_ms`.
+        record: ObjectRecord,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Deletes an object (an absent key is no error); its segments become garbage.
+    DeleteObject {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
+    /// Opens a multipart upload.
+    CreateUpload {
+        /// The bucket.
+        bucket: String,
+        /// The key the object will have.
+        key: String,
+        /// Unique id drawn by the proposer: 1-128 characters of A-Z, a-z, 0-9, '_', '-'.
+        upload_id: String,
+        /// The object's Content-Type.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content_type: Option<String>,
+        /// The object's user metadata.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        metadata: BTreeMap<String, String>,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Records a part of an upload (replacing one of the same number, whose segment becomes
+    /// garbage). The segment's owner must be pending for the upload's bucket.
+    PutPart {
+        /// The upload.
+        upload_id: String,
+        /// 1 to 10,000.
+        part_number: u32,
+        /// The part's bytes.
+        segment: Segment,
+        /// The part's ETag.
+        etag: String,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Completes an upload into an object made of the listed parts, in order.
+    CompleteUpload {
+        /// The upload.
+        upload_id: String,
+        /// Part numbers (strictly ascending) with the ETags the client was given.
+        parts: Vec<(u32, String)>,
+        /// The object's ETag, as the gateway computed it.
+        etag: String,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Aborts an upload; its parts become garbage.
+    AbortUpload {
+        /// The upload.
+        upload_id: String,
+    },
+    /// Turns writes in progress into garbage (a gateway's write failed, or a reclaim worker
+    /// gave up on an old one). Owners not pending are ignored.
+    AbandonWrites {
+        /// The owners.
+        owners: Vec<OwnerId>,
+        /// How many bytes may have been written under each.
+        length: u64,
+    },
+    /// Forgets garbage whose chunks were deleted. Unknown owners are ignored.
+    ReclaimDone {
+        /// The owners.
+        owners: Vec<OwnerId>,
+    },
 }
 
 /// Why a command was refused. Nothing changed.
@@ -453,12 +566,30 @@ pub enum MetaError {
     /// The thing still holds others that must be deleted first (409).
     #[error("{kind} {name} still holds {holds}")]
     NotEmpty {
-        /// "tenant".
+        /// "tenant", "bucket" or "storage node".
         kind: &'static str,
         /// Its name.
         name: String,
-        /// What it holds: "access keys".
+        /// What it holds: "access keys", "buckets", "objects"...
         holds: &'static str,
+    },
+    /// The bucket name is taken (409), by `tenant`: the S3 gateway answers
+    /// BucketAlreadyOwnedByYou or BucketAlreadyExists depending on who asks.
+    #[error("bucket {name} already exists")]
+    BucketExists {
+        /// The bucket.
+        name: String,
+        /// Its owner.
+        tenant: String,
+    },
+    /// An S3 request refused for a reason S3 names: the gateway answers with `code`
+    /// (HTTP 400, or 503 for [`S3Code::SlowDown`]).
+    #[error("{code}: {message}")]
+    S3Refused {
+        /// The S3 error code.
+        code: S3Code,
+        /// What was wrong.
+        message: String,
     },
     /// The request is malformed or impossible as asked (400).
     #[error("invalid request: {0}")]
@@ -491,6 +622,10 @@ pub enum Applied {
     Tenant(TenantId),
     /// A PG member was moved; the new member's replica.
     Replica(ReplicaId),
+    /// A bucket was created with this id.
+    Bucket(BucketId),
+    /// A write may begin under this new owner.
+    Owner(OwnerId),
 }
 
 /// The last id handed out of each kind; the next one is one more. Ids are never reused.
@@ -500,6 +635,9 @@ pub(crate) struct Counters {
     pub(crate) next_pool: u32,
     pub(crate) next_owner: u64,
     pub(crate) next_tenant: u64,
+    /// The last bucket id handed out (absent from records written before buckets existed).
+    #[serde(default)]
+    pub(crate) next_bucket: u64,
     /// Per host, the last replica number handed out on its node.
     #[serde(default)]
     pub(crate) replicas: BTreeMap<u32, u64>,
@@ -536,6 +674,13 @@ pub struct MetaState {
     pub(crate) counters: Counters,
     pub(crate) settings: Settings,
     pub(crate) portals: BTreeMap<String, Portal>,
+    pub(crate) buckets: BTreeMap<String, Bucket>,
+    /// Per bucket holding at least one object, its objects by key: ordered, so listing by
+    /// prefix is a range scan. A bucket without objects has no entry.
+    pub(crate) objects: BTreeMap<String, BTreeMap<String, ObjectRecord>>,
+    pub(crate) uploads: BTreeMap<String, Upload>,
+    pub(crate) pending: BTreeMap<OwnerId, PendingWrite>,
+    pub(crate) garbage: BTreeMap<OwnerId, Garbage>,
 }
 
 /// Checks a pool, volume or tenant name: such names become store keys, so they hold no `/`.
@@ -808,6 +953,80 @@ impl MetaState {
                 self.settings.rebalance = enabled;
                 Ok(Applied::Done)
             }
+            command @ (Command::CreateBucket { .. }
+            | Command::DeleteBucket { .. }
+            | Command::BeginWrite { .. }
+            | Command::PutObject { .. }
+            | Command::DeleteObject { .. }
+            | Command::CreateUpload { .. }
+            | Command::PutPart { .. }
+            | Command::CompleteUpload { .. }
+            | Command::AbortUpload { .. }
+            | Command::AbandonWrites { .. }
+            | Command::ReclaimDone { .. }) => self.apply_object_command(command),
+        }
+    }
+
+    /// Applies the S3 object index's commands ([`crate::objects`]).
+    fn apply_object_command(&mut self, command: Command) -> Result<Applied, MetaError> {
+        match command {
+            Command::CreateBucket {
+                name,
+                tenant,
+                pool,
+                now_ms,
+            } => self.create_bucket(name, tenant, pool, now_ms),
+            Command::DeleteBucket { name } => self.delete_bucket(name),
+            Command::BeginWrite { bucket, now_ms } => self.begin_write(bucket, now_ms),
+            Command::PutObject {
+                bucket,
+                key,
+                record,
+                now_ms,
+            } => self.put_object(bucket, key, record, now_ms),
+            Command::DeleteObject { bucket, key } => self.delete_object(bucket, key),
+            Command::CreateUpload {
+                bucket,
+                key,
+                upload_id,
+                content_type,
+                metadata,
+                now_ms,
+            } => {
+                let upload = Upload {
+                    bucket,
+                    key,
+                    created_ms: now_ms,
+                    content_type,
+                    metadata,
+                    parts: BTreeMap::new(),
+                };
+                self.create_upload(upload_id, upload)
+            }
+            Command::PutPart {
+                upload_id,
+                part_number,
+                segment,
+                etag,
+                now_ms,
+            } => {
+                let part = Part {
+                    segment,
+                    etag,
+                    modified_ms: now_ms,
+                };
+                self.put_part(upload_id, part_number, part)
+            }
+            Command::CompleteUpload {
+                upload_id,
+                parts,
+                etag,
+                now_ms,
+            } => self.complete_upload(upload_id, &parts, etag, now_ms),
+            Command::AbortUpload { upload_id } => self.abort_upload(upload_id),
+            Command::AbandonWrites { owners, length } => self.abandon_writes(&owners, length),
+            Command::ReclaimDone { owners } => self.reclaim_done(&owners),
+            other => unreachable!("apply routes only object index commands here: {other:?}"),
         }
     }
 
@@ -1112,6 +1331,13 @@ impl MetaState {
                 holds: "access keys; delete them first",
             });
         }
+        if self.buckets_of(&name).next().is_some() {
+            return Err(MetaError::NotEmpty {
+                kind: "tenant",
+                name,
+                holds: "buckets; delete them first",
+            });
+        }
         self.tenants.remove(&name);
         Ok(Applied::Done)
     }
@@ -1277,6 +1503,7 @@ impl MetaState {
         self.pool_violation()
             .or_else(|| self.volume_violation())
             .or_else(|| self.tenant_violation())
+            .or_else(|| self.objects_violation())
     }
 
     fn pool_violation(&self) -> Option<String> {
@@ -2003,12 +2230,108 @@ pub(crate) mod tests {
     /// PG's member at that index, modulo the PG's size (see [`resolve`]).
     const SELECTORS: u64 = 3;
 
+    /// Owner selectors: an owner id above `u64::MAX - OWNER_SELECTORS` (never handed out)
+    /// names the pending write (or, in `ReclaimDone`, the garbage entry) at that index, modulo
+    /// their count (see [`resolve`]).
+    const OWNER_SELECTORS: u64 = 4;
+
+    /// A completion listing only `(0, ALL_PARTS)` lists every uploaded part of the upload,
+    /// in order, with its ETag (see [`resolve`]).
+    const ALL_PARTS: &str = "*";
+
+    /// The owner `owner` selects among `owners`, or `owner` itself.
+    fn select_owner(owner: OwnerId, owners: &[OwnerId]) -> OwnerId {
+        let index = u64::MAX - owner.0;
+        if index < OWNER_SELECTORS && !owners.is_empty() {
+            owners[(index as usize) % owners.len()]
+        } else {
+            owner
+        }
+    }
+
+    /// Replaces owner selectors in object commands by the owners they select in `state`.
+    fn resolve_owners(state: &MetaState, command: Command) -> Command {
+        let pending: Vec<OwnerId> = state.pending.keys().copied().collect();
+        let garbage: Vec<OwnerId> = state.garbage.keys().copied().collect();
+        let pick = |owner| select_owner(owner, &pending);
+        match command {
+            Command::PutObject {
+                bucket,
+                key,
+                mut record,
+                now_ms,
+            } => {
+                if let crate::objects::ObjectData::Segments(segments) = &mut record.data {
+                    for segment in segments {
+                        segment.owner = pick(segment.owner);
+                    }
+                }
+                Command::PutObject {
+                    bucket,
+                    key,
+                    record,
+                    now_ms,
+                }
+            }
+            Command::PutPart {
+                upload_id,
+                part_number,
+                mut segment,
+                etag,
+                now_ms,
+            } => {
+                segment.owner = pick(segment.owner);
+                Command::PutPart {
+                    upload_id,
+                    part_number,
+                    segment,
+                    etag,
+                    now_ms,
+                }
+            }
+            Command::AbandonWrites { owners, length } => Command::AbandonWrites {
+                owners: owners.into_iter().map(pick).collect(),
+                length,
+            },
+            Command::ReclaimDone { owners } => Command::ReclaimDone {
+                owners: owners
+                    .into_iter()
+                    .map(|o| select_owner(o, &garbage))
+                    .collect(),
+            },
+            Command::CompleteUpload {
+                upload_id,
+                parts,
+                etag,
+                now_ms,
+            } => {
+                let every = parts == [(0, ALL_PARTS.to_string())];
+                let uploaded = state.uploads.get(&upload_id).filter(|_| every);
+                let parts = match uploaded {
+                    Some(upload) => (upload.parts.iter())
+                        .map(|(number, part)| (*number, part.etag.clone()))
+                        .collect(),
+                    None => parts,
+                };
+                Command::CompleteUpload {
+                    upload_id,
+                    parts,
+                    etag,
+                    now_ms,
+                }
+            }
+            command => command,
+        }
+    }
+
     /// Replaces a move's member selector by the member it selects in `state`, if the PG
-    /// exists; every other command is returned as it is. A test applying `command()`s resolves
-    /// each against its state first, so that random moves name real members.
+    /// exists, owner selectors by pending or garbage owners and a completion's part selector
+    /// by the uploaded parts; every other command is
+    /// returned as it is. A test applying `command()`s resolves each against its state first,
+    /// so that random moves name real members and random writes commit real pending owners.
     pub(crate) fn resolve(state: &MetaState, command: Command) -> Command {
         let Command::MovePgMember { pool, pg, from, to } = command else {
-            return command;
+            return resolve_owners(state, command);
         };
         let members = state
             .pools
@@ -2023,8 +2346,9 @@ pub(crate) mod tests {
         Command::MovePgMember { pool, pg, from, to }
     }
 
-    /// Disks 0-6 on hosts 1-5 and a pool "a" of 4 PGs with 3 replicas: a cluster where
-    /// moves can apply, for random sequences to start from.
+    /// Disks 0-6 on hosts 1-5, a pool "a" of 4 PGs with 3 replicas, a tenant "a", its bucket
+    /// "bk1" in pool "a" and an upload "u1" there: a cluster where moves and object commands
+    /// can apply, for random sequences to start from.
     pub(crate) fn setup() -> Vec<Command> {
         let mut commands: Vec<Command> = (0..7u8)
             .map(|n| Command::RegisterDisk(disk(n, 1 + u32::from(n % 5))))
@@ -2035,12 +2359,167 @@ pub(crate) mod tests {
             domain: FailureDomain::Host,
             pg_count: 4,
         });
+        commands.push(Command::CreateTenant { name: "a".into() });
+        commands.push(Command::CreateBucket {
+            name: "bk1".into(),
+            tenant: "a".into(),
+            pool: "a".into(),
+            now_ms: 1,
+        });
+        commands.push(Command::CreateUpload {
+            bucket: "bk1".into(),
+            key: "k1".into(),
+            upload_id: "u1".into(),
+            content_type: None,
+            metadata: BTreeMap::new(),
+            now_ms: 2,
+        });
         commands
+    }
+
+    /// Owners: mostly selectors of pending writes, sometimes raw ids (rarely real).
+    fn owner() -> impl Strategy<Value = OwnerId> + Clone {
+        prop_oneof![
+            3 => (0..OWNER_SELECTORS).prop_map(|i| OwnerId(u64::MAX - i)),
+            1 => (1u64..12).prop_map(OwnerId),
+        ]
+    }
+
+    /// Segment lengths around the part limits.
+    fn length() -> impl Strategy<Value = u64> + Clone {
+        prop_oneof![
+            1 => Just(0),
+            2 => Just(100),
+            3 => Just(crate::objects::PART_BYTES_MIN),
+            2 => Just(crate::objects::PART_BYTES_MIN + 1),
+            1 => Just(crate::objects::SEGMENT_BYTES_MAX + 1),
+        ]
+    }
+
+    /// Object records: inline or in segments, sizes right or (rarely) wrong.
+    fn record() -> impl Strategy<Value = crate::objects::ObjectRecord> {
+        use crate::objects::{ObjectData, ObjectRecord, Segment};
+        let segments = proptest::collection::vec(
+            (owner(), length()).prop_map(|(owner, length)| Segment { owner, length }),
+            0..3,
+        );
+        let data = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..4)
+                .prop_map(|data| ObjectData::Inline { data }),
+            segments.prop_map(ObjectData::Segments),
+        ];
+        (data, any::<bool>(), 0usize..3).prop_map(|(data, right, metadata)| {
+            let size = match &data {
+                ObjectData::Inline { data } => data.len() as u64,
+                ObjectData::Segments(s) => s.iter().map(|s| s.length).sum(),
+            };
+            ObjectRecord {
+                size: if right { size } else { size + 1 },
+                etag: "\"e\"".into(),
+                modified_ms: 0,
+                content_type: (metadata == 1).then(|| "text/plain".to_string()),
+                metadata: (0..metadata)
+                    .map(|i| (format!("m{i}"), "v".repeat(i * 2100)))
+                    .collect(),
+                data,
+            }
+        })
+    }
+
+    /// Commands of the S3 object index over small name sets, so that they collide.
+    fn object_command() -> impl Strategy<Value = Command> {
+        let bucket = prop_oneof![
+            4 => Just("bk1".to_string()),
+            2 => Just("bk2".to_string()),
+            1 => Just("b".to_string()),
+            1 => Just("10.0.0.1".to_string()),
+        ];
+        let key = prop_oneof![
+            Just("k1".to_string()),
+            Just("k2".to_string()),
+            Just("d/k3".to_string()),
+            Just(String::new()),
+        ];
+        let upload_id = prop_oneof![
+            4 => Just("u1".to_string()),
+            2 => Just("u2".to_string()),
+            1 => Just("bad id".to_string()),
+        ];
+        let tenant = prop_oneof![Just("a".to_string()), Just("b".to_string())];
+        let pool = prop_oneof![3 => Just("a".to_string()), 1 => Just("b".to_string())];
+        let etag = prop_oneof![3 => Just("e1".to_string()), 1 => Just("e2".to_string())];
+        // Mostly ascending part lists with the usual ETag, so completions apply too.
+        let parts = prop_oneof![
+            3 => Just(vec![(0, ALL_PARTS.to_string())]),
+            2 => proptest::sample::subsequence(vec![1u32, 2, 3], 0..=3)
+                .prop_map(|numbers| numbers.into_iter().map(|n| (n, "e1".to_string())).collect()),
+            1 => proptest::collection::vec((0u32..4, etag.clone()), 0..4),
+        ];
+        let owners = proptest::collection::vec(owner(), 0..3);
+        prop_oneof![
+            1 => (bucket.clone(), tenant, pool, 0u64..9).prop_map(|(name, tenant, pool, now_ms)| {
+                Command::CreateBucket {
+                    name,
+                    tenant,
+                    pool,
+                    now_ms,
+                }
+            }),
+            1 => bucket.clone().prop_map(|name| Command::DeleteBucket { name }),
+            3 => (bucket.clone(), 0u64..9)
+                .prop_map(|(bucket, now_ms)| Command::BeginWrite { bucket, now_ms }),
+            3 => (bucket.clone(), key.clone(), record(), 0u64..9).prop_map(
+                |(bucket, key, record, now_ms)| Command::PutObject {
+                    bucket,
+                    key,
+                    record,
+                    now_ms,
+                }
+            ),
+            1 => (bucket.clone(), key.clone())
+                .prop_map(|(bucket, key)| Command::DeleteObject { bucket, key }),
+            1 => (bucket, key, upload_id.clone(), any::<bool>()).prop_map(
+                |(bucket, key, upload_id, typed)| Command::CreateUpload {
+                    bucket,
+                    key,
+                    upload_id,
+                    content_type: typed.then(|| "text/plain".to_string()),
+                    metadata: BTreeMap::new(),
+                    now_ms: 3,
+                }
+            ),
+            3 => (upload_id.clone(), 0u32..4, owner(), length(), etag.clone()).prop_map(
+                |(upload_id, part_number, owner, length, etag)| Command::PutPart {
+                    upload_id,
+                    part_number,
+                    segment: Segment { owner, length },
+                    etag,
+                    now_ms: 4,
+                }
+            ),
+            2 => (upload_id.clone(), parts, etag).prop_map(|(upload_id, parts, etag)| {
+                Command::CompleteUpload {
+                    upload_id,
+                    parts,
+                    etag,
+                    now_ms: 5,
+                }
+            }),
+            1 => upload_id.prop_map(|upload_id| Command::AbortUpload { upload_id }),
+            1 => (owners.clone(), length())
+                .prop_map(|(owners, length)| Command::AbandonWrites { owners, length }),
+            1 => owners.prop_map(|owners| Command::ReclaimDone { owners }),
+        ]
+    }
+
+    /// Any command of [`base_command`] or [`object_command`].
+    pub(crate) fn command() -> impl Strategy<Value = Command> {
+        prop_oneof![3 => base_command(), 2 => object_command()]
     }
 
     /// Commands over small name sets, so that they collide: valid and invalid names, ids and
     /// secrets, so both applied and refused commands are drawn.
-    pub(crate) fn command() -> impl Strategy<Value = Command> {
+    fn base_command() -> impl Strategy<Value = Command> {
         let name = prop_oneof![
             Just("a".to_string()),
             Just("b".to_string()),
@@ -2215,6 +2694,10 @@ pub(crate) mod tests {
                             members.iter().map(|m| m.replica).collect();
                         prop_assert_eq!(replicas.len(), members.len(), "distinct replicas");
                     }
+                }
+                if let Ok(Applied::Owner(owner)) = result_a {
+                    prop_assert!(a.pending.contains_key(&owner), "a new owner is pending");
+                    prop_assert!(!before.pending.contains_key(&owner), "the owner is new");
                 }
                 if let Ok(Applied::Replica(new)) = result_a {
                     let placed = a.pools.values().flat_map(|p| p.pg_map.iter().flatten());

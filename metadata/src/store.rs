@@ -15,20 +15,30 @@
 //! | `vol/<name>`              | [`Volume`](crate::state::Volume)              |
 //! | `ten/<name>`              | [`Tenant`](crate::state::Tenant)              |
 //! | `key/<access key id>`     | [`AccessKey`](crate::state::AccessKey) (holds the secret) |
-//! | `sys/counters`            | the last pool, owner and tenant ids handed out |
+//! | `portal/<address>`        | [`Portal`](crate::state::Portal): an iSCSI gateway's portal |
+//! | `bkt/<name>`              | [`Bucket`](crate::objects::Bucket): owner, pool, totals |
+//! | `obj/<bucket>/<key>`      | [`ObjectRecord`](crate::objects::ObjectRecord); any UTF-8 key |
+//! | `upl/<upload id>`         | [`Upload`](crate::objects::Upload) with its parts |
+//! | `pend/<16 hex digits>`    | [`PendingWrite`](crate::objects::PendingWrite), by owner id |
+//! | `gc/<16 hex digits>`      | [`Garbage`](crate::objects::Garbage), by owner id |
+//! | `sys/counters`            | the last pool, owner, tenant and bucket ids handed out |
 //! | `sys/settings`            | operator switches (rebalance on or off)       |
 //! | `sys/applied`             | the index of the last Raft entry applied      |
 //!
-//! Names and access key ids hold no `/` (the state refuses them), so each key parses back
-//! unambiguously. Every value is versioned JSON ([`crate::codec`]: a format-version byte, then
-//! JSON). Loading checks each value against its key (a disk's id, say) and the whole state
-//! against the invariants `apply` keeps.
+//! Names, bucket names, upload ids and access key ids hold no `/` (the state refuses them), so
+//! each key parses back unambiguously; an object key is everything after its bucket's `/`.
+//! Every value is versioned JSON ([`crate::codec`]: a format-version byte, then JSON). Loading
+//! checks each value against its key (a disk's id, say) and the whole state against the
+//! invariants `apply` keeps.
 //!
 //! # Which records a command changes
 //!
-//! [`touched`] maps a command to the keys it may change, from the command alone (a pure
-//! `match`, so a new command cannot be forgotten). After a successful apply, each touched key
-//! is rewritten from the new state, or deleted if its object is gone. A refused command changes
+//! [`touched`] maps a command to the keys it may change, from the command and the state before
+//! it is applied (a pure `match`, so a new command cannot be forgotten): a command that replaces
+//! or deletes an object, completes or aborts an upload or replaces a part turns segments only
+//! the state knows into `gc/` records, and `BeginWrite`'s new owner is the counter's next.
+//! After a successful apply, each touched key is rewritten from the new state, or deleted if
+//! its object is gone. A refused command changes
 //! nothing and writes only `sys/applied`. A property test checks that every record that differs
 //! between the states before and after a command is among the touched keys.
 //!
@@ -76,13 +86,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use cairn_common::{DiskId, checksum::crc32c};
+use cairn_common::{DiskId, OwnerId, checksum::crc32c};
 use rocksdb::{
     DB, DBCompressionType, DBRecoveryMode, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
 use crate::{
     codec::{self, CodecError},
+    objects,
     placement::Disk,
     state::{self, Applied, Command, Counters, MetaError, MetaState, Settings},
 };
@@ -101,6 +112,11 @@ const VOLUME_PREFIX: &str = "vol/";
 const TENANT_PREFIX: &str = "ten/";
 const ACCESS_KEY_PREFIX: &str = "key/";
 const PORTAL_PREFIX: &str = "portal/";
+const BUCKET_PREFIX: &str = "bkt/";
+const OBJECT_PREFIX: &str = "obj/";
+const UPLOAD_PREFIX: &str = "upl/";
+const PENDING_PREFIX: &str = "pend/";
+const GARBAGE_PREFIX: &str = "gc/";
 
 /// The first bytes of every snapshot blob.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CAIRNMET";
@@ -175,6 +191,12 @@ enum RecordKey {
     Tenant(String),
     AccessKey(String),
     Portal(String),
+    Bucket(String),
+    /// Bucket and key.
+    Object(String, String),
+    Upload(String),
+    Pending(OwnerId),
+    Garbage(OwnerId),
     Counters,
     Settings,
 }
@@ -192,6 +214,11 @@ impl RecordKey {
             RecordKey::Tenant(name) => format!("{TENANT_PREFIX}{name}"),
             RecordKey::AccessKey(id) => format!("{ACCESS_KEY_PREFIX}{id}"),
             RecordKey::Portal(address) => format!("{PORTAL_PREFIX}{address}"),
+            RecordKey::Bucket(name) => format!("{BUCKET_PREFIX}{name}"),
+            RecordKey::Object(bucket, key) => format!("{OBJECT_PREFIX}{bucket}/{key}"),
+            RecordKey::Upload(id) => format!("{UPLOAD_PREFIX}{id}"),
+            RecordKey::Pending(owner) => format!("{PENDING_PREFIX}{:016x}", owner.0),
+            RecordKey::Garbage(owner) => format!("{GARBAGE_PREFIX}{:016x}", owner.0),
             RecordKey::Counters => return COUNTERS_KEY.to_vec(),
             RecordKey::Settings => return SETTINGS_KEY.to_vec(),
         };
@@ -210,12 +237,23 @@ impl RecordKey {
         let parsed = if let Some(hex) = key.strip_prefix(DISK_PREFIX) {
             RecordKey::Disk(parse_disk_id(hex)?)
         } else if let Some(hex) = key.strip_prefix(NODE_PREFIX) {
-            let lower =
-                hex.len() == 16 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-            if !lower {
-                return None;
-            }
-            RecordKey::Node(u64::from_str_radix(hex, 16).ok()?)
+            RecordKey::Node(parse_hex_u64(hex)?)
+        } else if let Some(hex) = key.strip_prefix(PENDING_PREFIX) {
+            RecordKey::Pending(OwnerId(parse_hex_u64(hex)?))
+        } else if let Some(hex) = key.strip_prefix(GARBAGE_PREFIX) {
+            RecordKey::Garbage(OwnerId(parse_hex_u64(hex)?))
+        } else if let Some(name) = key.strip_prefix(BUCKET_PREFIX) {
+            objects::check_bucket_name(name).ok()?;
+            RecordKey::Bucket(name.to_string())
+        } else if let Some(rest) = key.strip_prefix(OBJECT_PREFIX) {
+            // Bucket names hold no '/': the first one ends the bucket.
+            let (bucket, object) = rest.split_once('/')?;
+            objects::check_bucket_name(bucket).ok()?;
+            objects::check_object_key(object).ok()?;
+            RecordKey::Object(bucket.to_string(), object.to_string())
+        } else if let Some(id) = key.strip_prefix(UPLOAD_PREFIX) {
+            objects::check_upload_id(id).ok()?;
+            RecordKey::Upload(id.to_string())
         } else if let Some(name) = key.strip_prefix(POOL_PREFIX) {
             RecordKey::Pool(name.to_string())
         } else if let Some(name) = key.strip_prefix(VOLUME_PREFIX) {
@@ -242,6 +280,15 @@ impl RecordKey {
     }
 }
 
+/// Parses exactly 16 lower-case hex digits.
+fn parse_hex_u64(hex: &str) -> Option<u64> {
+    let lower = hex.len() == 16 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
 /// Parses exactly 32 lower-case hex digits.
 fn parse_disk_id(hex: &str) -> Option<DiskId> {
     let digits = hex.as_bytes();
@@ -260,9 +307,10 @@ fn parse_disk_id(hex: &str) -> Option<DiskId> {
     Some(DiskId(id))
 }
 
-/// The records a command may change, from the command alone. A superset is harmless (an
-/// unchanged record is rewritten as it was); a missing key would lose a change on restart.
-fn touched(command: &Command) -> Vec<RecordKey> {
+/// The records a command may change, from the command and `state`, the state before it is
+/// applied. A superset is harmless (an unchanged record is rewritten as it was); a missing key
+/// would lose a change on restart.
+fn touched(state: &MetaState, command: &Command) -> Vec<RecordKey> {
     match command {
         Command::RegisterDisk(disk) => vec![RecordKey::Disk(disk.id)],
         Command::RegisterNode { id, .. } => vec![RecordKey::Node(*id)],
@@ -297,6 +345,110 @@ fn touched(command: &Command) -> Vec<RecordKey> {
         Command::RemoveNode { id, disks } => std::iter::once(RecordKey::Node(*id))
             .chain(disks.iter().map(|d| RecordKey::Disk(*d)))
             .collect(),
+        command @ (Command::CreateBucket { .. }
+        | Command::DeleteBucket { .. }
+        | Command::BeginWrite { .. }
+        | Command::PutObject { .. }
+        | Command::DeleteObject { .. }
+        | Command::CreateUpload { .. }
+        | Command::PutPart { .. }
+        | Command::CompleteUpload { .. }
+        | Command::AbortUpload { .. }
+        | Command::AbandonWrites { .. }
+        | Command::ReclaimDone { .. }) => touched_objects(state, command),
+    }
+}
+
+/// The garbage records the segments of the object at `bucket`/`key` in `state` would become
+/// (it is replaced or deleted).
+fn replaced(state: &MetaState, bucket: &str, key: &str) -> Vec<RecordKey> {
+    let record = state.object(bucket, key);
+    let segments = record.into_iter().flat_map(|r| r.segments());
+    segments.map(|s| RecordKey::Garbage(s.owner)).collect()
+}
+
+/// [`touched`] for the object index's commands.
+fn touched_objects(state: &MetaState, command: &Command) -> Vec<RecordKey> {
+    match command {
+        Command::CreateBucket { name, .. } => {
+            vec![RecordKey::Bucket(name.clone()), RecordKey::Counters]
+        }
+        Command::DeleteBucket { name } => vec![RecordKey::Bucket(name.clone())],
+        Command::BeginWrite { .. } => {
+            let next = OwnerId(state.counters.next_owner + 1);
+            vec![RecordKey::Pending(next), RecordKey::Counters]
+        }
+        Command::PutObject {
+            bucket,
+            key,
+            record,
+            ..
+        } => {
+            let pending = record
+                .segments()
+                .iter()
+                .map(|s| RecordKey::Pending(s.owner));
+            let mut keys: Vec<RecordKey> = pending.collect();
+            keys.extend(replaced(state, bucket, key));
+            keys.push(RecordKey::Object(bucket.clone(), key.clone()));
+            keys.push(RecordKey::Bucket(bucket.clone()));
+            keys
+        }
+        Command::DeleteObject { bucket, key } => {
+            let mut keys = replaced(state, bucket, key);
+            keys.push(RecordKey::Object(bucket.clone(), key.clone()));
+            keys.push(RecordKey::Bucket(bucket.clone()));
+            keys
+        }
+        Command::AbandonWrites { owners, .. } => owners
+            .iter()
+            .flat_map(|o| [RecordKey::Pending(*o), RecordKey::Garbage(*o)])
+            .collect(),
+        Command::ReclaimDone { owners } => owners.iter().map(|o| RecordKey::Garbage(*o)).collect(),
+        command => touched_uploads(state, command),
+    }
+}
+
+/// [`touched`] for the multipart upload commands.
+fn touched_uploads(state: &MetaState, command: &Command) -> Vec<RecordKey> {
+    // The segments of an upload's parts now: garbage if it is completed or aborted.
+    let parts = |upload: Option<&objects::Upload>| -> Vec<RecordKey> {
+        let parts = upload.into_iter().flat_map(|u| u.parts.values());
+        parts.map(|p| RecordKey::Garbage(p.segment.owner)).collect()
+    };
+    match command {
+        Command::CreateUpload { upload_id, .. } | Command::AbortUpload { upload_id } => {
+            let mut keys = parts(state.upload(upload_id));
+            keys.push(RecordKey::Upload(upload_id.clone()));
+            keys
+        }
+        Command::PutPart {
+            upload_id,
+            part_number,
+            segment,
+            ..
+        } => {
+            let upload = state.upload(upload_id);
+            let old = upload.and_then(|u| u.parts.get(part_number));
+            let old = old.map(|p| RecordKey::Garbage(p.segment.owner));
+            let new = [
+                RecordKey::Pending(segment.owner),
+                RecordKey::Upload(upload_id.clone()),
+            ];
+            new.into_iter().chain(old).collect()
+        }
+        Command::CompleteUpload { upload_id, .. } => {
+            let upload = state.upload(upload_id);
+            let mut keys = parts(upload);
+            keys.push(RecordKey::Upload(upload_id.clone()));
+            if let Some(upload) = upload {
+                keys.extend(replaced(state, &upload.bucket, &upload.key));
+                let object = RecordKey::Object(upload.bucket.clone(), upload.key.clone());
+                keys.extend([object, RecordKey::Bucket(upload.bucket.clone())]);
+            }
+            keys
+        }
+        other => unreachable!("touched routes only object index commands here: {other:?}"),
     }
 }
 
@@ -310,6 +462,11 @@ fn record_value(state: &MetaState, key: &RecordKey) -> Option<Vec<u8>> {
         RecordKey::Tenant(name) => state.tenants.get(name).map(codec::encode),
         RecordKey::AccessKey(id) => state.access_keys.get(id).map(codec::encode),
         RecordKey::Portal(address) => state.portals.get(address).map(codec::encode),
+        RecordKey::Bucket(name) => state.buckets.get(name).map(codec::encode),
+        RecordKey::Object(bucket, key) => state.object(bucket, key).map(codec::encode),
+        RecordKey::Upload(id) => state.uploads.get(id).map(codec::encode),
+        RecordKey::Pending(owner) => state.pending.get(owner).map(codec::encode),
+        RecordKey::Garbage(owner) => state.garbage.get(owner).map(codec::encode),
         RecordKey::Counters => Some(codec::encode(&state.counters)),
         RecordKey::Settings => Some(codec::encode(&state.settings)),
     }
@@ -329,6 +486,15 @@ fn records(state: &MetaState) -> BTreeMap<Vec<u8>, Vec<u8>> {
                 .map(|id| RecordKey::AccessKey(id.clone())),
         )
         .chain(state.portals.keys().map(|a| RecordKey::Portal(a.clone())))
+        .chain(state.buckets.keys().map(|n| RecordKey::Bucket(n.clone())))
+        .chain(state.objects.iter().flat_map(|(bucket, objects)| {
+            objects
+                .keys()
+                .map(|key| RecordKey::Object(bucket.clone(), key.clone()))
+        }))
+        .chain(state.uploads.keys().map(|id| RecordKey::Upload(id.clone())))
+        .chain(state.pending.keys().map(|o| RecordKey::Pending(*o)))
+        .chain(state.garbage.keys().map(|o| RecordKey::Garbage(*o)))
         .chain([RecordKey::Counters, RecordKey::Settings]);
     keys.map(|key| {
         let value = record_value(state, &key).expect("invariant: listed records exist");
@@ -380,6 +546,26 @@ fn load_record(state: &mut MetaState, key: &[u8], value: &[u8]) -> Result<(), St
         }
         RecordKey::Portal(address) => {
             state.portals.insert(address, decode_value(key, value)?);
+        }
+        RecordKey::Bucket(name) => {
+            state.buckets.insert(name, decode_value(key, value)?);
+        }
+        RecordKey::Object(bucket, object) => {
+            let record = decode_value(key, value)?;
+            state
+                .objects
+                .entry(bucket)
+                .or_default()
+                .insert(object, record);
+        }
+        RecordKey::Upload(id) => {
+            state.uploads.insert(id, decode_value(key, value)?);
+        }
+        RecordKey::Pending(owner) => {
+            state.pending.insert(owner, decode_value(key, value)?);
+        }
+        RecordKey::Garbage(owner) => {
+            state.garbage.insert(owner, decode_value(key, value)?);
         }
         RecordKey::Counters => state.counters = decode_value::<Counters>(key, value)?,
         RecordKey::Settings => state.settings = decode_value::<Settings>(key, value)?,
@@ -473,10 +659,12 @@ impl MetaStore {
             "entry {index} replayed: the applied index is {}",
             self.applied_index
         );
+        // Before applying: some records a command changes are known only to the state.
+        let touched = touched(&self.state, command);
         let outcome = self.state.apply(command.clone());
         let mut batch = WriteBatch::default();
         if outcome.is_ok() {
-            for key in touched(command) {
+            for key in touched {
                 match record_value(&self.state, &key) {
                     Some(value) => batch.put(key.to_bytes(), value),
                     None => batch.delete(key.to_bytes()),
@@ -649,6 +837,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        objects::{ObjectData, ObjectRecord, PART_BYTES_MIN, Segment},
         placement::FailureDomain,
         state::{
             QosTier, SecretKey,
@@ -748,12 +937,146 @@ mod tests {
         } else {
             0
         };
-        commands.push(Command::MovePgMember {
+        let moved = Command::MovePgMember {
             pool: "ssd".into(),
             pg: 0,
             from: on_host_one.replica,
             to: DiskId([to; 16]),
-        });
+        };
+        state.apply(moved.clone()).expect("the move applies");
+        commands.push(moved);
+        commands.extend(object_script(&mut state));
+        commands
+    }
+
+    /// Applies `command` to `state` and records it.
+    fn run(state: &mut MetaState, commands: &mut Vec<Command>, command: Command) -> Applied {
+        let outcome = state.apply(command.clone());
+        commands.push(command);
+        outcome.unwrap_or(Applied::Done)
+    }
+
+    /// A write begun in bucket "photos": its new owner.
+    fn begin(state: &mut MetaState, commands: &mut Vec<Command>) -> OwnerId {
+        let command = Command::BeginWrite {
+            bucket: "photos".into(),
+            now_ms: 20,
+        };
+        let Applied::Owner(owner) = run(state, commands, command) else {
+            panic!("BeginWrite handed out no owner");
+        };
+        owner
+    }
+
+    fn put(key: &str, size: u64, data: ObjectData) -> Command {
+        Command::PutObject {
+            bucket: "photos".into(),
+            key: key.into(),
+            record: ObjectRecord {
+                size,
+                etag: format!("\"{key}\""),
+                modified_ms: 0,
+                content_type: None,
+                metadata: BTreeMap::new(),
+                data,
+            },
+            now_ms: 30,
+        }
+    }
+
+    fn part(upload: &str, number: u32, owner: OwnerId, length: u64) -> Command {
+        Command::PutPart {
+            upload_id: upload.into(),
+            part_number: number,
+            segment: Segment { owner, length },
+            etag: format!("p{number}"),
+            now_ms: 40,
+        }
+    }
+
+    /// Object index commands on top of `state`, which the script has built (applied as they
+    /// are built, so the owners `BeginWrite` hands out are known): every record kind (bucket,
+    /// object inline and in segments, upload, pending write, garbage), with refusals mixed in.
+    /// Ends with bucket "photos" holding "small.txt", "a/big.bin" and "multi", upload "u2"
+    /// open with one part, one pending write and one garbage entry.
+    fn object_script(state: &mut MetaState) -> Vec<Command> {
+        let mut commands = Vec::new();
+        let c = &mut commands;
+        let bucket = |name: &str| Command::CreateBucket {
+            name: name.into(),
+            tenant: "acme".into(),
+            pool: "ssd".into(),
+            now_ms: 10,
+        };
+        run(state, c, bucket("photos"));
+        run(state, c, bucket("gone-bucket"));
+        run(state, c, bucket("Bad_Name"));
+        let gone = Command::DeleteBucket {
+            name: "gone-bucket".into(),
+        };
+        run(state, c, gone);
+        let hello = b"hello".to_vec();
+        run(
+            state,
+            c,
+            put("small.txt", 5, ObjectData::Inline { data: hello }),
+        );
+        run(
+            state,
+            c,
+            put("bad", 9, ObjectData::Inline { data: vec![1] }),
+        );
+        let first = begin(state, c);
+        let segment = |owner, length| ObjectData::Segments(vec![Segment { owner, length }]);
+        run(state, c, put("a/big.bin", 1000, segment(first, 1000)));
+        let second = begin(state, c);
+        run(state, c, put("a/big.bin", 2000, segment(second, 2000)));
+        let _left_pending = begin(state, c);
+        let abandoned = begin(state, c);
+        let abandon = Command::AbandonWrites {
+            owners: vec![abandoned],
+            length: 4096,
+        };
+        run(state, c, abandon);
+        run(
+            state,
+            c,
+            Command::ReclaimDone {
+                owners: vec![first],
+            },
+        );
+        for (id, key) in [("u1", "multi"), ("u2", "open")] {
+            let upload = Command::CreateUpload {
+                bucket: "photos".into(),
+                key: key.into(),
+                upload_id: id.into(),
+                content_type: Some("video/mp4".into()),
+                metadata: BTreeMap::from([("camera".to_string(), "x".to_string())]),
+                now_ms: 35,
+            };
+            run(state, c, upload);
+        }
+        let (one, two, open) = (begin(state, c), begin(state, c), begin(state, c));
+        run(state, c, part("u1", 1, one, PART_BYTES_MIN));
+        run(state, c, part("u1", 2, two, 10));
+        run(state, c, part("u2", 1, open, 7));
+        let complete = Command::CompleteUpload {
+            upload_id: "u1".into(),
+            parts: vec![(1, "p1".into()), (2, "p2".into())],
+            etag: "\"m-2\"".into(),
+            now_ms: 50,
+        };
+        run(state, c, complete);
+        run(
+            state,
+            c,
+            put("deleted", 0, ObjectData::Inline { data: vec![] }),
+        );
+        let delete = Command::DeleteObject {
+            bucket: "photos".into(),
+            key: "deleted".into(),
+        };
+        run(state, c, delete);
         commands
     }
 
@@ -801,6 +1124,31 @@ mod tests {
             1,
             "the move is persisted"
         );
+        let photos = store.state().bucket("photos").expect("bucket");
+        assert_eq!(
+            (photos.objects, photos.bytes),
+            (3, 5 + 2000 + PART_BYTES_MIN + 10)
+        );
+        assert!(store.state().bucket("gone-bucket").is_none());
+        let multi = store
+            .state()
+            .object("photos", "multi")
+            .expect("completed upload");
+        assert_eq!(multi.segments().len(), 2);
+        assert_eq!(multi.content_type.as_deref(), Some("video/mp4"));
+        let small = store
+            .state()
+            .object("photos", "small.txt")
+            .expect("inline object");
+        assert_eq!(
+            small.data,
+            ObjectData::Inline {
+                data: b"hello".to_vec()
+            }
+        );
+        assert!(store.state().upload("u2").is_some() && store.state().upload("u1").is_none());
+        assert_eq!(store.state().pending_writes().count(), 1);
+        assert_eq!(store.state().garbage().count(), 1);
     }
 
     /// Goal: an applied entry is never applied again. Method: apply index 1 twice.
@@ -978,6 +1326,12 @@ mod tests {
             RecordKey::Volume("vm-1".into()),
             RecordKey::Tenant("acme".into()),
             RecordKey::AccessKey(KEY_ID.into()),
+            RecordKey::Bucket("photos.2026".into()),
+            RecordKey::Object("photos".into(), "a/b/ c/é/".into()),
+            RecordKey::Object("photos".into(), "/".into()),
+            RecordKey::Upload("Ab_-9".into()),
+            RecordKey::Pending(OwnerId(0xab)),
+            RecordKey::Garbage(OwnerId(u64::MAX)),
             RecordKey::Counters,
             RecordKey::Settings,
         ];
@@ -988,7 +1342,15 @@ mod tests {
             RecordKey::Disk(DiskId([0xab; 16])).to_bytes(),
             b"map/disk/abababababababababababababababab"
         );
-        let bad: [&[u8]; 7] = [
+        assert_eq!(
+            RecordKey::Object("photos".into(), "a/b".into()).to_bytes(),
+            b"obj/photos/a/b"
+        );
+        assert_eq!(
+            RecordKey::Garbage(OwnerId(0xab)).to_bytes(),
+            b"gc/00000000000000ab"
+        );
+        let bad: [&[u8]; 15] = [
             b"map/disk/ABABABABABABABABABABABABABABABAB",
             b"map/disk/abab",
             b"pool/",
@@ -996,6 +1358,14 @@ mod tests {
             b"key/lowercase-id",
             b"sys/applied",
             b"\xff",
+            b"bkt/ab",
+            b"bkt/Photos",
+            b"obj/photos",
+            b"obj/photos/",
+            b"obj/ph/x",
+            b"upl/a b",
+            b"pend/00000000000000AB",
+            b"gc/ab",
         ];
         for key in bad {
             assert_eq!(RecordKey::parse(key), None, "{key:?}");
@@ -1015,10 +1385,12 @@ mod tests {
             for command in prefix.into_iter().chain(commands) {
                 let command = resolve(&state, command);
                 let before = records(&state);
+                let touched = touched(&state, &command);
                 let outcome = state.apply(command.clone());
                 let after = records(&state);
-                let touched: Vec<Vec<u8>> = touched(&command).iter().map(RecordKey::to_bytes).collect();
-                let keys: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).collect();
+                let touched: Vec<Vec<u8>> = touched.iter().map(RecordKey::to_bytes).collect();
+                let keys: std::collections::BTreeSet<_> =
+                    before.keys().chain(after.keys()).collect();
                 for key in keys {
                     if before.get(key) != after.get(key) {
                         prop_assert!(outcome.is_ok(), "a refused command changed {}", lossy(key));

@@ -1,0 +1,1064 @@
+//! Admin API routes for the S3 object index: what S3 gateways and the reclaim worker call.
+//!
+//! ```text
+//! GET    /s3/keys/{id}                    {tenant, secret_key}: an access key, for SigV4
+//! GET    /buckets?tenant=T                [bucket]; all buckets without a tenant
+//! POST   /buckets                         {name, tenant, pool?="default"} -> 201 bucket
+//! GET    /buckets/{name}                  bucket + {pool_id, pg_count}   DELETE -> 204
+//! GET    /buckets/{name}/objects?prefix=&delimiter=&after=&max=    one listing page
+//! GET    /buckets/{name}/object?key=K     object record + {key}
+//! PUT    /buckets/{name}/object?key=K     body: object record -> {}     DELETE -> 204
+//! POST   /buckets/{name}/writes           {owner}: a new owner to write chunks under
+//! POST   /s3/abandon                      {owners, length} -> 204
+//! GET    /s3/garbage?max=N                [{owner, pool, pool_id, pg_count, length}]
+//! POST   /s3/reclaimed                    {owners} -> 204
+//! GET    /s3/pending?older_than_ms=N&max=M  [{owner, bucket, started_ms}]
+//! POST   /buckets/{name}/uploads          {key, content_type?, metadata?} -> {upload_id}
+//! GET    /buckets/{name}/uploads?prefix=&after_key=&after_upload=&max=
+//!                                         {uploads: [{key, upload_id, created_ms}], truncated}
+//! GET    /uploads/{id}                    upload: {upload_id, bucket, key, created_ms,
+//!                                         content_type, metadata, parts: [{part_number, etag,
+//!                                         size, modified_ms}]}         DELETE -> 204
+//! PUT    /uploads/{id}/parts/{n}          {owner, length, etag} -> {}
+//! POST   /uploads/{id}/complete           {parts: [[n, etag], ...], etag} -> object record
+//!                                         without data, + {key}
+//! ```
+//!
+//! A bucket is `{name, id, tenant, pool, created_ms, objects, bytes}`. An object record is
+//! `{size, etag, modified_ms, content_type?, metadata?, data}` with `data` either
+//! `{"Inline": {"data": "<standard base64, padded>"}}` or
+//! `{"Segments": [{"owner": N, "length": N}, ...]}` (see [`crate::objects::ObjectData`]); on a
+//! PUT, `modified_ms` may be left out (the server's clock sets it). A listing page is
+//! `{objects: [{key, size, etag, modified_ms}], prefixes: [..], truncated, next}`, `next` the
+//! last key or prefix returned when truncated (the next page's `after`), else null.
+//!
+//! Refusals S3 names answer `{"error": message, "code": "<S3 error code>"}`, HTTP 400 (503 for
+//! SlowDown); a taken bucket name answers 409 `{"error": message, "tenant": "<owner>"}`. Query
+//! parameters are percent-decoded (`+` is a space); unknown or repeated ones are refused.
+//! Times are ms since the Unix epoch, drawn from this server's clock (the proposer's).
+
+use std::{
+    collections::BTreeMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, RawQuery, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use cairn_common::OwnerId;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Api, body, error, random_text, read, read_value, write};
+use crate::{
+    objects::{Bucket, LIST_KEYS_MAX, ListQuery, OWNERS_PER_COMMAND_MAX, ObjectRecord, Segment},
+    state::{Applied, Command, MetaError, MetaState},
+};
+
+/// The pool a bucket created without one gets.
+pub const DEFAULT_POOL: &str = "default";
+/// Entries a garbage listing returns when not told.
+const GARBAGE_LIST_DEFAULT: usize = 100;
+/// Entries a pending listing returns when not told.
+const PENDING_LIST_DEFAULT: usize = 1000;
+/// Characters of a drawn upload id: 32 of 62 symbols carry 190 bits, unguessable.
+const UPLOAD_ID_CHARS: usize = 32;
+
+/// The routes, for [`super::router_with`] to merge.
+pub(super) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/s3/keys/{id}", get(access_key))
+        .route("/v1/s3/abandon", post(abandon))
+        .route("/v1/s3/garbage", get(garbage))
+        .route("/v1/s3/reclaimed", post(reclaimed))
+        .route("/v1/s3/pending", get(pending))
+        .route("/v1/buckets", get(list_buckets).post(create_bucket))
+        .route("/v1/buckets/{name}", get(show_bucket).delete(delete_bucket))
+        .route("/v1/buckets/{name}/objects", get(list_objects))
+        .route(
+            "/v1/buckets/{name}/object",
+            get(show_object).put(put_object).delete(delete_object),
+        )
+        .route("/v1/buckets/{name}/writes", post(begin_write))
+        .route(
+            "/v1/buckets/{name}/uploads",
+            get(list_uploads).post(create_upload),
+        )
+        .route("/v1/uploads/{id}", get(show_upload).delete(abort_upload))
+        .route("/v1/uploads/{id}/parts/{number}", put(put_part))
+        .route("/v1/uploads/{id}/complete", post(complete_upload))
+}
+
+/// Now, as commands carry it: this server proposes, so its clock is the one recorded.
+fn now_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH);
+    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn not_found(kind: &'static str, name: String) -> MetaError {
+    MetaError::NotFound { kind, name }
+}
+
+/// Decodes one query component: `%XX` escapes and `+` for a space, then UTF-8.
+fn decode_component(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                at += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                at += 1;
+            }
+            b => {
+                out.push(b);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A query string's parameters, decoded; each at most once and among `allowed`.
+fn parse_query(raw: Option<&str>, allowed: &[&str]) -> Result<BTreeMap<String, String>, String> {
+    let mut params = BTreeMap::new();
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode_component(name).ok_or("a parameter name is not percent-encoded UTF-8")?;
+        let Some(value) = decode_component(value) else {
+            return Err(format!("parameter {name}: not percent-encoded UTF-8"));
+        };
+        if !allowed.contains(&name.as_str()) {
+            return Err(format!(
+                "unknown parameter {name:?} (known: {})",
+                allowed.join(", ")
+            ));
+        }
+        if params.insert(name.clone(), value).is_some() {
+            return Err(format!("parameter {name} given twice"));
+        }
+    }
+    Ok(params)
+}
+
+/// The query's parameters, a bad query answered 400.
+fn query(raw: &Option<String>, allowed: &[&str]) -> Result<BTreeMap<String, String>, Response> {
+    parse_query(raw.as_deref(), allowed).map_err(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
+/// A numeric parameter: `default` when absent, at most `max`.
+fn number(
+    params: &BTreeMap<String, String>,
+    name: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, Response> {
+    let Some(text) = params.get(name) else {
+        return Ok(default);
+    };
+    let value: u64 = text.parse().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("parameter {name}: a non-negative integer"),
+        )
+    })?;
+    Ok(value.min(max))
+}
+
+/// The `key` parameter, required.
+fn object_key(raw: &Option<String>) -> Result<String, Response> {
+    let mut params = query(raw, &["key"])?;
+    params
+        .remove("key")
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "parameter key is required"))
+}
+
+fn bucket_json(name: &str, bucket: &Bucket) -> Value {
+    json!({
+        "name": name,
+        "id": bucket.id.0,
+        "tenant": bucket.tenant,
+        "pool": bucket.pool,
+        "created_ms": bucket.created_ms,
+        "objects": bucket.objects,
+        "bytes": bucket.bytes,
+    })
+}
+
+/// An object record as JSON with its key; `data` left out unless `with_data`.
+fn object_json(key: &str, record: &ObjectRecord, with_data: bool) -> Value {
+    let mut value =
+        serde_json::to_value(record).expect("invariant: object records serialize to JSON");
+    value["key"] = json!(key);
+    if !with_data && let Some(fields) = value.as_object_mut() {
+        fields.remove("data");
+    }
+    value
+}
+
+/// The pool id and PG count of `pool`, which chunk placement needs.
+fn placement(state: &MetaState, pool: &str) -> Result<(u32, u32), MetaError> {
+    let found = state
+        .pool(pool)
+        .ok_or_else(|| not_found("pool", pool.to_string()))?;
+    Ok((found.id.0, found.policy.pg_count))
+}
+
+async fn access_key(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    read(&api, move |state| {
+        let key = state
+            .access_key(&id)
+            .ok_or_else(|| not_found("access key", id.clone()))?;
+        Ok(json!({ "tenant": key.tenant, "secret_key": key.secret_key.expose() }))
+    })
+    .await
+}
+
+async fn list_buckets(
+    State(api): State<Api>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Response> {
+    let tenant = query(&raw, &["tenant"])?.remove("tenant");
+    Ok(read(&api, move |state| {
+        let buckets = state
+            .buckets()
+            .filter(|(_, b)| tenant.as_ref().is_none_or(|t| *t == b.tenant))
+            .map(|(name, bucket)| bucket_json(name, bucket));
+        Ok(Value::Array(buckets.collect()))
+    })
+    .await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBucket {
+    name: String,
+    tenant: String,
+    pool: Option<String>,
+}
+
+async fn create_bucket(
+    State(api): State<Api>,
+    parsed: Result<Json<CreateBucket>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let command = Command::CreateBucket {
+        name: request.name.clone(),
+        tenant: request.tenant,
+        pool: request.pool.unwrap_or_else(|| DEFAULT_POOL.to_string()),
+        now_ms: now_ms(),
+    };
+    write(&api, command).await?;
+    let name = request.name;
+    let view = read_value(&api, move |state| {
+        let bucket = state
+            .bucket(&name)
+            .ok_or_else(|| not_found("bucket", name.clone()))?;
+        Ok(bucket_json(&name, bucket))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn show_bucket(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    read(&api, move |state| {
+        let bucket = state
+            .bucket(&name)
+            .ok_or_else(|| not_found("bucket", name.clone()))?;
+        let (pool_id, pg_count) = placement(state, &bucket.pool)?;
+        let mut view = bucket_json(&name, bucket);
+        view["pool_id"] = json!(pool_id);
+        view["pg_count"] = json!(pg_count);
+        Ok(view)
+    })
+    .await
+}
+
+async fn delete_bucket(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Response, Response> {
+    write(&api, Command::DeleteBucket { name }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_objects(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Response> {
+    let mut params = query(&raw, &["prefix", "delimiter", "after", "max"])?;
+    let max = number(&params, "max", LIST_KEYS_MAX as u64, LIST_KEYS_MAX as u64)? as usize;
+    let prefix = params.remove("prefix").unwrap_or_default();
+    let delimiter = params.remove("delimiter").unwrap_or_default();
+    let after = params.remove("after").unwrap_or_default();
+    Ok(read(&api, move |state| {
+        let query = ListQuery {
+            prefix: &prefix,
+            delimiter: &delimiter,
+            after: &after,
+            max,
+        };
+        let listing = state.list_objects(&name, &query)?;
+        let objects: Vec<Value> = listing
+            .objects
+            .iter()
+            .map(|(key, record)| {
+                json!({
+                    "key": key,
+                    "size": record.size,
+                    "etag": record.etag,
+                    "modified_ms": record.modified_ms,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "objects": objects,
+            "prefixes": listing.prefixes,
+            "truncated": listing.truncated,
+            "next": listing.next,
+        }))
+    })
+    .await)
+}
+
+async fn show_object(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Response> {
+    let key = object_key(&raw)?;
+    Ok(read(&api, move |state| {
+        if state.bucket(&name).is_none() {
+            return Err(not_found("bucket", name));
+        }
+        match state.object(&name, &key) {
+            Some(record) => Ok(object_json(&key, record, true)),
+            None => Err(not_found("object", format!("{name}/{key}"))),
+        }
+    })
+    .await)
+}
+
+async fn put_object(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    parsed: Result<Json<ObjectRecord>, JsonRejection>,
+) -> Result<Response, Response> {
+    let key = object_key(&raw)?;
+    let record = body(parsed)?;
+    let command = Command::PutObject {
+        bucket: name,
+        key,
+        record,
+        now_ms: now_ms(),
+    };
+    write(&api, command).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn delete_object(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Response> {
+    let key = object_key(&raw)?;
+    write(&api, Command::DeleteObject { bucket: name, key }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn begin_write(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Response, Response> {
+    let command = Command::BeginWrite {
+        bucket: name,
+        now_ms: now_ms(),
+    };
+    match write(&api, command).await? {
+        Applied::Owner(owner) => Ok(Json(json!({ "owner": owner.0 })).into_response()),
+        other => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("BeginWrite applied as {other:?}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Abandon {
+    owners: Vec<u64>,
+    length: u64,
+}
+
+async fn abandon(
+    State(api): State<Api>,
+    parsed: Result<Json<Abandon>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let command = Command::AbandonWrites {
+        owners: request.owners.into_iter().map(OwnerId).collect(),
+        length: request.length,
+    };
+    write(&api, command).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reclaimed {
+    owners: Vec<u64>,
+}
+
+async fn reclaimed(
+    State(api): State<Api>,
+    parsed: Result<Json<Reclaimed>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    let command = Command::ReclaimDone {
+        owners: request.owners.into_iter().map(OwnerId).collect(),
+    };
+    write(&api, command).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn garbage(State(api): State<Api>, RawQuery(raw): RawQuery) -> Result<Response, Response> {
+    let params = query(&raw, &["max"])?;
+    let limit = OWNERS_PER_COMMAND_MAX as u64;
+    let max = number(&params, "max", GARBAGE_LIST_DEFAULT as u64, limit)? as usize;
+    Ok(read(&api, move |state| {
+        let mut entries = Vec::new();
+        for (owner, garbage) in state.garbage().take(max) {
+            let (pool_id, pg_count) = placement(state, &garbage.pool)?;
+            entries.push(json!({
+                "owner": owner.0,
+                "pool": garbage.pool,
+                "pool_id": pool_id,
+                "pg_count": pg_count,
+                "length": garbage.length,
+            }));
+        }
+        Ok(Value::Array(entries))
+    })
+    .await)
+}
+
+async fn pending(State(api): State<Api>, RawQuery(raw): RawQuery) -> Result<Response, Response> {
+    let params = query(&raw, &["older_than_ms", "max"])?;
+    let older_than_ms = number(&params, "older_than_ms", 0, u64::MAX)?;
+    let limit = OWNERS_PER_COMMAND_MAX as u64;
+    let max = number(&params, "max", PENDING_LIST_DEFAULT as u64, limit)? as usize;
+    let now = now_ms();
+    Ok(read(&api, move |state| {
+        let old = state
+            .pending_writes()
+            .filter(|(_, w)| now.saturating_sub(w.started_ms) >= older_than_ms)
+            .take(max)
+            .map(|(owner, w)| {
+                json!({ "owner": owner.0, "bucket": w.bucket, "started_ms": w.started_ms })
+            });
+        Ok(Value::Array(old.collect()))
+    })
+    .await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUpload {
+    key: String,
+    content_type: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+async fn create_upload(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    parsed: Result<Json<CreateUpload>, JsonRejection>,
+) -> Result<Response, Response> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let request = body(parsed)?;
+    let upload_id = random_text(ALPHABET, UPLOAD_ID_CHARS)?;
+    let command = Command::CreateUpload {
+        bucket: name,
+        key: request.key,
+        upload_id: upload_id.clone(),
+        content_type: request.content_type,
+        metadata: request.metadata,
+        now_ms: now_ms(),
+    };
+    write(&api, command).await?;
+    Ok(Json(json!({ "upload_id": upload_id })).into_response())
+}
+
+async fn list_uploads(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Response> {
+    let mut params = query(&raw, &["prefix", "after_key", "after_upload", "max"])?;
+    let max = number(&params, "max", LIST_KEYS_MAX as u64, LIST_KEYS_MAX as u64)? as usize;
+    let prefix = params.remove("prefix").unwrap_or_default();
+    let after_key = params.remove("after_key").unwrap_or_default();
+    let after_upload = params.remove("after_upload");
+    Ok(read(&api, move |state| {
+        let after_upload = after_upload.as_deref();
+        let listing = state.list_uploads(&name, &prefix, &after_key, after_upload, max)?;
+        let uploads: Vec<Value> = listing
+            .uploads
+            .iter()
+            .map(|(key, id, upload)| {
+                json!({ "key": key, "upload_id": id, "created_ms": upload.created_ms })
+            })
+            .collect();
+        Ok(json!({ "uploads": uploads, "truncated": listing.truncated }))
+    })
+    .await)
+}
+
+async fn show_upload(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    read(&api, move |state| {
+        let upload = state
+            .upload(&id)
+            .ok_or_else(|| not_found("upload", id.clone()))?;
+        let parts: Vec<Value> = upload
+            .parts
+            .iter()
+            .map(|(number, part)| {
+                json!({
+                    "part_number": number,
+                    "etag": part.etag,
+                    "size": part.segment.length,
+                    "modified_ms": part.modified_ms,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "upload_id": id,
+            "bucket": upload.bucket,
+            "key": upload.key,
+            "created_ms": upload.created_ms,
+            "content_type": upload.content_type,
+            "metadata": upload.metadata,
+            "parts": parts,
+        }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutPart {
+    owner: u64,
+    length: u64,
+    etag: String,
+}
+
+async fn put_part(
+    State(api): State<Api>,
+    Path((id, number)): Path<(String, String)>,
+    parsed: Result<Json<PutPart>, JsonRejection>,
+) -> Result<Response, Response> {
+    let part_number: u32 = number.parse().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("part number {number:?}: a positive integer"),
+        )
+    })?;
+    let request = body(parsed)?;
+    let command = Command::PutPart {
+        upload_id: id,
+        part_number,
+        segment: Segment {
+            owner: OwnerId(request.owner),
+            length: request.length,
+        },
+        etag: request.etag,
+        now_ms: now_ms(),
+    };
+    write(&api, command).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteUpload {
+    parts: Vec<(u32, String)>,
+    etag: String,
+}
+
+async fn complete_upload(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    parsed: Result<Json<CompleteUpload>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    // The upload is gone once completed: its bucket and key are read first.
+    let wanted = id.clone();
+    let target = read_value(&api, move |state| {
+        let upload = state
+            .upload(&wanted)
+            .ok_or_else(|| not_found("upload", wanted.clone()))?;
+        Ok(json!([upload.bucket, upload.key]))
+    })
+    .await?;
+    let (Some(bucket), Some(key)) = (target[0].as_str(), target[1].as_str()) else {
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "upload without bucket",
+        ));
+    };
+    let (bucket, key) = (bucket.to_string(), key.to_string());
+    let command = Command::CompleteUpload {
+        upload_id: id,
+        parts: request.parts,
+        etag: request.etag,
+        now_ms: now_ms(),
+    };
+    write(&api, command).await?;
+    Ok(read(&api, move |state| match state.object(&bucket, &key) {
+        Some(record) => Ok(object_json(&key, record, false)),
+        None => Err(not_found("object", format!("{bucket}/{key}"))),
+    })
+    .await)
+}
+
+async fn abort_upload(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, Response> {
+    write(&api, Command::AbortUpload { upload_id: id }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::{
+        placement::FailureDomain,
+        server::DriverHandle,
+        state::{
+            SecretKey,
+            tests::{KEY_ID, SECRET, disk},
+        },
+    };
+
+    const TOKEN: &str = "test-token";
+
+    /// A state with pool "default" (id 1, 4 PGs), tenants "acme" and "other", and an access key
+    /// of "acme".
+    fn state() -> MetaState {
+        let mut state = MetaState::default();
+        let mut commands: Vec<Command> = (0..3)
+            .map(|n| Command::RegisterDisk(disk(n, 1 + u32::from(n))))
+            .collect();
+        commands.extend([
+            Command::CreatePool {
+                name: DEFAULT_POOL.into(),
+                replicas: 3,
+                domain: FailureDomain::Host,
+                pg_count: 4,
+            },
+            Command::CreateTenant {
+                name: "acme".into(),
+            },
+            Command::CreateTenant {
+                name: "other".into(),
+            },
+            Command::CreateAccessKey {
+                tenant: "acme".into(),
+                access_key_id: KEY_ID.into(),
+                secret_key: SecretKey::new(SECRET.into()),
+            },
+        ]);
+        for command in commands {
+            state.apply(command).expect("set-up command");
+        }
+        state
+    }
+
+    /// The admin API over [`state`] with no Raft, served on a loopback port by its own
+    /// runtime (kept alive by the returned value).
+    fn serve() -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let addr = runtime.block_on(async {
+            let driver = DriverHandle::over_state(state());
+            let router = super::super::router(driver, TOKEN.into(), Vec::new());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            addr
+        });
+        (runtime, addr)
+    }
+
+    /// One HTTP/1.1 request; the status and the JSON body (null when empty).
+    fn call(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).expect("receive");
+        let response = String::from_utf8(response).expect("UTF-8 response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status");
+        let body = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).expect("a JSON body")
+        };
+        (status, body)
+    }
+
+    /// Goal: the bucket and object routes answer the documented JSON, and refusals carry
+    /// their S3 code or owning tenant. Method: drive them over HTTP against a state machine
+    /// without Raft.
+    #[test]
+    fn bucket_and_object_routes() {
+        let (_runtime, addr) = serve();
+        let (status, key) = call(addr, "GET", &format!("/v1/s3/keys/{KEY_ID}"), None);
+        assert_eq!(
+            (status, key),
+            (200, json!({ "tenant": "acme", "secret_key": SECRET }))
+        );
+        assert_eq!(
+            call(addr, "GET", "/v1/s3/keys/AKIANOSUCHKEY0000000", None).0,
+            404
+        );
+        let create = |name: &str, tenant: &str| {
+            call(
+                addr,
+                "POST",
+                "/v1/buckets",
+                Some(json!({ "name": name, "tenant": tenant })),
+            )
+        };
+        let (status, bucket) = create("photos", "acme");
+        assert_eq!(status, 201, "{bucket}");
+        assert_eq!(bucket["pool"], "default");
+        assert_eq!(
+            (bucket["objects"].clone(), bucket["bytes"].clone()),
+            (json!(0), json!(0))
+        );
+        let (status, taken) = create("photos", "other");
+        assert_eq!(
+            (status, taken["tenant"].clone()),
+            (409, json!("acme")),
+            "{taken}"
+        );
+        let (status, bad) = create("Bad_Name", "acme");
+        assert_eq!(
+            (status, bad["code"].clone()),
+            (400, json!("InvalidBucketName")),
+            "{bad}"
+        );
+        let (status, shown) = call(addr, "GET", "/v1/buckets/photos", None);
+        assert_eq!(
+            (status, shown["pool_id"].clone(), shown["pg_count"].clone()),
+            (200, json!(1), json!(4))
+        );
+        let (_, listed) = call(addr, "GET", "/v1/buckets?tenant=other", None);
+        assert_eq!(listed, json!([]));
+        let (_, listed) = call(addr, "GET", "/v1/buckets", None);
+        assert_eq!(listed.as_array().map(Vec::len), Some(1));
+
+        let inline = json!({ "size": 5, "etag": "\"e1\"", "content_type": "text/plain",
+            "metadata": { "color": "blue" }, "data": { "Inline": { "data": "aGVsbG8=" } } });
+        let path = "/v1/buckets/photos/object?key=a%2Fhello+world.txt";
+        assert_eq!(
+            call(addr, "PUT", path, Some(inline.clone())),
+            (200, json!({}))
+        );
+        let (status, object) = call(addr, "GET", path, None);
+        assert_eq!(status, 200);
+        assert_eq!(object["key"], "a/hello world.txt");
+        assert_eq!(object["data"], inline["data"]);
+        assert_eq!(object["metadata"], inline["metadata"]);
+        assert!(
+            object["modified_ms"].as_u64().is_some_and(|ms| ms > 0),
+            "{object}"
+        );
+        let (_, owner) = call(addr, "POST", "/v1/buckets/photos/writes", None);
+        let segments = json!([{ "owner": owner["owner"], "length": 9 }]);
+        let big = json!({ "size": 9, "etag": "\"e2\"", "data": { "Segments": segments } });
+        assert_eq!(
+            call(addr, "PUT", "/v1/buckets/photos/object?key=top", Some(big)).0,
+            200
+        );
+        let too_long = format!("/v1/buckets/photos/object?key={}", "k".repeat(1025));
+        let (status, refused) = call(addr, "PUT", &too_long, Some(inline));
+        assert_eq!(
+            (status, refused["code"].clone()),
+            (400, json!("KeyTooLongError"))
+        );
+        let (status, page) = call(
+            addr,
+            "GET",
+            "/v1/buckets/photos/objects?delimiter=%2F&max=1",
+            None,
+        );
+        assert_eq!(status, 200);
+        assert_eq!(
+            page,
+            json!({ "objects": [], "prefixes": ["a/"], "truncated": true, "next": "a/" })
+        );
+        let (_, page) = call(
+            addr,
+            "GET",
+            "/v1/buckets/photos/objects?delimiter=%2F&after=a%2F",
+            None,
+        );
+        assert_eq!(page["objects"][0]["key"], "top");
+        assert_eq!(page["objects"][0]["size"], 9);
+        assert_eq!(
+            (page["truncated"].clone(), page["next"].clone()),
+            (json!(false), Value::Null)
+        );
+        assert_eq!(
+            call(addr, "GET", "/v1/buckets/photos/objects?limit=1", None).0,
+            400
+        );
+        assert_eq!(call(addr, "GET", "/v1/buckets/nope/objects", None).0, 404);
+        assert_eq!(
+            call(addr, "DELETE", "/v1/buckets/photos", None).0,
+            409,
+            "not empty"
+        );
+        let path = "/v1/buckets/photos/object?key=a%2Fhello+world.txt";
+        assert_eq!(call(addr, "DELETE", path, None).0, 204);
+        assert_eq!(call(addr, "DELETE", path, None).0, 204, "idempotent");
+        assert_eq!(call(addr, "GET", path, None).0, 404);
+    }
+
+    /// Goal: writes begun, committed, abandoned and reclaimed through the routes gateways and
+    /// the reclaim worker use. Method: drive them over HTTP.
+    #[test]
+    fn write_and_garbage_routes() {
+        let (_runtime, addr) = serve();
+        let bucket = json!({ "name": "photos", "tenant": "acme" });
+        assert_eq!(call(addr, "POST", "/v1/buckets", Some(bucket)).0, 201);
+        let (status, owner) = call(addr, "POST", "/v1/buckets/photos/writes", None);
+        assert_eq!(status, 200);
+        let owner = owner["owner"].as_u64().expect("an owner");
+        let segments = json!([{ "owner": owner, "length": 9 }]);
+        let big = json!({ "size": 9, "etag": "\"e2\"", "data": { "Segments": segments } });
+        let path = "/v1/buckets/photos/object?key=top";
+        assert_eq!(call(addr, "PUT", path, Some(big.clone())).0, 200);
+        let (status, again) = call(addr, "PUT", path, Some(big));
+        assert_eq!(status, 400, "the owner is no longer pending: {again}");
+        assert_eq!(call(addr, "DELETE", path, None).0, 204);
+        let (_, garbage) = call(addr, "GET", "/v1/s3/garbage", None);
+        let entry = json!({ "owner": owner, "pool": "default", "pool_id": 1, "pg_count": 4,
+            "length": 9 });
+        assert_eq!(garbage, json!([entry]));
+        let reclaimed = json!({ "owners": [owner] });
+        assert_eq!(
+            call(addr, "POST", "/v1/s3/reclaimed", Some(reclaimed)).0,
+            204
+        );
+        assert_eq!(call(addr, "GET", "/v1/s3/garbage?max=5", None).1, json!([]));
+        let (_, write) = call(addr, "POST", "/v1/buckets/photos/writes", None);
+        let (_, pending) = call(addr, "GET", "/v1/s3/pending?older_than_ms=0", None);
+        assert_eq!(pending[0]["owner"], write["owner"]);
+        assert_eq!(pending[0]["bucket"], "photos");
+        let (_, recent) = call(addr, "GET", "/v1/s3/pending?older_than_ms=3600000", None);
+        assert_eq!(recent, json!([]), "a write just begun is not old");
+        let (status, busy) = call(addr, "DELETE", "/v1/buckets/photos", None);
+        assert_eq!(status, 409, "a write in progress keeps the bucket: {busy}");
+        let abandon = json!({ "owners": [write["owner"]], "length": 100 });
+        assert_eq!(call(addr, "POST", "/v1/s3/abandon", Some(abandon)).0, 204);
+        let (_, garbage) = call(addr, "GET", "/v1/s3/garbage", None);
+        assert_eq!(garbage[0]["length"], 100);
+        assert_eq!(call(addr, "DELETE", "/v1/buckets/photos", None).0, 204);
+        assert_eq!(call(addr, "GET", "/v1/buckets/photos", None).0, 404);
+    }
+
+    /// Goal: the multipart routes, from creation to completion, with part-order and part
+    /// refusals carrying their S3 code. Method: drive them over HTTP.
+    #[test]
+    fn multipart_routes() {
+        let (_runtime, addr) = serve();
+        let bucket = json!({ "name": "media", "tenant": "acme", "pool": "default" });
+        assert_eq!(call(addr, "POST", "/v1/buckets", Some(bucket)).0, 201);
+        let request =
+            json!({ "key": "film.mp4", "content_type": "video/mp4", "metadata": { "a": "b" } });
+        let (status, created) = call(addr, "POST", "/v1/buckets/media/uploads", Some(request));
+        assert_eq!(status, 200, "{created}");
+        let id = created["upload_id"]
+            .as_str()
+            .expect("an upload id")
+            .to_string();
+        assert_eq!(id.len(), UPLOAD_ID_CHARS);
+        for (number, length) in [(1, 5u64 << 20), (2, 3)] {
+            let (_, owner) = call(addr, "POST", "/v1/buckets/media/writes", None);
+            let part =
+                json!({ "owner": owner["owner"], "length": length, "etag": format!("p{number}") });
+            let path = format!("/v1/uploads/{id}/parts/{number}");
+            assert_eq!(call(addr, "PUT", &path, Some(part)), (200, json!({})));
+        }
+        let (_, owner) = call(addr, "POST", "/v1/buckets/media/writes", None);
+        let part = json!({ "owner": owner["owner"], "length": 1, "etag": "x" });
+        let (status, refused) = call(
+            addr,
+            "PUT",
+            &format!("/v1/uploads/{id}/parts/0"),
+            Some(part.clone()),
+        );
+        assert_eq!(
+            (status, refused["code"].clone()),
+            (400, json!("InvalidArgument"))
+        );
+        assert_eq!(
+            call(
+                addr,
+                "PUT",
+                &format!("/v1/uploads/{id}/parts/x"),
+                Some(part.clone())
+            )
+            .0,
+            400
+        );
+        assert_eq!(
+            call(addr, "PUT", "/v1/uploads/nope/parts/1", Some(part)).0,
+            404
+        );
+        let (status, upload) = call(addr, "GET", &format!("/v1/uploads/{id}"), None);
+        assert_eq!(status, 200);
+        assert_eq!(
+            (upload["bucket"].clone(), upload["key"].clone()),
+            (json!("media"), json!("film.mp4"))
+        );
+        assert_eq!(upload["parts"][1]["size"], 3);
+        assert_eq!(upload["parts"][0]["etag"], "p1");
+        let (_, listed) = call(addr, "GET", "/v1/buckets/media/uploads?prefix=film", None);
+        assert_eq!(listed["uploads"][0]["upload_id"], json!(id));
+        assert_eq!(listed["truncated"], false);
+        let complete = |parts: Value| {
+            let body = json!({ "parts": parts, "etag": "\"m-2\"" });
+            call(
+                addr,
+                "POST",
+                &format!("/v1/uploads/{id}/complete"),
+                Some(body),
+            )
+        };
+        let (status, refused) = complete(json!([[2, "p2"], [1, "p1"]]));
+        assert_eq!(
+            (status, refused["code"].clone()),
+            (400, json!("InvalidPartOrder")),
+            "{refused}"
+        );
+        assert!(
+            refused["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("InvalidPartOrder"))
+        );
+        let (status, refused) = complete(json!([[1, "p1"], [2, "wrong"]]));
+        assert_eq!(
+            (status, refused["code"].clone()),
+            (400, json!("InvalidPart"))
+        );
+        let (status, object) = complete(json!([[1, "p1"], [2, "p2"]]));
+        assert_eq!(status, 200, "{object}");
+        let expected = json!({ "key": "film.mp4", "size": (5 << 20) + 3, "etag": "\"m-2\"",
+            "modified_ms": object["modified_ms"], "content_type": "video/mp4",
+            "metadata": { "a": "b" } });
+        assert_eq!(object, expected);
+        assert_eq!(call(addr, "GET", &format!("/v1/uploads/{id}"), None).0, 404);
+        let (_, listed) = call(addr, "GET", "/v1/buckets/media/uploads", None);
+        assert_eq!(listed, json!({ "uploads": [], "truncated": false }));
+        let request = json!({ "key": "other" });
+        let (_, created) = call(addr, "POST", "/v1/buckets/media/uploads", Some(request));
+        let path = format!("/v1/uploads/{}", created["upload_id"].as_str().expect("id"));
+        assert_eq!(call(addr, "DELETE", &path, None).0, 204);
+        assert_eq!(call(addr, "DELETE", &path, None).0, 404);
+    }
+
+    /// Goal: query components decode as browsers and SDKs encode them, and junk is refused.
+    #[test]
+    fn query_components_decode() {
+        assert_eq!(decode_component("a%2Fb+c"), Some("a/b c".into()));
+        assert_eq!(decode_component("%C3%A9%26%3D"), Some("é&=".into()));
+        assert_eq!(decode_component(""), Some(String::new()));
+        for junk in ["%", "%2", "%zz", "%+1", "%FF"] {
+            assert_eq!(decode_component(junk), None, "{junk}");
+        }
+    }
+
+    /// Goal: parameters parse once each, unknown and repeated ones are refused.
+    #[test]
+    fn query_parameters_parse_strictly() {
+        let params = parse_query(
+            Some("prefix=a%2F&delimiter=%2F&max="),
+            &["prefix", "delimiter", "max"],
+        );
+        let params = params.expect("parses");
+        assert_eq!(params["prefix"], "a/");
+        assert_eq!(params["delimiter"], "/");
+        assert_eq!(params["max"], "");
+        assert!(parse_query(None, &["key"]).expect("empty").is_empty());
+        assert!(parse_query(Some("key=a&key=b"), &["key"]).is_err());
+        assert!(parse_query(Some("kee=a"), &["key"]).is_err());
+        assert!(parse_query(Some("key=%FF"), &["key"]).is_err());
+    }
+
+    /// Goal: the object JSON is the record's serde shape plus its key, data optional.
+    #[test]
+    fn object_json_shape() {
+        let record = ObjectRecord {
+            size: 2,
+            etag: "\"e\"".into(),
+            modified_ms: 7,
+            content_type: None,
+            metadata: BTreeMap::new(),
+            data: crate::objects::ObjectData::Inline { data: vec![1, 2] },
+        };
+        let full = object_json("k/1", &record, true);
+        assert_eq!(
+            full,
+            json!({ "key": "k/1", "size": 2, "etag": "\"e\"", "modified_ms": 7,
+                    "data": { "Inline": { "data": "AQI=" } } })
+        );
+        let bare = object_json("k/1", &record, false);
+        assert_eq!(
+            bare,
+            json!({ "key": "k/1", "size": 2, "etag": "\"e\"", "modified_ms": 7 })
+        );
+    }
+}

@@ -97,6 +97,10 @@ pub struct DevArgs {
     /// The domain of virtual-host-style S3 requests (`BUCKET.DOMAIN`).
     #[arg(long, default_value = "localhost")]
     s3_domain: String,
+    /// Seconds garbage (chunks of replaced or deleted objects) waits before it is discarded.
+    /// Tests shorten it; GETs longer than half of it re-check their object.
+    #[arg(long, default_value_t = 600, hide = true)]
+    s3_garbage_grace_secs: u64,
 }
 
 pub fn run(args: DevArgs) -> ExitCode {
@@ -216,6 +220,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         advertise: None,
     };
     let s3_connection = Connection::new(format!("http://{}", args.listen), token.clone());
+    let s3_grace = Duration::from_secs(args.s3_garbage_grace_secs);
     let s3_config = cairn_gateway_s3::Config {
         domain: Some(args.s3_domain.clone()),
     };
@@ -247,7 +252,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         let gateway = backend.clone();
         match s3::S3Cluster::new(&s3_connection, backend.clone()) {
             Ok(cluster) => {
-                tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone()));
+                tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone(), s3_grace));
                 tokio::spawn(async move {
                     if let Err(e) = cairn_gateway_s3::serve(s3_listener, cluster, s3_config).await {
                         tracing::error!("S3 endpoint: {e}");

@@ -138,7 +138,10 @@ async fn serve_s3(args: S3Args, connection: Connection, token: String) -> Result
         .map_err(|e| format!("S3 endpoint {}: {e}", args.listen))?;
     let backend = forwarding_backend(&connection, token);
     let cluster = s3::S3Cluster::new(&connection, backend)?;
-    tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone()));
+    tokio::spawn(cairn_gateway_s3::reclaim::run(
+        cluster.clone(),
+        cairn_gateway_s3::reclaim::GARBAGE_GRACE,
+    ));
     println!("cairn gateway s3: serving on {}", args.listen);
     let config = cairn_gateway_s3::Config {
         domain: args.domain,

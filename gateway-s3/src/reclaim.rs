@@ -14,8 +14,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub use crate::body::GARBAGE_GRACE;
 use crate::{
-    body::GARBAGE_GRACE,
     cluster::{Cluster, ClusterResult},
     ops::PUT_BYTES_MAX,
 };
@@ -98,12 +98,15 @@ impl Reclaimer {
     }
 }
 
-/// Runs rounds every [`INTERVAL`] until the process ends.
-pub async fn run<C: Cluster>(cluster: C) {
+/// Runs rounds every [`INTERVAL`] (more often if `grace` is shorter) until the process ends,
+/// discarding garbage `grace` after first seeing it ([`GARBAGE_GRACE`] in production; tests
+/// shorten it).
+pub async fn run<C: Cluster>(cluster: C, grace: Duration) {
+    let interval = INTERVAL.min(grace).max(Duration::from_millis(200));
     let mut reclaimer = Reclaimer::default();
     loop {
-        tokio::time::sleep(INTERVAL).await;
-        if let Err(e) = reclaimer.round(&cluster, GARBAGE_GRACE).await {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = reclaimer.round(&cluster, grace).await {
             tracing::debug!("reclaimer: {e}");
         }
     }

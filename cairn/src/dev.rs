@@ -101,6 +101,12 @@ pub struct DevArgs {
     /// Tests shorten it; GETs longer than half of it re-check their object.
     #[arg(long, default_value_t = 600, hide = true)]
     s3_garbage_grace_secs: u64,
+    /// PEM certificate chain: the S3 endpoint serves HTTPS (needs --s3-tls-key).
+    #[arg(long, requires = "s3_tls_key")]
+    s3_tls_cert: Option<PathBuf>,
+    /// PEM private key of --s3-tls-cert.
+    #[arg(long, requires = "s3_tls_cert")]
+    s3_tls_key: Option<PathBuf>,
 }
 
 pub fn run(args: DevArgs) -> ExitCode {
@@ -182,6 +188,11 @@ async fn serve(args: DevArgs) -> Result<(), String> {
     let portal = iscsi_listener
         .local_addr()
         .map_err(|e| format!("iSCSI portal: {e}"))?;
+    let s3_tls = match (&args.s3_tls_cert, &args.s3_tls_key) {
+        (Some(cert), Some(key)) => Some(cairn_gateway_s3::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let s3_scheme = if s3_tls.is_some() { "https" } else { "http" };
     let s3_listener = tokio::net::TcpListener::bind(args.s3_listen)
         .await
         .map_err(|e| format!("S3 endpoint {}: {e}", args.s3_listen))?;
@@ -233,7 +244,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         endpoints: format!(
             "ADMIN_URL=http://{}\nADMIN_TOKEN={token}\nISCSI_PORTAL={portal}\n\
              ISCSI_TARGET={}\nISCSI_CHAP_USER={}\nISCSI_CHAP_SECRET={}\n\
-             S3_ENDPOINT=http://{s3_endpoint}\nS3_ACCESS_KEY={s3_key_id}\n\
+             S3_ENDPOINT={s3_scheme}://{s3_endpoint}\nS3_ACCESS_KEY={s3_key_id}\n\
              S3_SECRET_KEY={s3_secret}\nS3_REGION={}\n",
             args.listen,
             iscsi::IQN_PREFIX,
@@ -254,7 +265,9 @@ async fn serve(args: DevArgs) -> Result<(), String> {
             Ok(cluster) => {
                 tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone(), s3_grace));
                 tokio::spawn(async move {
-                    if let Err(e) = cairn_gateway_s3::serve(s3_listener, cluster, s3_config).await {
+                    if let Err(e) =
+                        cairn_gateway_s3::serve(s3_listener, cluster, s3_config, s3_tls).await
+                    {
                         tracing::error!("S3 endpoint: {e}");
                         eprintln!("cairn dev: S3 endpoint: {e}");
                         std::process::exit(1);

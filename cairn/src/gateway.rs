@@ -40,6 +40,12 @@ pub struct S3Args {
     /// File holding the admin API's bearer token.
     #[arg(long)]
     token_file: PathBuf,
+    /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -133,6 +139,10 @@ async fn serve(args: IscsiArgs, connection: Connection, token: String) -> Result
 }
 
 async fn serve_s3(args: S3Args, connection: Connection, token: String) -> Result<(), String> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(cairn_gateway_s3::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("S3 endpoint {}: {e}", args.listen))?;
@@ -142,11 +152,12 @@ async fn serve_s3(args: S3Args, connection: Connection, token: String) -> Result
         cluster.clone(),
         cairn_gateway_s3::reclaim::GARBAGE_GRACE,
     ));
-    println!("cairn gateway s3: serving on {}", args.listen);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("cairn gateway s3: serving on {scheme}://{}", args.listen);
     let config = cairn_gateway_s3::Config {
         domain: args.domain,
     };
-    cairn_gateway_s3::serve(listener, cluster, config)
+    cairn_gateway_s3::serve(listener, cluster, config, tls)
         .await
         .map_err(|e| format!("S3 endpoint: {e}"))
 }

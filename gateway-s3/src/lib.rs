@@ -13,6 +13,7 @@
 pub mod body;
 pub mod cluster;
 pub mod reclaim;
+pub mod tls;
 
 mod auth;
 mod ops;
@@ -85,18 +86,56 @@ pub fn router<C: cluster::Cluster>(cluster: C, config: Config) -> axum::Router {
         .fallback_service(service)
 }
 
-/// Serves S3 on `listener` until the process ends.
+/// Who is on the other end of a request's connection: the address and whether the
+/// connection is TLS. The router puts it in every request's extensions (as
+/// `axum::extract::ConnectInfo<Peer>`); bucket policies read it (`aws:SourceIp`,
+/// `aws:SecureTransport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        Peer {
+            addr: *stream.remote_addr(),
+            tls: false,
+        }
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Peer {
+        Peer {
+            addr: *stream.remote_addr(),
+            tls: true,
+        }
+    }
+}
+
+/// Serves S3 on `listener` until the process ends; over TLS when `tls` is given.
 pub async fn serve<C: cluster::Cluster>(
     listener: tokio::net::TcpListener,
     cluster: C,
     config: Config,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
     let app = router(cluster, config);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    match tls {
+        None => axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await,
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+        }
+    }
 }
 
 #[cfg(test)]

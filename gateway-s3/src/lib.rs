@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod cluster;
+pub mod policy;
 pub mod reclaim;
 pub mod tls;
 

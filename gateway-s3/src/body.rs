@@ -126,7 +126,22 @@ struct Writer<'a, C: Cluster> {
     in_flight: tokio::task::JoinSet<Result<(), ClusterError>>,
 }
 
-impl<C: Cluster> Writer<'_, C> {
+impl<'a, C: Cluster> Writer<'a, C> {
+    /// A writer under a fresh owner (pending in the metadata service until committed).
+    async fn begin(cluster: &'a C, bucket: &'a str) -> S3Result<Writer<'a, C>> {
+        let owner = cluster
+            .begin_write(bucket.to_string())
+            .await
+            .map_err(cluster_error)?;
+        Ok(Writer {
+            cluster,
+            bucket,
+            owner,
+            written: 0,
+            in_flight: tokio::task::JoinSet::new(),
+        })
+    }
+
     async fn push(&mut self, data: Vec<u8>) -> Result<(), ClusterError> {
         while self.in_flight.len() >= WRITES_IN_FLIGHT_MAX {
             self.finish_one().await?;
@@ -195,17 +210,7 @@ pub async fn ingest<C: Cluster>(
             hashes.update(&frame);
             buffer.extend_from_slice(&frame);
             if writer.is_none() && (!inline || buffer.len() > INLINE_BYTES_MAX) {
-                let owner = cluster
-                    .begin_write(bucket.to_string())
-                    .await
-                    .map_err(cluster_error)?;
-                writer = Some(Writer {
-                    cluster,
-                    bucket,
-                    owner,
-                    written: 0,
-                    in_flight: tokio::task::JoinSet::new(),
-                });
+                writer = Some(Writer::begin(cluster, bucket).await?);
             }
             if let Some(w) = writer.as_mut() {
                 while buffer.len() >= PIECE_BYTES {
@@ -224,17 +229,7 @@ pub async fn ingest<C: Cluster>(
             w.finish().await.map_err(cluster_error)?;
         } else if !inline {
             // An empty part: it still gets an owner, so every part is a segment.
-            let owner = cluster
-                .begin_write(bucket.to_string())
-                .await
-                .map_err(cluster_error)?;
-            writer = Some(Writer {
-                cluster,
-                bucket,
-                owner,
-                written: 0,
-                in_flight: tokio::task::JoinSet::new(),
-            });
+            writer = Some(Writer::begin(cluster, bucket).await?);
         }
         let late = trailers();
         expected.crc32 = expected.crc32.take().or(late.crc32);

@@ -1,0 +1,281 @@
+//! Who may do what: every request passes [`Access`] before its operation runs.
+//!
+//! The caller is the tenant of the signing key, or anonymous. A request to a bucket is allowed
+//! when the bucket's policy allows it and no statement denies it, or when the caller owns the
+//! bucket and the policy does not deny it (IAM's rule: an explicit deny wins). Managing the
+//! policy itself is the owner's alone, whatever the policy says, so no policy can lock its
+//! owner out. Listing buckets and creating one need a signed request. Copies also need read
+//! access to their source ([`Authorizer::check`], called by the operations).
+
+use std::{net::IpAddr, sync::Arc};
+
+use s3s::{
+    S3Result,
+    access::{S3Access, S3AccessContext},
+    path::S3Path,
+    s3_error,
+};
+
+use crate::{
+    Peer,
+    auth::{Keys, Owners},
+    cluster::Cluster,
+    policy::{Decision, Request},
+};
+
+/// The caller of a request, as [`Access`] found it; operations read it from the request's
+/// extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The tenant of the signing key; `None` for an anonymous request.
+    pub tenant: Option<String>,
+    /// The client's address.
+    pub source_ip: Option<IpAddr>,
+    /// Whether the request came over TLS.
+    pub secure: bool,
+}
+
+/// Operations that manage a bucket's policy: the owner's alone.
+const POLICY_OPERATIONS: [&str; 3] = ["PutBucketPolicy", "GetBucketPolicy", "DeleteBucketPolicy"];
+
+/// The IAM action of an S3 operation (the names S3's documentation gives them).
+pub fn action(operation: &str, versioned: bool) -> &'static str {
+    match operation {
+        "GetObject" | "HeadObject" if versioned => "s3:GetObjectVersion",
+        "GetObject" | "HeadObject" => "s3:GetObject",
+        "PutObject" | "CopyObject" | "CreateMultipartUpload" | "UploadPart" | "UploadPartCopy"
+        | "CompleteMultipartUpload" => "s3:PutObject",
+        "DeleteObject" if versioned => "s3:DeleteObjectVersion",
+        "DeleteObject" | "DeleteObjects" => "s3:DeleteObject",
+        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
+        "ListParts" => "s3:ListMultipartUploadParts",
+        "ListObjects" | "ListObjectsV2" | "HeadBucket" => "s3:ListBucket",
+        "ListObjectVersions" => "s3:ListBucketVersions",
+        "ListMultipartUploads" => "s3:ListBucketMultipartUploads",
+        "GetBucketLocation" => "s3:GetBucketLocation",
+        "DeleteBucket" => "s3:DeleteBucket",
+        "CreateBucket" => "s3:CreateBucket",
+        "ListBuckets" => "s3:ListAllMyBuckets",
+        "PutBucketPolicy" => "s3:PutBucketPolicy",
+        "GetBucketPolicy" => "s3:GetBucketPolicy",
+        "DeleteBucketPolicy" => "s3:DeleteBucketPolicy",
+        "PutBucketVersioning" => "s3:PutBucketVersioning",
+        "GetBucketVersioning" => "s3:GetBucketVersioning",
+        _ => "s3:Unknown",
+    }
+}
+
+/// Decodes a percent-encoded query value (`+` is a space); `None` if it is not UTF-8.
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The value of query parameter `name`, decoded.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| decode(v))
+}
+
+/// The decision shared by the access hook and the operations.
+pub struct Authorizer<C> {
+    pub(crate) keys: Arc<Keys<C>>,
+    pub(crate) owners: Arc<Owners<C>>,
+}
+
+/// One authorization question.
+pub struct Question<'a> {
+    /// Who asks.
+    pub caller: &'a Caller,
+    /// The operation's name (s3s's).
+    pub operation: &'a str,
+    /// The bucket.
+    pub bucket: &'a str,
+    /// The key, for object operations.
+    pub key: Option<&'a str>,
+    /// Whether a version id was given.
+    pub versioned: bool,
+    /// A listing's prefix.
+    pub prefix: Option<&'a str>,
+    /// A listing's delimiter.
+    pub delimiter: Option<&'a str>,
+}
+
+impl<C: Cluster> Authorizer<C> {
+    /// Allows or refuses `question` (`NoSuchBucket` for a signed request to a missing bucket,
+    /// `AccessDenied` for a refusal).
+    pub async fn check(&self, question: &Question<'_>) -> S3Result<()> {
+        let caller = question.caller;
+        let Some(bucket) = self.owners.get(question.bucket).await? else {
+            return if caller.tenant.is_some() {
+                Err(s3_error!(NoSuchBucket, "The specified bucket does not exist"))
+            } else {
+                Err(s3_error!(AccessDenied, "Access Denied"))
+            };
+        };
+        let owner = caller.tenant.as_deref() == Some(bucket.info.tenant.as_str());
+        if POLICY_OPERATIONS.contains(&question.operation) {
+            return if owner {
+                Ok(())
+            } else {
+                Err(s3_error!(AccessDenied, "Access Denied"))
+            };
+        }
+        let resource = match question.key {
+            Some(key) => format!("arn:aws:s3:::{}/{key}", question.bucket),
+            None => format!("arn:aws:s3:::{}", question.bucket),
+        };
+        let decision = match &bucket.policy {
+            None => Decision::NotApplicable,
+            Some(Ok(policy)) => policy.evaluate(&Request {
+                tenant: caller.tenant.as_deref(),
+                action: action(question.operation, question.versioned),
+                resource: &resource,
+                source_ip: caller.source_ip,
+                secure: caller.secure,
+                prefix: question.prefix,
+                delimiter: question.delimiter,
+            }),
+            // A stored policy this gateway cannot read grants nothing and denies everyone but
+            // the owner, who can replace it.
+            Some(Err(_)) if owner => Decision::NotApplicable,
+            Some(Err(_)) => Decision::Deny,
+        };
+        match decision {
+            Decision::Allow => Ok(()),
+            Decision::NotApplicable if owner => Ok(()),
+            _ => Err(s3_error!(AccessDenied, "Access Denied")),
+        }
+    }
+
+    /// The caller of a request signed with `access_key` (or anonymous) from `peer`.
+    pub async fn caller(&self, access_key: Option<&str>, peer: Option<Peer>) -> S3Result<Caller> {
+        let tenant = match access_key {
+            Some(key) => Some(self.keys.get(key).await?.tenant),
+            None => None,
+        };
+        Ok(Caller {
+            tenant,
+            source_ip: peer.map(|p| p.addr.ip()),
+            secure: peer.is_some_and(|p| p.tls),
+        })
+    }
+}
+
+/// The s3s access hook over an [`Authorizer`].
+pub struct Access<C>(pub Arc<Authorizer<C>>);
+
+#[async_trait::async_trait]
+impl<C: Cluster> S3Access for Access<C> {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let peer = cx
+            .extensions_mut()
+            .get::<axum::extract::ConnectInfo<Peer>>()
+            .map(|c| c.0);
+        let access_key = cx.credentials().map(|c| c.access_key.clone());
+        let caller = self.0.caller(access_key.as_deref(), peer).await?;
+        let operation = cx.s3_op().name().to_string();
+        let query = cx.uri().query().map(str::to_string);
+        let path = cx.s3_path().clone();
+        match &path {
+            S3Path::Root => {
+                if caller.tenant.is_none() {
+                    return Err(s3_error!(AccessDenied, "Signature is required"));
+                }
+            }
+            S3Path::Bucket { .. } if operation == "CreateBucket" => {
+                if caller.tenant.is_none() {
+                    return Err(s3_error!(AccessDenied, "Signature is required"));
+                }
+            }
+            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => {
+                let key = match &path {
+                    S3Path::Object { key, .. } => Some(key.as_ref()),
+                    _ => None,
+                };
+                let prefix = query_value(query.as_deref(), "prefix");
+                let delimiter = query_value(query.as_deref(), "delimiter");
+                self.0
+                    .check(&Question {
+                        caller: &caller,
+                        operation: &operation,
+                        bucket,
+                        key,
+                        versioned: query_value(query.as_deref(), "versionId").is_some(),
+                        prefix: prefix.as_deref(),
+                        delimiter: delimiter.as_deref(),
+                    })
+                    .await?;
+            }
+        }
+        cx.extensions_mut().insert(caller);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        let q = Some("list-type=2&prefix=a%2Fb+c&delimiter=%2F&bad=%zz&versionId");
+        assert_eq!(query_value(q, "prefix").as_deref(), Some("a/b c"));
+        assert_eq!(query_value(q, "delimiter").as_deref(), Some("/"));
+        assert_eq!(query_value(q, "bad"), None);
+        assert_eq!(query_value(q, "versionId").as_deref(), Some(""));
+        assert_eq!(query_value(q, "missing"), None);
+        assert_eq!(query_value(Some("prefix=%4"), "prefix"), None);
+        assert_eq!(query_value(None, "prefix"), None);
+    }
+
+    #[test]
+    fn every_operation_the_gateway_serves_has_an_action() {
+        for op in [
+            "GetObject",
+            "HeadObject",
+            "PutObject",
+            "CopyObject",
+            "DeleteObject",
+            "DeleteObjects",
+            "ListObjects",
+            "ListObjectsV2",
+            "CreateMultipartUpload",
+            "UploadPart",
+            "UploadPartCopy",
+            "CompleteMultipartUpload",
+            "AbortMultipartUpload",
+            "ListParts",
+            "ListMultipartUploads",
+            "HeadBucket",
+            "GetBucketLocation",
+            "DeleteBucket",
+            "CreateBucket",
+            "ListBuckets",
+        ] {
+            assert_ne!(action(op, false), "s3:Unknown", "{op}");
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! The operator CLI over the admin API: `cairn cluster|pool|volume|node|tenant|rebalance ...`.
+//! The operator CLI over the admin API: `cairn cluster|pool|volume|node|tenant|bucket|rebalance
+//! ...`.
 //!
 //! Tables on a terminal, `--json` for scripts. Errors print the API's message and exit
 //! non-zero. A member that is not the leader answers writes with 503 and the leader's address;
@@ -210,6 +211,43 @@ pub enum TenantCommand {
     CreateKey { tenant: String },
     /// Deletes an access key.
     DeleteKey { id: String },
+    /// Sets the tenant's quota over all its buckets; a limit not given is removed.
+    Quota {
+        /// The tenant.
+        name: String,
+        #[command(flatten)]
+        limits: QuotaLimits,
+    },
+}
+
+/// A quota's limits, as `bucket quota` and `tenant quota` take them.
+#[derive(clap::Args)]
+pub struct QuotaLimits {
+    /// Most bytes stored (every object version counted), e.g. 10G.
+    #[arg(long)]
+    bytes: Option<String>,
+    /// Most object versions stored.
+    #[arg(long)]
+    objects: Option<u64>,
+}
+
+#[derive(Subcommand)]
+pub enum BucketCommand {
+    /// Lists buckets with their usage, versioning state and quota.
+    List {
+        /// Only this tenant's buckets.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Shows one bucket.
+    Show { name: String },
+    /// Sets the bucket's quota; a limit not given is removed.
+    Quota {
+        /// The bucket.
+        name: String,
+        #[command(flatten)]
+        limits: QuotaLimits,
+    },
 }
 
 #[derive(Subcommand)]
@@ -619,6 +657,81 @@ fn disk_table(v: &Value) -> Table {
 
 fn tenant_table(v: &Value) -> Table {
     rows(v, &["name", "id", "access_keys"])
+}
+
+/// `value` (one object or a list) with its quota's limits lifted to the top level and byte
+/// counts in units, for [`rows`].
+fn with_limits(value: &Value) -> Value {
+    let lift = |item: &Value| {
+        let mut item = item.clone();
+        let bytes = |v: &Value| v.as_u64().map_or(json!(null), |b| json!(format_size(b)));
+        item["bytes_max"] = bytes(&item["quota"]["bytes_max"]);
+        item["objects_max"] = item["quota"]["objects_max"].clone();
+        item["bytes"] = bytes(&item["bytes"]);
+        item
+    };
+    match value {
+        Value::Array(items) => Value::Array(items.iter().map(lift).collect()),
+        other => lift(other),
+    }
+}
+
+fn tenant_quota_table(v: &Value) -> Table {
+    let columns = ["name", "objects", "bytes", "objects_max", "bytes_max"];
+    rows(&with_limits(v), &columns)
+}
+
+fn bucket_table(v: &Value) -> Table {
+    let columns = [
+        "name",
+        "tenant",
+        "pool",
+        "versioning",
+        "objects",
+        "bytes",
+        "objects_max",
+        "bytes_max",
+    ];
+    rows(&with_limits(v), &columns)
+}
+
+/// The JSON body of a quota: the limits given, the others absent (removed).
+fn quota_body(limits: &QuotaLimits) -> Result<Value, ExitCode> {
+    let mut body = json!({});
+    if let Some(bytes) = &limits.bytes {
+        body["bytes_max"] = json!(size_or_exit(bytes)?);
+    }
+    if let Some(objects) = limits.objects {
+        body["objects_max"] = json!(objects);
+    }
+    Ok(body)
+}
+
+pub fn bucket(connection: &Connection, command: BucketCommand) -> ExitCode {
+    match command {
+        BucketCommand::List { tenant } => {
+            let path = match tenant {
+                Some(tenant) => format!("/v1/buckets?tenant={tenant}"),
+                None => "/v1/buckets".to_string(),
+            };
+            run_with(connection, &path, Method::Get, bucket_table)
+        }
+        BucketCommand::Show { name } => run_with(
+            connection,
+            &format!("/v1/buckets/{name}"),
+            Method::Get,
+            bucket_table,
+        ),
+        BucketCommand::Quota { name, limits } => match quota_body(&limits) {
+            Ok(body) => run_with(
+                connection,
+                &format!("/v1/buckets/{name}/quota"),
+                Method::Put(body),
+                bucket_table,
+            ),
+            Err(code) => code,
+        },
+    }
 }
 
 fn key_table(v: &Value) -> Table {
@@ -1129,6 +1242,15 @@ fn tenant_command(connection: &Connection, command: TenantCommand) -> ExitCode {
             tenant_table,
         ),
         TenantCommand::List => run_with(connection, "/v1/tenants", Method::Get, tenant_table),
+        TenantCommand::Quota { name, limits } => match quota_body(&limits) {
+            Ok(body) => run_with(
+                connection,
+                &format!("/v1/tenants/{name}/quota"),
+                Method::Put(body),
+                tenant_quota_table,
+            ),
+            Err(code) => code,
+        },
         TenantCommand::Delete { name } => run_with(
             connection,
             &format!("/v1/tenants/{name}"),

@@ -59,6 +59,9 @@ enum Command {
     /// S3 access keys (the same as `cairn tenant create-key` / `delete-key`).
     #[command(subcommand)]
     Key(admin::KeyCommand),
+    /// S3 buckets: usage, versioning state and quotas.
+    #[command(subcommand)]
+    Bucket(admin::BucketCommand),
     /// Recovery and rebalance: PGs whose members are moving; the rebalance switch.
     #[command(subcommand)]
     Rebalance(admin::RebalanceCommand),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Node(command) => admin::node(&cli.connection, command),
         Command::Tenant(command) => admin::tenant(&cli.connection, command),
         Command::Key(command) => admin::key(&cli.connection, command),
+        Command::Bucket(command) => admin::bucket(&cli.connection, command),
         Command::Rebalance(command) => admin::rebalance(&cli.connection, command),
         Command::Gateway(command) => gateway::run(command, &cli.connection),
     }

@@ -7,8 +7,9 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use cairn_common::{OwnerId, PoolId};
 use cairn_gateway_s3::cluster::{
-    BucketInfo, Cluster, ClusterError, ClusterResult, Garbage, KeyInfo, ListEntry, ListQuery,
-    Listing, ObjectData, ObjectRecord, PartInfo, PendingWrite, Segment, UploadInfo, UploadListing,
+    BucketInfo, Cluster, ClusterError, ClusterResult, Deleted, Garbage, KeyInfo, ListEntry,
+    ListQuery, Listing, ObjectData, ObjectRecord, ObjectVersion, PartInfo, PendingWrite, Segment,
+    UploadInfo, UploadListing, VersionEntry, VersionListing, VersionQuery, Versioning,
 };
 use serde_json::{Value, json};
 
@@ -62,6 +63,31 @@ fn text(value: &Value, key: &str) -> String {
 
 fn number(value: &Value, key: &str) -> u64 {
     value[key].as_u64().unwrap_or_default()
+}
+
+/// A string field, `None` when absent or null.
+fn optional(value: &Value, key: &str) -> Option<String> {
+    value[key].as_str().map(str::to_string)
+}
+
+fn versioning(value: &Value) -> Versioning {
+    match value["versioning"].as_str() {
+        Some("enabled") => Versioning::Enabled,
+        Some("suspended") => Versioning::Suspended,
+        _ => Versioning::Unversioned,
+    }
+}
+
+fn version_entry(value: &Value) -> VersionEntry {
+    VersionEntry {
+        key: text(value, "key"),
+        version_id: text(value, "version_id"),
+        is_latest: value["is_latest"].as_bool().unwrap_or(false),
+        delete_marker: value["delete_marker"].as_bool().unwrap_or(false),
+        modified_ms: number(value, "modified_ms"),
+        size: number(value, "size"),
+        etag: text(value, "etag"),
+    }
 }
 
 fn data_error(e: DataError) -> ClusterError {
@@ -274,6 +300,7 @@ impl<B: Backend> Cluster for S3Cluster<B> {
                 name,
                 tenant: text(&value, "tenant"),
                 created_ms: number(&value, "created_ms"),
+                versioning: versioning(&value),
             })),
             Err(ClusterError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -291,6 +318,7 @@ impl<B: Backend> Cluster for S3Cluster<B> {
                 name: text(b, "name"),
                 tenant: text(b, "tenant"),
                 created_ms: number(b, "created_ms"),
+                versioning: versioning(b),
             })
             .collect())
     }
@@ -301,13 +329,80 @@ impl<B: Backend> Cluster for S3Cluster<B> {
         Ok(())
     }
 
-    async fn object(&self, bucket: String, key: String) -> ClusterResult<Option<ObjectRecord>> {
-        let path = format!("/v1/buckets/{}/object?key={}", enc(&bucket), enc(&key));
+    async fn set_versioning(&self, bucket: String, enabled: bool) -> ClusterResult<()> {
+        let path = format!("/v1/buckets/{}/versioning", enc(&bucket));
+        self.call(path, Method::Put(json!({ "enabled": enabled })))
+            .await?;
+        Ok(())
+    }
+
+    async fn object(
+        &self,
+        bucket: String,
+        key: String,
+        version_id: Option<String>,
+    ) -> ClusterResult<Option<ObjectVersion>> {
+        let mut path = format!("/v1/buckets/{}/object?key={}", enc(&bucket), enc(&key));
+        if let Some(id) = &version_id {
+            path.push_str(&format!("&version_id={}", enc(id)));
+        }
         match self.call(path, Method::Get).await {
-            Ok(value) => Ok(Some(parse_record(&value)?)),
+            Ok(value) => {
+                let marker = value["delete_marker"].as_bool().unwrap_or(false);
+                let record = if marker {
+                    None
+                } else {
+                    Some(parse_record(&value)?)
+                };
+                Ok(Some(ObjectVersion {
+                    version_id: optional(&value, "version_id"),
+                    record,
+                }))
+            }
             Err(ClusterError::NotFound(m)) if !m.starts_with("bucket ") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn list_versions(
+        &self,
+        bucket: String,
+        query: VersionQuery,
+    ) -> ClusterResult<VersionListing> {
+        let mut path = format!(
+            "/v1/buckets/{}/versions?prefix={}&max={}",
+            enc(&bucket),
+            enc(&query.prefix),
+            query.max
+        );
+        let optional_params = [
+            ("delimiter", &query.delimiter),
+            ("key_marker", &query.key_marker),
+            ("version_id_marker", &query.version_id_marker),
+        ];
+        for (name, value) in optional_params {
+            if let Some(value) = value {
+                path.push_str(&format!("&{name}={}", enc(value)));
+            }
+        }
+        let value = self.call(path, Method::Get).await?;
+        let versions = value["versions"].as_array();
+        let prefixes = value["prefixes"].as_array();
+        Ok(VersionListing {
+            versions: versions
+                .map(|v| v.iter().map(version_entry).collect())
+                .unwrap_or_default(),
+            prefixes: prefixes
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|p| p.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            truncated: value["truncated"].as_bool().unwrap_or(false),
+            next_key_marker: optional(&value, "next_key_marker"),
+            next_version_id_marker: optional(&value, "next_version_id_marker"),
+        })
     }
 
     async fn list(&self, bucket: String, query: ListQuery) -> ClusterResult<Listing> {
@@ -360,21 +455,33 @@ impl<B: Backend> Cluster for S3Cluster<B> {
         bucket: String,
         key: String,
         record: ObjectRecord,
-    ) -> ClusterResult<ObjectRecord> {
+    ) -> ClusterResult<(ObjectRecord, Option<String>)> {
         let path = format!("/v1/buckets/{}/object?key={}", enc(&bucket), enc(&key));
         let answer = self.call(path, Method::Put(record_json(&record))).await?;
         // The metadata service sets the modification time; everything else is as sent.
         let modified_ms = answer["modified_ms"].as_u64().unwrap_or(record.modified_ms);
-        Ok(ObjectRecord {
+        let record = ObjectRecord {
             modified_ms,
             ..record
-        })
+        };
+        Ok((record, optional(&answer, "version_id")))
     }
 
-    async fn delete_object(&self, bucket: String, key: String) -> ClusterResult<()> {
-        let path = format!("/v1/buckets/{}/object?key={}", enc(&bucket), enc(&key));
-        self.call(path, Method::Delete).await?;
-        Ok(())
+    async fn delete_object(
+        &self,
+        bucket: String,
+        key: String,
+        version_id: Option<String>,
+    ) -> ClusterResult<Deleted> {
+        let mut path = format!("/v1/buckets/{}/object?key={}", enc(&bucket), enc(&key));
+        if let Some(id) = &version_id {
+            path.push_str(&format!("&version_id={}", enc(id)));
+        }
+        let answer = self.call(path, Method::Delete).await?;
+        Ok(Deleted {
+            version_id: optional(&answer, "version_id"),
+            delete_marker: answer["delete_marker"].as_bool().unwrap_or(false),
+        })
     }
 
     async fn begin_write(&self, bucket: String) -> ClusterResult<u64> {
@@ -509,18 +616,19 @@ impl<B: Backend> Cluster for S3Cluster<B> {
         id: String,
         parts: Vec<(u32, String)>,
         etag: String,
-    ) -> ClusterResult<ObjectRecord> {
+    ) -> ClusterResult<(ObjectRecord, Option<String>)> {
         let path = format!("/v1/uploads/{}/complete", enc(&id));
         let body = json!({ "parts": parts, "etag": etag });
         let value = self.call(path, Method::Post(body)).await?;
-        Ok(ObjectRecord {
+        let record = ObjectRecord {
             size: number(&value, "size"),
             etag: value["etag"].as_str().map_or(etag, str::to_string),
             modified_ms: number(&value, "modified_ms"),
             content_type: value["content_type"].as_str().map(str::to_string),
             metadata: BTreeMap::new(),
             data: ObjectData::Segments(Vec::new()),
-        })
+        };
+        Ok((record, optional(&value, "version_id")))
     }
 
     async fn abort_upload(&self, id: String) -> ClusterResult<()> {

@@ -1483,9 +1483,10 @@ fn s3_tool(program: &str, args: &[&str], env: &[(String, String)]) -> String {
 /// kill -9. Method: boto3 (current, from pip) runs `s3_boto3.py`: bucket and object life
 /// cycle, ranges, conditions, CRC-32 trailers, Content-MD5, listings, copies, batch deletes,
 /// multipart (errors included), presigned and virtual-host URLs with curl, wrong and unknown
-/// keys, anonymous access. Then Debian's awscli 2 uploads and downloads a 200 MiB file
-/// (multipart), s3cmd and rclone run a life cycle, `cairn dev` is killed and restarted, and
-/// every object reads back.
+/// keys, anonymous access; `s3_versions.py` checks versioning (versions, delete markers,
+/// suspension, listing) and bucket and tenant quotas set through the CLI. Then Debian's
+/// awscli 2 uploads and downloads a 200 MiB file (multipart), s3cmd and rclone run a life
+/// cycle, `cairn dev` is killed and restarted, and every object reads back.
 #[test]
 fn cairn_dev_serves_s3_to_real_clients() {
     let dir = tempfile::Builder::new()
@@ -1508,6 +1509,13 @@ fn cairn_dev_serves_s3_to_real_clients() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_boto3.py");
     let out = s3_tool(&boto3_python(), &[script], &env);
     assert!(out.contains("boto3 checks passed"), "{out}");
+
+    // Versioning and quotas (set through the CLI, which the script runs).
+    let mut versions_env = env.clone();
+    versions_env.push(("CAIRN_BIN".into(), env!("CARGO_BIN_EXE_cairn").into()));
+    let versions = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_versions.py");
+    let out = s3_tool(&boto3_python(), &[versions], &versions_env);
+    assert!(out.contains("versioning and quota checks passed"), "{out}");
 
     // Random signed requests: no crash, no 500, nothing changed that was not named.
     let mut fuzz_env = env.clone();

@@ -100,6 +100,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// The S3 error code of a write refused by a bucket or tenant quota.
+pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+
 /// Maps a cluster failure to the S3 error a client should see.
 pub(crate) fn cluster_error(e: ClusterError) -> S3Error {
     match e {
@@ -108,7 +111,14 @@ pub(crate) fn cluster_error(e: ClusterError) -> S3Error {
         ClusterError::NotEmpty(m) => s3_error!(BucketNotEmpty, "{m}"),
         ClusterError::Refused { code, message } => {
             let code = code.parse().unwrap_or(s3s::S3ErrorCode::InvalidRequest);
-            S3Error::with_message(code, message)
+            let quota = code.as_str() == QUOTA_EXCEEDED;
+            let mut error = S3Error::with_message(code, message);
+            if quota {
+                // Not an AWS code, so s3s knows no status for it: 403, as MinIO and Ceph
+                // answer a quota refusal.
+                error.set_status_code(http::StatusCode::FORBIDDEN);
+            }
+            error
         }
         ClusterError::Invalid(m) => s3_error!(InvalidArgument, "{m}"),
         ClusterError::Unavailable(m) => s3_error!(ServiceUnavailable, "{m}"),
@@ -355,13 +365,14 @@ impl std::error::Error for BodyError {}
 
 /// The body of a GET of `range` of an object: its bytes inline, or its pieces read in order
 /// by a task [`READ_AHEAD`] pieces ahead of the client. Past [`RECHECK_AFTER`], each piece
-/// first checks that the object `key` still holds that piece's owner; if not, the stream
-/// fails rather than risk reading chunks the reclaimer may have discarded. The task ends when
-/// the client goes away.
+/// first checks that the version `version_id` of `key` (its newest if `None`) still holds
+/// that piece's owner; if not, the stream fails rather than risk reading chunks the reclaimer
+/// may have discarded. The task ends when the client goes away.
 pub(crate) fn stream<C: Cluster>(
     cluster: C,
     bucket: String,
     key: String,
+    version_id: Option<String>,
     data: ObjectData,
     range: Range<u64>,
 ) -> StreamingBlob {
@@ -378,9 +389,10 @@ pub(crate) fn stream<C: Cluster>(
                 let reads = futures::stream::iter(pieces(segments, range))
                     .map(|piece| {
                         let (cluster, bucket, key) = (&cluster, bucket.clone(), &key);
+                        let version_id = version_id.clone();
                         async move {
                             if started.elapsed() > RECHECK_AFTER {
-                                still_holds(cluster, &bucket, key, piece.owner).await?;
+                                still_holds(cluster, &bucket, key, version_id, piece.owner).await?;
                             }
                             let data = cluster
                                 .read(bucket, piece.owner, piece.offset, piece.length)
@@ -412,13 +424,15 @@ async fn still_holds<C: Cluster>(
     cluster: &C,
     bucket: &str,
     key: &str,
+    version_id: Option<String>,
     owner: u64,
 ) -> Result<(), BodyError> {
-    let record = cluster
-        .object(bucket.to_string(), key.to_string())
+    let found = cluster
+        .object(bucket.to_string(), key.to_string(), version_id)
         .await
         .map_err(|e| BodyError(e.to_string()))?;
-    let holds = matches!(record.map(|r| r.data), Some(ObjectData::Segments(s)) if s.iter().any(|s| s.owner == owner));
+    let data = found.and_then(|v| v.record).map(|r| r.data);
+    let holds = matches!(data, Some(ObjectData::Segments(s)) if s.iter().any(|s| s.owner == owner));
     if holds {
         Ok(())
     } else {

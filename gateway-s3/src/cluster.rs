@@ -78,6 +78,88 @@ pub struct BucketInfo {
     pub tenant: String,
     /// When it was created, in milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// Its versioning state.
+    pub versioning: Versioning,
+}
+
+/// A bucket's versioning state, as S3 names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Versioning {
+    /// Never enabled.
+    #[default]
+    Unversioned,
+    /// Every write adds a version.
+    Enabled,
+    /// Writes replace the null version; older versions stay.
+    Suspended,
+}
+
+/// One version of a key as a GET finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectVersion {
+    /// Its id (S3's opaque text, `null` for the null version); `None` in an unversioned
+    /// bucket, where S3 reports no version id.
+    pub version_id: Option<String>,
+    /// The object, or `None` for a delete marker.
+    pub record: Option<ObjectRecord>,
+}
+
+/// What a delete did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// The version removed or the delete marker made; `None` in an unversioned bucket.
+    pub version_id: Option<String>,
+    /// Whether that version is a delete marker (made, or removed by id).
+    pub delete_marker: bool,
+}
+
+/// What a version listing asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionQuery {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// Roll keys up to the first delimiter after the prefix.
+    pub delimiter: Option<String>,
+    /// Only keys after this one, or with `version_id_marker` this key's versions after it.
+    pub key_marker: Option<String>,
+    /// The last version of the previous page.
+    pub version_id_marker: Option<String>,
+    /// At most this many versions and prefixes.
+    pub max: u32,
+}
+
+/// One version or delete marker in a version listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionEntry {
+    /// The key.
+    pub key: String,
+    /// The version id (`null` for the null version).
+    pub version_id: String,
+    /// Whether it is the key's newest version.
+    pub is_latest: bool,
+    /// Whether it is a delete marker.
+    pub delete_marker: bool,
+    /// When it was written (ms since the epoch).
+    pub modified_ms: u64,
+    /// The object's size (0 for a marker).
+    pub size: u64,
+    /// Its entity tag (empty for a marker).
+    pub etag: String,
+}
+
+/// A page of a version listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionListing {
+    /// Versions by key, newest first within a key.
+    pub versions: Vec<VersionEntry>,
+    /// Common prefixes, in byte order.
+    pub prefixes: Vec<String>,
+    /// Whether more follow.
+    pub truncated: bool,
+    /// The next page's key marker.
+    pub next_key_marker: Option<String>,
+    /// The next page's version id marker.
+    pub next_version_id_marker: Option<String>,
 }
 
 /// Bytes stored as chunks under one owner id, from offset 0.
@@ -242,35 +324,53 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         &self,
         tenant: String,
     ) -> impl Future<Output = ClusterResult<Vec<BucketInfo>>> + Send;
-    /// Deletes an empty bucket.
+    /// Deletes an empty bucket (no version or delete marker left).
     fn delete_bucket(&self, name: String) -> impl Future<Output = ClusterResult<()>> + Send;
+    /// Enables versioning on `bucket`, or suspends it.
+    fn set_versioning(
+        &self,
+        bucket: String,
+        enabled: bool,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
 
-    /// The object `key` of `bucket`, or `None`.
+    /// The version `version_id` of `key` in `bucket`, or its newest without one (either may
+    /// be a delete marker); `None` if there is no such key or version. A malformed version id
+    /// is [`ClusterError::Invalid`].
     fn object(
         &self,
         bucket: String,
         key: String,
-    ) -> impl Future<Output = ClusterResult<Option<ObjectRecord>>> + Send;
+        version_id: Option<String>,
+    ) -> impl Future<Output = ClusterResult<Option<ObjectVersion>>> + Send;
+    /// A page of the bucket's versions and delete markers.
+    fn list_versions(
+        &self,
+        bucket: String,
+        query: VersionQuery,
+    ) -> impl Future<Output = ClusterResult<VersionListing>> + Send;
     /// A page of the bucket's keys.
     fn list(
         &self,
         bucket: String,
         query: ListQuery,
     ) -> impl Future<Output = ClusterResult<Listing>> + Send;
-    /// Makes `record` the object `key` (atomically replacing any older one); answers the record
-    /// as stored (with the modification time the metadata service set).
+    /// Makes `record` the newest version of `key` (atomically replacing the null version
+    /// unless versioning is enabled); answers the record as stored (with the modification
+    /// time the metadata service set) and its version id (`None` in an unversioned bucket).
     fn put_object(
         &self,
         bucket: String,
         key: String,
         record: ObjectRecord,
-    ) -> impl Future<Output = ClusterResult<ObjectRecord>> + Send;
-    /// Deletes the object `key` (nothing if there is none).
+    ) -> impl Future<Output = ClusterResult<(ObjectRecord, Option<String>)>> + Send;
+    /// Deletes the object `key` as S3 does (nothing if there is none): with a version id,
+    /// that version; without, the object, or a delete marker in a versioned bucket.
     fn delete_object(
         &self,
         bucket: String,
         key: String,
-    ) -> impl Future<Output = ClusterResult<()>> + Send;
+        version_id: Option<String>,
+    ) -> impl Future<Output = ClusterResult<Deleted>> + Send;
 
     /// A fresh owner id to write an object's or part's chunks under, recorded as pending.
     fn begin_write(&self, bucket: String) -> impl Future<Output = ClusterResult<u64>> + Send;
@@ -324,13 +424,14 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         segment: Segment,
         etag: String,
     ) -> impl Future<Output = ClusterResult<()>> + Send;
-    /// Completes upload `id` from `parts` (number, etag), giving the object `etag`.
+    /// Completes upload `id` from `parts` (number, etag), giving the object `etag`; answers
+    /// the record and its version id (`None` in an unversioned bucket).
     fn complete_upload(
         &self,
         id: String,
         parts: Vec<(u32, String)>,
         etag: String,
-    ) -> impl Future<Output = ClusterResult<ObjectRecord>> + Send;
+    ) -> impl Future<Output = ClusterResult<(ObjectRecord, Option<String>)>> + Send;
     /// Aborts upload `id`: its parts become garbage.
     fn abort_upload(&self, id: String) -> impl Future<Output = ClusterResult<()>> + Send;
 

@@ -17,7 +17,10 @@ use s3s::{
 use crate::{
     auth::{Keys, Owners, tenant},
     body::{self, Expected, cluster_error, hex},
-    cluster::{Cluster, ClusterError, ListQuery, ObjectData, ObjectRecord, Segment},
+    cluster::{
+        Cluster, ClusterError, ListQuery, ObjectData, ObjectRecord, ObjectVersion, Segment,
+        VersionQuery, Versioning,
+    },
 };
 
 /// Largest single PUT (S3's limit; larger objects need a multipart upload).
@@ -56,12 +59,82 @@ impl<C: Cluster> Gateway<C> {
         Ok(tenant)
     }
 
-    async fn object(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
-        self.cluster
-            .object(bucket.to_string(), key.to_string())
+    /// The object a GET, HEAD or copy reads: the version `version_id`, or the newest, with
+    /// its version id (`None` in an unversioned bucket). A delete marker answers as S3 does:
+    /// NoSuchKey (404) if it is the newest, MethodNotAllowed (405) if asked for by id, both
+    /// with `x-amz-delete-marker: true`.
+    async fn object(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<(ObjectRecord, Option<String>)> {
+        let found = self
+            .cluster
+            .object(
+                bucket.to_string(),
+                key.to_string(),
+                version_id.map(str::to_string),
+            )
             .await
-            .map_err(cluster_error)?
-            .ok_or_else(|| s3_error!(NoSuchKey, "The specified key does not exist."))
+            .map_err(|e| match e {
+                ClusterError::Invalid(_) => {
+                    s3_error!(InvalidArgument, "Invalid version id specified")
+                }
+                e => cluster_error(e),
+            })?;
+        match found {
+            Some(ObjectVersion {
+                version_id: id,
+                record: Some(record),
+            }) => Ok((record, id)),
+            Some(ObjectVersion {
+                version_id: id,
+                record: None,
+            }) => Err(delete_marker_error(version_id.is_some(), id)),
+            None if version_id.is_some() => Err(s3_error!(
+                NoSuchVersion,
+                "The specified version does not exist."
+            )),
+            None => Err(s3_error!(NoSuchKey, "The specified key does not exist.")),
+        }
+    }
+}
+
+/// What S3 answers when a read finds a delete marker: 404 NoSuchKey for the newest version,
+/// 405 MethodNotAllowed for one asked for by id; `x-amz-delete-marker: true` either way.
+fn delete_marker_error(by_id: bool, version_id: Option<String>) -> s3s::S3Error {
+    let mut error = if by_id {
+        s3_error!(
+            MethodNotAllowed,
+            "The specified method is not allowed against this resource."
+        )
+    } else {
+        s3_error!(NoSuchKey, "The specified key does not exist.")
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "x-amz-delete-marker",
+        http::HeaderValue::from_static("true"),
+    );
+    let id = version_id.and_then(|id| http::HeaderValue::from_str(&id).ok());
+    if let Some(id) = id {
+        headers.insert("x-amz-version-id", id);
+    }
+    error.set_headers(headers);
+    error
+}
+
+/// The source of a copy, as S3 refuses it: a delete marker named by id is an invalid
+/// request, not a method the resource refuses.
+fn copy_source_error(e: s3s::S3Error) -> s3s::S3Error {
+    if *e.code() == s3s::S3ErrorCode::MethodNotAllowed {
+        s3_error!(
+            InvalidRequest,
+            "The source of a copy request may not specifically refer to a delete marker by version id."
+        )
+    } else {
+        e
     }
 }
 
@@ -378,9 +451,10 @@ impl<C: Cluster> S3 for Gateway<C> {
             metadata: user_metadata(input.metadata),
             data: stored.data,
         };
-        let written = self.commit(&bucket, &key, record).await?;
+        let (written, version_id) = self.commit(&bucket, &key, record).await?;
         Ok(S3Response::new(dto::PutObjectOutput {
             e_tag: Some(etag(&written.etag)),
+            version_id,
             checksum_crc32: Some(stored.crc32),
             checksum_crc32c: Some(stored.crc32c),
             ..Default::default()
@@ -393,10 +467,9 @@ impl<C: Cluster> S3 for Gateway<C> {
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.tenant_bucket(&req, &bucket).await?;
-        if req.input.version_id.is_some() {
-            return Err(s3_error!(NotImplemented, "versioning is not supported yet"));
-        }
-        let record = self.object(&bucket, &key).await?;
+        let (record, version_id) = self
+            .object(&bucket, &key, req.input.version_id.as_deref())
+            .await?;
         let input = req.input;
         check_conditions(
             &record,
@@ -419,6 +492,7 @@ impl<C: Cluster> S3 for Gateway<C> {
             self.cluster.clone(),
             bucket,
             key,
+            version_id.clone(),
             record.data.clone(),
             range,
         );
@@ -435,6 +509,7 @@ impl<C: Cluster> S3 for Gateway<C> {
             e_tag: Some(etag(&record.etag)),
             last_modified: Some(timestamp(record.modified_ms)),
             metadata: output_metadata(&record.metadata),
+            version_id,
             ..Default::default()
         }))
     }
@@ -445,10 +520,9 @@ impl<C: Cluster> S3 for Gateway<C> {
     ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.tenant_bucket(&req, &bucket).await?;
-        if req.input.version_id.is_some() {
-            return Err(s3_error!(NotImplemented, "versioning is not supported yet"));
-        }
-        let record = self.object(&bucket, &key).await?;
+        let (record, version_id) = self
+            .object(&bucket, &key, req.input.version_id.as_deref())
+            .await?;
         let input = req.input;
         check_conditions(
             &record,
@@ -465,6 +539,7 @@ impl<C: Cluster> S3 for Gateway<C> {
             e_tag: Some(etag(&record.etag)),
             last_modified: Some(timestamp(record.modified_ms)),
             metadata: output_metadata(&record.metadata),
+            version_id,
             ..Default::default()
         }))
     }
@@ -475,14 +550,16 @@ impl<C: Cluster> S3 for Gateway<C> {
     ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.tenant_bucket(&req, &bucket).await?;
-        if req.input.version_id.is_some() {
-            return Err(s3_error!(NotImplemented, "versioning is not supported yet"));
-        }
-        self.cluster
-            .delete_object(bucket, key)
+        let deleted = self
+            .cluster
+            .delete_object(bucket, key, req.input.version_id)
             .await
             .map_err(cluster_error)?;
-        Ok(S3Response::new(dto::DeleteObjectOutput::default()))
+        Ok(S3Response::new(dto::DeleteObjectOutput {
+            delete_marker: deleted.delete_marker.then_some(true),
+            version_id: deleted.version_id,
+            ..Default::default()
+        }))
     }
 
     async fn delete_objects(
@@ -501,25 +578,32 @@ impl<C: Cluster> S3 for Gateway<C> {
         let quiet = delete.quiet.unwrap_or(false);
         let (mut deleted, mut errors) = (Vec::new(), Vec::new());
         for object in delete.objects {
-            let result = if object.version_id.is_some() {
-                Err(s3_error!(NotImplemented, "versioning is not supported yet"))
-            } else {
-                self.cluster
-                    .delete_object(bucket.clone(), object.key.clone())
-                    .await
-                    .map_err(cluster_error)
-            };
+            let result = self
+                .cluster
+                .delete_object(
+                    bucket.clone(),
+                    object.key.clone(),
+                    object.version_id.clone(),
+                )
+                .await
+                .map_err(cluster_error);
             match result {
-                Ok(()) if quiet => {}
-                Ok(()) => deleted.push(dto::DeletedObject {
-                    key: Some(object.key),
-                    ..Default::default()
-                }),
+                Ok(_) if quiet => {}
+                Ok(done) => {
+                    // A version named is echoed; a marker made or removed is named too.
+                    let marker_id = done.delete_marker.then(|| done.version_id.clone());
+                    deleted.push(dto::DeletedObject {
+                        key: Some(object.key),
+                        version_id: object.version_id,
+                        delete_marker: done.delete_marker.then_some(true),
+                        delete_marker_version_id: marker_id.flatten(),
+                    });
+                }
                 Err(e) => errors.push(dto::Error {
                     code: Some(e.code().as_str().to_string()),
                     key: Some(object.key),
                     message: e.message().map(str::to_string),
-                    version_id: None,
+                    version_id: object.version_id,
                 }),
             }
         }
@@ -545,11 +629,11 @@ impl<C: Cluster> S3 for Gateway<C> {
         else {
             return Err(s3_error!(NotImplemented, "access point copy sources"));
         };
-        if version_id.is_some() {
-            return Err(s3_error!(NotImplemented, "versioning is not supported yet"));
-        }
         self.owners.owned(&tenant, source_bucket).await?;
-        let source = self.object(source_bucket, source_key).await?;
+        let (source, source_version) = self
+            .object(source_bucket, source_key, version_id.as_deref())
+            .await
+            .map_err(copy_source_error)?;
         check_conditions(
             &source,
             input.copy_source_if_match.as_ref(),
@@ -572,7 +656,11 @@ impl<C: Cluster> S3 for Gateway<C> {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == dto::MetadataDirective::REPLACE);
-        if !replace && source_bucket.as_ref() == bucket && source_key.as_ref() == key {
+        if !replace
+            && version_id.is_none()
+            && source_bucket.as_ref() == bucket
+            && source_key.as_ref() == key
+        {
             return Err(s3_error!(
                 InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata."
@@ -587,7 +675,11 @@ impl<C: Cluster> S3 for Gateway<C> {
             (source.content_type.clone(), source.metadata.clone())
         };
         let (data, md5) = self
-            .copy_data(source_bucket, source_key, &bucket, &source)
+            .copy_data(
+                (source_bucket, source_key, source_version.clone()),
+                &bucket,
+                &source,
+            )
             .await?;
         let record = ObjectRecord {
             size: source.size,
@@ -598,13 +690,15 @@ impl<C: Cluster> S3 for Gateway<C> {
             metadata,
             data,
         };
-        let written = self.commit(&bucket, &key, record).await?;
+        let (written, written_version) = self.commit(&bucket, &key, record).await?;
         Ok(S3Response::new(dto::CopyObjectOutput {
             copy_object_result: Some(dto::CopyObjectResult {
                 e_tag: Some(etag(&written.etag)),
                 last_modified: Some(timestamp(written.modified_ms)),
                 ..Default::default()
             }),
+            version_id: written_version,
+            copy_source_version_id: source_version,
             ..Default::default()
         }))
     }
@@ -625,7 +719,10 @@ impl<C: Cluster> S3 for Gateway<C> {
         };
         let listing = self.list(&bucket, query).await?;
         let enc = encoder(input.encoding_type.as_ref());
-        let next_marker = (listing.truncated && input.delimiter.is_some())
+        // Given whenever truncated: a page may end early on deleted keys, with no key of its
+        // own to continue after.
+        let next_marker = listing
+            .truncated
             .then(|| listing.next.clone().map(&enc))
             .flatten();
         Ok(S3Response::new(dto::ListObjectsOutput {
@@ -689,6 +786,139 @@ impl<C: Cluster> S3 for Gateway<C> {
             common_prefixes: Some(prefixes(listing.prefixes, &enc)),
             delimiter: input.delimiter.map(&enc),
             start_after: input.start_after.map(&enc),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<dto::PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<dto::PutBucketVersioningOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        let status = req.input.versioning_configuration.status;
+        let enabled = match status.as_ref().map(dto::BucketVersioningStatus::as_str) {
+            Some(dto::BucketVersioningStatus::ENABLED) => true,
+            Some(dto::BucketVersioningStatus::SUSPENDED) => false,
+            _ => {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "The versioning status must be Enabled or Suspended"
+                ));
+            }
+        };
+        self.cluster
+            .set_versioning(bucket, enabled)
+            .await
+            .map_err(cluster_error)?;
+        Ok(S3Response::new(dto::PutBucketVersioningOutput::default()))
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<dto::GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<dto::GetBucketVersioningOutput>> {
+        let name = req.input.bucket.clone();
+        self.tenant_bucket(&req, &name).await?;
+        // Not the ownership cache: the state changes while the owner stays.
+        let bucket = self
+            .cluster
+            .bucket(name)
+            .await
+            .map_err(cluster_error)?
+            .ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        let status = match bucket.versioning {
+            Versioning::Unversioned => None,
+            Versioning::Enabled => Some(dto::BucketVersioningStatus::ENABLED),
+            Versioning::Suspended => Some(dto::BucketVersioningStatus::SUSPENDED),
+        };
+        Ok(S3Response::new(dto::GetBucketVersioningOutput {
+            status: status.map(dto::BucketVersioningStatus::from_static),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<dto::ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<dto::ListObjectVersionsOutput>> {
+        let bucket = req.input.bucket.clone();
+        let tenant = self.tenant_bucket(&req, &bucket).await?;
+        let input = req.input;
+        let max = max_keys(input.max_keys)?;
+        let key_marker = input.key_marker.clone().filter(|k| !k.is_empty());
+        let version_id_marker = input.version_id_marker.clone().filter(|v| !v.is_empty());
+        if version_id_marker.is_some() && key_marker.is_none() {
+            return Err(s3_error!(
+                InvalidArgument,
+                "A version-id marker cannot be specified without a key marker."
+            ));
+        }
+        let query = VersionQuery {
+            prefix: input.prefix.clone().unwrap_or_default(),
+            delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
+            key_marker,
+            version_id_marker,
+            max,
+        };
+        let listing = if max == 0 {
+            crate::cluster::VersionListing::default()
+        } else {
+            self.cluster
+                .list_versions(bucket.clone(), query)
+                .await
+                .map_err(|e| match e {
+                    ClusterError::Invalid(_) => {
+                        s3_error!(InvalidArgument, "Invalid version id specified")
+                    }
+                    e => cluster_error(e),
+                })?
+        };
+        let enc = encoder(input.encoding_type.as_ref());
+        let owner = || dto::Owner {
+            display_name: Some(tenant.clone()),
+            id: Some(tenant.clone()),
+        };
+        let (mut versions, mut markers) = (Vec::new(), Vec::new());
+        for v in listing.versions {
+            if v.delete_marker {
+                markers.push(dto::DeleteMarkerEntry {
+                    is_latest: Some(v.is_latest),
+                    key: Some(enc(v.key)),
+                    last_modified: Some(timestamp(v.modified_ms)),
+                    owner: Some(owner()),
+                    version_id: Some(v.version_id),
+                });
+            } else {
+                versions.push(dto::ObjectVersion {
+                    e_tag: Some(etag(&v.etag)),
+                    is_latest: Some(v.is_latest),
+                    key: Some(enc(v.key)),
+                    last_modified: Some(timestamp(v.modified_ms)),
+                    owner: Some(owner()),
+                    size: Some(v.size as i64),
+                    storage_class: Some(dto::ObjectVersionStorageClass::from_static(
+                        dto::ObjectVersionStorageClass::STANDARD,
+                    )),
+                    version_id: Some(v.version_id),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(S3Response::new(dto::ListObjectVersionsOutput {
+            name: Some(bucket),
+            prefix: Some(enc(input.prefix.unwrap_or_default())),
+            key_marker: Some(enc(input.key_marker.unwrap_or_default())),
+            version_id_marker: Some(input.version_id_marker.unwrap_or_default()),
+            max_keys: Some(max as i32),
+            is_truncated: Some(listing.truncated),
+            next_key_marker: listing.next_key_marker.map(&enc),
+            next_version_id_marker: listing.next_version_id_marker,
+            versions: Some(versions),
+            delete_markers: Some(markers),
+            common_prefixes: Some(prefixes(listing.prefixes, &enc)),
+            delimiter: input.delimiter.map(&enc),
             encoding_type: input.encoding_type,
             ..Default::default()
         }))
@@ -793,11 +1023,11 @@ impl<C: Cluster> S3 for Gateway<C> {
         else {
             return Err(s3_error!(NotImplemented, "access point copy sources"));
         };
-        if version_id.is_some() {
-            return Err(s3_error!(NotImplemented, "versioning is not supported yet"));
-        }
         self.owners.owned(&tenant, source_bucket).await?;
-        let source = self.object(source_bucket, source_key).await?;
+        let (source, source_version) = self
+            .object(source_bucket, source_key, version_id.as_deref())
+            .await
+            .map_err(copy_source_error)?;
         let range = match &input.copy_source_range {
             None => 0..source.size,
             Some(text) => copy_range(text, source.size)?,
@@ -816,7 +1046,13 @@ impl<C: Cluster> S3 for Gateway<C> {
             .map_err(cluster_error)?;
         let segment = Segment { owner, length };
         let copied = self
-            .copy_range(source_bucket, source_key, &source, range, &bucket, owner)
+            .copy_range(
+                (source_bucket, source_key, source_version.clone()),
+                &source,
+                range,
+                &bucket,
+                owner,
+            )
             .await;
         let md5 = match copied {
             Ok(md5) => md5,
@@ -843,6 +1079,7 @@ impl<C: Cluster> S3 for Gateway<C> {
                 last_modified: Some(timestamp(now_ms())),
                 ..Default::default()
             }),
+            copy_source_version_id: source_version,
             ..Default::default()
         }))
     }
@@ -890,7 +1127,7 @@ impl<C: Cluster> S3 for Gateway<C> {
             raw
         };
         let tag = format!("{}-{}", hex(&digest), parts.len());
-        let record = self
+        let (record, version_id) = self
             .cluster
             .complete_upload(input.upload_id, parts, tag)
             .await
@@ -903,6 +1140,7 @@ impl<C: Cluster> S3 for Gateway<C> {
             key: Some(key.clone()),
             e_tag: Some(etag(&record.etag)),
             location: Some(format!("/{bucket}/{key}")),
+            version_id,
             ..Default::default()
         }))
     }
@@ -1112,7 +1350,7 @@ impl<C: Cluster> Gateway<C> {
         bucket: &str,
         key: &str,
         record: ObjectRecord,
-    ) -> S3Result<ObjectRecord> {
+    ) -> S3Result<(ObjectRecord, Option<String>)> {
         let segments = match &record.data {
             ObjectData::Segments(s) => s.clone(),
             ObjectData::Inline(_) => Vec::new(),
@@ -1166,8 +1404,7 @@ impl<C: Cluster> Gateway<C> {
     /// to a new owner (objects never share chunks, so reclaiming one never touches another).
     async fn copy_data(
         &self,
-        source_bucket: &str,
-        source_key: &str,
+        (source_bucket, source_key, source_version): (&str, &str, Option<String>),
         bucket: &str,
         source: &ObjectRecord,
     ) -> S3Result<(ObjectData, Option<[u8; 16]>)> {
@@ -1185,8 +1422,7 @@ impl<C: Cluster> Gateway<C> {
         };
         match self
             .copy_range(
-                source_bucket,
-                source_key,
+                (source_bucket, source_key, source_version),
                 source,
                 0..source.size,
                 bucket,
@@ -1202,12 +1438,12 @@ impl<C: Cluster> Gateway<C> {
         }
     }
 
-    /// Copies `range` of the object `source` to offset 0 of `owner` in `bucket`'s pool,
-    /// a piece at a time; answers the MD5 of the bytes copied.
+    /// Copies `range` of the object `source` (bucket, key and version as it was read) to
+    /// offset 0 of `owner` in `bucket`'s pool, a piece at a time; answers the MD5 of the bytes
+    /// copied.
     async fn copy_range(
         &self,
-        source_bucket: &str,
-        source_key: &str,
+        (source_bucket, source_key, source_version): (&str, &str, Option<String>),
         source: &ObjectRecord,
         range: std::ops::Range<u64>,
         bucket: &str,
@@ -1219,6 +1455,7 @@ impl<C: Cluster> Gateway<C> {
             self.cluster.clone(),
             source_bucket.to_string(),
             source_key.to_string(),
+            source_version,
             source.data.clone(),
             range,
         );

@@ -25,6 +25,7 @@
 //!        (QoS, iSCSI access, reservations and portals: see the `iscsi` module)
 //! POST   /volumes/{name}/resize          {size_bytes}
 //! GET    /tenants          POST /tenants {name}         DELETE /tenants/{name}
+//!                                        (a tenant's usage and quota: see the `s3` module)
 //! POST   /tenants/{name}/keys            creates an access key; the only answer holding its secret
 //! DELETE /keys/{id}
 //!        (S3 buckets, objects, uploads, writes and garbage: see the `s3` module)
@@ -742,15 +743,10 @@ async fn resize_volume(
 
 async fn list_tenants(State(api): State<Api>) -> Response {
     read(&api, |state| {
-        let tenants = state.tenants().map(|(name, tenant)| {
-            let keys: Vec<&String> = state
-                .access_keys()
-                .filter(|(_, key)| key.tenant == *name)
-                .map(|(id, _)| id)
-                .collect();
-            json!({ "name": name, "id": tenant.id.0, "access_keys": keys })
-        });
-        Ok(Value::Array(tenants.collect()))
+        let tenants = state
+            .tenants()
+            .map(|(name, _)| s3::tenant_json(state, name));
+        Ok(Value::Array(tenants.collect::<Result<_, _>>()?))
     })
     .await
 }

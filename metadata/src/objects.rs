@@ -20,8 +20,9 @@
 //!    leaves pending and becomes a segment. A crash between the chunk writes and the commit
 //!    leaves the owner pending (case 1); a refused commit leaves it pending too, and the gateway
 //!    abandons it.
-//! 3. A segment replaced or deleted (an object overwritten or deleted, a part replaced, an
-//!    upload completed without some parts or aborted), and an abandoned write, become
+//! 3. A segment replaced or deleted (a null version overwritten, a version deleted, a part
+//!    replaced, an upload completed without some parts or aborted), and an abandoned write,
+//!    become
 //!    [`Garbage`]: chunks of the owner in a pool, from 0 to a length, to discard.
 //! 4. A reclaim worker deletes the chunks, then commits `ReclaimDone`. A crash in between
 //!    leaves the garbage entry, and the worker deletes again (deleting is idempotent).
@@ -30,6 +31,20 @@
 //! forgotten: every owner handed out is a volume, pending, a segment or garbage until reclaimed.
 //! Readers of an object being overwritten may still fetch the old segments while the reclaim
 //! worker runs; it must wait before deleting (a grace period is the worker's concern).
+//!
+//! # Versions and quotas
+//!
+//! Each key holds its [`Versions`], newest first: objects and delete markers, each with a
+//! [`VersionId`] drawn in apply from a cluster-wide counter (0 is S3's "null" version). A
+//! bucket is [`Versioning::Unversioned`] until versioning is enabled, and never again after:
+//! unversioned and suspended buckets write the null version (replacing the one there, whose
+//! segments become garbage); enabled buckets add a version per write and a delete marker per
+//! delete without a version id. A delete with a version id removes exactly that version. A
+//! key whose newest version is a delete marker reads as absent and is not listed, but keeps
+//! its bucket from being deleted. A bucket's totals count every object version (markers hold
+//! nothing), and [`Quota`]s on a bucket or its tenant (the sum of its buckets' totals) refuse
+//! writes with [`S3Code::QuotaExceeded`], counting the new object minus the version it
+//! replaces.
 //!
 //! Every command carries the time it needs (`now_ms`, drawn by the proposer): applying reads no
 //! clock. Refusals S3 names precisely carry an [`S3Code`] in [`MetaError::S3Refused`], so a
@@ -84,6 +99,10 @@ pub const ETAG_BYTES_MAX: usize = 256;
 pub const UPLOAD_ID_BYTES_MAX: usize = 128;
 /// Most keys and common prefixes one listing page returns (S3's max-keys limit).
 pub const LIST_KEYS_MAX: usize = 1000;
+/// Most keys whose newest version is a delete marker one listing page steps over before it
+/// ends early (truncated, fewer keys than asked, as S3 allows): a page costs at most this
+/// many skipped keys, however many deleted keys a versioned bucket holds.
+pub const LIST_SKIPPED_MAX: usize = 10_000;
 
 const _: () = assert!(PART_BYTES_MIN <= PART_BYTES_MAX);
 // A completed upload's parts are segments of its object: they must pass the segment check.
@@ -121,6 +140,9 @@ pub enum S3Code {
     MalformedXML,
     /// The cluster holds [`UPLOADS_MAX`] uploads or [`PENDING_MAX`] writes: retry later.
     SlowDown,
+    /// The object would take its bucket or tenant over a quota ([`Quota`]). Not an AWS code
+    /// (AWS has no quotas); the gateway answers it with HTTP 403.
+    QuotaExceeded,
 }
 
 impl S3Code {
@@ -138,6 +160,7 @@ impl S3Code {
             S3Code::InvalidArgument => "InvalidArgument",
             S3Code::MalformedXML => "MalformedXML",
             S3Code::SlowDown => "SlowDown",
+            S3Code::QuotaExceeded => "QuotaExceeded",
         }
     }
 }
@@ -159,6 +182,114 @@ fn not_found(kind: &'static str, name: &str) -> MetaError {
     }
 }
 
+/// An object version's id. Drawn in apply from a cluster-wide counter, so ids are unique
+/// and a later version has a larger id; 0 is S3's "null" version, the one unversioned and
+/// suspended buckets write. In S3 text ([`VersionId::text`]) an id is 16 hex digits of
+/// `u64::MAX - id`, so newer versions sort first, or `null`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VersionId(pub u64);
+
+impl VersionId {
+    /// S3's "null" version.
+    pub const NULL: VersionId = VersionId(0);
+    /// The null version's text.
+    pub const NULL_TEXT: &'static str = "null";
+
+    /// Whether this is the null version.
+    pub fn is_null(self) -> bool {
+        self == VersionId::NULL
+    }
+
+    /// The id as S3 clients see it.
+    pub fn text(self) -> String {
+        if self.is_null() {
+            VersionId::NULL_TEXT.to_string()
+        } else {
+            format!("{:016x}", u64::MAX - self.0)
+        }
+    }
+
+    /// Parses [`VersionId::text`]: `null`, or exactly 16 lower-case hex digits.
+    pub fn parse(text: &str) -> Option<VersionId> {
+        if text == VersionId::NULL_TEXT {
+            return Some(VersionId::NULL);
+        }
+        let hex = text.len() == 16 && text.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        let inverted = u64::from_str_radix(text, 16).ok().filter(|_| hex)?;
+        // u64::MAX - 0 would be the null version spelled in hex: one spelling per id.
+        (inverted != u64::MAX).then(|| VersionId(u64::MAX - inverted))
+    }
+}
+
+/// A bucket's versioning state, as S3 names them. A bucket starts unversioned and, once
+/// versioning was enabled, never returns to it (only to suspended).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Versioning {
+    /// Never enabled: every write replaces the key's one (null) version; a delete removes it.
+    #[default]
+    Unversioned,
+    /// Every write adds a version; a delete without a version id adds a delete marker.
+    Enabled,
+    /// Writes and deletes replace the key's null version (a delete with a null delete marker);
+    /// versions written while enabled stay.
+    Suspended,
+}
+
+impl Versioning {
+    /// Whether the bucket never had versioning enabled.
+    pub fn is_unversioned(&self) -> bool {
+        *self == Versioning::Unversioned
+    }
+
+    /// The state in the admin API's JSON: "unversioned", "enabled" or "suspended".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Versioning::Unversioned => "unversioned",
+            Versioning::Enabled => "enabled",
+            Versioning::Suspended => "suspended",
+        }
+    }
+}
+
+/// Limits on what a bucket or a tenant stores (`None`: no limit). Counted over every stored
+/// object version; delete markers hold no bytes and count as no object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Most bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_max: Option<u64>,
+    /// Most object versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects_max: Option<u64>,
+}
+
+impl Quota {
+    /// Whether no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.bytes_max.is_none() && self.objects_max.is_none()
+    }
+}
+
+/// Objects and bytes stored (every version counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Object versions (delete markers not counted).
+    pub objects: u64,
+    /// Their sizes summed.
+    pub bytes: u64,
+}
+
+/// What a quota applies to (`Command::SetQuota`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuotaScope {
+    /// A bucket, by name.
+    Bucket(String),
+    /// A tenant, by name: the sum over its buckets.
+    Tenant(String),
+}
+
 /// An S3 bucket. Its name is the key of [`MetaState::bucket`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,10 +302,16 @@ pub struct Bucket {
     pub pool: String,
     /// When it was created (ms since the Unix epoch, the proposer's clock).
     pub created_ms: u64,
-    /// How many objects it holds now.
+    /// How many object versions it holds now (delete markers not counted).
     pub objects: u64,
-    /// The sum of its objects' sizes now.
+    /// The sum of its object versions' sizes now.
     pub bytes: u64,
+    /// Its versioning state (absent from records: unversioned).
+    #[serde(default, skip_serializing_if = "Versioning::is_unversioned")]
+    pub versioning: Versioning,
+    /// Its limits (absent from records: none).
+    #[serde(default, skip_serializing_if = "Quota::is_unlimited")]
+    pub quota: Quota,
 }
 
 /// Bytes stored as chunks under `owner` in the bucket's pool, from offset 0 to `length`.
@@ -241,6 +378,139 @@ impl ObjectRecord {
             ObjectData::Inline { .. } => &[],
             ObjectData::Segments(segments) => segments,
         }
+    }
+}
+
+/// One version of a key: an object or a delete marker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Version {
+    /// An object.
+    Object {
+        /// Its id.
+        id: VersionId,
+        /// The object.
+        record: ObjectRecord,
+    },
+    /// A delete marker: the key reads as absent while this is its newest version.
+    DeleteMarker {
+        /// Its id.
+        id: VersionId,
+        /// When it was made (ms since the Unix epoch).
+        modified_ms: u64,
+    },
+}
+
+impl Version {
+    /// Its id.
+    pub fn id(&self) -> VersionId {
+        match self {
+            Version::Object { id, .. } | Version::DeleteMarker { id, .. } => *id,
+        }
+    }
+
+    /// The object, or `None` for a delete marker.
+    pub fn record(&self) -> Option<&ObjectRecord> {
+        match self {
+            Version::Object { record, .. } => Some(record),
+            Version::DeleteMarker { .. } => None,
+        }
+    }
+
+    /// When it was written.
+    pub fn modified_ms(&self) -> u64 {
+        match self {
+            Version::Object { record, .. } => record.modified_ms,
+            Version::DeleteMarker { modified_ms, .. } => *modified_ms,
+        }
+    }
+
+    /// What it adds to its bucket's totals.
+    pub fn usage(&self) -> Usage {
+        match self {
+            Version::Object { record, .. } => Usage {
+                objects: 1,
+                bytes: record.size,
+            },
+            Version::DeleteMarker { .. } => Usage::default(),
+        }
+    }
+
+    /// Its segments (none if inline or a marker).
+    pub fn segments(&self) -> &[Segment] {
+        self.record().map_or(&[], ObjectRecord::segments)
+    }
+}
+
+/// A key's versions, newest first, never empty. Stored as one record: a key holding only a
+/// null object version (every key of an unversioned bucket) is stored as that plain
+/// [`ObjectRecord`], as before versioning existed; any other as `{"versions": [...]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "VersionsRecord", into = "VersionsRecord")]
+pub struct Versions(Vec<Version>);
+
+/// [`Versions`] as stored.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum VersionsRecord {
+    /// A lone null object version.
+    Plain(ObjectRecord),
+    /// Anything else.
+    Listed(ListedVersions),
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListedVersions {
+    versions: Vec<Version>,
+}
+
+impl From<Versions> for VersionsRecord {
+    fn from(versions: Versions) -> VersionsRecord {
+        match &versions.0[..] {
+            [Version::Object { id, record }] if id.is_null() => {
+                VersionsRecord::Plain(record.clone())
+            }
+            _ => VersionsRecord::Listed(ListedVersions {
+                versions: versions.0,
+            }),
+        }
+    }
+}
+
+impl TryFrom<VersionsRecord> for Versions {
+    type Error = String;
+
+    fn try_from(record: VersionsRecord) -> Result<Versions, String> {
+        match record {
+            VersionsRecord::Plain(record) => Ok(Versions(vec![Version::Object {
+                id: VersionId::NULL,
+                record,
+            }])),
+            VersionsRecord::Listed(listed) if listed.versions.is_empty() => {
+                Err("a key without versions".into())
+            }
+            VersionsRecord::Listed(listed) => Ok(Versions(listed.versions)),
+        }
+    }
+}
+
+impl Versions {
+    /// The versions, newest first.
+    pub fn all(&self) -> &[Version] {
+        &self.0
+    }
+
+    /// The newest version.
+    pub fn latest(&self) -> &Version {
+        self.0
+            .first()
+            .expect("invariant: a key holds at least one version")
+    }
+
+    /// The version `id`, if the key holds it.
+    pub fn get(&self, id: VersionId) -> Option<&Version> {
+        self.0.iter().find(|v| v.id() == id)
     }
 }
 
@@ -504,27 +774,41 @@ fn rolled<'k>(key: &'k str, query: &ListQuery<'_>) -> Option<&'k str> {
     Some(&key[..query.prefix.len() + at + query.delimiter.len()])
 }
 
-/// One page of `objects` (a bucket's) under `query`: keys after `query.after` that start with
-/// the prefix, in byte order, with keys rolled into common prefixes by the delimiter (each
-/// prefix counted once; a prefix at or before `after` skipped). After a common prefix the scan
-/// jumps past every key under it, so a page costs O(max log n) however many keys roll up.
-pub fn list<'a>(objects: &'a BTreeMap<String, ObjectRecord>, query: &ListQuery<'_>) -> Listing<'a> {
-    let mut listing = Listing::default();
-    let mut from = if query.after >= query.prefix {
-        Bound::Excluded(query.after.to_string())
+/// Where a scan starts: after `after` if it is at or past the prefix, else at the prefix.
+fn scan_start(prefix: &str, after: &str) -> Bound<String> {
+    if after >= prefix {
+        Bound::Excluded(after.to_string())
     } else {
-        Bound::Included(query.prefix.to_string())
+        Bound::Included(prefix.to_string())
+    }
+}
+
+/// The first key at or after `from` in `objects`.
+fn next_key<'a>(
+    objects: &'a BTreeMap<String, Versions>,
+    from: &Bound<String>,
+) -> Option<(&'a String, &'a Versions)> {
+    let start = match from {
+        Bound::Included(s) => Bound::Included(s.as_str()),
+        Bound::Excluded(s) => Bound::Excluded(s.as_str()),
+        Bound::Unbounded => Bound::Unbounded,
     };
+    objects.range::<str, _>((start, Bound::Unbounded)).next()
+}
+
+/// One page of `objects` (a bucket's) under `query`: keys after `query.after` that start with
+/// the prefix and whose newest version is an object, in byte order, with keys rolled into
+/// common prefixes by the delimiter (each prefix counted once, and only if a key under it is
+/// not deleted; a prefix at or before `after` skipped). After a common prefix the scan jumps
+/// past every key under it, so a page costs O(max log n) however many keys roll up. Keys
+/// whose newest version is a delete marker are stepped over one by one; past
+/// [`LIST_SKIPPED_MAX`] of them outside common prefixes the page ends early, truncated.
+pub fn list<'a>(objects: &'a BTreeMap<String, Versions>, query: &ListQuery<'_>) -> Listing<'a> {
+    let mut listing = Listing::default();
+    let mut from = scan_start(query.prefix, query.after);
     let mut returned = 0usize;
-    loop {
-        let start = match &from {
-            Bound::Included(s) => Bound::Included(s.as_str()),
-            Bound::Excluded(s) => Bound::Excluded(s.as_str()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let Some((key, record)) = objects.range::<str, _>((start, Bound::Unbounded)).next() else {
-            break;
-        };
+    let mut skipped = 0usize;
+    while let Some((key, versions)) = next_key(objects, &from) {
         if !key.starts_with(query.prefix) {
             break;
         }
@@ -539,6 +823,19 @@ pub fn list<'a>(objects: &'a BTreeMap<String, ObjectRecord>, query: &ListQuery<'
             }
             continue;
         }
+        let Some(record) = versions.latest().record() else {
+            // Deleted: a common prefix shows only for a key under it that is not.
+            if common.is_none() {
+                skipped += 1;
+                if skipped >= LIST_SKIPPED_MAX {
+                    listing.truncated = true;
+                    listing.next = Some(key.clone());
+                    return listing;
+                }
+            }
+            from = Bound::Excluded(key.clone());
+            continue;
+        };
         if returned == query.max {
             listing.truncated = true;
             break;
@@ -562,6 +859,119 @@ pub fn list<'a>(objects: &'a BTreeMap<String, ObjectRecord>, query: &ListQuery<'
     }
     if !listing.truncated {
         listing.next = None;
+    }
+    listing
+}
+
+/// What a version listing asks for (see [`list_versions`]). Empty strings mean "none".
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VersionQuery<'q> {
+    /// Only keys starting with it.
+    pub prefix: &'q str,
+    /// Keys whose rest after the prefix holds it are rolled into common prefixes.
+    pub delimiter: &'q str,
+    /// Only keys (and prefixes) after it, or with `version_marker`, that key's versions after
+    /// that one and later keys.
+    pub key_marker: &'q str,
+    /// The last version returned on the previous page (with `key_marker`).
+    pub version_marker: Option<VersionId>,
+    /// Most versions and prefixes returned (the caller caps it at [`LIST_KEYS_MAX`]).
+    pub max: usize,
+}
+
+/// One version in a version listing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListedVersion<'a> {
+    /// Its key.
+    pub key: &'a str,
+    /// The version.
+    pub version: &'a Version,
+    /// Whether it is its key's newest.
+    pub latest: bool,
+}
+
+/// One page of a version listing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VersionListing<'a> {
+    /// Versions by key, newest first within a key.
+    pub versions: Vec<ListedVersion<'a>>,
+    /// The common prefixes returned, in byte order.
+    pub prefixes: Vec<String>,
+    /// Whether more versions or prefixes follow.
+    pub truncated: bool,
+    /// When truncated: the next page's key marker (the last key or prefix returned).
+    pub next_key: Option<String>,
+    /// When truncated after a version: the next page's version marker.
+    pub next_version: Option<VersionId>,
+}
+
+/// One page of every version and delete marker of `objects` (a bucket's) under `query`, by
+/// key, newest first within a key, keys rolled into common prefixes as [`list`] does. A page
+/// resuming inside a key whose marked version is gone resumes at the next key.
+pub fn list_versions<'a>(
+    objects: &'a BTreeMap<String, Versions>,
+    query: &VersionQuery<'_>,
+) -> VersionListing<'a> {
+    let mut listing = VersionListing::default();
+    let rolling = ListQuery {
+        prefix: query.prefix,
+        delimiter: query.delimiter,
+        after: query.key_marker,
+        max: query.max,
+    };
+    // Resuming inside the marker's key: its versions after the marked one.
+    let mut skip_in_first = 0usize;
+    let mut from = scan_start(query.prefix, query.key_marker);
+    if let Some(marker) = query.version_marker
+        && let Some(versions) = objects.get(query.key_marker)
+        && query.key_marker.starts_with(query.prefix)
+        && let Some(at) = versions.all().iter().position(|v| v.id() == marker)
+    {
+        skip_in_first = at + 1;
+        from = Bound::Included(query.key_marker.to_string());
+    }
+    let mut returned = 0usize;
+    'keys: while let Some((key, versions)) = next_key(objects, &from) {
+        if !key.starts_with(query.prefix) {
+            break;
+        }
+        if let Some(common) = rolled(key, &rolling) {
+            if common > query.key_marker {
+                if returned == query.max {
+                    listing.truncated = true;
+                    break;
+                }
+                returned += 1;
+                listing.prefixes.push(common.to_string());
+                listing.next_key = Some(common.to_string());
+                listing.next_version = None;
+            }
+            match prefix_end(common) {
+                Some(end) => from = Bound::Included(end),
+                None => break,
+            }
+            continue;
+        }
+        let skip = std::mem::take(&mut skip_in_first);
+        for (index, version) in versions.all().iter().enumerate().skip(skip) {
+            if returned == query.max {
+                listing.truncated = true;
+                break 'keys;
+            }
+            returned += 1;
+            listing.versions.push(ListedVersion {
+                key,
+                version,
+                latest: index == 0,
+            });
+            listing.next_key = Some(key.clone());
+            listing.next_version = Some(version.id());
+        }
+        from = Bound::Excluded(key.clone());
+    }
+    if !listing.truncated {
+        listing.next_key = None;
+        listing.next_version = None;
     }
     listing
 }
@@ -595,9 +1005,28 @@ impl MetaState {
         self.buckets.iter().filter(move |(_, b)| b.tenant == tenant)
     }
 
-    /// An object by bucket and key.
+    /// An object by bucket and key: its newest version, `None` if that is a delete marker.
     pub fn object(&self, bucket: &str, key: &str) -> Option<&ObjectRecord> {
+        self.versions(bucket, key)?.latest().record()
+    }
+
+    /// A key's versions, newest first.
+    pub fn versions(&self, bucket: &str, key: &str) -> Option<&Versions> {
         self.objects.get(bucket)?.get(key)
+    }
+
+    /// The version `id` of a key, or its newest without one.
+    pub fn object_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: Option<VersionId>,
+    ) -> Option<&Version> {
+        let versions = self.versions(bucket, key)?;
+        match id {
+            Some(id) => versions.get(id),
+            None => Some(versions.latest()),
+        }
     }
 
     /// One page of a bucket's objects ([`list`]); `NotFound` if the bucket does not exist.
@@ -613,6 +1042,31 @@ impl MetaState {
             Some(objects) => list(objects, query),
             None => Listing::default(),
         })
+    }
+
+    /// One page of a bucket's versions ([`list_versions`]); `NotFound` if the bucket does not
+    /// exist.
+    pub fn list_object_versions(
+        &self,
+        bucket: &str,
+        query: &VersionQuery<'_>,
+    ) -> Result<VersionListing<'_>, MetaError> {
+        if !self.buckets.contains_key(bucket) {
+            return Err(not_found("bucket", bucket));
+        }
+        Ok(match self.objects.get(bucket) {
+            Some(objects) => list_versions(objects, query),
+            None => VersionListing::default(),
+        })
+    }
+
+    /// What a tenant's buckets store, summed (a scan of all buckets).
+    pub fn tenant_usage(&self, tenant: &str) -> Usage {
+        self.buckets_of(tenant)
+            .fold(Usage::default(), |sum, (_, b)| Usage {
+                objects: sum.objects.saturating_add(b.objects),
+                bytes: sum.bytes.saturating_add(b.bytes),
+            })
     }
 
     /// An open multipart upload by id.
@@ -704,6 +1158,8 @@ impl MetaState {
             created_ms: now_ms,
             objects: 0,
             bytes: 0,
+            versioning: Versioning::Unversioned,
+            quota: Quota::default(),
         };
         self.buckets.insert(name, bucket);
         Ok(Applied::Bucket(id))
@@ -784,35 +1240,165 @@ impl MetaState {
         );
     }
 
-    /// Puts (`Some`) or removes (`None`) the object at `bucket`/`key`, keeping the bucket's
-    /// totals; the replaced object's segments become garbage. The bucket exists.
-    fn replace_object(&mut self, bucket: &str, key: String, record: Option<ObjectRecord>) {
-        let added = record.as_ref().map_or(0, |r| r.size);
-        let put = record.is_some();
-        let objects = self.objects.entry(bucket.to_string()).or_default();
-        let old = match record {
-            Some(record) => objects.insert(key, record),
-            None => objects.remove(&key),
-        };
-        if objects.is_empty() {
-            // Only buckets holding objects have an entry, so equal states are equal maps.
-            self.objects.remove(bucket);
+    /// The version a new object or null delete marker at `bucket`/`key` replaces: the null
+    /// version unless the bucket has versioning enabled (then nothing is replaced).
+    pub(crate) fn replaced_version(&self, bucket: &str, key: &str) -> Option<&Version> {
+        let versioning = self.buckets.get(bucket)?.versioning;
+        if versioning == Versioning::Enabled {
+            return None;
         }
-        let removed = old.as_ref().map_or(0, |r| r.size);
+        self.versions(bucket, key)?.get(VersionId::NULL)
+    }
+
+    /// The id a new version in `bucket` gets: the next of the counter if versioning is
+    /// enabled, else the null version.
+    fn draw_version(&mut self, bucket: &str) -> VersionId {
+        let versioning = self.buckets.get(bucket).map(|b| b.versioning);
+        if versioning == Some(Versioning::Enabled) {
+            self.counters.next_version += 1;
+            VersionId(self.counters.next_version)
+        } else {
+            VersionId::NULL
+        }
+    }
+
+    /// Adds `usage` to (`add`) or takes it from a bucket's totals. The bucket exists.
+    fn count(&mut self, bucket: &str, usage: Usage, add: bool) {
         let entry = self.buckets.get_mut(bucket);
-        let entry = entry.expect("invariant: objects are put in existing buckets");
-        entry.objects = entry.objects + u64::from(put) - u64::from(old.is_some());
-        entry.bytes = entry.bytes - removed + added;
-        let pool = entry.pool.clone();
-        for segment in old.iter().flat_map(|r| r.segments()) {
+        let entry = entry.expect("invariant: versions are kept in existing buckets");
+        if add {
+            entry.objects += usage.objects;
+            entry.bytes += usage.bytes;
+        } else {
+            entry.objects -= usage.objects;
+            entry.bytes -= usage.bytes;
+        }
+    }
+
+    /// Removes the version `id` of `bucket`/`key`, if there is one, keeping the bucket's
+    /// totals; its segments become garbage. The bucket exists.
+    fn remove_version(&mut self, bucket: &str, key: &str, id: VersionId) -> Option<Version> {
+        let objects = self.objects.get_mut(bucket)?;
+        let versions = objects.get_mut(key)?;
+        let at = versions.0.iter().position(|v| v.id() == id)?;
+        let removed = versions.0.remove(at);
+        if versions.0.is_empty() {
+            objects.remove(key);
+            if objects.is_empty() {
+                // Only buckets holding versions have an entry, so equal states are equal maps.
+                self.objects.remove(bucket);
+            }
+        }
+        self.count(bucket, removed.usage(), false);
+        let pool = self.buckets[bucket].pool.clone();
+        for segment in removed.segments() {
             self.discard(&pool, segment);
         }
+        Some(removed)
+    }
+
+    /// Makes `version` the newest of `bucket`/`key`, after removing the version it replaces
+    /// (a null one replaces the null version), keeping the bucket's totals. The bucket exists.
+    fn add_version(&mut self, bucket: &str, key: String, version: Version) {
+        if version.id().is_null() {
+            self.remove_version(bucket, &key, VersionId::NULL);
+        }
+        self.count(bucket, version.usage(), true);
+        let objects = self.objects.entry(bucket.to_string()).or_default();
+        match objects.get_mut(&key) {
+            Some(versions) => versions.0.insert(0, version),
+            None => {
+                objects.insert(key, Versions(vec![version]));
+            }
+        }
+    }
+
+    /// Refuses with [`S3Code::QuotaExceeded`] an object of `size` bytes at `bucket`/`key` that
+    /// would take the bucket or its tenant over a limit, counting the object minus the version
+    /// it replaces. A write that adds nothing passes even over a (lowered) limit.
+    fn check_quota(&self, bucket: &str, key: &str, size: u64) -> Result<(), MetaError> {
+        let replaced = self.replaced_version(bucket, key).map(Version::usage);
+        let replaced = replaced.unwrap_or_default();
+        let added_objects = 1u64.saturating_sub(replaced.objects);
+        let added_bytes = size.saturating_sub(replaced.bytes);
+        let over = |usage: Usage, quota: &Quota| {
+            let objects = usage.objects.saturating_sub(replaced.objects) + 1;
+            let bytes = (usage.bytes.saturating_sub(replaced.bytes)).saturating_add(size);
+            (added_objects > 0 && quota.objects_max.is_some_and(|max| objects > max))
+                || (added_bytes > 0 && quota.bytes_max.is_some_and(|max| bytes > max))
+        };
+        let entry = self.bucket_ref(bucket)?;
+        let bucket_usage = Usage {
+            objects: entry.objects,
+            bytes: entry.bytes,
+        };
+        if over(bucket_usage, &entry.quota) {
+            return Err(refused(
+                S3Code::QuotaExceeded,
+                format!(
+                    "bucket {bucket} holds {} objects and {} bytes; its quota is {:?}",
+                    entry.objects, entry.bytes, entry.quota
+                ),
+            ));
+        }
+        let tenant = self.tenants.get(&entry.tenant);
+        if let Some(quota) = tenant.map(|t| t.quota).filter(|q| !q.is_unlimited()) {
+            let usage = self.tenant_usage(&entry.tenant);
+            if over(usage, &quota) {
+                return Err(refused(
+                    S3Code::QuotaExceeded,
+                    format!(
+                        "tenant {} holds {} objects and {} bytes; its quota is {quota:?}",
+                        entry.tenant, usage.objects, usage.bytes
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
 impl MetaState {
-    /// Puts an object, replacing any (`Command::PutObject`). Its segments' owners leave
-    /// pending; the replaced object's segments become garbage.
+    /// Turns versioning on or, once it was, suspends it (`Command::SetBucketVersioning`).
+    pub(crate) fn set_bucket_versioning(
+        &mut self,
+        bucket: &str,
+        enabled: bool,
+    ) -> Result<Applied, MetaError> {
+        self.bucket_ref(bucket)?;
+        let entry = self.buckets.get_mut(bucket);
+        let entry = entry.expect("invariant: the bucket was found above");
+        entry.versioning = if enabled {
+            Versioning::Enabled
+        } else {
+            Versioning::Suspended
+        };
+        Ok(Applied::Done)
+    }
+
+    /// Sets or removes a bucket's or tenant's limits (`Command::SetQuota`).
+    pub(crate) fn set_quota(
+        &mut self,
+        scope: &QuotaScope,
+        quota: Quota,
+    ) -> Result<Applied, MetaError> {
+        let slot = match scope {
+            QuotaScope::Bucket(name) => self.buckets.get_mut(name).map(|b| &mut b.quota),
+            QuotaScope::Tenant(name) => self.tenants.get_mut(name).map(|t| &mut t.quota),
+        };
+        let Some(slot) = slot else {
+            return Err(match scope {
+                QuotaScope::Bucket(name) => not_found("bucket", name),
+                QuotaScope::Tenant(name) => not_found("tenant", name),
+            });
+        };
+        *slot = quota;
+        Ok(Applied::Done)
+    }
+
+    /// Puts an object (`Command::PutObject`): a new version in a bucket with versioning
+    /// enabled, else the null version, replacing any. Its segments' owners leave pending; the
+    /// replaced version's segments become garbage.
     pub(crate) fn put_object(
         &mut self,
         bucket: String,
@@ -824,26 +1410,63 @@ impl MetaState {
         check_object_key(&key)?;
         check_record(&record)?;
         self.check_pending(&bucket, record.segments())?;
+        self.check_quota(&bucket, &key, record.size)?;
         for segment in record.segments() {
             self.pending.remove(&segment.owner);
         }
         record.modified_ms = now_ms;
-        self.replace_object(&bucket, key, Some(record));
-        Ok(Applied::Done)
+        Ok(self.write_version(&bucket, key, record))
     }
 
-    /// Deletes an object (`Command::DeleteObject`); an absent key is no error, as in S3.
+    /// Adds `record` as the newest version of `bucket`/`key`; what `PutObject` and
+    /// `CompleteUpload` answer.
+    fn write_version(&mut self, bucket: &str, key: String, record: ObjectRecord) -> Applied {
+        let id = self.draw_version(bucket);
+        self.add_version(bucket, key, Version::Object { id, record });
+        let versioned = !self.buckets[bucket].versioning.is_unversioned();
+        Applied::Written {
+            version: versioned.then_some(id),
+        }
+    }
+
+    /// Deletes an object (`Command::DeleteObject`); an absent key or version is no error, as
+    /// in S3. With a version id, removes that version; without, removes the object
+    /// (unversioned), adds a delete marker (enabled) or a null delete marker in place of the
+    /// null version (suspended).
     pub(crate) fn delete_object(
         &mut self,
         bucket: String,
         key: String,
+        version: Option<VersionId>,
+        now_ms: u64,
     ) -> Result<Applied, MetaError> {
-        self.bucket_ref(&bucket)?;
+        let versioning = self.bucket_ref(&bucket)?.versioning;
         check_object_key(&key)?;
-        if self.object(&bucket, &key).is_some() {
-            self.replace_object(&bucket, key, None);
+        if let Some(id) = version {
+            let removed = self.remove_version(&bucket, &key, id);
+            let marker = matches!(removed, Some(Version::DeleteMarker { .. }));
+            return Ok(Applied::Deleted {
+                version: Some(id),
+                marker,
+            });
         }
-        Ok(Applied::Done)
+        if versioning == Versioning::Unversioned {
+            self.remove_version(&bucket, &key, VersionId::NULL);
+            return Ok(Applied::Deleted {
+                version: None,
+                marker: false,
+            });
+        }
+        let id = self.draw_version(&bucket);
+        let marker = Version::DeleteMarker {
+            id,
+            modified_ms: now_ms,
+        };
+        self.add_version(&bucket, key, marker);
+        Ok(Applied::Deleted {
+            version: Some(id),
+            marker: true,
+        })
     }
 
     /// Opens a multipart upload (`Command::CreateUpload`).
@@ -972,6 +1595,7 @@ impl MetaState {
         let upload = upload.ok_or_else(|| not_found("upload", &upload_id))?;
         check_etag(&etag)?;
         let (segments, size) = Self::completed_segments(upload, parts)?;
+        self.check_quota(&upload.bucket, &upload.key, size)?;
         let upload = self.uploads.remove(&upload_id);
         let upload = upload.expect("invariant: the upload was found above");
         let pool = self.bucket_ref(&upload.bucket)?.pool.clone();
@@ -990,8 +1614,7 @@ impl MetaState {
             data: ObjectData::Segments(segments),
         };
         debug_assert_eq!(check_record(&record), Ok(()));
-        self.replace_object(&upload.bucket, upload.key, Some(record));
-        Ok(Applied::Done)
+        Ok(self.write_version(&upload.bucket, upload.key, record))
     }
 
     /// Aborts a multipart upload (`Command::AbortUpload`): its parts become garbage.
@@ -1082,13 +1705,9 @@ impl MetaState {
             if *count > BUCKETS_PER_TENANT_MAX {
                 return Some(format!("tenant {}: too many buckets", bucket.tenant));
             }
-            let objects = self.objects.get(name);
-            let count = objects.map_or(0, |o| o.len() as u64);
-            let bytes: u64 = objects
-                .iter()
-                .flat_map(|o| o.values())
-                .map(|r| r.size)
-                .sum();
+            let versions = self.objects.get(name).into_iter().flat_map(|o| o.values());
+            let usage = versions.flat_map(|v| v.all()).map(Version::usage);
+            let (count, bytes) = usage.fold((0, 0), |(c, b), u| (c + u.objects, b + u.bytes));
             if (bucket.objects, bucket.bytes) != (count, bytes) {
                 return Some(format!("bucket {name}: totals differ from its objects"));
             }
@@ -1103,10 +1722,17 @@ impl MetaState {
                     "objects of {bucket:?}: no such bucket, or an empty map"
                 ));
             }
-            for (key, record) in objects {
-                if check_object_key(key).is_err() || check_record(record).is_err() {
-                    return Some(format!("object {bucket}/{key:?}: bad key or record"));
+            let versioning = self.buckets.get(bucket).map(|b| b.versioning);
+            for (key, versions) in objects {
+                if check_object_key(key).is_err() || versions_violation(versions, versioning) {
+                    return Some(format!("object {bucket}/{key:?}: bad key or versions"));
                 }
+            }
+        }
+        for versions in self.objects.values().flat_map(|o| o.values()) {
+            let newest = versions.all().iter().map(|v| v.id().0).max().unwrap_or(0);
+            if newest > self.counters.next_version {
+                return Some(format!("version {newest}: not handed out"));
             }
         }
         None
@@ -1148,8 +1774,9 @@ impl MetaState {
     /// or a part, a write in progress or garbage.
     fn owner_violation(&self) -> Option<String> {
         let volumes = self.volumes.values().map(|v| v.id);
-        let objects = self.objects.values().flat_map(|o| o.values());
-        let segments = objects.flat_map(|r| r.segments().iter().map(|s| s.owner));
+        let versions = self.objects.values().flat_map(|o| o.values());
+        let versions = versions.flat_map(|v| v.all());
+        let segments = versions.flat_map(|v| v.segments().iter().map(|s| s.owner));
         let parts = self.uploads.values().flat_map(|u| u.parts.values());
         let parts = parts.map(|p| p.segment.owner);
         let all = volumes
@@ -1165,6 +1792,22 @@ impl MetaState {
         }
         None
     }
+}
+
+/// Whether a key's versions break a rule: each record valid, ids distinct and newer first
+/// (the null version anywhere), and only null object versions in an unversioned bucket.
+fn versions_violation(versions: &Versions, versioning: Option<Versioning>) -> bool {
+    let all = versions.all();
+    let mut ids = BTreeSet::new();
+    let numbered: Vec<u64> = all.iter().map(|v| v.id().0).filter(|id| *id != 0).collect();
+    let ordered = numbered.windows(2).all(|w| w[0] > w[1]);
+    let bad = all.iter().any(|v| {
+        !ids.insert(v.id())
+            || v.record().is_some_and(|r| check_record(r).is_err())
+            || (versioning == Some(Versioning::Unversioned)
+                && (!v.id().is_null() || v.record().is_none()))
+    });
+    all.is_empty() || !ordered || bad
 }
 
 /// Standard base64 (RFC 4648, with padding) for inline object data in JSON. Decoding is strict:
@@ -1249,6 +1892,13 @@ mod tests {
     };
 
     const MIB: u64 = 1 << 20;
+    /// What a write to an unversioned bucket answers.
+    const WRITTEN: Applied = Applied::Written { version: None };
+    /// What a delete in an unversioned bucket answers.
+    const DELETED: Applied = Applied::Deleted {
+        version: None,
+        marker: false,
+    };
 
     /// Pool "p" on 3 hosts, tenant "t" and its bucket "bkt" in "p".
     fn with_bucket() -> MetaState {
@@ -1368,6 +2018,401 @@ mod tests {
         }
     }
 
+    fn delete_version(key: &str, version: Option<VersionId>) -> Command {
+        Command::DeleteObject {
+            bucket: "bkt".into(),
+            key: key.into(),
+            version_id: version,
+            now_ms: 900,
+        }
+    }
+
+    fn set_versioning(enabled: bool) -> Command {
+        Command::SetBucketVersioning {
+            bucket: "bkt".into(),
+            enabled,
+        }
+    }
+
+    fn ids(state: &MetaState, key: &str) -> Vec<(VersionId, bool)> {
+        let versions = state
+            .versions("bkt", key)
+            .map(Versions::all)
+            .unwrap_or_default();
+        versions
+            .iter()
+            .map(|v| (v.id(), v.record().is_some()))
+            .collect()
+    }
+
+    /// Goal: S3's versioning semantics: enabled buckets keep every version and delete with
+    /// markers, a version id removes exactly that version (a marker's removal undeletes),
+    /// suspended buckets replace the null version, and totals count every version. Method:
+    /// one scripted sequence, checking versions, garbage and totals at each step.
+    #[test]
+    fn versioning_keeps_versions_and_deletes_with_markers() {
+        let mut state = with_bucket();
+        let inline = |b: &[u8]| record(ObjectData::Inline { data: b.to_vec() });
+        assert_eq!(state.apply(put("k", inline(b"v0"))), Ok(WRITTEN));
+        assert_eq!(state.apply(set_versioning(true)), Ok(Applied::Done));
+        assert_eq!(
+            state.bucket("bkt").map(|b| b.versioning),
+            Some(Versioning::Enabled)
+        );
+        let first = begin(&mut state, "bkt");
+        let put_1 = state.apply(put("k", record(segments(&[(first, 10)]))));
+        assert_eq!(
+            put_1,
+            Ok(Applied::Written {
+                version: Some(VersionId(1))
+            })
+        );
+        let put_2 = state.apply(put("k", inline(b"v2")));
+        assert_eq!(
+            put_2,
+            Ok(Applied::Written {
+                version: Some(VersionId(2))
+            })
+        );
+        assert_eq!(
+            ids(&state, "k"),
+            vec![
+                (VersionId(2), true),
+                (VersionId(1), true),
+                (VersionId::NULL, true)
+            ]
+        );
+        let bucket = state.bucket("bkt").expect("bucket");
+        assert_eq!(
+            (bucket.objects, bucket.bytes),
+            (3, 2 + 10 + 2),
+            "every version counts"
+        );
+        assert_eq!(state.garbage().count(), 0, "nothing replaced");
+        // A delete adds a marker: the key reads as absent and is not listed.
+        let marked = state.apply(delete_version("k", None));
+        let marker = Applied::Deleted {
+            version: Some(VersionId(3)),
+            marker: true,
+        };
+        assert_eq!(marked, Ok(marker));
+        assert_eq!(state.object("bkt", "k"), None);
+        let listing = state.list_objects(
+            "bkt",
+            &ListQuery {
+                max: 10,
+                ..Default::default()
+            },
+        );
+        assert!(listing.expect("listing").objects.is_empty());
+        let old = state.object_version("bkt", "k", Some(VersionId(1)));
+        assert_eq!(old.and_then(Version::record).map(|r| r.size), Some(10));
+        // Removing the marker by id undeletes; removing a version discards its segments.
+        let undeleted = state.apply(delete_version("k", Some(VersionId(3))));
+        assert_eq!(
+            undeleted,
+            Ok(Applied::Deleted {
+                version: Some(VersionId(3)),
+                marker: true
+            })
+        );
+        assert_eq!(state.object("bkt", "k").map(|r| r.size), Some(2));
+        let removed = state.apply(delete_version("k", Some(VersionId(1))));
+        assert_eq!(
+            removed,
+            Ok(Applied::Deleted {
+                version: Some(VersionId(1)),
+                marker: false
+            })
+        );
+        assert_eq!(
+            state.garbage().map(|(o, _)| o).collect::<Vec<_>>(),
+            vec![first]
+        );
+        let absent = state.apply(delete_version("k", Some(VersionId(99))));
+        assert!(absent.is_ok(), "an absent version is no error");
+        // Suspended: a write replaces the null version; a delete puts a null marker there.
+        assert_eq!(state.apply(set_versioning(false)), Ok(Applied::Done));
+        let suspended = state.apply(put("k", inline(b"null!")));
+        assert_eq!(
+            suspended,
+            Ok(Applied::Written {
+                version: Some(VersionId::NULL)
+            })
+        );
+        assert_eq!(
+            ids(&state, "k"),
+            vec![(VersionId::NULL, true), (VersionId(2), true)]
+        );
+        let nulled = state.apply(delete_version("k", None));
+        let null_marker = Applied::Deleted {
+            version: Some(VersionId::NULL),
+            marker: true,
+        };
+        assert_eq!(nulled, Ok(null_marker));
+        assert_eq!(
+            ids(&state, "k"),
+            vec![(VersionId::NULL, false), (VersionId(2), true)]
+        );
+        let bucket = state.bucket("bkt").expect("bucket");
+        assert_eq!((bucket.objects, bucket.bytes), (1, 2));
+        assert!(matches!(
+            state.apply(Command::DeleteBucket { name: "bkt".into() }),
+            Err(MetaError::NotEmpty { .. })
+        ));
+        for id in [VersionId::NULL, VersionId(2)] {
+            state.apply(delete_version("k", Some(id))).expect("delete");
+        }
+        assert!(state.versions("bkt", "k").is_none());
+        assert_eq!(
+            state.apply(Command::DeleteBucket { name: "bkt".into() }),
+            Ok(Applied::Done)
+        );
+        assert_eq!(state.invariant_violation(), None);
+    }
+
+    /// Goal: versioning applies only to existing buckets and never returns to unversioned.
+    #[test]
+    fn versioning_refusals() {
+        let mut state = with_bucket();
+        let missing = Command::SetBucketVersioning {
+            bucket: "nope".into(),
+            enabled: true,
+        };
+        assert!(matches!(
+            state.apply(missing),
+            Err(MetaError::NotFound { .. })
+        ));
+        state.apply(set_versioning(false)).expect("suspend");
+        assert_eq!(
+            state.bucket("bkt").map(|b| b.versioning),
+            Some(Versioning::Suspended)
+        );
+    }
+
+    /// Goal: version ids print as S3 text that sorts newest first and parses back; junk does
+    /// not parse. Method: a few ids and strings.
+    #[test]
+    fn version_ids_round_trip_through_text() {
+        let (older, newer) = (VersionId(5), VersionId(6));
+        assert!(newer.text() < older.text(), "newer versions sort first");
+        for id in [VersionId::NULL, older, VersionId(u64::MAX - 1)] {
+            assert_eq!(VersionId::parse(&id.text()), Some(id));
+        }
+        for junk in [
+            "",
+            "NULL",
+            "ffffffffffffffff",
+            "0000000000000g00",
+            "00",
+            "x",
+        ] {
+            assert_eq!(VersionId::parse(junk), None, "{junk}");
+        }
+    }
+
+    /// Goal: a lone null object version is stored as its plain record (as before versioning),
+    /// anything else as a version list, and both decode back. Method: encode and decode.
+    #[test]
+    fn versions_records_keep_the_old_shape_for_lone_null_versions() {
+        let plain = record(ObjectData::Inline {
+            data: b"x".to_vec(),
+        });
+        let lone = Versions(vec![Version::Object {
+            id: VersionId::NULL,
+            record: plain.clone(),
+        }]);
+        let encoded = crate::codec::encode(&lone);
+        assert_eq!(encoded, crate::codec::encode(&plain));
+        assert_eq!(crate::codec::decode::<Versions>(&encoded), Ok(lone));
+        let listed = Versions(vec![
+            Version::DeleteMarker {
+                id: VersionId(2),
+                modified_ms: 7,
+            },
+            Version::Object {
+                id: VersionId(1),
+                record: plain,
+            },
+        ]);
+        let encoded = crate::codec::encode(&listed);
+        assert!(encoded.starts_with(b"\x01{\"versions\":[{\"DeleteMarker\""));
+        assert_eq!(crate::codec::decode::<Versions>(&encoded), Ok(listed));
+        assert!(crate::codec::decode::<Versions>(b"\x01{\"versions\":[]}").is_err());
+    }
+
+    /// Goal: the version listing gives every version newest first per key with `is_latest`,
+    /// rolls prefixes, and pages by key and version markers without loss or repeat. Method:
+    /// a versioned bucket listed whole, then one item per page.
+    #[test]
+    fn version_listing_pages_through_every_version() {
+        let mut state = with_bucket();
+        state.apply(set_versioning(true)).expect("enable");
+        let inline = || {
+            record(ObjectData::Inline {
+                data: b"x".to_vec(),
+            })
+        };
+        for key in ["a", "a", "b", "d/1", "d/2"] {
+            state.apply(put(key, inline())).expect("put");
+        }
+        state.apply(delete_version("b", None)).expect("marker");
+        let query = VersionQuery {
+            delimiter: "/",
+            max: 100,
+            ..Default::default()
+        };
+        let whole = state.list_object_versions("bkt", &query).expect("listing");
+        let seen: Vec<(&str, u64, bool)> = whole
+            .versions
+            .iter()
+            .map(|l| (l.key, l.version.id().0, l.latest))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("a", 2, true),
+                ("a", 1, false),
+                ("b", 6, true),
+                ("b", 3, false)
+            ]
+        );
+        assert_eq!(whole.prefixes, vec!["d/"]);
+        assert!(!whole.truncated && whole.next_key.is_none());
+        let (mut key_marker, mut version_marker) = (String::new(), None);
+        let mut paged = Vec::new();
+        loop {
+            let query = VersionQuery {
+                key_marker: &key_marker,
+                version_marker,
+                max: 1,
+                ..query
+            };
+            let page = state.list_object_versions("bkt", &query).expect("page");
+            paged.extend(
+                page.versions
+                    .iter()
+                    .map(|l| (l.key.to_string(), l.version.id().0)),
+            );
+            paged.extend(page.prefixes.iter().map(|p| (p.clone(), 0)));
+            let Some(next) = page.next_key else { break };
+            key_marker = next;
+            version_marker = page.next_version;
+        }
+        let expected = [("a", 2), ("a", 1), ("b", 6), ("b", 3), ("d/", 0)];
+        let expected: Vec<(String, u64)> =
+            expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        assert_eq!(paged, expected);
+    }
+
+    fn quota(scope: QuotaScope, bytes_max: Option<u64>, objects_max: Option<u64>) -> Command {
+        Command::SetQuota {
+            scope,
+            bytes_max,
+            objects_max,
+        }
+    }
+
+    /// Goal: bucket and tenant quotas refuse writes that would go over them, counting the
+    /// new object minus the version it replaces; a refusal leaves the owner pending and
+    /// changes nothing; removing the limit lets the write through. Method: limits on bucket
+    /// "bkt" and tenant "t", writes around them.
+    #[test]
+    fn quotas_refuse_writes_over_the_limit() {
+        let mut state = with_bucket();
+        let bucket = || QuotaScope::Bucket("bkt".into());
+        let inline = |n: usize| record(ObjectData::Inline { data: vec![7; n] });
+        state
+            .apply(quota(bucket(), Some(100), Some(2)))
+            .expect("quota");
+        assert_eq!(
+            state.bucket("bkt").map(|b| b.quota.bytes_max),
+            Some(Some(100))
+        );
+        state.apply(put("a", inline(60))).expect("under the limit");
+        let owner = begin(&mut state, "bkt");
+        let before = state.clone();
+        let over = state.apply(put("b", record(segments(&[(owner, 41)]))));
+        assert_eq!(code(over), Some(S3Code::QuotaExceeded));
+        assert_eq!(
+            state, before,
+            "a refusal changes nothing; the owner stays pending"
+        );
+        assert!(state.pending_writes().any(|(o, _)| o == owner));
+        // Replacing "a" counts only the difference.
+        state
+            .apply(put("a", inline(100)))
+            .expect("a replacement within the limit");
+        state
+            .apply(quota(bucket(), None, Some(2)))
+            .expect("bytes unlimited");
+        state
+            .apply(put("b", record(segments(&[(owner, 41)]))))
+            .expect("no byte limit");
+        assert_eq!(
+            code(state.apply(put("c", inline(1)))),
+            Some(S3Code::QuotaExceeded)
+        );
+        // With versioning enabled a write replaces nothing: a third version is one too many.
+        state.apply(set_versioning(true)).expect("enable");
+        assert_eq!(
+            code(state.apply(put("a", inline(1)))),
+            Some(S3Code::QuotaExceeded)
+        );
+        state.apply(quota(bucket(), None, None)).expect("no limit");
+        // A tenant quota counts every bucket of the tenant.
+        state.apply(create_bucket("second", "t")).expect("bucket");
+        let tenant = QuotaScope::Tenant("t".into());
+        state
+            .apply(quota(tenant.clone(), Some(200), None))
+            .expect("tenant quota");
+        let in_second = |n| Command::PutObject {
+            bucket: "second".into(),
+            key: "k".into(),
+            record: inline(n),
+            now_ms: 1,
+        };
+        let used = state.tenant_usage("t");
+        assert_eq!((used.objects, used.bytes), (2, 141));
+        assert_eq!(
+            code(state.apply(in_second(60))),
+            Some(S3Code::QuotaExceeded)
+        );
+        state.apply(in_second(59)).expect("exactly at the limit");
+        let missing = quota(QuotaScope::Tenant("nobody".into()), None, None);
+        assert!(matches!(
+            state.apply(missing),
+            Err(MetaError::NotFound { kind: "tenant", .. })
+        ));
+        let missing = quota(QuotaScope::Bucket("nope".into()), None, None);
+        assert!(matches!(
+            state.apply(missing),
+            Err(MetaError::NotFound { kind: "bucket", .. })
+        ));
+        assert_eq!(state.invariant_violation(), None);
+    }
+
+    /// Goal: a multipart completion is refused over a quota and the upload stays open.
+    #[test]
+    fn quotas_refuse_completions_and_keep_the_upload() {
+        let mut state = with_bucket();
+        state.apply(create_upload("u1", "big")).expect("upload");
+        let owner = begin(&mut state, "bkt");
+        state
+            .apply(put_part("u1", 1, owner, 1000, "e"))
+            .expect("part");
+        let limit = quota(QuotaScope::Tenant("t".into()), Some(999), None);
+        state.apply(limit).expect("quota");
+        assert_eq!(
+            code(state.apply(complete("u1", &[(1, "e")]))),
+            Some(S3Code::QuotaExceeded)
+        );
+        assert!(state.upload("u1").is_some());
+        let limit = quota(QuotaScope::Tenant("t".into()), Some(1000), None);
+        state.apply(limit).expect("quota");
+        assert_eq!(state.apply(complete("u1", &[(1, "e")])), Ok(WRITTEN));
+    }
+
     /// Goal: each refusal of `CreateBucket`, and the owner named when a name is taken.
     /// Method: one command per refusal; then fill a tenant to its bucket limit.
     #[test]
@@ -1452,6 +2497,8 @@ mod tests {
         let gone = Command::DeleteObject {
             bucket: "bkt".into(),
             key: "k".into(),
+            version_id: None,
+            now_ms: 1,
         };
         state.apply(gone).expect("delete object");
         assert!(holds(&mut state).starts_with("open multipart uploads"));
@@ -1488,11 +2535,11 @@ mod tests {
         let inline = record(ObjectData::Inline {
             data: b"hello".to_vec(),
         });
-        assert_eq!(state.apply(put("a/1", inline)), Ok(Applied::Done));
+        assert_eq!(state.apply(put("a/1", inline)), Ok(WRITTEN));
         let (first, second) = (begin(&mut state, "bkt"), begin(&mut state, "bkt"));
         assert_ne!(first, second);
         let big = record(segments(&[(first, 7 * MIB), (second, 3)]));
-        assert_eq!(state.apply(put("a/2", big)), Ok(Applied::Done));
+        assert_eq!(state.apply(put("a/2", big)), Ok(WRITTEN));
         assert_eq!(state.pending_writes().count(), 0, "both owners committed");
         let stored = state.object("bkt", "a/2").expect("object");
         assert_eq!((stored.size, stored.modified_ms), (7 * MIB + 3, 300));
@@ -1500,7 +2547,7 @@ mod tests {
         assert_eq!((bucket.objects, bucket.bytes), (2, 5 + 7 * MIB + 3));
         let third = begin(&mut state, "bkt");
         let smaller = record(segments(&[(third, 10)]));
-        assert_eq!(state.apply(put("a/2", smaller)), Ok(Applied::Done));
+        assert_eq!(state.apply(put("a/2", smaller)), Ok(WRITTEN));
         let bucket = state.bucket("bkt").expect("bucket");
         assert_eq!((bucket.objects, bucket.bytes), (2, 5 + 10));
         let garbage: Vec<(OwnerId, Garbage)> =
@@ -1577,7 +2624,7 @@ mod tests {
         let at_limits = record(ObjectData::Inline {
             data: vec![7; INLINE_BYTES_MAX],
         });
-        assert_eq!(state.apply(put(&max_key, at_limits)), Ok(Applied::Done));
+        assert_eq!(state.apply(put(&max_key, at_limits)), Ok(WRITTEN));
     }
 
     /// Goal: deletes are idempotent, discard segments and keep totals; the bucket must exist.
@@ -1592,9 +2639,11 @@ mod tests {
         let delete = |bucket: &str| Command::DeleteObject {
             bucket: bucket.into(),
             key: "k".into(),
+            version_id: None,
+            now_ms: 1,
         };
-        assert_eq!(state.apply(delete("bkt")), Ok(Applied::Done));
-        assert_eq!(state.apply(delete("bkt")), Ok(Applied::Done), "idempotent");
+        assert_eq!(state.apply(delete("bkt")), Ok(DELETED));
+        assert_eq!(state.apply(delete("bkt")), Ok(DELETED), "idempotent");
         assert!(state.object("bkt", "k").is_none());
         assert_eq!(state.garbage.get(&owner).map(|g| g.length), Some(42));
         let bucket = state.bucket("bkt").expect("bucket");
@@ -1671,7 +2720,7 @@ mod tests {
         assert_eq!(upload.parts[&3].modified_ms, 500);
         assert_eq!(
             state.apply(complete("u1", &[(1, "e"), (3, "e3")])),
-            Ok(Applied::Done)
+            Ok(WRITTEN)
         );
         assert!(state.upload("u1").is_none());
         let object = state.object("bkt", "movie").expect("object");
@@ -1784,7 +2833,7 @@ mod tests {
         assert_eq!(state, before, "refusals change nothing");
         assert_eq!(
             state.apply(complete("u1", &[(1, "a"), (2, "b")])),
-            Ok(Applied::Done)
+            Ok(WRITTEN)
         );
     }
 
@@ -1887,15 +2936,67 @@ mod tests {
         assert_eq!(prefix_end(""), None);
     }
 
-    fn bucket_of(keys: &[&str]) -> BTreeMap<String, ObjectRecord> {
+    fn bucket_of(keys: &[&str]) -> BTreeMap<String, Versions> {
+        bucket_with_deleted(keys, &BTreeSet::new())
+    }
+
+    /// Keys holding an object; those in `deleted` with a delete marker on top of it.
+    fn bucket_with_deleted(
+        keys: &[&str],
+        deleted: &BTreeSet<String>,
+    ) -> BTreeMap<String, Versions> {
         let empty = record(ObjectData::Inline { data: vec![] });
+        let object = Version::Object {
+            id: VersionId(1),
+            record: empty,
+        };
+        let marker = Version::DeleteMarker {
+            id: VersionId(2),
+            modified_ms: 0,
+        };
         keys.iter()
-            .map(|k| (k.to_string(), empty.clone()))
+            .map(|k| {
+                let versions = if deleted.contains(*k) {
+                    vec![marker.clone(), object.clone()]
+                } else {
+                    vec![object.clone()]
+                };
+                (k.to_string(), Versions(versions))
+            })
             .collect()
     }
 
     fn keys_of(listing: &Listing<'_>) -> Vec<String> {
         listing.objects.iter().map(|(k, _)| k.to_string()).collect()
+    }
+
+    /// Goal: a page stops early after LIST_SKIPPED_MAX deleted keys instead of scanning the
+    /// whole bucket, and the next page goes on from there. Method: that many deleted keys
+    /// before one live key.
+    #[test]
+    fn listing_stops_early_on_many_deleted_keys() {
+        let names: Vec<String> = (0..=LIST_SKIPPED_MAX).map(|i| format!("d{i:06}")).collect();
+        let deleted: BTreeSet<String> = names.iter().cloned().collect();
+        let mut keys: Vec<&str> = names.iter().map(String::as_str).collect();
+        keys.push("live");
+        let objects = bucket_with_deleted(&keys, &deleted);
+        let query = ListQuery {
+            max: 10,
+            ..Default::default()
+        };
+        let first = list(&objects, &query);
+        assert!(first.objects.is_empty() && first.truncated);
+        let next = first.next.expect("where to go on");
+        assert_eq!(next, format!("d{:06}", LIST_SKIPPED_MAX - 1));
+        let second = list(
+            &objects,
+            &ListQuery {
+                after: &next,
+                ..query
+            },
+        );
+        assert_eq!(keys_of(&second), vec!["live"]);
+        assert!(!second.truncated);
     }
 
     /// Goal: the listing of AWS's documentation example, with paging by `next`. Method: keys
@@ -1989,14 +3090,23 @@ mod tests {
         /// the naive model; then page through with a small max and compare to one big page.
         #[test]
         fn listing_matches_the_naive_model(
-            keys in proptest::collection::btree_set(text(1..5), 0..30),
+            all_keys in proptest::collection::btree_set(text(1..5), 0..30),
+            deleted in proptest::collection::vec(any::<bool>(), 30),
             prefix in text(0..2),
             delimiter in proptest::sample::select(vec!["", "/", "b", "/a"]),
             after in prop_oneof![Just(String::new()), text(1..4)],
             max in 0usize..6,
         ) {
-            let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let objects = bucket_of(&names);
+            let names: Vec<&str> = all_keys.iter().map(String::as_str).collect();
+            // Keys whose newest version is a delete marker are not listed.
+            let deleted: BTreeSet<String> = all_keys
+                .iter()
+                .zip(&deleted)
+                .filter(|(_, d)| **d)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let keys: BTreeSet<String> = all_keys.difference(&deleted).cloned().collect();
+            let objects = bucket_with_deleted(&names, &deleted);
             let query = ListQuery { prefix: &prefix, delimiter, after: &after, max };
             let listing = list(&objects, &query);
             let (expected_keys, expected_prefixes, truncated) = naive(&keys, &query);

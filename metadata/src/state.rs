@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     objects::{
-        Bucket, BucketId, Garbage, ObjectRecord, Part, PendingWrite, S3Code, Segment, Upload,
+        Bucket, BucketId, Garbage, ObjectRecord, Part, PendingWrite, Quota, QuotaScope, S3Code,
+        Segment, Upload, VersionId, Versions,
     },
     placement::{self, Disk, DiskState, FailureDomain, PoolPolicy},
 };
@@ -227,6 +228,10 @@ pub struct Portal {
 pub struct Tenant {
     /// The tenant's id.
     pub id: TenantId,
+    /// Its limits over all its buckets (absent from records: none). Its usage is the sum of
+    /// its buckets' totals ([`MetaState::tenant_usage`]).
+    #[serde(default, skip_serializing_if = "Quota::is_unlimited")]
+    pub quota: Quota,
 }
 
 /// A secret: an access key's (as SigV4 uses it) or a CHAP secret.
@@ -475,12 +480,40 @@ pub enum Command {
         /// The proposer's clock, ms since the Unix epoch.
         now_ms: u64,
     },
-    /// Deletes an object (an absent key is no error); its segments become garbage.
+    /// Deletes an object (an absent key or version is no error). With a version id, removes
+    /// that version (its segments become garbage); without, removes the object (unversioned
+    /// bucket), adds a delete marker (versioning enabled) or a null delete marker in place of
+    /// the null version (suspended). Answers [`Applied::Deleted`].
     DeleteObject {
         /// The bucket.
         bucket: String,
         /// The key.
         key: String,
+        /// The version to remove (absent from entries written before versioning).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version_id: Option<VersionId>,
+        /// The proposer's clock, ms since the Unix epoch: a delete marker's time (absent from
+        /// entries written before versioning).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        now_ms: u64,
+    },
+    /// Enables versioning on a bucket, or suspends it (a bucket never returns to
+    /// unversioned).
+    SetBucketVersioning {
+        /// The bucket.
+        bucket: String,
+        /// True to enable, false to suspend.
+        enabled: bool,
+    },
+    /// Sets a bucket's or a tenant's limits; `None` removes a limit. Writes that would go
+    /// over one are refused with [`S3Code::QuotaExceeded`].
+    SetQuota {
+        /// The bucket or tenant.
+        scope: QuotaScope,
+        /// Most bytes.
+        bytes_max: Option<u64>,
+        /// Most object versions.
+        objects_max: Option<u64>,
     },
     /// Opens a multipart upload.
     CreateUpload {
@@ -626,6 +659,19 @@ pub enum Applied {
     Bucket(BucketId),
     /// A write may begin under this new owner.
     Owner(OwnerId),
+    /// An object was written (`PutObject`, `CompleteUpload`) as this version; `None` in an
+    /// unversioned bucket, whose objects S3 reports without a version id.
+    Written {
+        /// The new version.
+        version: Option<VersionId>,
+    },
+    /// A `DeleteObject` applied.
+    Deleted {
+        /// The version removed or the delete marker made; `None` in an unversioned bucket.
+        version: Option<VersionId>,
+        /// Whether that version is a delete marker (made, or removed by id).
+        marker: bool,
+    },
 }
 
 /// The last id handed out of each kind; the next one is one more. Ids are never reused.
@@ -641,6 +687,14 @@ pub(crate) struct Counters {
     /// Per host, the last replica number handed out on its node.
     #[serde(default)]
     pub(crate) replicas: BTreeMap<u32, u64>,
+    /// The last object version id handed out (absent before versioning: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) next_version: u64,
+}
+
+/// Whether a number is zero: fields added later are left out while they are.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Cluster-wide switches an operator sets. Stored as one record; fields added later take
@@ -675,9 +729,9 @@ pub struct MetaState {
     pub(crate) settings: Settings,
     pub(crate) portals: BTreeMap<String, Portal>,
     pub(crate) buckets: BTreeMap<String, Bucket>,
-    /// Per bucket holding at least one object, its objects by key: ordered, so listing by
-    /// prefix is a range scan. A bucket without objects has no entry.
-    pub(crate) objects: BTreeMap<String, BTreeMap<String, ObjectRecord>>,
+    /// Per bucket holding at least one version, its keys' versions by key: ordered, so
+    /// listing by prefix is a range scan. A bucket without versions has no entry.
+    pub(crate) objects: BTreeMap<String, BTreeMap<String, Versions>>,
     pub(crate) uploads: BTreeMap<String, Upload>,
     pub(crate) pending: BTreeMap<OwnerId, PendingWrite>,
     pub(crate) garbage: BTreeMap<OwnerId, Garbage>,
@@ -958,6 +1012,8 @@ impl MetaState {
             | Command::BeginWrite { .. }
             | Command::PutObject { .. }
             | Command::DeleteObject { .. }
+            | Command::SetBucketVersioning { .. }
+            | Command::SetQuota { .. }
             | Command::CreateUpload { .. }
             | Command::PutPart { .. }
             | Command::CompleteUpload { .. }
@@ -984,7 +1040,26 @@ impl MetaState {
                 record,
                 now_ms,
             } => self.put_object(bucket, key, record, now_ms),
-            Command::DeleteObject { bucket, key } => self.delete_object(bucket, key),
+            Command::DeleteObject {
+                bucket,
+                key,
+                version_id,
+                now_ms,
+            } => self.delete_object(bucket, key, version_id, now_ms),
+            Command::SetBucketVersioning { bucket, enabled } => {
+                self.set_bucket_versioning(&bucket, enabled)
+            }
+            Command::SetQuota {
+                scope,
+                bytes_max,
+                objects_max,
+            } => self.set_quota(
+                &scope,
+                Quota {
+                    bytes_max,
+                    objects_max,
+                },
+            ),
             Command::CreateUpload {
                 bucket,
                 key,
@@ -1313,7 +1388,11 @@ impl MetaState {
         }
         self.counters.next_tenant += 1;
         let id = TenantId(self.counters.next_tenant);
-        self.tenants.insert(name, Tenant { id });
+        let tenant = Tenant {
+            id,
+            quota: Quota::default(),
+        };
+        self.tenants.insert(name, tenant);
         Ok(Applied::Tenant(id))
     }
 
@@ -2293,6 +2372,25 @@ pub(crate) mod tests {
                 owners: owners.into_iter().map(pick).collect(),
                 length,
             },
+            Command::DeleteObject {
+                bucket,
+                key,
+                version_id,
+                now_ms,
+            } => {
+                let versions = state.versions(&bucket, &key);
+                let ids: Vec<OwnerId> = versions
+                    .map(|v| v.all().iter().map(|v| OwnerId(v.id().0)).collect())
+                    .unwrap_or_default();
+                let version_id =
+                    version_id.map(|id| VersionId(select_owner(OwnerId(id.0), &ids).0));
+                Command::DeleteObject {
+                    bucket,
+                    key,
+                    version_id,
+                    now_ms,
+                }
+            }
             Command::ReclaimDone { owners } => Command::ReclaimDone {
                 owners: owners
                     .into_iter()
@@ -2375,6 +2473,17 @@ pub(crate) mod tests {
             now_ms: 2,
         });
         commands
+    }
+
+    /// Versions to delete: none (the key's newest), the null version, a raw id (rarely
+    /// real), or a selector of the key's versions that `resolve` replaces.
+    fn version_selector() -> impl Strategy<Value = Option<VersionId>> {
+        prop_oneof![
+            3 => Just(None),
+            1 => Just(Some(VersionId::NULL)),
+            1 => (1u64..6).prop_map(|id| Some(VersionId(id))),
+            3 => (0..OWNER_SELECTORS).prop_map(|i| Some(VersionId(u64::MAX - i))),
+        ]
     }
 
     /// Owners: mostly selectors of pending writes, sometimes raw ids (rarely real).
@@ -2476,8 +2585,30 @@ pub(crate) mod tests {
                     now_ms,
                 }
             ),
-            1 => (bucket.clone(), key.clone())
-                .prop_map(|(bucket, key)| Command::DeleteObject { bucket, key }),
+            2 => (bucket.clone(), key.clone(), version_selector(), 0u64..9).prop_map(
+                |(bucket, key, version_id, now_ms)| Command::DeleteObject {
+                    bucket,
+                    key,
+                    version_id,
+                    now_ms,
+                }
+            ),
+            1 => (bucket.clone(), any::<bool>())
+                .prop_map(|(bucket, enabled)| Command::SetBucketVersioning { bucket, enabled }),
+            1 => (bucket.clone(), any::<bool>(), proptest::option::of(0u64..3),
+                  proptest::option::of(prop_oneof![Just(0u64), Just(5), Just(1 << 30)]))
+                .prop_map(|(name, bucket, objects_max, bytes_max)| Command::SetQuota {
+                    scope: if bucket {
+                        crate::objects::QuotaScope::Bucket(name)
+                    } else {
+                        // Tenants are named "a" and "b"; buckets never are.
+                        crate::objects::QuotaScope::Tenant(
+                            if name == "bk1" { "a" } else { "b" }.to_string(),
+                        )
+                    },
+                    bytes_max,
+                    objects_max,
+                }),
             1 => (bucket, key, upload_id.clone(), any::<bool>()).prop_map(
                 |(bucket, key, upload_id, typed)| Command::CreateUpload {
                     bucket,

@@ -17,13 +17,17 @@
 //! | `key/<access key id>`     | [`AccessKey`](crate::state::AccessKey) (holds the secret) |
 //! | `portal/<address>`        | [`Portal`](crate::state::Portal): an iSCSI gateway's portal |
 //! | `bkt/<name>`              | [`Bucket`](crate::objects::Bucket): owner, pool, totals |
-//! | `obj/<bucket>/<key>`      | [`ObjectRecord`](crate::objects::ObjectRecord); any UTF-8 key |
+//! | `obj/<bucket>/<key>`      | [`Versions`](crate::objects::Versions): the key's versions; any UTF-8 key |
 //! | `upl/<upload id>`         | [`Upload`](crate::objects::Upload) with its parts |
 //! | `pend/<16 hex digits>`    | [`PendingWrite`](crate::objects::PendingWrite), by owner id |
 //! | `gc/<16 hex digits>`      | [`Garbage`](crate::objects::Garbage), by owner id |
-//! | `sys/counters`            | the last pool, owner, tenant and bucket ids handed out |
+//! | `sys/counters`            | the last pool, owner, tenant, bucket and version ids handed out |
 //! | `sys/settings`            | operator switches (rebalance on or off)       |
 //! | `sys/applied`             | the index of the last Raft entry applied      |
+//!
+//! A key holding only a null object version (every key of an unversioned bucket) stores that
+//! [`ObjectRecord`](crate::objects::ObjectRecord) alone, as before versioning, so old stores
+//! load unchanged; any other holds `{"versions": [...]}`.
 //!
 //! Names, bucket names, upload ids and access key ids hold no `/` (the state refuses them), so
 //! each key parses back unambiguously; an object key is everything after its bucket's `/`.
@@ -93,7 +97,7 @@ use rocksdb::{
 
 use crate::{
     codec::{self, CodecError},
-    objects,
+    objects::{self, QuotaScope},
     placement::Disk,
     state::{self, Applied, Command, Counters, MetaError, MetaState, Settings},
 };
@@ -350,6 +354,8 @@ fn touched(state: &MetaState, command: &Command) -> Vec<RecordKey> {
         | Command::BeginWrite { .. }
         | Command::PutObject { .. }
         | Command::DeleteObject { .. }
+        | Command::SetBucketVersioning { .. }
+        | Command::SetQuota { .. }
         | Command::CreateUpload { .. }
         | Command::PutPart { .. }
         | Command::CompleteUpload { .. }
@@ -359,12 +365,22 @@ fn touched(state: &MetaState, command: &Command) -> Vec<RecordKey> {
     }
 }
 
-/// The garbage records the segments of the object at `bucket`/`key` in `state` would become
-/// (it is replaced or deleted).
+/// The garbage records the segments of the version a new object or null delete marker at
+/// `bucket`/`key` replaces in `state` would become.
 fn replaced(state: &MetaState, bucket: &str, key: &str) -> Vec<RecordKey> {
-    let record = state.object(bucket, key);
-    let segments = record.into_iter().flat_map(|r| r.segments());
+    let version = state.replaced_version(bucket, key);
+    let segments = version.into_iter().flat_map(|v| v.segments());
     segments.map(|s| RecordKey::Garbage(s.owner)).collect()
+}
+
+/// The records a new version of `bucket`/`key` changes: the key's, the bucket's (totals) and
+/// the counters (its id).
+fn new_version(bucket: &str, key: &str) -> [RecordKey; 3] {
+    [
+        RecordKey::Object(bucket.to_string(), key.to_string()),
+        RecordKey::Bucket(bucket.to_string()),
+        RecordKey::Counters,
+    ]
 }
 
 /// [`touched`] for the object index's commands.
@@ -373,7 +389,16 @@ fn touched_objects(state: &MetaState, command: &Command) -> Vec<RecordKey> {
         Command::CreateBucket { name, .. } => {
             vec![RecordKey::Bucket(name.clone()), RecordKey::Counters]
         }
-        Command::DeleteBucket { name } => vec![RecordKey::Bucket(name.clone())],
+        Command::DeleteBucket { name }
+        | Command::SetBucketVersioning { bucket: name, .. }
+        | Command::SetQuota {
+            scope: QuotaScope::Bucket(name),
+            ..
+        } => vec![RecordKey::Bucket(name.clone())],
+        Command::SetQuota {
+            scope: QuotaScope::Tenant(name),
+            ..
+        } => vec![RecordKey::Tenant(name.clone())],
         Command::BeginWrite { .. } => {
             let next = OwnerId(state.counters.next_owner + 1);
             vec![RecordKey::Pending(next), RecordKey::Counters]
@@ -390,14 +415,24 @@ fn touched_objects(state: &MetaState, command: &Command) -> Vec<RecordKey> {
                 .map(|s| RecordKey::Pending(s.owner));
             let mut keys: Vec<RecordKey> = pending.collect();
             keys.extend(replaced(state, bucket, key));
-            keys.push(RecordKey::Object(bucket.clone(), key.clone()));
-            keys.push(RecordKey::Bucket(bucket.clone()));
+            keys.extend(new_version(bucket, key));
             keys
         }
-        Command::DeleteObject { bucket, key } => {
-            let mut keys = replaced(state, bucket, key);
-            keys.push(RecordKey::Object(bucket.clone(), key.clone()));
-            keys.push(RecordKey::Bucket(bucket.clone()));
+        Command::DeleteObject {
+            bucket,
+            key,
+            version_id,
+            ..
+        } => {
+            let mut keys = match version_id {
+                Some(id) => {
+                    let version = state.object_version(bucket, key, Some(*id));
+                    let segments = version.into_iter().flat_map(|v| v.segments());
+                    segments.map(|s| RecordKey::Garbage(s.owner)).collect()
+                }
+                None => replaced(state, bucket, key),
+            };
+            keys.extend(new_version(bucket, key));
             keys
         }
         Command::AbandonWrites { owners, .. } => owners
@@ -443,8 +478,7 @@ fn touched_uploads(state: &MetaState, command: &Command) -> Vec<RecordKey> {
             keys.push(RecordKey::Upload(upload_id.clone()));
             if let Some(upload) = upload {
                 keys.extend(replaced(state, &upload.bucket, &upload.key));
-                let object = RecordKey::Object(upload.bucket.clone(), upload.key.clone());
-                keys.extend([object, RecordKey::Bucket(upload.bucket.clone())]);
+                keys.extend(new_version(&upload.bucket, &upload.key));
             }
             keys
         }
@@ -463,7 +497,7 @@ fn record_value(state: &MetaState, key: &RecordKey) -> Option<Vec<u8>> {
         RecordKey::AccessKey(id) => state.access_keys.get(id).map(codec::encode),
         RecordKey::Portal(address) => state.portals.get(address).map(codec::encode),
         RecordKey::Bucket(name) => state.buckets.get(name).map(codec::encode),
-        RecordKey::Object(bucket, key) => state.object(bucket, key).map(codec::encode),
+        RecordKey::Object(bucket, key) => state.versions(bucket, key).map(codec::encode),
         RecordKey::Upload(id) => state.uploads.get(id).map(codec::encode),
         RecordKey::Pending(owner) => state.pending.get(owner).map(codec::encode),
         RecordKey::Garbage(owner) => state.garbage.get(owner).map(codec::encode),
@@ -1075,8 +1109,67 @@ mod tests {
         let delete = Command::DeleteObject {
             bucket: "photos".into(),
             key: "deleted".into(),
+            version_id: None,
+            now_ms: 7,
         };
         run(state, c, delete);
+        commands.extend(versioned_script(state));
+        commands
+    }
+
+    /// A versioned bucket "archive" with a quota: key "k" holds a delete marker over two
+    /// object versions; tenant "acme" gets a quota too.
+    fn versioned_script(state: &mut MetaState) -> Vec<Command> {
+        let mut commands = Vec::new();
+        let c = &mut commands;
+        let bucket = Command::CreateBucket {
+            name: "archive".into(),
+            tenant: "acme".into(),
+            pool: "ssd".into(),
+            now_ms: 60,
+        };
+        run(state, c, bucket);
+        let enable = Command::SetBucketVersioning {
+            bucket: "archive".into(),
+            enabled: true,
+        };
+        run(state, c, enable);
+        for size in [3u64, 4] {
+            let Command::PutObject { record, .. } = put(
+                "k",
+                size,
+                ObjectData::Inline {
+                    data: vec![1; size as usize],
+                },
+            ) else {
+                unreachable!("put builds a PutObject")
+            };
+            let put = Command::PutObject {
+                bucket: "archive".into(),
+                key: "k".into(),
+                record,
+                now_ms: 61,
+            };
+            run(state, c, put);
+        }
+        let marker = Command::DeleteObject {
+            bucket: "archive".into(),
+            key: "k".into(),
+            version_id: None,
+            now_ms: 62,
+        };
+        run(state, c, marker);
+        for scope in [
+            objects::QuotaScope::Bucket("archive".into()),
+            objects::QuotaScope::Tenant("acme".into()),
+        ] {
+            let quota = Command::SetQuota {
+                scope,
+                bytes_max: Some(1 << 40),
+                objects_max: None,
+            };
+            run(state, c, quota);
+        }
         commands
     }
 
@@ -1149,6 +1242,17 @@ mod tests {
         assert!(store.state().upload("u2").is_some() && store.state().upload("u1").is_none());
         assert_eq!(store.state().pending_writes().count(), 1);
         assert_eq!(store.state().garbage().count(), 1);
+        let archive = store.state().bucket("archive").expect("versioned bucket");
+        assert_eq!((archive.objects, archive.bytes), (2, 7));
+        assert_eq!(archive.quota.bytes_max, Some(1 << 40));
+        let versions = store.state().versions("archive", "k").expect("versions");
+        assert_eq!(versions.all().len(), 3);
+        assert!(
+            versions.latest().record().is_none(),
+            "a delete marker on top"
+        );
+        let acme = store.state().tenant("acme").expect("tenant");
+        assert_eq!(acme.quota.bytes_max, Some(1 << 40));
     }
 
     /// Goal: an applied entry is never applied again. Method: apply index 1 twice.
@@ -1278,6 +1382,7 @@ mod tests {
         };
         let tenant = codec::encode(&crate::state::Tenant {
             id: crate::state::TenantId(1),
+            quota: Default::default(),
         });
         let counters = codec::encode(&Counters {
             next_tenant: 1,

@@ -17,13 +17,18 @@
 //! crc      u32   CRC-32C of everything after this field, XORed with the segment's salt
 //!                (the CRC-32C of its number, u64)
 //! kind     u8    1 create replica, 2 append entries, 3 hard state, 4 end of sync,
-//!                5 snapshot, 6 remove replica, 7 end of the previous segment
+//!                5 snapshot, 6 remove replica, 7 end of the previous segment,
+//!                8 part of a snapshot
 //! replica  u64   the replica (Raft peer) id (0 for end of sync)
 //! payload        create: the group id, u64
 //!                remove: nothing
 //!                append: entry count u32, then per entry: length u32 + protobuf Entry
 //!                hard state: protobuf HardState
 //!                snapshot: 1 compact or 2 install (u8), then protobuf Snapshot
+//!                part of a snapshot: the whole payload's length u64, this part's offset
+//!                u64, then the part's bytes (a snapshot payload too large for one record,
+//!                over [`SNAPSHOT_PART_BYTES`], is cut into parts written in order in one
+//!                sync; replay puts them back together and applies them as a snapshot)
 //!                end of sync: the number of records the sync wrote before it, u32
 //!                end of the previous segment: its number, u64, and where its log ended, u64
 //! ```
@@ -103,6 +108,14 @@ const KIND_SYNC_END: u8 = 4;
 const KIND_SNAPSHOT: u8 = 5;
 const KIND_REMOVE: u8 = 6;
 const KIND_PREVIOUS_END: u8 = 7;
+const KIND_SNAPSHOT_PART: u8 = 8;
+
+/// A snapshot payload larger than this goes as parts of this size (the metadata service's
+/// state outgrows one record: its object index).
+pub const SNAPSHOT_PART_BYTES: usize = 16 << 20;
+/// The largest snapshot the log accepts (as the transport does).
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
+const _: () = assert!(SNAPSHOT_PART_BYTES + 64 < RECORD_BYTES_MAX as usize);
 /// Segments set aside for reuse at most: one covers a steady stream of rotations, where each
 /// lets one old segment go.
 const RECYCLED_MAX: usize = 2;
@@ -122,6 +135,16 @@ pub enum FileLogError {
         /// The operating system's error.
         #[source]
         source: io::Error,
+    },
+    /// A snapshot larger than the log takes ([`SNAPSHOT_BYTES_MAX`]); nothing was written.
+    #[error("a {what} of {bytes} bytes is over the log's limit of {max}")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
     },
     /// Synced data failed its checksum or does not parse: the log cannot be trusted.
     #[error("{path}: corrupt record at byte {offset}: {reason}")]
@@ -157,6 +180,11 @@ pub struct FileLogStore {
     segment_number: u64,
     segment_bytes: u64,
     segment_bytes_max: u64,
+    /// Bytes of the carry-forward at the start of the current segment (0 for a segment
+    /// opened at start-up, whose carry was not measured). They do not count against the
+    /// segment size: a carry holding a snapshot larger than a segment would otherwise make
+    /// every sync rotate, and rewrite the snapshot each time.
+    carry_bytes: u64,
     syncs: u64,
     synced_bytes: u64,
     /// The next segment's file, being zero-filled by a thread of its own (see the format).
@@ -270,6 +298,7 @@ impl FileLogStore {
             segment_number,
             segment_bytes,
             segment_bytes_max,
+            carry_bytes: 0,
             syncs: 0,
             synced_bytes: 0,
             spare: None,
@@ -356,6 +385,7 @@ impl FileLogStore {
         self.segment = file;
         self.segment_number = number;
         self.segment_bytes = bytes;
+        self.carry_bytes = 0;
         self.segment_entries.entry(number).or_default();
         self.carry = Some(previous);
         Ok(())
@@ -378,9 +408,8 @@ impl FileLogStore {
             );
             count += 1;
             if meta.snapshot_index() > 0 {
-                let payload = snapshot_payload(&meta.snapshot, SnapshotKind::Compact);
-                encode_record(&mut carried, KIND_SNAPSHOT, replica, &payload);
-                count += 1;
+                count +=
+                    encode_snapshot(&mut carried, replica, &meta.snapshot, SnapshotKind::Compact);
             }
             encode_record(
                 &mut carried,
@@ -460,6 +489,33 @@ fn encode_record_with(
     buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Encodes a snapshot as one record, or as parts when it is too large for one; answers the
+/// number of records.
+fn encode_snapshot(
+    buffer: &mut Vec<u8>,
+    replica: ReplicaId,
+    snapshot: &Snapshot,
+    kind: SnapshotKind,
+) -> u32 {
+    let payload = snapshot_payload(snapshot, kind);
+    if payload.len() <= SNAPSHOT_PART_BYTES {
+        encode_record(buffer, KIND_SNAPSHOT, replica, &payload);
+        return 1;
+    }
+    let total = payload.len() as u64;
+    let mut count = 0;
+    for (i, part) in payload.chunks(SNAPSHOT_PART_BYTES).enumerate() {
+        let offset = (i * SNAPSHOT_PART_BYTES) as u64;
+        encode_record_with(buffer, KIND_SNAPSHOT_PART, replica, 16 + part.len(), |b| {
+            b.extend_from_slice(&total.to_le_bytes());
+            b.extend_from_slice(&offset.to_le_bytes());
+            b.extend_from_slice(part);
+        });
+        count += 1;
+    }
+    count
+}
+
 fn snapshot_payload(snapshot: &Snapshot, kind: SnapshotKind) -> Vec<u8> {
     let mut payload = vec![match kind {
         SnapshotKind::Compact => 1,
@@ -490,7 +546,15 @@ impl LogStore for FileLogStore {
         snapshot: &Snapshot,
         kind: SnapshotKind,
     ) -> Result<(), FileLogError> {
-        self.record(KIND_SNAPSHOT, replica, &snapshot_payload(snapshot, kind));
+        let bytes = snapshot.get_data().len();
+        if bytes > SNAPSHOT_BYTES_MAX {
+            return Err(FileLogError::TooLarge {
+                what: "snapshot",
+                bytes,
+                max: SNAPSHOT_BYTES_MAX,
+            });
+        }
+        self.buffered_records += encode_snapshot(&mut self.buffer, replica, snapshot, kind);
         let meta = self.groups.entry(replica).or_default();
         let index = snapshot.get_metadata().index;
         match kind {
@@ -562,13 +626,16 @@ impl LogStore for FileLogStore {
         // A sync never straddles segments; one larger than a segment gets a fresh one to itself
         // (the file grows past its preallocated size).
         let bytes = self.buffer.len() as u64 + SYNC_END_BYTES;
-        let fits = self.segment_bytes + bytes <= self.segment_bytes_max;
-        let rotated = !fits && self.segment_bytes > HEADER_BYTES as u64;
+        let used = self.segment_bytes - self.carry_bytes;
+        let fits = used + bytes <= self.segment_bytes_max;
+        let rotated = !fits && used > HEADER_BYTES as u64;
         if rotated {
             self.rotate()?;
         }
         if let Some(previous) = self.carry.take() {
+            let before = self.buffer.len();
             self.carry_forward(previous);
+            self.carry_bytes = (self.buffer.len() - before) as u64;
         }
         let records = self.buffered_records;
         self.record(KIND_SYNC_END, ReplicaId(0), &records.to_le_bytes());
@@ -829,6 +896,7 @@ fn replay_segment(path: &Path, number: u64, replay: &mut Replay) -> Result<Repla
     let mut complete = HEADER_BYTES;
     let mut max_index = BTreeMap::new();
     let mut previous_end = None;
+    let mut parts = Parts::default();
     while offset < bytes.len() {
         let Ok((used, kind, replica, payload)) = parse_record(&bytes[offset..], salt) else {
             break;
@@ -854,12 +922,27 @@ fn replay_segment(path: &Path, number: u64, replay: &mut Replay) -> Result<Repla
                     previous_end = previous_end.or(Some((number, end)));
                     continue;
                 }
-                let last_entry = apply_record(replay, kind, replica, payload)
-                    .map_err(|reason| corrupt(at, reason))?;
+                let last_entry = if kind == KIND_SNAPSHOT_PART {
+                    match parts.add(replica, payload).map_err(|r| corrupt(at, r))? {
+                        Some(whole) => apply_record(replay, KIND_SNAPSHOT, replica, &whole),
+                        None => Ok(None),
+                    }
+                } else if parts.open() {
+                    Err("a record between the parts of a snapshot".into())
+                } else {
+                    apply_record(replay, kind, replica, payload)
+                }
+                .map_err(|reason| corrupt(at, reason))?;
                 if let Some(index) = last_entry {
                     let max: &mut u64 = max_index.entry(replica).or_default();
                     *max = (*max).max(index);
                 }
+            }
+            if parts.open() {
+                return Err(corrupt(
+                    offset,
+                    "a snapshot's parts end inside a sync".into(),
+                ));
             }
             complete = offset + used;
         } else {
@@ -949,6 +1032,59 @@ fn parse_record(bytes: &[u8], salt: u32) -> Result<(usize, u8, ReplicaId, &[u8])
         bytes[9..17].try_into().expect("8 bytes"),
     ));
     Ok((end, kind, replica, &bytes[17..end]))
+}
+
+/// The parts of a snapshot read so far (they come in order, inside one sync).
+#[derive(Default)]
+struct Parts {
+    replica: Option<ReplicaId>,
+    total: u64,
+    bytes: Vec<u8>,
+}
+
+impl Parts {
+    fn open(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    /// Adds a part; answers the whole payload once its last part is in.
+    fn add(&mut self, replica: ReplicaId, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let (header, data) = payload
+            .split_at_checked(16)
+            .ok_or("snapshot part header incomplete")?;
+        let total = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+        let offset = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        if offset == 0 {
+            if self.open() {
+                return Err("a snapshot starts before the previous one ended".into());
+            }
+            if total > SNAPSHOT_BYTES_MAX as u64 {
+                return Err(format!("snapshot of {total} bytes"));
+            }
+            *self = Parts {
+                replica: Some(replica),
+                total,
+                bytes: Vec::with_capacity(total as usize),
+            };
+        }
+        let expected = self.bytes.len() as u64;
+        if self.replica != Some(replica) || offset != expected || total != self.total {
+            return Err(format!(
+                "snapshot part at {offset} of {total} where {expected} of {} was due",
+                self.total
+            ));
+        }
+        if data.is_empty() || expected + data.len() as u64 > total {
+            return Err("snapshot part past the announced length".into());
+        }
+        self.bytes.extend_from_slice(data);
+        if self.bytes.len() as u64 == total {
+            let whole = std::mem::take(&mut self.bytes);
+            *self = Parts::default();
+            return Ok(Some(whole));
+        }
+        Ok(None)
+    }
 }
 
 /// Applies one record; returns the last entry index of an append.

@@ -442,6 +442,70 @@ fn a_segment_left_empty_by_a_crash_still_carries_the_replicas_forward() {
     assert_eq!(reopened.load().expect("load")[&g].group, GroupId(3));
 }
 
+/// Goal: a snapshot larger than one log record (the metadata service's state with its object
+/// index) is kept whole: written as parts, carried into new segments at each rotation, and
+/// read back at reopen, without making every sync rotate; the log refuses one over its limit
+/// instead of failing. Method: a 40 MiB snapshot (three parts) in 1 MiB segments, 3.6 MB of
+/// entries after it, count the segments, reopen; then a snapshot of 1 GiB + 1.
+#[test]
+fn snapshots_larger_than_a_record_go_in_parts() {
+    use cairn_raft::file_log::{SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_BYTES};
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let mut store = FileLogStore::open_with_segment_size(dir.path(), 1 << 20).expect("open");
+    let g = replica(3);
+    store.create_group(g, GroupId(3)).expect("create");
+    let entry = |i: u64| Entry {
+        index: i,
+        term: 1,
+        data: vec![i as u8; 100 << 10],
+        ..Entry::default()
+    };
+    for i in 1..=4u64 {
+        LogStore::append(&mut store, g, &[entry(i)]).expect("append");
+    }
+    LogStore::sync(&mut store).expect("sync");
+    let data: Vec<u8> = (0..40u64 << 20).map(|i| (i * 31 % 251) as u8).collect();
+    assert!(data.len() > 2 * SNAPSHOT_PART_BYTES);
+    let snapshot = Snapshot {
+        data,
+        metadata: Some(SnapshotMetadata {
+            index: 4,
+            term: 1,
+            conf_state: None,
+        }),
+    };
+    store
+        .set_snapshot(g, &snapshot, SnapshotKind::Compact)
+        .expect("compact");
+    LogStore::sync(&mut store).expect("sync");
+    for i in 5..=40u64 {
+        LogStore::append(&mut store, g, &[entry(i)]).expect("append");
+        LogStore::sync(&mut store).expect("sync");
+    }
+    // 3.6 MB of entries in 1 MiB segments: a handful of segments, each starting with the
+    // snapshot's carry-forward, which does not count against the segment size (counted, it
+    // made every sync rotate and rewrite the 40 MiB: 37 segments).
+    let count = segments(dir.path()).len();
+    assert!(count <= 8, "{count} segments");
+    drop(store);
+    let reopened = FileLogStore::open_with_segment_size(dir.path(), 1 << 20).expect("reopen");
+    let state = &reopened.load().expect("load")[&g];
+    assert!(state.snapshot == snapshot, "the snapshot reads back whole");
+    assert_eq!(state.entries.first().map(|e| e.index), Some(5));
+    assert_eq!(state.entries.len(), 36);
+
+    let mut store = reopened;
+    let too_large = Snapshot {
+        data: vec![0; SNAPSHOT_BYTES_MAX + 1],
+        ..snapshot
+    };
+    assert!(
+        store
+            .set_snapshot(g, &too_large, SnapshotKind::Compact)
+            .is_err()
+    );
+}
+
 /// Goal: a node restarted on its file log comes back with its groups and replays its committed
 /// entries in order; after a compaction it restores the snapshot first and replays the rest.
 /// Method: a single-voter group elects itself, commits proposals, compacts, restarts.

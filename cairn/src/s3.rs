@@ -301,6 +301,7 @@ impl<B: Backend> Cluster for S3Cluster<B> {
                 tenant: text(&value, "tenant"),
                 created_ms: number(&value, "created_ms"),
                 versioning: versioning(&value),
+                documents: serde_json::from_value(value["documents"].clone()).unwrap_or_default(),
             })),
             Err(ClusterError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -319,8 +320,24 @@ impl<B: Backend> Cluster for S3Cluster<B> {
                 tenant: text(b, "tenant"),
                 created_ms: number(b, "created_ms"),
                 versioning: versioning(b),
+                documents: serde_json::from_value(b["documents"].clone()).unwrap_or_default(),
             })
             .collect())
+    }
+
+    async fn set_bucket_document(
+        &self,
+        bucket: String,
+        kind: &'static str,
+        document: Option<String>,
+    ) -> ClusterResult<()> {
+        let path = format!("/v1/buckets/{}/documents/{kind}", enc(&bucket));
+        let method = match document {
+            Some(document) => Method::Put(json!({ "document": document })),
+            None => Method::Delete,
+        };
+        self.call(path, method).await?;
+        Ok(())
     }
 
     async fn delete_bucket(&self, name: String) -> ClusterResult<()> {

@@ -1517,6 +1517,26 @@ fn cairn_dev_serves_s3_to_real_clients() {
     let out = s3_tool(&boto3_python(), &[versions], &versions_env);
     assert!(out.contains("versioning and quota checks passed"), "{out}");
 
+    // Bucket policies: a second tenant and its key, made with the CLI.
+    let cli_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, _, err) = cairn_with_env(&["tenant", "create", "other"], &cli_env);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        cairn_with_env(&["--json", "key", "create", "--tenant", "other"], &cli_env);
+    assert_eq!(code, 0, "{err}");
+    let key: serde_json::Value = serde_json::from_str(&out).expect("key JSON");
+    let mut policy_env = env.clone();
+    for (name, field) in [
+        ("OTHER_ACCESS_KEY", "access_key_id"),
+        ("OTHER_SECRET_KEY", "secret_key"),
+    ] {
+        let value = key[field].as_str().expect("key field").to_string();
+        policy_env.push((name.into(), value));
+    }
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_policy.py");
+    let out = s3_tool(&boto3_python(), &[policies], &policy_env);
+    assert!(out.contains("policy checks passed"), "{out}");
+
     // Random signed requests: no crash, no 500, nothing changed that was not named.
     let mut fuzz_env = env.clone();
     fuzz_env.push(("BUCKET".into(), "fuzz".into()));

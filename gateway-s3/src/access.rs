@@ -43,7 +43,11 @@ pub fn action(operation: &str, versioned: bool) -> &'static str {
     match operation {
         "GetObject" | "HeadObject" if versioned => "s3:GetObjectVersion",
         "GetObject" | "HeadObject" => "s3:GetObject",
-        "PutObject" | "CopyObject" | "CreateMultipartUpload" | "UploadPart" | "UploadPartCopy"
+        "PutObject"
+        | "CopyObject"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
         | "CompleteMultipartUpload" => "s3:PutObject",
         "DeleteObject" if versioned => "s3:DeleteObjectVersion",
         "DeleteObject" | "DeleteObjects" => "s3:DeleteObject",
@@ -130,7 +134,10 @@ impl<C: Cluster> Authorizer<C> {
         let caller = question.caller;
         let Some(bucket) = self.owners.get(question.bucket).await? else {
             return if caller.tenant.is_some() {
-                Err(s3_error!(NoSuchBucket, "The specified bucket does not exist"))
+                Err(s3_error!(
+                    NoSuchBucket,
+                    "The specified bucket does not exist"
+                ))
             } else {
                 Err(s3_error!(AccessDenied, "Access Denied"))
             };
@@ -198,31 +205,32 @@ impl<C: Cluster> S3Access for Access<C> {
         let caller = self.0.caller(access_key.as_deref(), peer).await?;
         let operation = cx.s3_op().name().to_string();
         let query = cx.uri().query().map(str::to_string);
-        let path = cx.s3_path().clone();
-        match &path {
-            S3Path::Root => {
+        // What the path names, owned: the context is borrowed again below.
+        let (bucket, key): (Option<String>, Option<String>) = match cx.s3_path() {
+            S3Path::Root => (None, None),
+            S3Path::Bucket { bucket } => (Some(bucket.to_string()), None),
+            S3Path::Object { bucket, key } => (Some(bucket.to_string()), Some(key.to_string())),
+        };
+        match bucket {
+            None => {
                 if caller.tenant.is_none() {
                     return Err(s3_error!(AccessDenied, "Signature is required"));
                 }
             }
-            S3Path::Bucket { .. } if operation == "CreateBucket" => {
+            Some(_) if operation == "CreateBucket" => {
                 if caller.tenant.is_none() {
                     return Err(s3_error!(AccessDenied, "Signature is required"));
                 }
             }
-            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => {
-                let key = match &path {
-                    S3Path::Object { key, .. } => Some(key.as_ref()),
-                    _ => None,
-                };
+            Some(bucket) => {
                 let prefix = query_value(query.as_deref(), "prefix");
                 let delimiter = query_value(query.as_deref(), "delimiter");
                 self.0
                     .check(&Question {
                         caller: &caller,
                         operation: &operation,
-                        bucket,
-                        key,
+                        bucket: &bucket,
+                        key: key.as_deref(),
                         versioned: query_value(query.as_deref(), "versionId").is_some(),
                         prefix: prefix.as_deref(),
                         delimiter: delimiter.as_deref(),

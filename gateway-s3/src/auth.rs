@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -12,6 +12,7 @@ use s3s::{S3Request, S3Result, auth::S3Auth, s3_error};
 use crate::{
     body::cluster_error,
     cluster::{BucketInfo, Cluster, KeyInfo},
+    policy::Policy,
 };
 
 /// How long a key or bucket owner looked up stays trusted. A deleted key keeps working at
@@ -109,46 +110,49 @@ pub(crate) async fn tenant<C: Cluster, T>(keys: &Keys<C>, req: &S3Request<T>) ->
     Ok(keys.get(&credentials.access_key).await?.tenant)
 }
 
-/// Bucket owners by bucket name.
-pub(crate) struct Owners<C> {
+/// A bucket as the gateway enforces it: its record and its policy, parsed once.
+pub struct BucketEntry {
+    /// The bucket's record.
+    pub info: BucketInfo,
+    /// Its policy, if it has one: parsed, or why it does not parse (then it grants nothing
+    /// and denies everyone but the owner).
+    pub policy: Option<Result<Policy, String>>,
+}
+
+/// Buckets by name, cached for [`CACHE_FRESH`].
+pub struct Owners<C> {
     cluster: C,
-    cache: Fresh<BucketInfo>,
+    cache: Fresh<Arc<BucketEntry>>,
 }
 
 impl<C: Cluster> Owners<C> {
-    pub(crate) fn new(cluster: C) -> Owners<C> {
+    /// Buckets looked up in `cluster`.
+    pub fn new(cluster: C) -> Owners<C> {
         Owners {
             cluster,
             cache: Fresh::new(),
         }
     }
 
-    /// The bucket `name` if `tenant` owns it: `NoSuchBucket` if it does not exist,
-    /// `AccessDenied` if another tenant owns it.
-    pub(crate) async fn owned(&self, tenant: &str, name: &str) -> S3Result<BucketInfo> {
-        let bucket = match self.cache.get(name) {
-            Some(bucket) => bucket,
-            None => match self.cluster.bucket(name.to_string()).await {
-                Ok(Some(bucket)) => {
-                    self.cache.put(name.to_string(), bucket.clone());
-                    bucket
-                }
-                Ok(None) => {
-                    return Err(s3_error!(
-                        NoSuchBucket,
-                        "The specified bucket does not exist"
-                    ));
-                }
-                Err(e) => return Err(cluster_error(e)),
-            },
-        };
-        if bucket.tenant != tenant {
-            return Err(s3_error!(AccessDenied, "Access Denied"));
+    /// The bucket `name`, or `None` if it does not exist.
+    pub async fn get(&self, name: &str) -> S3Result<Option<Arc<BucketEntry>>> {
+        if let Some(entry) = self.cache.get(name) {
+            return Ok(Some(entry));
         }
-        Ok(bucket)
+        match self.cluster.bucket(name.to_string()).await {
+            Ok(Some(info)) => {
+                let policy = info.documents.get("policy").map(|text| Policy::parse(text));
+                let entry = Arc::new(BucketEntry { info, policy });
+                self.cache.put(name.to_string(), entry.clone());
+                Ok(Some(entry))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(cluster_error(e)),
+        }
     }
 
-    pub(crate) fn forget(&self, name: &str) {
+    /// Drops the cached bucket `name` (it changed here).
+    pub fn forget(&self, name: &str) {
         self.cache.forget(name);
     }
 }

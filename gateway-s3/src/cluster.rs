@@ -80,6 +80,8 @@ pub struct BucketInfo {
     pub created_ms: u64,
     /// Its versioning state.
     pub versioning: Versioning,
+    /// Its documents by kind ("policy", "cors", "lifecycle"), as stored.
+    pub documents: BTreeMap<String, String>,
 }
 
 /// A bucket's versioning state, as S3 names them.
@@ -324,6 +326,14 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         &self,
         tenant: String,
     ) -> impl Future<Output = ClusterResult<Vec<BucketInfo>>> + Send;
+    /// Sets (or, with `None`, removes) the bucket's document `kind`: "policy", "cors" or
+    /// "lifecycle".
+    fn set_bucket_document(
+        &self,
+        bucket: String,
+        kind: &'static str,
+        document: Option<String>,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
     /// Deletes an empty bucket (no version or delete marker left).
     fn delete_bucket(&self, name: String) -> impl Future<Output = ClusterResult<()>> + Send;
     /// Enables versioning on `bucket`, or suspends it.

@@ -10,6 +10,7 @@
 //! its bytes are durable; an interrupted upload leaves chunks that no record names, listed as
 //! pending or garbage in the metadata service and discarded by [`reclaim`].
 
+pub mod access;
 pub mod body;
 pub mod cluster;
 pub mod policy;
@@ -69,8 +70,14 @@ impl S3Host for Hosts {
 /// The gateway's HTTP service: S3 everywhere, and `GET /health` answering `OK`.
 pub fn router<C: cluster::Cluster>(cluster: C, config: Config) -> axum::Router {
     let keys = Arc::new(Keys::new(cluster.clone()));
-    let mut builder = S3ServiceBuilder::new(Gateway::new(cluster, keys.clone()));
+    let authorizer = Arc::new(access::Authorizer {
+        keys: keys.clone(),
+        owners: Arc::new(auth::Owners::new(cluster.clone())),
+    });
+    let mut builder =
+        S3ServiceBuilder::new(Gateway::new(cluster, keys.clone(), authorizer.clone()));
     builder.set_auth(KeyAuth(keys));
+    builder.set_access(access::Access(authorizer));
     builder.set_host(Hosts {
         domain: config.domain,
     });

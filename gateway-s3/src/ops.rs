@@ -15,6 +15,7 @@ use s3s::{
 };
 
 use crate::{
+    access::{Authorizer, Caller, Question},
     auth::{Keys, Owners, tenant},
     body::{self, Expected, cluster_error, hex},
     cluster::{
@@ -40,23 +41,63 @@ pub const REGION: &str = "us-east-1";
 pub struct Gateway<C> {
     cluster: C,
     keys: Arc<Keys<C>>,
-    owners: Owners<C>,
+    authorizer: Arc<Authorizer<C>>,
 }
 
 impl<C: Cluster> Gateway<C> {
-    /// A gateway over `cluster`, looking keys up in `keys` (shared with the SigV4 check).
-    pub fn new(cluster: C, keys: Arc<Keys<C>>) -> Gateway<C> {
+    /// A gateway over `cluster`, looking keys up in `keys` (shared with the SigV4 check) and
+    /// deciding access with `authorizer` (shared with the access hook, which runs first).
+    pub fn new(cluster: C, keys: Arc<Keys<C>>, authorizer: Arc<Authorizer<C>>) -> Gateway<C> {
         Gateway {
-            owners: Owners::new(cluster.clone()),
             cluster,
             keys,
+            authorizer,
         }
     }
 
+    fn owners(&self) -> &Owners<C> {
+        &self.authorizer.owners
+    }
+
+    /// The owner of `bucket`, which the access hook has let this request reach;
+    /// `NoSuchBucket` if it does not exist.
     async fn tenant_bucket<T>(&self, req: &S3Request<T>, bucket: &str) -> S3Result<String> {
-        let tenant = tenant(&self.keys, req).await?;
-        self.owners.owned(&tenant, bucket).await?;
-        Ok(tenant)
+        if req.extensions.get::<Caller>().is_none() {
+            // Every request passes the access hook first; one that did not is refused.
+            return Err(s3_error!(AccessDenied, "Access Denied"));
+        }
+        match self.owners().get(bucket).await? {
+            Some(entry) => Ok(entry.info.tenant.clone()),
+            None => Err(s3_error!(
+                NoSuchBucket,
+                "The specified bucket does not exist"
+            )),
+        }
+    }
+
+    /// Refuses unless the caller may read the object `key` of `bucket` (a copy's source).
+    async fn may_read<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        key: &str,
+        versioned: bool,
+    ) -> S3Result<()> {
+        let caller = req
+            .extensions
+            .get::<Caller>()
+            .ok_or_else(|| s3_error!(AccessDenied, "Access Denied"))?;
+        self.authorizer
+            .check(&Question {
+                caller,
+                operation: "GetObject",
+                bucket,
+                key: Some(key),
+                versioned,
+                prefix: None,
+                delimiter: None,
+            })
+            .await
     }
 
     /// The object a GET, HEAD or copy reads: the version `version_id`, or the newest, with
@@ -353,7 +394,7 @@ impl<C: Cluster> S3 for Gateway<C> {
             Err(ClusterError::Invalid(m)) => return Err(s3_error!(InvalidBucketName, "{m}")),
             Err(e) => return Err(cluster_error(e)),
         }
-        self.owners.forget(&name);
+        self.owners().forget(&name);
         Ok(S3Response::new(dto::CreateBucketOutput {
             location: Some(format!("/{name}")),
         }))
@@ -381,7 +422,7 @@ impl<C: Cluster> S3 for Gateway<C> {
             }
             Err(e) => return Err(cluster_error(e)),
         }
-        self.owners.forget(&name);
+        self.owners().forget(&name);
         Ok(S3Response::new(dto::DeleteBucketOutput {}))
     }
 
@@ -395,6 +436,61 @@ impl<C: Cluster> S3 for Gateway<C> {
             bucket_region: Some(REGION.into()),
             ..Default::default()
         }))
+    }
+
+    async fn put_bucket_policy(
+        &self,
+        req: S3Request<dto::PutBucketPolicyInput>,
+    ) -> S3Result<S3Response<dto::PutBucketPolicyOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        // Parsed here so nothing a gateway cannot enforce is ever stored.
+        crate::policy::Policy::parse(&req.input.policy)
+            .map_err(|why| s3_error!(MalformedPolicy, "{why}"))?;
+        self.cluster
+            .set_bucket_document(bucket.clone(), "policy", Some(req.input.policy))
+            .await
+            .map_err(cluster_error)?;
+        self.owners().forget(&bucket);
+        Ok(S3Response::new(dto::PutBucketPolicyOutput::default()))
+    }
+
+    async fn get_bucket_policy(
+        &self,
+        req: S3Request<dto::GetBucketPolicyInput>,
+    ) -> S3Result<S3Response<dto::GetBucketPolicyOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        // Read through: the owner sees what is stored now, not a cached copy.
+        self.owners().forget(&bucket);
+        let entry = self
+            .owners()
+            .get(&bucket)
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        let policy = entry
+            .info
+            .documents
+            .get("policy")
+            .cloned()
+            .ok_or_else(|| s3_error!(NoSuchBucketPolicy, "The bucket policy does not exist"))?;
+        Ok(S3Response::new(dto::GetBucketPolicyOutput {
+            policy: Some(policy),
+        }))
+    }
+
+    async fn delete_bucket_policy(
+        &self,
+        req: S3Request<dto::DeleteBucketPolicyInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketPolicyOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        self.cluster
+            .set_bucket_document(bucket.clone(), "policy", None)
+            .await
+            .map_err(cluster_error)?;
+        self.owners().forget(&bucket);
+        Ok(S3Response::new(dto::DeleteBucketPolicyOutput::default()))
     }
 
     async fn get_bucket_location(
@@ -619,8 +715,18 @@ impl<C: Cluster> S3 for Gateway<C> {
         req: S3Request<dto::CopyObjectInput>,
     ) -> S3Result<S3Response<dto::CopyObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-        let tenant = self.tenant_bucket(&req, &bucket).await?;
-        let input = req.input;
+        self.tenant_bucket(&req, &bucket).await?;
+        let dto::CopySource::Bucket {
+            bucket: source_bucket,
+            key: source_key,
+            version_id,
+        } = &req.input.copy_source
+        else {
+            return Err(s3_error!(NotImplemented, "access point copy sources"));
+        };
+        self.may_read(&req, source_bucket, source_key, version_id.is_some())
+            .await?;
+        let input = req.input.clone();
         let dto::CopySource::Bucket {
             bucket: source_bucket,
             key: source_key,
@@ -629,7 +735,6 @@ impl<C: Cluster> S3 for Gateway<C> {
         else {
             return Err(s3_error!(NotImplemented, "access point copy sources"));
         };
-        self.owners.owned(&tenant, source_bucket).await?;
         let (source, source_version) = self
             .object(source_bucket, source_key, version_id.as_deref())
             .await
@@ -1010,7 +1115,16 @@ impl<C: Cluster> S3 for Gateway<C> {
         req: S3Request<dto::UploadPartCopyInput>,
     ) -> S3Result<S3Response<dto::UploadPartCopyOutput>> {
         let bucket = req.input.bucket.clone();
-        let tenant = self.tenant_bucket(&req, &bucket).await?;
+        self.tenant_bucket(&req, &bucket).await?;
+        if let dto::CopySource::Bucket {
+            bucket: source_bucket,
+            key: source_key,
+            version_id,
+        } = &req.input.copy_source
+        {
+            self.may_read(&req, source_bucket, source_key, version_id.is_some())
+                .await?;
+        }
         let input = req.input;
         let number = part_number(input.part_number)?;
         self.upload_of(&input.upload_id, &bucket, &input.key)
@@ -1023,7 +1137,6 @@ impl<C: Cluster> S3 for Gateway<C> {
         else {
             return Err(s3_error!(NotImplemented, "access point copy sources"));
         };
-        self.owners.owned(&tenant, source_bucket).await?;
         let (source, source_version) = self
             .object(source_bucket, source_key, version_id.as_deref())
             .await

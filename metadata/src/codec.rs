@@ -535,6 +535,13 @@ mod tests {
                 }),
             (text.clone(), any::<bool>())
                 .prop_map(|(bucket, enabled)| Command::SetBucketVersioning { bucket, enabled }),
+            (text.clone(), proptest::option::of(text.clone())).prop_map(|(bucket, document)| {
+                Command::SetBucketDocument {
+                    bucket,
+                    kind: crate::objects::DocumentKind::Lifecycle,
+                    document,
+                }
+            }),
             (
                 text.clone(),
                 any::<bool>(),

@@ -252,6 +252,45 @@ impl Versioning {
     }
 }
 
+/// A document a bucket carries for its gateways: they parse and enforce it, the metadata
+/// service only stores it (bounded), so every gateway enforces the same one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocumentKind {
+    /// The bucket policy (IAM JSON).
+    Policy,
+    /// The CORS configuration.
+    Cors,
+    /// The lifecycle configuration.
+    Lifecycle,
+}
+
+impl DocumentKind {
+    /// Its name in the admin API: "policy", "cors" or "lifecycle".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocumentKind::Policy => "policy",
+            DocumentKind::Cors => "cors",
+            DocumentKind::Lifecycle => "lifecycle",
+        }
+    }
+
+    /// The kind named `name` in the admin API.
+    pub fn parse(name: &str) -> Option<DocumentKind> {
+        match name {
+            "policy" => Some(DocumentKind::Policy),
+            "cors" => Some(DocumentKind::Cors),
+            "lifecycle" => Some(DocumentKind::Lifecycle),
+            _ => None,
+        }
+    }
+}
+
+/// Largest bucket document: S3 allows 20 KiB policies; CORS and lifecycle configurations
+/// (up to 100 and 1,000 rules) fit in 64 KiB in practice. Each lives in memory on every
+/// metadata replica.
+pub const DOCUMENT_BYTES_MAX: usize = 64 << 10;
+
 /// Limits on what a bucket or a tenant stores (`None`: no limit). Counted over every stored
 /// object version; delete markers hold no bytes and count as no object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,6 +351,9 @@ pub struct Bucket {
     /// Its limits (absent from records: none).
     #[serde(default, skip_serializing_if = "Quota::is_unlimited")]
     pub quota: Quota,
+    /// Its policy, CORS and lifecycle documents (absent from records: none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub documents: BTreeMap<DocumentKind, String>,
 }
 
 /// Bytes stored as chunks under `owner` in the bucket's pool, from offset 0 to `length`.
@@ -1160,6 +1202,7 @@ impl MetaState {
             bytes: 0,
             versioning: Versioning::Unversioned,
             quota: Quota::default(),
+            documents: BTreeMap::new(),
         };
         self.buckets.insert(name, bucket);
         Ok(Applied::Bucket(id))
@@ -1359,6 +1402,35 @@ impl MetaState {
 }
 
 impl MetaState {
+    /// Sets or removes one of a bucket's documents (`Command::SetBucketDocument`).
+    pub(crate) fn set_bucket_document(
+        &mut self,
+        bucket: &str,
+        kind: DocumentKind,
+        document: Option<String>,
+    ) -> Result<Applied, MetaError> {
+        self.bucket_ref(bucket)?;
+        if let Some(text) = &document
+            && (text.is_empty() || text.len() > DOCUMENT_BYTES_MAX)
+        {
+            return Err(MetaError::Invalid(format!(
+                "a bucket {} holds 1 to {DOCUMENT_BYTES_MAX} bytes",
+                kind.as_str()
+            )));
+        }
+        let entry = self.buckets.get_mut(bucket);
+        let entry = entry.expect("invariant: the bucket was found above");
+        match document {
+            Some(text) => {
+                entry.documents.insert(kind, text);
+            }
+            None => {
+                entry.documents.remove(&kind);
+            }
+        }
+        Ok(Applied::Done)
+    }
+
     /// Turns versioning on or, once it was, suspends it (`Command::SetBucketVersioning`).
     pub(crate) fn set_bucket_versioning(
         &mut self,
@@ -2188,6 +2260,53 @@ mod tests {
             state.bucket("bkt").map(|b| b.versioning),
             Some(Versioning::Suspended)
         );
+    }
+
+    /// Goal: a bucket's documents are set, replaced and removed, bounded, and only on buckets
+    /// that exist; a refusal changes nothing. Method: each case on a bucket `bkt`.
+    #[test]
+    fn bucket_documents_are_set_bounded_and_removed() {
+        let mut state = with_bucket();
+        let set = |kind, document: Option<&str>| Command::SetBucketDocument {
+            bucket: "bkt".into(),
+            kind,
+            document: document.map(str::to_string),
+        };
+        state
+            .apply(set(DocumentKind::Policy, Some("{\"Statement\":[]}")))
+            .expect("set");
+        state
+            .apply(set(DocumentKind::Cors, Some("<CORSConfiguration/>")))
+            .expect("set");
+        let documents = |state: &MetaState| state.bucket("bkt").map(|b| b.documents.clone());
+        assert_eq!(documents(&state).map(|d| d.len()), Some(2));
+        let before = state.clone();
+        let too_large = "x".repeat(DOCUMENT_BYTES_MAX + 1);
+        for refused in [
+            set(DocumentKind::Policy, Some(&too_large)),
+            set(DocumentKind::Policy, Some("")),
+            Command::SetBucketDocument {
+                bucket: "nope".into(),
+                kind: DocumentKind::Policy,
+                document: None,
+            },
+        ] {
+            assert!(state.apply(refused).is_err());
+            assert_eq!(state, before, "a refusal changes nothing");
+        }
+        state
+            .apply(set(DocumentKind::Policy, None))
+            .expect("remove");
+        let left = documents(&state).expect("bucket");
+        assert_eq!(
+            left.keys().copied().collect::<Vec<_>>(),
+            vec![DocumentKind::Cors]
+        );
+        assert_eq!(
+            DocumentKind::parse("lifecycle"),
+            Some(DocumentKind::Lifecycle)
+        );
+        assert_eq!(DocumentKind::parse("acl"), None);
     }
 
     /// Goal: version ids print as S3 text that sorts newest first and parses back; junk does

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     objects::{
-        Bucket, BucketId, Garbage, ObjectRecord, Part, PendingWrite, Quota, QuotaScope, S3Code,
-        Segment, Upload, VersionId, Versions,
+        Bucket, BucketId, DocumentKind, Garbage, ObjectRecord, Part, PendingWrite, Quota,
+        QuotaScope, S3Code, Segment, Upload, VersionId, Versions,
     },
     placement::{self, Disk, DiskState, FailureDomain, PoolPolicy},
 };
@@ -504,6 +504,16 @@ pub enum Command {
         bucket: String,
         /// True to enable, false to suspend.
         enabled: bool,
+    },
+    /// Sets (or, with `None`, removes) one of a bucket's documents: its policy, CORS or
+    /// lifecycle configuration, which the gateways parse and enforce.
+    SetBucketDocument {
+        /// The bucket.
+        bucket: String,
+        /// Which document.
+        kind: DocumentKind,
+        /// Its text (at most [`DOCUMENT_BYTES_MAX`](crate::objects::DOCUMENT_BYTES_MAX)).
+        document: Option<String>,
     },
     /// Sets a bucket's or a tenant's limits; `None` removes a limit. Writes that would go
     /// over one are refused with [`S3Code::QuotaExceeded`].
@@ -1013,6 +1023,7 @@ impl MetaState {
             | Command::PutObject { .. }
             | Command::DeleteObject { .. }
             | Command::SetBucketVersioning { .. }
+            | Command::SetBucketDocument { .. }
             | Command::SetQuota { .. }
             | Command::CreateUpload { .. }
             | Command::PutPart { .. }
@@ -1049,6 +1060,11 @@ impl MetaState {
             Command::SetBucketVersioning { bucket, enabled } => {
                 self.set_bucket_versioning(&bucket, enabled)
             }
+            Command::SetBucketDocument {
+                bucket,
+                kind,
+                document,
+            } => self.set_bucket_document(&bucket, kind, document),
             Command::SetQuota {
                 scope,
                 bytes_max,
@@ -2595,6 +2611,9 @@ pub(crate) mod tests {
             ),
             1 => (bucket.clone(), any::<bool>())
                 .prop_map(|(bucket, enabled)| Command::SetBucketVersioning { bucket, enabled }),
+            1 => (bucket.clone(), prop_oneof![Just(DocumentKind::Policy), Just(DocumentKind::Cors)],
+                  proptest::option::of(prop_oneof![Just(String::new()), Just("{}".to_string())]))
+                .prop_map(|(bucket, kind, document)| Command::SetBucketDocument { bucket, kind, document }),
             1 => (bucket.clone(), any::<bool>(), proptest::option::of(0u64..3),
                   proptest::option::of(prop_oneof![Just(0u64), Just(5), Just(1 << 30)]))
                 .prop_map(|(name, bucket, objects_max, bytes_max)| Command::SetQuota {

@@ -355,6 +355,7 @@ fn touched(state: &MetaState, command: &Command) -> Vec<RecordKey> {
         | Command::PutObject { .. }
         | Command::DeleteObject { .. }
         | Command::SetBucketVersioning { .. }
+        | Command::SetBucketDocument { .. }
         | Command::SetQuota { .. }
         | Command::CreateUpload { .. }
         | Command::PutPart { .. }
@@ -391,6 +392,7 @@ fn touched_objects(state: &MetaState, command: &Command) -> Vec<RecordKey> {
         }
         Command::DeleteBucket { name }
         | Command::SetBucketVersioning { bucket: name, .. }
+        | Command::SetBucketDocument { bucket: name, .. }
         | Command::SetQuota {
             scope: QuotaScope::Bucket(name),
             ..

@@ -7,6 +7,8 @@
 //! GET    /buckets/{name}                  bucket + {pool_id, pg_count}   DELETE -> 204
 //! PUT    /buckets/{name}/versioning       {enabled} -> bucket
 //! PUT    /buckets/{name}/quota            {bytes_max?, objects_max?} -> bucket (absent: no limit)
+//! PUT    /buckets/{name}/documents/{kind} {document} -> bucket; kind: policy, cors, lifecycle
+//! DELETE /buckets/{name}/documents/{kind} -> bucket
 //! PUT    /tenants/{name}/quota            {bytes_max?, objects_max?} -> tenant
 //! GET    /buckets/{name}/objects?prefix=&delimiter=&after=&max=    one listing page
 //! GET    /buckets/{name}/versions?prefix=&delimiter=&key_marker=&version_id_marker=&max=
@@ -36,7 +38,7 @@
 //! ```
 //!
 //! A bucket is `{name, id, tenant, pool, created_ms, objects, bytes, versioning, quota:
-//! {bytes_max, objects_max}}`: `versioning` is "unversioned", "enabled" or "suspended";
+//! {bytes_max, objects_max}, documents: {policy?, cors?, lifecycle?}}`: `versioning` is "unversioned", "enabled" or "suspended";
 //! `objects` and `bytes` count every stored version; a limit not set is null. A tenant is
 //! `{name, id, access_keys, objects, bytes, quota}`, its usage summed over its buckets.
 //! Version ids are S3's opaque text (`null` for the null version); answers give `version_id`
@@ -72,8 +74,8 @@ use serde_json::{Value, json};
 use super::{Api, body, error, random_text, read, read_value, write};
 use crate::{
     objects::{
-        Bucket, LIST_KEYS_MAX, ListQuery, OWNERS_PER_COMMAND_MAX, ObjectRecord, Quota, QuotaScope,
-        Segment, Version, VersionId, VersionQuery, Versioning,
+        Bucket, DocumentKind, LIST_KEYS_MAX, ListQuery, OWNERS_PER_COMMAND_MAX, ObjectRecord,
+        Quota, QuotaScope, Segment, Version, VersionId, VersionQuery, Versioning,
     },
     state::{Applied, Command, MetaError, MetaState},
 };
@@ -100,6 +102,10 @@ pub(super) fn routes() -> Router<Api> {
         .route("/v1/buckets/{name}/objects", get(list_objects))
         .route("/v1/buckets/{name}/versions", get(list_versions))
         .route("/v1/buckets/{name}/versioning", put(set_versioning))
+        .route(
+            "/v1/buckets/{name}/documents/{kind}",
+            put(set_document).delete(remove_document),
+        )
         .route("/v1/buckets/{name}/quota", put(set_bucket_quota))
         .route("/v1/tenants/{name}/quota", put(set_tenant_quota))
         .route(
@@ -252,6 +258,11 @@ fn bucket_json(name: &str, bucket: &Bucket) -> Value {
         "bytes": bucket.bytes,
         "versioning": bucket.versioning.as_str(),
         "quota": quota_json(&bucket.quota),
+        "documents": bucket
+            .documents
+            .iter()
+            .map(|(kind, text)| (kind.as_str().to_string(), json!(text)))
+            .collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -543,6 +554,55 @@ async fn list_versions(
             "next_key_marker": listing.next_key,
             "next_version_id_marker": listing.next_version.map(VersionId::text),
         }))
+    })
+    .await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetDocument {
+    document: String,
+}
+
+async fn set_document(
+    State(api): State<Api>,
+    Path((name, kind)): Path<(String, String)>,
+    parsed: Result<Json<SetDocument>, JsonRejection>,
+) -> Result<Response, Response> {
+    let request = body(parsed)?;
+    change_document(api, name, kind, Some(request.document)).await
+}
+
+async fn remove_document(
+    State(api): State<Api>,
+    Path((name, kind)): Path<(String, String)>,
+) -> Result<Response, Response> {
+    change_document(api, name, kind, None).await
+}
+
+async fn change_document(
+    api: Api,
+    name: String,
+    kind: String,
+    document: Option<String>,
+) -> Result<Response, Response> {
+    let kind = DocumentKind::parse(&kind).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no bucket document {kind:?}: policy, cors or lifecycle"),
+        )
+    })?;
+    let command = Command::SetBucketDocument {
+        bucket: name.clone(),
+        kind,
+        document,
+    };
+    write(&api, command).await?;
+    Ok(read(&api, move |state| {
+        let bucket = state
+            .bucket(&name)
+            .ok_or_else(|| not_found("bucket", name.clone()))?;
+        Ok(bucket_json(&name, bucket))
     })
     .await)
 }

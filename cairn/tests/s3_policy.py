@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Bucket policies with boto3 against a running Cairn S3 endpoint: another tenant's access
+granted and refused, a prefix denied to everyone, anonymous reads from an address range,
+copies needing read access to their source, malformed policies refused.
+
+Run by cairn/tests/cli.rs with S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY (the owner, tenant
+`dev`), OTHER_ACCESS_KEY, OTHER_SECRET_KEY (tenant `other`) and S3_REGION.
+"""
+import json
+import os
+import subprocess
+
+import boto3
+import botocore
+from botocore.config import Config
+
+ENDPOINT = os.environ["S3_ENDPOINT"]
+REGION = os.environ.get("S3_REGION", "us-east-1")
+
+
+def client(key, secret):
+    return boto3.client("s3", endpoint_url=ENDPOINT, aws_access_key_id=key, aws_secret_access_key=secret,
+                        region_name=REGION,
+                        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+
+owner = client(os.environ["S3_ACCESS_KEY"], os.environ["S3_SECRET_KEY"])
+other = client(os.environ["OTHER_ACCESS_KEY"], os.environ["OTHER_SECRET_KEY"])
+
+
+def code(call, **kwargs):
+    try:
+        call(**kwargs)
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    return "ok"
+
+
+def anonymous_get(key):
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{ENDPOINT}/shared/{key}"],
+                         capture_output=True)
+    return out.stdout.decode()
+
+
+owner.create_bucket(Bucket="shared")
+owner.put_object(Bucket="shared", Key="public/a.txt", Body=b"for everyone")
+owner.put_object(Bucket="shared", Key="private/b.txt", Body=b"for nobody")
+other.create_bucket(Bucket="others")
+
+# Without a policy, only the owner reaches the bucket.
+assert code(other.get_object, Bucket="shared", Key="public/a.txt") == "AccessDenied"
+assert code(other.list_objects_v2, Bucket="shared") == "AccessDenied"
+assert code(owner.get_bucket_policy, Bucket="shared") == "NoSuchBucketPolicy"
+assert anonymous_get("public/a.txt") == "403"
+print("ok private by default")
+
+policy = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Sid": "OtherReads", "Effect": "Allow", "Principal": {"AWS": ["arn:aws:iam::other:root"]},
+         "Action": ["s3:GetObject", "s3:ListBucket"],
+         "Resource": ["arn:aws:s3:::shared", "arn:aws:s3:::shared/*"]},
+        {"Sid": "LocalAnonymousReads", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+         "Resource": "arn:aws:s3:::shared/public/*",
+         "Condition": {"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}}},
+        {"Sid": "NobodyReadsPrivate", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+         "Resource": "arn:aws:s3:::shared/private/*"},
+    ],
+}
+assert code(other.put_bucket_policy, Bucket="shared", Policy=json.dumps(policy)) == "AccessDenied"
+owner.put_bucket_policy(Bucket="shared", Policy=json.dumps(policy))
+assert json.loads(owner.get_bucket_policy(Bucket="shared")["Policy"]) == policy
+assert code(other.get_bucket_policy, Bucket="shared") == "AccessDenied"
+
+assert other.get_object(Bucket="shared", Key="public/a.txt")["Body"].read() == b"for everyone"
+keys = [o["Key"] for o in other.list_objects_v2(Bucket="shared")["Contents"]]
+assert keys == ["private/b.txt", "public/a.txt"], keys
+assert code(other.get_object, Bucket="shared", Key="private/b.txt") == "AccessDenied"
+assert code(other.put_object, Bucket="shared", Key="public/new.txt", Body=b"x") == "AccessDenied"
+assert code(other.delete_object, Bucket="shared", Key="public/a.txt") == "AccessDenied"
+# The deny holds for the owner too: an explicit deny wins.
+assert code(owner.get_object, Bucket="shared", Key="private/b.txt") == "AccessDenied"
+assert code(owner.put_object, Bucket="shared", Key="private/c.txt", Body=b"x") == "AccessDenied"
+owner.put_object(Bucket="shared", Key="public/c.txt", Body=b"owner writes")
+assert anonymous_get("public/a.txt") == "200"
+assert anonymous_get("private/b.txt") == "403"
+print("ok policy grants and denies")
+
+# Copies need read access to the source.
+other.copy_object(Bucket="others", Key="copy.txt", CopySource={"Bucket": "shared", "Key": "public/a.txt"})
+assert other.get_object(Bucket="others", Key="copy.txt")["Body"].read() == b"for everyone"
+assert code(other.copy_object, Bucket="others", Key="stolen.txt",
+            CopySource={"Bucket": "shared", "Key": "private/b.txt"}) == "AccessDenied"
+assert code(owner.copy_object, Bucket="shared", Key="public/from-others.txt",
+            CopySource={"Bucket": "others", "Key": "copy.txt"}) == "AccessDenied"
+print("ok copies")
+
+# What cannot be enforced exactly is refused.
+for bad in ["not json", json.dumps({"Statement": []}),
+            json.dumps({"Statement": {"Effect": "Allow", "Principal": "*", "Action": "s3:*", "Resource": "*",
+                                      "Condition": {"DateGreaterThan": {"aws:CurrentTime": "2020-01-01"}}}})]:
+    assert code(owner.put_bucket_policy, Bucket="shared", Policy=bad) == "MalformedPolicy", bad
+assert json.loads(owner.get_bucket_policy(Bucket="shared")["Policy"]) == policy, "a refused policy changes nothing"
+
+owner.delete_bucket_policy(Bucket="shared")
+assert code(other.get_object, Bucket="shared", Key="public/a.txt") == "AccessDenied"
+assert owner.get_object(Bucket="shared", Key="private/b.txt")["Body"].read() == b"for nobody"
+print("policy checks passed")

@@ -122,6 +122,9 @@ fn record_json(record: &ObjectRecord) -> Value {
     if !record.metadata.is_empty() {
         value["metadata"] = json!(record.metadata);
     }
+    if let Some(acl) = &record.acl {
+        value["acl"] = json!(acl);
+    }
     value
 }
 
@@ -150,6 +153,7 @@ fn parse_record(value: &Value) -> ClusterResult<ObjectRecord> {
         content_type: value["content_type"].as_str().map(str::to_string),
         metadata: serde_json::from_value(value["metadata"].clone()).unwrap_or_default(),
         data,
+        acl: value["acl"].as_str().map(str::to_string),
     })
 }
 
@@ -323,6 +327,21 @@ impl<B: Backend> Cluster for S3Cluster<B> {
                 documents: serde_json::from_value(b["documents"].clone()).unwrap_or_default(),
             })
             .collect())
+    }
+
+    async fn set_object_acl(
+        &self,
+        bucket: String,
+        key: String,
+        version_id: Option<String>,
+        acl: Option<String>,
+    ) -> ClusterResult<()> {
+        let mut path = format!("/v1/buckets/{}/object/acl?key={}", enc(&bucket), enc(&key));
+        if let Some(version) = version_id {
+            path.push_str(&format!("&version_id={}", enc(&version)));
+        }
+        self.call(path, Method::Put(json!({ "acl": acl }))).await?;
+        Ok(())
     }
 
     async fn set_bucket_document(
@@ -644,6 +663,7 @@ impl<B: Backend> Cluster for S3Cluster<B> {
             content_type: value["content_type"].as_str().map(str::to_string),
             metadata: BTreeMap::new(),
             data: ObjectData::Segments(Vec::new()),
+            acl: None,
         };
         Ok((record, optional(&value, "version_id")))
     }
@@ -747,6 +767,7 @@ mod tests {
                 content_type: Some("text/plain".into()),
                 metadata: metadata.clone(),
                 data,
+                acl: Some("{\"grants\":[]}".into()),
             };
             assert_eq!(parse_record(&record_json(&record)).unwrap(), record);
         }

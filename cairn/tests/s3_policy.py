@@ -105,4 +105,33 @@ assert json.loads(owner.get_bucket_policy(Bucket="shared")["Policy"]) == policy,
 owner.delete_bucket_policy(Bucket="shared")
 assert code(other.get_object, Bucket="shared", Key="public/a.txt") == "AccessDenied"
 assert owner.get_object(Bucket="shared", Key="private/b.txt")["Body"].read() == b"for nobody"
+print("ok policy removed")
+
+# ACLs: canned on bucket and object, grants by header, what each permission allows.
+owner.create_bucket(Bucket="acls", ACL="public-read")
+owner.put_object(Bucket="acls", Key="open.txt", Body=b"anyone", ACL="public-read")
+owner.put_object(Bucket="acls", Key="closed.txt", Body=b"owner only")
+grants = owner.get_bucket_acl(Bucket="acls")["Grants"]
+assert {"Type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"} in [g["Grantee"] for g in grants]
+anon = subprocess.run(["curl", "-s", "-w", " %{http_code}", f"{ENDPOINT}/acls/open.txt"], capture_output=True).stdout
+assert anon == b"anyone 200", anon
+anon = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{ENDPOINT}/acls/closed.txt"],
+                      capture_output=True).stdout
+assert anon == b"403", anon
+assert [o["Key"] for o in other.list_objects_v2(Bucket="acls")["Contents"]] == ["closed.txt", "open.txt"]
+assert code(other.get_object, Bucket="acls", Key="closed.txt") == "AccessDenied"
+assert code(other.put_object, Bucket="acls", Key="x", Body=b"x") == "AccessDenied"
+assert code(other.put_bucket_acl, Bucket="acls", ACL="public-read-write") == "AccessDenied"
+owner.put_object_acl(Bucket="acls", Key="closed.txt", GrantRead='id="other"')
+assert other.get_object(Bucket="acls", Key="closed.txt")["Body"].read() == b"owner only"
+object_grants = owner.get_object_acl(Bucket="acls", Key="closed.txt")["Grants"]
+assert [(g["Grantee"].get("ID"), g["Permission"]) for g in object_grants] == [("dev", "FULL_CONTROL"), ("other", "READ")]
+owner.put_bucket_acl(Bucket="acls", GrantWrite='id="other"', GrantReadACP='id="other"')
+other.put_object(Bucket="acls", Key="from-other.txt", Body=b"written by other")
+assert owner.get_object(Bucket="acls", Key="from-other.txt")["Body"].read() == b"written by other"
+assert len(other.get_bucket_acl(Bucket="acls")["Grants"]) == 3
+assert code(other.list_objects_v2, Bucket="acls") == "AccessDenied", "the new list has no READ"
+owner.put_bucket_acl(Bucket="acls", ACL="private")
+assert code(other.put_object, Bucket="acls", Key="y", Body=b"y") == "AccessDenied"
+assert code(owner.put_bucket_acl, Bucket="acls", GrantRead='emailAddress="a@example.com"') == "NotImplemented"
 print("policy checks passed")

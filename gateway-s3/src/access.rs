@@ -18,8 +18,10 @@ use s3s::{
 
 use crate::{
     Peer,
-    auth::{Keys, Owners},
-    cluster::Cluster,
+    acl::{Acl, Permission},
+    auth::{BucketEntry, Keys, Owners},
+    body::cluster_error,
+    cluster::{Cluster, ClusterError},
     policy::{Decision, Request},
 };
 
@@ -64,6 +66,12 @@ pub fn action(operation: &str, versioned: bool) -> &'static str {
         "GetBucketPolicy" => "s3:GetBucketPolicy",
         "DeleteBucketPolicy" => "s3:DeleteBucketPolicy",
         "PutBucketVersioning" => "s3:PutBucketVersioning",
+        "GetBucketAcl" => "s3:GetBucketAcl",
+        "PutBucketAcl" => "s3:PutBucketAcl",
+        "GetObjectAcl" if versioned => "s3:GetObjectVersionAcl",
+        "GetObjectAcl" => "s3:GetObjectAcl",
+        "PutObjectAcl" if versioned => "s3:PutObjectVersionAcl",
+        "PutObjectAcl" => "s3:PutObjectAcl",
         "GetBucketVersioning" => "s3:GetBucketVersioning",
         _ => "s3:Unknown",
     }
@@ -105,8 +113,38 @@ fn query_value(query: Option<&str>, name: &str) -> Option<String> {
 
 /// The decision shared by the access hook and the operations.
 pub struct Authorizer<C> {
+    pub(crate) cluster: C,
     pub(crate) keys: Arc<Keys<C>>,
     pub(crate) owners: Arc<Owners<C>>,
+}
+
+/// What an operation needs from an ACL: the object's list (true) or the bucket's, and which
+/// permission. `None`: no ACL grants it (bucket configuration, deleting the bucket).
+fn acl_need(operation: &str) -> Option<(bool, Permission)> {
+    Some(match operation {
+        "GetObject" | "HeadObject" => (true, Permission::Read),
+        "GetObjectAcl" => (true, Permission::ReadAcp),
+        "PutObjectAcl" => (true, Permission::WriteAcp),
+        "ListObjects"
+        | "ListObjectsV2"
+        | "ListObjectVersions"
+        | "ListMultipartUploads"
+        | "HeadBucket"
+        | "GetBucketLocation" => (false, Permission::Read),
+        "PutObject"
+        | "CopyObject"
+        | "DeleteObject"
+        | "DeleteObjects"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
+        | "CompleteMultipartUpload"
+        | "AbortMultipartUpload"
+        | "ListParts" => (false, Permission::Write),
+        "GetBucketAcl" => (false, Permission::ReadAcp),
+        "PutBucketAcl" => (false, Permission::WriteAcp),
+        _ => return None,
+    })
 }
 
 /// One authorization question.
@@ -121,6 +159,8 @@ pub struct Question<'a> {
     pub key: Option<&'a str>,
     /// Whether a version id was given.
     pub versioned: bool,
+    /// The version id, if one was given.
+    pub version_id: Option<&'a str>,
     /// A listing's prefix.
     pub prefix: Option<&'a str>,
     /// A listing's delimiter.
@@ -170,11 +210,43 @@ impl<C: Cluster> Authorizer<C> {
             Some(Err(_)) if owner => Decision::NotApplicable,
             Some(Err(_)) => Decision::Deny,
         };
-        match decision {
-            Decision::Allow => Ok(()),
-            Decision::NotApplicable if owner => Ok(()),
-            _ => Err(s3_error!(AccessDenied, "Access Denied")),
+        let allowed = match decision {
+            Decision::Allow => true,
+            Decision::Deny => false,
+            Decision::NotApplicable => owner || self.acl_allows(&bucket, question).await?,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(s3_error!(AccessDenied, "Access Denied"))
         }
+    }
+
+    /// Whether the bucket's or the object's ACL grants what `question` needs.
+    async fn acl_allows(&self, bucket: &BucketEntry, question: &Question<'_>) -> S3Result<bool> {
+        let Some((on_object, permission)) = acl_need(question.operation) else {
+            return Ok(false);
+        };
+        let tenant = question.caller.tenant.as_deref();
+        if !on_object {
+            let acl = bucket.info.documents.get("acl").map(|t| Acl::from_text(t));
+            return Ok(acl.is_some_and(|acl| acl.allows(tenant, permission)));
+        }
+        let Some(key) = question.key else {
+            return Ok(false);
+        };
+        let version = question.version_id.map(str::to_string);
+        let found = self
+            .cluster
+            .object(question.bucket.to_string(), key.to_string(), version)
+            .await;
+        let acl = match found {
+            Ok(Some(found)) => found.record.and_then(|r| r.acl),
+            // A missing object: the refusal does not tell it apart from a denied one.
+            Ok(None) | Err(ClusterError::NotFound(_)) => None,
+            Err(e) => return Err(cluster_error(e)),
+        };
+        Ok(acl.is_some_and(|text| Acl::from_text(&text).allows(tenant, permission)))
     }
 
     /// The caller of a request signed with `access_key` (or anonymous) from `peer`.
@@ -224,6 +296,7 @@ impl<C: Cluster> S3Access for Access<C> {
             }
             Some(bucket) => {
                 let prefix = query_value(query.as_deref(), "prefix");
+                let version = query_value(query.as_deref(), "versionId");
                 let delimiter = query_value(query.as_deref(), "delimiter");
                 self.0
                     .check(&Question {
@@ -231,7 +304,8 @@ impl<C: Cluster> S3Access for Access<C> {
                         operation: &operation,
                         bucket: &bucket,
                         key: key.as_deref(),
-                        versioned: query_value(query.as_deref(), "versionId").is_some(),
+                        versioned: version.is_some(),
+                        version_id: version.as_deref(),
                         prefix: prefix.as_deref(),
                         delimiter: delimiter.as_deref(),
                     })

@@ -198,6 +198,9 @@ pub struct ObjectRecord {
     pub metadata: BTreeMap<String, String>,
     /// Its bytes.
     pub data: ObjectData,
+    /// Its access control list, as [`crate::acl::Acl::to_text`] encodes it (`None`: only the
+    /// owner's full control).
+    pub acl: Option<String>,
 }
 
 /// One key in a listing.
@@ -345,6 +348,15 @@ pub trait Cluster: Clone + Send + Sync + 'static {
 
     /// The version `version_id` of `key` in `bucket`, or its newest without one (either may
     /// be a delete marker); `None` if there is no such key or version. A malformed version id
+    /// Replaces the access control list of object `key` (the newest version, or
+    /// `version_id`), leaving its bytes alone.
+    fn set_object_acl(
+        &self,
+        bucket: String,
+        key: String,
+        version_id: Option<String>,
+        acl: Option<String>,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
     /// is [`ClusterError::Invalid`].
     fn object(
         &self,

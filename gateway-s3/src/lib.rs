@@ -11,6 +11,7 @@
 //! pending or garbage in the metadata service and discarded by [`reclaim`].
 
 pub mod access;
+pub mod acl;
 pub mod body;
 pub mod cluster;
 pub mod policy;
@@ -71,6 +72,7 @@ impl S3Host for Hosts {
 pub fn router<C: cluster::Cluster>(cluster: C, config: Config) -> axum::Router {
     let keys = Arc::new(Keys::new(cluster.clone()));
     let authorizer = Arc::new(access::Authorizer {
+        cluster: cluster.clone(),
         keys: keys.clone(),
         owners: Arc::new(auth::Owners::new(cluster.clone())),
     });

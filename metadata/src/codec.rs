@@ -188,6 +188,7 @@ mod tests {
                 data: ObjectData::Inline {
                     data: b"hello".to_vec(),
                 },
+                acl: None,
             },
             now_ms: 1_700_000_000_000,
         };
@@ -204,6 +205,7 @@ mod tests {
                     owner: OwnerId(7),
                     length: 12,
                 }]),
+                acl: None,
             },
             now_ms: 2,
         };
@@ -499,6 +501,7 @@ mod tests {
                 content_type,
                 metadata,
                 data,
+                acl: None,
             });
         let owners = proptest::collection::vec(any::<u64>().prop_map(OwnerId), 0..4);
         prop_oneof![

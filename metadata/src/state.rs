@@ -515,6 +515,18 @@ pub enum Command {
         /// Its text (at most [`DOCUMENT_BYTES_MAX`](crate::objects::DOCUMENT_BYTES_MAX)).
         document: Option<String>,
     },
+    /// Replaces an object version's access control list (the newest version, or `version_id`).
+    SetObjectAcl {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// The version (absent: the newest).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version_id: Option<VersionId>,
+        /// The list, as the gateways encode it (absent: none).
+        acl: Option<String>,
+    },
     /// Sets a bucket's or a tenant's limits; `None` removes a limit. Writes that would go
     /// over one are refused with [`S3Code::QuotaExceeded`].
     SetQuota {
@@ -1024,6 +1036,7 @@ impl MetaState {
             | Command::DeleteObject { .. }
             | Command::SetBucketVersioning { .. }
             | Command::SetBucketDocument { .. }
+            | Command::SetObjectAcl { .. }
             | Command::SetQuota { .. }
             | Command::CreateUpload { .. }
             | Command::PutPart { .. }
@@ -1065,6 +1078,12 @@ impl MetaState {
                 kind,
                 document,
             } => self.set_bucket_document(&bucket, kind, document),
+            Command::SetObjectAcl {
+                bucket,
+                key,
+                version_id,
+                acl,
+            } => self.set_object_acl(&bucket, &key, version_id, acl),
             Command::SetQuota {
                 scope,
                 bytes_max,
@@ -2547,6 +2566,7 @@ pub(crate) mod tests {
                     .map(|i| (format!("m{i}"), "v".repeat(i * 2100)))
                     .collect(),
                 data,
+                acl: (metadata == 2).then(|| "{\"grants\":[]}".to_string()),
             }
         })
     }
@@ -2611,6 +2631,8 @@ pub(crate) mod tests {
             ),
             1 => (bucket.clone(), any::<bool>())
                 .prop_map(|(bucket, enabled)| Command::SetBucketVersioning { bucket, enabled }),
+            1 => (bucket.clone(), key.clone(), proptest::option::of(Just("{}".to_string())))
+                .prop_map(|(bucket, key, acl)| Command::SetObjectAcl { bucket, key, version_id: None, acl }),
             1 => (bucket.clone(), prop_oneof![Just(DocumentKind::Policy), Just(DocumentKind::Cors)],
                   proptest::option::of(prop_oneof![Just(String::new()), Just("{}".to_string())]))
                 .prop_map(|(bucket, kind, document)| Command::SetBucketDocument { bucket, kind, document }),

@@ -356,6 +356,7 @@ fn touched(state: &MetaState, command: &Command) -> Vec<RecordKey> {
         | Command::DeleteObject { .. }
         | Command::SetBucketVersioning { .. }
         | Command::SetBucketDocument { .. }
+        | Command::SetObjectAcl { .. }
         | Command::SetQuota { .. }
         | Command::CreateUpload { .. }
         | Command::PutPart { .. }
@@ -436,6 +437,9 @@ fn touched_objects(state: &MetaState, command: &Command) -> Vec<RecordKey> {
             };
             keys.extend(new_version(bucket, key));
             keys
+        }
+        Command::SetObjectAcl { bucket, key, .. } => {
+            vec![RecordKey::Object(bucket.clone(), key.clone())]
         }
         Command::AbandonWrites { owners, .. } => owners
             .iter()
@@ -1015,6 +1019,7 @@ mod tests {
                 content_type: None,
                 metadata: BTreeMap::new(),
                 data,
+                acl: None,
             },
             now_ms: 30,
         }

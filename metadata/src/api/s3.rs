@@ -9,6 +9,8 @@
 //! PUT    /buckets/{name}/quota            {bytes_max?, objects_max?} -> bucket (absent: no limit)
 //! PUT    /buckets/{name}/documents/{kind} {document} -> bucket; kind: policy, cors, lifecycle
 //! DELETE /buckets/{name}/documents/{kind} -> bucket
+//! PUT    /buckets/{name}/object/acl?key=K&version_id=V  {acl: text|null} -> {}: an object
+//!                                         version's ACL (the newest without version_id)
 //! PUT    /tenants/{name}/quota            {bytes_max?, objects_max?} -> tenant
 //! GET    /buckets/{name}/objects?prefix=&delimiter=&after=&max=    one listing page
 //! GET    /buckets/{name}/versions?prefix=&delimiter=&key_marker=&version_id_marker=&max=
@@ -102,6 +104,7 @@ pub(super) fn routes() -> Router<Api> {
         .route("/v1/buckets/{name}/objects", get(list_objects))
         .route("/v1/buckets/{name}/versions", get(list_versions))
         .route("/v1/buckets/{name}/versioning", put(set_versioning))
+        .route("/v1/buckets/{name}/object/acl", put(set_object_acl))
         .route(
             "/v1/buckets/{name}/documents/{kind}",
             put(set_document).delete(remove_document),
@@ -498,6 +501,30 @@ async fn delete_object(
     };
     let view = json!({ "version_id": version.map(VersionId::text), "delete_marker": marker });
     Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetAcl {
+    acl: Option<String>,
+}
+
+async fn set_object_acl(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    parsed: Result<Json<SetAcl>, JsonRejection>,
+) -> Result<Response, Response> {
+    let (key, version_id) = object_version_key(&raw, &["key", "version_id"])?;
+    let request = body(parsed)?;
+    let command = Command::SetObjectAcl {
+        bucket: name,
+        key,
+        version_id,
+        acl: request.acl,
+    };
+    write(&api, command).await?;
+    Ok(Json(json!({})).into_response())
 }
 
 async fn list_versions(
@@ -1471,6 +1498,7 @@ mod tests {
             content_type: None,
             metadata: BTreeMap::new(),
             data: crate::objects::ObjectData::Inline { data: vec![1, 2] },
+            acl: None,
         };
         let full = object_json("k/1", &record, true);
         assert_eq!(

@@ -134,4 +134,43 @@ assert code(other.list_objects_v2, Bucket="acls") == "AccessDenied", "the new li
 owner.put_bucket_acl(Bucket="acls", ACL="private")
 assert code(other.put_object, Bucket="acls", Key="y", Body=b"y") == "AccessDenied"
 assert code(owner.put_bucket_acl, Bucket="acls", GrantRead='emailAddress="a@example.com"') == "NotImplemented"
+print("ok ACLs")
+
+
+# CORS: rules set by the owner, preflights answered, headers on answers.
+def curl_headers(*args):
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-D", "-", *args], capture_output=True).stdout.decode()
+    lines = out.splitlines()
+    status = lines[0].split()[1] if lines else ""
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:]) if v}
+    return status, headers
+
+
+assert code(owner.get_bucket_cors, Bucket="acls") == "NoSuchCORSConfiguration"
+rules = [{"AllowedOrigins": ["https://*.example.com"], "AllowedMethods": ["GET", "PUT"],
+          "AllowedHeaders": ["content-type", "x-amz-*"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 600}]
+assert code(other.put_bucket_cors, Bucket="acls", CORSConfiguration={"CORSRules": rules}) == "AccessDenied"
+owner.put_bucket_cors(Bucket="acls", CORSConfiguration={"CORSRules": rules})
+got = owner.get_bucket_cors(Bucket="acls")["CORSRules"]
+assert got[0]["AllowedOrigins"] == ["https://*.example.com"] and got[0]["MaxAgeSeconds"] == 600, got
+url = f"{ENDPOINT}/acls/open.txt"
+status, headers = curl_headers("-X", "OPTIONS", "-H", "Origin: https://app.example.com",
+                               "-H", "Access-Control-Request-Method: PUT",
+                               "-H", "Access-Control-Request-Headers: content-type, x-amz-date", url)
+assert status == "200", (status, headers)
+assert headers["access-control-allow-origin"] == "https://app.example.com", headers
+assert headers["access-control-max-age"] == "600" and "PUT" in headers["access-control-allow-methods"]
+for refused in [["-H", "Origin: https://evil.com", "-H", "Access-Control-Request-Method: GET"],
+                ["-H", "Origin: https://app.example.com", "-H", "Access-Control-Request-Method: DELETE"],
+                ["-H", "Origin: https://app.example.com", "-H", "Access-Control-Request-Method: GET",
+                 "-H", "Access-Control-Request-Headers: authorization"]]:
+    assert curl_headers("-X", "OPTIONS", *refused, url)[0] == "403", refused
+status, headers = curl_headers("-H", "Origin: https://app.example.com", url)
+assert status == "200" and headers.get("access-control-allow-origin") == "https://app.example.com", headers
+assert headers.get("access-control-expose-headers") == "ETag", headers
+status, headers = curl_headers("-H", "Origin: https://evil.com", url)
+assert status == "200" and "access-control-allow-origin" not in headers, headers
+owner.delete_bucket_cors(Bucket="acls")
+assert curl_headers("-X", "OPTIONS", "-H", "Origin: https://app.example.com",
+                    "-H", "Access-Control-Request-Method: GET", url)[0] == "403"
 print("policy checks passed")

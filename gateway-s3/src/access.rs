@@ -37,6 +37,9 @@ pub struct Caller {
     pub secure: bool,
 }
 
+/// Operations that manage a bucket's CORS rules: the owner's alone.
+const CORS_OPERATIONS: [&str; 3] = ["PutBucketCors", "GetBucketCors", "DeleteBucketCors"];
+
 /// Operations that manage a bucket's policy: the owner's alone.
 const POLICY_OPERATIONS: [&str; 3] = ["PutBucketPolicy", "GetBucketPolicy", "DeleteBucketPolicy"];
 
@@ -67,6 +70,8 @@ pub fn action(operation: &str, versioned: bool) -> &'static str {
         "DeleteBucketPolicy" => "s3:DeleteBucketPolicy",
         "PutBucketVersioning" => "s3:PutBucketVersioning",
         "GetBucketAcl" => "s3:GetBucketAcl",
+        "PutBucketCors" | "DeleteBucketCors" => "s3:PutBucketCORS",
+        "GetBucketCors" => "s3:GetBucketCORS",
         "PutBucketAcl" => "s3:PutBucketAcl",
         "GetObjectAcl" if versioned => "s3:GetObjectVersionAcl",
         "GetObjectAcl" => "s3:GetObjectAcl",
@@ -183,7 +188,9 @@ impl<C: Cluster> Authorizer<C> {
             };
         };
         let owner = caller.tenant.as_deref() == Some(bucket.info.tenant.as_str());
-        if POLICY_OPERATIONS.contains(&question.operation) {
+        let owner_only = POLICY_OPERATIONS.contains(&question.operation)
+            || CORS_OPERATIONS.contains(&question.operation);
+        if owner_only {
             return if owner {
                 Ok(())
             } else {

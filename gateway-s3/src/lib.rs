@@ -14,6 +14,7 @@ pub mod access;
 pub mod acl;
 pub mod body;
 pub mod cluster;
+pub mod cors;
 pub mod policy;
 pub mod reclaim;
 pub mod tls;
@@ -71,10 +72,15 @@ impl S3Host for Hosts {
 /// The gateway's HTTP service: S3 everywhere, and `GET /health` answering `OK`.
 pub fn router<C: cluster::Cluster>(cluster: C, config: Config) -> axum::Router {
     let keys = Arc::new(Keys::new(cluster.clone()));
+    let owners = Arc::new(auth::Owners::new(cluster.clone()));
+    let cors = Arc::new(cors::CorsState {
+        owners: owners.clone(),
+        domain: config.domain.clone(),
+    });
     let authorizer = Arc::new(access::Authorizer {
         cluster: cluster.clone(),
         keys: keys.clone(),
-        owners: Arc::new(auth::Owners::new(cluster.clone())),
+        owners,
     });
     let mut builder =
         S3ServiceBuilder::new(Gateway::new(cluster, keys.clone(), authorizer.clone()));
@@ -94,6 +100,7 @@ pub fn router<C: cluster::Cluster>(cluster: C, config: Config) -> axum::Router {
     axum::Router::new()
         .route("/health", axum::routing::get(|| async { "OK" }))
         .fallback_service(service)
+        .layer(axum::middleware::from_fn_with_state(cors, cors::layer::<C>))
 }
 
 /// Who is on the other end of a request's connection: the address and whether the

@@ -23,6 +23,7 @@ use crate::{
         Cluster, ClusterError, ListQuery, ObjectData, ObjectRecord, ObjectVersion, Segment,
         VersionQuery, Versioning,
     },
+    cors::Cors,
 };
 
 /// Largest single PUT (S3's limit; larger objects need a multipart upload).
@@ -629,6 +630,58 @@ impl<C: Cluster> S3 for Gateway<C> {
             }
             Err(e) => Err(cluster_error(e)),
         }
+    }
+
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<dto::PutBucketCorsInput>,
+    ) -> S3Result<S3Response<dto::PutBucketCorsOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        let cors = Cors::from_dto(&req.input.cors_configuration)?;
+        self.cluster
+            .set_bucket_document(bucket.clone(), "cors", Some(cors.to_text()))
+            .await
+            .map_err(cluster_error)?;
+        self.owners().forget(&bucket);
+        Ok(S3Response::new(dto::PutBucketCorsOutput::default()))
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<dto::GetBucketCorsInput>,
+    ) -> S3Result<S3Response<dto::GetBucketCorsOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        self.owners().forget(&bucket);
+        let entry = self
+            .owners()
+            .get(&bucket)
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        let cors = entry.info.documents.get("cors").ok_or_else(|| {
+            s3_error!(
+                NoSuchCORSConfiguration,
+                "The CORS configuration does not exist"
+            )
+        })?;
+        Ok(S3Response::new(dto::GetBucketCorsOutput {
+            cors_rules: Some(Cors::from_text(cors).to_dto()),
+        }))
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<dto::DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketCorsOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        self.cluster
+            .set_bucket_document(bucket.clone(), "cors", None)
+            .await
+            .map_err(cluster_error)?;
+        self.owners().forget(&bucket);
+        Ok(S3Response::new(dto::DeleteBucketCorsOutput::default()))
     }
 
     async fn get_bucket_location(

@@ -103,7 +103,7 @@ impl Cors {
             .iter()
             .map(|r| dto::CORSRule {
                 allowed_headers: (!r.headers.is_empty()).then(|| r.headers.clone()),
-                allowed_methods: r.methods.iter().map(|m| m.clone().into()).collect(),
+                allowed_methods: r.methods.clone(),
                 allowed_origins: r.origins.clone(),
                 expose_headers: (!r.expose.is_empty()).then(|| r.expose.clone()),
                 id: r.id.clone(),
@@ -329,7 +329,7 @@ mod tests {
         let bad = |methods: Vec<&str>, origins: Vec<&str>| dto::CORSConfiguration {
             cors_rules: vec![dto::CORSRule {
                 allowed_headers: None,
-                allowed_methods: methods.into_iter().map(|m| m.to_string().into()).collect(),
+                allowed_methods: methods.into_iter().map(str::to_string).collect(),
                 allowed_origins: origins.into_iter().map(str::to_string).collect(),
                 expose_headers: None,
                 id: None,

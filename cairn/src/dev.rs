@@ -101,6 +101,10 @@ pub struct DevArgs {
     /// Tests shorten it; GETs longer than half of it re-check their object.
     #[arg(long, default_value_t = 600, hide = true)]
     s3_garbage_grace_secs: u64,
+    /// Seconds an S3 lifecycle day lasts (86,400 normally). Tests shorten it so rules of a
+    /// day or two act in seconds; the lifecycle worker runs every half day (200 ms to 60 s).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..), hide = true)]
+    s3_lifecycle_day_secs: u64,
     /// PEM certificate chain: the S3 endpoint serves HTTPS (needs --s3-tls-key).
     #[arg(long, requires = "s3_tls_key")]
     s3_tls_cert: Option<PathBuf>,
@@ -232,6 +236,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
     };
     let s3_connection = Connection::new(format!("http://{}", args.listen), token.clone());
     let s3_grace = Duration::from_secs(args.s3_garbage_grace_secs);
+    let s3_day = Duration::from_secs(args.s3_lifecycle_day_secs);
     let s3_config = cairn_gateway_s3::Config {
         domain: Some(args.s3_domain.clone()),
     };
@@ -264,6 +269,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         match s3::S3Cluster::new(&s3_connection, backend.clone()) {
             Ok(cluster) => {
                 tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone(), s3_grace));
+                tokio::spawn(cairn_gateway_s3::lifecycle::run(cluster.clone(), s3_day));
                 tokio::spawn(async move {
                     if let Err(e) =
                         cairn_gateway_s3::serve(s3_listener, cluster, s3_config, s3_tls).await

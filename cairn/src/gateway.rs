@@ -152,6 +152,10 @@ async fn serve_s3(args: S3Args, connection: Connection, token: String) -> Result
         cluster.clone(),
         cairn_gateway_s3::reclaim::GARBAGE_GRACE,
     ));
+    tokio::spawn(cairn_gateway_s3::lifecycle::run(
+        cluster.clone(),
+        cairn_gateway_s3::lifecycle::DAY,
+    ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("cairn gateway s3: serving on {scheme}://{}", args.listen);
     let config = cairn_gateway_s3::Config {

@@ -313,9 +313,12 @@ impl<B: Backend> Cluster for S3Cluster<B> {
     }
 
     async fn buckets(&self, tenant: String) -> ClusterResult<Vec<BucketInfo>> {
-        let value = self
-            .call(format!("/v1/buckets?tenant={}", enc(&tenant)), Method::Get)
-            .await?;
+        let path = if tenant.is_empty() {
+            "/v1/buckets".to_string()
+        } else {
+            format!("/v1/buckets?tenant={}", enc(&tenant))
+        };
+        let value = self.call(path, Method::Get).await?;
         let list = value.as_array().ok_or_else(|| failed("a bucket list"))?;
         Ok(list
             .iter()

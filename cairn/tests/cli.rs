@@ -1484,7 +1484,9 @@ fn s3_tool(program: &str, args: &[&str], env: &[(String, String)]) -> String {
 /// cycle, ranges, conditions, CRC-32 trailers, Content-MD5, listings, copies, batch deletes,
 /// multipart (errors included), presigned and virtual-host URLs with curl, wrong and unknown
 /// keys, anonymous access; `s3_versions.py` checks versioning (versions, delete markers,
-/// suspension, listing) and bucket and tenant quotas set through the CLI. Then Debian's
+/// suspension, listing) and bucket and tenant quotas set through the CLI; `s3_policy.py`
+/// bucket policies; `s3_lifecycle.py` lifecycle rules, with a lifecycle day shortened to a
+/// second. Then Debian's
 /// awscli 2 uploads and downloads a 200 MiB file (multipart), s3cmd and rclone run a life
 /// cycle, `cairn dev` is killed and restarted, and every object reads back.
 #[test]
@@ -1494,8 +1496,14 @@ fn cairn_dev_serves_s3_to_real_clients() {
         .tempdir_in("/var/tmp")
         .expect("tempdir");
     let listen = format!("127.0.0.1:{}", free_port());
-    let grace = ["--s3-garbage-grace-secs", "1"];
-    let (dev, env) = start_dev_with(dir.path(), &listen, "127.0.0.1:0", &grace);
+    // Garbage waits a second; a lifecycle day lasts one (s3_lifecycle.py).
+    let flags = [
+        "--s3-garbage-grace-secs",
+        "1",
+        "--s3-lifecycle-day-secs",
+        "1",
+    ];
+    let (dev, env) = start_dev_with(dir.path(), &listen, "127.0.0.1:0", &flags);
     let get = |key: &str| {
         env.iter()
             .find(|(k, _)| k == key)
@@ -1536,6 +1544,11 @@ fn cairn_dev_serves_s3_to_real_clients() {
     let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_policy.py");
     let out = s3_tool(&boto3_python(), &[policies], &policy_env);
     assert!(out.contains("policy checks passed"), "{out}");
+
+    // Lifecycle rules, applied by the worker with the day shortened to a second.
+    let lifecycle = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_lifecycle.py");
+    let out = s3_tool(&boto3_python(), &[lifecycle], &policy_env);
+    assert!(out.contains("lifecycle checks passed"), "{out}");
 
     // Random signed requests: no crash, no 500, nothing changed that was not named.
     let mut fuzz_env = env.clone();
@@ -1689,7 +1702,7 @@ fn cairn_dev_serves_s3_to_real_clients() {
 
     // Everything acknowledged survives a kill -9 and a restart.
     drop(dev);
-    let (_dev, _) = start_dev_with(dir.path(), &listen, "127.0.0.1:0", &grace);
+    let (_dev, _) = start_dev_with(dir.path(), &listen, "127.0.0.1:0", &flags);
     let endpoint_after = std::fs::read_to_string(dir.path().join("endpoints.env"))
         .expect("endpoints")
         .lines()

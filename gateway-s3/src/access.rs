@@ -3,8 +3,8 @@
 //! The caller is the tenant of the signing key, or anonymous. A request to a bucket is allowed
 //! when the bucket's policy allows it and no statement denies it, or when the caller owns the
 //! bucket and the policy does not deny it (IAM's rule: an explicit deny wins). Managing the
-//! policy itself is the owner's alone, whatever the policy says, so no policy can lock its
-//! owner out. Listing buckets and creating one need a signed request. Copies also need read
+//! policy itself (and the lifecycle rules) is the owner's alone, whatever the policy says, so no
+//! policy can lock its owner out. Listing buckets and creating one need a signed request. Copies also need read
 //! access to their source ([`Authorizer::check`], called by the operations).
 
 use std::{net::IpAddr, sync::Arc};
@@ -37,11 +37,18 @@ pub struct Caller {
     pub secure: bool,
 }
 
-/// Operations that manage a bucket's CORS rules: the owner's alone.
-const CORS_OPERATIONS: [&str; 3] = ["PutBucketCors", "GetBucketCors", "DeleteBucketCors"];
-
-/// Operations that manage a bucket's policy: the owner's alone.
-const POLICY_OPERATIONS: [&str; 3] = ["PutBucketPolicy", "GetBucketPolicy", "DeleteBucketPolicy"];
+/// Operations that manage a bucket's policy, lifecycle and CORS rules: the owner's alone.
+const OWNER_OPERATIONS: [&str; 9] = [
+    "PutBucketPolicy",
+    "GetBucketPolicy",
+    "DeleteBucketPolicy",
+    "PutBucketLifecycleConfiguration",
+    "GetBucketLifecycleConfiguration",
+    "DeleteBucketLifecycle",
+    "PutBucketCors",
+    "GetBucketCors",
+    "DeleteBucketCors",
+];
 
 /// The IAM action of an S3 operation (the names S3's documentation gives them).
 pub fn action(operation: &str, versioned: bool) -> &'static str {
@@ -78,6 +85,11 @@ pub fn action(operation: &str, versioned: bool) -> &'static str {
         "PutObjectAcl" if versioned => "s3:PutObjectVersionAcl",
         "PutObjectAcl" => "s3:PutObjectAcl",
         "GetBucketVersioning" => "s3:GetBucketVersioning",
+        // S3 names one action for putting and deleting a lifecycle configuration.
+        "PutBucketLifecycleConfiguration" | "DeleteBucketLifecycle" => {
+            "s3:PutLifecycleConfiguration"
+        }
+        "GetBucketLifecycleConfiguration" => "s3:GetLifecycleConfiguration",
         _ => "s3:Unknown",
     }
 }
@@ -188,9 +200,7 @@ impl<C: Cluster> Authorizer<C> {
             };
         };
         let owner = caller.tenant.as_deref() == Some(bucket.info.tenant.as_str());
-        let owner_only = POLICY_OPERATIONS.contains(&question.operation)
-            || CORS_OPERATIONS.contains(&question.operation);
-        if owner_only {
+        if OWNER_OPERATIONS.contains(&question.operation) {
             return if owner {
                 Ok(())
             } else {
@@ -363,6 +373,9 @@ mod tests {
             "DeleteBucket",
             "CreateBucket",
             "ListBuckets",
+            "PutBucketLifecycleConfiguration",
+            "GetBucketLifecycleConfiguration",
+            "DeleteBucketLifecycle",
         ] {
             assert_ne!(action(op, false), "s3:Unknown", "{op}");
         }

@@ -324,7 +324,8 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         &self,
         name: String,
     ) -> impl Future<Output = ClusterResult<Option<BucketInfo>>> + Send;
-    /// The buckets of `tenant`, by name.
+    /// The buckets of `tenant`, by name; every bucket when `tenant` is empty (the lifecycle
+    /// worker's walk).
     fn buckets(
         &self,
         tenant: String,

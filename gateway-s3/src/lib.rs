@@ -8,13 +8,15 @@
 //!
 //! Consistency: an object becomes visible only when its index record is committed, after all
 //! its bytes are durable; an interrupted upload leaves chunks that no record names, listed as
-//! pending or garbage in the metadata service and discarded by [`reclaim`].
+//! pending or garbage in the metadata service and discarded by [`reclaim`]. Bucket lifecycle
+//! rules are applied by a worker of their own, [`lifecycle`].
 
 pub mod access;
 pub mod acl;
 pub mod body;
 pub mod cluster;
 pub mod cors;
+pub mod lifecycle;
 pub mod policy;
 pub mod reclaim;
 pub mod tls;

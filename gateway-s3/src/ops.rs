@@ -24,6 +24,7 @@ use crate::{
         VersionQuery, Versioning,
     },
     cors::Cors,
+    lifecycle::{Configuration, RuleError},
 };
 
 /// Largest single PUT (S3's limit; larger objects need a multipart upload).
@@ -36,6 +37,9 @@ pub const PART_NUMBER_MAX: i32 = 10_000;
 pub const LIST_KEYS_MAX: i32 = 1000;
 /// Most keys in one DeleteObjects request (S3's limit).
 pub const DELETE_KEYS_MAX: usize = 1000;
+/// Largest stored lifecycle configuration: what the metadata service keeps of a bucket
+/// document.
+pub const LIFECYCLE_BYTES_MAX: usize = 64 << 10;
 /// The region buckets report.
 pub const REGION: &str = "us-east-1";
 
@@ -682,6 +686,74 @@ impl<C: Cluster> S3 for Gateway<C> {
             .map_err(cluster_error)?;
         self.owners().forget(&bucket);
         Ok(S3Response::new(dto::DeleteBucketCorsOutput::default()))
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<dto::PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<dto::PutBucketLifecycleConfigurationOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        let given = req.input.lifecycle_configuration.as_ref().ok_or_else(|| {
+            s3_error!(MalformedXML, "the request holds no lifecycle configuration")
+        })?;
+        // Parsed and checked here so nothing the worker cannot enforce is ever stored.
+        let config = Configuration::from_dto(given).map_err(lifecycle_error)?;
+        let text = config.to_json();
+        if text.len() > LIFECYCLE_BYTES_MAX {
+            return Err(s3_error!(
+                InvalidRequest,
+                "the lifecycle configuration is over {LIFECYCLE_BYTES_MAX} bytes once stored"
+            ));
+        }
+        self.cluster
+            .set_bucket_document(bucket, "lifecycle", Some(text))
+            .await
+            .map_err(cluster_error)?;
+        Ok(S3Response::new(
+            dto::PutBucketLifecycleConfigurationOutput::default(),
+        ))
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<dto::GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<dto::GetBucketLifecycleConfigurationOutput>> {
+        let name = req.input.bucket.clone();
+        self.tenant_bucket(&req, &name).await?;
+        // Not the ownership cache: the owner sees what is stored now.
+        let bucket = self
+            .cluster
+            .bucket(name)
+            .await
+            .map_err(cluster_error)?
+            .ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        let text = bucket.documents.get("lifecycle").ok_or_else(|| {
+            s3_error!(
+                NoSuchLifecycleConfiguration,
+                "The lifecycle configuration does not exist"
+            )
+        })?;
+        let config = Configuration::from_json(text).map_err(|e| s3_error!(InternalError, "{e}"))?;
+        Ok(S3Response::new(
+            dto::GetBucketLifecycleConfigurationOutput {
+                rules: Some(config.to_dto()),
+                ..Default::default()
+            },
+        ))
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<dto::DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketLifecycleOutput>> {
+        let bucket = req.input.bucket.clone();
+        self.tenant_bucket(&req, &bucket).await?;
+        self.cluster
+            .set_bucket_document(bucket, "lifecycle", None)
+            .await
+            .map_err(cluster_error)?;
+        Ok(S3Response::new(dto::DeleteBucketLifecycleOutput::default()))
     }
 
     async fn get_bucket_location(
@@ -1589,6 +1661,15 @@ impl<C: Cluster> S3 for Gateway<C> {
             ),
             ..Default::default()
         }))
+    }
+}
+
+/// The S3 error of a refused lifecycle configuration.
+fn lifecycle_error(e: RuleError) -> s3s::S3Error {
+    match e {
+        RuleError::Malformed(m) => s3_error!(MalformedXML, "{m}"),
+        RuleError::Invalid(m) => s3_error!(InvalidArgument, "{m}"),
+        RuleError::Unsupported(m) => s3_error!(NotImplemented, "{m}"),
     }
 }
 

@@ -81,6 +81,31 @@ impl<C: Cluster> Gateway<C> {
         }
     }
 
+    /// Stores (or, with `None`, removes) one of the bucket's documents, and forgets the cached
+    /// bucket so this gateway applies it at once.
+    async fn store_document(
+        &self,
+        bucket: &str,
+        kind: &'static str,
+        text: Option<String>,
+    ) -> S3Result<()> {
+        self.cluster
+            .set_bucket_document(bucket.to_string(), kind, text)
+            .await
+            .map_err(cluster_error)?;
+        self.owners().forget(bucket);
+        Ok(())
+    }
+
+    /// The bucket as stored now, not a cached copy (what its owner reads back).
+    async fn fresh_bucket(&self, bucket: &str) -> S3Result<Arc<crate::auth::BucketEntry>> {
+        self.owners().forget(bucket);
+        self.owners()
+            .get(bucket)
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))
+    }
+
     /// Refuses unless the caller may read the object `key` of `bucket` (a copy's source).
     async fn may_read<T>(
         &self,
@@ -414,10 +439,8 @@ impl<C: Cluster> S3 for Gateway<C> {
             Err(e) => return Err(cluster_error(e)),
         }
         if let Some(acl) = acl.filter(|a| !a.grants.is_empty()) {
-            self.cluster
-                .set_bucket_document(name.clone(), "acl", Some(acl.to_text()))
-                .await
-                .map_err(cluster_error)?;
+            self.store_document(&name, "acl", Some(acl.to_text()))
+                .await?;
         }
         self.owners().forget(&name);
         Ok(S3Response::new(dto::CreateBucketOutput {
@@ -472,11 +495,8 @@ impl<C: Cluster> S3 for Gateway<C> {
         // Parsed here so nothing a gateway cannot enforce is ever stored.
         crate::policy::Policy::parse(&req.input.policy)
             .map_err(|why| s3_error!(MalformedPolicy, "{why}"))?;
-        self.cluster
-            .set_bucket_document(bucket.clone(), "policy", Some(req.input.policy))
-            .await
-            .map_err(cluster_error)?;
-        self.owners().forget(&bucket);
+        self.store_document(&bucket, "policy", Some(req.input.policy))
+            .await?;
         Ok(S3Response::new(dto::PutBucketPolicyOutput::default()))
     }
 
@@ -487,12 +507,7 @@ impl<C: Cluster> S3 for Gateway<C> {
         let bucket = req.input.bucket.clone();
         self.tenant_bucket(&req, &bucket).await?;
         // Read through: the owner sees what is stored now, not a cached copy.
-        self.owners().forget(&bucket);
-        let entry = self
-            .owners()
-            .get(&bucket)
-            .await?
-            .ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        let entry = self.fresh_bucket(&bucket).await?;
         let policy = entry
             .info
             .documents
@@ -510,11 +525,7 @@ impl<C: Cluster> S3 for Gateway<C> {
     ) -> S3Result<S3Response<dto::DeleteBucketPolicyOutput>> {
         let bucket = req.input.bucket.clone();
         self.tenant_bucket(&req, &bucket).await?;
-        self.cluster
-            .set_bucket_document(bucket.clone(), "policy", None)
-            .await
-            .map_err(cluster_error)?;
-        self.owners().forget(&bucket);
+        self.store_document(&bucket, "policy", None).await?;
         Ok(S3Response::new(dto::DeleteBucketPolicyOutput::default()))
     }
 
@@ -524,12 +535,7 @@ impl<C: Cluster> S3 for Gateway<C> {
     ) -> S3Result<S3Response<dto::GetBucketAclOutput>> {
         let bucket = req.input.bucket.clone();
         let owner = self.tenant_bucket(&req, &bucket).await?;
-        self.owners().forget(&bucket);
-        let entry = self
-            .owners()
-            .get(&bucket)
-            .await?
-            .ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        let entry = self.fresh_bucket(&bucket).await?;
         let acl = entry
             .info
             .documents
@@ -568,11 +574,7 @@ impl<C: Cluster> S3 for Gateway<C> {
             )
         })?;
         let text = (!acl.grants.is_empty()).then(|| acl.to_text());
-        self.cluster
-            .set_bucket_document(bucket.clone(), "acl", text)
-            .await
-            .map_err(cluster_error)?;
-        self.owners().forget(&bucket);
+        self.store_document(&bucket, "acl", text).await?;
         Ok(S3Response::new(dto::PutBucketAclOutput::default()))
     }
 
@@ -643,11 +645,8 @@ impl<C: Cluster> S3 for Gateway<C> {
         let bucket = req.input.bucket.clone();
         self.tenant_bucket(&req, &bucket).await?;
         let cors = Cors::from_dto(&req.input.cors_configuration)?;
-        self.cluster
-            .set_bucket_document(bucket.clone(), "cors", Some(cors.to_text()))
-            .await
-            .map_err(cluster_error)?;
-        self.owners().forget(&bucket);
+        self.store_document(&bucket, "cors", Some(cors.to_text()))
+            .await?;
         Ok(S3Response::new(dto::PutBucketCorsOutput::default()))
     }
 
@@ -657,12 +656,7 @@ impl<C: Cluster> S3 for Gateway<C> {
     ) -> S3Result<S3Response<dto::GetBucketCorsOutput>> {
         let bucket = req.input.bucket.clone();
         self.tenant_bucket(&req, &bucket).await?;
-        self.owners().forget(&bucket);
-        let entry = self
-            .owners()
-            .get(&bucket)
-            .await?
-            .ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        let entry = self.fresh_bucket(&bucket).await?;
         let cors = entry.info.documents.get("cors").ok_or_else(|| {
             s3_error!(
                 NoSuchCORSConfiguration,
@@ -680,11 +674,7 @@ impl<C: Cluster> S3 for Gateway<C> {
     ) -> S3Result<S3Response<dto::DeleteBucketCorsOutput>> {
         let bucket = req.input.bucket.clone();
         self.tenant_bucket(&req, &bucket).await?;
-        self.cluster
-            .set_bucket_document(bucket.clone(), "cors", None)
-            .await
-            .map_err(cluster_error)?;
-        self.owners().forget(&bucket);
+        self.store_document(&bucket, "cors", None).await?;
         Ok(S3Response::new(dto::DeleteBucketCorsOutput::default()))
     }
 
@@ -706,10 +696,8 @@ impl<C: Cluster> S3 for Gateway<C> {
                 "the lifecycle configuration is over {LIFECYCLE_BYTES_MAX} bytes once stored"
             ));
         }
-        self.cluster
-            .set_bucket_document(bucket, "lifecycle", Some(text))
-            .await
-            .map_err(cluster_error)?;
+        self.store_document(&bucket, "lifecycle", Some(text))
+            .await?;
         Ok(S3Response::new(
             dto::PutBucketLifecycleConfigurationOutput::default(),
         ))
@@ -749,10 +737,7 @@ impl<C: Cluster> S3 for Gateway<C> {
     ) -> S3Result<S3Response<dto::DeleteBucketLifecycleOutput>> {
         let bucket = req.input.bucket.clone();
         self.tenant_bucket(&req, &bucket).await?;
-        self.cluster
-            .set_bucket_document(bucket, "lifecycle", None)
-            .await
-            .map_err(cluster_error)?;
+        self.store_document(&bucket, "lifecycle", None).await?;
         Ok(S3Response::new(dto::DeleteBucketLifecycleOutput::default()))
     }
 

@@ -133,6 +133,58 @@ assert status == 400 and b"BadDigest" in text, (status, text)
 assert error_code(s3.head_object, Bucket=BUCKET, Key="trailer/bad")[1] == 404
 ok("aws-chunked trailers")
 
+# aws-chunked bodies signed chunk by chunk (STREAMING-AWS4-HMAC-SHA256-PAYLOAD, as the Java
+# and Go SDKs send them): a chunk with a wrong signature stores nothing.
+def put_signed_chunks(key, chunks, tamper=False):
+    import datetime
+    import hmac
+    import urllib.request
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    region = os.environ.get("S3_REGION", "us-east-1")
+    decoded = sum(len(c) for c in chunks)
+    request = AWSRequest(method="PUT", url=f"{ENDPOINT}/{BUCKET}/{key}", data=b"", headers={
+        "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "content-encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(decoded)})
+    credentials = Credentials(os.environ["S3_ACCESS_KEY"], os.environ["S3_SECRET_KEY"])
+    SigV4Auth(credentials, "s3", region).add_auth(request)
+    headers = dict(request.headers)
+    seed = headers["Authorization"].rsplit("Signature=", 1)[1]
+    stamp = headers["X-Amz-Date"]
+    day = stamp[:8]
+    scope = f"{day}/{region}/s3/aws4_request"
+    key_bytes = ("AWS4" + os.environ["S3_SECRET_KEY"]).encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key_bytes = hmac.new(key_bytes, part.encode(), hashlib.sha256).digest()
+    empty = hashlib.sha256(b"").hexdigest()
+    body, previous = b"", seed
+    for i, chunk in enumerate(list(chunks) + [b""]):
+        to_sign = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", stamp, scope, previous, empty,
+                             hashlib.sha256(chunk).hexdigest()])
+        signature = hmac.new(key_bytes, to_sign.encode(), hashlib.sha256).hexdigest()
+        if tamper and i == 1:
+            signature = "0" * 64
+        body += f"{len(chunk):x};chunk-signature={signature}\r\n".encode() + chunk + b"\r\n"
+        previous = signature
+    headers["Content-Length"] = str(len(body))
+    sent = urllib.request.Request(request.url, data=body, method="PUT", headers=headers)
+    try:
+        with urllib.request.urlopen(sent) as response:
+            return response.status, b""
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+pieces = [os.urandom(64 * 1024), os.urandom(64 * 1024), os.urandom(1000)]
+status, text = put_signed_chunks("signed/good", pieces)
+assert status == 200, (status, text)
+assert s3.get_object(Bucket=BUCKET, Key="signed/good")["Body"].read() == b"".join(pieces)
+status, text = put_signed_chunks("signed/bad", pieces, tamper=True)
+assert status == 403 and b"SignatureDoesNotMatch" in text, (status, text)
+assert error_code(s3.head_object, Bucket=BUCKET, Key="signed/bad")[1] == 404
+ok("aws-chunked signed chunks")
+
 # A wrong digest stores nothing: the old content stays.
 wrong = base64.b64encode(hashlib.md5(b"something else").digest()).decode()
 expect_error("BadDigest", s3.put_object, Bucket=BUCKET, Key="data/medium.bin", Body=os.urandom(50_000),

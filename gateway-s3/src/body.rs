@@ -103,6 +103,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// The S3 error code of a write refused by a bucket or tenant quota.
 pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
 
+/// Maps a failure to read a request body: a chunk of an aws-chunked body whose signature
+/// does not verify (s3s's error type is private: its name is matched) is the client's
+/// signature error, anything else an incomplete body.
+fn body_error(e: s3s::StdError) -> S3Error {
+    let text = e.to_string();
+    if text.contains("SignatureMismatch") {
+        s3_error!(
+            SignatureDoesNotMatch,
+            "a chunk's signature does not match what we computed"
+        )
+    } else {
+        s3_error!(IncompleteBody, "reading the body: {text}")
+    }
+}
+
 /// Maps a cluster failure to the S3 error a client should see.
 pub(crate) fn cluster_error(e: ClusterError) -> S3Error {
     match e {
@@ -209,7 +224,7 @@ pub async fn ingest<C: Cluster>(
     let mut body = body;
     let outcome: S3Result<()> = async {
         while let Some(frame) = body.next().await {
-            let frame = frame.map_err(|e| s3_error!(IncompleteBody, "reading the body: {e}"))?;
+            let frame = frame.map_err(body_error)?;
             size += frame.len() as u64;
             if size > max_bytes {
                 return Err(s3_error!(

@@ -6,11 +6,11 @@
 //! snapshot in memory (the Raft groups hold their logs); [`LogStore::load`], used at restart,
 //! replays the segments.
 //!
-//! # Format, version 4
+//! # Format, version 5
 //!
 //! A directory of segment files `NNNNNNNNNNNNNNNN.seg` (16 hex digits, increasing). A segment
-//! starts with an 16-byte header, `"CAIRNLOG"`, the format version (u32) and 4 zero bytes, then
-//! holds records:
+//! starts with a 16-byte header, `"CAIRNLOG"`, the format version (u32) and 4 zero bytes, in
+//! a block of [`SYNC_ALIGN_BYTES`] (the rest zeros); records start at the next block:
 //!
 //! ```text
 //! length   u32   bytes after this field up to the end of the record
@@ -35,11 +35,19 @@
 //!
 //! Each sync writes its records followed by an end-of-sync record; replay applies a sync's
 //! records only once it has read that record, so a sync is all or nothing (a crash in the
-//! middle of one must not leave, say, its entries without its hard state).
+//! middle of one must not leave, say, its entries without its hard state). A sync is padded
+//! with zeros to a whole number of blocks, so every sync starts on a block boundary and is
+//! written with O_DIRECT where the file system allows it (tmpfs does not): a sync of a few
+//! MiB went through the page cache at about 250 MB/s on this project's test machine and
+//! around it at 1,500 MB/s, and large writes pass through the log once per replica. Replay
+//! moves to the next block boundary after each end-of-sync record.
 //!
 //! All integers are little endian. A segment's log ends at its first record that does not
 //! parse with the segment's salt: zeros in a new segment, records of an earlier life in a
 //! recycled one (the salt differs, so they never parse).
+//!
+//! Version 4 segments (records from byte 16, syncs unpadded) are still replayed; a store
+//! whose newest segment is one starts a version 5 segment at open instead of appending to it.
 //!
 //! # Preallocation and recycling
 //!
@@ -98,9 +106,25 @@ pub const RECORD_BYTES_MAX: u32 = 64 << 20;
 
 const MAGIC: [u8; 8] = *b"CAIRNLOG";
 /// Version 3 keyed records by replica (version 2 by group); version 4 salts record checksums
-/// with the segment number, so segments can be recycled.
-const FORMAT_VERSION: u32 = 4;
+/// with the segment number, so segments can be recycled; version 5 aligns syncs to blocks.
+const FORMAT_VERSION: u32 = 5;
+/// The oldest format replayed (see the module docs).
+const FORMAT_VERSION_OLDEST: u32 = 4;
 const HEADER_BYTES: usize = 16;
+/// Every sync starts and ends on a multiple of this (O_DIRECT's alignment); so do segments'
+/// first records.
+pub const SYNC_ALIGN_BYTES: usize = 4096;
+/// Where a segment's first record starts, by format version.
+const fn first_record(version: u32) -> u64 {
+    if version >= 5 {
+        SYNC_ALIGN_BYTES as u64
+    } else {
+        HEADER_BYTES as u64
+    }
+}
+/// A sync buffer kept for the next sync only up to this size; a larger one (a snapshot's
+/// sync) is freed after use.
+const SCRATCH_KEEP_BYTES: usize = 64 << 20;
 const KIND_CREATE: u8 = 1;
 const KIND_APPEND: u8 = 2;
 const KIND_HARD_STATE: u8 = 3;
@@ -121,6 +145,38 @@ const _: () = assert!(SNAPSHOT_PART_BYTES + 64 < RECORD_BYTES_MAX as usize);
 const RECYCLED_MAX: usize = 2;
 /// Bytes of an end-of-sync record.
 const SYNC_END_BYTES: u64 = 4 + 4 + 1 + 8 + 4;
+const ALIGN: u64 = SYNC_ALIGN_BYTES as u64;
+
+/// A block-aligned window into a plain allocation, reused from sync to sync: O_DIRECT needs
+/// aligned memory, and a window needs no unsafe code.
+#[derive(Default)]
+struct AlignedScratch {
+    backing: Vec<u8>,
+    skip: usize,
+}
+
+impl AlignedScratch {
+    /// `len` aligned bytes (contents unspecified).
+    fn window(&mut self, len: usize) -> &mut [u8] {
+        if self.backing.is_empty() || self.backing.len() < self.skip + len {
+            self.backing =
+                vec![0; len.next_power_of_two().max(SYNC_ALIGN_BYTES) + SYNC_ALIGN_BYTES];
+            self.skip = self.backing.as_ptr().align_offset(SYNC_ALIGN_BYTES);
+            assert!(
+                self.skip < SYNC_ALIGN_BYTES,
+                "invariant: an aligned window exists"
+            );
+        }
+        &mut self.backing[self.skip..self.skip + len]
+    }
+
+    /// Frees an allocation grown past what steady syncs need.
+    fn trim(&mut self) {
+        if self.backing.len() > SCRATCH_KEEP_BYTES {
+            self.backing = Vec::new();
+        }
+    }
+}
 
 /// Errors of the file log store.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +227,8 @@ pub struct FileLogStore {
     dir: PathBuf,
     /// Records written since the last sync.
     buffer: Vec<u8>,
+    /// The block-aligned copy of `buffer` a sync writes (O_DIRECT needs aligned memory).
+    scratch: AlignedScratch,
     buffered_records: u32,
     /// What the store remembers of each replica, including unsynced writes.
     groups: BTreeMap<ReplicaId, GroupMeta>,
@@ -234,10 +292,7 @@ impl FileLogStore {
         dir: &Path,
         segment_bytes_max: u64,
     ) -> Result<FileLogStore, FileLogError> {
-        assert!(
-            segment_bytes_max > HEADER_BYTES as u64,
-            "segment size {segment_bytes_max}"
-        );
+        assert!(segment_bytes_max > 0, "segment size {segment_bytes_max}");
         fs::create_dir_all(dir).map_err(io_error("mkdir", dir))?;
         remove_unfinished_segments(dir)?;
         let numbers = segment_numbers(dir)?;
@@ -245,12 +300,14 @@ impl FileLogStore {
         // Each segment's number and where its log ends.
         let mut ends: Vec<(u64, u64)> = Vec::new();
         let mut segment_entries = BTreeMap::new();
+        let mut last_version = FORMAT_VERSION;
         for number in &numbers {
             let path = segment_path(dir, *number);
             let replayed = replay_segment(&path, *number, &mut replay)?;
             check_previous_end(&path, ends.last().copied(), replayed.previous_end)?;
             ends.push((*number, replayed.end));
             segment_entries.insert(*number, replayed.max_index);
+            last_version = replayed.version;
         }
         let last_valid = ends.last().map_or(0, |(_, end)| *end);
         let state = replay.finish().map_err(|reason| FileLogError::Corrupt {
@@ -268,7 +325,8 @@ impl FileLogStore {
                 // Zero a torn tail so new records follow the last good one with nothing stale
                 // after them.
                 zero_from(&file, &path, last_valid)?;
-                (number, file, last_valid)
+                drop(file);
+                (number, open_writer(&path)?, last_valid)
             }
             None => {
                 let (file, bytes) = create_segment(dir, 1, segment_bytes_max)?;
@@ -288,11 +346,14 @@ impl FileLogStore {
             })
             .collect();
         let replayed = Mutex::new(Some(state));
+        // An older format's segment takes no aligned syncs: the next sync starts a new one.
+        let upgrade = last_version != FORMAT_VERSION;
         let mut store = FileLogStore {
             dir: dir.to_path_buf(),
             groups,
             segment_entries,
             buffer: Vec::new(),
+            scratch: AlignedScratch::default(),
             buffered_records: 0,
             segment,
             segment_number,
@@ -306,7 +367,16 @@ impl FileLogStore {
             carry: None,
             replayed,
         };
-        store.prepare_spare(segment_number + 1);
+        if upgrade {
+            tracing::info!(
+                dir = %dir.display(),
+                "log segment {segment_number:016x} is format {last_version}: \
+                 continuing in a new segment of format {FORMAT_VERSION}"
+            );
+            store.rotate()?;
+        } else {
+            store.prepare_spare(segment_number + 1);
+        }
         Ok(store)
     }
 
@@ -343,7 +413,7 @@ impl FileLogStore {
             }
         };
         install_segment(&self.dir, number)?;
-        Ok((file, HEADER_BYTES as u64))
+        Ok((file, first_record(FORMAT_VERSION)))
     }
 
     /// Completed syncs (group commits) since open.
@@ -625,10 +695,10 @@ impl LogStore for FileLogStore {
         }
         // A sync never straddles segments; one larger than a segment gets a fresh one to itself
         // (the file grows past its preallocated size).
-        let bytes = self.buffer.len() as u64 + SYNC_END_BYTES;
+        let bytes = (self.buffer.len() as u64 + SYNC_END_BYTES).next_multiple_of(ALIGN);
         let used = self.segment_bytes - self.carry_bytes;
         let fits = used + bytes <= self.segment_bytes_max;
-        let rotated = !fits && used > HEADER_BYTES as u64;
+        let rotated = !fits && used > first_record(FORMAT_VERSION);
         if rotated {
             self.rotate()?;
         }
@@ -641,25 +711,40 @@ impl LogStore for FileLogStore {
         self.record(KIND_SYNC_END, ReplicaId(0), &records.to_le_bytes());
         let salt = salt(self.segment_number);
         salt_records(&mut self.buffer, salt);
+        assert!(
+            self.segment_bytes.is_multiple_of(ALIGN),
+            "invariant: syncs start on a block boundary"
+        );
+        let padded = self.buffer.len().next_multiple_of(SYNC_ALIGN_BYTES);
+        let block = self.scratch.window(padded);
+        block[..self.buffer.len()].copy_from_slice(&self.buffer);
+        block[self.buffer.len()..].fill(0);
         let path = segment_path(&self.dir, self.segment_number);
         // Positional: a failed write leaves `segment_bytes` where it was, so a retried sync
         // overwrites the partial bytes instead of leaving them between records.
-        let written = self
-            .segment
-            .write_all_at(&self.buffer, self.segment_bytes)
-            .map_err(io_error("write", &path))
-            .and_then(|()| {
-                self.segment
-                    .sync_data()
-                    .map_err(io_error("fdatasync", &path))
-            });
+        let mut written = self.segment.write_all_at(block, self.segment_bytes);
+        if written
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+        {
+            // A file system that opened the file O_DIRECT but refuses the write: go buffered.
+            tracing::debug!(path = %path.display(), "log writes without O_DIRECT after EINVAL");
+            self.segment = open_buffered(&path)?;
+            written = self.segment.write_all_at(block, self.segment_bytes);
+        }
+        let written = written.map_err(io_error("write", &path)).and_then(|()| {
+            self.segment
+                .sync_data()
+                .map_err(io_error("fdatasync", &path))
+        });
+        self.scratch.trim();
         if let Err(e) = written {
             // Unsalted again, as a retry expects the buffer.
             salt_records(&mut self.buffer, salt);
             return Err(e);
         }
-        self.segment_bytes += self.buffer.len() as u64;
-        self.synced_bytes += self.buffer.len() as u64;
+        self.segment_bytes += padded as u64;
+        self.synced_bytes += padded as u64;
         self.buffer.clear();
         self.buffered_records = 0;
         self.syncs += 1;
@@ -732,7 +817,7 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 fn create_segment(dir: &Path, number: u64, size_bytes: u64) -> Result<(File, u64), FileLogError> {
     let file = prepare_segment(dir, number, size_bytes)?;
     install_segment(dir, number)?;
-    Ok((file, HEADER_BYTES as u64))
+    Ok((file, first_record(FORMAT_VERSION)))
 }
 
 /// Writes segment `number` at its full size as `.tmp`: header, zeros, synced.
@@ -749,10 +834,32 @@ fn prepare_segment(dir: &Path, number: u64, size_bytes: u64) -> Result<File, Fil
         tracing::debug!(path = %temporary.display(), "O_DIRECT zero fill not used: {e}");
         zero_fill_buffered(&temporary, size_bytes)?;
     }
+    open_writer(&temporary)
+}
+
+/// Opens a segment for the store's syncs: with O_DIRECT where the file system takes it (see
+/// the module docs), else buffered (tmpfs).
+fn open_writer(path: &Path) -> Result<File, FileLogError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(file) => Ok(file),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!(path = %path.display(), "log writes without O_DIRECT: {e}");
+            open_buffered(path)
+        }
+        Err(e) => Err(io_error("open", path)(e)),
+    }
+}
+
+fn open_buffered(path: &Path) -> Result<File, FileLogError> {
     OpenOptions::new()
         .write(true)
-        .open(&temporary)
-        .map_err(io_error("open", &temporary))
+        .open(path)
+        .map_err(io_error("open", path))
 }
 
 /// The segment header: magic and format version.
@@ -822,14 +929,19 @@ fn zero_fill_buffered(path: &Path, size_bytes: u64) -> Result<(), FileLogError> 
 }
 
 /// Takes a segment set aside at `aside` as segment `number`'s `.tmp`, for [`install_segment`].
-/// Its records stay: under the new number's salt they no longer parse.
+/// Its records stay: under the new number's salt they no longer parse. Its header is written
+/// again (it may be an older format's).
 fn reuse_segment(dir: &Path, aside: &Path, number: u64) -> Result<File, FileLogError> {
     let temporary = dir.join(format!("{number:016x}.tmp"));
     fs::rename(aside, &temporary).map_err(io_error("rename", aside))?;
-    OpenOptions::new()
-        .write(true)
-        .open(&temporary)
-        .map_err(io_error("open", &temporary))
+    let file = open_buffered(&temporary)?;
+    let mut block = vec![0u8; SYNC_ALIGN_BYTES];
+    block[..HEADER_BYTES].copy_from_slice(&segment_header());
+    file.write_all_at(&block, 0)
+        .and_then(|()| file.sync_data())
+        .map_err(io_error("write", &temporary))?;
+    drop(file);
+    open_writer(&temporary)
 }
 
 /// Renames a prepared segment into place, durably (the directory synced).
@@ -864,6 +976,8 @@ struct Replayed {
     max_index: BTreeMap<ReplicaId, u64>,
     /// Where it says its predecessor's log ended (number, offset), if it says.
     previous_end: Option<(u64, u64)>,
+    /// Its format version.
+    version: u32,
 }
 
 /// Replays segment `number` (at `path`) into `replay`, up to its first record that does not
@@ -883,17 +997,22 @@ fn replay_segment(path: &Path, number: u64, replay: &mut Replay) -> Result<Repla
         return Err(corrupt(0, "not a Cairn log segment".into()));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&version) {
         return Err(corrupt(
             8,
-            format!("log format version {version}, this build reads {FORMAT_VERSION}"),
+            format!(
+                "log format version {version}, this build reads \
+                 {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION}"
+            ),
         ));
     }
+    // Version 5 starts every sync on a block boundary.
+    let aligned = version >= 5;
     let salt = salt(number);
     // Records of the sync being read, applied when its end record arrives.
     let mut batch: Vec<(usize, u8, ReplicaId, &[u8])> = Vec::new();
-    let mut offset = HEADER_BYTES;
-    let mut complete = HEADER_BYTES;
+    let mut offset = first_record(version) as usize;
+    let mut complete = offset;
     let mut max_index = BTreeMap::new();
     let mut previous_end = None;
     let mut parts = Parts::default();
@@ -945,15 +1064,20 @@ fn replay_segment(path: &Path, number: u64, replay: &mut Replay) -> Result<Repla
                 ));
             }
             complete = offset + used;
+            if aligned {
+                complete = complete.next_multiple_of(SYNC_ALIGN_BYTES);
+            }
+            offset = complete;
         } else {
             batch.push((offset, kind, replica, payload));
+            offset += used;
         }
-        offset += used;
     }
     Ok(Replayed {
         end: complete as u64,
         max_index,
         previous_end,
+        version,
     })
 }
 
@@ -1215,5 +1339,104 @@ mod tests {
         check_prepared(dir.path(), 1, (2 << 20) + 4096);
         // Not a multiple of 4 KiB: through the page cache.
         check_prepared(dir.path(), 2, (1 << 20) + 100);
+    }
+
+    fn entry(index: u64, fill: u8) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            data: vec![fill; 300],
+            ..Entry::default()
+        }
+    }
+
+    /// Goal: a log written by the previous format (version 4: records from byte 16, syncs
+    /// unpadded) replays, and the store goes on in a new version 5 segment that restarts to
+    /// the same state. Method: write a version 4 segment by hand, open, append, reopen.
+    #[test]
+    fn a_version_4_log_is_replayed_and_continued_in_a_new_segment() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let g = ReplicaId(9);
+        let mut records = Vec::new();
+        encode_record(&mut records, KIND_CREATE, g, &GroupId(3).0.to_le_bytes());
+        let entries = [entry(1, 1), entry(2, 2)];
+        let bytes = 4 + entries.iter().map(|e| 4 + e.encoded_len()).sum::<usize>();
+        encode_record_with(&mut records, KIND_APPEND, g, bytes, |b| {
+            b.extend_from_slice(&2u32.to_le_bytes());
+            for e in &entries {
+                b.extend_from_slice(&(e.encoded_len() as u32).to_le_bytes());
+                e.encode(b).expect("encode");
+            }
+        });
+        encode_record(
+            &mut records,
+            KIND_SYNC_END,
+            ReplicaId(0),
+            &2u32.to_le_bytes(),
+        );
+        salt_records(&mut records, salt(1));
+        let mut segment = segment_header().to_vec();
+        segment[8..12].copy_from_slice(&4u32.to_le_bytes());
+        segment.extend_from_slice(&records);
+        let v4_end = segment.len() as u64;
+        segment.resize(64 << 10, 0);
+        fs::write(segment_path(dir.path(), 1), &segment).expect("write");
+
+        let mut store = FileLogStore::open_with_segment_size(dir.path(), 64 << 10).expect("open");
+        let state = store.load().expect("load");
+        assert_eq!(state[&g].group, GroupId(3));
+        assert_eq!(state[&g].entries.len(), 2);
+        store.append(g, &[entry(3, 3)]).expect("append");
+        store.sync().expect("sync");
+        assert_eq!(
+            store.end_position(),
+            (segment_path(dir.path(), 2), 2 * ALIGN),
+            "the next sync went to a new segment, one block after its header"
+        );
+        drop(store);
+        let segment = fs::read(segment_path(dir.path(), 1)).expect("read");
+        assert_eq!(
+            segment[8..12],
+            4u32.to_le_bytes(),
+            "the old segment is left as it was"
+        );
+        assert!(segment[v4_end as usize..].iter().all(|b| *b == 0));
+        let reopened = FileLogStore::open_with_segment_size(dir.path(), 64 << 10).expect("reopen");
+        let state = reopened.load().expect("load");
+        assert_eq!(state[&g].group, GroupId(3));
+        let data: Vec<u8> = state[&g].entries.iter().map(|e| e.data[0]).collect();
+        assert_eq!(data, [1, 2, 3]);
+    }
+
+    /// Goal: syncs bypass the page cache on a disk file system, every sync starting on a
+    /// block boundary. Method: open a store under /var/tmp (ext4 here; tmpfs would refuse
+    /// O_DIRECT, and then only the alignment is checked), look at the segment's open flags,
+    /// sync twice, check the end positions.
+    #[test]
+    fn syncs_are_block_aligned_and_direct_where_the_file_system_allows() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let mut store = FileLogStore::open_with_segment_size(dir.path(), 1 << 20).expect("open");
+        // SAFETY: F_GETFL on a descriptor this store owns.
+        let flags = unsafe { libc::fcntl(store.segment.as_raw_fd(), libc::F_GETFL) };
+        assert!(flags >= 0, "fcntl: {}", io::Error::last_os_error());
+        let probe = dir.path().join("probe");
+        if zero_fill_direct(&probe, 4096).is_ok() {
+            assert_ne!(flags & libc::O_DIRECT, 0, "the segment is written O_DIRECT");
+        }
+        let g = ReplicaId(1);
+        store.create_group(g, GroupId(1)).expect("create");
+        store.append(g, &[entry(1, 1)]).expect("append");
+        store.sync().expect("sync");
+        assert_eq!(store.end_position().1, 2 * ALIGN);
+        let big: Vec<Entry> = (2..=30).map(|i| entry(i, i as u8)).collect();
+        store.append(g, &big).expect("append");
+        store.sync().expect("sync");
+        let end = store.end_position().1;
+        assert!(end > 3 * ALIGN && end.is_multiple_of(ALIGN), "{end}");
+        drop(store);
+        let reopened = FileLogStore::open_with_segment_size(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(reopened.load().expect("load")[&g].entries.len(), 30);
+        assert_eq!(reopened.end_position().1, end);
     }
 }

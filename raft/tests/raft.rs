@@ -248,10 +248,17 @@ proptest! {
         let (_, full_len) = store.end_position();
         drop(store);
         let cut_at = (synced_len + ((full_len - synced_len) as f64 * cut) as u64) as usize;
-        let whole = cut_at as u64 == full_len;
+        let mut bytes = fs::read(&path).expect("read");
+        // The sync is padded with zeros to a block: a cut in the padding tears nothing.
+        let data_end = synced_len as usize
+            + 1
+            + bytes[synced_len as usize..full_len as usize]
+                .iter()
+                .rposition(|b| *b != 0)
+                .expect("the sync wrote records");
+        let whole = cut_at >= data_end;
         // The torn sync: what lies after the cut never reached the disk (the preallocated
         // zeros remain), and whatever garbage the device left sits where the write stopped.
-        let mut bytes = fs::read(&path).expect("read");
         bytes[cut_at..full_len as usize].fill(0);
         let end = (cut_at + garbage.len()).min(bytes.len());
         bytes[cut_at..end].copy_from_slice(&garbage[..end - cut_at]);
@@ -297,8 +304,9 @@ fn corruption_before_the_tail_refuses_to_open() {
     drop(reopened);
     let middle = &paths[1];
     let mut bytes = fs::read(middle).expect("read");
-    // Inside the first record after the 16-byte header: synced data, not the zero tail.
-    let at = 16 + 20;
+    // Inside the first record, which starts at the block after the header: synced data, not
+    // the zero tail.
+    let at = cairn_raft::file_log::SYNC_ALIGN_BYTES + 20;
     bytes[at] ^= 0x01;
     fs::write(middle, &bytes).expect("write");
     let error = FileLogStore::open_with_segment_size(dir.path(), 256)
@@ -313,7 +321,8 @@ fn corruption_before_the_tail_refuses_to_open() {
 #[test]
 fn compaction_cleans_old_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = FileLogStore::open_with_segment_size(dir.path(), 4096).expect("open");
+    // Sixteen blocks: every sync takes at least one.
+    let mut store = FileLogStore::open_with_segment_size(dir.path(), 16 << 12).expect("open");
     let groups = [replica(1), replica(2)];
     for g in groups {
         store.create_group(g, GroupId(g.number())).expect("create");
@@ -360,7 +369,7 @@ fn compaction_cleans_old_segments() {
     );
     let live = store.state();
     drop(store);
-    let reopened = FileLogStore::open_with_segment_size(dir.path(), 4096).expect("reopen");
+    let reopened = FileLogStore::open_with_segment_size(dir.path(), 16 << 12).expect("reopen");
     assert_eq!(reopened.state(), live);
     let state = reopened.load().expect("load");
     assert_eq!(state[&replica(1)].snapshot.get_metadata().index, 397);

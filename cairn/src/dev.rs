@@ -234,7 +234,8 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         chap: Some(chap.clone()),
         advertise: None,
     };
-    let s3_connection = Connection::new(format!("http://{}", args.listen), token.clone());
+    let s3_token = token.clone();
+    let s3_members = config.members.clone();
     let s3_grace = Duration::from_secs(args.s3_garbage_grace_secs);
     let s3_day = Duration::from_secs(args.s3_lifecycle_day_secs);
     let s3_config = cairn_gateway_s3::Config {
@@ -266,25 +267,18 @@ async fn serve(args: DevArgs) -> Result<(), String> {
             targets: Arc::default(),
         };
         let gateway = backend.clone();
-        match s3::S3Cluster::new(&s3_connection, backend.clone()) {
-            Ok(cluster) => {
-                tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone(), s3_grace));
-                tokio::spawn(cairn_gateway_s3::lifecycle::run(cluster.clone(), s3_day));
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        cairn_gateway_s3::serve(s3_listener, cluster, s3_config, s3_tls).await
-                    {
-                        tracing::error!("S3 endpoint: {e}");
-                        eprintln!("cairn dev: S3 endpoint: {e}");
-                        std::process::exit(1);
-                    }
-                });
-            }
-            Err(e) => {
-                eprintln!("cairn dev: S3 gateway: {e}");
+        // The S3 gateway calls the admin API's own routes in process (see `S3Cluster::local`).
+        let api = cairn_metadata::api::router(meta.clone(), s3_token.clone(), s3_members);
+        let cluster = s3::S3Cluster::local(api, s3_token, backend.clone());
+        tokio::spawn(cairn_gateway_s3::reclaim::run(cluster.clone(), s3_grace));
+        tokio::spawn(cairn_gateway_s3::lifecycle::run(cluster.clone(), s3_day));
+        tokio::spawn(async move {
+            if let Err(e) = cairn_gateway_s3::serve(s3_listener, cluster, s3_config, s3_tls).await {
+                tracing::error!("S3 endpoint: {e}");
+                eprintln!("cairn dev: S3 endpoint: {e}");
                 std::process::exit(1);
             }
-        }
+        });
         tokio::spawn(async move {
             if let Err(e) = iscsi::serve(iscsi_listener, gateway, iscsi_config).await {
                 tracing::error!("{e}");

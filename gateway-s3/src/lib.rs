@@ -103,6 +103,42 @@ pub fn router<C: cluster::Cluster>(cluster: C, config: Config) -> axum::Router {
         .route("/health", axum::routing::get(|| async { "OK" }))
         .fallback_service(service)
         .layer(axum::middleware::from_fn_with_state(cors, cors::layer::<C>))
+        .layer(axum::middleware::from_fn(close_after_refused_expect))
+}
+
+/// Whether the answer `status` to an HTTP/1.1 request must close the connection: the
+/// request asked `Expect: 100-continue` (`expects_continue`) and was refused. The refusal came
+/// before the body was read, so no `100 Continue` went out, and a client may then skip the
+/// body and reuse the connection (botocore does) or send it anyway (RFC 9110 allows both).
+/// The server cannot tell which, and guessing wrong reads the start of the next request as
+/// the old body: under load boto3 saw `400 Bad Request` or `SignatureDoesNotMatch` on the
+/// request after a refused PUT. Closing is what RFC 9110 section 10.1.1 offers the server.
+fn must_close(
+    version: axum::http::Version,
+    expects_continue: bool,
+    status: axum::http::StatusCode,
+) -> bool {
+    version == axum::http::Version::HTTP_11 && expects_continue && !status.is_success()
+}
+
+/// Adds `Connection: close` to the answers [`must_close`] names.
+async fn close_after_refused_expect(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let version = request.version();
+    let expects_continue = request
+        .headers()
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut response = next.run(request).await;
+    if must_close(version, expects_continue, response.status()) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// Who is on the other end of a request's connection: the address and whether the
@@ -160,6 +196,24 @@ pub async fn serve<C: cluster::Cluster>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_expect_continue_requests_close_the_connection() {
+        use axum::http::{StatusCode, Version};
+        assert!(must_close(Version::HTTP_11, true, StatusCode::FORBIDDEN));
+        assert!(must_close(
+            Version::HTTP_11,
+            true,
+            StatusCode::PRECONDITION_FAILED
+        ));
+        // The body was read: the connection stays in step.
+        assert!(!must_close(Version::HTTP_11, true, StatusCode::OK));
+        // Without the expectation the client sends its body at once, and hyper drains it
+        // or closes.
+        assert!(!must_close(Version::HTTP_11, false, StatusCode::FORBIDDEN));
+        // HTTP/2 has no Connection header; its streams end on their own.
+        assert!(!must_close(Version::HTTP_2, true, StatusCode::FORBIDDEN));
+    }
 
     #[test]
     fn hosts_split_virtual_and_path_style() {

@@ -60,6 +60,36 @@ pub struct S3Cluster<B> {
     api: Api,
     backend: B,
     placements: Arc<std::sync::Mutex<BTreeMap<String, (Placement, std::time::Instant)>>>,
+    tokens: Arc<Tokens>,
+}
+
+/// Tokens for the object writes this gateway proposes, so that a call retried after its
+/// first try committed is not applied twice (`cairn_metadata::objects::Request`): a random
+/// start and a counter. The metadata service compares a token only with the newest version
+/// of the key written, so uniqueness within a gateway is what matters.
+struct Tokens(std::sync::atomic::AtomicU64);
+
+impl Tokens {
+    fn new() -> Tokens {
+        let mut seed = [0u8; 8];
+        let random = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
+        let seed = match random {
+            Ok(()) => u64::from_le_bytes(seed),
+            // The clock and the process id also tell gateways apart.
+            Err(_) => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                nanos ^ u64::from(std::process::id()).rotate_left(40)
+            }
+        };
+        Tokens(std::sync::atomic::AtomicU64::new(seed))
+    }
+
+    fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -230,6 +260,7 @@ impl<B: Backend> S3Cluster<B> {
             api: Api::Http(Arc::new(api)),
             backend,
             placements: Arc::default(),
+            tokens: Arc::new(Tokens::new()),
         })
     }
 
@@ -239,6 +270,7 @@ impl<B: Backend> S3Cluster<B> {
             api: Api::Local { router, token },
             backend,
             placements: Arc::default(),
+            tokens: Arc::new(Tokens::new()),
         }
     }
 
@@ -587,7 +619,9 @@ impl<B: Backend> Cluster for S3Cluster<B> {
         record: ObjectRecord,
     ) -> ClusterResult<(ObjectRecord, Option<String>)> {
         let path = format!("/v1/buckets/{}/object?key={}", enc(&bucket), enc(&key));
-        let answer = self.call(path, Method::Put(record_json(&record))).await?;
+        let mut body = record_json(&record);
+        body["request"] = json!(self.tokens.next());
+        let answer = self.call(path, Method::Put(body)).await?;
         // The metadata service sets the modification time; everything else is as sent.
         let modified_ms = answer["modified_ms"].as_u64().unwrap_or(record.modified_ms);
         let record = ObjectRecord {
@@ -604,8 +638,10 @@ impl<B: Backend> Cluster for S3Cluster<B> {
         version_id: Option<String>,
     ) -> ClusterResult<Deleted> {
         let mut path = format!("/v1/buckets/{}/object?key={}", enc(&bucket), enc(&key));
-        if let Some(id) = &version_id {
-            path.push_str(&format!("&version_id={}", enc(id)));
+        match &version_id {
+            Some(id) => path.push_str(&format!("&version_id={}", enc(id))),
+            // Only a delete that adds a marker needs protecting from its own retry.
+            None => path.push_str(&format!("&request={}", self.tokens.next())),
         }
         let answer = self.call(path, Method::Delete).await?;
         Ok(Deleted {

@@ -189,6 +189,7 @@ mod tests {
                     data: b"hello".to_vec(),
                 },
                 acl: None,
+                request: None,
             },
             now_ms: 1_700_000_000_000,
         };
@@ -206,6 +207,7 @@ mod tests {
                     length: 12,
                 }]),
                 acl: None,
+                request: None,
             },
             now_ms: 2,
         };
@@ -259,12 +261,14 @@ mod tests {
             key: "a/b.txt".into(),
             version_id: None,
             now_ms: 0,
+            request: None,
         };
         let delete = Command::DeleteObject {
             bucket: "photos".into(),
             key: "a/b.txt".into(),
             version_id: Some(VersionId(3)),
             now_ms: 9,
+            request: None,
         };
         let versioning = Command::SetBucketVersioning {
             bucket: "photos".into(),
@@ -502,6 +506,7 @@ mod tests {
                 metadata,
                 data,
                 acl: None,
+                request: (size % 2 == 0).then_some(crate::objects::Request(size)),
             });
         let owners = proptest::collection::vec(any::<u64>().prop_map(OwnerId), 0..4);
         prop_oneof![
@@ -535,6 +540,7 @@ mod tests {
                     key,
                     version_id: version.map(VersionId),
                     now_ms,
+                    request: (now_ms % 3 == 0).then_some(crate::objects::Request(now_ms)),
                 }),
             (text.clone(), any::<bool>())
                 .prop_map(|(bucket, enabled)| Command::SetBucketVersioning { bucket, enabled }),

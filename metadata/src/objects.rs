@@ -418,7 +418,21 @@ pub struct ObjectRecord {
     /// Its access control list, as the gateways encode it (absent: none beyond the owner's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<String>,
+    /// The token its writer drew for the request ([`Request`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
 }
+
+/// A token a gateway draws for each write it proposes, so that a retried proposal is not
+/// applied twice. A gateway retries when it got no answer (a leader change or a timeout after
+/// the command was proposed), and the first try may have committed: a second `PutObject` would
+/// then find its segments no longer pending and fail, and a second `DeleteObject` in a
+/// versioned bucket would add a second delete marker. A write whose token is that of the key's
+/// newest version is answered as the first was, and changes nothing. Tokens are only compared
+/// with the newest version of one key, so a gateway's random start plus a counter suffices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Request(pub u64);
 
 impl ObjectRecord {
     /// Its segments (none if inline).
@@ -447,6 +461,9 @@ pub enum Version {
         id: VersionId,
         /// When it was made (ms since the Unix epoch).
         modified_ms: u64,
+        /// The token of the request that made it ([`Request`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<Request>,
     },
 }
 
@@ -488,6 +505,14 @@ impl Version {
     /// Its segments (none if inline or a marker).
     pub fn segments(&self) -> &[Segment] {
         self.record().map_or(&[], ObjectRecord::segments)
+    }
+
+    /// The token of the request that wrote it, if its writer gave one.
+    pub fn request(&self) -> Option<Request> {
+        match self {
+            Version::Object { record, .. } => record.request,
+            Version::DeleteMarker { request, .. } => *request,
+        }
     }
 }
 
@@ -1498,6 +1523,9 @@ impl MetaState {
     ) -> Result<Applied, MetaError> {
         self.bucket_ref(&bucket)?;
         check_object_key(&key)?;
+        if let Some(version) = self.repeated(&bucket, &key, record.request) {
+            return Ok(Applied::Written { version });
+        }
         check_record(&record)?;
         self.check_pending(&bucket, record.segments())?;
         self.check_quota(&bucket, &key, record.size)?;
@@ -1506,6 +1534,24 @@ impl MetaState {
         }
         record.modified_ms = now_ms;
         Ok(self.write_version(&bucket, key, record))
+    }
+
+    /// The version id to answer a retried write with (`None` inside: the bucket is
+    /// unversioned): `Some` when `request` is the token of the newest version of
+    /// `bucket`/`key` ([`Request`]).
+    fn repeated(
+        &self,
+        bucket: &str,
+        key: &str,
+        request: Option<Request>,
+    ) -> Option<Option<VersionId>> {
+        let request = request?;
+        let newest = self.versions(bucket, key)?.latest();
+        if newest.request() != Some(request) {
+            return None;
+        }
+        let versioned = !self.buckets.get(bucket)?.versioning.is_unversioned();
+        Some(versioned.then_some(newest.id()))
     }
 
     /// Adds `record` as the newest version of `bucket`/`key`; what `PutObject` and
@@ -1528,10 +1574,22 @@ impl MetaState {
         bucket: String,
         key: String,
         version: Option<VersionId>,
+        request: Option<Request>,
         now_ms: u64,
     ) -> Result<Applied, MetaError> {
         let versioning = self.bucket_ref(&bucket)?.versioning;
         check_object_key(&key)?;
+        if version.is_none()
+            && let Some(marker) = self.repeated(&bucket, &key, request)
+            && self
+                .object_version(&bucket, &key, None)
+                .is_some_and(|v| v.record().is_none())
+        {
+            return Ok(Applied::Deleted {
+                version: marker,
+                marker: true,
+            });
+        }
         if let Some(id) = version {
             let removed = self.remove_version(&bucket, &key, id);
             let marker = matches!(removed, Some(Version::DeleteMarker { .. }));
@@ -1551,6 +1609,7 @@ impl MetaState {
         let marker = Version::DeleteMarker {
             id,
             modified_ms: now_ms,
+            request,
         };
         self.add_version(&bucket, key, marker);
         Ok(Applied::Deleted {
@@ -1734,6 +1793,7 @@ impl MetaState {
             metadata: upload.metadata,
             data: ObjectData::Segments(segments),
             acl: None,
+            request: None,
         };
         debug_assert_eq!(check_record(&record), Ok(()));
         Ok(self.write_version(&upload.bucket, upload.key, record))
@@ -2094,6 +2154,7 @@ mod tests {
             metadata: BTreeMap::from([("color".to_string(), "blue".to_string())]),
             data,
             acl: None,
+            request: None,
         }
     }
 
@@ -2162,6 +2223,7 @@ mod tests {
             key: key.into(),
             version_id: version,
             now_ms: 900,
+            request: None,
         }
     }
 
@@ -2443,6 +2505,7 @@ mod tests {
             Version::DeleteMarker {
                 id: VersionId(2),
                 modified_ms: 7,
+                request: None,
             },
             Version::Object {
                 id: VersionId(1),
@@ -2713,6 +2776,7 @@ mod tests {
             key: "k".into(),
             version_id: None,
             now_ms: 1,
+            request: None,
         };
         state.apply(gone).expect("delete object");
         assert!(holds(&mut state).starts_with("open multipart uploads"));
@@ -2855,6 +2919,7 @@ mod tests {
             key: "k".into(),
             version_id: None,
             now_ms: 1,
+            request: None,
         };
         assert_eq!(state.apply(delete("bkt")), Ok(DELETED));
         assert_eq!(state.apply(delete("bkt")), Ok(DELETED), "idempotent");
@@ -2868,6 +2933,57 @@ mod tests {
             Err(MetaError::NotFound { .. })
         ));
         assert_eq!(state.invariant_violation(), None);
+    }
+
+    /// Goal: a write retried after its first try committed (the gateway got no answer) is
+    /// answered as the first was and changes nothing. Method: in a versioned bucket, a PUT in
+    /// segments and a DELETE, each applied twice with the same token, then a DELETE with
+    /// another token; the same PUT in an unversioned bucket.
+    #[test]
+    fn a_retried_write_is_applied_once() {
+        let mut state = with_bucket();
+        state.apply(set_versioning(true)).expect("versioning");
+        let owner = begin(&mut state, "bkt");
+        let mut object = record(segments(&[(owner, 42)]));
+        object.request = Some(Request(7));
+        let first = state.apply(put("k", object.clone())).expect("put");
+        let before = state.clone();
+        assert_eq!(
+            state.apply(put("k", object.clone())),
+            Ok(first),
+            "retried PUT"
+        );
+        assert_eq!(state, before, "the retry changed nothing");
+        // Without the token the retry is refused: its segments are no longer pending.
+        let mut untokened = object.clone();
+        untokened.request = None;
+        assert!(state.apply(put("k", untokened)).is_err());
+
+        let delete = |request| Command::DeleteObject {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version_id: None,
+            now_ms: 1,
+            request: Some(Request(request)),
+        };
+        let marker = state.apply(delete(8)).expect("delete");
+        assert!(matches!(marker, Applied::Deleted { marker: true, .. }));
+        let before = state.clone();
+        assert_eq!(state.apply(delete(8)), Ok(marker.clone()), "retried DELETE");
+        assert_eq!(state, before, "no second delete marker");
+        // A new request is a new delete, and adds a marker as S3 does.
+        assert_ne!(state.apply(delete(9)), Ok(marker));
+        assert_eq!(ids(&state, "k").len(), 3);
+        assert_eq!(state.invariant_violation(), None);
+
+        // Unversioned: the retried PUT is answered without a version id.
+        let mut plain = with_bucket();
+        let owner = begin(&mut plain, "bkt");
+        let mut object = record(segments(&[(owner, 42)]));
+        object.request = Some(Request(7));
+        assert_eq!(plain.apply(put("k", object.clone())), Ok(WRITTEN));
+        assert_eq!(plain.apply(put("k", object)), Ok(WRITTEN));
+        assert_eq!(plain.invariant_violation(), None);
     }
 
     fn create_upload(id: &str, key: &str) -> Command {
@@ -3167,6 +3283,7 @@ mod tests {
         let marker = Version::DeleteMarker {
             id: VersionId(2),
             modified_ms: 0,
+            request: None,
         };
         keys.iter()
             .map(|k| {

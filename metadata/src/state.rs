@@ -496,6 +496,10 @@ pub enum Command {
         /// entries written before versioning).
         #[serde(default, skip_serializing_if = "is_zero")]
         now_ms: u64,
+        /// The token of the S3 request ([`crate::objects::Request`]): a retry of a delete that
+        /// added a delete marker adds no second one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<crate::objects::Request>,
     },
     /// Enables versioning on a bucket, or suspends it (a bucket never returns to
     /// unversioned).
@@ -1069,7 +1073,8 @@ impl MetaState {
                 key,
                 version_id,
                 now_ms,
-            } => self.delete_object(bucket, key, version_id, now_ms),
+                request,
+            } => self.delete_object(bucket, key, version_id, request, now_ms),
             Command::SetBucketVersioning { bucket, enabled } => {
                 self.set_bucket_versioning(&bucket, enabled)
             }
@@ -2412,6 +2417,7 @@ pub(crate) mod tests {
                 key,
                 version_id,
                 now_ms,
+                request,
             } => {
                 let versions = state.versions(&bucket, &key);
                 let ids: Vec<OwnerId> = versions
@@ -2424,6 +2430,7 @@ pub(crate) mod tests {
                     key,
                     version_id,
                     now_ms,
+                    request,
                 }
             }
             Command::ReclaimDone { owners } => Command::ReclaimDone {
@@ -2567,6 +2574,7 @@ pub(crate) mod tests {
                     .collect(),
                 data,
                 acl: (metadata == 2).then(|| "{\"grants\":[]}".to_string()),
+                request: None,
             }
         })
     }
@@ -2626,7 +2634,7 @@ pub(crate) mod tests {
                     bucket,
                     key,
                     version_id,
-                    now_ms,
+                    now_ms, request: None,
                 }
             ),
             1 => (bucket.clone(), any::<bool>())

@@ -1020,6 +1020,7 @@ mod tests {
                 metadata: BTreeMap::new(),
                 data,
                 acl: None,
+                request: None,
             },
             now_ms: 30,
         }
@@ -1118,6 +1119,7 @@ mod tests {
             key: "deleted".into(),
             version_id: None,
             now_ms: 7,
+            request: None,
         };
         run(state, c, delete);
         commands.extend(versioned_script(state));
@@ -1164,6 +1166,7 @@ mod tests {
             key: "k".into(),
             version_id: None,
             now_ms: 62,
+            request: None,
         };
         run(state, c, marker);
         for scope in [

@@ -77,7 +77,7 @@ use super::{Api, body, error, random_text, read, read_value, write};
 use crate::{
     objects::{
         Bucket, DocumentKind, LIST_KEYS_MAX, ListQuery, OWNERS_PER_COMMAND_MAX, ObjectRecord,
-        Quota, QuotaScope, Segment, Version, VersionId, VersionQuery, Versioning,
+        Quota, QuotaScope, Request, Segment, Version, VersionId, VersionQuery, Versioning,
     },
     state::{Applied, Command, MetaError, MetaState},
 };
@@ -295,8 +295,12 @@ fn object_json(key: &str, record: &ObjectRecord, with_data: bool) -> Value {
     let mut value =
         serde_json::to_value(record).expect("invariant: object records serialize to JSON");
     value["key"] = json!(key);
-    if !with_data && let Some(fields) = value.as_object_mut() {
-        fields.remove("data");
+    if let Some(fields) = value.as_object_mut() {
+        // The writer's retry token is the metadata service's business alone.
+        fields.remove("request");
+        if !with_data {
+            fields.remove("data");
+        }
     }
     value
 }
@@ -488,12 +492,24 @@ async fn delete_object(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Response> {
-    let (key, version_id) = object_version_key(&raw, &["key", "version_id"])?;
+    let (key, version_id) = object_version_key(&raw, &["key", "version_id", "request"])?;
+    let request = query(&raw, &["key", "version_id", "request"])?
+        .remove("request")
+        .map(|text| {
+            text.parse().map(Request).map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("request {text:?}: not a token (a decimal u64)"),
+                )
+            })
+        })
+        .transpose()?;
     let command = Command::DeleteObject {
         bucket: name,
         key,
         version_id,
         now_ms: now_ms(),
+        request,
     };
     let (version, marker) = match write(&api, command).await? {
         Applied::Deleted { version, marker } => (version, marker),
@@ -1204,6 +1220,58 @@ mod tests {
         assert_eq!(call(addr, "GET", path, None).0, 404);
     }
 
+    /// Goal: a gateway's retry of a PUT or DELETE that committed is answered as the first try
+    /// and changes nothing; a malformed token is refused. Method: over HTTP, a PUT in segments
+    /// and a DELETE in a versioned bucket, each sent twice with its token.
+    #[test]
+    fn retried_writes_with_tokens_apply_once() {
+        let (_runtime, addr) = serve();
+        let bucket = json!({ "name": "photos", "tenant": "acme" });
+        assert_eq!(call(addr, "POST", "/v1/buckets", Some(bucket)).0, 201);
+        let enable = json!({ "enabled": true });
+        let path = "/v1/buckets/photos/versioning";
+        assert_eq!(call(addr, "PUT", path, Some(enable)).0, 200);
+        let (_, owner) = call(addr, "POST", "/v1/buckets/photos/writes", None);
+        let segments = json!([{ "owner": owner["owner"], "length": 9 }]);
+        let big = json!({ "size": 9, "etag": "\"e\"", "data": { "Segments": segments },
+            "request": 41 });
+        let path = "/v1/buckets/photos/object?key=k";
+        let first = call(addr, "PUT", path, Some(big.clone()));
+        assert_eq!(first.0, 200);
+        assert_eq!(call(addr, "PUT", path, Some(big)), first, "retried PUT");
+        let (_, shown) = call(addr, "GET", path, None);
+        assert!(
+            shown.get("request").is_none(),
+            "the token stays inside: {shown}"
+        );
+        let deleted = call(
+            addr,
+            "DELETE",
+            "/v1/buckets/photos/object?key=k&request=42",
+            None,
+        );
+        assert_eq!(deleted.0, 200);
+        assert_eq!(deleted.1["delete_marker"], true);
+        assert_eq!(
+            call(
+                addr,
+                "DELETE",
+                "/v1/buckets/photos/object?key=k&request=42",
+                None
+            ),
+            deleted,
+            "retried DELETE"
+        );
+        let (_, page) = call(addr, "GET", "/v1/buckets/photos/versions", None);
+        assert_eq!(
+            page["versions"].as_array().map(Vec::len),
+            Some(2),
+            "one object, one marker: {page}"
+        );
+        let bad = "/v1/buckets/photos/object?key=k&request=x";
+        assert_eq!(call(addr, "DELETE", bad, None).0, 400);
+    }
+
     /// Goal: writes begun, committed, abandoned and reclaimed through the routes gateways and
     /// the reclaim worker use. Method: drive them over HTTP.
     #[test]
@@ -1499,6 +1567,7 @@ mod tests {
             metadata: BTreeMap::new(),
             data: crate::objects::ObjectData::Inline { data: vec![1, 2] },
             acl: None,
+            request: None,
         };
         let full = object_json("k/1", &record, true);
         assert_eq!(

@@ -705,11 +705,15 @@ impl<B: Backend> Cluster for S3Cluster<B> {
         key: String,
         content_type: Option<String>,
         metadata: BTreeMap<String, String>,
+        acl: Option<String>,
     ) -> ClusterResult<String> {
         let path = format!("/v1/buckets/{}/uploads", enc(&bucket));
         let mut body = json!({ "key": key, "metadata": metadata });
         if let Some(content_type) = content_type {
             body["content_type"] = json!(content_type);
+        }
+        if let Some(acl) = acl {
+            body["acl"] = json!(acl);
         }
         let value = self.call(path, Method::Post(body)).await?;
         value["upload_id"]

@@ -145,6 +145,22 @@ assert code(other.list_objects_v2, Bucket="acls") == "AccessDenied", "the new li
 owner.put_bucket_acl(Bucket="acls", ACL="private")
 assert code(other.put_object, Bucket="acls", Key="y", Body=b"y") == "AccessDenied"
 assert code(owner.put_bucket_acl, Bucket="acls", GrantRead='emailAddress="a@example.com"') == "NotImplemented"
+# A multipart upload's ACL is the completed object's.
+upload = owner.create_multipart_upload(Bucket="acls", Key="parts.bin", ACL="public-read")["UploadId"]
+part = owner.upload_part(Bucket="acls", Key="parts.bin", UploadId=upload, PartNumber=1, Body=b"in parts")
+owner.complete_multipart_upload(Bucket="acls", Key="parts.bin", UploadId=upload,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+anon = subprocess.run(["curl", "-s", "-w", " %{http_code}", f"{ENDPOINT}/acls/parts.bin"], capture_output=True).stdout
+assert anon == b"in parts 200", anon
+object_grants = owner.get_object_acl(Bucket="acls", Key="parts.bin")["Grants"]
+assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ" for g in object_grants)
+upload = owner.create_multipart_upload(Bucket="acls", Key="private.bin")["UploadId"]
+part = owner.upload_part(Bucket="acls", Key="private.bin", UploadId=upload, PartNumber=1, Body=b"owner only")
+owner.complete_multipart_upload(Bucket="acls", Key="private.bin", UploadId=upload,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+anon = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{ENDPOINT}/acls/private.bin"],
+                      capture_output=True).stdout
+assert anon == b"403", anon
 print("ok ACLs")
 
 

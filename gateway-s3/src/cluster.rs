@@ -428,6 +428,7 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         key: String,
         content_type: Option<String>,
         metadata: BTreeMap<String, String>,
+        acl: Option<String>,
     ) -> impl Future<Output = ClusterResult<String>> + Send;
     /// The upload `id`, or `None`.
     fn upload(&self, id: String) -> impl Future<Output = ClusterResult<Option<UploadInfo>>> + Send;

@@ -1308,18 +1308,18 @@ impl<C: Cluster> S3 for Gateway<C> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.tenant_bucket(&req, &bucket).await?;
         let input = req.input;
-        let asks_acl = input.acl.is_some()
-            || input.grant_read.is_some()
-            || input.grant_read_acp.is_some()
-            || input.grant_write_acp.is_some()
-            || input.grant_full_control.is_some();
-        if asks_acl {
-            // Not carried through to the completed object yet: refused, never dropped.
-            return Err(s3_error!(
-                NotImplemented,
-                "ACLs on multipart uploads: set the object's ACL once it is complete"
-            ));
-        }
+        // Kept with the upload; the completed object gets it.
+        let acl = Acl::from_request(
+            input.acl.as_ref().map(|a| a.as_str()),
+            &GrantHeaders {
+                read: input.grant_read.as_deref(),
+                read_acp: input.grant_read_acp.as_deref(),
+                write_acp: input.grant_write_acp.as_deref(),
+                full_control: input.grant_full_control.as_deref(),
+                ..GrantHeaders::default()
+            },
+            None,
+        )?;
         let id = self
             .cluster
             .create_upload(
@@ -1327,6 +1327,7 @@ impl<C: Cluster> S3 for Gateway<C> {
                 key.clone(),
                 input.content_type.map(|c| c.to_string()),
                 user_metadata(input.metadata),
+                acl.map(|a| a.to_text()),
             )
             .await
             .map_err(cluster_error)?;

@@ -578,6 +578,7 @@ mod tests {
                         bucket,
                         key,
                         upload_id,
+                        acl: content_type.as_ref().map(|t| format!("acl {t}")),
                         content_type,
                         metadata,
                         now_ms: 1,

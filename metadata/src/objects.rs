@@ -618,6 +618,9 @@ pub struct Upload {
     pub metadata: BTreeMap<String, String>,
     /// The parts uploaded so far, by part number.
     pub parts: BTreeMap<u32, Part>,
+    /// The object's access control list, as the gateways encode it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<String>,
 }
 
 /// An owner handed to a gateway that is writing chunks under it: it becomes a segment of an
@@ -1659,6 +1662,7 @@ impl MetaState {
         check_object_key(&upload.key)?;
         check_upload_id(&upload_id)?;
         check_headers(upload.content_type.as_ref(), &upload.metadata)?;
+        check_acl(upload.acl.as_deref())?;
         assert!(upload.parts.is_empty(), "a new upload has no parts");
         if self.uploads.contains_key(&upload_id) {
             return Err(MetaError::AlreadyExists {
@@ -1792,7 +1796,7 @@ impl MetaState {
             content_type: upload.content_type,
             metadata: upload.metadata,
             data: ObjectData::Segments(segments),
-            acl: None,
+            acl: upload.acl,
             request: None,
         };
         debug_assert_eq!(check_record(&record), Ok(()));
@@ -2763,6 +2767,7 @@ mod tests {
             content_type: None,
             metadata: BTreeMap::new(),
             now_ms: 1,
+            acl: None,
         };
         state.apply(upload).expect("upload");
         let owner = begin(&mut state, "bkt");
@@ -2994,6 +2999,7 @@ mod tests {
             content_type: Some("video/mp4".into()),
             metadata: BTreeMap::from([("camera".to_string(), "x".to_string())]),
             now_ms: 400,
+            acl: Some("public-read as encoded".into()),
         }
     }
 
@@ -3062,6 +3068,7 @@ mod tests {
         assert_eq!(object.etag, "\"m-2\"");
         assert_eq!(object.content_type.as_deref(), Some("video/mp4"));
         assert_eq!(object.metadata.get("camera").map(String::as_str), Some("x"));
+        assert_eq!(object.acl.as_deref(), Some("public-read as encoded"));
         let garbage: Vec<OwnerId> = state.garbage().map(|(o, _)| o).collect();
         assert_eq!(garbage, vec![old, owners[1], owners[2]]);
         let bucket = state.bucket("bkt").expect("bucket");

@@ -557,6 +557,10 @@ pub enum Command {
         metadata: BTreeMap<String, String>,
         /// The proposer's clock, ms since the Unix epoch.
         now_ms: u64,
+        /// The object's access control list, as the gateways encode it (the completed object
+        /// gets it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        acl: Option<String>,
     },
     /// Records a part of an upload (replacing one of the same number, whose segment becomes
     /// garbage). The segment's owner must be pending for the upload's bucket.
@@ -1107,6 +1111,7 @@ impl MetaState {
                 content_type,
                 metadata,
                 now_ms,
+                acl,
             } => {
                 let upload = Upload {
                     bucket,
@@ -1115,6 +1120,7 @@ impl MetaState {
                     content_type,
                     metadata,
                     parts: BTreeMap::new(),
+                    acl,
                 };
                 self.create_upload(upload_id, upload)
             }
@@ -2513,6 +2519,7 @@ pub(crate) mod tests {
             content_type: None,
             metadata: BTreeMap::new(),
             now_ms: 2,
+            acl: None,
         });
         commands
     }
@@ -2665,7 +2672,7 @@ pub(crate) mod tests {
                     upload_id,
                     content_type: typed.then(|| "text/plain".to_string()),
                     metadata: BTreeMap::new(),
-                    now_ms: 3,
+                    now_ms: 3, acl: None,
                 }
             ),
             3 => (upload_id.clone(), 0u32..4, owner(), length(), etag.clone()).prop_map(

@@ -1095,6 +1095,7 @@ mod tests {
                 content_type: Some("video/mp4".into()),
                 metadata: BTreeMap::from([("camera".to_string(), "x".to_string())]),
                 now_ms: 35,
+                acl: None,
             };
             run(state, c, upload);
         }

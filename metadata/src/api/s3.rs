@@ -821,6 +821,7 @@ struct CreateUpload {
     content_type: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    acl: Option<String>,
 }
 
 async fn create_upload(
@@ -838,6 +839,7 @@ async fn create_upload(
         content_type: request.content_type,
         metadata: request.metadata,
         now_ms: now_ms(),
+        acl: request.acl,
     };
     write(&api, command).await?;
     Ok(Json(json!({ "upload_id": upload_id })).into_response())

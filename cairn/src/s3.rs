@@ -305,6 +305,11 @@ impl<B: Backend> S3Cluster<B> {
                 message: message(),
             }),
             400 => Err(ClusterError::Invalid(message())),
+            // A conditional command whose condition no longer holds.
+            412 => Err(ClusterError::Refused {
+                code: "PreconditionFailed".into(),
+                message: message(),
+            }),
             503 => Err(ClusterError::Unavailable(message())),
             _ => Err(ClusterError::Failed(format!("{status}: {}", message()))),
         }
@@ -648,6 +653,29 @@ impl<B: Backend> Cluster for S3Cluster<B> {
             version_id: optional(&answer, "version_id"),
             delete_marker: answer["delete_marker"].as_bool().unwrap_or(false),
         })
+    }
+
+    async fn expire_object(
+        &self,
+        bucket: String,
+        key: String,
+        newest: String,
+    ) -> ClusterResult<Option<Deleted>> {
+        let path = format!(
+            "/v1/buckets/{}/object?key={}&if_newest={}&request={}",
+            enc(&bucket),
+            enc(&key),
+            enc(&newest),
+            self.tokens.next()
+        );
+        match self.call(path, Method::Delete).await {
+            Ok(answer) => Ok(Some(Deleted {
+                version_id: optional(&answer, "version_id"),
+                delete_marker: answer["delete_marker"].as_bool().unwrap_or(false),
+            })),
+            Err(ClusterError::Refused { code, .. }) if code == "PreconditionFailed" => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn begin_write(&self, bucket: String) -> ClusterResult<u64> {

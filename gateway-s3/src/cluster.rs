@@ -394,6 +394,15 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         key: String,
         version_id: Option<String>,
     ) -> impl Future<Output = ClusterResult<Deleted>> + Send;
+    /// Deletes the object `key` as [`Cluster::delete_object`] without a version id does, but
+    /// only while its newest version is `newest`; `None` if it no longer is (another writer
+    /// or lifecycle worker came first) and nothing changed.
+    fn expire_object(
+        &self,
+        bucket: String,
+        key: String,
+        newest: String,
+    ) -> impl Future<Output = ClusterResult<Option<Deleted>>> + Send;
 
     /// A fresh owner id to write an object's or part's chunks under, recorded as pending.
     fn begin_write(&self, bucket: String) -> impl Future<Output = ClusterResult<u64>> + Send;

@@ -907,15 +907,20 @@ async fn act<C: Cluster>(
     if !holds {
         return Ok(());
     }
-    let version_id = match action {
-        Action::ExpireCurrent => None,
-        Action::DeleteVersion | Action::RemoveDeleteMarker => Some(version.version_id.clone()),
+    let done = match action {
+        // Conditional: a worker in another gateway may be expiring the same version, and a
+        // second delete marker would be a version nobody asked for.
+        Action::ExpireCurrent => cluster
+            .expire_object(bucket.to_string(), key, version.version_id.clone())
+            .await
+            .map(drop),
+        Action::DeleteVersion | Action::RemoveDeleteMarker => cluster
+            .delete_object(bucket.to_string(), key, Some(version.version_id.clone()))
+            .await
+            .map(drop),
     };
-    match cluster
-        .delete_object(bucket.to_string(), key, version_id)
-        .await
-    {
-        Ok(_) | Err(ClusterError::NotFound(_)) => Ok(()),
+    match done {
+        Ok(()) | Err(ClusterError::NotFound(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }

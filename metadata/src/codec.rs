@@ -262,6 +262,7 @@ mod tests {
             version_id: None,
             now_ms: 0,
             request: None,
+            if_newest: None,
         };
         let delete = Command::DeleteObject {
             bucket: "photos".into(),
@@ -269,6 +270,7 @@ mod tests {
             version_id: Some(VersionId(3)),
             now_ms: 9,
             request: None,
+            if_newest: None,
         };
         let versioning = Command::SetBucketVersioning {
             bucket: "photos".into(),
@@ -541,6 +543,7 @@ mod tests {
                     version_id: version.map(VersionId),
                     now_ms,
                     request: (now_ms % 3 == 0).then_some(crate::objects::Request(now_ms)),
+                    if_newest: None,
                 }),
             (text.clone(), any::<bool>())
                 .prop_map(|(bucket, enabled)| Command::SetBucketVersioning { bucket, enabled }),

@@ -1578,6 +1578,7 @@ impl MetaState {
         key: String,
         version: Option<VersionId>,
         request: Option<Request>,
+        if_newest: Option<VersionId>,
         now_ms: u64,
     ) -> Result<Applied, MetaError> {
         let versioning = self.bucket_ref(&bucket)?.versioning;
@@ -1592,6 +1593,19 @@ impl MetaState {
                 version: marker,
                 marker: true,
             });
+        }
+        if version.is_none()
+            && let Some(expected) = if_newest
+        {
+            let newest = self.versions(&bucket, &key).map(|v| v.latest().id());
+            if newest != Some(expected) {
+                return Err(MetaError::Stale {
+                    kind: "newest version",
+                    name: format!("{bucket}/{key}"),
+                    expected: expected.0,
+                    current: newest.map_or(0, |id| id.0),
+                });
+            }
         }
         if let Some(id) = version {
             let removed = self.remove_version(&bucket, &key, id);
@@ -2228,6 +2242,7 @@ mod tests {
             version_id: version,
             now_ms: 900,
             request: None,
+            if_newest: None,
         }
     }
 
@@ -2782,6 +2797,7 @@ mod tests {
             version_id: None,
             now_ms: 1,
             request: None,
+            if_newest: None,
         };
         state.apply(gone).expect("delete object");
         assert!(holds(&mut state).starts_with("open multipart uploads"));
@@ -2925,6 +2941,7 @@ mod tests {
             version_id: None,
             now_ms: 1,
             request: None,
+            if_newest: None,
         };
         assert_eq!(state.apply(delete("bkt")), Ok(DELETED));
         assert_eq!(state.apply(delete("bkt")), Ok(DELETED), "idempotent");
@@ -2970,6 +2987,7 @@ mod tests {
             version_id: None,
             now_ms: 1,
             request: Some(Request(request)),
+            if_newest: None,
         };
         let marker = state.apply(delete(8)).expect("delete");
         assert!(matches!(marker, Applied::Deleted { marker: true, .. }));
@@ -2989,6 +3007,43 @@ mod tests {
         assert_eq!(plain.apply(put("k", object.clone())), Ok(WRITTEN));
         assert_eq!(plain.apply(put("k", object)), Ok(WRITTEN));
         assert_eq!(plain.invariant_violation(), None);
+    }
+
+    /// Goal: a delete conditioned on the newest version acts only while that version is the
+    /// newest: of two lifecycle workers expiring one object, the second changes nothing.
+    /// Method: in a versioned bucket, two deletes conditioned on the same version (different
+    /// tokens), then one on a missing key.
+    #[test]
+    fn a_conditional_delete_acts_only_on_the_newest_version() {
+        let mut state = with_bucket();
+        state.apply(set_versioning(true)).expect("versioning");
+        let Ok(Applied::Written {
+            version: Some(first),
+        }) = state.apply(put("k", record(ObjectData::Inline { data: vec![1] })))
+        else {
+            panic!("a version id");
+        };
+        let expire = |key: &str, request| Command::DeleteObject {
+            bucket: "bkt".into(),
+            key: key.into(),
+            version_id: None,
+            now_ms: 1,
+            request: Some(Request(request)),
+            if_newest: Some(first),
+        };
+        let done = state.apply(expire("k", 1));
+        assert!(matches!(done, Ok(Applied::Deleted { marker: true, .. })));
+        let before = state.clone();
+        assert!(matches!(
+            state.apply(expire("k", 2)),
+            Err(MetaError::Stale { .. })
+        ));
+        assert!(matches!(
+            state.apply(expire("gone", 3)),
+            Err(MetaError::Stale { current: 0, .. })
+        ));
+        assert_eq!(state, before, "refusals change nothing");
+        assert_eq!(ids(&state, "k").len(), 2, "one object, one marker");
     }
 
     fn create_upload(id: &str, key: &str) -> Command {

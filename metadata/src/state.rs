@@ -500,6 +500,11 @@ pub enum Command {
         /// added a delete marker adds no second one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<crate::objects::Request>,
+        /// Without a version id: delete only if the key's newest version is this one, else
+        /// [`MetaError::Stale`] (a lifecycle worker expiring what it judged, while another
+        /// gateway's worker may be expiring it too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_newest: Option<VersionId>,
     },
     /// Enables versioning on a bucket, or suspends it (a bucket never returns to
     /// unversioned).
@@ -1078,7 +1083,8 @@ impl MetaState {
                 version_id,
                 now_ms,
                 request,
-            } => self.delete_object(bucket, key, version_id, request, now_ms),
+                if_newest,
+            } => self.delete_object(bucket, key, version_id, request, if_newest, now_ms),
             Command::SetBucketVersioning { bucket, enabled } => {
                 self.set_bucket_versioning(&bucket, enabled)
             }
@@ -2424,6 +2430,7 @@ pub(crate) mod tests {
                 version_id,
                 now_ms,
                 request,
+                if_newest: _,
             } => {
                 let versions = state.versions(&bucket, &key);
                 let ids: Vec<OwnerId> = versions
@@ -2437,6 +2444,7 @@ pub(crate) mod tests {
                     version_id,
                     now_ms,
                     request,
+                    if_newest: None,
                 }
             }
             Command::ReclaimDone { owners } => Command::ReclaimDone {
@@ -2641,7 +2649,7 @@ pub(crate) mod tests {
                     bucket,
                     key,
                     version_id,
-                    now_ms, request: None,
+                    now_ms, request: None, if_newest: None,
                 }
             ),
             1 => (bucket.clone(), any::<bool>())

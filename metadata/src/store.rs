@@ -1121,6 +1121,7 @@ mod tests {
             version_id: None,
             now_ms: 7,
             request: None,
+            if_newest: None,
         };
         run(state, c, delete);
         commands.extend(versioned_script(state));
@@ -1168,6 +1169,7 @@ mod tests {
             version_id: None,
             now_ms: 62,
             request: None,
+            if_newest: None,
         };
         run(state, c, marker);
         for scope in [

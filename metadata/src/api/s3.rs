@@ -492,8 +492,14 @@ async fn delete_object(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Response> {
-    let (key, version_id) = object_version_key(&raw, &["key", "version_id", "request"])?;
-    let request = query(&raw, &["key", "version_id", "request"])?
+    const PARAMETERS: [&str; 4] = ["key", "version_id", "request", "if_newest"];
+    let mut params = query(&raw, &PARAMETERS)?;
+    let if_newest = params
+        .remove("if_newest")
+        .map(|v| version_id(&v))
+        .transpose()?;
+    let (key, version_id) = object_version_key(&raw, &PARAMETERS)?;
+    let request = params
         .remove("request")
         .map(|text| {
             text.parse().map(Request).map_err(|_| {
@@ -510,6 +516,7 @@ async fn delete_object(
         version_id,
         now_ms: now_ms(),
         request,
+        if_newest,
     };
     let (version, marker) = match write(&api, command).await? {
         Applied::Deleted { version, marker } => (version, marker),

@@ -812,11 +812,14 @@ impl<B: Backend> Cluster for S3Cluster<B> {
     async fn complete_upload(
         &self,
         id: String,
+        bucket: String,
+        key: String,
         parts: Vec<(u32, String)>,
         etag: String,
     ) -> ClusterResult<(ObjectRecord, Option<String>)> {
         let path = format!("/v1/uploads/{}/complete", enc(&id));
-        let body = json!({ "parts": parts, "etag": etag });
+        let body = json!({ "parts": parts, "etag": etag, "bucket": bucket, "key": key,
+            "request": self.tokens.next() });
         let value = self.call(path, Method::Post(body)).await?;
         let record = ObjectRecord {
             size: number(&value, "size"),

@@ -457,11 +457,13 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         segment: Segment,
         etag: String,
     ) -> impl Future<Output = ClusterResult<()>> + Send;
-    /// Completes upload `id` from `parts` (number, etag), giving the object `etag`; answers
-    /// the record and its version id (`None` in an unversioned bucket).
+    /// Completes upload `id` of `bucket`/`key` from `parts` (number, etag), giving the object
+    /// `etag`; answers the record and its version id (`None` in an unversioned bucket).
     fn complete_upload(
         &self,
         id: String,
+        bucket: String,
+        key: String,
         parts: Vec<(u32, String)>,
         etag: String,
     ) -> impl Future<Output = ClusterResult<(ObjectRecord, Option<String>)>> + Send;

@@ -1527,7 +1527,7 @@ impl<C: Cluster> S3 for Gateway<C> {
         let tag = format!("{}-{}", hex(&digest), parts.len());
         let (record, version_id) = self
             .cluster
-            .complete_upload(input.upload_id, parts, tag)
+            .complete_upload(input.upload_id, bucket.clone(), key.clone(), parts, tag)
             .await
             .map_err(|e| match e {
                 ClusterError::NotFound(_) => no_such_upload(),

@@ -216,6 +216,7 @@ mod tests {
             parts: vec![(1, "p1".into()), (3, "p3".into())],
             etag: "m-2".into(),
             now_ms: 3,
+            request: None,
         };
         let bucket = Command::CreateBucket {
             name: "photos".into(),
@@ -606,6 +607,7 @@ mod tests {
                     parts,
                     etag,
                     now_ms: 3,
+                    request: None,
                 }),
             text.prop_map(|upload_id| Command::AbortUpload { upload_id }),
             (owners.clone(), any::<u64>())

@@ -1787,6 +1787,7 @@ impl MetaState {
         upload_id: String,
         parts: &[(u32, String)],
         etag: String,
+        request: Option<Request>,
         now_ms: u64,
     ) -> Result<Applied, MetaError> {
         let upload = self.uploads.get(&upload_id);
@@ -1811,7 +1812,7 @@ impl MetaState {
             metadata: upload.metadata,
             data: ObjectData::Segments(segments),
             acl: upload.acl,
-            request: None,
+            request,
         };
         debug_assert_eq!(check_record(&record), Ok(()));
         Ok(self.write_version(&upload.bucket, upload.key, record))
@@ -3074,6 +3075,7 @@ mod tests {
             parts: parts.iter().map(|(n, e)| (*n, e.to_string())).collect(),
             etag: "\"m-2\"".into(),
             now_ms: 600,
+            request: None,
         }
     }
 

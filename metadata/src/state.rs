@@ -591,6 +591,10 @@ pub enum Command {
         etag: String,
         /// The proposer's clock, ms since the Unix epoch.
         now_ms: u64,
+        /// The token of the S3 request ([`crate::objects::Request`]), kept on the object so
+        /// that a retry, which finds the upload gone, can tell it was completed by itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<crate::objects::Request>,
     },
     /// Aborts an upload; its parts become garbage.
     AbortUpload {
@@ -1149,7 +1153,8 @@ impl MetaState {
                 parts,
                 etag,
                 now_ms,
-            } => self.complete_upload(upload_id, &parts, etag, now_ms),
+                request,
+            } => self.complete_upload(upload_id, &parts, etag, request, now_ms),
             Command::AbortUpload { upload_id } => self.abort_upload(upload_id),
             Command::AbandonWrites { owners, length } => self.abandon_writes(&owners, length),
             Command::ReclaimDone { owners } => self.reclaim_done(&owners),
@@ -2458,6 +2463,7 @@ pub(crate) mod tests {
                 parts,
                 etag,
                 now_ms,
+                request,
             } => {
                 let every = parts == [(0, ALL_PARTS.to_string())];
                 let uploaded = state.uploads.get(&upload_id).filter(|_| every);
@@ -2472,6 +2478,7 @@ pub(crate) mod tests {
                     parts,
                     etag,
                     now_ms,
+                    request,
                 }
             }
             command => command,
@@ -2697,7 +2704,7 @@ pub(crate) mod tests {
                     upload_id,
                     parts,
                     etag,
-                    now_ms: 5,
+                    now_ms: 5, request: None,
                 }
             }),
             1 => upload_id.prop_map(|upload_id| Command::AbortUpload { upload_id }),

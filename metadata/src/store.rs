@@ -1108,6 +1108,7 @@ mod tests {
             parts: vec![(1, "p1".into()), (2, "p2".into())],
             etag: "\"m-2\"".into(),
             now_ms: 50,
+            request: None,
         };
         run(state, c, complete);
         run(

@@ -946,6 +946,39 @@ async fn put_part(
 struct CompleteUpload {
     parts: Vec<(u32, String)>,
     etag: String,
+    /// The gateway's token for the request, with the bucket and key the S3 request named:
+    /// a retry that finds the upload gone answers as the first try if the key's newest
+    /// version was completed with this token.
+    request: Option<Request>,
+    bucket: Option<String>,
+    key: Option<String>,
+}
+
+/// The answer to a completion retried after its first try committed (see
+/// [`CompleteUpload`]); `None` if `asked` is not such a retry.
+async fn completed_before(api: &Api, asked: &CompleteUpload) -> Option<Response> {
+    let (Some(request), Some(bucket), Some(key)) =
+        (asked.request, asked.bucket.clone(), asked.key.clone())
+    else {
+        return None;
+    };
+    let found = read_value(api, move |state| {
+        let versioning = state
+            .bucket(&bucket)
+            .map(|b| b.versioning)
+            .ok_or_else(|| not_found("bucket", bucket.clone()))?;
+        match state.object_version(&bucket, &key, None) {
+            Some(version @ Version::Object { record, .. }) if record.request == Some(request) => {
+                let mut value = object_json(&key, record, false);
+                value["version_id"] = version_json(versioning, version.id());
+                Ok(value)
+            }
+            _ => Ok(Value::Null),
+        }
+    })
+    .await
+    .ok()?;
+    (!found.is_null()).then(|| Json(found).into_response())
 }
 
 async fn complete_upload(
@@ -962,7 +995,11 @@ async fn complete_upload(
             .ok_or_else(|| not_found("upload", wanted.clone()))?;
         Ok(json!([upload.bucket, upload.key]))
     })
-    .await?;
+    .await;
+    let target = match target {
+        Ok(target) => target,
+        Err(refused) => return completed_before(&api, &request).await.ok_or(refused),
+    };
     let (Some(bucket), Some(key)) = (target[0].as_str(), target[1].as_str()) else {
         return Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -972,11 +1009,15 @@ async fn complete_upload(
     let (bucket, key) = (bucket.to_string(), key.to_string());
     let command = Command::CompleteUpload {
         upload_id: id,
-        parts: request.parts,
-        etag: request.etag,
+        parts: request.parts.clone(),
+        etag: request.etag.clone(),
         now_ms: now_ms(),
+        request: request.request,
     };
-    let applied = write(&api, command).await?;
+    let applied = match write(&api, command).await {
+        Ok(applied) => applied,
+        Err(refused) => return completed_before(&api, &request).await.ok_or(refused),
+    };
     let version_id = written_json(&applied)["version_id"].clone();
     // The version just written, not whatever is newest by the time of this read.
     let written = match &applied {
@@ -1385,7 +1426,8 @@ mod tests {
         assert_eq!(listed["uploads"][0]["upload_id"], json!(id));
         assert_eq!(listed["truncated"], false);
         let complete = |parts: Value| {
-            let body = json!({ "parts": parts, "etag": "\"m-2\"" });
+            let body = json!({ "parts": parts, "etag": "\"m-2\"", "request": 5,
+                "bucket": "media", "key": "film.mp4" });
             call(
                 addr,
                 "POST",
@@ -1416,6 +1458,14 @@ mod tests {
             "metadata": { "a": "b" } });
         assert_eq!(object, expected);
         assert_eq!(call(addr, "GET", &format!("/v1/uploads/{id}"), None).0, 404);
+        // The gateway's retry (same token) finds the upload gone and the object its own;
+        // another request is told the upload is gone.
+        let (status, again) = complete(json!([[1, "p1"], [2, "p2"]]));
+        assert_eq!((status, again), (200, expected.clone()), "retried completion");
+        let other = json!({ "parts": [[1, "p1"]], "etag": "\"m-1\"", "request": 6,
+            "bucket": "media", "key": "film.mp4" });
+        let path = format!("/v1/uploads/{id}/complete");
+        assert_eq!(call(addr, "POST", &path, Some(other)).0, 404);
         let (_, listed) = call(addr, "GET", "/v1/buckets/media/uploads", None);
         assert_eq!(listed, json!({ "uploads": [], "truncated": false }));
         let request = json!({ "key": "other" });

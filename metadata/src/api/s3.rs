@@ -1461,7 +1461,11 @@ mod tests {
         // The gateway's retry (same token) finds the upload gone and the object its own;
         // another request is told the upload is gone.
         let (status, again) = complete(json!([[1, "p1"], [2, "p2"]]));
-        assert_eq!((status, again), (200, expected.clone()), "retried completion");
+        assert_eq!(
+            (status, again),
+            (200, expected.clone()),
+            "retried completion"
+        );
         let other = json!({ "parts": [[1, "p1"]], "etag": "\"m-1\"", "request": 6,
             "bucket": "media", "key": "film.mp4" });
         let path = format!("/v1/uploads/{id}/complete");

@@ -71,19 +71,9 @@ struct Tokens(std::sync::atomic::AtomicU64);
 
 impl Tokens {
     fn new() -> Tokens {
-        let mut seed = [0u8; 8];
-        let random = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
-        let seed = match random {
-            Ok(()) => u64::from_le_bytes(seed),
-            // The clock and the process id also tell gateways apart.
-            Err(_) => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
-                nanos ^ u64::from(std::process::id()).rotate_left(40)
-            }
-        };
+        use std::hash::{BuildHasher, Hasher};
+        // std seeds every RandomState from the operating system's randomness.
+        let seed = std::hash::RandomState::new().build_hasher().finish();
         Tokens(std::sync::atomic::AtomicU64::new(seed))
     }
 

@@ -27,6 +27,26 @@ use crate::{
     lifecycle::{Configuration, RuleError},
 };
 
+/// The `x-amz-grant-*` headers of an S3 input: all but `x-amz-grant-write` for objects (S3
+/// gives objects no WRITE grant), all of them `with_write` for buckets.
+macro_rules! grant_headers {
+    ($input:expr) => {
+        GrantHeaders {
+            read: $input.grant_read.as_deref(),
+            read_acp: $input.grant_read_acp.as_deref(),
+            write_acp: $input.grant_write_acp.as_deref(),
+            full_control: $input.grant_full_control.as_deref(),
+            ..GrantHeaders::default()
+        }
+    };
+    ($input:expr, with_write) => {
+        GrantHeaders {
+            write: $input.grant_write.as_deref(),
+            ..grant_headers!($input)
+        }
+    };
+}
+
 /// Largest single PUT (S3's limit; larger objects need a multipart upload).
 pub const PUT_BYTES_MAX: u64 = 5 << 30;
 /// Largest part of a multipart upload.
@@ -404,13 +424,7 @@ impl<C: Cluster> S3 for Gateway<C> {
         let input = req.input;
         let acl = Acl::from_request(
             input.acl.as_ref().map(|a| a.as_str()),
-            &GrantHeaders {
-                read: input.grant_read.as_deref(),
-                write: input.grant_write.as_deref(),
-                read_acp: input.grant_read_acp.as_deref(),
-                write_acp: input.grant_write_acp.as_deref(),
-                full_control: input.grant_full_control.as_deref(),
-            },
+            &grant_headers!(input, with_write),
             None,
         )?;
         let name = input.bucket;
@@ -558,13 +572,7 @@ impl<C: Cluster> S3 for Gateway<C> {
         let input = req.input;
         let acl = Acl::from_request(
             input.acl.as_ref().map(|a| a.as_str()),
-            &GrantHeaders {
-                read: input.grant_read.as_deref(),
-                write: input.grant_write.as_deref(),
-                read_acp: input.grant_read_acp.as_deref(),
-                write_acp: input.grant_write_acp.as_deref(),
-                full_control: input.grant_full_control.as_deref(),
-            },
+            &grant_headers!(input, with_write),
             input.access_control_policy.as_ref(),
         )?
         .ok_or_else(|| {
@@ -609,13 +617,7 @@ impl<C: Cluster> S3 for Gateway<C> {
         let input = req.input;
         let acl = Acl::from_request(
             input.acl.as_ref().map(|a| a.as_str()),
-            &GrantHeaders {
-                read: input.grant_read.as_deref(),
-                read_acp: input.grant_read_acp.as_deref(),
-                write_acp: input.grant_write_acp.as_deref(),
-                full_control: input.grant_full_control.as_deref(),
-                ..GrantHeaders::default()
-            },
+            &grant_headers!(input),
             input.access_control_policy.as_ref(),
         )?
         .ok_or_else(|| {
@@ -760,13 +762,7 @@ impl<C: Cluster> S3 for Gateway<C> {
         let input = req.input;
         let acl = Acl::from_request(
             input.acl.as_ref().map(|a| a.as_str()),
-            &GrantHeaders {
-                read: input.grant_read.as_deref(),
-                read_acp: input.grant_read_acp.as_deref(),
-                write_acp: input.grant_write_acp.as_deref(),
-                full_control: input.grant_full_control.as_deref(),
-                ..GrantHeaders::default()
-            },
+            &grant_headers!(input),
             None,
         )?;
         let body = input
@@ -997,13 +993,7 @@ impl<C: Cluster> S3 for Gateway<C> {
         };
         let acl = Acl::from_request(
             input.acl.as_ref().map(|a| a.as_str()),
-            &GrantHeaders {
-                read: input.grant_read.as_deref(),
-                read_acp: input.grant_read_acp.as_deref(),
-                write_acp: input.grant_write_acp.as_deref(),
-                full_control: input.grant_full_control.as_deref(),
-                ..GrantHeaders::default()
-            },
+            &grant_headers!(input),
             None,
         )?;
         let (source, source_version) = self
@@ -1311,13 +1301,7 @@ impl<C: Cluster> S3 for Gateway<C> {
         // Kept with the upload; the completed object gets it.
         let acl = Acl::from_request(
             input.acl.as_ref().map(|a| a.as_str()),
-            &GrantHeaders {
-                read: input.grant_read.as_deref(),
-                read_acp: input.grant_read_acp.as_deref(),
-                write_acp: input.grant_write_acp.as_deref(),
-                full_control: input.grant_full_control.as_deref(),
-                ..GrantHeaders::default()
-            },
+            &grant_headers!(input),
             None,
         )?;
         let id = self

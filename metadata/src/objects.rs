@@ -1583,11 +1583,10 @@ impl MetaState {
     ) -> Result<Applied, MetaError> {
         let versioning = self.bucket_ref(&bucket)?.versioning;
         check_object_key(&key)?;
+        // A gateway's tokens are unique, so the newest version with this one is the marker
+        // the first try added.
         if version.is_none()
             && let Some(marker) = self.repeated(&bucket, &key, request)
-            && self
-                .object_version(&bucket, &key, None)
-                .is_some_and(|v| v.record().is_none())
         {
             return Ok(Applied::Deleted {
                 version: marker,

@@ -158,7 +158,7 @@ struct AlignedScratch {
 impl AlignedScratch {
     /// `len` aligned bytes (contents unspecified).
     fn window(&mut self, len: usize) -> &mut [u8] {
-        if self.backing.is_empty() || self.backing.len() < self.skip + len {
+        if self.backing.len() < self.skip + len {
             self.backing =
                 vec![0; len.next_power_of_two().max(SYNC_ALIGN_BYTES) + SYNC_ALIGN_BYTES];
             self.skip = self.backing.as_ptr().align_offset(SYNC_ALIGN_BYTES);
@@ -1418,6 +1418,7 @@ mod tests {
         let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         let mut store = FileLogStore::open_with_segment_size(dir.path(), 1 << 20).expect("open");
         // SAFETY: F_GETFL on a descriptor this store owns.
+        // SAFETY: F_GETFL only reads the flags of a descriptor the store keeps open.
         let flags = unsafe { libc::fcntl(store.segment.as_raw_fd(), libc::F_GETFL) };
         assert!(flags >= 0, "fcntl: {}", io::Error::last_os_error());
         let probe = dir.path().join("probe");

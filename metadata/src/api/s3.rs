@@ -229,7 +229,13 @@ fn object_version_key(
     raw: &Option<String>,
     allowed: &[&str],
 ) -> Result<(String, Option<VersionId>), Response> {
-    let mut params = query(raw, allowed)?;
+    key_and_version(&mut query(raw, allowed)?)
+}
+
+/// Takes the `key` parameter, required, and `version_id`, optional, out of `params`.
+fn key_and_version(
+    params: &mut BTreeMap<String, String>,
+) -> Result<(String, Option<VersionId>), Response> {
     let key = params
         .remove("key")
         .ok_or_else(|| error(StatusCode::BAD_REQUEST, "parameter key is required"))?;
@@ -492,13 +498,12 @@ async fn delete_object(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Response> {
-    const PARAMETERS: [&str; 4] = ["key", "version_id", "request", "if_newest"];
-    let mut params = query(&raw, &PARAMETERS)?;
+    let mut params = query(&raw, &["key", "version_id", "request", "if_newest"])?;
     let if_newest = params
         .remove("if_newest")
         .map(|v| version_id(&v))
         .transpose()?;
-    let (key, version_id) = object_version_key(&raw, &PARAMETERS)?;
+    let (key, version_id) = key_and_version(&mut params)?;
     let request = params
         .remove("request")
         .map(|text| {
@@ -956,12 +961,16 @@ struct CompleteUpload {
 
 /// The answer to a completion retried after its first try committed (see
 /// [`CompleteUpload`]); `None` if `asked` is not such a retry.
-async fn completed_before(api: &Api, asked: &CompleteUpload) -> Option<Response> {
-    let (Some(request), Some(bucket), Some(key)) =
-        (asked.request, asked.bucket.clone(), asked.key.clone())
-    else {
+async fn completed_before(
+    api: &Api,
+    request: Option<Request>,
+    bucket: Option<&str>,
+    key: Option<&str>,
+) -> Option<Response> {
+    let (Some(request), Some(bucket), Some(key)) = (request, bucket, key) else {
         return None;
     };
+    let (bucket, key) = (bucket.to_string(), key.to_string());
     let found = read_value(api, move |state| {
         let versioning = state
             .bucket(&bucket)
@@ -986,7 +995,14 @@ async fn complete_upload(
     Path(id): Path<String>,
     parsed: Result<Json<CompleteUpload>, JsonRejection>,
 ) -> Result<Response, Response> {
-    let request = body(parsed)?;
+    let CompleteUpload {
+        parts,
+        etag,
+        request,
+        bucket: asked_bucket,
+        key: asked_key,
+    } = body(parsed)?;
+    let retried = || completed_before(&api, request, asked_bucket.as_deref(), asked_key.as_deref());
     // The upload is gone once completed: its bucket and key are read first.
     let wanted = id.clone();
     let target = read_value(&api, move |state| {
@@ -998,7 +1014,7 @@ async fn complete_upload(
     .await;
     let target = match target {
         Ok(target) => target,
-        Err(refused) => return completed_before(&api, &request).await.ok_or(refused),
+        Err(refused) => return retried().await.ok_or(refused),
     };
     let (Some(bucket), Some(key)) = (target[0].as_str(), target[1].as_str()) else {
         return Err(error(
@@ -1009,14 +1025,14 @@ async fn complete_upload(
     let (bucket, key) = (bucket.to_string(), key.to_string());
     let command = Command::CompleteUpload {
         upload_id: id,
-        parts: request.parts.clone(),
-        etag: request.etag.clone(),
+        parts,
+        etag,
         now_ms: now_ms(),
-        request: request.request,
+        request,
     };
     let applied = match write(&api, command).await {
         Ok(applied) => applied,
-        Err(refused) => return completed_before(&api, &request).await.ok_or(refused),
+        Err(refused) => return retried().await.ok_or(refused),
     };
     let version_id = written_json(&applied)["version_id"].clone();
     // The version just written, not whatever is newest by the time of this read.

@@ -40,7 +40,10 @@ pub enum DiskCommand {
 }
 
 pub fn run(command: DiskCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cairn: cannot start a runtime: {error}");

@@ -26,6 +26,7 @@ fn cairn_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
 
 fn write_chunks(dir: &Path) -> (std::path::PathBuf, u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {

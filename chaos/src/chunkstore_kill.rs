@@ -105,6 +105,7 @@ fn decode(key: BlockKey, bytes: &[u8]) -> Option<u64> {
 /// The worker: writes and flushes batches until killed.
 pub fn worker(dir: &Path, journal_path: &Path, seed: u64) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
@@ -185,6 +186,7 @@ pub struct Verdict {
 pub fn verify(dir: &Path, journal_path: &Path) -> Result<Verdict, String> {
     let expected = journal::read(journal_path).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("runtime");
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {

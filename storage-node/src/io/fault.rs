@@ -263,6 +263,10 @@ impl IoEngine for FaultyEngine {
         self.inner.caller_spin()
     }
 
+    fn poll_completions(&self) {
+        self.inner.poll_completions();
+    }
+
     fn submit(&self, mut op: IoOp, done: Callback) {
         let decision = self.decide(&op);
         let delayer = self.delayer.clone();

@@ -4,8 +4,9 @@
 //! because io_uring needs the memory until the kernel is done with it. Three implementations sit
 //! behind [`IoEngine`]:
 //!
-//! - [`uring::UringEngine`]: one io_uring ring on a dedicated thread per disk, O_DIRECT files,
-//!   registered buffers, batched submission. The default.
+//! - [`uring::UringEngine`]: one io_uring ring per disk, driven by the threads that submit to
+//!   it, with completions reaped on the caller's runtime (a thread per disk as a backstop),
+//!   O_DIRECT files, registered buffers. The default.
 //! - [`psync::PsyncEngine`]: positioned read/write on a small thread pool, chosen automatically
 //!   where io_uring or O_DIRECT is unavailable (tmpfs refuses O_DIRECT; containers often block
 //!   io_uring).
@@ -47,7 +48,7 @@ use crate::error::{Error, Result};
 /// Which engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
-    /// io_uring on a dedicated thread, O_DIRECT.
+    /// io_uring, O_DIRECT.
     Uring,
     /// pread/pwrite on a thread pool; `direct` tells whether files are opened O_DIRECT.
     Psync {
@@ -204,7 +205,9 @@ pub struct IoDone {
     pub result: io::Result<()>,
 }
 
-/// Called exactly once, on an engine thread, when a request finishes.
+/// Called exactly once when a request finishes, on whichever thread finds it finished: an
+/// engine thread, a reaper task, or a caller inside [`IoEngine::submit`] (never under an
+/// engine lock). It must not block.
 pub type Callback = Box<dyn FnOnce(IoDone) + Send + 'static>;
 
 /// A disk's IO engine. Implementations must call every callback exactly once, including when
@@ -229,6 +232,11 @@ pub trait IoEngine: Send + Sync + 'static {
     fn caller_spin(&self) -> Option<Duration> {
         None
     }
+
+    /// Runs the callbacks of finished requests now, if the engine can without waiting; a
+    /// spinning caller calls it between polls. Engines whose own threads run callbacks need
+    /// nothing here.
+    fn poll_completions(&self) {}
 }
 
 /// Submits `op` and waits for it. On failure the error names the op and the file.
@@ -245,6 +253,7 @@ pub async fn run(engine: &dyn IoEngine, op: IoOp) -> (Option<AlignedBuf>, Result
     );
     let spin_until = engine.caller_spin().map(|spin| Instant::now() + spin);
     match (Completion {
+        engine,
         receiver: rx,
         spin_until,
     })
@@ -258,24 +267,35 @@ pub async fn run(engine: &dyn IoEngine, op: IoOp) -> (Option<AlignedBuf>, Result
 /// Waits for a request's completion. Until `spin_until` it asks to be polled again at once
 /// instead of only on the engine's wake-up, so the caller's runtime runs its other ready tasks
 /// and then comes back rather than parking its thread.
-struct Completion {
+struct Completion<'a> {
+    engine: &'a dyn IoEngine,
     receiver: oneshot::Receiver<IoDone>,
     spin_until: Option<Instant>,
 }
 
-impl Future for Completion {
+impl Future for Completion<'_> {
     type Output = Result<IoDone, oneshot::error::RecvError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let poll = Pin::new(&mut self.receiver).poll(cx);
-        if poll.is_pending() {
-            match self.spin_until {
-                Some(until) if Instant::now() < until => cx.waker().wake_by_ref(),
-                Some(_) => self.spin_until = None,
-                None => {}
-            }
+        if poll.is_ready() {
+            return poll;
         }
-        poll
+        match self.spin_until {
+            Some(until) if Instant::now() < until => {
+                self.engine.poll_completions();
+                let poll = Pin::new(&mut self.receiver).poll(cx);
+                if poll.is_pending() {
+                    cx.waker().wake_by_ref();
+                }
+                poll
+            }
+            Some(_) => {
+                self.spin_until = None;
+                poll
+            }
+            None => poll,
+        }
     }
 }
 

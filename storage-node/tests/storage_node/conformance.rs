@@ -237,3 +237,65 @@ fn dropping_an_engine_completes_in_flight_requests() {
         }
     }
 }
+
+/// Submits `count` syncs of `file` and returns a receiver that hears each completion.
+fn submit_syncs(
+    engine: &Arc<dyn IoEngine>,
+    file: &Arc<io::EngineFile>,
+    count: usize,
+) -> std::sync::mpsc::Receiver<std::io::Result<()>> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    for _ in 0..count {
+        let sender = sender.clone();
+        engine.submit(
+            IoOp::Sync { file: file.clone() },
+            Box::new(move |done: IoDone| {
+                let _ = sender.send(done.result);
+            }),
+        );
+    }
+    receiver
+}
+
+fn expect_completions(receiver: &std::sync::mpsc::Receiver<std::io::Result<()>>, count: usize) {
+    for i in 0..count {
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("completion {i} of {count} never came"))
+            .expect("sync succeeds");
+    }
+}
+
+/// Goal: io_uring completions are reaped on the submitting runtime, but no request depends on
+/// that runtime: one that stops being driven, or shuts down with requests in flight, leaves them
+/// to the engine's own thread. Method: the reaper task is started on runtime A (an IO through
+/// it), then A is left undriven while a plain thread submits; then A is dropped right after
+/// submitting more.
+#[test]
+fn uring_completions_do_not_depend_on_one_runtime() {
+    let dir = disk_dir();
+    let engine = engine(dir.path(), EngineChoice::Uring);
+    let file = engine
+        .open(&dir.path().join("runtimes"), true)
+        .expect("open");
+    let runtime_a = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime_a.block_on(async {
+        io::sync(&*engine, &file).await.expect("sync on A");
+    });
+    // A holds the reaper task and is no longer driven.
+    let receiver = submit_syncs(&engine, &file, 12);
+    expect_completions(&receiver, 12);
+    // Submitted from A's thread, then A shuts down: its reaper task is dropped.
+    let receiver = runtime_a.block_on(async { submit_syncs(&engine, &file, 12) });
+    drop(runtime_a);
+    expect_completions(&receiver, 12);
+    // A new runtime takes the reaper role again.
+    block_on(async {
+        for _ in 0..4 {
+            io::sync(&*engine, &file).await.expect("sync on B");
+        }
+    });
+}

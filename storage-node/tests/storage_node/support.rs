@@ -9,10 +9,11 @@ use cairn_storage_node::{
 };
 use tempfile::TempDir;
 
-/// A single-threaded runtime: the engines run their own threads.
+/// A single-threaded runtime with the drivers a store needs (io_uring completions are reaped
+/// through the IO driver).
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .expect("runtime")
         .block_on(future)

@@ -267,6 +267,10 @@ impl IoEngine for FaultyEngine {
         self.inner.poll_completions();
     }
 
+    fn spin_outcome(&self, caught: bool) {
+        self.inner.spin_outcome(caught);
+    }
+
     fn submit(&self, mut op: IoOp, done: Callback) {
         let decision = self.decide(&op);
         let delayer = self.delayer.clone();

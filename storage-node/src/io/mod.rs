@@ -237,6 +237,51 @@ pub trait IoEngine: Send + Sync + 'static {
     /// spinning caller calls it between polls. Engines whose own threads run callbacks need
     /// nothing here.
     fn poll_completions(&self) {}
+
+    /// Tells the engine whether a caller's spin caught its completion (`true`) or ran out.
+    fn spin_outcome(&self, _caught: bool) {}
+}
+
+/// Whether spinning callers catch their completions, so that they stop spinning where it does
+/// not pay. A spin that runs out costs its CPU time and more: a waiter that never sleeps is never
+/// woken by the disk's interrupt either, and so never moved by the scheduler to the CPU that
+/// takes those interrupts (measured on this VM: 4 KiB writes at qd1 spinning on the other vCPU
+/// took 70-100 µs against 53 µs for a sleeping waiter, and 47 µs spinning on the right one).
+#[derive(Debug, Default)]
+pub struct SpinGauge {
+    /// Rises with caught spins, falls faster with missed ones; no spinning while negative, and
+    /// each request that did not spin raises it, so spinning is tried again now and then.
+    score: std::sync::atomic::AtomicI32,
+}
+
+impl SpinGauge {
+    const CAUGHT: i32 = 1;
+    const MISSED: i32 = 4;
+    const HIGH: i32 = 16;
+    const LOW: i32 = -64;
+
+    /// True if the next waiter should spin.
+    pub fn spin(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.score.load(Relaxed) >= 0 {
+            return true;
+        }
+        self.score.fetch_add(1, Relaxed);
+        false
+    }
+
+    /// Records a spin's outcome.
+    pub fn record(&self, caught: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let score = self.score.load(Relaxed);
+        let next = if caught {
+            (score + Self::CAUGHT).min(Self::HIGH)
+        } else {
+            (score - Self::MISSED).max(Self::LOW)
+        };
+        // A lost update between racing callers only blurs a heuristic.
+        self.score.store(next, Relaxed);
+    }
 }
 
 /// Submits `op` and waits for it. On failure the error names the op and the file.
@@ -279,6 +324,9 @@ impl Future for Completion<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let poll = Pin::new(&mut self.receiver).poll(cx);
         if poll.is_ready() {
+            if self.spin_until.is_some() {
+                self.engine.spin_outcome(true);
+            }
             return poll;
         }
         match self.spin_until {
@@ -287,11 +335,14 @@ impl Future for Completion<'_> {
                 let poll = Pin::new(&mut self.receiver).poll(cx);
                 if poll.is_pending() {
                     cx.waker().wake_by_ref();
+                } else {
+                    self.engine.spin_outcome(true);
                 }
                 poll
             }
             Some(_) => {
                 self.spin_until = None;
+                self.engine.spin_outcome(false);
                 poll
             }
             None => poll,
@@ -483,4 +534,29 @@ pub fn raise_open_files_limit() -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinGauge;
+
+    /// Goal: spinning stops after spins run out, and is tried again after some requests that
+    /// did not spin; caught spins keep it on.
+    #[test]
+    fn the_spin_gauge_stops_spinning_that_does_not_pay_and_tries_again() {
+        let gauge = SpinGauge::default();
+        assert!(gauge.spin(), "spinning starts on");
+        for _ in 0..100 {
+            gauge.record(true);
+        }
+        assert!(gauge.spin(), "caught spins keep it on");
+        for _ in 0..5 {
+            gauge.record(false);
+        }
+        let skipped = (0..100).take_while(|_| !gauge.spin()).count();
+        assert!(
+            (1..100).contains(&skipped),
+            "off for a while, then tried again: {skipped} requests without spinning"
+        );
+    }
 }

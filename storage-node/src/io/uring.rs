@@ -43,7 +43,8 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
-    BufferPool, Callback, EngineFile, EngineKind, EngineOptions, IoDone, IoEngine, IoOp, open_file,
+    BufferPool, Callback, EngineFile, EngineKind, EngineOptions, IoDone, IoEngine, IoOp, SpinGauge,
+    open_file,
 };
 use crate::error::{Error, Result};
 
@@ -366,6 +367,7 @@ impl Ring {
 pub struct UringEngine {
     core: Arc<Core>,
     spin: Duration,
+    spin_gauge: SpinGauge,
     pool: BufferPool,
     thread: Option<JoinHandle<()>>,
 }
@@ -422,6 +424,7 @@ impl UringEngine {
         Ok(UringEngine {
             core,
             spin: Duration::from_micros(u64::from(options.spin_us)),
+            spin_gauge: SpinGauge::default(),
             pool,
             thread: Some(thread),
         })
@@ -570,8 +573,14 @@ impl IoEngine for UringEngine {
     }
 
     fn caller_spin(&self) -> Option<Duration> {
-        let quiet = self.core.in_flight.load(Ordering::Relaxed) <= SPIN_IN_FLIGHT_MAX;
-        (quiet && !self.spin.is_zero()).then_some(self.spin)
+        if self.spin.is_zero() || self.core.in_flight.load(Ordering::Relaxed) > SPIN_IN_FLIGHT_MAX {
+            return None;
+        }
+        self.spin_gauge.spin().then_some(self.spin)
+    }
+
+    fn spin_outcome(&self, caught: bool) {
+        self.spin_gauge.record(caught);
     }
 
     fn poll_completions(&self) {

@@ -37,9 +37,9 @@ pub struct PoolMap {
 
 /// Opens (formatting on first use) the chunk store in each directory.
 pub async fn open_disks(paths: &[PathBuf]) -> Result<Vec<Arc<ChunkStore>>, String> {
-    // A disk thread polling for completions takes a core from the network and Raft tasks
-    // while it spins: worth it only with cores to spare (the chunk-store benchmark runs one
-    // disk alone; a node runs several beside everything else).
+    // A caller polling for its completion holds a runtime worker from the network and Raft
+    // tasks while it spins: worth it only with cores to spare (the chunk-store benchmark runs
+    // one disk alone; a node runs several beside everything else).
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let spin_us = if cores >= 2 * (paths.len() + 1) {
         EngineOptions::default().spin_us

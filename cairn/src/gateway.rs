@@ -114,7 +114,7 @@ fn forwarding_backend(connection: &Connection, token: String) -> GatewayBackend 
             if let Err(e) = directory.refresh(&refreshing, &mut known).await {
                 tracing::warn!("refresh: {e}");
             }
-            tokio::time::sleep(REFRESH_INTERVAL).await;
+            directory.next_refresh(REFRESH_INTERVAL).await;
         }
     });
     backend

@@ -49,6 +49,15 @@ use crate::{
 /// How often the node reports and looks for new pools and peers.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The least time between two refreshes, however often peers name newer maps.
+const REFRESH_GAP_MIN: Duration = Duration::from_millis(50);
+
+/// The header a forwarded piece carries: the epoch of the PG map its sender routed it by. A node
+/// that knows an older map refreshes its own at once; one that knows a newer map says so in its
+/// answer, and the sender refreshes at once. A header, not a query parameter, so that a node of
+/// an older build (which refuses unknown parameters) still serves the piece.
+const MAP_EPOCH_HEADER: &str = "x-cairn-map-epoch";
+
 #[derive(Args)]
 pub struct NodeArgs {
     /// This node's id (its host number in the cluster map; its certificate names it).
@@ -294,9 +303,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         "cairn node {}: up ({hosted} replicas, {created} created now)",
         args.id
     );
-    let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
     loop {
-        ticker.tick().await;
         let refreshed = refresh(
             &wal,
             &connection,
@@ -310,6 +317,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         if let Err(e) = refreshed.await {
             tracing::warn!("refresh: {e}");
         }
+        directory.next_refresh(REFRESH_INTERVAL).await;
     }
 }
 
@@ -370,9 +378,38 @@ async fn refresh(
 pub(crate) struct Directory {
     data_addrs: Arc<Mutex<BTreeMap<u64, SocketAddr>>>,
     router: Arc<Mutex<PgRouter>>,
+    /// Wakes the refresh loop before its interval: a peer named a newer map than ours.
+    soon: Arc<tokio::sync::Notify>,
 }
 
 impl Directory {
+    /// The epoch of the map `group`'s route came from, if the group is known.
+    fn epoch(&self, group: GroupId) -> Option<u64> {
+        self.router.lock().expect("not poisoned").epoch(group)
+    }
+
+    /// Asks the refresh loop to run now rather than at its next interval. Requests coalesce:
+    /// any number before the next refresh cause one.
+    pub(crate) fn refresh_soon(&self) {
+        self.soon.notify_one();
+    }
+
+    /// Takes the map epoch a peer named for `group`: a newer one than ours (or a group we do
+    /// not know) means our map is stale, so it is fetched now, not within the interval.
+    fn heard_epoch(&self, group: GroupId, epoch: u64) {
+        if self.epoch(group).is_none_or(|mine| epoch > mine) {
+            self.refresh_soon();
+        }
+    }
+
+    /// Waits until the next refresh is due: `interval` after the last, or sooner when asked
+    /// ([`Directory::refresh_soon`]), but never within [`REFRESH_GAP_MIN`] of the last.
+    pub(crate) async fn next_refresh(&self, interval: Duration) {
+        tokio::time::sleep(REFRESH_GAP_MIN).await;
+        let rest = interval.saturating_sub(REFRESH_GAP_MIN);
+        let _ = tokio::time::timeout(rest, self.soon.notified()).await;
+    }
+
     /// Learns the storage nodes and brings `known` up to date, remembering the PG maps of the
     /// pools new or changed; returns each node's Raft address (for a node's transport) and
     /// the pools fetched.
@@ -490,6 +527,8 @@ impl Forwarder {
             url.push_str(&format!("&length={}", piece.length));
         }
         let auth = format!("Bearer {}", self.token);
+        // Unknown (no map yet) goes as 0: any node with a map then answers with a newer one.
+        let epoch = self.directory.epoch(group).unwrap_or(0).to_string();
         let agent = self.agent.clone();
         let op = op.clone();
         let answer = tokio::task::spawn_blocking(move || {
@@ -497,9 +536,18 @@ impl Forwarder {
                 PieceOp::Write(data) => agent
                     .put(&url)
                     .header("Authorization", &auth)
+                    .header(MAP_EPOCH_HEADER, &epoch)
                     .send(&data[..]),
-                PieceOp::Read => agent.get(&url).header("Authorization", &auth).call(),
-                PieceOp::Discard => agent.delete(&url).header("Authorization", &auth).call(),
+                PieceOp::Read => agent
+                    .get(&url)
+                    .header("Authorization", &auth)
+                    .header(MAP_EPOCH_HEADER, &epoch)
+                    .call(),
+                PieceOp::Discard => agent
+                    .delete(&url)
+                    .header("Authorization", &auth)
+                    .header(MAP_EPOCH_HEADER, &epoch)
+                    .call(),
             };
             let mut response = response.map_err(|e| format!("{url}: {e}"))?;
             let status = response.status().as_u16();
@@ -569,9 +617,13 @@ impl Forwarder {
             };
             match self.forward(addr, group, piece, &op).await {
                 Err(DataError::Unavailable(why)) => {
-                    // That node did not lead (or answer): follow its hint, else ask the map
-                    // again next time.
-                    hint = leader_hint(&why);
+                    // That node did not lead (or answer, or host the PG): follow its hint,
+                    // else ask the map again next time; a newer map it names is fetched now.
+                    let answer = NodeAnswer::parse(&why);
+                    if let Some(epoch) = answer.epoch {
+                        self.directory.heard_epoch(group, epoch);
+                    }
+                    hint = answer.leader;
                     if hint.is_none() {
                         self.forget_leader(group);
                     }
@@ -587,11 +639,29 @@ impl Forwarder {
 /// How long a gateway retries a piece before answering the initiator BUSY.
 const GATEWAY_RETRY_FOR: Duration = Duration::from_secs(10);
 
-/// The leader a node named in its 503 answer (`{"leader": REPLICA}`), if any.
-fn leader_hint(answer: &str) -> Option<ReplicaId> {
-    let body = answer.split_once(" HTTP 503 ")?.1;
-    let value: Value = serde_json::from_str(body).ok()?;
-    value["leader"].as_u64().map(ReplicaId)
+/// What a node said in a 503 answer to a forwarded piece (`{"leader": REPLICA, "epoch": N}`):
+/// the leader it knows of and the epoch of its map, each if it named one.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct NodeAnswer {
+    leader: Option<ReplicaId>,
+    epoch: Option<u64>,
+}
+
+impl NodeAnswer {
+    /// Reads `Forwarder::forward`'s error text; anything else (a refused connection, another
+    /// status, a body that is not JSON) names nothing.
+    fn parse(error: &str) -> NodeAnswer {
+        let Some((_, body)) = error.split_once(" HTTP 503 ") else {
+            return NodeAnswer::default();
+        };
+        let Ok(value) = serde_json::from_str::<Value>(body) else {
+            return NodeAnswer::default();
+        };
+        NodeAnswer {
+            leader: value["leader"].as_u64().map(ReplicaId),
+            epoch: value["epoch"].as_u64(),
+        }
+    }
 }
 
 /// What is done with a piece.
@@ -734,14 +804,24 @@ pub(crate) async fn lookup(connection: &Connection, name: String) -> Result<Targ
 }
 
 /// One piece from another node, run here only (no further forwarding): 503 with the leader's
-/// replica id when this node does not lead the PG.
+/// replica id when this node does not lead the PG, or with none when it does not host it; both
+/// name the epoch of this node's map, and a sender's newer epoch makes this node refresh.
 async fn piece_route(
     State(backend): State<NodeBackend>,
     UrlPath((group, pool, owner, index)): UrlPath<(u64, u32, u64, u32)>,
     RawQuery(query): RawQuery,
     method: axum::http::Method,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    let directory = &backend.forwarder.directory;
+    let sender_epoch = headers
+        .get(MAP_EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(epoch) = sender_epoch {
+        directory.heard_epoch(GroupId(group), epoch);
+    }
     let op = match method {
         axum::http::Method::PUT => PieceOp::Write(body.to_vec()),
         axum::http::Method::DELETE => PieceOp::Discard,
@@ -769,13 +849,16 @@ async fn piece_route(
             buffer_offset: 0,
         };
         let answer = run_local(&backend.pgs, GroupId(group), piece, &op).await;
-        answer.map_err(|e| match e {
-            PgError::NotLeader { leader, .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({ "error": e.to_string(), "leader": leader.map(|r| r.0) })),
-            )
-                .into_response(),
-            e => DataError::from(e).into_response(),
+        answer.map_err(|e| {
+            let leader = match &e {
+                PgError::NotLeader { leader, .. } => leader.map(|r| r.0),
+                // Not hosted here: the sender's map is older than this node's, or newer.
+                PgError::UnknownGroup(_) => None,
+                _ => return DataError::from(e).into_response(),
+            };
+            let epoch = directory.epoch(GroupId(group));
+            let answer = json!({ "error": e.to_string(), "leader": leader, "epoch": epoch });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(answer)).into_response()
         })
     }
     .await;
@@ -1081,15 +1164,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leader_hints_come_from_503_answers_only() {
-        let answer = r#"node at 127.0.0.1:9: HTTP 503 {"error":"not leader","leader":8589934593}"#;
-        assert_eq!(leader_hint(answer), Some(ReplicaId(8_589_934_593)));
-        let unknown = r#"node at 127.0.0.1:9: HTTP 503 {"error":"not leader","leader":null}"#;
-        assert_eq!(leader_hint(unknown), None);
+    fn leader_hints_and_map_epochs_come_from_503_answers_only() {
+        let answer = r#"node at 127.0.0.1:9: HTTP 503 {"error":"not leader","leader":8589934593,"epoch":7}"#;
         assert_eq!(
-            leader_hint("node at 127.0.0.1:9: HTTP 500 {\"leader\":1}"),
-            None
+            NodeAnswer::parse(answer),
+            NodeAnswer {
+                leader: Some(ReplicaId(8_589_934_593)),
+                epoch: Some(7)
+            }
         );
-        assert_eq!(leader_hint("connection refused"), None);
+        let unhosted = r#"node at 127.0.0.1:9: HTTP 503 {"error":"unknown","leader":null,"epoch":9}"#;
+        assert_eq!(
+            NodeAnswer::parse(unhosted),
+            NodeAnswer {
+                leader: None,
+                epoch: Some(9)
+            }
+        );
+        // An older node names no epoch.
+        let older = r#"node at 127.0.0.1:9: HTTP 503 {"error":"not leader","leader":null}"#;
+        assert_eq!(NodeAnswer::parse(older), NodeAnswer::default());
+        let other = "node at 127.0.0.1:9: HTTP 500 {\"leader\":1,\"epoch\":3}";
+        assert_eq!(NodeAnswer::parse(other), NodeAnswer::default());
+        assert_eq!(NodeAnswer::parse("connection refused"), NodeAnswer::default());
+        assert_eq!(
+            NodeAnswer::parse("node at 127.0.0.1:9: HTTP 503 <html>"),
+            NodeAnswer::default()
+        );
+    }
+
+    /// Goal: a peer naming a newer map (or a PG this process does not know) wakes the refresh
+    /// loop at once; an older or equal one does not, and requests coalesce.
+    #[test]
+    fn a_newer_map_epoch_from_a_peer_refreshes_at_once() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let directory = Directory::default();
+            let pool = PoolId(1);
+            let group = GroupId::pg(pool, 0);
+            directory.router.lock().expect("not poisoned").update_pool(
+                pool,
+                5,
+                &[vec![ReplicaId(1)]],
+            );
+            let wait = Duration::from_secs(30);
+            // A refresh asked for comes after REFRESH_GAP_MIN (50 ms); one not asked for after
+            // `wait`. 300 ms tells them apart on a loaded machine too.
+            let woke = |directory: Directory| async move {
+                tokio::time::timeout(Duration::from_millis(300), directory.next_refresh(wait))
+                    .await
+                    .is_ok()
+            };
+            directory.heard_epoch(group, 5);
+            directory.heard_epoch(group, 4);
+            assert!(!woke(directory.clone()).await, "same or older map: no refresh");
+            directory.heard_epoch(group, 6);
+            directory.heard_epoch(group, 7);
+            assert!(woke(directory.clone()).await, "a newer map refreshes at once");
+            assert!(!woke(directory.clone()).await, "two requests made one refresh");
+            directory.heard_epoch(GroupId::pg(PoolId(2), 0), 1);
+            assert!(woke(directory.clone()).await, "an unknown PG refreshes at once");
+        });
     }
 }

@@ -1165,7 +1165,8 @@ mod tests {
 
     #[test]
     fn leader_hints_and_map_epochs_come_from_503_answers_only() {
-        let answer = r#"node at 127.0.0.1:9: HTTP 503 {"error":"not leader","leader":8589934593,"epoch":7}"#;
+        let answer =
+            r#"node at 127.0.0.1:9: HTTP 503 {"error":"not leader","leader":8589934593,"epoch":7}"#;
         assert_eq!(
             NodeAnswer::parse(answer),
             NodeAnswer {
@@ -1173,7 +1174,8 @@ mod tests {
                 epoch: Some(7)
             }
         );
-        let unhosted = r#"node at 127.0.0.1:9: HTTP 503 {"error":"unknown","leader":null,"epoch":9}"#;
+        let unhosted =
+            r#"node at 127.0.0.1:9: HTTP 503 {"error":"unknown","leader":null,"epoch":9}"#;
         assert_eq!(
             NodeAnswer::parse(unhosted),
             NodeAnswer {
@@ -1186,7 +1188,10 @@ mod tests {
         assert_eq!(NodeAnswer::parse(older), NodeAnswer::default());
         let other = "node at 127.0.0.1:9: HTTP 500 {\"leader\":1,\"epoch\":3}";
         assert_eq!(NodeAnswer::parse(other), NodeAnswer::default());
-        assert_eq!(NodeAnswer::parse("connection refused"), NodeAnswer::default());
+        assert_eq!(
+            NodeAnswer::parse("connection refused"),
+            NodeAnswer::default()
+        );
         assert_eq!(
             NodeAnswer::parse("node at 127.0.0.1:9: HTTP 503 <html>"),
             NodeAnswer::default()
@@ -1220,13 +1225,25 @@ mod tests {
             };
             directory.heard_epoch(group, 5);
             directory.heard_epoch(group, 4);
-            assert!(!woke(directory.clone()).await, "same or older map: no refresh");
+            assert!(
+                !woke(directory.clone()).await,
+                "same or older map: no refresh"
+            );
             directory.heard_epoch(group, 6);
             directory.heard_epoch(group, 7);
-            assert!(woke(directory.clone()).await, "a newer map refreshes at once");
-            assert!(!woke(directory.clone()).await, "two requests made one refresh");
+            assert!(
+                woke(directory.clone()).await,
+                "a newer map refreshes at once"
+            );
+            assert!(
+                !woke(directory.clone()).await,
+                "two requests made one refresh"
+            );
             directory.heard_epoch(GroupId::pg(PoolId(2), 0), 1);
-            assert!(woke(directory.clone()).await, "an unknown PG refreshes at once");
+            assert!(
+                woke(directory.clone()).await,
+                "an unknown PG refreshes at once"
+            );
         });
     }
 }

@@ -2029,6 +2029,9 @@ impl<L: LogStore> PgHost<L> {
             );
             return Ok(());
         }
+        // Why each peer could not help, for the error line: an operator (or a chaos run)
+        // must tell a peer that timed out from one whose copy was bad too.
+        let mut refusals = Vec::new();
         if let Some(source) = self.remote.clone() {
             let applied = at.unwrap_or(0);
             for peer in self.remote_peers(group, replica) {
@@ -2039,9 +2042,16 @@ impl<L: LogStore> PgHost<L> {
                 .await;
                 let block = match fetched {
                     Ok(Ok(block)) if block.len() == BLOCK_SIZE as usize => block,
-                    Ok(Ok(_)) | Err(_) => continue,
+                    Ok(Ok(block)) => {
+                        refusals.push(format!("{peer}: {} bytes", block.len()));
+                        continue;
+                    }
+                    Err(_) => {
+                        refusals.push(format!("{peer}: no answer in {REMOTE_REPAIR_TIMEOUT:?}"));
+                        continue;
+                    }
                     Ok(Err(e)) => {
-                        tracing::debug!(%replica, %peer, %chunk, "no repair from this peer: {e}");
+                        refusals.push(format!("{peer}: {e}"));
                         continue;
                     }
                 };
@@ -2055,7 +2065,11 @@ impl<L: LogStore> PgHost<L> {
             }
         }
         self.stats.unrepaired.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(%replica, %chunk, block = block_index, "checksum mismatch: no replica could repair it");
+        let peers = refusals.join("; ");
+        tracing::error!(
+            %replica, %chunk, block = block_index, %peers,
+            "checksum mismatch: no replica could repair it"
+        );
         Err(corrupt)
     }
 

@@ -782,6 +782,20 @@ fn status_table(v: &Value) -> Table {
             text(&health["pgs_down"])
         );
         table.add_row(vec!["pgs".to_string(), pgs]);
+        for pg in health["inconsistent"].as_array().into_iter().flatten() {
+            let replicas: Vec<String> = pg["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(replica_text)
+                .collect();
+            let line = format!(
+                "members hold different contents at log index {}: {} differ",
+                text(&pg["index"]),
+                replicas.join(", ")
+            );
+            table.add_row(vec![format!("inconsistent.{}", text(&pg["group"])), line]);
+        }
         let disks = format!(
             "{} in and reporting, {} in but silent, {} out",
             text(&health["disks_in_reporting"]),

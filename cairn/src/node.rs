@@ -90,6 +90,10 @@ pub struct NodeArgs {
     /// Entries a PG's log holds past its snapshot before its leader proposes a compaction.
     #[arg(long, default_value_t = cairn_storage_node::pg::COMPACT_ENTRIES_DEFAULT)]
     pg_compact_entries: u64,
+    /// Seconds between the content digests each PG's leader proposes, which the metadata
+    /// service compares across members (0: none).
+    #[arg(long, default_value_t = 600)]
+    pg_digest_secs: u64,
     /// The node's budget for copying chunks into joining replicas (recovery, rebalance), MB/s.
     #[arg(long, default_value_t = cairn_storage_node::pg::restore::RESTORE_MB_PER_S_DEFAULT)]
     restore_mb_per_s: u64,
@@ -237,6 +241,8 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     let wal = args.data.join("wal");
     let (mut host, created) = storage::start_host(me, &wal, &disks, &maps)?;
     host.set_compact_entries(args.pg_compact_entries.max(1));
+    // The host ticks every 10 ms.
+    host.set_digest_ticks(args.pg_digest_secs.saturating_mul(100));
     let hosted = host.replicas().count();
     let network = Network {
         transport: transport.clone(),

@@ -13,7 +13,7 @@ use axum::{
 };
 use cairn_common::{DiskId, GroupId, NodeId, PoolId, ReplicaId};
 use cairn_metadata::{
-    health::{DiskReport, Heartbeat, ReplicaReport},
+    health::{DigestReport, DiskReport, Heartbeat, ReplicaReport},
     state::PgMember,
 };
 use cairn_raft::{NodeConfig, file_log::FileLogStore};
@@ -278,6 +278,10 @@ pub fn heartbeat(
                 restored_bytes: r.restored_bytes,
                 needs_replacing: r.needs_replacing,
                 pg_bytes: r.pg_bytes,
+                digest: r.digest.map(|d| DigestReport {
+                    index: d.index,
+                    value: d.value,
+                }),
             })
             .collect(),
     }

@@ -514,6 +514,7 @@ mod tests {
             restored_bytes: 0,
             needs_replacing: false,
             pg_bytes: 0,
+            digest: None,
         }
     }
 

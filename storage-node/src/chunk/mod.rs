@@ -59,6 +59,7 @@
 //! blocks it covers in part by read-modify-write, and deletes a chunk left with no written
 //! block (see `discard.rs` for its crash ordering and replay).
 
+mod digest;
 mod discard;
 mod files;
 mod flush;

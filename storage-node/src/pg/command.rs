@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! version      u8    1
-//! kind         u8    1 write, 2 compact, 3 discard
+//! kind         u8    1 write, 2 compact, 3 discard, 4 digest
 //! incarnation  u64   the proposing host's incarnation (answers go only to it)
 //! request      u64   the proposer's request number
 //! write:
@@ -18,6 +18,8 @@
 //!   chunk      16    ChunkId::to_bytes
 //!   offset     u32   byte offset inside the chunk
 //!   length     u32   bytes that read as zeros afterwards (no data follows)
+//! digest:
+//!   (no body)        every replica records a digest of its chunks as of this entry
 //! ```
 //!
 //! All integers little endian. The log record around an entry carries its checksum; this
@@ -26,7 +28,9 @@
 //! Kind 3 (discard) came after the first release of version 1. It is a new kind, not a new
 //! version, because every entry written before it still decodes the same; but a build that
 //! predates it skips a discard as undecodable, so every replica of a PG must run a build that
-//! knows it before discards are proposed.
+//! knows it before discards are proposed. Kind 4 (digest) came later still, the same way; a
+//! build that predates it stops applying at one (see `PgHost::apply_entry`), so every node must
+//! run a build that knows it before its leaders propose digests.
 
 use cairn_common::{CHUNK_SIZE_MAX, ChunkId};
 
@@ -40,6 +44,7 @@ pub const WRITE_BYTES_MAX: usize = 1 << 20;
 const KIND_WRITE: u8 = 1;
 const KIND_COMPACT: u8 = 2;
 const KIND_DISCARD: u8 = 3;
+const KIND_DIGEST: u8 = 4;
 const HEADER_BYTES: usize = 1 + 1 + 8 + 8;
 const WRITE_HEADER_BYTES: usize = ChunkId::ENCODED_SIZE + 4 + 4;
 const DISCARD_BYTES: usize = ChunkId::ENCODED_SIZE + 4 + 4;
@@ -77,6 +82,10 @@ pub enum PgCommand {
         /// The last index to drop.
         index: u64,
     },
+    /// Record a digest of the PG's chunks as they stand after the entries before this one
+    /// (`ChunkStore::content_digest`). Every replica applies it at the same index, so their
+    /// digests compare without stopping writes.
+    Digest,
 }
 
 /// A command with the envelope that lets its proposer recognise it when it is applied.
@@ -124,6 +133,7 @@ impl Proposal {
             PgCommand::Write { .. } => KIND_WRITE,
             PgCommand::Compact { .. } => KIND_COMPACT,
             PgCommand::Discard { .. } => KIND_DISCARD,
+            PgCommand::Digest => KIND_DIGEST,
         });
         out.extend_from_slice(&self.incarnation.to_le_bytes());
         out.extend_from_slice(&self.request.to_le_bytes());
@@ -155,6 +165,7 @@ impl Proposal {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&length.to_le_bytes());
             }
+            PgCommand::Digest => {}
         }
         out
     }
@@ -204,6 +215,13 @@ impl Proposal {
                 }
             }
             KIND_DISCARD => decode_discard(body, bytes.len())?,
+            KIND_DIGEST if body.is_empty() => PgCommand::Digest,
+            KIND_DIGEST => {
+                return Err(CommandError::Length {
+                    declared: 0,
+                    present: body.len(),
+                });
+            }
             other => return Err(CommandError::Kind(other)),
         };
         Ok(Proposal {
@@ -302,6 +320,25 @@ mod tests {
         assert_eq!(bytes[1], 2);
         assert_eq!(Proposal::decode(&bytes), Ok(compact));
         assert!(Proposal::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// Golden bytes of a digest: the header alone; anything after it is refused.
+    #[test]
+    fn digest_is_a_header_alone() {
+        let digest = Proposal {
+            incarnation: 3,
+            request: 0,
+            command: PgCommand::Digest,
+        };
+        let bytes = digest.encode();
+        let mut expected = vec![1u8, 4];
+        expected.extend_from_slice(&3u64.to_le_bytes());
+        expected.extend_from_slice(&0u64.to_le_bytes());
+        assert_eq!(bytes, expected);
+        assert_eq!(Proposal::decode(&bytes), Ok(digest));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Proposal::decode(&longer).is_err());
     }
 
     /// Goal: entries logged before discards existed decode as they did. Method: a compaction

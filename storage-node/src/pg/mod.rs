@@ -172,6 +172,21 @@ pub const REFUSED_TICKS: u64 = 1000;
 /// Ticks between two steps of the background scrub (100 ms at 10 ms ticks).
 pub const SCRUB_STEP_TICKS_DEFAULT: u64 = 10;
 
+/// Ticks between the digests a PG's leader proposes (10 minutes at 10 ms ticks). Every replica
+/// records what it holds at the digest's log index; the metadata service compares the records
+/// from the heartbeats, so a replica that applied something differently stands out even where
+/// its checksums match what it wrongly holds (which no read and no scrub can see).
+pub const DIGEST_TICKS_DEFAULT: u64 = 60_000;
+
+/// A replica's digest of its PG's chunks as of a log index ([`PgCommand::Digest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentDigest {
+    /// The digest entry's log index: replicas' digests compare at equal indexes only.
+    pub index: u64,
+    /// [`ChunkStore::content_digest`] of the PG's chunks.
+    pub value: u64,
+}
+
 /// Bytes one scrub step reads (and verifies, repairing what fails): with a step every 100 ms,
 /// 10 MB/s per node, a small share of a disk's bandwidth (DESIGN.md invariant 4), which
 /// still walks a 1 TB disk in about 28 hours.
@@ -326,6 +341,8 @@ pub struct ReplicaState {
     /// For a leader with learners (members copying the PG), the bytes of the PG's chunks on
     /// its disk: what each of them copies in all (0 otherwise).
     pub pg_bytes: u64,
+    /// Its latest digest, if it applied one since it started (and held its chunks then).
+    pub digest: Option<ContentDigest>,
 }
 
 /// Where a write's or read's answer goes.
@@ -454,7 +471,7 @@ impl PlainOp {
                 offset,
                 length,
             } => (chunk, offset, Change::Discard(length)),
-            PgCommand::Compact { .. } => return None,
+            PgCommand::Compact { .. } | PgCommand::Digest => return None,
         };
         Some(PlainOp {
             index,
@@ -553,6 +570,10 @@ pub struct PgHost<L: LogStore> {
     scrub: Scrub,
     /// Ticks between scrub steps (0: no scrub).
     scrub_step_ticks: u64,
+    /// Ticks between the digests leaders here propose (0: none).
+    digest_ticks: u64,
+    /// Per replica, its latest digest.
+    digests: BTreeMap<ReplicaId, ContentDigest>,
 }
 
 /// The background scrub's cursor: it reads every written block of every replica here, one
@@ -630,6 +651,8 @@ impl<L: LogStore> PgHost<L> {
             remote: None,
             scrub: Scrub::default(),
             scrub_step_ticks: SCRUB_STEP_TICKS_DEFAULT,
+            digest_ticks: DIGEST_TICKS_DEFAULT,
+            digests: BTreeMap::new(),
         };
         host.refresh_directory();
         Ok(host)
@@ -849,6 +872,7 @@ impl<L: LogStore> PgHost<L> {
                         .get(&replica)
                         .is_some_and(|at| self.ticks.saturating_sub(*at) < REFUSED_TICKS),
                     pg_bytes,
+                    digest: self.digests.get(&replica).copied(),
                 })
             })
             .collect()
@@ -919,6 +943,9 @@ impl<L: LogStore> PgHost<L> {
         }
         if self.ticks.is_multiple_of(COMPACT_CHECK_TICKS) {
             self.propose_compactions();
+        }
+        if self.digest_ticks > 0 && self.ticks.is_multiple_of(self.digest_ticks) {
+            self.propose_digests();
         }
         if self.ticks.is_multiple_of(MEMBERSHIP_CHECK_TICKS) {
             self.change_memberships();
@@ -1598,6 +1625,56 @@ impl<L: LogStore> PgHost<L> {
         self.scrub_step_ticks = ticks;
     }
 
+    /// Sets the ticks between the digests this host's leaders propose (0: none; tests and
+    /// chaos runs speed it up).
+    pub fn set_digest_ticks(&mut self, ticks: u64) {
+        self.digest_ticks = ticks;
+    }
+
+    /// Proposes a digest in every PG this host leads.
+    fn propose_digests(&mut self) {
+        let leading: Vec<ReplicaId> = self
+            .node
+            .replicas()
+            .filter(|(r, _)| {
+                self.node
+                    .status(*r)
+                    .is_some_and(|s| s.role == StateRole::Leader)
+            })
+            .map(|(r, _)| r)
+            .collect();
+        for replica in leading {
+            let proposal = Proposal {
+                incarnation: self.incarnation,
+                request: 0,
+                command: PgCommand::Digest,
+            };
+            // Refused while leadership moves: the next interval proposes again.
+            let _ = self.node.propose(replica, proposal.encode());
+        }
+    }
+
+    /// Records `replica`'s digest at `index`: every entry before it is applied (plain writes
+    /// queued before a digest are applied first). A replica that has not applied anything yet
+    /// holds no chunks of its own, and one whose PG count is unknown cannot list them: neither
+    /// records one.
+    fn record_digest(&mut self, replica: ReplicaId, index: u64) {
+        let group = self.node.status(replica).map(|s| s.group);
+        let pg_count = group.and_then(|g| self.pg_counts.get(&g).copied());
+        let (Some(group), Some(pg_count)) = (group, pg_count) else {
+            self.digests.remove(&replica);
+            return;
+        };
+        if self.is_fresh(replica) {
+            self.digests.remove(&replica);
+            return;
+        }
+        let store = self.store(replica);
+        let chunks = restore::pg_chunks(store, group, pg_count);
+        let value = store.content_digest(&chunks);
+        self.digests.insert(replica, ContentDigest { index, value });
+    }
+
     /// One step of the background scrub, if one is due: reads the next piece of the replica
     /// being scrubbed (verifying every block, repairing those that fail), then moves on;
     /// after the last chunk of the last replica, a pass is counted and the next begins.
@@ -1825,6 +1902,11 @@ impl<L: LogStore> PgHost<L> {
         };
         if let PgCommand::Compact { index } = proposal.command {
             self.compact(replica, index);
+            self.set_applied(replica, entry_index);
+            return Ok(());
+        }
+        if proposal.command == PgCommand::Digest {
+            self.record_digest(replica, entry_index);
             self.set_applied(replica, entry_index);
             return Ok(());
         }

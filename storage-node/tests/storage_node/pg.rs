@@ -1234,3 +1234,109 @@ async fn stopped_by(host: &mut PgHost<FileLogStore>) -> String {
     }
     panic!("the host applied past a command it cannot apply");
 }
+
+/// Proposes one digest in every PG the host leads, then runs rounds until all of `members`
+/// record a digest newer than `after`, at one index; returns each member's.
+async fn digest_round(
+    host: &mut PgHost<FileLogStore>,
+    members: &[ReplicaId],
+    after: u64,
+) -> Vec<cairn_storage_node::pg::ContentDigest> {
+    host.set_digest_ticks(1);
+    pump(host).await;
+    host.set_digest_ticks(0);
+    for _ in 0..ROUNDS_MAX {
+        let report = host.report();
+        let digests: Vec<_> = members
+            .iter()
+            .filter_map(|m| report.iter().find(|r| r.replica == *m)?.digest)
+            .collect();
+        let done = digests.len() == members.len()
+            && digests
+                .iter()
+                .all(|d| d.index > after && d.index == digests[0].index);
+        if done {
+            return digests;
+        }
+        pump(host).await;
+    }
+    panic!("no digest from every member after {ROUNDS_MAX} rounds");
+}
+
+/// Goal: the replicas of a PG record equal digests at a digest entry's index while they hold
+/// the same contents, however a block came to read as zeros (never written, written with
+/// zeros, discarded), and a replica that holds other bytes under matching checksums (which no
+/// read and no scrub notices) records another. Method: one PG, three replicas on three disks;
+/// writes and a discard through the PG; then zeros written straight into replica 2's store,
+/// into a chunk all hold and into one only it holds (no change), then other bytes straight
+/// into replica 1's (a change only it has).
+#[test]
+fn replicas_digest_what_they_hold_at_the_same_index() {
+    use cairn_storage_node::pg::PgTarget;
+    let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
+    let dirs = [d0.path(), d1.path(), d2.path()];
+    let group = GroupId::pg(PoolId(1), 0);
+    let members: Vec<ReplicaId> = (0..3).map(|k| ReplicaId::new(NODE, 100 + k)).collect();
+    let at = |index| ChunkId {
+        pool: PoolId(1),
+        owner: OwnerId(7),
+        index,
+    };
+    block_on(async {
+        let disks = open_disks(&dirs).await;
+        let log = FileLogStore::open(log_dir.path()).expect("log");
+        let mut host =
+            PgHost::new(NodeConfig::new(NODE), log, disks.to_vec(), BTreeMap::new()).expect("host");
+        for (k, member) in members.iter().enumerate() {
+            host.create_replica(group, *member, &members, disks[k].disk_id())
+                .expect("create replica");
+        }
+        let target = PgTarget {
+            group,
+            members: members.clone(),
+            pg_count: 1,
+            epoch: 1,
+        };
+        host.set_target(target).expect("target");
+        host.set_scrub_step_ticks(0);
+        host.set_digest_ticks(0);
+        request(&mut host, |h| h.write(group, at(0), 0, pattern(1, 8192))).await;
+        request(&mut host, |h| h.write(group, at(1), 4096, vec![0; 4096])).await;
+        request(&mut host, |h| h.write(group, at(2), 0, pattern(2, 4096))).await;
+        request(&mut host, |h| h.discard(group, at(2), 0, 4096)).await;
+
+        let first = digest_round(&mut host, &members, 0).await;
+        assert!(
+            first.iter().all(|d| d.value == first[0].value),
+            "same contents, same digest: {first:?}"
+        );
+        disks[2]
+            .write(at(0), 16384, &[0; 4096])
+            .await
+            .expect("zeros into replica 2");
+        disks[2]
+            .create(at(5))
+            .await
+            .expect("a chunk only replica 2 has");
+        disks[2]
+            .write(at(5), 0, &[0; 8192])
+            .await
+            .expect("zeros into it");
+        let second = digest_round(&mut host, &members, first[0].index).await;
+        assert!(
+            second.iter().all(|d| d.value == first[0].value),
+            "zeros written read as zeros: {second:?}"
+        );
+        disks[1]
+            .write(at(0), 0, &pattern(9, 4096))
+            .await
+            .expect("other bytes into replica 1");
+        let third = digest_round(&mut host, &members, second[0].index).await;
+        assert_eq!(third[0].value, first[0].value, "replica 0 unchanged");
+        assert_eq!(third[2].value, first[0].value, "replica 2 unchanged");
+        assert_ne!(
+            third[1].value, first[0].value,
+            "replica 1 holds other bytes"
+        );
+    });
+}

@@ -782,6 +782,12 @@ fn status_table(v: &Value) -> Table {
             text(&health["pgs_down"])
         );
         table.add_row(vec!["pgs".to_string(), pgs]);
+        let contents = format!(
+            "{} with members' digests agreeing, {} differing",
+            text(&health["pgs_consistent"]),
+            text(&health["pgs_inconsistent"])
+        );
+        table.add_row(vec!["pg contents".to_string(), contents]);
         for pg in health["inconsistent"].as_array().into_iter().flatten() {
             let replicas: Vec<String> = pg["replicas"]
                 .as_array()

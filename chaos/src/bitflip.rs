@@ -23,7 +23,8 @@
 //! where L counts blocks holding none of their allowed contents (reads during the run and the
 //! final reads through each node), C blocks a final read could not get, U the checksum errors
 //! the nodes counted as unrepaired (`cairn_pg_unrepaired_checksum_errors_total`) plus the
-//! corrupt blocks the offline scrubs still find, and D the PGs not healthy at the end.
+//! corrupt blocks the offline scrubs still find, and D the PGs not healthy at the end (a PG
+//! whose members' content digests differ is not healthy: flipped bits must not change them).
 //! On stderr: `flips=F repairs=R reads_checked=K` and details. It succeeds iff L, C, U and D
 //! are 0 while N, F and R are not.
 
@@ -45,7 +46,7 @@ use serde_json::Value;
 
 use crate::{
     chunkstore_kill::Rng,
-    cluster::{Cluster, POOL, POOL_PGS, call, path_str},
+    cluster::{Cluster, POOL, POOL_PGS, call, path_str, pgs_consistent_and_healthy},
     dev_kill::{
         BLOCK, Endpoints, ReadCheck, VOLUME, VOLUME_BYTES, Victim, Writes, new_agent, run_with,
     },
@@ -499,10 +500,7 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     let (healthy, last) = victim.cluster.wait_health(HEALTH_DEADLINE, |h| {
         h["pgs_healthy"].as_u64() == Some(POOL_PGS)
     });
-    let pgs_healthy = last
-        .as_ref()
-        .and_then(|h| h["pgs_healthy"].as_u64())
-        .unwrap_or(0);
+    let pgs_healthy = last.as_ref().map_or(0, pgs_consistent_and_healthy);
     if !healthy {
         eprintln!("bitflip: not healthy within {HEALTH_DEADLINE:?}: {last:?}");
     }

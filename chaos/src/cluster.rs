@@ -36,6 +36,18 @@ pub(crate) const HEARTBEAT_TIMEOUT_S: u64 = 2;
 /// store (`--pg-compact-entries`): every few dozen writes, so compactions happen while nodes
 /// die.
 pub(crate) const PG_COMPACT_ENTRIES: u64 = 16;
+/// Seconds between the content digests PG leaders propose (`--pg-digest-secs`): every few
+/// seconds, so members' contents are compared while nodes die and at the end of every run.
+pub(crate) const PG_DIGEST_SECS: u64 = 2;
+
+/// The PGs a health report counts healthy whose members' digests also agree: one the
+/// metadata leader finds inconsistent (members holding different contents) is not healthy,
+/// whatever its liveness.
+pub(crate) fn pgs_consistent_and_healthy(health: &Value) -> u64 {
+    let healthy = health["pgs_healthy"].as_u64().unwrap_or(0);
+    let inconsistent = health["pgs_inconsistent"].as_u64().unwrap_or(0);
+    healthy.saturating_sub(inconsistent)
+}
 /// How long a new cluster may take to report every disk and every PG healthy (elections of
 /// the metadata group and of each PG, on debug builds sharing two cores).
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
@@ -382,6 +394,7 @@ impl Cluster {
                     .args(["--certs", &path_str(&self.dir.join("certs"))])
                     .args(["--token-file", &path_str(&self.dir.join("token"))])
                     .args(["--pg-compact-entries", &PG_COMPACT_ENTRIES.to_string()])
+                    .args(["--pg-digest-secs", &PG_DIGEST_SECS.to_string()])
                     .env("CAIRN_ADMIN_URL", self.admin_urls().join(","))
                     .env("CAIRN_LOG", "info")
                     .stdout(Stdio::null())

@@ -17,7 +17,8 @@
 //! summed (counters of processes killed meanwhile included: they were scraped just before each
 //! kill). The verdict line:
 //! `kill-nodes: acknowledged=N lost=L corrupt=C unrepaired=U degraded_pgs=D`, where D is the
-//! number of PGs not healthy when the heal ended (0 if it completed). Every kill is logged
+//! number of PGs not healthy when the heal ended (0 if it completed); a PG whose members'
+//! content digests differ (proposed every 2 s here) is not healthy either. Every kill is logged
 //! with its UTC time to stderr and `DIR/kills.log`, to line up with `DIR/<process>.log`; every
 //! change of the cluster's health (PG counts, replicas and leaders per node) goes to
 //! `DIR/kills.log` too.
@@ -38,7 +39,9 @@ use serde_json::Value;
 
 use crate::{
     chunkstore_kill::Rng,
-    cluster::{Cluster, HEARTBEAT_TIMEOUT_S, POOL_PGS, Probe, Role, log_file},
+    cluster::{
+        Cluster, HEARTBEAT_TIMEOUT_S, POOL_PGS, Probe, Role, log_file, pgs_consistent_and_healthy,
+    },
     dev_kill::{Endpoints, Verdict, Victim, run_with},
     utc_now,
 };
@@ -122,12 +125,15 @@ fn health_summary(health: &Value) -> String {
         })
         .collect();
     format!(
-        "health {} healthy={} degraded={} down={} settling={} replicas/leaders {}",
+        "health {} healthy={} degraded={} down={} settling={} digests agree={} differ={} \
+         replicas/leaders {}",
         health["status"],
         health["pgs_healthy"],
         health["pgs_degraded"],
         health["pgs_down"],
         health["pgs_settling"],
+        health["pgs_consistent"],
+        health["inconsistent"],
         nodes.join(" ")
     )
 }
@@ -211,10 +217,7 @@ impl Victim for KillNodes {
         let (healed, last) = self.cluster.wait_health(HEAL_DEADLINE, |h| {
             h["status"] == "healthy" && h["pgs_healthy"].as_u64() == Some(POOL_PGS)
         });
-        self.pgs_healthy = last
-            .as_ref()
-            .and_then(|h| h["pgs_healthy"].as_u64())
-            .unwrap_or(0);
+        self.pgs_healthy = last.as_ref().map_or(0, pgs_consistent_and_healthy);
         if healed {
             self.healed_after = Some(started.elapsed());
             self.note(&format!("healed after {:?}", started.elapsed()));

@@ -157,6 +157,9 @@ pub struct Health {
     pub pgs_degraded: u64,
     /// PGs with no member up.
     pub pgs_down: u64,
+    /// PGs whose members' latest comparable digests agree (at least two members reported one
+    /// at the same log index).
+    pub pgs_consistent: u64,
     /// PGs whose members' digests at one log index differ (also counted above by liveness).
     pub pgs_inconsistent: u64,
     /// Those PGs and the members that differ.
@@ -271,9 +274,13 @@ pub fn summarize(
                     Some((m.replica, *group, *digest))
                 })
                 .collect();
-            if let Some(inconsistent) = compare_digests(&reports) {
-                health.pgs_inconsistent += 1;
-                health.inconsistent.push(inconsistent);
+            match compare_digests(&reports) {
+                Some(Ok(())) => health.pgs_consistent += 1,
+                Some(Err(inconsistent)) => {
+                    health.pgs_inconsistent += 1;
+                    health.inconsistent.push(inconsistent);
+                }
+                None => {}
             }
         }
     }
@@ -313,8 +320,11 @@ pub fn summarize(
 }
 
 /// Compares one PG's members' digests at the newest index two or more of them report: `None`
-/// if they agree (or fewer than two can be compared), else the members that differ.
-fn compare_digests(reports: &[(ReplicaId, u64, DigestReport)]) -> Option<InconsistentPg> {
+/// if fewer than two can be compared, else whether they agree, with the members that differ
+/// if not.
+fn compare_digests(
+    reports: &[(ReplicaId, u64, DigestReport)],
+) -> Option<Result<(), InconsistentPg>> {
     let mut per_index: BTreeMap<u64, Vec<(ReplicaId, u64)>> = BTreeMap::new();
     for (replica, _, digest) in reports {
         per_index
@@ -328,7 +338,7 @@ fn compare_digests(reports: &[(ReplicaId, u64, DigestReport)]) -> Option<Inconsi
         *counts.entry(*value).or_default() += 1;
     }
     if counts.len() == 1 {
-        return None;
+        return Some(Ok(()));
     }
     let majority = counts
         .iter()
@@ -340,11 +350,11 @@ fn compare_digests(reports: &[(ReplicaId, u64, DigestReport)]) -> Option<Inconsi
         .map(|(replica, _)| *replica)
         .collect();
     let group = reports.first().map_or(0, |(_, group, _)| *group);
-    Some(InconsistentPg {
+    Some(Err(InconsistentPg {
         group,
         index,
         replicas,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -497,21 +507,21 @@ mod tests {
         let state = cluster();
         let digest = |index, value| Some(DigestReport { index, value });
         let mut beats = beats(&state, &[1, 2, 3]);
+        let none = summarize(&state, &at(1, beats.clone()), Duration::from_secs(30));
+        assert_eq!((none.pgs_consistent, none.pgs_inconsistent), (0, 0));
         for beat in &mut beats {
             for report in &mut beat.replicas {
                 report.digest = digest(40, 7);
             }
         }
         let healthy = summarize(&state, &at(1, beats.clone()), Duration::from_secs(30));
-        assert_eq!(
-            (healthy.pgs_inconsistent, healthy.status),
-            (0, Overall::Healthy)
-        );
+        assert_eq!((healthy.pgs_consistent, healthy.pgs_inconsistent), (4, 0));
+        assert_eq!(healthy.status, Overall::Healthy);
         // Node 3's member of PG 0 differs at index 40.
         let odd = beats[2].replicas[0].replica;
         beats[2].replicas[0].digest = digest(40, 8);
         let health = summarize(&state, &at(1, beats.clone()), Duration::from_secs(30));
-        assert_eq!(health.pgs_inconsistent, 1);
+        assert_eq!((health.pgs_consistent, health.pgs_inconsistent), (3, 1));
         assert_eq!(health.inconsistent[0].replicas, vec![odd]);
         assert_eq!(health.inconsistent[0].index, 40);
         assert_eq!(health.status, Overall::Degraded);

@@ -452,18 +452,24 @@ impl UringEngine {
             core: core.clone(),
             generation: core.reaper_generation.load(Ordering::Acquire),
         };
+        // Each task registers a descriptor of its own (a duplicate of the eventfd): a retired
+        // task may still be registered on the same runtime until its next wake-up, and epoll
+        // refuses the same descriptor twice.
+        let Ok(own) = core.event_fd.try_clone() else {
+            return;
+        };
         // AsyncFd panics on a runtime without an IO driver; there is no asking first.
         let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: `EventFd` holds the `Core` that owns the descriptor, so it stays open and
-            // the same for as long as the `AsyncFd` lives.
-            unsafe { AsyncFd::register_with_interest(EventFd(core.clone()), Interest::READABLE) }
+            // SAFETY: `EventFd` owns the descriptor, so it stays open and the same for as long
+            // as the `AsyncFd` lives.
+            unsafe { AsyncFd::register_with_interest(EventFd(own), Interest::READABLE) }
         }));
         let event_fd = match registered {
             Ok(Ok(event_fd)) => event_fd,
             Ok(Err(error)) => {
+                // Transient (descriptors, memory): the thread reaps; a later submit tries again.
                 let error = io::Error::from(error);
-                tracing::warn!(%error, "io_uring completions go through the engine thread");
-                core.no_task_reaper.store(true, Ordering::Relaxed);
+                tracing::debug!(%error, "no io_uring reaper task; the engine thread reaps");
                 return;
             }
             Err(_) => {
@@ -481,12 +487,12 @@ impl UringEngine {
     }
 }
 
-/// Gives the eventfd to tokio without giving up its ownership.
-struct EventFd(Arc<Core>);
+/// A reaper task's own descriptor of the engine's eventfd.
+struct EventFd(OwnedFd);
 
 impl AsRawFd for EventFd {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.event_fd.as_raw_fd()
+        self.0.as_raw_fd()
     }
 }
 
@@ -649,4 +655,70 @@ fn check_result(op: &IoOp, result: i32) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{self, EngineChoice};
+
+    /// Goal: a reaper task retired because its runtime stopped driving it is replaced on that
+    /// same runtime once the runtime submits again (the retired task is still registered there
+    /// until it wakes; a second registration of one descriptor would fail). Method: a
+    /// current-thread runtime submits, then blocks its thread past two watchdog ticks.
+    #[test]
+    fn a_retired_reaper_task_is_replaced_on_the_same_runtime() {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-uring-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let options = EngineOptions {
+            choice: EngineChoice::Uring,
+            queue_depth_max: 8,
+            buffer_count: 2,
+            buffer_size_bytes: 4096,
+            psync_threads: 1,
+            spin_us: 0,
+        };
+        let engine = UringEngine::new(&options).expect("engine");
+        let file = engine.open(&dir.path().join("f"), true).expect("open");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            io::sync(&engine, &file).await.expect("first sync");
+            assert!(
+                engine.core.task_reaper.load(Ordering::Acquire),
+                "a task reaps"
+            );
+            let (sender, receiver) = std::sync::mpsc::channel();
+            engine.submit(
+                IoOp::Sync { file: file.clone() },
+                Box::new(move |done: IoDone| {
+                    let _ = sender.send(done.result.is_ok());
+                }),
+            );
+            // The runtime's only thread is busy: the completion waits for the watchdog.
+            std::thread::sleep(WATCHDOG_BUSY * 10);
+            assert_eq!(
+                receiver.recv_timeout(Duration::from_secs(10)),
+                Ok(true),
+                "the engine thread reaped it"
+            );
+            assert!(
+                engine.core.reaper_generation.load(Ordering::Acquire) > 0,
+                "retired"
+            );
+            io::sync(&engine, &file)
+                .await
+                .expect("sync after the retirement");
+            assert!(
+                engine.core.task_reaper.load(Ordering::Acquire)
+                    && !engine.core.no_task_reaper.load(Ordering::Acquire),
+                "a new task reaps on the same runtime"
+            );
+            io::sync(&engine, &file).await.expect("and it works");
+        });
+    }
 }

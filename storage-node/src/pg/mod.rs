@@ -169,6 +169,15 @@ pub const LEFT_BEHIND_TICKS: u64 = 3000;
 /// one keeps refusing within this time.
 pub const REFUSED_TICKS: u64 = 1000;
 
+/// Ticks after which a PG with anything past its snapshot compacts however little its log
+/// holds (10 s at 10 ms ticks). The node's log is shared by all its replicas and lets go of
+/// segments oldest first, only once every entry in them is compacted: one idle PG's few
+/// entries (an election, say) would pin every segment written after them, and a node whose
+/// writes go to a few hot PGs filled its log device (cairn dev, writes to one chunk: 9 new
+/// 64 MiB segments every 10 s, none ever released). An idle PG thus compacts every 10 s,
+/// one small entry each time; the log holds about that long of writes.
+pub const COMPACT_IDLE_TICKS_DEFAULT: u64 = 1000;
+
 /// Ticks between two steps of the background scrub (100 ms at 10 ms ticks).
 pub const SCRUB_STEP_TICKS_DEFAULT: u64 = 10;
 
@@ -528,6 +537,8 @@ pub struct PgHost<L: LogStore> {
     applied: BTreeMap<ReplicaId, u64>,
     stats: Arc<PgStats>,
     compact_entries: u64,
+    /// Ticks after which a PG compacts however little its log holds.
+    compact_idle_ticks: u64,
     /// Set by tests: the log bytes that trigger a compaction, instead of the node's share.
     compact_bytes: Option<u64>,
     /// Per PG, the tick and index of the last compaction proposed.
@@ -631,6 +642,7 @@ impl<L: LogStore> PgHost<L> {
             applied: BTreeMap::new(),
             stats: Arc::new(PgStats::default()),
             compact_entries: COMPACT_ENTRIES_DEFAULT,
+            compact_idle_ticks: COMPACT_IDLE_TICKS_DEFAULT,
             compact_bytes: None,
             compactions: BTreeMap::new(),
             flushing: Vec::new(),
@@ -885,6 +897,13 @@ impl<L: LogStore> PgHost<L> {
         self.compact_entries = entries;
     }
 
+    /// Sets the ticks after which a PG compacts however little its log holds (tests use small
+    /// numbers; see [`COMPACT_IDLE_TICKS_DEFAULT`]).
+    pub fn set_compact_idle_ticks(&mut self, ticks: u64) {
+        assert!(ticks > 0, "idle compaction interval");
+        self.compact_idle_ticks = ticks;
+    }
+
     /// Sets how many bytes of entries a replica's log holds before its leader proposes a
     /// compaction, instead of its share of [`LOG_BYTES_NODE_MAX`] (tests use small numbers).
     pub fn set_compact_bytes(&mut self, bytes: u64) {
@@ -916,8 +935,12 @@ impl<L: LogStore> PgHost<L> {
             let recent = self.compactions.get(&group).is_some_and(|(at, proposed)| {
                 *proposed > status.snapshot_index && now.saturating_sub(*at) < COMPACT_RETRY_TICKS
             });
+            let last = self.compactions.get(&group).map_or(0, |(at, _)| *at);
+            let idle = status.applied > status.snapshot_index
+                && now.saturating_sub(last) >= self.compact_idle_ticks;
             let long = status.applied.saturating_sub(status.snapshot_index) >= self.compact_entries
-                || status.log_bytes >= bytes_max;
+                || status.log_bytes >= bytes_max
+                || idle;
             let applied = self.applied.get(&replica).copied().unwrap_or(0);
             let index = matched.min(applied);
             if recent || !long || index <= status.snapshot_index {

@@ -269,6 +269,43 @@ fn compactions_bound_the_log_and_restart_from_the_chunk_stores() {
     });
 }
 
+/// Goal: writes to one PG do not grow the node's log without bound while its other PGs sit
+/// idle (the log lets go of segments oldest first, so an idle PG's few entries pinned every
+/// segment after them). Method: 64 KiB segments, 4 PGs, 600 writes of 4 KiB to one chunk (one
+/// PG); idle PGs compact after 20 ticks. 10 segments; without idle compactions, 202.
+#[test]
+fn idle_pgs_do_not_pin_the_log() {
+    let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
+    let dirs = [d0.path(), d1.path(), d2.path()];
+    let segments = || {
+        std::fs::read_dir(log_dir.path())
+            .expect("log dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            })
+            .count()
+    };
+    block_on(async {
+        let disks = open_disks(&dirs).await;
+        let log = FileLogStore::open_with_segment_size(log_dir.path(), 64 << 10).expect("log");
+        let mut host = new_host_on(&disks, log);
+        host.set_compact_entries(8);
+        host.set_compact_idle_ticks(20);
+        let mut last = Vec::new();
+        for i in 0..600u32 {
+            let offset = (i * 4096) % CHUNK as u32;
+            last = pattern(u64::from(i), 4096);
+            write(&mut host, chunk(0), offset, &last).await;
+        }
+        let count = segments();
+        eprintln!("log segments after 600 writes to one PG: {count}");
+        assert!(count <= 30, "{count} segments of 64 KiB");
+        let offset = (599 * 4096) % CHUNK as u32;
+        assert_eq!(read(&mut host, chunk(0), offset, 4096).await, last);
+    });
+}
+
 /// Goal: a log of few but large entries is compacted by its bytes, not only by its entry
 /// count (logs live in memory until compacted). Method: 100 writes of a whole 64 KiB chunk
 /// with compactions due every 256 KiB and never by count; every replica's log stays within a

@@ -408,9 +408,10 @@ pub struct EngineOptions {
     pub buffer_size_bytes: u32,
     /// Threads of the positioned-IO fallback.
     pub psync_threads: u32,
-    /// How long the io_uring thread, and a caller waiting for it, poll before they sleep, in
-    /// microseconds, when at most [`uring::SPIN_IN_FLIGHT_MAX`] requests are in flight; 0 never
-    /// polls. Trades CPU for latency on a lightly loaded disk.
+    /// How long a caller waiting for an io_uring completion polls before it sleeps, in
+    /// microseconds, when at most [`uring::SPIN_IN_FLIGHT_MAX`] requests are in flight and
+    /// spinning has been paying ([`SpinGauge`]); 0 never polls. Trades CPU for latency on a
+    /// lightly loaded disk.
     pub spin_us: u32,
 }
 

@@ -153,7 +153,7 @@ impl Core {
         }
         let failed_before = finished.len();
         ring.enter(finished);
-        // A broken ring failed requests still in the backlog: they were counted in flight.
+        // A broken ring failed every request it held: they were counted in flight.
         let failed_now = finished.len() - failed_before;
         if failed_now > 0 {
             self.in_flight.fetch_sub(
@@ -297,9 +297,14 @@ impl Ring {
         completion.sync();
         for cqe in &mut completion {
             let slot = usize::try_from(cqe.user_data()).expect("invariant: slot fits usize");
-            let mut request = self.slots[slot]
-                .take()
-                .expect("invariant: completion for a live slot");
+            let Some(mut request) = self.slots[slot].take() else {
+                // A broken ring answered its slots already (see `break_ring`).
+                assert!(
+                    self.broken.is_some(),
+                    "invariant: completion for a live slot"
+                );
+                continue;
+            };
             self.free_slots.push(slot);
             // The engine never cancels anything; the kernel cancels what a submitting thread
             // left queued in its io-wq when it exits (a runtime's blocking thread). Submit it
@@ -348,17 +353,26 @@ impl Ring {
         }
     }
 
-    /// The kernel refused the ring itself (not one request): fail what waits for a slot and
-    /// every later request. Entries in the ring complete, or not, as the kernel decides;
-    /// their buffers stay owned by their slots, so no memory is handed back under a live IO.
+    /// The kernel refused the ring itself (not one request): fail every request, queued or in
+    /// the ring, and every later one, so no caller waits forever (and dropping the engine,
+    /// which waits for what is in flight, ends). Entries in the ring may still be carried out
+    /// by the kernel: their buffers and files are leaked, never handed back under a live IO.
     fn break_ring(&mut self, error: &io::Error, finished: &mut Finished) {
         tracing::error!(%error, "io_uring_enter failed; the engine refuses further requests");
         self.broken = Some((error.kind(), error.to_string()));
+        let refused = || io::Error::new(error.kind(), error.to_string());
         for request in self.backlog.drain(..) {
-            finished.push(failed(
-                request,
-                io::Error::new(error.kind(), error.to_string()),
-            ));
+            finished.push(failed(request, refused()));
+        }
+        for slot in &mut self.slots {
+            if let Some(Request { op, done, .. }) = slot.take() {
+                std::mem::forget(op);
+                let outcome = IoDone {
+                    buf: None,
+                    result: Err(refused()),
+                };
+                finished.push((done, outcome));
+            }
         }
     }
 }

@@ -1009,16 +1009,7 @@ impl<L: LogStore> PgHost<L> {
     /// list are removed.
     fn change_memberships(&mut self) {
         let now = self.ticks;
-        let leaders: Vec<(ReplicaId, GroupId)> = self
-            .node
-            .replicas()
-            .filter(|(r, _)| {
-                self.node
-                    .status(*r)
-                    .is_some_and(|s| s.role == StateRole::Leader)
-            })
-            .collect();
-        for (leader, group) in leaders {
+        for (leader, group) in self.leading() {
             let Some(target) = self.targets.get(&group) else {
                 continue;
             };
@@ -1664,19 +1655,21 @@ impl<L: LogStore> PgHost<L> {
         self.digest_ticks = ticks;
     }
 
-    /// Proposes a digest in every PG this host leads.
-    fn propose_digests(&mut self) {
-        let leading: Vec<ReplicaId> = self
-            .node
+    /// The replicas here that lead their PG, with the PG.
+    fn leading(&self) -> Vec<(ReplicaId, GroupId)> {
+        self.node
             .replicas()
             .filter(|(r, _)| {
                 self.node
                     .status(*r)
                     .is_some_and(|s| s.role == StateRole::Leader)
             })
-            .map(|(r, _)| r)
-            .collect();
-        for replica in leading {
+            .collect()
+    }
+
+    /// Proposes a digest in every PG this host leads.
+    fn propose_digests(&mut self) {
+        for (replica, _) in self.leading() {
             let proposal = Proposal {
                 incarnation: self.incarnation,
                 request: 0,

@@ -215,6 +215,17 @@ async fn settle_leaders(host: &mut PgHost<FileLogStore>) {
     panic!("leaders never moved to the preferred replicas");
 }
 
+/// The segment files of the Raft log in `dir`.
+fn log_segments(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("log dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        })
+        .count()
+}
+
 /// Goal: compactions keep the Raft log small, and a restart rebuilds the state from the
 /// flushed chunk stores plus the entries after the last compaction. Method: 64 KiB log
 /// segments, a compaction proposed once a PG's log holds 8 entries past its snapshot, 300
@@ -224,15 +235,7 @@ async fn settle_leaders(host: &mut PgHost<FileLogStore>) {
 fn compactions_bound_the_log_and_restart_from_the_chunk_stores() {
     let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
     let dirs = [d0.path(), d1.path(), d2.path()];
-    let segments = || {
-        std::fs::read_dir(log_dir.path())
-            .expect("log dir")
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
-            })
-            .count()
-    };
+    let segments = || log_segments(log_dir.path());
     block_on(async {
         let disks = open_disks(&dirs).await;
         let log = FileLogStore::open_with_segment_size(log_dir.path(), 64 << 10).expect("log");
@@ -277,15 +280,7 @@ fn compactions_bound_the_log_and_restart_from_the_chunk_stores() {
 fn idle_pgs_do_not_pin_the_log() {
     let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
     let dirs = [d0.path(), d1.path(), d2.path()];
-    let segments = || {
-        std::fs::read_dir(log_dir.path())
-            .expect("log dir")
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
-            })
-            .count()
-    };
+    let segments = || log_segments(log_dir.path());
     block_on(async {
         let disks = open_disks(&dirs).await;
         let log = FileLogStore::open_with_segment_size(log_dir.path(), 64 << 10).expect("log");

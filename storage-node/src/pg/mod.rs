@@ -11,8 +11,8 @@
 //!
 //! [`PgHost::write`] proposes a write through the PG's leader replica (hosted here, or
 //! `NotLeader` with a hint) and answers once the entry is committed, which means a majority of
-//! the replicas hold it in their synced Raft logs, and applied to a chunk store here. The
-//! Raft log (on the write-cache device) is the durable record; chunk stores are written
+//! the replicas hold it in their synced Raft logs; every replica then applies it to its chunk
+//! store, and reads wait for that (see Reads). The Raft log (on the write-cache device) is the durable record; chunk stores are written
 //! without a flush and are replayed from the log after a crash (writes are idempotent, and
 //! replay keeps their order).
 //!
@@ -1371,7 +1371,7 @@ impl<L: LogStore> PgHost<L> {
     }
 
     /// Writes `data` at `offset` of `chunk` through PG `group`; the receiver answers once the
-    /// write is committed and applied (see the module docs).
+    /// write is committed (see the module docs and [`PgHost::answer_committed`]).
     pub fn write(
         &mut self,
         group: GroupId,
@@ -1389,8 +1389,9 @@ impl<L: LogStore> PgHost<L> {
     }
 
     /// Discards `length` bytes at `offset` of `chunk` through PG `group`: they read as zeros
-    /// once the receiver answers, which it does once the discard is committed and applied (see
-    /// the module docs). Up to a whole chunk in one request; errors as for [`PgHost::write`].
+    /// to every read that begins once the receiver answers, which it does once the discard is
+    /// committed (see the module docs). Up to a whole chunk in one request; errors as for
+    /// [`PgHost::write`].
     pub fn discard(
         &mut self,
         group: GroupId,
@@ -1588,7 +1589,10 @@ impl<L: LogStore> PgHost<L> {
         let mut queued: BTreeMap<ReplicaId, Vec<PlainOp>> = BTreeMap::new();
         for (replica, _, applied) in applied {
             match plain_op(&applied) {
-                Some(op) => queued.entry(replica).or_default().push(op),
+                Some(op) => {
+                    self.answer_committed(&op);
+                    queued.entry(replica).or_default().push(op);
+                }
                 None => {
                     if queued.contains_key(&replica) {
                         self.apply_ops(std::mem::take(&mut queued)).await?;
@@ -1980,8 +1984,22 @@ impl<L: LogStore> PgHost<L> {
         Ok(())
     }
 
-    /// Records a write or discard applied to a replica's store and answers its client if it
-    /// waits here.
+    /// Answers the client of a committed write or discard waiting here, before any replica
+    /// applies it (which kept the next write waiting for three chunk-store writes: qd1 4 KiB
+    /// writes in `cairn dev` took 578 µs in the PG host, 330 µs answered here). The entry is
+    /// durable in a quorum's logs and every replica applies it, after a crash by replaying
+    /// the log; and a read is served only once its replica has applied up to its read
+    /// index, which covers every write answered before the read began.
+    fn answer_committed(&mut self, op: &PlainOp) {
+        if op.incarnation == self.incarnation
+            && let Some(pending) = self.writes.remove(&op.request)
+        {
+            let _ = pending.reply.send(Ok(()));
+        }
+    }
+
+    /// Records a write or discard applied to a replica's store, and answers its client if it
+    /// still waits here.
     fn op_applied(&mut self, replica: ReplicaId, op: PlainOp) {
         self.set_applied(replica, op.index);
         let counter = match op.change {

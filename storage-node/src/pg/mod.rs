@@ -1944,18 +1944,19 @@ impl<L: LogStore> PgHost<L> {
         self.apply_op(replica, op).await
     }
 
-    /// Applies queued plain writes and discards, one task per replica applying its own in log
-    /// order (its store is its own disk's), then records them in order. One that fails there
+    /// Applies queued plain writes and discards, the replicas at once (each store is its own
+    /// disk's), each replica's in log order, then records them in order. On this task, not one
+    /// spawned per replica: the hops between tasks and threads made three 4 KiB writes take
+    /// 271 µs at queue depth 1 instead of 176-186 µs. One that fails there
     /// (a corrupt edge block, a replay) and those after it on its replica go through
     /// [`PgHost::apply_op`], which repairs.
     async fn apply_ops(
         &mut self,
         queued: BTreeMap<ReplicaId, Vec<PlainOp>>,
     ) -> Result<(), PgError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (replica, ops) in queued {
+        let applying = queued.into_iter().map(|(replica, ops)| {
             let store = self.store(replica).clone();
-            tasks.spawn(async move {
+            async move {
                 let mut done = Vec::new();
                 let mut ops = ops.into_iter();
                 for op in ops.by_ref() {
@@ -1966,12 +1967,9 @@ impl<L: LogStore> PgHost<L> {
                     done.push(op);
                 }
                 (replica, done, Vec::new())
-            });
-        }
-        let mut results = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            results.push(joined.map_err(|e| PgError::Raft(format!("apply task: {e}")))?);
-        }
+            }
+        });
+        let mut results = crate::join::join_all(applying.collect()).await;
         results.sort_by_key(|(replica, _, _)| *replica);
         for (replica, done, rest) in results {
             for op in done {

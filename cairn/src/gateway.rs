@@ -104,7 +104,7 @@ fn forwarding_backend(connection: &Connection, token: String) -> GatewayBackend 
     let directory = Directory::default();
     let backend = GatewayBackend {
         connection: connection.clone(),
-        forwarder: Forwarder::new(token, None, directory.clone()),
+        forwarder: Forwarder::new(token, directory.clone()),
         targets: Arc::default(),
     };
     let refreshing = connection.clone();

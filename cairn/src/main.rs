@@ -12,6 +12,7 @@ mod gateway;
 mod iscsi;
 mod meta;
 mod node;
+mod peer;
 mod s3;
 mod storage;
 

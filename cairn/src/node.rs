@@ -28,7 +28,10 @@ use axum::{
 use cairn_client::{PgRouter, Piece};
 use cairn_common::{ChunkId, DiskId, GroupId, NodeId, OwnerId, PoolId, ReplicaId};
 use cairn_metadata::state::PgMember;
-use cairn_raft::transport::TcpTransport;
+use cairn_raft::{
+    tls::{IdentityPem, NodeIdentity},
+    transport::TcpTransport,
+};
 use cairn_storage_node::{
     ChunkStore,
     pg::{
@@ -43,6 +46,7 @@ use serde_json::{Value, json};
 use crate::{
     admin::{Connection, Method, call},
     data::{self, DataError, Target, TargetCache},
+    peer::{self, DataListener, DataPeer},
     storage::{self, PoolMap},
 };
 
@@ -247,10 +251,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     let network = Network {
         transport: transport.clone(),
         incoming,
-        source: Arc::new(HttpChunkSource {
-            token: token.clone(),
-            directory: directory.clone(),
-        }),
+        source: Arc::new(HttpChunkSource::new(identity.pem(), directory.clone())?),
     };
     let stats = host.stats();
     let replicas = host.directory();
@@ -266,7 +267,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         token: token.clone(),
         pgs: pgs.clone(),
         chunk_size: disks[0].chunk_size_bytes(),
-        forwarder: Forwarder::new(token, Some(me), directory.clone()),
+        forwarder: Forwarder::for_node(me, identity.pem(), directory.clone())?,
         replicas,
         targets: Arc::default(),
     };
@@ -294,8 +295,9 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     }
     let data_listen = args.data_listen;
     let served_disks = disks.clone();
+    let served_as = identity.clone();
     tokio::spawn(async move {
-        if let Err(e) = serve_data(data_listen, backend, stats, served_disks).await {
+        if let Err(e) = serve_data(data_listen, &served_as, backend, stats, served_disks).await {
             tracing::error!("{e}");
             eprintln!("cairn node: {e}");
             std::process::exit(1);
@@ -468,8 +470,9 @@ impl Directory {
 /// Forwarding hops a piece may take before the client is told to retry.
 const FORWARD_HOPS_MAX: usize = 3;
 
-/// Sends pieces to the storage node leading their PG, over its data API (behind the token).
-/// One HTTP agent for all of them, so connections to a node are kept and reused.
+/// Sends pieces to the storage node leading their PG, over its data API: from a node over
+/// mutual TLS (see [`crate::peer`]), from a gateway over HTTP behind the token. One HTTP agent
+/// for all of them, so connections to a node are kept and reused.
 #[derive(Clone)]
 pub(crate) struct Forwarder {
     token: String,
@@ -477,21 +480,44 @@ pub(crate) struct Forwarder {
     me: Option<NodeId>,
     directory: Directory,
     agent: ureq::Agent,
+    /// True when `agent` speaks mutual TLS as this node.
+    as_node: bool,
 }
 
+/// Longest a forwarded piece may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl Forwarder {
-    pub(crate) fn new(token: String, me: Option<NodeId>, directory: Directory) -> Forwarder {
+    /// A gateway's forwarder: HTTP with the token.
+    pub(crate) fn new(token: String, directory: Directory) -> Forwarder {
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(15)))
+            .timeout_global(Some(FORWARD_TIMEOUT))
             .http_status_as_error(false)
             .build()
             .into();
         Forwarder {
             token,
-            me,
+            me: None,
             directory,
             agent,
+            as_node: false,
         }
+    }
+
+    /// Node `me`'s forwarder: mutual TLS as `identity`.
+    pub(crate) fn for_node(
+        me: NodeId,
+        identity: &IdentityPem,
+        directory: Directory,
+    ) -> Result<Forwarder, String> {
+        let agent = peer::node_agent(identity, directory.data_addrs.clone(), FORWARD_TIMEOUT)?;
+        Ok(Forwarder {
+            token: String::new(),
+            me: Some(me),
+            directory,
+            agent,
+            as_node: true,
+        })
     }
 
     fn forget_leader(&self, group: GroupId) {
@@ -501,7 +527,7 @@ impl Forwarder {
 
     /// The node to send a piece of `group` to: the leader last heard of (`hint` first), else
     /// the preferred one; `None` if that is this node or unknown.
-    fn next_hop(&self, group: GroupId, hint: Option<ReplicaId>) -> Option<SocketAddr> {
+    fn next_hop(&self, group: GroupId, hint: Option<ReplicaId>) -> Option<(NodeId, SocketAddr)> {
         let node = {
             let mut router = self.directory.router.lock().expect("not poisoned");
             if let Some(hint) = hint {
@@ -513,47 +539,52 @@ impl Forwarder {
             return None;
         }
         let addrs = self.directory.data_addrs.lock().expect("not poisoned");
-        addrs.get(&node.0).copied()
+        Some((node, addrs.get(&node.0).copied()?))
     }
 
     /// Sends a piece request to another node's data API.
     async fn forward(
         &self,
-        addr: SocketAddr,
+        (node, addr): (NodeId, SocketAddr),
         group: GroupId,
         piece: Piece,
         op: &PieceOp,
     ) -> Result<Vec<u8>, DataError> {
         let c = piece.chunk;
-        let mut url = format!(
-            "http://{addr}/v1/pieces/{}/{}/{}/{}?offset={}",
+        let mut path = format!(
+            "/v1/pieces/{}/{}/{}/{}?offset={}",
             group.0, c.pool.0, c.owner.0, c.index, piece.offset
         );
         if !matches!(op, PieceOp::Write(_)) {
-            url.push_str(&format!("&length={}", piece.length));
+            path.push_str(&format!("&length={}", piece.length));
         }
-        let auth = format!("Bearer {}", self.token);
+        let url = if self.as_node {
+            peer::node_url(node, addr.port(), &path)
+        } else {
+            format!("http://{addr}{path}")
+        };
+        // A node's certificate speaks for it; only a gateway sends the token.
+        let auth = (!self.as_node).then(|| format!("Bearer {}", self.token));
         // Unknown (no map yet) goes as 0: any node with a map then answers with a newer one.
         let epoch = self.directory.epoch(group).unwrap_or(0).to_string();
         let agent = self.agent.clone();
         let op = op.clone();
         let answer = tokio::task::spawn_blocking(move || {
+            fn headed<B>(
+                request: ureq::RequestBuilder<B>,
+                auth: &Option<String>,
+                epoch: &str,
+            ) -> ureq::RequestBuilder<B> {
+                let request = request.header(MAP_EPOCH_HEADER, epoch);
+                match auth {
+                    Some(auth) => request.header("Authorization", auth),
+                    None => request,
+                }
+            }
             let response = match &op {
-                PieceOp::Write(data) => agent
-                    .put(&url)
-                    .header("Authorization", &auth)
-                    .header(MAP_EPOCH_HEADER, &epoch)
-                    .send(&data[..]),
-                PieceOp::Read => agent
-                    .get(&url)
-                    .header("Authorization", &auth)
-                    .header(MAP_EPOCH_HEADER, &epoch)
-                    .call(),
-                PieceOp::Discard => agent
-                    .delete(&url)
-                    .header("Authorization", &auth)
-                    .header(MAP_EPOCH_HEADER, &epoch)
-                    .call(),
+                PieceOp::Write(data) => headed(agent.put(&url), &auth, &epoch).send(&data[..]),
+                PieceOp::Read => headed(agent.get(&url), &auth, &epoch).call(),
+                PieceOp::Discard => headed(agent.delete(&url), &auth, &epoch).call(),
             };
             let mut response = response.map_err(|e| format!("{url}: {e}"))?;
             let status = response.status().as_u16();
@@ -877,32 +908,34 @@ async fn piece_route(
 
 /// Where a joining replica here copies chunks from a replica on another node: that node's
 /// data API (`/v1/pg-chunks/...`, behind the token).
+/// Over mutual TLS, as this node (see [`crate::peer`]): only nodes may copy a PG's chunks.
 struct HttpChunkSource {
-    token: String,
     directory: Directory,
+    agent: ureq::Agent,
 }
 
 impl HttpChunkSource {
+    fn new(identity: &IdentityPem, directory: Directory) -> Result<HttpChunkSource, String> {
+        let agent = peer::node_agent(
+            identity,
+            directory.data_addrs.clone(),
+            Duration::from_secs(30),
+        )?;
+        Ok(HttpChunkSource { directory, agent })
+    }
+
     /// GETs `path` from the data API of `from`'s node, at most `limit` bytes.
     async fn get(&self, from: ReplicaId, path: String, limit: u64) -> Result<Vec<u8>, String> {
+        let node = from.node();
         let addr = {
             let addrs = self.directory.data_addrs.lock().expect("not poisoned");
-            addrs.get(&from.node().0).copied()
+            addrs.get(&node.0).copied()
         };
-        let addr = addr.ok_or_else(|| format!("no data address known for {}", from.node()))?;
-        let url = format!("http://{addr}{path}");
-        let auth = format!("Bearer {}", self.token);
+        let addr = addr.ok_or_else(|| format!("no data address known for {node}"))?;
+        let url = peer::node_url(node, addr.port(), &path);
+        let agent = self.agent.clone();
         tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(30)))
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut response = agent
-                .get(&url)
-                .header("Authorization", &auth)
-                .call()
-                .map_err(|e| format!("{url}: {e}"))?;
+            let mut response = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
             let status = response.status().as_u16();
             let body = response
                 .body_mut()
@@ -1086,12 +1119,16 @@ fn chunk_location(
     axum::Json(Value::Array(found)).into_response()
 }
 
-/// Refuses requests without the admin token (compared in constant time).
+/// Refuses requests without the admin token (compared in constant time), unless they come
+/// from a node of the cluster (a TLS connection with its certificate: see [`crate::peer`]).
 async fn require_token(
     State(token): State<Arc<String>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if peer::from_node(&request) {
+        return next.run(request).await;
+    }
     let given = request
         .headers()
         .get("authorization")
@@ -1116,9 +1153,10 @@ async fn require_token(
 }
 
 /// Serves the data API (volume data, pieces from other nodes, Prometheus counters) on
-/// `listen`.
+/// `listen`: plain HTTP behind the token, and mutual TLS for the other nodes as `identity`.
 async fn serve_data(
     listen: SocketAddr,
+    identity: &NodeIdentity,
     backend: NodeBackend,
     stats: Arc<PgStats>,
     disks: Vec<Arc<ChunkStore>>,
@@ -1147,11 +1185,12 @@ async fn serve_data(
         )
         .route(
             "/v1/pg-chunks/{replica}",
-            axum::routing::get(pg_chunks_route),
+            axum::routing::get(pg_chunks_route)
+                .layer(axum::middleware::from_fn(peer::require_node)),
         )
         .route(
             "/v1/pg-chunks/{replica}/{pool}/{owner}/{index}",
-            axum::routing::get(pg_chunk_route),
+            axum::routing::get(pg_chunk_route).layer(axum::middleware::from_fn(peer::require_node)),
         )
         .layer(axum::extract::DefaultBodyLimit::max(WRITE_BYTES_MAX + 4096))
         .with_state(backend.clone())
@@ -1160,9 +1199,13 @@ async fn serve_data(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
-    axum::serve(listener, router)
-        .await
-        .map_err(|e| format!("data API: {e}"))
+    let listener = DataListener::new(listener, identity)?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<DataPeer>(),
+    )
+    .await
+    .map_err(|e| format!("data API: {e}"))
 }
 
 #[cfg(test)]

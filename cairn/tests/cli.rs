@@ -1100,6 +1100,14 @@ fn storage_nodes_rebalance_drain_and_recover() {
     let (code, out, err) = cairn_with_env(&["rebalance", "status", "--json"], &env);
     assert_eq!(code, 0, "{out}{err}");
     assert!(read_back(3), "read through node 5 after the rebalance");
+    // The copies above went over mutual TLS between nodes; the admin token alone copies
+    // nothing.
+    let copy = http_get(
+        &format!("127.0.0.1:{}", ports[0].1),
+        "/v1/pg-chunks/1",
+        TOKEN,
+    );
+    assert!(copy.starts_with("HTTP/1.1 403"), "{copy}");
     // A node holding members cannot be removed; drained, it can.
     let (code, out, err) = cairn_with_env(&["node", "remove", "4"], &env);
     assert_ne!(code, 0, "node 4 holds members: {out}{err}");

@@ -475,13 +475,13 @@ const FORWARD_HOPS_MAX: usize = 3;
 /// for all of them, so connections to a node are kept and reused.
 #[derive(Clone)]
 pub(crate) struct Forwarder {
-    token: String,
-    /// This process's node, if it is one: pieces for it are not sent over the network.
+    /// This process's node, if it is one: pieces for it are not sent over the network, and
+    /// `agent` speaks mutual TLS as it.
     me: Option<NodeId>,
+    /// A gateway's admin token (`None` on a node, whose certificate speaks for it).
+    token: Option<String>,
     directory: Directory,
     agent: ureq::Agent,
-    /// True when `agent` speaks mutual TLS as this node.
-    as_node: bool,
 }
 
 /// Longest a forwarded piece may take.
@@ -496,11 +496,10 @@ impl Forwarder {
             .build()
             .into();
         Forwarder {
-            token,
             me: None,
+            token: Some(token),
             directory,
             agent,
-            as_node: false,
         }
     }
 
@@ -512,11 +511,10 @@ impl Forwarder {
     ) -> Result<Forwarder, String> {
         let agent = peer::node_agent(identity, directory.data_addrs.clone(), FORWARD_TIMEOUT)?;
         Ok(Forwarder {
-            token: String::new(),
             me: Some(me),
+            token: None,
             directory,
             agent,
-            as_node: true,
         })
     }
 
@@ -558,13 +556,13 @@ impl Forwarder {
         if !matches!(op, PieceOp::Write(_)) {
             path.push_str(&format!("&length={}", piece.length));
         }
-        let url = if self.as_node {
-            peer::node_url(node, addr.port(), &path)
-        } else {
-            format!("http://{addr}{path}")
+        let (url, auth) = match &self.token {
+            Some(token) => (
+                format!("http://{addr}{path}"),
+                Some(format!("Bearer {token}")),
+            ),
+            None => (peer::node_url(node, addr.port(), &path), None),
         };
-        // A node's certificate speaks for it; only a gateway sends the token.
-        let auth = (!self.as_node).then(|| format!("Bearer {}", self.token));
         // Unknown (no map yet) goes as 0: any node with a map then answers with a newer one.
         let epoch = self.directory.epoch(group).unwrap_or(0).to_string();
         let agent = self.agent.clone();

@@ -126,6 +126,9 @@ pub struct InconsistentPg {
     /// The members whose digest differs from the majority's (all that reported, if none has
     /// a majority).
     pub replicas: Vec<ReplicaId>,
+    /// Whether more than half of the members compared agree: then `replicas` diverged from
+    /// them, and the scheduler replaces them (see [`crate::scheduler`]).
+    pub majority: bool,
 }
 
 /// The cluster in one word, worst first.
@@ -322,7 +325,7 @@ pub fn summarize(
 /// Compares one PG's members' digests at the newest index two or more of them report: `None`
 /// if fewer than two can be compared, else whether they agree, with the members that differ
 /// if not.
-fn compare_digests(
+pub(crate) fn compare_digests(
     reports: &[(ReplicaId, u64, DigestReport)],
 ) -> Option<Result<(), InconsistentPg>> {
     let mut per_index: BTreeMap<u64, Vec<(ReplicaId, u64)>> = BTreeMap::new();
@@ -354,6 +357,7 @@ fn compare_digests(
         group,
         index,
         replicas,
+        majority: majority.is_some(),
     }))
 }
 
@@ -524,6 +528,7 @@ mod tests {
         assert_eq!((health.pgs_consistent, health.pgs_inconsistent), (3, 1));
         assert_eq!(health.inconsistent[0].replicas, vec![odd]);
         assert_eq!(health.inconsistent[0].index, 40);
+        assert!(health.inconsistent[0].majority);
         assert_eq!(health.status, Overall::Degraded);
         // At a newer index the others have not reached yet: nothing to compare there, and the
         // newest index two members share (40, where they agree) is used.
@@ -535,6 +540,7 @@ mod tests {
         beats[1].replicas[0].digest = digest(40, 9);
         let split = summarize(&state, &at(1, beats), Duration::from_secs(30));
         assert_eq!(split.inconsistent[0].replicas.len(), 3);
+        assert!(!split.inconsistent[0].majority);
     }
 
     #[test]

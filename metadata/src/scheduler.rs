@@ -11,9 +11,11 @@
 //! Definitions (all from the inputs):
 //! - a node is *fresh* if its latest heartbeat is at most `timeout` old;
 //! - a member is *up* if a fresh heartbeat of its own node lists its replica;
-//! - a member is *lost* if its disk is marked out, or if this member has led for at least
-//!   `timeout` and the member is not up (a new leader has heard from no one yet, so silence is
-//!   judged only after one timeout of leading);
+//! - a member is *lost* if its disk is marked out, if it reports it needs replacing, if it
+//!   *diverged* (its digest of the PG's contents differs from the one a majority of the
+//!   members report at the same log index: see [`crate::health`]), or if this member has led
+//!   for at least `timeout` and the member is not up (a new leader has heard from no one yet,
+//!   so silence is judged only after one timeout of leading);
 //! - a PG is *settled* when a fresh heartbeat reports its leader with `voters` equal to the
 //!   map's members and no learners.
 //!
@@ -22,6 +24,9 @@
 //!   fewer settle, counting the ones this plan starts;
 //! - one move per PG per plan, and only for a settled PG: a PG whose last change has not
 //!   settled could otherwise have two members copying at once;
+//! - a settled PG whose leader diverged changes its preferred leader to an up member that did
+//!   not (the PG's host hands leadership over), and moves no member meanwhile: a new member
+//!   copies the leader's chunks;
 //! - recovery first: a settled PG with a lost member and a strict majority of members up
 //!   moves one lost member (a silent one before one merely marked out) to the target disk
 //!   carrying the fewest PG members for its capacity (ties: lower disk id). Without a majority
@@ -51,7 +56,7 @@ use cairn_common::{DiskId, GroupId, ReplicaId};
 use serde::Serialize;
 
 use crate::{
-    health::{Heartbeat, ReplicaReport},
+    health::{Heartbeat, ReplicaReport, compare_digests},
     placement::{Disk, DiskState},
     state::{Command, MetaState, PgMember, Pool, host_node},
 };
@@ -230,6 +235,8 @@ struct View<'a> {
     groups: BTreeMap<u64, Vec<&'a ReplicaReport>>,
     /// True once this member has led for a timeout: silence means lost.
     judge_silence: bool,
+    /// Members whose digest differs from their PG's majority's (module docs).
+    diverged: BTreeSet<ReplicaId>,
 }
 
 impl<'a> View<'a> {
@@ -239,6 +246,7 @@ impl<'a> View<'a> {
             up: BTreeMap::new(),
             groups: BTreeMap::new(),
             judge_silence: input.leading_for >= input.timeout,
+            diverged: BTreeSet::new(),
         };
         for (node, (age, beat)) in input.heartbeats {
             if *age > input.timeout {
@@ -252,6 +260,22 @@ impl<'a> View<'a> {
                 view.groups.entry(report.group).or_default().push(report);
             }
         }
+        for (_, pool) in input.state.pools() {
+            for members in &pool.pg_map {
+                let digests: Vec<_> = members
+                    .iter()
+                    .filter_map(|m| {
+                        let report = view.up.get(&m.replica)?;
+                        Some((m.replica, report.group, report.digest?))
+                    })
+                    .collect();
+                if let Some(Err(differing)) = compare_digests(&digests)
+                    && differing.majority
+                {
+                    view.diverged.extend(differing.replicas);
+                }
+            }
+        }
         view
     }
 
@@ -263,7 +287,8 @@ impl<'a> View<'a> {
             .up
             .get(&member.replica)
             .is_some_and(|r| r.needs_replacing);
-        out || stuck || (self.judge_silence && !self.up.contains_key(&member.replica))
+        let diverged = self.diverged.contains(&member.replica);
+        out || stuck || diverged || (self.judge_silence && !self.up.contains_key(&member.replica))
     }
 
     /// The PG's leader as reported: of several claims (a deposed leader not yet told), the
@@ -385,6 +410,27 @@ fn recover(state: &MetaState, view: &View, settled: &[Pg], moves: &mut Moves) {
         if moves.budget == 0 {
             return;
         }
+        if let Some(leader) = view.leader(pg.group())
+            && view.diverged.contains(&leader.replica)
+        {
+            // A new member would copy this leader's chunks: lead from a member that did not
+            // diverge first (module docs).
+            let sound = pg
+                .members
+                .iter()
+                .find(|m| view.up.contains_key(&m.replica) && !view.diverged.contains(&m.replica));
+            let preferred = pg.members.first().map(|m| m.replica);
+            if let Some(sound) = sound
+                && preferred != Some(sound.replica)
+            {
+                moves.commands.push(Command::SetPgLeader {
+                    pool: pg.name.to_string(),
+                    pg: pg.index,
+                    replica: sound.replica,
+                });
+            }
+            continue;
+        }
         let up = pg
             .members
             .iter()
@@ -476,6 +522,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        health::DigestReport,
         placement::FailureDomain,
         state::{Applied, tests::disk},
     };
@@ -684,6 +731,79 @@ mod tests {
             panic!("not a move");
         };
         assert_eq!(*from, stuck);
+    }
+
+    /// Sets the digest every member of PG 0 reports: `odd` reports another value.
+    fn digests(beats: &mut BTreeMap<u64, (Duration, Heartbeat)>, group: u64, odd: &[ReplicaId]) {
+        for (_, beat) in beats.values_mut() {
+            for report in beat.replicas.iter_mut().filter(|r| r.group == group) {
+                let value = if odd.contains(&report.replica) { 8 } else { 7 };
+                report.digest = Some(DigestReport { index: 40, value });
+            }
+        }
+    }
+
+    /// Goal: a member whose contents differ from the majority's is replaced (the new member
+    /// copies the leader's chunks); a leader that differs first hands the PG's leadership to
+    /// a member that does not; with no majority nothing moves. Method: 4 hosts, one PG, every
+    /// node fresh, digests set per member.
+    #[test]
+    fn a_member_whose_contents_differ_is_replaced() {
+        let mut state = cluster(4, 1);
+        let members = state.pool("p").expect("pool").pg_map[0].clone();
+        let group = GroupId::pg(state.pool("p").expect("pool").id, 0).0;
+        let mut heartbeats = beats(&state, &[1, 2, 3, 4]);
+        digests(&mut heartbeats, group, &[]);
+        let planned = plan(&input(&state, &heartbeats));
+        assert!(planned.moves.is_empty(), "agreeing members: {planned:?}");
+
+        // A follower differs: it moves, to the free host.
+        digests(&mut heartbeats, group, &[members[2].replica]);
+        let planned = plan(&input(&state, &heartbeats));
+        let [Command::MovePgMember { from, to, .. }] = &planned.moves[..] else {
+            panic!("one move: {planned:?}");
+        };
+        assert_eq!(*from, members[2].replica);
+        assert!(!hosts_of(&state, &members).contains(&state.disk(*to).expect("disk").host.0));
+
+        // The leader (the first member: see `beats`) differs: leadership moves first.
+        digests(&mut heartbeats, group, &[members[0].replica]);
+        let planned = plan(&input(&state, &heartbeats));
+        let [Command::SetPgLeader { replica, .. }] = &planned.moves[..] else {
+            panic!("one leader change: {planned:?}");
+        };
+        assert_eq!(*replica, members[1].replica);
+        apply_all(&mut state, &planned.moves);
+        // Until the leader changes, nothing more (the map already prefers the sound member).
+        let planned = plan(&input(&state, &heartbeats));
+        assert!(planned.moves.is_empty(), "{planned:?}");
+        // Once it leads, the odd member moves.
+        for (_, beat) in heartbeats.values_mut() {
+            for report in beat.replicas.iter_mut().filter(|r| r.group == group) {
+                let voters = report.voters.clone();
+                report.leader = report.replica == members[1].replica;
+                report.voters = if report.leader {
+                    members.iter().map(|m| m.replica).collect()
+                } else {
+                    voters
+                };
+            }
+        }
+        let planned = plan(&input(&state, &heartbeats));
+        let [Command::MovePgMember { from, .. }] = &planned.moves[..] else {
+            panic!("one move: {planned:?}");
+        };
+        assert_eq!(*from, members[0].replica);
+
+        // No majority (all three differ): nobody knows which is right; nothing moves.
+        for (_, beat) in heartbeats.values_mut() {
+            for report in beat.replicas.iter_mut().filter(|r| r.group == group) {
+                let value = report.replica.0;
+                report.digest = Some(DigestReport { index: 40, value });
+            }
+        }
+        let planned = plan(&input(&state, &heartbeats));
+        assert!(planned.moves.is_empty(), "{planned:?}");
     }
 
     /// Goal: after a recovery the preferred leaders are spread over the disks again (within

@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use cairn_common::{ChunkId, OwnerId, PoolId};
+use cairn_common::{ChunkId, OwnerId, PoolId, ReplicaId};
 use cairn_storage_node::{ChunkStore, ChunkStoreOptions};
 
 fn cairn(args: &[&str]) -> (i32, String, String) {
@@ -606,6 +606,15 @@ impl Drop for Killed {
     }
 }
 
+/// Stops a process with SIGTERM (a storage node flushes its chunk stores) and waits for it.
+fn terminate(mut process: Killed) {
+    let pid = libc::pid_t::try_from(process.0.id()).expect("pid");
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+    let status = process.0.wait().expect("wait");
+    assert!(status.success(), "stopped with {status}");
+}
+
 /// `cairn node run` for node `id` with one disk under `dir`, on fixed ports.
 fn start_node(dir: &Path, id: u64, ports: (u16, u16), env: &[(&str, &str)]) -> Killed {
     start_node_with(dir, id, ports, env, &[])
@@ -720,11 +729,24 @@ fn start_three_nodes_with_a_volume(
     env: &[(&str, &str)],
     first_node_args: &[&str],
 ) -> Vec<Killed> {
+    start_three_nodes_with_args(dir, ports, env, |i| {
+        if i == 0 {
+            first_node_args.to_vec()
+        } else {
+            Vec::new()
+        }
+    })
+}
+
+/// [`start_three_nodes_with_a_volume`] with more arguments for node `2 + i` from `args(i)`.
+fn start_three_nodes_with_args<'a>(
+    dir: &Path,
+    ports: &[(u16, u16)],
+    env: &[(&str, &str)],
+    args: impl Fn(usize) -> Vec<&'a str>,
+) -> Vec<Killed> {
     let nodes: Vec<Killed> = (0..3)
-        .map(|i| {
-            let more = if i == 0 { first_node_args } else { &[] };
-            start_node_with(dir, 2 + i as u64, ports[i], env, more)
-        })
+        .map(|i| start_node_with(dir, 2 + i as u64, ports[i], env, &args(i)))
         .collect();
     wait_health(env, "three disks reporting", |h| {
         h["disks_in_reporting"] == 3
@@ -1042,6 +1064,147 @@ fn iscsi_session_as(
         .login(initiator_name, target, Some(("cairn", secret.as_bytes())))
         .map_err(|e| e.to_string())?;
     Ok(initiator)
+}
+
+/// Goal: a replica whose contents differ from its PG's other members' (bytes written behind
+/// the PG's back with a checksum that matches them, which no read or scrub can tell) is found
+/// by the content digests and replaced by a copy of the leader's; the volume reads as the
+/// majority holds it. Method: nodes 2-4 proposing digests every second, 1 MiB written; node
+/// 4 stopped, one never-written block of its copy of chunk 0 written straight into its chunk
+/// store; node 4 back: health names its member as differing; rebalance paused and node 5
+/// added: node 4's copy of chunk 0 goes (its member moved) and every PG is healthy with its
+/// members agreeing; the volume reads back as written through nodes 2 and 5. With diverged
+/// members not counted as lost, the test fails.
+#[test]
+fn a_replica_whose_contents_differ_is_replaced() {
+    let (dir, _meta, url) = start_cluster_meta("cairn-diverge-test-", 6);
+    let env = [
+        ("CAIRN_ADMIN_URL", url.as_str()),
+        ("CAIRN_ADMIN_TOKEN", TOKEN),
+    ];
+    let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
+    let digests = ["--pg-digest-secs", "1"];
+    let mut nodes = start_three_nodes_with_args(dir.path(), &ports, &env, |_| digests.to_vec());
+    let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, &bytes).expect("input");
+    let (code, out, err) = via_node(
+        ports[0].1,
+        &["volume", "write", "v", "0", &input.to_string_lossy()],
+    );
+    assert_eq!(code, 0, "write: {out}{err}");
+    wait_health_for(&env, "digests agreeing", 60, |h| {
+        h["pgs_consistent"] == 8 && h["pgs_inconsistent"] == 0
+    });
+    let id = |kind: &str| {
+        let (code, out, err) = cairn_with_env(&[kind, "list", "--json"], &env);
+        assert_eq!(code, 0, "{out}{err}");
+        let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+        list.as_array().expect("a list")[0]["id"].clone()
+    };
+    let pool = id("pool").as_u64().expect("pool id");
+    let owner = u64::from_str_radix(id("volume").as_str().expect("volume id"), 16).expect("hex");
+    let chunk = ChunkId {
+        pool: PoolId(u32::try_from(pool).expect("pool id")),
+        owner: OwnerId(owner),
+        index: 0,
+    };
+
+    // Node 4 (every node holds every chunk: 3 hosts, 3 replicas) gets other bytes in block
+    // 1000 of chunk 0, past the 1 MiB written: no log entry rewrites it at the restart. First
+    // it must have applied the write (acknowledged once two members hold it).
+    let location = format!("/v1/debug/chunk-location/{pool}/{owner}/0?block=0");
+    let node4 = format!("127.0.0.1:{}", ports[2].1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !http_get(&node4, &location, TOKEN).contains("\"path\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 4 never stored chunk 0"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    terminate(nodes.remove(2));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let options = ChunkStoreOptions {
+            create: false,
+            ..ChunkStoreOptions::default()
+        };
+        let disk = dir.path().join("n4").join("disk");
+        let store = ChunkStore::open(&disk, &options)
+            .await
+            .expect("open node 4's disk");
+        store
+            .write(chunk, 1000 * 4096, &[0xd1; 4096])
+            .await
+            .expect("write behind the PG's back");
+        store.flush().await.expect("flush");
+    });
+    nodes.push(start_node_with(dir.path(), 4, ports[2], &env, &digests));
+    wait_health_for(&env, "node 4's member named as differing", 60, |h| {
+        h["inconsistent"].as_array().is_some_and(|pgs| {
+            pgs.iter().any(|pg| {
+                let replicas = pg["replicas"].as_array().into_iter().flatten();
+                pg["majority"] == true
+                    && replicas
+                        .filter_map(|r| r.as_u64())
+                        .any(|r| ReplicaId(r).node().0 == 4)
+            })
+        })
+    });
+    // Only a recovery may move members from here: node 5 is the free host for the move.
+    let (code, out, err) = cairn_with_env(&["rebalance", "pause"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    nodes.push(start_node_with(dir.path(), 5, ports[3], &env, &digests));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while http_get(&node4, &location, TOKEN).contains("\"path\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 4's differing member was never replaced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    wait_health_for(&env, "healthy with every PG's members agreeing", 60, |h| {
+        h["status"] == "healthy" && h["pgs_consistent"] == 8 && h["pgs_inconsistent"] == 0
+    });
+    let output = dir.path().join("out.bin");
+    for port in [ports[0].1, ports[3].1] {
+        let out_path = output.to_string_lossy();
+        let length = bytes.len().to_string();
+        let (code, out, err) = via_node(
+            port,
+            &["volume", "read", "v", "0", &length, "--out", &out_path],
+        );
+        assert_eq!(code, 0, "read: {out}{err}");
+        assert!(
+            std::fs::read(&output).expect("output") == bytes,
+            "read back"
+        );
+    }
+    let tail = 1000 * 4096;
+    let (code, out, err) = via_node(
+        ports[3].1,
+        &[
+            "volume",
+            "read",
+            "v",
+            &tail.to_string(),
+            "4096",
+            "--out",
+            &output.to_string_lossy(),
+        ],
+    );
+    assert_eq!(code, 0, "read: {out}{err}");
+    assert!(
+        std::fs::read(&output)
+            .expect("output")
+            .iter()
+            .all(|b| *b == 0),
+        "the block written behind the PG's back is not what the volume holds"
+    );
 }
 
 /// Goal: the scheduler moves PG members: a node added to a running cluster receives its share

@@ -356,6 +356,11 @@ pub async fn serve_with(
         config.members.clone(),
         extra(handle.clone()),
     );
+    // No Nagle: a response written in two pieces (headers, then a body) would otherwise wait
+    // for the client's ACK of the first.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!("admin API stopped: {e}");

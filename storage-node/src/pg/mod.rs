@@ -12,9 +12,9 @@
 //! [`PgHost::write`] proposes a write through the PG's leader replica (hosted here, or
 //! `NotLeader` with a hint) and answers once the entry is committed, which means a majority of
 //! the replicas hold it in their synced Raft logs; every replica then applies it to its chunk
-//! store, and reads wait for that (see Reads). The Raft log (on the write-cache device) is the durable record; chunk stores are written
-//! without a flush and are replayed from the log after a crash (writes are idempotent, and
-//! replay keeps their order).
+//! store, and reads wait for that (see Reads). The Raft log (on the write-cache device) is the
+//! durable record; chunk stores are written without a flush and are replayed from the log
+//! after a crash (writes are idempotent, and replay keeps their order).
 //!
 //! # Discards
 //!

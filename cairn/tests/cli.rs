@@ -24,12 +24,26 @@ fn cairn_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
     )
 }
 
-fn write_chunks(dir: &Path) -> (std::path::PathBuf, u64) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `future` on a runtime of its own (chunk stores opened by a test).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    runtime.block_on(async {
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// Polls `done` every 100 ms until it holds; fails the test after `seconds`.
+fn wait_until(what: &str, seconds: u64, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn write_chunks(dir: &Path) -> (std::path::PathBuf, u64) {
+    block_on(async {
         let options = ChunkStoreOptions {
             create: false,
             slots_per_file: 4,
@@ -771,6 +785,16 @@ fn start_three_nodes_with_args<'a>(
     nodes
 }
 
+/// The environment the CLI needs to reach the metadata member at `url`.
+fn admin_env(url: &str) -> [(&str, &str); 2] {
+    [("CAIRN_ADMIN_URL", url), ("CAIRN_ADMIN_TOKEN", TOKEN)]
+}
+
+/// Free (Raft, data) port pairs for `count` storage nodes.
+fn node_ports(count: usize) -> Vec<(u16, u16)> {
+    (0..count).map(|_| (free_port(), free_port())).collect()
+}
+
 /// Runs the CLI against a storage node's data API (volume bytes through that node).
 fn via_node(port: u16, args: &[&str]) -> (i32, String, String) {
     let url = format!("http://127.0.0.1:{port}");
@@ -788,11 +812,8 @@ fn via_node(port: u16, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn storage_nodes_replicate_pgs_across_processes() {
     let (dir, _meta, url) = start_cluster_meta("cairn-nodes-test-", 4);
-    let env = [
-        ("CAIRN_ADMIN_URL", url.as_str()),
-        ("CAIRN_ADMIN_TOKEN", TOKEN),
-    ];
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let env = admin_env(&url);
+    let ports = node_ports(3);
     // Node 2 also serves the volumes over iSCSI.
     let portal = format!("127.0.0.1:{}", free_port());
     let chap_file = dir.path().join("chap");
@@ -1078,11 +1099,8 @@ fn iscsi_session_as(
 #[test]
 fn a_replica_whose_contents_differ_is_replaced() {
     let (dir, _meta, url) = start_cluster_meta("cairn-diverge-test-", 6);
-    let env = [
-        ("CAIRN_ADMIN_URL", url.as_str()),
-        ("CAIRN_ADMIN_TOKEN", TOKEN),
-    ];
-    let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
+    let env = admin_env(&url);
+    let ports = node_ports(4);
     let digests = ["--pg-digest-secs", "1"];
     let mut nodes = start_three_nodes_with_args(dir.path(), &ports, &env, |_| digests.to_vec());
     let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
@@ -1115,20 +1133,10 @@ fn a_replica_whose_contents_differ_is_replaced() {
     // it must have applied the write (acknowledged once two members hold it).
     let location = format!("/v1/debug/chunk-location/{pool}/{owner}/0?block=0");
     let node4 = format!("127.0.0.1:{}", ports[2].1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !http_get(&node4, &location, TOKEN).contains("\"path\"") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node 4 never stored chunk 0"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let node4_holds_it = || http_get(&node4, &location, TOKEN).contains("\"path\"");
+    wait_until("node 4 storing chunk 0", 30, node4_holds_it);
     terminate(nodes.remove(2));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    block_on(async {
         let options = ChunkStoreOptions {
             create: false,
             ..ChunkStoreOptions::default()
@@ -1159,14 +1167,9 @@ fn a_replica_whose_contents_differ_is_replaced() {
     let (code, out, err) = cairn_with_env(&["rebalance", "pause"], &env);
     assert_eq!(code, 0, "{out}{err}");
     nodes.push(start_node_with(dir.path(), 5, ports[3], &env, &digests));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while http_get(&node4, &location, TOKEN).contains("\"path\"") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node 4's differing member was never replaced"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until("node 4's differing member replaced", 120, || {
+        !node4_holds_it()
+    });
     wait_health_for(&env, "healthy with every PG's members agreeing", 60, |h| {
         h["status"] == "healthy" && h["pgs_consistent"] == 8 && h["pgs_inconsistent"] == 0
     });
@@ -1219,11 +1222,8 @@ fn a_replica_whose_contents_differ_is_replaced() {
 #[test]
 fn storage_nodes_rebalance_drain_and_recover() {
     let (dir, _meta, url) = start_cluster_meta("cairn-moves-test-", 6);
-    let env = [
-        ("CAIRN_ADMIN_URL", url.as_str()),
-        ("CAIRN_ADMIN_TOKEN", TOKEN),
-    ];
-    let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
+    let env = admin_env(&url);
+    let ports = node_ports(4);
     let mut nodes = start_three_nodes_with_a_volume(dir.path(), &ports, &env, &[]);
     let via = |i: usize, args: &[&str]| via_node(ports[i].1, args);
     let bytes: Vec<u8> = (0..(6 << 20) + 77).map(|i: u32| (i % 251) as u8).collect();

@@ -2,9 +2,10 @@
 //!
 //! Handshakes run on their own tasks (at most [`HANDSHAKES_MAX`] at once, each bounded by
 //! [`HANDSHAKE_TIMEOUT`]), so a slow or silent client delays nobody else; a failed handshake is
-//! logged at debug level and dropped.
+//! logged at debug level and dropped. [`accept_opened`] is that loop for any listener that
+//! opens its connections first (a storage node's data port uses it too).
 
-use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{future::Future, io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{
@@ -57,39 +58,62 @@ impl TlsListener {
         config: Arc<rustls::ServerConfig>,
     ) -> io::Result<TlsListener> {
         let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(READY_MAX);
         let acceptor = TlsAcceptor::from(config);
-        let slots = Arc::new(Semaphore::new(HANDSHAKES_MAX));
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (stream, addr) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of descriptors and the like: wait instead of spinning.
-                        tracing::warn!("S3 endpoint: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let _ = stream.set_nodelay(true);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, addr)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%addr, "TLS handshake: {e}"),
-                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                    }
-                });
-            }
+        let ready = accept_opened(listener, "S3 endpoint", move |stream, addr| {
+            let acceptor = acceptor.clone();
+            async move { Ok(Some((acceptor.accept(stream).await?, addr))) }
         });
         Ok(TlsListener { ready, local })
     }
+}
+
+/// Accepts connections on `listener` until the runtime stops, and opens each with `open` on a
+/// task of its own (at most [`HANDSHAKES_MAX`] at once, each bounded by
+/// [`HANDSHAKE_TIMEOUT`], with TCP_NODELAY set); what `open` makes of it comes out of the
+/// receiver. `open` answers `None` for a connection to drop quietly (closed before a byte); a
+/// failure or a timeout is logged at debug level under `label` and dropped.
+pub fn accept_opened<T, F, Fut>(
+    listener: TcpListener,
+    label: &'static str,
+    open: F,
+) -> mpsc::Receiver<T>
+where
+    T: Send + 'static,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<Option<T>>> + Send + 'static,
+{
+    let (tx, ready) = mpsc::channel(READY_MAX);
+    let slots = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, addr) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: wait instead of spinning.
+                    tracing::warn!("{label}: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (opening, tx) = (open(stream, addr), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, opening).await {
+                    Ok(Ok(Some(opened))) => {
+                        let _ = tx.send(opened).await;
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::debug!(%addr, "{label}: TLS handshake: {e}"),
+                    Err(_) => tracing::debug!(%addr, "{label}: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ready
 }
 
 impl axum::serve::Listener for TlsListener {

@@ -1941,6 +1941,7 @@ impl<L: LogStore> PgHost<L> {
             return Ok(());
         }
         let op = PlainOp::new(entry_index, proposal).expect("invariant: a write or a discard");
+        self.answer_committed(&op);
         self.apply_op(replica, op).await
     }
 
@@ -1996,8 +1997,8 @@ impl<L: LogStore> PgHost<L> {
         }
     }
 
-    /// Records a write or discard applied to a replica's store, and answers its client if it
-    /// still waits here.
+    /// Records a write or discard applied to a replica's store (its client was answered at
+    /// commit: [`PgHost::answer_committed`]).
     fn op_applied(&mut self, replica: ReplicaId, op: PlainOp) {
         self.set_applied(replica, op.index);
         let counter = match op.change {
@@ -2005,10 +2006,6 @@ impl<L: LogStore> PgHost<L> {
             Change::Discard(_) => &self.stats.discards_applied,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let mine = op.incarnation == self.incarnation;
-        if mine && let Some(pending) = self.writes.remove(&op.request) {
-            let _ = pending.reply.send(Ok(()));
-        }
     }
 
     /// Applies one write or discard, repairing corrupt edge blocks (or, for an entry replayed

@@ -536,6 +536,19 @@ impl<L: LogStore> RaftNode<L> {
         }
     }
 
+    /// Advances by one tick the clocks of the replicas in `slice` of `slices` (by replica
+    /// id). Calling it for every slice in turn is one [`RaftNode::tick`] spread over time:
+    /// the heartbeats of many groups then go out, and their answers come back, in small
+    /// batches instead of in one round that holds up every write behind it.
+    pub fn tick_slice(&mut self, slice: u64, slices: u64) {
+        assert!(slice < slices, "slice {slice} of {slices}");
+        for (id, group) in &mut self.groups {
+            if id.0 % slices == slice {
+                group.raw.tick();
+            }
+        }
+    }
+
     /// Feeds a batch a peer sent. Messages for replicas not hosted here, or naming another
     /// group than the replica's, are dropped (the sender retries; membership comes from the
     /// metadata service), as are messages raft refuses.

@@ -9,7 +9,7 @@ use cairn_raft::{
     Apply, NodeConfig, Outbox, RaftNode,
     file_log::FileLogStore,
     log::{LogStore, MemLogStore, SnapshotKind},
-    raft_types::{Entry, HardState, Snapshot, SnapshotMetadata},
+    raft_types::{Entry, HardState, Snapshot, SnapshotMetadata, StateRole},
 };
 use proptest::prelude::*;
 
@@ -518,6 +518,53 @@ fn snapshots_larger_than_a_record_go_in_parts() {
         store
             .set_snapshot(g, &too_large, SnapshotKind::Compact)
             .is_err()
+    );
+}
+
+/// Goal: ticking slice by slice ticks every replica at the rate of whole ticks, and a slice
+/// ticks only its own replicas. Method: five single-voter groups (replica numbers 1-5) on one
+/// node; slice 1 of 5 alone, for longer than any election timeout, elects only replica 1
+/// (number 1 is 1 mod 5); then every slice in turn for as many whole ticks elects the rest.
+#[test]
+fn tick_slices_tick_their_replicas_at_the_whole_rate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = RaftNode::new(
+        NodeConfig::new(NodeId(1)),
+        FileLogStore::open(dir.path()).expect("open"),
+    )
+    .expect("node");
+    let replicas: Vec<ReplicaId> = (1..=5).map(replica).collect();
+    for (n, r) in replicas.iter().enumerate() {
+        node.create_group(GroupId(n as u64 + 1), *r, &[*r])
+            .expect("create");
+    }
+    let run = |node: &mut RaftNode<FileLogStore>| {
+        node.process_ready(&mut Outbox::default(), |_, _, _| {})
+            .expect("ready");
+    };
+    let leaders = |node: &RaftNode<FileLogStore>| -> Vec<u64> {
+        replicas
+            .iter()
+            .filter(|r| node.status(**r).expect("hosted").role == StateRole::Leader)
+            .map(|r| r.0 % 5)
+            .collect()
+    };
+    // More whole ticks than the longest election timeout (20 in the default config).
+    for _ in 0..40 {
+        node.tick_slice(1, 5);
+        run(&mut node);
+    }
+    assert_eq!(leaders(&node), vec![1], "only slice 1's replica ticked");
+    for _ in 0..40 {
+        for slice in 0..5 {
+            node.tick_slice(slice, 5);
+            run(&mut node);
+        }
+    }
+    assert_eq!(
+        leaders(&node).len(),
+        5,
+        "every slice ticked: every group elected"
     );
 }
 

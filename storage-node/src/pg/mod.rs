@@ -102,6 +102,12 @@ pub const PENDING_REQUESTS_MAX: usize = 4096;
 /// forwarded to a leader that had not committed in its term yet).
 pub const REQUEST_TICKS_MAX: u64 = 40;
 
+/// Into how many slices [`PgHost::tick_slice`] divides a tick. With every group ticked at
+/// once, `cairn dev`'s 96 replicas spent 1.5-1.9 ms on each heartbeat round (every other
+/// 50 ms tick), during which no write was answered: a 4 KiB write every 100 ms took 2 ms
+/// instead of 0.45, the whole of the 99th percentile at queue depth 1.
+pub const TICK_SLICES: u64 = 5;
+
 /// Entries a PG's log holds past its snapshot before its leader proposes a compaction: bounds
 /// the log a restart replays (4096 x at most 1 MiB) and how often chunk stores are flushed.
 pub const COMPACT_ENTRIES_DEFAULT: u64 = 4096;
@@ -533,6 +539,8 @@ pub struct PgHost<L: LogStore> {
     incarnation: u64,
     counter: u64,
     ticks: u64,
+    /// The slice [`PgHost::tick_slice`] ticks next.
+    next_slice: u64,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
     /// Per replica, the last log index applied to its chunk store.
@@ -602,6 +610,18 @@ struct Scrub {
     offset: u32,
     /// The tick of the last step.
     last_tick: u64,
+    /// The step's read, on a task of its own: 1 MiB read on the host's task held every
+    /// write behind it for a millisecond.
+    reading: Option<tokio::task::JoinHandle<ScrubRead>>,
+}
+
+/// A scrub step's read, for the host to finish.
+struct ScrubRead {
+    replica: ReplicaId,
+    chunk: ChunkId,
+    offset: u32,
+    length: u32,
+    result: Result<(), Error>,
 }
 
 impl<L: LogStore> PgHost<L> {
@@ -641,6 +661,7 @@ impl<L: LogStore> PgHost<L> {
             incarnation,
             counter: 0,
             ticks: 0,
+            next_slice: 0,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -969,8 +990,25 @@ impl<L: LogStore> PgHost<L> {
 
     /// Advances every replica's clock by one tick.
     pub fn tick(&mut self) {
-        self.ticks += 1;
         self.node.tick();
+        self.ticked();
+    }
+
+    /// Advances the clocks of the next [`TICK_SLICES`]th of the replicas: called
+    /// [`TICK_SLICES`] times as often as [`PgHost::tick`] would be, it ticks every replica at
+    /// the same rate while spreading the groups' heartbeats over the tick (see
+    /// [`RaftNode::tick_slice`]). The host's own periodic work runs once per whole tick.
+    pub fn tick_slice(&mut self) {
+        self.node.tick_slice(self.next_slice, TICK_SLICES);
+        self.next_slice = (self.next_slice + 1) % TICK_SLICES;
+        if self.next_slice == 0 {
+            self.ticked();
+        }
+    }
+
+    /// The host's periodic work, once per whole tick.
+    fn ticked(&mut self) {
+        self.ticks += 1;
         if self.ticks.is_multiple_of(LEADER_BALANCE_TICKS) {
             self.balance_leaders();
         }
@@ -1714,6 +1752,14 @@ impl<L: LogStore> PgHost<L> {
         if !due {
             return;
         }
+        if let Some(reading) = self.scrub.reading.take() {
+            if !reading.is_finished() {
+                // A slow disk: no second read beside it.
+                self.scrub.reading = Some(reading);
+                return;
+            }
+            self.scrub_finish(reading).await;
+        }
         self.scrub.last_tick = self.ticks;
         let Some((replica, chunk)) = self.scrub_position() else {
             return;
@@ -1722,8 +1768,44 @@ impl<L: LogStore> PgHost<L> {
         let chunk_size = store.chunk_size_bytes();
         let offset = self.scrub.offset;
         let length = SCRUB_STEP_BYTES.min(chunk_size - offset);
-        match self.read_repairing(replica, chunk, offset, length).await {
-            Ok(_) => {
+        self.scrub.reading = Some(tokio::spawn(async move {
+            let result = read_chunk(&store, chunk, offset, length).await.map(drop);
+            ScrubRead {
+                replica,
+                chunk,
+                offset,
+                length,
+                result,
+            }
+        }));
+        self.scrub.offset += length;
+        if self.scrub.offset >= chunk_size {
+            self.scrub.offset = 0;
+            self.scrub.chunk += 1;
+        }
+    }
+
+    /// Counts a finished scrub read, or repairs what it found corrupt: the host reads again
+    /// (a sibling may have been mid-write then) and repairs from a sibling.
+    async fn scrub_finish(&mut self, reading: tokio::task::JoinHandle<ScrubRead>) {
+        let Ok(read) = reading.await else {
+            return; // The read task panicked; the next pass reads it again.
+        };
+        let ScrubRead {
+            replica,
+            chunk,
+            offset,
+            length,
+            mut result,
+        } = read;
+        if matches!(result, Err(Error::Corrupt { .. })) && self.hosted.contains_key(&replica) {
+            result = self
+                .read_repairing(replica, chunk, offset, length)
+                .await
+                .map(drop);
+        }
+        match result {
+            Ok(()) => {
                 self.stats
                     .scrubbed_bytes
                     .fetch_add(u64::from(length), Ordering::Relaxed);
@@ -1731,11 +1813,6 @@ impl<L: LogStore> PgHost<L> {
             // Counted and logged by the repair; the next pass tries again.
             Err(Error::Corrupt { .. }) => {}
             Err(e) => tracing::warn!(%replica, %chunk, offset, "scrub read failed: {e}"),
-        }
-        self.scrub.offset += length;
-        if self.scrub.offset >= chunk_size {
-            self.scrub.offset = 0;
-            self.scrub.chunk += 1;
         }
     }
 

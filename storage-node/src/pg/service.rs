@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ChunkSource, LocalSource, NewReplica, PgError, PgHost, PgTarget, ReplicaState, RestoreWanted,
+    TICK_SLICES,
     restore::{self, Pacer, RESTORES_RUNNING_MAX},
 };
 use crate::ChunkStore;
@@ -98,11 +99,11 @@ where
             ),
             None => (None, None, None),
         };
-        let mut ticker = tokio::time::interval(tick);
+        let mut ticker = tokio::time::interval(tick / TICK_SLICES as u32);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => host.tick(),
+                _ = ticker.tick() => host.tick_slice(),
                 request = rx.recv() => match request {
                     Some(request) => handle(&mut host, request),
                     None => return,

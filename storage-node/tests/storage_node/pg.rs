@@ -853,6 +853,8 @@ fn a_corrupt_block_is_repaired_from_a_replica_on_another_node() {
                 break;
             }
             pump_all(&mut hosts).await;
+            // The scrub reads on a task of its own: let it run.
+            tokio::task::yield_now().await;
         }
         assert_eq!(scrub_repairs(), 1, "the scrub repaired the flipped block");
         let fixed = disks[2].read(at, 0, CHUNK).await.expect("scrubbed on disk");

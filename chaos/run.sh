@@ -52,7 +52,18 @@
 #                     `flips=F repairs=R reads_checked=K` (F and R must not be 0). DIR keeps
 #                     m1.log, n2..n4.log and flips.log (node, file, block and byte of each
 #                     flip, and whether a later write replaced it).
-# Not covered yet: network partitions and disks failing whole (IO errors, gone).
+#   partition         the kill-nodes cluster, each process in a network namespace of its own
+#                     (needs root, iproute2, nftables); nothing is killed: every second or two
+#                     the network is cut (one process from all others, 0.5-3 s, or a storage
+#                     node for 6-10 s so its PG members move; a split of 2-3 processes from
+#                     the rest; two processes from each other only), silently both ways, then
+#                     healed. The writer and a reader keep using every node, cut or not: a
+#                     read served must hold what the writes allow when it began (no stale
+#                     read). Then the cluster must heal and every block is checked. Ends with
+#                     `partition: acknowledged=N lost=L corrupt=C unrepaired=U degraded_pgs=D`
+#                     (all but N must be 0; L includes blocks wrongly served to the reader).
+#                     DIR keeps m1..m3.log, n4..n7.log and cuts.log.
+# Not covered yet: disks failing whole (IO errors, gone).
 set -euo pipefail
 scenario=${1:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
 seconds=${2:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
@@ -66,9 +77,9 @@ case $scenario in
   chunkstore-kill|raftlog-kill)
     cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
     exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
-  dev-kill|nodes-kill|iscsi-kill|kill-nodes|bitflip)
+  dev-kill|nodes-kill|iscsi-kill|kill-nodes|bitflip|partition)
     # The dev profile the tests share (one RocksDB build); cairn-chaos runs the cairn beside it.
     cairn_test_binaries
     exec "$CAIRN_CHAOS" "$scenario" "$dir" "$seconds" ;;
-  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, iscsi-kill, kill-nodes, bitflip)" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, iscsi-kill, kill-nodes, bitflip, partition)" >&2; exit 2 ;;
 esac

@@ -14,6 +14,8 @@
 #   rclone, curl       /usr/bin/aws; curl fetches presigned URLs)
 #   python3-venv       a virtual environment with current boto3 from pip (cairn_ensure_boto3):
 #                      Debian's python3-boto3 predates the checksum trailers SDKs send today
+#   iproute2, nftables ip and nft: the chaos `partition` scenario runs each process in a
+#                      network namespace and cuts links with nftables rules
 #
 # It also provides RocksDB as a prebuilt static library (cairn_ensure_rocksdb): the bundled
 # C++ build costs 12-25 minutes on 2 cores, and cargo redoes it whenever the build-dependency
@@ -33,6 +35,8 @@ cairn_ensure_prerequisites() {
   command -v s3cmd >/dev/null || missing+=(s3cmd)
   command -v rclone >/dev/null || missing+=(rclone)
   command -v curl >/dev/null || missing+=(curl)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v nft >/dev/null || missing+=(nftables)
   /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
   ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
   [ "${#missing[@]}" -eq 0 ] && return 0

@@ -47,9 +47,8 @@ use serde_json::Value;
 use crate::{
     chunkstore_kill::Rng,
     cluster::{Cluster, POOL, POOL_PGS, call, path_str, pgs_consistent_and_healthy},
-    dev_kill::{
-        BLOCK, Endpoints, ReadCheck, VOLUME, VOLUME_BYTES, Victim, Writes, new_agent, run_with,
-    },
+    dev_kill::{BLOCK, Endpoints, VOLUME, VOLUME_BYTES, Victim, Writes, new_agent, run_with},
+    reads::{ReadTally, reader},
     utc_now,
 };
 
@@ -67,10 +66,6 @@ const FLIP_SPREAD_MS: u64 = 200;
 /// Random blocks the flipper tries per flip to find one written and never flipped: bounded,
 /// a round that finds none skips its flip.
 const PICK_ATTEMPTS_MAX: u32 = 64;
-/// Blocks per read of the reader at most (256 KiB): ranges cross flipped blocks now and then.
-const READ_BLOCKS_MAX: u64 = 64;
-/// Pause between two reads: the reader must not starve the writer of the two cores.
-const READ_PAUSE_MS: u64 = 20;
 /// How long the cluster may take to be healthy at the end (nothing was killed: it should be).
 const HEALTH_DEADLINE: Duration = Duration::from_secs(30);
 /// Time for the last counters to settle before they are read (a repair in flight when the
@@ -92,7 +87,7 @@ struct Flip {
     started: u64,
 }
 
-/// What the flipper and the reader measured while the writer ran.
+/// What the flipper did while the writer ran.
 #[derive(Debug, Default)]
 struct Damage {
     flips: Vec<Flip>,
@@ -100,14 +95,6 @@ struct Damage {
     misses: u64,
     /// Location asks or file writes that failed (printed).
     flip_errors: u64,
-    /// Reads whose bytes were all checked.
-    reads_checked: u64,
-    /// Reads answered other than 200, or whose body could not be read.
-    reads_refused: u64,
-    /// Reads too slow to check (too many writes raced with them).
-    reads_unchecked: u64,
-    /// Blocks reads served holding none of their allowed contents.
-    bad_blocks: u64,
 }
 
 /// The ids the chunk-location endpoint needs.
@@ -125,6 +112,7 @@ struct Bitflip {
     writes: Option<Writes>,
     stop: Arc<AtomicBool>,
     damage: Arc<Mutex<Damage>>,
+    reads: Arc<Mutex<ReadTally>>,
     threads: Vec<JoinHandle<()>>,
     /// Blocks lost / not read in the final reads through each node.
     final_lost: u64,
@@ -273,70 +261,6 @@ fn flipper(
     }
 }
 
-/// The reader: see the module docs.
-fn reader(
-    endpoints: Endpoints,
-    writes: Writes,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    damage: Arc<Mutex<Damage>>,
-) {
-    let agent = new_agent();
-    let auth = format!("Bearer {}", endpoints.token);
-    let mut rng = Rng::new(seed ^ 0x4ead);
-    let blocks = VOLUME_BYTES / BLOCK;
-    while !stop.load(Ordering::Relaxed) {
-        thread::sleep(Duration::from_millis(READ_PAUSE_MS));
-        let url = &endpoints.data_urls[rng.below(endpoints.data_urls.len() as u64) as usize];
-        let count = 1 + rng.below(READ_BLOCKS_MAX);
-        let first = rng.below(blocks - count + 1);
-        let expected = writes.before_read(first, count);
-        let response = agent
-            .get(&format!(
-                "{url}/v1/volumes/{VOLUME}/data?offset={}&length={}",
-                first * BLOCK,
-                count * BLOCK
-            ))
-            .header("Authorization", &auth)
-            .call();
-        let data = match response {
-            Ok(mut r) if r.status().as_u16() == 200 => r
-                .body_mut()
-                .with_config()
-                .limit(count * BLOCK + 1)
-                .read_to_vec()
-                .ok(),
-            _ => None,
-        };
-        let mut damage = damage.lock().expect("not poisoned");
-        let Some(data) = data else {
-            damage.reads_refused += 1;
-            continue;
-        };
-        if data.len() as u64 != count * BLOCK {
-            eprintln!(
-                "{} bitflip: read of {count} blocks at block {first} from {url} served {} bytes",
-                utc_now(),
-                data.len()
-            );
-            damage.bad_blocks += count;
-            continue;
-        }
-        match writes.check_read(&expected, &data) {
-            ReadCheck::Good => damage.reads_checked += 1,
-            ReadCheck::Bad(bad) => {
-                eprintln!(
-                    "{} bitflip: read at block {first} from {url}: {bad} blocks wrong",
-                    utc_now()
-                );
-                damage.reads_checked += 1;
-                damage.bad_blocks += bad;
-            }
-            ReadCheck::Unchecked => damage.reads_unchecked += 1,
-        }
-    }
-}
-
 impl Victim for Bitflip {
     fn endpoints(&self) -> Endpoints {
         self.cluster.endpoints()
@@ -374,10 +298,10 @@ impl Victim for Bitflip {
         self.threads.push(thread::spawn(move || {
             flipper(endpoints, ids, flipper_writes, seed, stop, damage)
         }));
-        let (stop, damage, writes) = (self.stop.clone(), self.damage.clone(), writes.clone());
+        let (stop, reads, writes) = (self.stop.clone(), self.reads.clone(), writes.clone());
         let endpoints = self.cluster.endpoints();
         self.threads.push(thread::spawn(move || {
-            reader(endpoints, writes, seed, stop, damage)
+            reader("bitflip", endpoints, writes, seed, stop, reads)
         }));
     }
 
@@ -484,6 +408,7 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
         writes: None,
         stop: Arc::new(AtomicBool::new(false)),
         damage: Arc::new(Mutex::new(Damage::default())),
+        reads: Arc::new(Mutex::new(ReadTally::default())),
         threads: Vec::new(),
         final_lost: 0,
         final_corrupt: 0,
@@ -523,6 +448,7 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     // A clean stop (each node flushes its chunk stores on SIGTERM), then an offline scrub of
     // each disk: what it finds, no replay could hide.
     let damage = std::mem::take(&mut *victim.damage.lock().expect("not poisoned"));
+    let reads = std::mem::take(&mut *victim.reads.lock().expect("not poisoned"));
     let mut scrub_corrupt = 0;
     let mut details = String::new();
     for (n, &index) in nodes.iter().enumerate() {
@@ -578,9 +504,9 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
          writes_ambiguous={}",
         damage.misses,
         damage.flip_errors,
-        damage.reads_refused,
-        damage.reads_unchecked,
-        damage.bad_blocks,
+        reads.refused,
+        reads.unchecked,
+        reads.bad_blocks,
         victim.final_lost,
         victim.final_corrupt,
         unrepaired_counted,
@@ -611,13 +537,13 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     let _ = fs::write(&flips_file, list);
     Ok(Report {
         acknowledged: verdict.acknowledged,
-        lost: verdict.lost + victim.final_lost + damage.bad_blocks,
+        lost: verdict.lost + victim.final_lost + reads.bad_blocks,
         corrupt: verdict.corrupt + victim.final_corrupt,
         unrepaired: unrepaired_counted + scrub_corrupt,
         degraded_pgs: POOL_PGS.saturating_sub(pgs_healthy),
         flips: damage.flips.len() as u64,
         repairs: counter("cairn_pg_read_repairs_total"),
-        reads_checked: damage.reads_checked,
+        reads_checked: reads.checked,
         details,
     })
 }

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::{
     dev_kill::{Endpoints, new_agent},
     free_port,
+    netns::Net,
 };
 
 const TOKEN: &str = "chaos-nodes-token-0123456789";
@@ -79,6 +80,9 @@ pub(crate) struct Cluster {
     dir: PathBuf,
     processes: Vec<Process>,
     agent: ureq::Agent,
+    /// Set for a cluster whose processes run in network namespaces of their own, to be cut
+    /// apart (see [`Cluster::start_partitionable`]); else every process is on loopback.
+    net: Option<Net>,
 }
 
 /// The log file `DIR/<name>.log`, appended to.
@@ -188,7 +192,16 @@ pub(crate) fn meta_command(
     id: u64,
     members: &[String],
 ) -> Result<Command, String> {
-    let mut command = Command::new(cairn);
+    meta_args(Command::new(cairn), dir, id, members)
+}
+
+/// [`meta_command`]'s arguments added to `command` (which runs `cairn`).
+fn meta_args(
+    mut command: Command,
+    dir: &Path,
+    id: u64,
+    members: &[String],
+) -> Result<Command, String> {
     command
         .arg("meta")
         .args(["--id", &id.to_string()])
@@ -245,6 +258,28 @@ impl Cluster {
     /// Starts `metas` members and `nodes` storage nodes in `dir`, creates the pool and waits
     /// until every PG is healthy.
     pub(crate) fn start(cairn: &Path, dir: &Path, metas: u64, nodes: u64) -> Result<Self, String> {
+        Self::start_on(cairn, dir, metas, nodes, None)
+    }
+
+    /// [`Cluster::start`] with every process in a network namespace of its own (see
+    /// [`crate::netns`]), so that [`Cluster::cut`] can partition them.
+    pub(crate) fn start_partitionable(
+        cairn: &Path,
+        dir: &Path,
+        metas: u64,
+        nodes: u64,
+    ) -> Result<Self, String> {
+        let net = Net::create((metas + nodes) as usize)?;
+        Self::start_on(cairn, dir, metas, nodes, Some(net))
+    }
+
+    fn start_on(
+        cairn: &Path,
+        dir: &Path,
+        metas: u64,
+        nodes: u64,
+        net: Option<Net>,
+    ) -> Result<Self, String> {
         assert!(metas >= 1);
         assert!(nodes >= 3, "3 replicas on distinct hosts");
         credentials(cairn, dir, 1..=metas + nodes, TOKEN)?;
@@ -266,6 +301,7 @@ impl Cluster {
                 .http_status_as_error(false)
                 .build()
                 .into(),
+            net,
         };
         for index in 0..cluster.len() {
             cluster.spawn(index)?;
@@ -325,6 +361,14 @@ impl Cluster {
         }
     }
 
+    /// Process `index`'s address: its namespace's, or loopback.
+    fn host(&self, index: usize) -> String {
+        match &self.net {
+            Some(net) => net.address(index),
+            None => "127.0.0.1".into(),
+        }
+    }
+
     /// Where process `index` listens: `n5 raft 127.0.0.1:P data http://127.0.0.1:Q`.
     pub(crate) fn describe(&self, index: usize) -> String {
         let (raft, api) = self.processes[index].ports;
@@ -332,29 +376,51 @@ impl Cluster {
             Role::Meta => "admin",
             Role::Node => "data",
         };
+        let host = self.host(index);
         format!(
-            "{} raft 127.0.0.1:{raft} {kind} http://127.0.0.1:{api}",
+            "{} raft {host}:{raft} {kind} http://{host}:{api}",
             self.name(index)
         )
     }
 
+    /// Process `index`'s API: the admin API of a member, the data API of a node.
+    fn api_url(&self, index: usize) -> String {
+        format!(
+            "http://{}:{}",
+            self.host(index),
+            self.processes[index].ports.1
+        )
+    }
+
     fn admin_urls(&self) -> Vec<String> {
-        self.processes
-            .iter()
-            .filter(|p| p.role == Role::Meta)
-            .map(|p| format!("http://127.0.0.1:{}", p.ports.1))
+        (0..self.len())
+            .filter(|i| self.role(*i) == Role::Meta)
+            .map(|i| self.api_url(i))
             .collect()
+    }
+
+    /// Cuts processes `a` off from processes `b`, both ways, until [`Cluster::heal`]. Only
+    /// for a cluster made by [`Cluster::start_partitionable`].
+    pub(crate) fn cut(&self, a: &[usize], b: &[usize]) -> Result<(), String> {
+        self.net
+            .as_ref()
+            .ok_or("not a partitionable cluster")?
+            .cut(a, b)
+    }
+
+    /// Ends every cut.
+    pub(crate) fn heal(&self) -> Result<(), String> {
+        self.net
+            .as_ref()
+            .ok_or("not a partitionable cluster")?
+            .heal()
     }
 
     /// Where the writer and checker of [`crate::dev_kill`] go.
     pub(crate) fn endpoints(&self) -> Endpoints {
         Endpoints {
             admin_urls: self.admin_urls(),
-            data_urls: self
-                .nodes()
-                .iter()
-                .map(|i| format!("http://127.0.0.1:{}", self.processes[*i].ports.1))
-                .collect(),
+            data_urls: self.nodes().iter().map(|i| self.api_url(*i)).collect(),
             token: TOKEN.into(),
             pool: POOL,
         }
@@ -368,15 +434,28 @@ impl Cluster {
         );
         let (id, (raft, api)) = (self.processes[index].id, self.processes[index].ports);
         let name = self.name(index);
+        let host = self.host(index);
+        // In a namespace: `ip netns exec NS cairn ...`, which execs cairn (one pid to kill).
+        let cairn = match &self.net {
+            Some(net) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", &net.namespace(index)])
+                    .arg(&self.cairn);
+                command
+            }
+            None => Command::new(&self.cairn),
+        };
         let mut command = match self.role(index) {
             Role::Meta => {
-                let members: Vec<String> = self
-                    .processes
-                    .iter()
-                    .filter(|p| p.role == Role::Meta)
-                    .map(|p| format!("{}=127.0.0.1:{},127.0.0.1:{}", p.id, p.ports.0, p.ports.1))
+                let members: Vec<String> = (0..self.len())
+                    .filter(|i| self.role(*i) == Role::Meta)
+                    .map(|i| {
+                        let (p, h) = (&self.processes[i], self.host(i));
+                        format!("{}={h}:{},{h}:{}", p.id, p.ports.0, p.ports.1)
+                    })
                     .collect();
-                let mut command = meta_command(&self.cairn, &self.dir, id, &members)?;
+                let mut command = meta_args(cairn, &self.dir, id, &members)?;
                 // Fast elections (20 ms ticks) and a short heartbeat timeout.
                 let timeout = HEARTBEAT_TIMEOUT_S.to_string();
                 command.args(["--tick-ms", "20", "--heartbeat-timeout-s", &timeout]);
@@ -384,13 +463,13 @@ impl Cluster {
             }
             Role::Node => {
                 let node_dir = self.dir.join(&name);
-                let mut command = Command::new(&self.cairn);
+                let mut command = cairn;
                 command
                     .args(["node", "run", "--id", &id.to_string()])
                     .args(["--data", &path_str(&node_dir)])
                     .args(["--disk", &path_str(&node_dir.join("disk"))])
-                    .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
-                    .args(["--data-listen", &format!("127.0.0.1:{api}")])
+                    .args(["--raft-listen", &format!("{host}:{raft}")])
+                    .args(["--data-listen", &format!("{host}:{api}")])
                     .args(["--certs", &path_str(&self.dir.join("certs"))])
                     .args(["--token-file", &path_str(&self.dir.join("token"))])
                     .args(["--pg-compact-entries", &PG_COMPACT_ENTRIES.to_string()])
@@ -480,7 +559,7 @@ impl Cluster {
     /// answer.
     pub(crate) fn counters(&self, index: usize) -> Option<BTreeMap<String, u64>> {
         assert_eq!(self.role(index), Role::Node);
-        let url = format!("http://127.0.0.1:{}/metrics", self.processes[index].ports.1);
+        let url = format!("{}/metrics", self.api_url(index));
         let mut response = self
             .agent
             .get(&url)
@@ -526,6 +605,8 @@ impl Drop for Cluster {
         for index in (0..self.len()).rev() {
             self.kill(index);
         }
+        // The namespaces go after their processes (field order would drop them in any case).
+        self.net = None;
     }
 }
 

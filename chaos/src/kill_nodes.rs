@@ -101,20 +101,39 @@ struct KillNodes {
     pgs_healthy: u64,
 }
 
-/// Appends `what` with the time to `DIR/kills.log`, and prints it on stderr if `loud`.
+/// Where a scenario's story goes: `DIR/<file>.log`, lines prefixed with the scenario's name.
+#[derive(Clone)]
+pub(crate) struct Notes {
+    pub(crate) dir: PathBuf,
+    pub(crate) scenario: &'static str,
+    pub(crate) file: &'static str,
+}
+
+impl Notes {
+    /// Appends `what` with the time to the log, and prints it on stderr if `loud`.
+    pub(crate) fn note(&self, what: &str, loud: bool) {
+        let line = format!("{} {}: {what}", utc_now(), self.scenario);
+        if loud {
+            eprintln!("{line}");
+        }
+        if let Ok(mut log) = log_file(&self.dir, self.file) {
+            let _ = writeln!(log, "{line}");
+        }
+    }
+}
+
 fn note(dir: &Path, what: &str, loud: bool) {
-    let line = format!("{} kill-nodes: {what}", utc_now());
-    if loud {
-        eprintln!("{line}");
+    Notes {
+        dir: dir.to_path_buf(),
+        scenario: "kill-nodes",
+        file: "kills",
     }
-    if let Ok(mut log) = log_file(dir, "kills") {
-        let _ = writeln!(log, "{line}");
-    }
+    .note(what, loud)
 }
 
 /// Health in one line: the overall word, PG counts, and per node replicas/leaders (or
 /// `silent`).
-fn health_summary(health: &Value) -> String {
+pub(crate) fn health_summary(health: &Value) -> String {
     let nodes: Vec<String> = health["nodes"]
         .as_array()
         .into_iter()
@@ -138,8 +157,8 @@ fn health_summary(health: &Value) -> String {
     )
 }
 
-/// Logs every change of the cluster's health to `DIR/kills.log` until `stop`.
-fn monitor(probe: Probe, dir: PathBuf, stop: Arc<AtomicBool>) {
+/// Logs every change of the cluster's health to the notes' log until `stop`.
+pub(crate) fn monitor(probe: Probe, notes: Notes, stop: Arc<AtomicBool>) {
     let mut last = String::new();
     while !stop.load(Ordering::Relaxed) {
         let summary = probe.health().map_or_else(
@@ -147,7 +166,7 @@ fn monitor(probe: Probe, dir: PathBuf, stop: Arc<AtomicBool>) {
             |h| health_summary(&h),
         );
         if summary != last {
-            note(&dir, &summary, false);
+            notes.note(&summary, false);
             last = summary;
         }
         thread::sleep(MONITOR_INTERVAL);
@@ -249,8 +268,13 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     }
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = {
-        let (probe, dir, stop) = (victim.cluster.probe(), dir.to_path_buf(), stop.clone());
-        thread::spawn(move || monitor(probe, dir, stop))
+        let notes = Notes {
+            dir: dir.to_path_buf(),
+            scenario: "kill-nodes",
+            file: "kills",
+        };
+        let (probe, stop) = (victim.cluster.probe(), stop.clone());
+        thread::spawn(move || monitor(probe, notes, stop))
     };
     let verdict = run_with(&mut victim, seconds, seed, "kill-nodes");
     stop.store(true, Ordering::Relaxed);

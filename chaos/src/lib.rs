@@ -16,7 +16,10 @@ pub mod journal;
 pub mod kill;
 pub mod kill_nodes;
 pub mod meta_failover;
+mod netns;
 pub mod nodes_kill;
+pub mod partition;
+mod reads;
 
 /// The UTC time of day, `HH:MM:SS.mmm`, as the `cairn` processes' logs print it: lines a
 /// scenario prints can be lined up with theirs.

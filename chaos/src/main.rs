@@ -12,6 +12,7 @@
 //!                                                    iSCSI writer
 //! cairn-chaos kill-nodes DIR SECONDS [SEED]          kill -9 any member or node, moves, heal
 //! cairn-chaos bitflip DIR SECONDS [SEED]             flip bits in chunk files under load, repair
+//! cairn-chaos partition DIR SECONDS [SEED]           cut the network between members and nodes
 //! ```
 //!
 //! `meta-failover`, `dev-kill`, `nodes-kill`, `kill-nodes` and `bitflip` run the `cairn` binary
@@ -196,6 +197,12 @@ fn main() -> ExitCode {
             };
             kill_nodes(Path::new(dir), seconds, seed)
         }
+        ["partition", dir, seconds, ref seed @ ..] => {
+            let (Ok(seconds), Some(seed)) = (seconds.parse::<f64>(), seed_arg(seed)) else {
+                return usage();
+            };
+            partition(Path::new(dir), seconds, seed)
+        }
         ["bitflip", dir, seconds, ref seed @ ..] => {
             let (Ok(seconds), Some(seed)) = (seconds.parse::<f64>(), seed_arg(seed)) else {
                 return usage();
@@ -307,6 +314,41 @@ fn kill_nodes(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
     }
 }
 
+fn partition(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
+    eprintln!("partition: seed {seed} (replay: cairn-chaos partition DIR {seconds} {seed})");
+    let r = match cairn_chaos::partition::run(&cairn_binary(), dir, seconds, seed) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("partition: {error}");
+            eprintln!("partition: logs kept in {}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "partition: cuts={} long_isolations={} seen_silent={} reads_checked={} reads_refused={} \
+         ambiguous={} healed_after={:?}",
+        r.cuts,
+        r.long_isolations,
+        r.seen_silent,
+        r.reads_checked,
+        r.reads_refused,
+        r.ambiguous,
+        r.healed_after,
+    );
+    println!(
+        "partition: acknowledged={} lost={} corrupt={} unrepaired={} degraded_pgs={}",
+        r.acknowledged, r.lost, r.corrupt, r.unrepaired, r.degraded_pgs
+    );
+    let clean = r.lost == 0 && r.corrupt == 0 && r.unrepaired == 0 && r.degraded_pgs == 0;
+    let exercised = r.acknowledged > 0 && r.reads_checked > 0 && r.cuts > 0;
+    if clean && exercised && r.seen_silent == r.long_isolations {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("partition: FAILED; logs kept in {}", dir.display());
+        ExitCode::FAILURE
+    }
+}
+
 fn bitflip(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
     eprintln!("bitflip: seed {seed} (replay: cairn-chaos bitflip DIR {seconds} {seed})");
     let r = match cairn_chaos::bitflip::run(&cairn_binary(), dir, seconds, seed) {
@@ -379,6 +421,7 @@ fn usage() -> ExitCode {
     eprintln!("       cairn-chaos iscsi-kill DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos kill-nodes DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos bitflip DIR SECONDS [SEED]");
+    eprintln!("       cairn-chaos partition DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-bench DIR SECONDS CLIENTS");
     ExitCode::from(2)
 }

@@ -16,7 +16,7 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -61,6 +61,17 @@ const REFRESH_GAP_MIN: Duration = Duration::from_millis(50);
 /// answer, and the sender refreshes at once. A header, not a query parameter, so that a node of
 /// an older build (which refuses unknown parameters) still serves the piece.
 const MAP_EPOCH_HEADER: &str = "x-cairn-map-epoch";
+
+/// The header a forwarded write or discard carries: the time (Unix milliseconds) after which
+/// its sender may give up on it and send it elsewhere, so the receiving node must not propose
+/// it any more (see [`PgHandle::write_before`]). Without it a copy the network delivered late
+/// (a partition healing) or a queue held could land after newer writes to the same blocks.
+/// Absolute, so that late delivery counts: nodes' clocks must agree within
+/// [`FORWARD_TIMEOUT`] minus [`FORWARD_DEADLINE`] (NTP does far better).
+const DEADLINE_HEADER: &str = "x-cairn-deadline-ms";
+
+/// How long a node has to propose a write or discard forwarded to it.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(4);
 
 #[derive(Args)]
 pub struct NodeArgs {
@@ -484,8 +495,32 @@ pub(crate) struct Forwarder {
     agent: ureq::Agent,
 }
 
-/// Longest a forwarded piece may take.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a forwarded piece may take before its sender gives up and tries the PG's leader as
+/// its map then names: a node cut off from its PG by a partition must not hold writes for
+/// the whole partition (a 15 s timeout held them up to 13 s in `chaos/run.sh partition`).
+/// Past [`FORWARD_DEADLINE`], so that the receiver has stopped proposing by then.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+const _: () = assert!(FORWARD_TIMEOUT.as_millis() >= FORWARD_DEADLINE.as_millis() + 1000);
+
+/// Milliseconds since the Unix epoch, by this node's clock.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The local instant matching a [`DEADLINE_HEADER`] value read at `now_ms`: `Err` if it
+/// has passed, `Ok(None)` without a (readable) header.
+fn deadline_from(header: Option<&str>, now_ms: u64) -> Result<Option<Instant>, ()> {
+    let Some(at) = header.and_then(|v| v.parse::<u64>().ok()) else {
+        return Ok(None);
+    };
+    match at.checked_sub(now_ms) {
+        Some(left) if left > 0 => Ok(Some(Instant::now() + Duration::from_millis(left))),
+        _ => Err(()),
+    }
+}
 
 impl Forwarder {
     /// A gateway's forwarder: HTTP with the token.
@@ -565,6 +600,9 @@ impl Forwarder {
         };
         // Unknown (no map yet) goes as 0: any node with a map then answers with a newer one.
         let epoch = self.directory.epoch(group).unwrap_or(0).to_string();
+        // Reads change nothing: any copy may run whenever it arrives.
+        let deadline = (!matches!(op, PieceOp::Read))
+            .then(|| (unix_millis() + FORWARD_DEADLINE.as_millis() as u64).to_string());
         let agent = self.agent.clone();
         let op = op.clone();
         let answer = tokio::task::spawn_blocking(move || {
@@ -572,17 +610,25 @@ impl Forwarder {
                 request: ureq::RequestBuilder<B>,
                 auth: &Option<String>,
                 epoch: &str,
+                deadline: Option<&str>,
             ) -> ureq::RequestBuilder<B> {
                 let request = request.header(MAP_EPOCH_HEADER, epoch);
+                let request = match deadline {
+                    Some(deadline) => request.header(DEADLINE_HEADER, deadline),
+                    None => request,
+                };
                 match auth {
                     Some(auth) => request.header("Authorization", auth),
                     None => request,
                 }
             }
+            let deadline = deadline.as_deref();
             let response = match &op {
-                PieceOp::Write(data) => headed(agent.put(&url), &auth, &epoch).send(&data[..]),
-                PieceOp::Read => headed(agent.get(&url), &auth, &epoch).call(),
-                PieceOp::Discard => headed(agent.delete(&url), &auth, &epoch).call(),
+                PieceOp::Write(data) => {
+                    headed(agent.put(&url), &auth, &epoch, deadline).send(&data[..])
+                }
+                PieceOp::Read => headed(agent.get(&url), &auth, &epoch, None).call(),
+                PieceOp::Discard => headed(agent.delete(&url), &auth, &epoch, deadline).call(),
             };
             let mut response = response.map_err(|e| format!("{url}: {e}"))?;
             let status = response.status().as_u16();
@@ -620,14 +666,14 @@ impl Forwarder {
         piece: Piece,
         op: PieceOp,
     ) -> Result<Vec<u8>, DataError> {
-        let deadline = std::time::Instant::now() + GATEWAY_RETRY_FOR;
+        let deadline = Instant::now() + GATEWAY_RETRY_FOR;
         let mut hint = None;
         let mut hops = 0;
         loop {
             hops += 1;
             let out_of_tries = match local {
                 Some(_) => hops > FORWARD_HOPS_MAX,
-                None => hops > 1 && std::time::Instant::now() >= deadline,
+                None => hops > 1 && Instant::now() >= deadline,
             };
             if out_of_tries {
                 return Err(DataError::Unavailable(format!(
@@ -635,7 +681,7 @@ impl Forwarder {
                 )));
             }
             if let Some(pgs) = local {
-                match run_local(pgs, group, piece, &op).await {
+                match run_local(pgs, group, piece, &op, None).await {
                     Ok(done) => return Ok(done),
                     Err(PgError::NotLeader { leader, .. }) => hint = leader,
                     Err(PgError::UnknownGroup(_)) => {}
@@ -713,6 +759,7 @@ async fn run_local(
     group: GroupId,
     piece: Piece,
     op: &PieceOp,
+    deadline: Option<Instant>,
 ) -> Result<Vec<u8>, PgError> {
     let Piece {
         chunk,
@@ -723,11 +770,11 @@ async fn run_local(
     match op {
         PieceOp::Read => pgs.read(group, chunk, offset, length).await,
         PieceOp::Write(data) => pgs
-            .write(group, chunk, offset, data.clone())
+            .write_before(group, chunk, offset, data.clone(), deadline)
             .await
             .map(|()| Vec::new()),
         PieceOp::Discard => pgs
-            .discard(group, chunk, offset, length)
+            .discard_before(group, chunk, offset, length, deadline)
             .await
             .map(|()| Vec::new()),
     }
@@ -857,6 +904,16 @@ async fn piece_route(
     if let Some(epoch) = sender_epoch {
         directory.heard_epoch(GroupId(group), epoch);
     }
+    let deadline = headers.get(DEADLINE_HEADER).and_then(|v| v.to_str().ok());
+    let Ok(deadline) = deadline_from(deadline, unix_millis()) else {
+        // Its sender may have sent it elsewhere by now: running it could undo newer writes.
+        let answer = json!({
+            "error": "the forwarded request's deadline passed before it arrived (clocks apart?)",
+            "leader": null,
+            "epoch": directory.epoch(GroupId(group)),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(answer)).into_response();
+    };
     let op = match method {
         axum::http::Method::PUT => PieceOp::Write(body.to_vec()),
         axum::http::Method::DELETE => PieceOp::Discard,
@@ -883,7 +940,7 @@ async fn piece_route(
             length: u32::try_from(length).map_err(|_| bad("length"))?,
             buffer_offset: 0,
         };
-        let answer = run_local(&backend.pgs, GroupId(group), piece, &op).await;
+        let answer = run_local(&backend.pgs, GroupId(group), piece, &op, deadline).await;
         answer.map_err(|e| {
             let leader = match &e {
                 PgError::NotLeader { leader, .. } => leader.map(|r| r.0),
@@ -1243,6 +1300,22 @@ mod tests {
             NodeAnswer::parse("node at 127.0.0.1:9: HTTP 503 <html>"),
             NodeAnswer::default()
         );
+    }
+
+    /// Goal: a forwarded write's deadline header becomes a local instant while it is ahead,
+    /// is refused once it has passed, and is absent (no deadline) when missing or unreadable.
+    #[test]
+    fn forwarded_deadlines_are_read_against_the_local_clock() {
+        let now = 1_000_000;
+        let ahead = deadline_from(Some("1002000"), now)
+            .expect("ahead")
+            .expect("a deadline");
+        let left = ahead.saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_millis(1900) && left <= Duration::from_secs(2));
+        assert_eq!(deadline_from(Some("1000000"), now), Err(()));
+        assert_eq!(deadline_from(Some("999999"), now), Err(()));
+        assert_eq!(deadline_from(None, now), Ok(None));
+        assert_eq!(deadline_from(Some("soon"), now), Ok(None));
     }
 
     /// Goal: a peer naming a newer map (or a PG this process does not know) wakes the refresh

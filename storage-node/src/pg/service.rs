@@ -2,7 +2,10 @@
 //! [`PgHandle`] is how the rest of the process writes, discards and reads through it, retrying while a
 //! PG elects a leader or drops a request, under a deadline.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use cairn_common::{ChunkId, GroupId, NodeId};
 use cairn_raft::{
@@ -32,6 +35,7 @@ enum Request {
         chunk: ChunkId,
         offset: u32,
         data: Vec<u8>,
+        deadline: Option<Instant>,
         reply: oneshot::Sender<Result<(), PgError>>,
     },
     Discard {
@@ -39,6 +43,7 @@ enum Request {
         chunk: ChunkId,
         offset: u32,
         length: u32,
+        deadline: Option<Instant>,
         reply: oneshot::Sender<Result<(), PgError>>,
     },
     Read {
@@ -186,14 +191,35 @@ async fn recv_incoming(incoming: &mut Option<mpsc::Receiver<Incoming>>) -> Optio
     }
 }
 
+/// True for a write or discard whose sender has given up on it by now: it must not be
+/// proposed (see [`PgHandle::write_before`]).
+fn expired(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
 fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
     match request {
+        Request::Write {
+            group,
+            deadline,
+            reply,
+            ..
+        }
+        | Request::Discard {
+            group,
+            deadline,
+            reply,
+            ..
+        } if expired(deadline) => {
+            let _ = reply.send(Err(PgError::Dropped(group)));
+        }
         Request::Write {
             group,
             chunk,
             offset,
             data,
             reply,
+            ..
         } => forward(host.write(group, chunk, offset, data), reply),
         Request::Discard {
             group,
@@ -201,6 +227,7 @@ fn handle<L: LogStore>(host: &mut PgHost<L>, request: Request) {
             offset,
             length,
             reply,
+            ..
         } => forward(host.discard(group, chunk, offset, length), reply),
         Request::Read {
             group,
@@ -257,9 +284,11 @@ fn forward<T: Send + 'static>(
 impl PgHandle {
     async fn ask<T>(
         &self,
+        until: Option<Instant>,
         mut make: impl FnMut(oneshot::Sender<Result<T, PgError>>) -> Request,
     ) -> Result<T, PgError> {
         let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+        let deadline = until.map_or(deadline, |until| deadline.min(until.into()));
         let mut delay = Duration::from_millis(2);
         loop {
             let (tx, rx) = oneshot::channel();
@@ -295,11 +324,28 @@ impl PgHandle {
         offset: u32,
         data: Vec<u8>,
     ) -> Result<(), PgError> {
-        self.ask(|reply| Request::Write {
+        self.write_before(group, chunk, offset, data, None).await
+    }
+
+    /// [`PgHandle::write`], proposed only before `deadline`: after it the answer is
+    /// `Dropped` and nothing was proposed. A node running a write another node forwarded
+    /// gets the sender's deadline, after which the sender may send the write elsewhere: a
+    /// copy proposed later (held in a queue, or delivered late by a network that healed)
+    /// could then land after newer writes to the same blocks.
+    pub async fn write_before(
+        &self,
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        data: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), PgError> {
+        self.ask(deadline, |reply| Request::Write {
             group,
             chunk,
             offset,
             data: data.clone(),
+            deadline,
             reply,
         })
         .await
@@ -314,11 +360,25 @@ impl PgHandle {
         offset: u32,
         length: u32,
     ) -> Result<(), PgError> {
-        self.ask(|reply| Request::Discard {
+        self.discard_before(group, chunk, offset, length, None)
+            .await
+    }
+
+    /// [`PgHandle::discard`] with a deadline, as [`PgHandle::write_before`].
+    pub async fn discard_before(
+        &self,
+        group: GroupId,
+        chunk: ChunkId,
+        offset: u32,
+        length: u32,
+        deadline: Option<Instant>,
+    ) -> Result<(), PgError> {
+        self.ask(deadline, |reply| Request::Discard {
             group,
             chunk,
             offset,
             length,
+            deadline,
             reply,
         })
         .await
@@ -360,7 +420,7 @@ impl PgHandle {
         offset: u32,
         length: u32,
     ) -> Result<Vec<u8>, PgError> {
-        self.ask(|reply| Request::Read {
+        self.ask(None, |reply| Request::Read {
             group,
             chunk,
             offset,

@@ -1229,6 +1229,27 @@ fn the_service_handle_discards() {
             .expect("whole chunk");
         let got = handle.read(group, at, 0, 4096).await.expect("read");
         assert!(got.iter().all(|b| *b == 0));
+
+        // Past its deadline a write or discard is refused, not proposed; before it, it runs.
+        let past = Some(std::time::Instant::now());
+        let late = handle
+            .write_before(group, at, 0, pattern(9, 4096), past)
+            .await;
+        assert!(matches!(late, Err(PgError::Dropped(_))), "{late:?}");
+        let late = handle.discard_before(group, at, 0, 4096, past).await;
+        assert!(matches!(late, Err(PgError::Dropped(_))), "{late:?}");
+        let got = handle.read(group, at, 0, 4096).await.expect("read");
+        assert!(
+            got.iter().all(|b| *b == 0),
+            "the late write changed nothing"
+        );
+        let soon = Some(std::time::Instant::now() + std::time::Duration::from_secs(30));
+        handle
+            .write_before(group, at, 0, pattern(9, 4096), soon)
+            .await
+            .expect("in time");
+        let got = handle.read(group, at, 0, 4096).await.expect("read");
+        assert!(got == pattern(9, 4096), "the write in time landed");
     });
 }
 

@@ -137,27 +137,23 @@ impl Net {
         let _ = run("ip", &["link", "del", &self.bridge()], None);
     }
 
+    /// Runs `nft ARGS...` in process `index`'s namespace.
+    fn nft(&self, index: usize, args: &[&str]) -> Result<(), String> {
+        let ns = self.namespace(index);
+        let mut all = vec!["netns", "exec", ns.as_str(), "nft"];
+        all.extend_from_slice(args);
+        run("ip", &all, None)
+    }
+
     /// Cuts every process in `a` off from every process in `b`, both ways.
     pub(crate) fn cut(&self, a: &[usize], b: &[usize]) -> Result<(), String> {
         for (from, to) in [(a, b), (b, a)] {
             for &index in from {
                 let addresses: Vec<String> = to.iter().map(|&i| self.address(i)).collect();
                 let elements = format!("{{ {} }}", addresses.join(", "));
-                run(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        &self.namespace(index),
-                        "nft",
-                        "add",
-                        "element",
-                        "inet",
-                        "chaos",
-                        "cut",
-                        &elements,
-                    ],
-                    None,
+                self.nft(
+                    index,
+                    &["add", "element", "inet", "chaos", "cut", &elements],
                 )?;
             }
         }
@@ -167,21 +163,7 @@ impl Net {
     /// Heals every cut.
     pub(crate) fn heal(&self) -> Result<(), String> {
         for index in 0..self.count {
-            run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &self.namespace(index),
-                    "nft",
-                    "flush",
-                    "set",
-                    "inet",
-                    "chaos",
-                    "cut",
-                ],
-                None,
-            )?;
+            self.nft(index, &["flush", "set", "inet", "chaos", "cut"])?;
         }
         Ok(())
     }

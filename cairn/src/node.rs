@@ -907,6 +907,18 @@ async fn piece_route(
     let deadline = headers.get(DEADLINE_HEADER).and_then(|v| v.to_str().ok());
     let Ok(deadline) = deadline_from(deadline, unix_millis()) else {
         // Its sender may have sent it elsewhere by now: running it could undo newer writes.
+        // Every one refused points at a clock apart or a network holding requests for
+        // seconds: said at most every 10 s, not once per request.
+        static LAST_WARNED_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now_s = unix_millis() / 1000;
+        let last = LAST_WARNED_S.load(std::sync::atomic::Ordering::Relaxed);
+        if now_s >= last + 10 {
+            LAST_WARNED_S.store(now_s, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                group,
+                "a forwarded write arrived past its sender's deadline and was refused: is this node's clock ahead of its peers'?"
+            );
+        }
         let answer = json!({
             "error": "the forwarded request's deadline passed before it arrived (clocks apart?)",
             "leader": null,

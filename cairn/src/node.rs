@@ -558,6 +558,13 @@ impl Forwarder {
         router.forget_leader(group);
     }
 
+    /// Tries another member of `group` next: `node` did not answer (see
+    /// [`cairn_client::PgRouter::skip_node`]).
+    fn skip_node(&self, group: GroupId, node: NodeId) {
+        let mut router = self.directory.router.lock().expect("not poisoned");
+        router.skip_node(group, node);
+    }
+
     /// The node to send a piece of `group` to: the leader last heard of (`hint` first), else
     /// the preferred one; `None` if that is this node or unknown.
     fn next_hop(&self, group: GroupId, hint: Option<ReplicaId>) -> Option<(NodeId, SocketAddr)> {
@@ -705,8 +712,10 @@ impl Forwarder {
                         self.directory.heard_epoch(group, epoch);
                     }
                     hint = answer.leader;
-                    if hint.is_none() {
+                    if hint.is_none() && NodeAnswer::answered(&why) {
                         self.forget_leader(group);
+                    } else if hint.is_none() {
+                        self.skip_node(group, addr.0);
                     }
                     tokio::time::sleep(Duration::from_millis(if hint.is_some() { 5 } else { 100 }))
                         .await;
@@ -729,6 +738,12 @@ struct NodeAnswer {
 }
 
 impl NodeAnswer {
+    /// True if the node answered at all (an HTTP status), false for a connection refused,
+    /// reset or timed out.
+    fn answered(error: &str) -> bool {
+        error.starts_with("node at ") && error.contains(": HTTP ")
+    }
+
     /// Reads `Forwarder::forward`'s error text; anything else (a refused connection, another
     /// status, a body that is not JSON) names nothing.
     fn parse(error: &str) -> NodeAnswer {
@@ -1308,6 +1323,11 @@ mod tests {
             NodeAnswer::parse("connection refused"),
             NodeAnswer::default()
         );
+        // A status means the node answered; a transport error does not.
+        assert!(NodeAnswer::answered(unhosted));
+        assert!(!NodeAnswer::answered(
+            "https://n4.cairn:7100/v1/pieces/1/1/1/0?offset=0: timeout: global"
+        ));
         assert_eq!(
             NodeAnswer::parse("node at 127.0.0.1:9: HTTP 503 <html>"),
             NodeAnswer::default()

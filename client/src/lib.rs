@@ -141,6 +141,23 @@ impl PgRouter {
         }
     }
 
+    /// Gives up on `node` for `group` (it did not answer: down, or cut off by a partition)
+    /// and guesses the next member after it as the leader. Forgetting the leader alone would
+    /// send the next request to the preferred leader, often the very node that did not
+    /// answer; a guessed member that does not lead names the leader in its answer.
+    pub fn skip_node(&mut self, group: GroupId, node: NodeId) {
+        if let Some(route) = self.routes.get_mut(&group) {
+            let members = &route.members;
+            let after = members
+                .iter()
+                .position(|m| m.node() == node)
+                .map_or(0, |i| i + 1);
+            route.leader = (0..members.len())
+                .map(|k| members[(after + k) % members.len()])
+                .find(|m| m.node() != node);
+        }
+    }
+
     /// The node to send `group`'s requests to: its known leader's, else its preferred
     /// leader's; `None` for a PG not in any map held.
     pub fn target(&self, group: GroupId) -> Option<NodeId> {
@@ -221,6 +238,30 @@ mod tests {
         );
         router.forget_leader(group);
         assert_eq!(router.target(group), Some(NodeId(2)));
+        assert_eq!(router.target(GroupId::pg(PoolId(2), 0)), None);
+    }
+
+    /// Goal: a node that did not answer for a PG is skipped: the next request goes to the
+    /// member after it (in map order, wrapping), never to it again at once.
+    #[test]
+    fn router_skips_a_node_that_did_not_answer() {
+        let mut router = PgRouter::new();
+        let map = vec![vec![replica(2, 1), replica(3, 1), replica(4, 1)]];
+        assert!(router.update_pool(PoolId(1), 1, &map));
+        let group = GroupId::pg(PoolId(1), 0);
+        router.skip_node(group, NodeId(2));
+        assert_eq!(router.target(group), Some(NodeId(3)));
+        router.skip_node(group, NodeId(3));
+        assert_eq!(router.target(group), Some(NodeId(4)));
+        router.skip_node(group, NodeId(4));
+        assert_eq!(router.target(group), Some(NodeId(2)), "wraps around");
+        router.skip_node(group, NodeId(9));
+        assert_eq!(
+            router.target(group),
+            Some(NodeId(2)),
+            "not a member: the first"
+        );
+        router.skip_node(GroupId::pg(PoolId(2), 0), NodeId(2));
         assert_eq!(router.target(GroupId::pg(PoolId(2), 0)), None);
     }
 

@@ -333,6 +333,11 @@ impl FileLogStore {
                 (1, file, bytes)
             }
         };
+        // The segment written next is tracked like the replayed ones, a new store's first
+        // included: `clean` deletes from the oldest tracked segment on, and an untracked first
+        // segment outlived a later one holding a group's removal, so a reopen brought the
+        // removed group back (found by `file_store_matches_the_model`).
+        segment_entries.entry(segment_number).or_default();
         let groups = state
             .iter()
             .map(|(replica, s)| {

@@ -605,8 +605,7 @@ impl Drop for Cluster {
         for index in (0..self.len()).rev() {
             self.kill(index);
         }
-        // The namespaces go after their processes (field order would drop them in any case).
-        self.net = None;
+        // `net`, the last field, drops after this: the namespaces go after their processes.
     }
 }
 

@@ -65,7 +65,7 @@ const LONG_OUTAGE_SPREAD_MS: u64 = 4_000;
 /// How long the cluster may take to heal after the run: moves still copying finish (each PG
 /// holds a few MiB, under the default restore budget), then rebalance brings members back
 /// to a node that was away, at most a few PGs at a time.
-const HEAL_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const HEAL_DEADLINE: Duration = Duration::from_secs(120);
 /// How often the health monitor looks: several looks per heartbeat timeout.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -91,7 +91,7 @@ pub struct Report {
 
 struct KillNodes {
     cluster: Cluster,
-    dir: PathBuf,
+    notes: Notes,
     kills: u64,
     long_outages: u64,
     /// Counters of storage-node processes since killed, scraped just before their kill.
@@ -122,13 +122,37 @@ impl Notes {
     }
 }
 
-fn note(dir: &Path, what: &str, loud: bool) {
-    Notes {
-        dir: dir.to_path_buf(),
-        scenario: "kill-nodes",
-        file: "kills",
+/// How a heal after a run ended (see [`wait_for_heal`]).
+pub(crate) struct Heal {
+    /// How long it took; `None` if it never completed.
+    pub(crate) after: Option<Duration>,
+    /// PGs healthy with agreeing digests in the last health seen.
+    pub(crate) pgs_healthy: u64,
+}
+
+/// Waits up to [`HEAL_DEADLINE`] for `healed` to hold of the cluster's health, saying how
+/// it went in `notes`.
+pub(crate) fn wait_for_heal(
+    cluster: &Cluster,
+    notes: &Notes,
+    healed: impl Fn(&Value) -> bool,
+) -> Heal {
+    notes.note("writer stopped; waiting for the heal", true);
+    let started = Instant::now();
+    let (done, last) = cluster.wait_health(HEAL_DEADLINE, healed);
+    let pgs_healthy = last.as_ref().map_or(0, pgs_consistent_and_healthy);
+    let after = done.then(|| started.elapsed());
+    match after {
+        Some(after) => notes.note(&format!("healed after {after:?}"), true),
+        None => {
+            let last = last.map_or("none".into(), |h| health_summary(&h));
+            notes.note(
+                &format!("NOT healed within {HEAL_DEADLINE:?}; last health: {last}"),
+                true,
+            );
+        }
     }
-    .note(what, loud)
+    Heal { after, pgs_healthy }
 }
 
 /// Health in one line: the overall word, PG counts, and per node replicas/leaders (or
@@ -175,7 +199,7 @@ pub(crate) fn monitor(probe: Probe, notes: Notes, stop: Arc<AtomicBool>) {
 
 impl KillNodes {
     fn note(&self, what: &str) {
-        note(&self.dir, what, true);
+        self.notes.note(what, true);
     }
 
     fn add_counters(&mut self, index: usize) {
@@ -231,21 +255,10 @@ impl Victim for KillNodes {
 
     /// Nothing is down (every kill restarted before returning): waits for the heal.
     fn settle(&mut self, _: &mut Rng) -> Result<u64, String> {
-        self.note("writer stopped; waiting for the heal");
-        let started = Instant::now();
-        let (healed, last) = self.cluster.wait_health(HEAL_DEADLINE, |h| {
+        let heal = wait_for_heal(&self.cluster, &self.notes, |h| {
             h["status"] == "healthy" && h["pgs_healthy"].as_u64() == Some(POOL_PGS)
         });
-        self.pgs_healthy = last.as_ref().map_or(0, pgs_consistent_and_healthy);
-        if healed {
-            self.healed_after = Some(started.elapsed());
-            self.note(&format!("healed after {:?}", started.elapsed()));
-        } else {
-            let last = last.map_or("none".into(), |h| health_summary(&h));
-            self.note(&format!(
-                "NOT healed within {HEAL_DEADLINE:?}; last health: {last}"
-            ));
-        }
+        (self.healed_after, self.pgs_healthy) = (heal.after, heal.pgs_healthy);
         Ok(0)
     }
 }
@@ -253,9 +266,14 @@ impl Victim for KillNodes {
 /// Runs the scenario in `dir` for about `seconds`.
 pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, String> {
     let cluster = Cluster::start(cairn, dir, METAS, NODES)?;
+    let notes = Notes {
+        dir: dir.to_path_buf(),
+        scenario: "kill-nodes",
+        file: "kills",
+    };
     let mut victim = KillNodes {
         cluster,
-        dir: dir.to_path_buf(),
+        notes: notes.clone(),
         kills: 0,
         long_outages: 0,
         counters: BTreeMap::new(),
@@ -264,15 +282,10 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     };
     victim.note(&format!("cluster up in {}", dir.display()));
     for index in 0..victim.cluster.len() {
-        note(dir, &victim.cluster.describe(index), false);
+        notes.note(&victim.cluster.describe(index), false);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = {
-        let notes = Notes {
-            dir: dir.to_path_buf(),
-            scenario: "kill-nodes",
-            file: "kills",
-        };
         let (probe, stop) = (victim.cluster.probe(), stop.clone());
         thread::spawn(move || monitor(probe, notes, stop))
     };

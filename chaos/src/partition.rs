@@ -33,14 +33,14 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{
     chunkstore_kill::Rng,
-    cluster::{Cluster, HEARTBEAT_TIMEOUT_S, POOL_PGS, Role, pgs_consistent_and_healthy},
+    cluster::{Cluster, HEARTBEAT_TIMEOUT_S, POOL_PGS, pgs_consistent_and_healthy},
     dev_kill::{Endpoints, Victim, Writes, run_with},
-    kill_nodes::{Notes, health_summary, monitor},
+    kill_nodes::{Notes, monitor, wait_for_heal},
     reads::{ReadTally, reader},
 };
 
@@ -62,9 +62,6 @@ const LONG_CUT_MS_MIN: u64 = 6_000;
 const LONG_CUT_SPREAD_MS: u64 = 4_000;
 /// One isolation in this many, of a storage node, is long.
 const LONG_ONE_IN: u64 = 3;
-/// How long the cluster may take to heal after the run (see `kill-nodes`).
-const HEAL_DEADLINE: Duration = Duration::from_secs(120);
-
 const _: () = assert!(LONG_CUT_MS_MIN >= 3 * HEARTBEAT_TIMEOUT_S * 1000);
 
 /// One cut: who is cut off from whom, for how long.
@@ -213,30 +210,16 @@ impl Victim for Partition {
     }
 
     /// Every cut is healed (each heals before the next): stops the reader and waits for the
-    /// cluster to heal.
+    /// cluster to heal, digests agreeing.
     fn settle(&mut self, _: &mut Rng) -> Result<u64, String> {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             thread.join().map_err(|_| "reader panicked")?;
         }
-        self.notes
-            .note("writer and reader stopped; waiting for the heal", true);
-        let started = Instant::now();
-        let (healed, last) = self.cluster.wait_health(HEAL_DEADLINE, |h| {
+        let heal = wait_for_heal(&self.cluster, &self.notes, |h| {
             h["status"] == "healthy" && pgs_consistent_and_healthy(h) == POOL_PGS
         });
-        self.pgs_healthy = last.as_ref().map_or(0, pgs_consistent_and_healthy);
-        if healed {
-            self.healed_after = Some(started.elapsed());
-            self.notes
-                .note(&format!("healed after {:?}", started.elapsed()), true);
-        } else {
-            let last = last.map_or("none".into(), |h| health_summary(&h));
-            self.notes.note(
-                &format!("NOT healed within {HEAL_DEADLINE:?}; last health: {last}"),
-                true,
-            );
-        }
+        (self.healed_after, self.pgs_healthy) = (heal.after, heal.pgs_healthy);
         Ok(0)
     }
 }
@@ -310,7 +293,6 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     let verdict = verdict?;
     let mut unrepaired = 0;
     for index in victim.cluster.nodes() {
-        debug_assert_eq!(victim.cluster.role(index), Role::Node);
         let counters = victim
             .cluster
             .counters(index)

@@ -63,7 +63,18 @@
 #                     `partition: acknowledged=N lost=L corrupt=C unrepaired=U degraded_pgs=D`
 #                     (all but N must be 0; L includes blocks wrongly served to the reader).
 #                     DIR keeps m1..m3.log, n4..n7.log and cuts.log.
-# Not covered yet: disks failing whole (IO errors, gone).
+#   disk-faults       the kill-nodes cluster with two disks per storage node, each behind a
+#                     fault-injecting engine (`cairn node run --fault-injection`); under the
+#                     writer and a reader, one disk at a time starts failing every write (half
+#                     the faults), read or fdatasync with EIO. The node must take it out of
+#                     service and the metadata leader see it failed (its PG members move at
+#                     once); after 2-4 s the node is killed and restarts with the disk as it
+#                     was or with a blank one (the old one marked out). The cluster must be
+#                     healthy before each fault and heal at the end; every block is checked.
+#                     Ends with `disk-faults: acknowledged=N lost=L corrupt=C unrepaired=U
+#                     degraded_pgs=D` (all but N must be 0); stderr has `faults=K
+#                     seen_failed=S replaced=R` (S must equal K). DIR keeps faults.log.
+# Not covered yet: a disk that turns slow (sub-health), a full disk, the Raft log device failing.
 set -euo pipefail
 scenario=${1:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
 seconds=${2:?usage: chaos/run.sh SCENARIO SECONDS [DIR]}
@@ -77,9 +88,9 @@ case $scenario in
   chunkstore-kill|raftlog-kill)
     cargo build --quiet --release --manifest-path "$here/../Cargo.toml" -p cairn-chaos
     exec "$CARGO_TARGET_DIR/release/cairn-chaos" "$scenario" "$dir" "$seconds" ;;
-  dev-kill|nodes-kill|iscsi-kill|kill-nodes|bitflip|partition)
+  dev-kill|nodes-kill|iscsi-kill|kill-nodes|bitflip|partition|disk-faults)
     # The dev profile the tests share (one RocksDB build); cairn-chaos runs the cairn beside it.
     cairn_test_binaries
     exec "$CAIRN_CHAOS" "$scenario" "$dir" "$seconds" ;;
-  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, iscsi-kill, kill-nodes, bitflip, partition)" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario (known: chunkstore-kill, raftlog-kill, dev-kill, nodes-kill, iscsi-kill, kill-nodes, bitflip, partition, disk-faults)" >&2; exit 2 ;;
 esac

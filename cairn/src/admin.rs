@@ -180,7 +180,7 @@ pub enum NodeCommand {
     /// it and its disks.
     Remove { id: u64 },
     /// Runs a storage node: registers it and its disks, hosts its PG replicas.
-    Run(crate::node::NodeArgs),
+    Run(Box<crate::node::NodeArgs>),
 }
 
 #[derive(Subcommand)]
@@ -803,8 +803,9 @@ fn status_table(v: &Value) -> Table {
             table.add_row(vec![format!("inconsistent.{}", text(&pg["group"])), line]);
         }
         let disks = format!(
-            "{} in and reporting, {} in but silent, {} out",
+            "{} in and reporting, {} failed, {} in but silent, {} out",
             text(&health["disks_in_reporting"]),
+            text(&health["disks_failed"]),
             text(&health["disks_in_silent"]),
             text(&health["disks_out"])
         );
@@ -826,11 +827,14 @@ fn status_table(v: &Value) -> Table {
                 );
                 table.add_row(vec![format!("node.{}", text(&n["node"])), line]);
                 for d in n["disks"].as_array().into_iter().flatten() {
-                    let latency = format!(
-                        "mean read {} µs, mean write {} µs",
-                        text(&d["read_us"]),
-                        text(&d["write_us"])
-                    );
+                    let latency = match d["failure"].as_str() {
+                        Some(failure) => format!("FAILED, out of service: {failure}"),
+                        None => format!(
+                            "mean read {} µs, mean write {} µs",
+                            text(&d["read_us"]),
+                            text(&d["write_us"])
+                        ),
+                    };
                     let disk = format!("node.{}.disk.{}", text(&n["node"]), text(&d["id"]));
                     table.add_row(vec![disk, latency]);
                 }
@@ -1195,7 +1199,7 @@ pub fn volume(connection: &Connection, command: VolumeCommand) -> ExitCode {
 
 pub fn node(connection: &Connection, command: NodeCommand) -> ExitCode {
     match command {
-        NodeCommand::Run(args) => crate::node::run(args, connection),
+        NodeCommand::Run(args) => crate::node::run(*args, connection),
         NodeCommand::List => run_with(connection, "/v1/nodes", Method::Get, disk_table),
         NodeCommand::AddDisk {
             id,

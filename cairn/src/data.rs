@@ -128,7 +128,7 @@ impl From<PgError> for DataError {
             }
             PgError::UnknownGroup(_)
             | PgError::Store { .. }
-            | PgError::Disk { .. }
+            | PgError::DiskFailed { .. }
             | PgError::Raft(_) => DataError::Failed(e.to_string()),
         }
     }

@@ -173,7 +173,7 @@ async fn open_disks(dir: &Path) -> Result<Vec<Arc<ChunkStore>>, String> {
     let paths: Vec<PathBuf> = (0..DISK_COUNT)
         .map(|i| dir.join(format!("disk{i}")))
         .collect();
-    storage::open_disks(&paths).await
+    storage::open_disks(&paths, false).await
 }
 
 async fn serve(args: DevArgs) -> Result<(), String> {

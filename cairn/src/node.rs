@@ -120,6 +120,10 @@ pub struct NodeArgs {
     /// suit every initiator).
     #[arg(long)]
     iscsi_chap_file: Option<PathBuf>,
+    /// Run every disk behind a fault-injecting engine and serve
+    /// `/v1/debug/disk-faults/{disk}` (chaos runs and tests only).
+    #[arg(long, hide = true)]
+    fault_injection: bool,
 }
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
@@ -221,7 +225,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         return Err(format!("node id {} out of range", args.id));
     }
     let identity = crate::meta::load_identity(&args.certs, me)?;
-    let disks = storage::open_disks(&args.disks).await?;
+    let disks = storage::open_disks(&args.disks, args.fault_injection).await?;
     let registration = json!({
         "raft_addr": args.raft_listen.to_string(),
         "data_addr": args.data_listen.to_string(),
@@ -307,8 +311,17 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     let data_listen = args.data_listen;
     let served_disks = disks.clone();
     let served_as = identity.clone();
+    let faults = args.fault_injection;
     tokio::spawn(async move {
-        if let Err(e) = serve_data(data_listen, &served_as, backend, stats, served_disks).await {
+        let served = serve_data(
+            data_listen,
+            &served_as,
+            backend,
+            stats,
+            served_disks,
+            faults,
+        );
+        if let Err(e) = served.await {
             tracing::error!("{e}");
             eprintln!("cairn node: {e}");
             std::process::exit(1);
@@ -1242,8 +1255,13 @@ async fn serve_data(
     backend: NodeBackend,
     stats: Arc<PgStats>,
     disks: Vec<Arc<ChunkStore>>,
+    fault_injection: bool,
 ) -> Result<(), String> {
     let token = Arc::new(backend.token.clone());
+    let faults = match fault_injection {
+        true => storage::fault_routes(disks.clone()),
+        false => axum::Router::new(),
+    };
     let located_disks = disks.clone();
     let metrics = axum::routing::get(move || {
         let (stats, disks) = (stats.clone(), disks.clone());
@@ -1277,6 +1295,7 @@ async fn serve_data(
         .layer(axum::extract::DefaultBodyLimit::max(WRITE_BYTES_MAX + 4096))
         .with_state(backend.clone())
         .merge(data::routes(backend))
+        .merge(faults)
         .layer(axum::middleware::from_fn_with_state(token, require_token));
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -35,8 +35,15 @@ pub struct PoolMap {
     pub pg_map: Vec<Vec<PgMember>>,
 }
 
-/// Opens (formatting on first use) the chunk store in each directory.
-pub async fn open_disks(paths: &[PathBuf]) -> Result<Vec<Arc<ChunkStore>>, String> {
+/// Opens (formatting on first use) the chunk store in each directory; with `fault_injection`
+/// (chaos runs and tests) each behind a fault-injecting engine ([`fault_routes`]). A disk
+/// that fails to open is left out, loudly: the node serves with the others (the replicas the
+/// missing disk held do not run, and the metadata service replaces them once its heartbeat
+/// timeout finds them silent). An error only if none opens.
+pub async fn open_disks(
+    paths: &[PathBuf],
+    fault_injection: bool,
+) -> Result<Vec<Arc<ChunkStore>>, String> {
     // A caller polling for its completion holds a runtime worker from the network and Raft
     // tasks while it spins: worth it only with cores to spare (the chunk-store benchmark runs
     // one disk alone; a node runs several beside everything else).
@@ -53,16 +60,88 @@ pub async fn open_disks(paths: &[PathBuf]) -> Result<Vec<Arc<ChunkStore>>, Strin
             spin_us,
             ..EngineOptions::default()
         },
+        fault_injection,
         ..ChunkStoreOptions::default()
     };
     let mut disks = Vec::new();
+    let mut failed = Vec::new();
     for path in paths {
-        let store = ChunkStore::open(path, &options)
-            .await
-            .map_err(|e| format!("disk {}: {e}", path.display()))?;
-        disks.push(Arc::new(store));
+        match ChunkStore::open(path, &options).await {
+            Ok(store) => disks.push(Arc::new(store)),
+            Err(e) => {
+                let why = format!("disk {}: {e}", path.display());
+                tracing::error!("{why}; serving without it");
+                eprintln!("cairn: {why}; serving without it");
+                failed.push(why);
+            }
+        }
+    }
+    if disks.is_empty() {
+        return Err(format!("no disk opened: {}", failed.join("; ")));
     }
     Ok(disks)
+}
+
+/// The fault-injection route of a node started with `--fault-injection` (chaos runs and
+/// tests, never production): `POST /v1/debug/disk-faults/{disk}` with `{"fault":
+/// "read-error" | "write-error" | "sync-error"}` makes every such IO on the disk fail with
+/// EIO from then on, as a dying disk does; `DELETE` clears the disk's faults (a disk the node
+/// already took out of service stays out until the node restarts). Behind the admin token
+/// like the rest of the data API.
+pub fn fault_routes(disks: Vec<Arc<ChunkStore>>) -> axum::Router {
+    use axum::{Json, extract::Path as UrlPath};
+    use cairn_storage_node::io::fault::Fault;
+    let find = move |disk: &str| {
+        disks
+            .iter()
+            .find(|d| d.disk_id().to_string() == disk)
+            .cloned()
+    };
+    let inject_find = find.clone();
+    let inject = move |UrlPath(disk): UrlPath<String>, Json(body): Json<serde_json::Value>| {
+        let found = inject_find(&disk);
+        async move {
+            let Some(store) = found else {
+                return (StatusCode::NOT_FOUND, format!("no disk {disk} here")).into_response();
+            };
+            let Some(faults) = store.faults() else {
+                return (StatusCode::CONFLICT, "opened without fault injection").into_response();
+            };
+            let path = store.dir().to_path_buf();
+            let whole = 0..u64::MAX;
+            let fault = match body["fault"].as_str() {
+                Some("read-error") => Fault::ReadError { path, range: whole },
+                Some("write-error") => Fault::WriteError { path, range: whole },
+                Some("sync-error") => Fault::SyncError { path },
+                _ => {
+                    let why = "fault must be read-error, write-error or sync-error";
+                    return (StatusCode::BAD_REQUEST, why).into_response();
+                }
+            };
+            faults.inject(fault);
+            tracing::warn!(%disk, fault = %body["fault"], "fault injected");
+            Json(serde_json::json!({ "disk": disk, "fault": body["fault"] })).into_response()
+        }
+    };
+    let clear = move |UrlPath(disk): UrlPath<String>| {
+        let found = find(&disk);
+        async move {
+            match found.as_ref().and_then(|store| store.faults()) {
+                Some(faults) => {
+                    faults.clear();
+                    tracing::warn!(%disk, "injected faults cleared");
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                None => {
+                    (StatusCode::NOT_FOUND, format!("no faulty disk {disk} here")).into_response()
+                }
+            }
+        }
+    };
+    axum::Router::new().route(
+        "/v1/debug/disk-faults/{disk}",
+        axum::routing::post(inject).delete(clear),
+    )
 }
 
 /// Waits for SIGTERM or SIGINT, then flushes every chunk store and exits the process (0).
@@ -261,6 +340,7 @@ pub fn heartbeat(
                 corrupt_blocks: d.stats().corrupt_blocks.load(Relaxed),
                 read_micros: d.stats().read_micros.load(Relaxed),
                 write_micros: d.stats().write_micros.load(Relaxed),
+                failure: d.failure().map(str::to_string),
             })
             .collect(),
         replicas: replicas
@@ -393,6 +473,19 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
             })
             .collect();
         counter(name, help, samples);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cairn_disk_failed 1 once the node took the disk out of service after an IO error.\n\
+         # TYPE cairn_disk_failed gauge"
+    );
+    for disk in disks {
+        let failed = u8::from(disk.failure().is_some());
+        let _ = writeln!(
+            out,
+            "cairn_disk_failed{{disk=\"{}\"}} {failed}",
+            disk.disk_id()
+        );
     }
     let content_type = [("content-type", "text/plain; version=0.0.4")];
     (StatusCode::OK, content_type, out).into_response()

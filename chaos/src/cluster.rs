@@ -1,6 +1,6 @@
 //! A cluster of real processes on loopback for the scenarios that kill parts of it: `cairn
 //! meta` members (ids 1..=M, one group) and `cairn node run` storage nodes (ids M+1.., one disk
-//! each), one CA, one admin token, and a 3-replica pool [`POOL`] of [`POOL_PGS`] PGs with host
+//! each unless [`NodeOptions`] say otherwise), one CA, one admin token, and a 3-replica pool [`POOL`] of [`POOL_PGS`] PGs with host
 //! as failure domain, created once every disk reports.
 //!
 //! Each process logs to `DIR/<name>.log` at `CAIRN_LOG=info` (`m<ID>` for members, `n<ID>`
@@ -57,6 +57,25 @@ const STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// How long one health question waits: a member that was just killed must not stall a poll.
 const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How the storage nodes run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodeOptions {
+    /// Data directories (disks) per node: `n<ID>/disk`, then `n<ID>/disk1`...
+    pub(crate) disks: usize,
+    /// `--fault-injection`: every disk behind a fault-injecting engine, and the node's data
+    /// API takes `/v1/debug/disk-faults/{disk}`.
+    pub(crate) fault_injection: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            disks: 1,
+            fault_injection: false,
+        }
+    }
+}
+
 /// What a process of the cluster is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -83,6 +102,7 @@ pub(crate) struct Cluster {
     /// Set for a cluster whose processes run in network namespaces of their own, to be cut
     /// apart (see [`Cluster::start_partitionable`]); else every process is on loopback.
     net: Option<Net>,
+    options: NodeOptions,
 }
 
 /// The log file `DIR/<name>.log`, appended to.
@@ -258,7 +278,18 @@ impl Cluster {
     /// Starts `metas` members and `nodes` storage nodes in `dir`, creates the pool and waits
     /// until every PG is healthy.
     pub(crate) fn start(cairn: &Path, dir: &Path, metas: u64, nodes: u64) -> Result<Self, String> {
-        Self::start_on(cairn, dir, metas, nodes, None)
+        Self::start_on(cairn, dir, metas, nodes, None, NodeOptions::default())
+    }
+
+    /// [`Cluster::start`] with storage nodes run as `options` say.
+    pub(crate) fn start_with(
+        cairn: &Path,
+        dir: &Path,
+        metas: u64,
+        nodes: u64,
+        options: NodeOptions,
+    ) -> Result<Self, String> {
+        Self::start_on(cairn, dir, metas, nodes, None, options)
     }
 
     /// [`Cluster::start`] with every process in a network namespace of its own (see
@@ -270,7 +301,7 @@ impl Cluster {
         nodes: u64,
     ) -> Result<Self, String> {
         let net = Net::create((metas + nodes) as usize)?;
-        Self::start_on(cairn, dir, metas, nodes, Some(net))
+        Self::start_on(cairn, dir, metas, nodes, Some(net), NodeOptions::default())
     }
 
     fn start_on(
@@ -279,6 +310,7 @@ impl Cluster {
         metas: u64,
         nodes: u64,
         net: Option<Net>,
+        options: NodeOptions,
     ) -> Result<Self, String> {
         assert!(metas >= 1);
         assert!(nodes >= 3, "3 replicas on distinct hosts");
@@ -302,12 +334,13 @@ impl Cluster {
                 .build()
                 .into(),
             net,
+            options,
         };
         for index in 0..cluster.len() {
             cluster.spawn(index)?;
         }
         let (reporting, last) = cluster.wait_health(SETUP_DEADLINE, |h| {
-            h["disks_in_reporting"].as_u64() == Some(nodes)
+            h["disks_in_reporting"].as_u64() == Some(nodes * options.disks as u64)
         });
         if !reporting {
             return Err(format!("the disks never all reported: {last:?}"));
@@ -383,8 +416,17 @@ impl Cluster {
         )
     }
 
+    /// Disk `disk` (0-based) of storage node `index`: its data directory.
+    pub(crate) fn disk_dir(&self, index: usize, disk: usize) -> PathBuf {
+        let node_dir = self.dir.join(self.name(index));
+        match disk {
+            0 => node_dir.join("disk"),
+            k => node_dir.join(format!("disk{k}")),
+        }
+    }
+
     /// Process `index`'s API: the admin API of a member, the data API of a node.
-    fn api_url(&self, index: usize) -> String {
+    pub(crate) fn api_url(&self, index: usize) -> String {
         format!(
             "http://{}:{}",
             self.host(index),
@@ -392,7 +434,7 @@ impl Cluster {
         )
     }
 
-    fn admin_urls(&self) -> Vec<String> {
+    pub(crate) fn admin_urls(&self) -> Vec<String> {
         (0..self.len())
             .filter(|i| self.role(*i) == Role::Meta)
             .map(|i| self.api_url(i))
@@ -466,8 +508,14 @@ impl Cluster {
                 let mut command = cairn;
                 command
                     .args(["node", "run", "--id", &id.to_string()])
-                    .args(["--data", &path_str(&node_dir)])
-                    .args(["--disk", &path_str(&node_dir.join("disk"))])
+                    .args(["--data", &path_str(&node_dir)]);
+                for disk in 0..self.options.disks {
+                    command.args(["--disk", &path_str(&self.disk_dir(index, disk))]);
+                }
+                if self.options.fault_injection {
+                    command.arg("--fault-injection");
+                }
+                command
                     .args(["--raft-listen", &format!("{host}:{raft}")])
                     .args(["--data-listen", &format!("{host}:{api}")])
                     .args(["--certs", &path_str(&self.dir.join("certs"))])
@@ -553,6 +601,18 @@ impl Cluster {
             }
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Posts `body` to `path` on storage node `index`'s data API: status and JSON body.
+    pub(crate) fn post_node(
+        &self,
+        index: usize,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Value), String> {
+        assert_eq!(self.role(index), Role::Node);
+        let url = format!("{}{path}", self.api_url(index));
+        call(&self.agent, &url, TOKEN, Some(body))
     }
 
     /// Storage node `index`'s Prometheus counters, summed per name; `None` if it does not

@@ -4,13 +4,16 @@
 //! leader, a wiped member rejoining by snapshot), `dev-kill` (kill -9 of `cairn dev` under
 //! a volume writer), `nodes-kill` (kill -9 of storage nodes under a volume writer) and
 //! `kill-nodes` (kill -9 of any metadata member or storage node, long outages that make the
-//! scheduler move PG members, then heal) and `bitflip` (bits flipped in chunk files under a
-//! volume writer and a reader: every damaged block must be repaired, none served).
+//! scheduler move PG members, then heal), `bitflip` (bits flipped in chunk files under a
+//! volume writer and a reader: every damaged block must be repaired, none served),
+//! `partition` (network cuts between the processes) and `disk-faults` (disks failing with
+//! EIO, then restarted or replaced by blank ones).
 
 pub mod bitflip;
 pub mod chunkstore_kill;
 mod cluster;
 pub mod dev_kill;
+pub mod disk_faults;
 pub mod iscsi_kill;
 pub mod journal;
 pub mod kill;

@@ -13,6 +13,7 @@
 //! cairn-chaos kill-nodes DIR SECONDS [SEED]          kill -9 any member or node, moves, heal
 //! cairn-chaos bitflip DIR SECONDS [SEED]             flip bits in chunk files under load, repair
 //! cairn-chaos partition DIR SECONDS [SEED]           cut the network between members and nodes
+//! cairn-chaos disk-faults DIR SECONDS [SEED]         fail disks with EIO, restart or replace them
 //! ```
 //!
 //! `meta-failover`, `dev-kill`, `nodes-kill`, `kill-nodes` and `bitflip` run the `cairn` binary
@@ -203,6 +204,12 @@ fn main() -> ExitCode {
             };
             partition(Path::new(dir), seconds, seed)
         }
+        ["disk-faults", dir, seconds, ref seed @ ..] => {
+            let (Ok(seconds), Some(seed)) = (seconds.parse::<f64>(), seed_arg(seed)) else {
+                return usage();
+            };
+            disk_faults(Path::new(dir), seconds, seed)
+        }
         ["bitflip", dir, seconds, ref seed @ ..] => {
             let (Ok(seconds), Some(seed)) = (seconds.parse::<f64>(), seed_arg(seed)) else {
                 return usage();
@@ -349,6 +356,41 @@ fn partition(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
     }
 }
 
+fn disk_faults(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
+    eprintln!("disk-faults: seed {seed} (replay: cairn-chaos disk-faults DIR {seconds} {seed})");
+    let r = match cairn_chaos::disk_faults::run(&cairn_binary(), dir, seconds, seed) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("disk-faults: {error}");
+            eprintln!("disk-faults: logs kept in {}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "disk-faults: faults={} seen_failed={} replaced={} reads_checked={} reads_refused={} \
+         ambiguous={} healed_after={:?}",
+        r.faults,
+        r.seen_failed,
+        r.replaced,
+        r.reads_checked,
+        r.reads_refused,
+        r.ambiguous,
+        r.healed_after,
+    );
+    println!(
+        "disk-faults: acknowledged={} lost={} corrupt={} unrepaired={} degraded_pgs={}",
+        r.acknowledged, r.lost, r.corrupt, r.unrepaired, r.degraded_pgs
+    );
+    let clean = r.lost == 0 && r.corrupt == 0 && r.unrepaired == 0 && r.degraded_pgs == 0;
+    let exercised = r.acknowledged > 0 && r.faults > 0;
+    if clean && exercised && r.seen_failed == r.faults {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("disk-faults: FAILED; logs kept in {}", dir.display());
+        ExitCode::FAILURE
+    }
+}
+
 fn bitflip(dir: &Path, seconds: f64, seed: u64) -> ExitCode {
     eprintln!("bitflip: seed {seed} (replay: cairn-chaos bitflip DIR {seconds} {seed})");
     let r = match cairn_chaos::bitflip::run(&cairn_binary(), dir, seconds, seed) {
@@ -422,6 +464,7 @@ fn usage() -> ExitCode {
     eprintln!("       cairn-chaos kill-nodes DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos bitflip DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos partition DIR SECONDS [SEED]");
+    eprintln!("       cairn-chaos disk-faults DIR SECONDS [SEED]");
     eprintln!("       cairn-chaos meta-bench DIR SECONDS CLIENTS");
     ExitCode::from(2)
 }

@@ -60,6 +60,11 @@ pub struct DiskReport {
     /// Microseconds its writes took, summed.
     #[serde(default)]
     pub write_micros: u64,
+    /// Set once the node took the disk out of service after an IO on it failed, with what
+    /// failed: its members are replaced at once. Left out while the disk serves, so that a
+    /// metadata service of an older build still takes the heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// One PG replica in a heartbeat.
@@ -171,6 +176,9 @@ pub struct Health {
     pub disks_in_reporting: u64,
     /// Disks marked in that no fresh heartbeat reports.
     pub disks_in_silent: u64,
+    /// Disks marked in whose node took them out of service after an IO failed (counted
+    /// here, not as reporting).
+    pub disks_failed: u64,
     /// Disks marked out.
     pub disks_out: u64,
     /// Per node that sent a heartbeat: its age and what it reported.
@@ -208,6 +216,9 @@ pub struct DiskLatency {
     pub read_us: u64,
     /// Mean write latency, microseconds (0 before the first write).
     pub write_us: u64,
+    /// What failed, if the node took the disk out of service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl Health {
@@ -287,14 +298,15 @@ pub fn summarize(
             }
         }
     }
-    let reported: Vec<DiskId> = fresh
+    let reported: BTreeMap<DiskId, bool> = fresh
         .values()
-        .flat_map(|beat| beat.disks.iter().map(|d| d.id))
+        .flat_map(|beat| beat.disks.iter().map(|d| (d.id, d.failure.is_some())))
         .collect();
     for disk in state.disks() {
         match disk.state {
             DiskState::Out => health.disks_out += 1,
-            DiskState::In if reported.contains(&disk.id) => health.disks_in_reporting += 1,
+            DiskState::In if reported.get(&disk.id) == Some(&true) => health.disks_failed += 1,
+            DiskState::In if reported.contains_key(&disk.id) => health.disks_in_reporting += 1,
             DiskState::In => health.disks_in_silent += 1,
         }
     }
@@ -314,6 +326,7 @@ pub fn summarize(
                     id: d.id.to_string(),
                     read_us: d.read_micros.checked_div(d.reads).unwrap_or(0),
                     write_us: d.write_micros.checked_div(d.writes).unwrap_or(0),
+                    failure: d.failure.clone(),
                 })
                 .collect(),
         });
@@ -406,6 +419,7 @@ mod tests {
                         corrupt_blocks: 0,
                         read_micros: 30,
                         write_micros: 100,
+                        failure: None,
                     })
                     .collect(),
                 replicas: pool
@@ -460,6 +474,29 @@ mod tests {
         assert_eq!(health.nodes[0].disks[0].write_us, 50);
         assert_eq!(health.status, Overall::Healthy);
         assert_eq!(health.with_settling(1).status, Overall::Recovering);
+    }
+
+    /// Goal: a disk its node took out of service counts as failed, names what failed, and
+    /// a healthy disk's report leaves the field out (older metadata builds refuse unknown
+    /// fields). Method: node 3 reports its disk failed.
+    #[test]
+    fn a_failed_disk_is_counted_and_named() {
+        let state = cluster();
+        let mut beats = beats(&state, &[1, 2, 3]);
+        let healthy = serde_json::to_string(&beats[0].disks[0]).expect("encode");
+        assert!(!healthy.contains("failure"), "{healthy}");
+        beats[2].disks[0].failure = Some("write chunks/0: EIO".into());
+        let health = summarize(&state, &at(1, beats), Duration::from_secs(30));
+        assert_eq!(
+            (
+                health.disks_in_reporting,
+                health.disks_failed,
+                health.disks_in_silent
+            ),
+            (2, 1, 0)
+        );
+        let failure = health.nodes[2].disks[0].failure.as_deref();
+        assert_eq!(failure, Some("write chunks/0: EIO"));
     }
 
     /// Goal: heartbeats from nodes built before the recovery fields still decode. Method: a

@@ -11,11 +11,16 @@
 //! Definitions (all from the inputs):
 //! - a node is *fresh* if its latest heartbeat is at most `timeout` old;
 //! - a member is *up* if a fresh heartbeat of its own node lists its replica;
-//! - a member is *lost* if its disk is marked out, if it reports it needs replacing, if it
+//! - a member is *lost* if its disk is marked out, if a fresh heartbeat of its node reports
+//!   its disk failed (taken out of service after an IO error; no timeout is waited for, the
+//!   node has stopped the disk's replicas), if it reports it needs replacing, if it
 //!   *diverged* (its digest of the PG's contents differs from the one a majority of the
 //!   members report at the same log index: see [`crate::health`]), or if this member has led
 //!   for at least `timeout` and the member is not up (a new leader has heard from no one yet,
-//!   so silence is judged only after one timeout of leading);
+//!   so silence is judged only after one timeout of leading); a *joining* member (one the
+//!   PG's leader does not count as a voter yet) is lost by silence only once its disk is
+//!   silent too (no fresh heartbeat lists it), since its node hosts it only after polling the
+//!   new map and reports it a heartbeat later;
 //! - a PG is *settled* when a fresh heartbeat reports its leader with `voters` equal to the
 //!   map's members and no learners.
 //!
@@ -37,7 +42,7 @@
 //!   one member over its ideal (most over first) to one at least one under (most under
 //!   first). A move leaves both disks within their ideal's reach, so a balanced cluster plans
 //!   nothing and no member moves back and forth;
-//! - a target disk is in service, on a fresh node, holds no member of the PG and lies in a
+//! - a target disk is in service (marked in, not reported failed), on a fresh node, holds no member of the PG and lies in a
 //!   failure domain (at the pool's level) no remaining member uses. A node may still report
 //!   a replica of the PG that the map dropped (it was away when it was replaced, and drops
 //!   it only later): that does not rule it out. Only settled PGs move, and a settled PG's
@@ -127,9 +132,9 @@ pub fn plan(input: &SchedulerInput) -> Plan {
             match view.settling(&pg) {
                 Some(settling) => {
                     // A member lost while it joins would keep its PG settling forever.
-                    let lost_joining = members
-                        .iter()
-                        .position(|m| settling.joining.contains(&m.replica) && view.lost(state, m));
+                    let lost_joining = members.iter().position(|m| {
+                        settling.joining.contains(&m.replica) && view.lost_joining(state, m)
+                    });
                     if let Some(from) = lost_joining
                         && settling.leader.is_some()
                     {
@@ -237,6 +242,11 @@ struct View<'a> {
     judge_silence: bool,
     /// Members whose digest differs from their PG's majority's (module docs).
     diverged: BTreeSet<ReplicaId>,
+    /// Disks a fresh heartbeat of their own node reports failed (taken out of service after
+    /// an IO error): their members are lost and they take no new ones.
+    failed_disks: BTreeSet<DiskId>,
+    /// Disks fresh heartbeats list, failed or not.
+    reported_disks: BTreeSet<DiskId>,
 }
 
 impl<'a> View<'a> {
@@ -247,12 +257,17 @@ impl<'a> View<'a> {
             groups: BTreeMap::new(),
             judge_silence: input.leading_for >= input.timeout,
             diverged: BTreeSet::new(),
+            failed_disks: BTreeSet::new(),
+            reported_disks: BTreeSet::new(),
         };
         for (node, (age, beat)) in input.heartbeats {
             if *age > input.timeout {
                 continue;
             }
             view.fresh_nodes.insert(*node);
+            let failed = beat.disks.iter().filter(|d| d.failure.is_some());
+            view.failed_disks.extend(failed.map(|d| d.id));
+            view.reported_disks.extend(beat.disks.iter().map(|d| d.id));
             // A node speaks only for its own replicas.
             let own = beat.replicas.iter().filter(|r| r.replica.node().0 == *node);
             for report in own {
@@ -280,6 +295,26 @@ impl<'a> View<'a> {
     }
 
     fn lost(&self, state: &MetaState, member: &PgMember) -> bool {
+        let silent = self.judge_silence && !self.up.contains_key(&member.replica);
+        silent || self.lost_present(state, member)
+    }
+
+    /// Whether a member its PG's leader does not count as a voter yet is lost. Its node
+    /// hosts it only once it has polled the new map, and reports it at its next heartbeat:
+    /// a second or two during which the member is not up. Judged by its replica's silence
+    /// like a voter, each new member was moved again at the next plan, one a second, and a
+    /// PG settled never (found by `chaos disk-faults`). So silence counts only once its disk
+    /// is silent too (its node down, or the disk gone from it); a fresh node reporting the
+    /// disk is about to host the member.
+    fn lost_joining(&self, state: &MetaState, member: &PgMember) -> bool {
+        let silent = self.judge_silence
+            && !self.up.contains_key(&member.replica)
+            && !self.reported_disks.contains(&member.disk);
+        silent || self.lost_present(state, member)
+    }
+
+    /// Whether a member is lost for a reason other than silence.
+    fn lost_present(&self, state: &MetaState, member: &PgMember) -> bool {
         let out = state
             .disk(member.disk)
             .is_none_or(|d| d.state == DiskState::Out);
@@ -288,7 +323,8 @@ impl<'a> View<'a> {
             .get(&member.replica)
             .is_some_and(|r| r.needs_replacing);
         let diverged = self.diverged.contains(&member.replica);
-        out || stuck || diverged || (self.judge_silence && !self.up.contains_key(&member.replica))
+        let failed = self.failed_disks.contains(&member.disk);
+        out || stuck || diverged || failed
     }
 
     /// The PG's leader as reported: of several claims (a deposed leader not yet told), the
@@ -338,7 +374,10 @@ impl<'a> View<'a> {
     /// Whether `disk` may take the place of member `from` of `pg` (module docs, target rules).
     fn may_take(&self, state: &MetaState, pg: &Pg, from: usize, disk: &Disk) -> bool {
         let node = host_node(disk.host);
-        if disk.state != DiskState::In || !self.fresh_nodes.contains(&node.0) {
+        if disk.state != DiskState::In
+            || !self.fresh_nodes.contains(&node.0)
+            || self.failed_disks.contains(&disk.id)
+        {
             return false;
         }
         if pg.members.iter().any(|m| m.disk == disk.id) {
@@ -522,7 +561,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        health::DigestReport,
+        health::{DigestReport, DiskReport},
         placement::FailureDomain,
         state::{Applied, tests::disk},
     };
@@ -565,15 +604,29 @@ mod tests {
         }
     }
 
+    fn disk_report(id: DiskId, failure: Option<&str>) -> DiskReport {
+        DiskReport {
+            id,
+            used_bytes: 0,
+            reads: 0,
+            writes: 0,
+            corrupt_blocks: 0,
+            read_micros: 0,
+            write_micros: 0,
+            failure: failure.map(str::to_string),
+        }
+    }
+
     /// One second old heartbeats of `alive` nodes, each listing its members of every PG; the
     /// first alive member of each PG leads with the map's members as voters (settled).
     fn beats(state: &MetaState, alive: &[u64]) -> BTreeMap<u64, (Duration, Heartbeat)> {
         let mut out: BTreeMap<u64, (Duration, Heartbeat)> = alive
             .iter()
             .map(|node| {
+                let disks = state.disks().filter(|d| u64::from(d.host.0) == *node);
                 let beat = Heartbeat {
                     node: *node,
-                    disks: Vec::new(),
+                    disks: disks.map(|d| disk_report(d.id, None)).collect(),
                     replicas: Vec::new(),
                 };
                 (*node, (Duration::from_secs(1), beat))
@@ -731,6 +784,56 @@ mod tests {
             panic!("not a move");
         };
         assert_eq!(*from, stuck);
+    }
+
+    /// Goal: a member whose disk its node reports failed is replaced at once, before any
+    /// timeout of silence, and a failed disk takes no member. Method: 4 hosts, one PG, a
+    /// member just elected (silence not judged yet); the node of member 1 reports its disk
+    /// failed and no longer lists the replica (the node stopped it): it moves to host 4's
+    /// disk. Then host 4's disk is reported failed instead: member 1 (silent, judged now)
+    /// has nowhere to go.
+    #[test]
+    fn a_member_on_a_failed_disk_is_replaced_at_once() {
+        let state = cluster(4, 1);
+        let members = state.pool("p").expect("pool").pg_map[0].clone();
+        let spare = (1..=4u64)
+            .find(|n| members.iter().all(|m| m.replica.node().0 != *n))
+            .expect("a host without a member");
+        let fail = |beats: &mut BTreeMap<u64, (Duration, Heartbeat)>, node: u64| {
+            let disk = state
+                .disks()
+                .find(|d| d.host.0 == node as u32)
+                .expect("the node's disk");
+            let (_, beat) = beats.get_mut(&node).expect("a fresh node");
+            beat.replicas.clear();
+            beat.disks = vec![disk_report(disk.id, Some("write: EIO"))];
+        };
+        let failed_node = members[1].replica.node().0;
+        let mut heartbeats = beats(&state, &[1, 2, 3, 4]);
+        fail(&mut heartbeats, failed_node);
+        let mut just_elected = input(&state, &heartbeats);
+        just_elected.leading_for = Duration::ZERO;
+        let planned = plan(&just_elected);
+        assert_eq!(planned.moves.len(), 1, "{planned:?}");
+        let Command::MovePgMember { from, to, .. } = &planned.moves[0] else {
+            panic!("not a move");
+        };
+        assert_eq!(*from, members[1].replica);
+        assert_eq!(state.disk(*to).expect("target").host.0, spare as u32);
+
+        let mut heartbeats = beats(&state, &[1, 2, 3, 4]);
+        heartbeats
+            .get_mut(&failed_node)
+            .expect("fresh")
+            .1
+            .replicas
+            .clear();
+        fail(&mut heartbeats, spare);
+        let planned = plan(&input(&state, &heartbeats));
+        assert!(
+            planned.moves.is_empty(),
+            "a failed disk took a member: {planned:?}"
+        );
     }
 
     /// Sets the digest every member of PG 0 reports: `odd` reports another value.
@@ -1006,12 +1109,20 @@ mod tests {
 
     /// Goal: a member lost while it joins (its node died during the copy) is replaced,
     /// though its PG is settling: it never became a voter, and otherwise the PG would settle
-    /// never. Method: 5 hosts, one PG; move a member to a free host; the leader reports the
-    /// new member as a learner; that host falls silent.
+    /// never; but not while its node, up, has yet to host it. Method: 5 hosts, one PG; move
+    /// a member to a free host; the leader reports the new member as a learner; its node
+    /// does not report it yet (no move), then that host falls silent (moved).
     #[test]
     fn a_member_lost_while_joining_is_replaced() {
         let mut state = cluster(5, 1);
         let (old, new, free) = move_to_free_host(&mut state, 5);
+        // Its node is up and reports the disk but has not hosted it yet: it is not lost.
+        let mut heartbeats = beats(&state, &[1, 2, 3, 4, 5]);
+        report_joining(&mut heartbeats, &old, new);
+        let beat = &mut heartbeats.get_mut(&new.node().0).expect("beat").1;
+        beat.replicas.retain(|r| r.replica != new);
+        let planned = plan(&input(&state, &heartbeats));
+        assert!(planned.moves.is_empty(), "{planned:?}");
         let alive: Vec<u64> = (1..=5u64).filter(|n| *n != u64::from(free[0])).collect();
         let mut heartbeats = beats(&state, &alive);
         report_joining(&mut heartbeats, &old, new);

@@ -400,6 +400,18 @@ impl<L: LogStore> RaftNode<L> {
         self.start_group(replica, &state)
     }
 
+    /// Stops running a replica without touching its log: it sends, answers and applies
+    /// nothing more in this process, and its peers see it as silent. A restart runs it again
+    /// from its log. For a replica whose disk failed: forgetting its log instead would let the
+    /// node host the same replica again with an empty log, one that could vote as if it had
+    /// never acknowledged entries it did.
+    pub fn unload_group(&mut self, replica: ReplicaId) -> Result<(), NodeError<L::Error>> {
+        self.groups
+            .remove(&replica)
+            .map(drop)
+            .ok_or(NodeError::UnknownReplica(replica))
+    }
+
     /// Stops hosting a replica and forgets its log (durable at the next sync; a restart before
     /// that finds the replica again, re-applies the configuration without it, and drops it
     /// again).

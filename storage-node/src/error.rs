@@ -79,6 +79,13 @@ pub enum Error {
     /// The engine stopped (its thread exited).
     #[error("IO engine stopped")]
     EngineStopped,
+    /// The disk was taken out of service after an earlier IO on it failed
+    /// ([`crate::ChunkStore::fail`]); nothing more is read from or written to it.
+    #[error("disk failed earlier: {reason}")]
+    DiskFailed {
+        /// What failed first.
+        reason: String,
+    },
     /// A label or chunk file is not in a format this build understands.
     #[error("{path}: {reason}")]
     BadFormat {
@@ -101,6 +108,7 @@ impl Error {
             Error::Io { .. }
             | Error::NoSpace { .. }
             | Error::EngineStopped
+            | Error::DiskFailed { .. }
             | Error::BadFormat { .. } => ErrorClass::Fatal,
         }
     }

@@ -80,6 +80,7 @@ impl ChunkStore {
         length_bytes: u64,
         verify_edges: bool,
     ) -> Result<()> {
+        self.check_in_service()?;
         let (first, last) = self.check_discard_range(id, offset_bytes, length_bytes)?;
         let chunk = match self.chunk(id) {
             Ok(chunk) => chunk,

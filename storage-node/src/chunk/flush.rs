@@ -21,6 +21,7 @@ impl ChunkStore {
     /// Makes every write, create and delete that returned before this call durable. Concurrent
     /// calls are serialized; IO continues meanwhile.
     pub async fn flush(&self) -> Result<()> {
+        self.check_in_service()?;
         let _serial = self.flush_lock.lock().await;
         let dirty = std::mem::take(&mut self.state().dirty);
         let pending: Vec<Pending> = dirty.into_iter().filter_map(|c| self.capture(c)).collect();

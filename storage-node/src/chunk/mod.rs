@@ -72,7 +72,7 @@ use std::{
     ops::Deref,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -84,7 +84,7 @@ use lock::{Mode, RangeLocks};
 use crate::{
     checksum::block_crcs,
     error::{Error, Result},
-    io::{self as engine_io, AlignedBuf, EngineFile, EngineOptions, IoEngine},
+    io::{self as engine_io, AlignedBuf, EngineFile, EngineOptions, IoEngine, fault::FaultyEngine},
     label::{self, Label},
 };
 
@@ -111,6 +111,10 @@ pub struct ChunkStoreOptions {
     pub slots_per_file: u32,
     /// The IO engine's choice and sizes.
     pub engine: EngineOptions,
+    /// Runs the engine behind a [`FaultyEngine`] ([`ChunkStore::faults`]), so a running node
+    /// can be told to fail this disk's IO: for chaos runs and tests, never in production (each
+    /// request then takes a lock to match the rules).
+    pub fault_injection: bool,
 }
 
 impl Default for ChunkStoreOptions {
@@ -121,6 +125,7 @@ impl Default for ChunkStoreOptions {
             preallocate_slots: 0,
             slots_per_file: SLOTS_PER_FILE_DEFAULT,
             engine: EngineOptions::default(),
+            fault_injection: false,
         }
     }
 }
@@ -213,6 +218,10 @@ pub struct ChunkStore {
     state: Mutex<State>,
     flush_lock: tokio::sync::Mutex<()>,
     stats: Stats,
+    /// Why the disk was taken out of service, once it was ([`ChunkStore::fail`]).
+    failure: OnceLock<String>,
+    /// The fault-injecting engine this store runs on, if opened with `fault_injection`.
+    faults: Option<Arc<FaultyEngine>>,
 }
 
 /// Data read from a chunk: a pool buffer and the window of it that was asked for.
@@ -234,6 +243,12 @@ impl ChunkStore {
     pub async fn open(dir: &Path, options: &ChunkStoreOptions) -> Result<ChunkStore> {
         fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
         let engine = engine_io::open_engine(dir, &options.engine)?;
+        if options.fault_injection {
+            let faulty = Arc::new(FaultyEngine::new(engine));
+            let mut store = ChunkStore::open_with_engine(dir, faulty.clone(), options).await?;
+            store.faults = Some(faulty);
+            return Ok(store);
+        }
         ChunkStore::open_with_engine(dir, engine, options).await
     }
 
@@ -279,10 +294,45 @@ impl ChunkStore {
             state: Mutex::new(State::default()),
             flush_lock: tokio::sync::Mutex::new(()),
             stats: Stats::default(),
+            failure: OnceLock::new(),
+            faults: None,
         };
         store.load().await?;
         store.preallocate_to(options.preallocate_slots).await?;
         Ok(store)
+    }
+
+    /// Takes the disk out of service: every later read, write, create, delete, discard and
+    /// flush fails with [`Error::DiskFailed`]. For a disk that failed an IO: a disk that
+    /// returned EIO once is not trusted with more (what it holds comes back from replicas
+    /// elsewhere). Returns false if it was out of service already (the first reason stays).
+    pub fn fail(&self, reason: String) -> bool {
+        self.failure.set(reason).is_ok()
+    }
+
+    /// Why the disk was taken out of service, if it was.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    pub(crate) fn check_in_service(&self) -> Result<()> {
+        match self.failure.get() {
+            None => Ok(()),
+            Some(reason) => Err(Error::DiskFailed {
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// The fault-injecting engine under this store, if it was opened with
+    /// [`ChunkStoreOptions::fault_injection`].
+    pub fn faults(&self) -> Option<&Arc<FaultyEngine>> {
+        self.faults.as_ref()
+    }
+
+    /// The disk's data directory (holding its label and `chunks/`).
+    pub fn dir(&self) -> &Path {
+        self.chunks_dir.parent().unwrap_or(&self.chunks_dir)
     }
 
     /// The disk's identity, from its label.
@@ -372,6 +422,7 @@ impl ChunkStore {
 
     /// Creates an empty chunk (every block reads as zeros) from a free file.
     pub async fn create(&self, id: ChunkId) -> Result<()> {
+        self.check_in_service()?;
         loop {
             {
                 let mut state = self.state();
@@ -405,6 +456,7 @@ impl ChunkStore {
 
     /// Deletes a chunk; its file returns to the pool once the deletion is durable.
     pub async fn delete(&self, id: ChunkId) -> Result<()> {
+        self.check_in_service()?;
         let chunk = self
             .state()
             .chunks
@@ -446,6 +498,7 @@ impl ChunkStore {
     /// Reads `size_bytes` at `offset_bytes` of a chunk, verifying every block's checksum.
     pub async fn read(&self, id: ChunkId, offset_bytes: u64, size_bytes: usize) -> Result<ReadBuf> {
         let started = std::time::Instant::now();
+        self.check_in_service()?;
         let (first, last) = self.check_range(id, offset_bytes, size_bytes)?;
         let chunk = self.chunk(id)?;
         let _range = chunk.locks.lock(first, last, Mode::Shared).await;
@@ -522,6 +575,7 @@ impl ChunkStore {
         verify_edges: bool,
     ) -> Result<()> {
         let started = std::time::Instant::now();
+        self.check_in_service()?;
         let (first, last) = self.check_range(id, offset_bytes, data.len())?;
         let chunk = self.chunk(id)?;
         let _range = chunk.locks.lock(first, last, Mode::Exclusive).await;

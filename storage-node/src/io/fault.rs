@@ -1,6 +1,7 @@
 //! A fault-injecting engine that wraps any other: the disk faults that tests and `chaos/` need.
 //!
-//! Faults are rules matched against each request's file path and byte range. They can be added
+//! Faults are rules matched against each request's file path and byte range; a rule's path
+//! may name a directory, and then covers every file under it (a whole disk). They can be added
 //! and removed while IO runs, and count how often they fired, so a test can assert that its
 //! fault was actually exercised.
 //!
@@ -192,12 +193,12 @@ impl FaultyEngine {
             let fired = match (&rule.fault, op) {
                 (Fault::ReadError { path: p, range }, IoOp::Read { .. })
                 | (Fault::WriteError { path: p, range }, IoOp::Write { .. }) => {
-                    decision.fail |= p == path && overlaps(range, &extent);
-                    p == path && overlaps(range, &extent)
+                    decision.fail |= path.starts_with(p) && overlaps(range, &extent);
+                    path.starts_with(p) && overlaps(range, &extent)
                 }
                 (Fault::SyncError { path: p }, IoOp::Sync { .. }) => {
-                    decision.fail |= p == path;
-                    p == path
+                    decision.fail |= path.starts_with(p);
+                    path.starts_with(p)
                 }
                 (
                     Fault::BitFlip {
@@ -207,7 +208,7 @@ impl FaultyEngine {
                     },
                     IoOp::Read { .. },
                 ) => {
-                    let hit = p == path && extent.contains(offset_bytes);
+                    let hit = path.starts_with(p) && extent.contains(offset_bytes);
                     if hit {
                         decision.flips.push((offset_bytes - extent.start, *bit));
                     }
@@ -221,14 +222,14 @@ impl FaultyEngine {
                     },
                     IoOp::Write { .. },
                 ) => {
-                    let hit = p == path && overlaps(range, &extent);
+                    let hit = path.starts_with(p) && overlaps(range, &extent);
                     if hit {
                         decision.keep_blocks = Some(*keep_blocks);
                     }
                     hit
                 }
                 (Fault::Latency { path: p, delay }, _) => {
-                    let hit = p.as_deref().is_none_or(|p| p == path);
+                    let hit = p.as_deref().is_none_or(|p| path.starts_with(p));
                     if hit {
                         decision.delay = Some(decision.delay.unwrap_or_default().max(*delay));
                     }

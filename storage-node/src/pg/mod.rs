@@ -65,6 +65,20 @@
 //! later joins with an empty log and is sent a snapshot; its chunks are copied first
 //! ([`restore`]). Replicas that leave are dropped and their chunks deleted; two replicas of
 //! one PG never share a disk.
+//!
+//! # Disk failures
+//!
+//! An IO error from a disk (EIO, an engine gone) in an apply, a read, the scrub or a flush
+//! takes that disk out of service ([`ChunkStore::fail`]: every later IO on it
+//! fails at once) and stops every replica on it: the runtime unloads them and keeps their logs
+//! (an emptied log could let the same replica vote as if it never acknowledged what it did).
+//! Their peers see them silent; the heartbeat names the disk failed, and the metadata service
+//! moves its members elsewhere without waiting for the heartbeat timeout. The node's other
+//! disks and its log go on: before, one disk's EIO ended the whole PG host. A write committed
+//! was answered already and the other members apply it; a read is answered `Dropped` and
+//! retried at a member that serves. Errors of the log device still stop the host. A full file
+//! system stops only the replica that could not write (its disk is not failed: moving all
+//! its replicas would fill the next disk).
 
 pub mod command;
 pub mod restore;
@@ -91,7 +105,7 @@ use command::CommandError;
 pub use command::{DISCARD_BYTES_MAX, PgCommand, Proposal, WRITE_BYTES_MAX};
 pub use restore::{ChunkSource, LocalSource, RestoreWanted};
 
-use crate::{ChunkStore, Error};
+use crate::{ChunkStore, Error, ErrorClass};
 
 /// Client requests waiting for their entry to apply or their read index, per host. Beyond it
 /// new requests are refused with `Busy`.
@@ -268,14 +282,13 @@ pub enum PgError {
     /// The request does not fit the chunk geometry or the write limit.
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// A disk failed to flush.
-    #[error("disk {disk}: {source}")]
-    Disk {
+    /// The disk was taken out of service after an IO on it failed.
+    #[error("disk {disk} failed: {reason}")]
+    DiskFailed {
         /// The disk.
         disk: DiskId,
-        /// The store's error.
-        #[source]
-        source: Error,
+        /// What failed.
+        reason: String,
     },
     /// A chunk store failed.
     #[error("{replica}: {source}")]
@@ -597,6 +610,10 @@ pub struct PgHost<L: LogStore> {
     digest_ticks: u64,
     /// Per replica, its latest digest.
     digests: BTreeMap<ReplicaId, ContentDigest>,
+    /// Replicas this host stopped running (their disk failed, or they could not apply a
+    /// committed entry), with why: never hosted again in this process (their logs stay; a
+    /// restart runs them again).
+    stopped: BTreeMap<ReplicaId, String>,
 }
 
 /// The background scrub's cursor: it reads every written block of every replica here, one
@@ -627,22 +644,32 @@ struct ScrubRead {
 impl<L: LogStore> PgHost<L> {
     /// Starts the node's runtime on `log` over `disks`. `placement` names the disk of every
     /// replica the log holds (the metadata service's PG map says it); a replica without a
-    /// known disk is an error.
+    /// known disk is an error. A replica whose disk is not among `disks` (it failed to open,
+    /// or was taken out of the node) does not run: like a replica of a failed disk, its log
+    /// stays and its PG's other members go on.
     pub fn new(
         config: NodeConfig,
         log: L,
         disks: Vec<Arc<ChunkStore>>,
         placement: BTreeMap<ReplicaId, DiskId>,
     ) -> Result<PgHost<L>, PgError> {
-        let node = RaftNode::new(config, log).map_err(|e| PgError::Raft(e.to_string()))?;
+        let mut node = RaftNode::new(config, log).map_err(|e| PgError::Raft(e.to_string()))?;
         let disks: BTreeMap<DiskId, Arc<ChunkStore>> =
             disks.into_iter().map(|d| (d.disk_id(), d)).collect();
-        for (replica, group) in node.replicas() {
-            let disk = placement.get(&replica);
-            if !disk.is_some_and(|d| disks.contains_key(d)) {
+        let mut stopped = BTreeMap::new();
+        let replicas: Vec<(ReplicaId, GroupId)> = node.replicas().collect();
+        for (replica, group) in replicas {
+            let Some(disk) = placement.get(&replica) else {
                 return Err(PgError::Invalid(format!(
-                    "{replica} of {group} has no disk here (placement says {disk:?})"
+                    "{replica} of {group} has no known disk"
                 )));
+            };
+            if !disks.contains_key(disk) {
+                let why = format!("its disk {disk} is not on this node (failed to open?)");
+                tracing::error!(%replica, %group, "replica not started: {why}");
+                node.unload_group(replica)
+                    .map_err(|e| PgError::Raft(e.to_string()))?;
+                stopped.insert(replica, why);
             }
         }
         let incarnation = SystemTime::now()
@@ -691,6 +718,7 @@ impl<L: LogStore> PgHost<L> {
             scrub_step_ticks: SCRUB_STEP_TICKS_DEFAULT,
             digest_ticks: DIGEST_TICKS_DEFAULT,
             digests: BTreeMap::new(),
+            stopped,
         };
         host.refresh_directory();
         Ok(host)
@@ -757,23 +785,103 @@ impl<L: LogStore> PgHost<L> {
             return;
         }
         // Forgotten here rather than by `clean_dropped`, which would delete the chunks.
-        self.hosted.remove(&leftover);
-        self.placement.remove(&leftover);
-        self.applied.remove(&leftover);
-        self.restores.remove(&leftover);
-        self.restore_progress.remove(&leftover);
-        self.refused.remove(&leftover);
-        self.left_behind.remove(&leftover);
-        self.refresh_directory();
+        self.forget(leftover);
         tracing::info!(replica = %leftover, %group, %disk, "leftover replica replaced by a new member on its disk");
+    }
+
+    /// Forgets what the host keeps of a replica the runtime no longer runs, leaving its chunks
+    /// where they are (`clean_dropped` would delete them).
+    fn forget(&mut self, replica: ReplicaId) {
+        self.hosted.remove(&replica);
+        self.placement.remove(&replica);
+        self.applied.remove(&replica);
+        self.restores.remove(&replica);
+        self.restore_progress.remove(&replica);
+        self.refused.remove(&replica);
+        self.left_behind.remove(&replica);
+        self.replay_until.remove(&replica);
+        self.digests.remove(&replica);
+        self.refresh_directory();
+    }
+
+    /// Stops running a replica that cannot go on applying its PG's log, leaving its log and
+    /// chunks: its peers see it silent (the PG keeps its quorum with the others) and the
+    /// metadata service replaces it. Its requests waiting here are answered `Dropped` (their
+    /// replica is gone), so clients retry at the PG's other members.
+    fn stop_replica(&mut self, replica: ReplicaId, why: String) {
+        if self.node.unload_group(replica).is_err() {
+            return; // Not running.
+        }
+        tracing::error!(%replica, "replica stopped: {why}");
+        self.forget(replica);
+        self.stopped.insert(replica, why);
+    }
+
+    /// Takes a disk out of service after an IO on it failed, and stops every replica on it
+    /// (module docs, "Disk failures").
+    fn fail_disk(&mut self, disk: DiskId, cause: &Error) {
+        let Some(store) = self.disks.get(&disk) else {
+            return;
+        };
+        if store.fail(cause.to_string()) {
+            tracing::error!(%disk, dir = %store.dir().display(), "disk failed, taken out of service: {cause}");
+        }
+        let on_disk: Vec<ReplicaId> = self
+            .placement
+            .iter()
+            .filter(|(replica, d)| **d == disk && self.hosted.contains_key(*replica))
+            .map(|(replica, _)| *replica)
+            .collect();
+        for replica in on_disk {
+            self.stop_replica(replica, format!("disk {disk} failed: {cause}"));
+        }
+    }
+
+    /// After a replica's store failed an IO: a disk error takes its disk out of service; any
+    /// other error (a block no replica could repair, a full file system) stops the replica
+    /// alone, which cannot skip an entry its peers apply. A full file system is not a failed
+    /// disk: failing it moved its replicas onto the other disks, which filled up and failed
+    /// in turn (a chaos run on a full machine lost every disk of the cluster in a second).
+    fn store_failed(&mut self, replica: ReplicaId, error: &Error) {
+        if let Some(&disk) = self.placement.get(&replica) {
+            self.disk_error(disk, Some(replica), error);
+        }
+    }
+
+    /// [`PgHost::store_failed`] for an IO of `disk`, on behalf of `replica` if it still runs.
+    fn disk_error(&mut self, disk: DiskId, replica: Option<ReplicaId>, error: &Error) {
+        let full = matches!(error, Error::NoSpace { .. });
+        if error.class() == ErrorClass::Fatal && !full {
+            self.fail_disk(disk, error);
+        } else if let Some(replica) = replica.filter(|r| self.hosted.contains_key(r)) {
+            let why = match full {
+                true => format!("its disk {disk} is full: {error}"),
+                false => format!("cannot apply its PG's log: {error}"),
+            };
+            self.stop_replica(replica, why);
+        }
+    }
+
+    /// The disks taken out of service, with why.
+    pub fn failed_disks(&self) -> Vec<(DiskId, String)> {
+        self.disks
+            .iter()
+            .filter_map(|(disk, store)| Some((*disk, store.failure()?.to_string())))
+            .collect()
     }
 
     /// A disk here, holding no replica of `group` yet. Chunks are keyed by chunk id, not by
     /// replica, so two replicas of one PG on one disk would share (and overwrite, and delete)
     /// each other's chunks: that is refused here, whatever a map says.
     fn check_disk(&self, group: GroupId, disk: DiskId) -> Result<(), PgError> {
-        if !self.disks.contains_key(&disk) {
+        let Some(store) = self.disks.get(&disk) else {
             return Err(PgError::Invalid(format!("disk {disk} is not on this node")));
+        };
+        if let Some(why) = store.failure() {
+            return Err(PgError::DiskFailed {
+                disk,
+                reason: why.to_string(),
+            });
         }
         let taken = self.placement.iter().find(|(replica, d)| {
             **d == disk
@@ -799,7 +907,7 @@ impl<L: LogStore> PgHost<L> {
             pg_count: new.pg_count,
             epoch: new.epoch,
         })?;
-        if self.node.status(new.replica).is_some() {
+        if self.node.status(new.replica).is_some() || self.stopped.contains_key(&new.replica) {
             return Ok(false);
         }
         if new.joined {
@@ -1572,8 +1680,9 @@ impl<L: LogStore> PgHost<L> {
     }
 
     /// One round: persist and apply what every replica has ready, answer the writes and reads
-    /// it completes, and return the messages to send. An error means a log or disk failed: the
-    /// host must be dropped and restarted from its log (messages already returned may go).
+    /// it completes, and return the messages to send. An error means the log failed (a failed
+    /// disk only stops its replicas: module docs): the host must be dropped and restarted from
+    /// its log (messages already returned may go).
     pub async fn round(&mut self) -> Result<Outbox, PgError> {
         let mut outbox = Outbox::default();
         let mut applied: Vec<(ReplicaId, GroupId, Applied)> = Vec::new();
@@ -1628,14 +1737,19 @@ impl<L: LogStore> PgHost<L> {
         for (replica, _, applied) in applied {
             match plain_op(&applied) {
                 Some(op) => {
+                    // Committed: answered even if this replica stopped (the others apply it).
                     self.answer_committed(&op);
-                    queued.entry(replica).or_default().push(op);
+                    if self.hosted.contains_key(&replica) {
+                        queued.entry(replica).or_default().push(op);
+                    }
                 }
                 None => {
                     if queued.contains_key(&replica) {
                         self.apply_ops(std::mem::take(&mut queued)).await?;
                     }
-                    self.apply(replica, applied).await?;
+                    if self.hosted.contains_key(&replica) {
+                        self.apply(replica, applied).await?;
+                    }
                 }
             }
         }
@@ -1671,17 +1785,26 @@ impl<L: LogStore> PgHost<L> {
                 // A read task panicked: its reply went with it, and the caller gets an error.
                 continue;
             };
-            if matches!(result, Err(Error::Corrupt { .. })) {
+            if matches!(result, Err(Error::Corrupt { .. })) && self.hosted.contains_key(&replica) {
                 result = self
                     .read_repairing(replica, pending.chunk, pending.offset, pending.length)
                     .await;
             }
-            if result.is_ok() {
-                self.stats.reads_served.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = pending
-                .reply
-                .send(result.map_err(|source| PgError::Store { replica, source }));
+            let answer = match result {
+                Ok(data) => {
+                    self.stats.reads_served.fetch_add(1, Ordering::Relaxed);
+                    Ok(data)
+                }
+                Err(e) if e.class() == ErrorClass::Fatal => {
+                    // The disk failed: the replica stops, and the client retries at a
+                    // member that still serves.
+                    let group = self.hosted.get(&replica).copied();
+                    self.store_failed(replica, &e);
+                    Err(group.map_or(PgError::Store { replica, source: e }, PgError::Dropped))
+                }
+                Err(source) => Err(PgError::Store { replica, source }),
+            };
+            let _ = pending.reply.send(answer);
         }
     }
 
@@ -1812,6 +1935,7 @@ impl<L: LogStore> PgHost<L> {
             }
             // Counted and logged by the repair; the next pass tries again.
             Err(Error::Corrupt { .. }) => {}
+            Err(e) if e.class() == ErrorClass::Fatal => self.store_failed(replica, &e),
             Err(e) => tracing::warn!(%replica, %chunk, offset, "scrub read failed: {e}"),
         }
     }
@@ -1862,13 +1986,13 @@ impl<L: LogStore> PgHost<L> {
     /// member): the leader's store is flushed and its log compacted at its applied index.
     async fn take_snapshots(&mut self) -> Result<(), PgError> {
         for replica in self.node.snapshots_wanted() {
-            let Some(&disk) = self.placement.get(&replica) else {
+            if !self.placement.contains_key(&replica) {
                 continue;
-            };
-            self.store(replica)
-                .flush()
-                .await
-                .map_err(|source| PgError::Disk { disk, source })?;
+            }
+            if let Err(e) = self.store(replica).flush().await {
+                self.store_failed(replica, &e);
+                continue;
+            }
             let index = self.applied.get(&replica).copied().unwrap_or(0);
             self.node
                 .compact_at(replica, index, compaction_data(index))
@@ -2088,6 +2212,9 @@ impl<L: LogStore> PgHost<L> {
     /// Applies one write or discard, repairing corrupt edge blocks (or, for an entry replayed
     /// after a crash, merging them as stored).
     async fn apply_op(&mut self, replica: ReplicaId, op: PlainOp) -> Result<(), PgError> {
+        if !self.hosted.contains_key(&replica) {
+            return Ok(()); // Stopped by an earlier op of this round.
+        }
         let mut result = self.apply_repairing(replica, &op).await;
         let replayed = self
             .replay_until
@@ -2103,8 +2230,11 @@ impl<L: LogStore> PgHost<L> {
                 self.op_applied(replica, op);
                 Ok(())
             }
-            // A write or discard the leader accepted cannot be refused here: this disk failed.
-            Err(source) => Err(PgError::Store { replica, source }),
+            // A write or discard the leader accepted cannot be refused or skipped here.
+            Err(e) => {
+                self.store_failed(replica, &e);
+                Ok(())
+            }
         }
     }
 }
@@ -2144,10 +2274,13 @@ impl<L: LogStore> PgHost<L> {
             flush,
         } in done
         {
-            flush
+            let flushed = flush
                 .await
-                .map_err(|e| PgError::Raft(format!("flush task: {e}")))?
-                .map_err(|source| PgError::Disk { disk, source })?;
+                .map_err(|e| PgError::Raft(format!("flush task: {e}")))?;
+            if let Err(e) = flushed {
+                self.disk_error(disk, Some(replica), &e);
+                continue;
+            }
             if self.node.status(replica).is_none() {
                 continue; // Dropped meanwhile.
             }

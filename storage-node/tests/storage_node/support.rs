@@ -119,6 +119,7 @@ pub fn small_store(choice: EngineChoice) -> ChunkStoreOptions {
         preallocate_slots: 2,
         slots_per_file: 2,
         engine: small_engine(choice),
+        fault_injection: false,
     }
 }
 

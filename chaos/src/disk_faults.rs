@@ -26,6 +26,7 @@
 //! tells each fault and repair with its UTC time.
 
 use std::{
+    collections::BTreeSet,
     path::Path,
     sync::{
         Arc, Mutex,
@@ -40,7 +41,8 @@ use serde_json::{Value, json};
 use crate::{
     chunkstore_kill::Rng,
     cluster::{
-        Cluster, HEARTBEAT_TIMEOUT_S, NodeOptions, POOL_PGS, pgs_consistent_and_healthy, post_any,
+        Cluster, HEARTBEAT_TIMEOUT_S, NodeOptions, POOL_PGS, call, pgs_consistent_and_healthy,
+        post_any,
     },
     dev_kill::{Endpoints, Victim, Writes, new_agent, run_with},
     kill_nodes::{HEAL_DEADLINE, Notes, monitor, wait_for_heal},
@@ -140,6 +142,24 @@ impl DiskFaults {
         }
     }
 
+    /// The disks the pool's PG map places members on.
+    fn member_disks(&self) -> Result<BTreeSet<String>, String> {
+        let endpoints = self.cluster.endpoints();
+        let agent = new_agent();
+        for url in &endpoints.admin_urls {
+            let path = format!("{url}/v1/pools/{}", endpoints.pool);
+            let Ok((200, pool)) = call(&agent, &path, &endpoints.token, None) else {
+                continue;
+            };
+            let members = pool["pg_map"].as_array().into_iter().flatten();
+            let members = members.flat_map(|m| m.as_array().into_iter().flatten());
+            return Ok(members
+                .filter_map(|m| Some(m["disk"].as_str()?.to_string()))
+                .collect());
+        }
+        Err("no metadata member answered for the PG map".into())
+    }
+
     /// Replaces disk `disk` of node `index` (down) by a blank one, and marks the old one
     /// out as its operator would.
     fn replace(&mut self, index: usize, disk: usize, old: &str) -> Result<(), String> {
@@ -178,15 +198,27 @@ impl Victim for DiskFaults {
                 "not healthy before the next fault within {HEAL_DEADLINE:?}: {last:?}"
             ));
         }
-        let nodes = self.cluster.nodes();
-        let index = nodes[rng.below(nodes.len() as u64) as usize];
-        let disk = rng.below(DISKS as u64) as usize;
+        // A disk holding PG members: a blank disk rebalance has not filled yet sees no IO, and
+        // its fault would never fire.
+        let holding = self.member_disks()?;
+        let mut candidates = Vec::new();
+        for index in self.cluster.nodes() {
+            for disk in 0..DISKS {
+                let id = self.disk_id(index, disk)?;
+                if holding.contains(&id) {
+                    candidates.push((index, disk, id));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Err("no disk holds a PG member".into());
+        }
+        let (index, disk, id) = candidates.swap_remove(rng.below(candidates.len() as u64) as usize);
         let fault = match rng.below(4) {
             0 | 1 => "write-error",
             2 => "read-error",
             _ => "sync-error",
         };
-        let id = self.disk_id(index, disk)?;
         let name = self.cluster.name(index);
         let path = format!("/v1/debug/disk-faults/{id}");
         let (status, body) = self
@@ -228,6 +260,14 @@ impl Victim for DiskFaults {
             self.note(&format!("{name} killed; its disk comes back as it was"));
         }
         self.cluster.spawn(index)?;
+        // Its data API answers before the next fault may be injected through it.
+        let started = Instant::now();
+        while self.cluster.counters(index).is_none() {
+            if started.elapsed() > HEAL_DEADLINE {
+                return Err(format!("{name} did not come back within {HEAL_DEADLINE:?}"));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
         self.note(&format!("restarted {name}"));
         Ok(())
     }

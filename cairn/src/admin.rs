@@ -1300,6 +1300,41 @@ fn tenant_command(connection: &Connection, command: TenantCommand) -> ExitCode {
 mod tests {
     use super::*;
 
+    /// Goal: an operator reading `cairn cluster status` sees a failed disk counted and named
+    /// with what failed, and a healthy disk's latencies as before.
+    #[test]
+    fn cluster_status_names_a_failed_disk() {
+        let status = serde_json::json!({
+            "member": { "id": 1, "role": "leader" },
+            "status": "recovering",
+            "health": {
+                "pgs_healthy": 5, "pgs_degraded": 3, "pgs_down": 0,
+                "disks_in_reporting": 7, "disks_failed": 1, "disks_in_silent": 0,
+                "disks_out": 0,
+                "nodes": [{
+                    "node": 4, "fresh": true, "age_ms": 300, "replicas": 3, "leaders": 1,
+                    "used_bytes": 0, "corrupt_blocks": 0,
+                    "disks": [
+                        { "id": "d-ok", "read_us": 30, "write_us": 50 },
+                        { "id": "d-bad", "read_us": 0, "write_us": 0,
+                          "failure": "write chunks/0: Input/output error" },
+                    ],
+                }],
+            },
+        });
+        let shown = status_table(&status).to_string();
+        assert!(
+            shown.contains("7 in and reporting, 1 failed, 0 in but silent"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("mean read 30 µs, mean write 50 µs"),
+            "{shown}"
+        );
+        let failed = "FAILED, out of service: write chunks/0: Input/output error";
+        assert!(shown.contains(failed), "{shown}");
+    }
+
     #[test]
     fn sizes_parse_and_print() {
         assert_eq!(parse_size("10G"), Ok(10 << 30));

@@ -77,7 +77,8 @@ pub struct Network {
 
 /// Starts the task driving `host`, ticking every `tick`. Without `network` only replicas on
 /// this node can talk to each other (`cairn dev`). The task ends, logging why, if the host
-/// fails (a log or disk error): the node must then be restarted.
+/// fails (a Raft log error; a failed disk stops only its replicas): the node must then be
+/// restarted.
 /// `restore_mb_per_s` is the node's budget for copying chunks into joining replicas.
 pub fn spawn<L>(
     mut host: PgHost<L>,

@@ -734,14 +734,11 @@ impl LogStore for FileLogStore {
         {
             // A file system that opened the file O_DIRECT but refuses the write: go buffered.
             tracing::debug!(path = %path.display(), "log writes without O_DIRECT after EINVAL");
-            self.segment = open_buffered(&path)?;
+            self.segment = open_synced(&path, 0)?;
             written = self.segment.write_all_at(block, self.segment_bytes);
         }
-        let written = written.map_err(io_error("write", &path)).and_then(|()| {
-            self.segment
-                .sync_data()
-                .map_err(io_error("fdatasync", &path))
-        });
+        // Durable on return: the writer is O_DSYNC (see `open_writer`).
+        let written = written.map_err(io_error("write", &path));
         self.scratch.trim();
         if let Err(e) = written {
             // Unsalted again, as a retry expects the buffer.
@@ -843,21 +840,31 @@ fn prepare_segment(dir: &Path, number: u64, size_bytes: u64) -> Result<File, Fil
 }
 
 /// Opens a segment for the store's syncs: with O_DIRECT where the file system takes it (see
-/// the module docs), else buffered (tmpfs).
+/// the module docs), else buffered (tmpfs); O_DSYNC either way, so each sync's one write is
+/// durable when it returns, data and what is needed to read it back, as a write then
+/// fdatasync made it. One system call instead of two: fio on this machine's disk, 4 KiB
+/// O_DIRECT writes at queue depth 1, 9,108 per second with O_DSYNC against 7,347 with an
+/// fdatasync after each (the kernel sends the cache flush itself, without a trip back to
+/// user space; this disk has no FUA, so it is still a write and a flush).
 fn open_writer(path: &Path) -> Result<File, FileLogError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+    match open_synced(path, libc::O_DIRECT) {
         Ok(file) => Ok(file),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::debug!(path = %path.display(), "log writes without O_DIRECT: {e}");
-            open_buffered(path)
+        Err(FileLogError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!(path = %path.display(), "log writes without O_DIRECT: {source}");
+            open_synced(path, 0)
         }
-        Err(e) => Err(io_error("open", path)(e)),
+        Err(e) => Err(e),
     }
+}
+
+/// Opens `path` for writing with O_DSYNC and `flags`.
+fn open_synced(path: &Path, flags: libc::c_int) -> Result<File, FileLogError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DSYNC | flags)
+        .open(path)
+        .map_err(io_error("open", path))
 }
 
 fn open_buffered(path: &Path) -> Result<File, FileLogError> {

@@ -412,6 +412,15 @@ impl<L: LogStore> RaftNode<L> {
             .ok_or(NodeError::UnknownReplica(replica))
     }
 
+    /// Forgets the log of a replica [`RaftNode::unload_group`] stopped (durable at the next
+    /// sync). For one that will never run again: its PG replaced it.
+    pub fn remove_unloaded(&mut self, replica: ReplicaId) -> Result<(), NodeError<L::Error>> {
+        if self.groups.contains_key(&replica) {
+            return Err(NodeError::ReplicaExists(replica));
+        }
+        self.log.remove_group(replica).map_err(NodeError::Log)
+    }
+
     /// Stops hosting a replica and forgets its log (durable at the next sync; a restart before
     /// that finds the replica again, re-applies the configuration without it, and drops it
     /// again).

@@ -610,10 +610,11 @@ pub struct PgHost<L: LogStore> {
     digest_ticks: u64,
     /// Per replica, its latest digest.
     digests: BTreeMap<ReplicaId, ContentDigest>,
-    /// Replicas this host stopped running (their disk failed, or they could not apply a
-    /// committed entry), with why: never hosted again in this process (their logs stay; a
-    /// restart runs them again).
-    stopped: BTreeMap<ReplicaId, String>,
+    /// Replicas this host stopped running (their disk failed or is missing, or they could
+    /// not apply a committed entry), with their PGs: never hosted again in this process.
+    /// Their logs stay (a restart runs them again) until the PG map drops them
+    /// ([`PgHost::set_target`]).
+    stopped: BTreeMap<ReplicaId, GroupId>,
 }
 
 /// The background scrub's cursor: it reads every written block of every replica here, one
@@ -669,7 +670,7 @@ impl<L: LogStore> PgHost<L> {
                 tracing::error!(%replica, %group, "replica not started: {why}");
                 node.unload_group(replica)
                     .map_err(|e| PgError::Raft(e.to_string()))?;
-                stopped.insert(replica, why);
+                stopped.insert(replica, group);
             }
         }
         let incarnation = SystemTime::now()
@@ -809,12 +810,15 @@ impl<L: LogStore> PgHost<L> {
     /// metadata service replaces it. Its requests waiting here are answered `Dropped` (their
     /// replica is gone), so clients retry at the PG's other members.
     fn stop_replica(&mut self, replica: ReplicaId, why: String) {
-        if self.node.unload_group(replica).is_err() {
+        let Some(group) = self.node.status(replica).map(|s| s.group) else {
             return; // Not running.
+        };
+        if self.node.unload_group(replica).is_err() {
+            return;
         }
-        tracing::error!(%replica, "replica stopped: {why}");
+        tracing::error!(%replica, %group, "replica stopped: {why}");
         self.forget(replica);
-        self.stopped.insert(replica, why);
+        self.stopped.insert(replica, group);
     }
 
     /// Takes a disk out of service after an IO on it failed, and stops every replica on it
@@ -947,12 +951,36 @@ impl<L: LogStore> PgHost<L> {
             return Ok(());
         }
         self.target_epochs.insert(target.group, target.epoch);
+        self.forget_stopped(target.group, &target.members);
         let known = self.pg_counts.insert(target.group, target.pg_count);
         self.targets.insert(target.group, target.members);
         if known != Some(target.pg_count) {
             self.refresh_directory();
         }
         Ok(())
+    }
+
+    /// Removes from the log the stopped replicas of `group` its map no longer lists (the
+    /// metadata service replaced them): they never run again, and their entries would pin
+    /// every later log segment (segments go oldest first, once all they hold is compacted),
+    /// so a node that lost a disk would fill its log device. Safe: a replica the map does
+    /// not list is never hosted again, and to its PG it is a silent member until removed.
+    fn forget_stopped(&mut self, group: GroupId, members: &[ReplicaId]) {
+        let gone: Vec<ReplicaId> = self
+            .stopped
+            .iter()
+            .filter(|(replica, g)| **g == group && !members.contains(replica))
+            .map(|(replica, _)| *replica)
+            .collect();
+        for replica in gone {
+            match self.node.remove_unloaded(replica) {
+                Ok(()) => {
+                    self.stopped.remove(&replica);
+                    tracing::info!(%replica, %group, "stopped replica replaced in its PG's map; its log dropped");
+                }
+                Err(e) => tracing::error!(%replica, "cannot drop a stopped replica's log: {e}"),
+            }
+        }
     }
 
     /// The replicas hosted here, with their PGs.

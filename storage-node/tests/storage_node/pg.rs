@@ -11,7 +11,7 @@ use cairn_raft::{NodeConfig, file_log::FileLogStore};
 use cairn_storage_node::{
     ChunkStore, ChunkStoreOptions, Error,
     io::{EngineChoice, fault::Fault},
-    pg::{PgError, PgHost},
+    pg::{PgError, PgHost, PgTarget},
 };
 use tokio::sync::oneshot;
 
@@ -507,7 +507,9 @@ fn three_replicas_on_three_disks_apply_every_write() {
 /// replicas stop, and the read, retried, is served by the new leader. Writes go on. (2) A
 /// restart without the fault: disk 2's replicas replay and hold every write. (3) Every
 /// write to disk 1 fails: the next write's apply fails disk 1, writes and reads go on, and
-/// disks 0 and 2 hold the model.
+/// disks 0 and 2 hold the model. (4) A start without disk 1: its replicas do not run, the
+/// rest serve. (5) The maps drop disk 1's replicas: after a restart with disk 1 back they do
+/// not run (their logs were dropped).
 #[test]
 fn a_failed_disk_stops_its_replicas_and_the_others_go_on() {
     let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
@@ -622,6 +624,34 @@ fn a_failed_disk_stops_its_replicas_and_the_others_go_on() {
             2 * GROUPS as usize
         );
         check_model(&mut host, &present, &model, "disk 1 gone").await;
+
+        // The maps drop disk 1's replicas (replaced elsewhere): their logs go, so they never
+        // run again, not even with disk 1 back.
+        for g in 1..=GROUPS {
+            let target = PgTarget {
+                group: GroupId(g),
+                members: vec![replica(g, 0), replica(g, 2)],
+                pg_count: GROUPS as u32,
+                epoch: 2,
+            };
+            host.set_target(target).expect("target");
+        }
+        write_all(&mut host, &mut model).await;
+        drop(host);
+        drop(disks);
+        let disks = open_disks_with(&dirs, &options).await;
+        let log = FileLogStore::open(log_dir.path()).expect("reopen log");
+        let host = PgHost::new(NodeConfig::new(NODE), log, disks.clone(), placement(&disks))
+            .expect("a start with disk 1 back");
+        assert_eq!(
+            running_on(&host, 1),
+            0,
+            "disk 1's replicas were dropped from the log"
+        );
+        assert_eq!(
+            running_on(&host, 0) + running_on(&host, 2),
+            2 * GROUPS as usize
+        );
     });
 }
 
@@ -1520,7 +1550,6 @@ async fn digest_round(
 /// into replica 1's (a change only it has).
 #[test]
 fn replicas_digest_what_they_hold_at_the_same_index() {
-    use cairn_storage_node::pg::PgTarget;
     let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
     let dirs = [d0.path(), d1.path(), d2.path()];
     let group = GroupId::pg(PoolId(1), 0);

@@ -68,8 +68,8 @@
 #                     writer and a reader, one disk at a time starts failing every write (half
 #                     the faults), read or fdatasync with EIO. The node must take it out of
 #                     service and the metadata leader see it failed (its PG members move at
-#                     once); after 2-4 s the node is killed and restarts with the disk as it
-#                     was or with a blank one (the old one marked out). The cluster must be
+#                     once); after 2-4 s the node is killed and restarts with a blank disk (the
+#                     old one marked out) or, alternately, with the disk as it was. The cluster must be
 #                     healthy before each fault and heal at the end; every block is checked.
 #                     Ends with `disk-faults: acknowledged=N lost=L corrupt=C unrepaired=U
 #                     degraded_pgs=D` (all but N must be 0); stderr has `faults=K

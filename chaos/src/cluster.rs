@@ -603,6 +603,20 @@ impl Cluster {
         }
     }
 
+    /// The storage nodes' checksum errors no replica could repair, summed over the nodes
+    /// running now; an error if one does not answer.
+    pub(crate) fn unrepaired(&self) -> Result<u64, String> {
+        let mut sum = 0;
+        for index in self.nodes() {
+            let counters = self
+                .counters(index)
+                .ok_or_else(|| format!("{}: counters unreadable", self.name(index)))?;
+            let counter = counters.get("cairn_pg_unrepaired_checksum_errors_total");
+            sum += counter.copied().unwrap_or(0);
+        }
+        Ok(sum)
+    }
+
     /// Posts `body` to `path` on storage node `index`'s data API: status and JSON body.
     pub(crate) fn post_node(
         &self,

@@ -10,9 +10,9 @@
 //! read fault fires when the reader or the scrub reads the disk, a sync fault at the next
 //! compaction's flush, every 16 entries of a PG). Its PG members move at once, to the node's
 //! other disk or to another node, and the node's other disk serves on. After 2-4 s the disk
-//! is dealt with as an operator would: half the time the node restarts with the disk as it
-//! was (a transient fault: a reset controller, a loose cable), half the time the disk is
-//! replaced: the node is killed, the disk's directory emptied (a new, blank disk, formatted
+//! is dealt with as an operator would, alternately (the first fault's disk is replaced): the
+//! node restarts with the disk as it was (a transient fault: a reset controller, a loose
+//! cable), or the disk is replaced: the node is killed, the disk's directory emptied (a new, blank disk, formatted
 //! at the start under a new id), the old disk marked out, and the node restarted.
 //! Before each fault the cluster must be healthy again (within [`HEAL_DEADLINE`]): three
 //! replicas promise to survive one failure per recovery, not two at once.
@@ -28,11 +28,7 @@
 use std::{
     collections::BTreeSet,
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -44,9 +40,9 @@ use crate::{
         Cluster, HEARTBEAT_TIMEOUT_S, NodeOptions, POOL_PGS, call, pgs_consistent_and_healthy,
         post_any,
     },
-    dev_kill::{Endpoints, Victim, Writes, new_agent, run_with},
-    kill_nodes::{HEAL_DEADLINE, Notes, monitor, wait_for_heal},
-    reads::{ReadTally, reader},
+    dev_kill::{Endpoints, Victim, Writes, new_agent},
+    kill_nodes::{HEAL_DEADLINE, Notes, run_monitored, wait_for_heal},
+    reads::Reader,
 };
 
 /// Metadata members (ids 1-3).
@@ -99,9 +95,7 @@ struct DiskFaults {
     replaced: u64,
     /// Unrepaired checksum errors of node processes since killed, scraped before each kill.
     unrepaired: u64,
-    reads: Arc<Mutex<ReadTally>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    reader: Reader,
     seed: u64,
     healed_after: Option<Duration>,
     pgs_healthy: u64,
@@ -251,7 +245,8 @@ impl Victim for DiskFaults {
             HOLD_MS_MIN + rng.below(HOLD_SPREAD_MS + 1),
         ));
         self.kill(index);
-        if rng.below(2) == 0 {
+        // Alternately, the first one replaced: every run, however short, sees both.
+        if self.faults % 2 == 1 {
             self.replace(index, disk, &id)?;
             self.note(&format!(
                 "{name} killed, disk {disk} replaced by a blank one ({id} marked out)"
@@ -273,21 +268,16 @@ impl Victim for DiskFaults {
     }
 
     fn writing(&mut self, writes: &Writes) {
-        let (stop, reads, writes) = (self.stop.clone(), self.reads.clone(), writes.clone());
-        let (endpoints, seed) = (self.cluster.endpoints(), self.seed);
-        self.threads.push(thread::spawn(move || {
-            reader("disk-faults", endpoints, writes, seed, stop, reads)
-        }));
+        let endpoints = self.cluster.endpoints();
+        self.reader
+            .start("disk-faults", endpoints, writes, self.seed);
     }
 
     /// Every failed disk was dealt with: stops the reader and waits for the heal, judged
     /// once the last restart shows in the health (before, the restarted node's last
     /// heartbeats still counted it up).
     fn settle(&mut self, _: &mut Rng) -> Result<u64, String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            thread.join().map_err(|_| "reader panicked")?;
-        }
+        self.reader.stop()?;
         thread::sleep(Duration::from_secs(HEARTBEAT_TIMEOUT_S + 1));
         let heal = wait_for_heal(&self.cluster, &self.notes, |h| {
             h["status"] == "healthy" && pgs_consistent_and_healthy(h) == POOL_PGS
@@ -320,36 +310,17 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
         seen_failed: 0,
         replaced: 0,
         unrepaired: 0,
-        reads: Arc::new(Mutex::new(ReadTally::default())),
-        stop: Arc::new(AtomicBool::new(false)),
-        threads: Vec::new(),
+        reader: Reader::default(),
         seed,
         healed_after: None,
         pgs_healthy: 0,
     };
-    let stop_monitor = Arc::new(AtomicBool::new(false));
-    let monitor = {
-        let (probe, stop) = (victim.cluster.probe(), stop_monitor.clone());
-        thread::spawn(move || monitor(probe, notes, stop))
-    };
-    let verdict = run_with(&mut victim, seconds, seed, "disk-faults");
-    victim.stop.store(true, Ordering::Relaxed);
-    for thread in victim.threads.drain(..) {
-        let _ = thread.join();
-    }
-    stop_monitor.store(true, Ordering::Relaxed);
-    monitor.join().map_err(|_| "health monitor panicked")?;
+    let probe = victim.cluster.probe();
+    let verdict = run_monitored(&mut victim, probe, notes, seconds, seed, "disk-faults");
+    let _ = victim.reader.stop();
     let verdict = verdict?;
-    let mut unrepaired = victim.unrepaired;
-    for index in victim.cluster.nodes() {
-        let counters = victim
-            .cluster
-            .counters(index)
-            .ok_or_else(|| format!("{}: counters unreadable", victim.cluster.name(index)))?;
-        let counter = counters.get("cairn_pg_unrepaired_checksum_errors_total");
-        unrepaired += counter.copied().unwrap_or(0);
-    }
-    let reads = std::mem::take(&mut *victim.reads.lock().expect("not poisoned"));
+    let unrepaired = victim.unrepaired + victim.cluster.unrepaired()?;
+    let reads = victim.reader.take_tally();
     Ok(Report {
         acknowledged: verdict.acknowledged,
         lost: verdict.lost + reads.bad_blocks,

@@ -197,6 +197,27 @@ pub(crate) fn monitor(probe: Probe, notes: Notes, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Runs `victim` under the writer ([`run_with`]) while [`monitor`] logs the cluster's health
+/// changes to `notes`.
+pub(crate) fn run_monitored(
+    victim: &mut dyn Victim,
+    probe: Probe,
+    notes: Notes,
+    seconds: f64,
+    seed: u64,
+    name: &'static str,
+) -> Result<Verdict, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let stop = stop.clone();
+        thread::spawn(move || monitor(probe, notes, stop))
+    };
+    let verdict = run_with(victim, seconds, seed, name);
+    stop.store(true, Ordering::Relaxed);
+    monitor.join().map_err(|_| "health monitor panicked")?;
+    verdict
+}
+
 impl KillNodes {
     fn note(&self, what: &str) {
         self.notes.note(what, true);
@@ -284,15 +305,8 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     for index in 0..victim.cluster.len() {
         notes.note(&victim.cluster.describe(index), false);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let monitor = {
-        let (probe, stop) = (victim.cluster.probe(), stop.clone());
-        thread::spawn(move || monitor(probe, notes, stop))
-    };
-    let verdict = run_with(&mut victim, seconds, seed, "kill-nodes");
-    stop.store(true, Ordering::Relaxed);
-    monitor.join().map_err(|_| "health monitor panicked")?;
-    let verdict = verdict?;
+    let probe = victim.cluster.probe();
+    let verdict = run_monitored(&mut victim, probe, notes, seconds, seed, "kill-nodes")?;
     assert_eq!(verdict.kills, victim.kills, "settle kills nothing");
     // After the read-back: the checks may have met checksum errors too.
     for index in victim.cluster.nodes() {

@@ -26,22 +26,14 @@
 //! `cuts=K long_isolations=I seen_silent=S reads_checked=R reads_refused=F`. It succeeds iff
 //! L, C, U and D are 0, N and R are not, and every long isolation was seen silent.
 
-use std::{
-    path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::{self, JoinHandle},
-    time::Duration,
-};
+use std::{path::Path, thread, time::Duration};
 
 use crate::{
     chunkstore_kill::Rng,
     cluster::{Cluster, HEARTBEAT_TIMEOUT_S, POOL_PGS, pgs_consistent_and_healthy},
-    dev_kill::{Endpoints, Victim, Writes, run_with},
-    kill_nodes::{Notes, monitor, wait_for_heal},
-    reads::{ReadTally, reader},
+    dev_kill::{Endpoints, Victim, Writes},
+    kill_nodes::{Notes, run_monitored, wait_for_heal},
+    reads::Reader,
 };
 
 /// Metadata members (ids 1-3): a majority survives one on the wrong side.
@@ -81,9 +73,7 @@ struct Partition {
     cuts: u64,
     long_isolations: u64,
     seen_silent: u64,
-    reads: Arc<Mutex<ReadTally>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    reader: Reader,
     seed: u64,
     healed_after: Option<Duration>,
     /// PGs healthy (digests agreeing) in the last health seen during the heal.
@@ -202,20 +192,14 @@ impl Victim for Partition {
     }
 
     fn writing(&mut self, writes: &Writes) {
-        let (stop, reads, writes) = (self.stop.clone(), self.reads.clone(), writes.clone());
-        let (endpoints, seed) = (self.cluster.endpoints(), self.seed);
-        self.threads.push(thread::spawn(move || {
-            reader("partition", endpoints, writes, seed, stop, reads)
-        }));
+        let endpoints = self.cluster.endpoints();
+        self.reader.start("partition", endpoints, writes, self.seed);
     }
 
     /// Every cut is healed (each heals before the next): stops the reader and waits for the
     /// cluster to heal, digests agreeing.
     fn settle(&mut self, _: &mut Rng) -> Result<u64, String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            thread.join().map_err(|_| "reader panicked")?;
-        }
+        self.reader.stop()?;
         let heal = wait_for_heal(&self.cluster, &self.notes, |h| {
             h["status"] == "healthy" && pgs_consistent_and_healthy(h) == POOL_PGS
         });
@@ -271,38 +255,17 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
         cuts: 0,
         long_isolations: 0,
         seen_silent: 0,
-        reads: Arc::new(Mutex::new(ReadTally::default())),
-        stop: Arc::new(AtomicBool::new(false)),
-        threads: Vec::new(),
+        reader: Reader::default(),
         seed,
         healed_after: None,
         pgs_healthy: 0,
     };
-    let stop_monitor = Arc::new(AtomicBool::new(false));
-    let monitor = {
-        let (probe, stop) = (victim.cluster.probe(), stop_monitor.clone());
-        thread::spawn(move || monitor(probe, notes, stop))
-    };
-    let verdict = run_with(&mut victim, seconds, seed, "partition");
-    victim.stop.store(true, Ordering::Relaxed);
-    for thread in victim.threads.drain(..) {
-        let _ = thread.join();
-    }
-    stop_monitor.store(true, Ordering::Relaxed);
-    monitor.join().map_err(|_| "health monitor panicked")?;
+    let probe = victim.cluster.probe();
+    let verdict = run_monitored(&mut victim, probe, notes, seconds, seed, "partition");
+    let _ = victim.reader.stop();
     let verdict = verdict?;
-    let mut unrepaired = 0;
-    for index in victim.cluster.nodes() {
-        let counters = victim
-            .cluster
-            .counters(index)
-            .ok_or_else(|| format!("{}: counters unreadable", victim.cluster.name(index)))?;
-        unrepaired += counters
-            .get("cairn_pg_unrepaired_checksum_errors_total")
-            .copied()
-            .unwrap_or(0);
-    }
-    let reads = std::mem::take(&mut *victim.reads.lock().expect("not poisoned"));
+    let unrepaired = victim.cluster.unrepaired()?;
+    let reads = victim.reader.take_tally();
     Ok(Report {
         acknowledged: verdict.acknowledged,
         lost: verdict.lost + reads.bad_blocks,

@@ -37,6 +37,47 @@ pub(crate) struct ReadTally {
     pub(crate) bad_blocks: u64,
 }
 
+/// A [`reader`] thread a scenario starts once the volume exists and stops before its heal.
+#[derive(Default)]
+pub(crate) struct Reader {
+    tally: Arc<Mutex<ReadTally>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Starts reading (once: a second call changes nothing).
+    pub(crate) fn start(
+        &mut self,
+        scenario: &'static str,
+        endpoints: Endpoints,
+        writes: &Writes,
+        seed: u64,
+    ) {
+        if self.thread.is_some() {
+            return;
+        }
+        let (stop, tally, writes) = (self.stop.clone(), self.tally.clone(), writes.clone());
+        self.thread = Some(thread::spawn(move || {
+            reader(scenario, endpoints, writes, seed, stop, tally)
+        }));
+    }
+
+    /// Stops the thread and waits for it.
+    pub(crate) fn stop(&mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| "reader panicked".into()),
+            None => Ok(()),
+        }
+    }
+
+    /// What it counted so far.
+    pub(crate) fn take_tally(&self) -> ReadTally {
+        std::mem::take(&mut *self.tally.lock().expect("not poisoned"))
+    }
+}
+
 /// Reads until `stop`, counting into `tally`; `scenario` prefixes what it prints.
 pub(crate) fn reader(
     scenario: &'static str,

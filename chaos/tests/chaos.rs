@@ -248,7 +248,7 @@ fn partitions_lose_nothing_and_serve_nothing_stale() {
 /// back or is replaced by a blank one the cluster heals to 8 healthy PGs whose members agree,
 /// with no acknowledged write lost and nothing wrong served. Method: `cairn-chaos
 /// disk-faults` for 20 s (3 members, 4 nodes of 2 disks behind fault-injecting engines);
-/// seed 1 first fails n4's first disk on reads, then replaces it by a blank one.
+/// the first failed disk is replaced by a blank one, the next comes back as it was.
 #[test]
 fn failing_disks_lose_nothing_and_take_only_themselves_out() {
     let clean = " lost=0 corrupt=0 unrepaired=0 degraded_pgs=0";

@@ -111,17 +111,15 @@ pub struct DevArgs {
     /// PEM private key of --s3-tls-cert.
     #[arg(long, requires = "s3_tls_cert")]
     s3_tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    runtime: crate::runtime::RuntimeArgs,
 }
 
 pub fn run(args: DevArgs) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
-    let result = match runtime {
-        Ok(runtime) => runtime.block_on(serve(args)),
-        Err(e) => Err(format!("tokio runtime: {e}")),
-    };
+    let result = args
+        .runtime
+        .build()
+        .and_then(|runtime| runtime.block_on(serve(args)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

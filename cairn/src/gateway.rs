@@ -15,6 +15,7 @@ use crate::{
     data::{self, DataError, Target, TargetCache},
     iscsi,
     node::{self, Directory, Forwarder, PieceOp, Pools},
+    runtime::RuntimeArgs,
     s3,
 };
 
@@ -46,6 +47,8 @@ pub struct S3Args {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(Args)]
@@ -64,6 +67,8 @@ pub struct IscsiArgs {
     /// credential of its own (`cairn volume access`); 12-255 characters.
     #[arg(long)]
     chap_file: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 pub fn run(command: GatewayCommand, connection: &Connection) -> ExitCode {
@@ -74,14 +79,20 @@ pub fn run(command: GatewayCommand, connection: &Connection) -> ExitCode {
                 "cairn gateway iscsi",
                 &token_file,
                 connection,
+                args.runtime,
                 |c, token| serve(args, c, token),
             )
         }
         GatewayCommand::S3(args) => {
             let token_file = args.token_file.clone();
-            node::run_service("cairn gateway s3", &token_file, connection, |c, token| {
-                serve_s3(args, c, token)
-            })
+            let runtime = args.runtime;
+            node::run_service(
+                "cairn gateway s3",
+                &token_file,
+                connection,
+                runtime,
+                |c, token| serve_s3(args, c, token),
+            )
         }
     }
 }

@@ -13,6 +13,7 @@ mod iscsi;
 mod meta;
 mod node;
 mod peer;
+mod runtime;
 mod s3;
 mod storage;
 

@@ -124,25 +124,30 @@ pub struct NodeArgs {
     /// `/v1/debug/disk-faults/{disk}` (chaos runs and tests only).
     #[arg(long, hide = true)]
     fault_injection: bool,
+    #[command(flatten)]
+    runtime: crate::runtime::RuntimeArgs,
 }
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
     let token_file = args.token_file.clone();
+    let runtime = args.runtime;
     run_service(
         "cairn node",
         &token_file,
         connection,
+        runtime,
         |connection, token| serve(args, connection, token),
     )
 }
 
 /// Runs a long-lived process of the cluster (a storage node, a gateway) on a tokio runtime
-/// of two workers: reads its admin token, calls the admin API with it, and reports a
+/// of `runtime`'s workers: reads its admin token, calls the admin API with it, and reports a
 /// failure as `NAME: error` with a failing exit code.
 pub(crate) fn run_service<F, Fut>(
     name: &str,
     token_file: &std::path::Path,
     connection: &Connection,
+    runtime: crate::runtime::RuntimeArgs,
     serve: F,
 ) -> ExitCode
 where
@@ -151,12 +156,7 @@ where
 {
     let result = crate::meta::read_token(token_file).and_then(|token| {
         let connection = connection.with_token(token.clone());
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?
-            .block_on(serve(connection, token))
+        runtime.build()?.block_on(serve(connection, token))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

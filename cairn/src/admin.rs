@@ -394,7 +394,8 @@ impl Client {
                 .filter(|u| !u.is_empty())
                 .collect(),
             token,
-            agent: config.into(),
+            // An IP address resolves on this thread, not on one made per call.
+            agent: crate::peer::agent(config),
         })
     }
 

@@ -538,11 +538,12 @@ fn deadline_from(header: Option<&str>, now_ms: u64) -> Result<Option<Instant>, (
 impl Forwarder {
     /// A gateway's forwarder: HTTP with the token.
     pub(crate) fn new(token: String, directory: Directory) -> Forwarder {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(FORWARD_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = peer::agent(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(FORWARD_TIMEOUT))
+                .http_status_as_error(false)
+                .build(),
+        );
         Forwarder {
             me: None,
             token: Some(token),

@@ -261,6 +261,50 @@ impl ureq::unversioned::resolver::Resolver for NodeResolver {
     }
 }
 
+/// Resolves an IP address in a URL on the calling thread, and a name as ureq would.
+///
+/// ureq's own resolver, while any timeout covers resolution, resolves on a new thread on
+/// every request, an IP address and a pooled connection too: a thread made and torn down per
+/// request forwarded or admin call made, which here cost more CPU than the request.
+#[derive(Debug, Default)]
+pub struct LiteralResolver(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LiteralResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let literal = uri.host().and_then(|host| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host.parse::<std::net::IpAddr>().ok()
+        });
+        let port = uri.port_u16().or_else(|| match uri.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        });
+        match (literal, port) {
+            (Some(ip), Some(port)) => {
+                let mut resolved = self.empty();
+                resolved.push(SocketAddr::new(ip, port));
+                Ok(resolved)
+            }
+            _ => self.0.resolve(uri, config, timeout),
+        }
+    }
+}
+
+/// An agent with `config` that resolves through [`LiteralResolver`].
+pub fn agent(config: ureq::config::Config) -> ureq::Agent {
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        LiteralResolver::default(),
+    )
+}
+
 /// An HTTP agent for other nodes' data APIs: presents this node's certificate, trusts only
 /// the cluster CA, and reaches `n<id>.cairn` at its registered address.
 pub fn node_agent(
@@ -296,6 +340,51 @@ mod tests {
     use cairn_raft::tls::ClusterCa;
 
     use super::*;
+
+    /// Goal: an agent on [`LiteralResolver`] reaches a server by IP address (v4 and v6) and
+    /// by name, with a global timeout set (the case ureq resolved on a thread of its own).
+    #[test]
+    fn literal_addresses_and_names_both_resolve() {
+        use std::io::{Read, Write};
+        let config = || {
+            ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+        };
+        for (bind, host) in [
+            ("127.0.0.1:0", None),
+            ("[::1]:0", None),
+            ("127.0.0.1:0", Some("localhost")),
+        ] {
+            let Ok(listener) = std::net::TcpListener::bind(bind) else {
+                continue; // No IPv6 on this host.
+            };
+            let addr = listener.local_addr().expect("addr");
+            let server = std::thread::spawn(move || {
+                let (mut stream, _) = listener.accept().expect("accept");
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).expect("read");
+                stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .expect("write");
+            });
+            let url = match host {
+                Some(name) => format!("http://{name}:{}/", addr.port()),
+                None => format!("http://{addr}/"),
+            };
+            let body = agent(config())
+                .get(&url)
+                .call()
+                .expect("answered")
+                .body_mut()
+                .read_to_string()
+                .expect("body");
+            assert_eq!(body, "ok", "{url}");
+            server.join().expect("server");
+        }
+    }
 
     /// Serves `/who` (who the server thinks called) and `/node-only` (behind
     /// [`require_node`]) as `identity`'s node; its address.

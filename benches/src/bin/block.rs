@@ -175,13 +175,7 @@ impl Endpoint {
 
     /// An agent of one connection: each IO thread has its own, kept alive between requests.
     fn agent(&self) -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .http_status_as_error(false)
-            .max_idle_connections(1)
-            .max_idle_connections_per_host(1)
-            .build()
-            .into()
+        cairn_benches::agent(REQUEST_TIMEOUT)
     }
 }
 

@@ -438,13 +438,7 @@ enum Send<'b> {
 
 impl<'a> Client<'a> {
     fn new(endpoint: &'a Endpoint) -> Client<'a> {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .http_status_as_error(false)
-            .max_idle_connections(1)
-            .max_idle_connections_per_host(1)
-            .build()
-            .into();
+        let agent = cairn_benches::agent(REQUEST_TIMEOUT);
         Client {
             endpoint,
             agent,

@@ -65,6 +65,28 @@ pub fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
     samples[rank.min(samples.len() - 1)]
 }
 
+/// An HTTP/1.1 agent keeping one connection alive, whose requests time out after `timeout`
+/// in each phase (connecting, sending, awaiting the answer, reading it), not as a whole.
+///
+/// Not `timeout_global`: while any timeout covers name resolution, ureq resolves the host on
+/// a new thread on every request, an IP address and a pooled connection too. A thread made
+/// and torn down per IO cost the load generator more of this machine's two cores than the
+/// system it measured (perf, 4 KiB writes at qd32: clone3, exit and TLB shootdowns).
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    let timeout = Some(timeout);
+    ureq::Agent::config_builder()
+        .timeout_connect(timeout)
+        .timeout_send_request(timeout)
+        .timeout_send_body(timeout)
+        .timeout_recv_response(timeout)
+        .timeout_recv_body(timeout)
+        .http_status_as_error(false)
+        .max_idle_connections(1)
+        .max_idle_connections_per_host(1)
+        .build()
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,26 +119,4 @@ mod tests {
         assert_eq!(percentile(&mut samples, 0.99), Duration::from_micros(99));
         assert_eq!(percentile(&mut [], 0.99), Duration::ZERO);
     }
-}
-
-/// An HTTP/1.1 agent keeping one connection alive, whose requests time out after `timeout`
-/// in each phase (connecting, sending, awaiting the answer, reading it), not as a whole.
-///
-/// Not `timeout_global`: while any timeout covers name resolution, ureq resolves the host on
-/// a new thread on every request, an IP address and a pooled connection too. A thread made
-/// and torn down per IO cost the load generator more of this machine's two cores than the
-/// system it measured (perf, 4 KiB writes at qd32: clone3, exit and TLB shootdowns).
-pub fn agent(timeout: Duration) -> ureq::Agent {
-    let timeout = Some(timeout);
-    ureq::Agent::config_builder()
-        .timeout_connect(timeout)
-        .timeout_send_request(timeout)
-        .timeout_send_body(timeout)
-        .timeout_recv_response(timeout)
-        .timeout_recv_body(timeout)
-        .http_status_as_error(false)
-        .max_idle_connections(1)
-        .max_idle_connections_per_host(1)
-        .build()
-        .into()
 }

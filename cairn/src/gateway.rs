@@ -85,12 +85,11 @@ pub fn run(command: GatewayCommand, connection: &Connection) -> ExitCode {
         }
         GatewayCommand::S3(args) => {
             let token_file = args.token_file.clone();
-            let runtime = args.runtime;
             node::run_service(
                 "cairn gateway s3",
                 &token_file,
                 connection,
-                runtime,
+                args.runtime,
                 |c, token| serve_s3(args, c, token),
             )
         }

@@ -130,12 +130,11 @@ pub struct NodeArgs {
 
 pub fn run(args: NodeArgs, connection: &Connection) -> ExitCode {
     let token_file = args.token_file.clone();
-    let runtime = args.runtime;
     run_service(
         "cairn node",
         &token_file,
         connection,
-        runtime,
+        args.runtime,
         |connection, token| serve(args, connection, token),
     )
 }

@@ -299,10 +299,7 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
         scenario: "disk-faults",
         file: "faults",
     };
-    notes.note(&format!("cluster up in {}", dir.display()), true);
-    for index in 0..cluster.len() {
-        notes.note(&cluster.describe(index), false);
-    }
+    notes.cluster_up(&cluster);
     let mut victim = DiskFaults {
         cluster,
         notes: notes.clone(),

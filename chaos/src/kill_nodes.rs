@@ -120,6 +120,14 @@ impl Notes {
             let _ = writeln!(log, "{line}");
         }
     }
+
+    /// Notes that `cluster` is up, loudly, and each of its processes quietly.
+    pub(crate) fn cluster_up(&self, cluster: &Cluster) {
+        self.note(&format!("cluster up in {}", self.dir.display()), true);
+        for index in 0..cluster.len() {
+            self.note(&cluster.describe(index), false);
+        }
+    }
 }
 
 /// How a heal after a run ended (see [`wait_for_heal`]).

@@ -245,10 +245,7 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
         scenario: "partition",
         file: "cuts",
     };
-    notes.note(&format!("cluster up in {}", dir.display()), true);
-    for index in 0..cluster.len() {
-        notes.note(&cluster.describe(index), false);
-    }
+    notes.cluster_up(&cluster);
     let mut victim = Partition {
         cluster,
         notes: notes.clone(),

@@ -111,6 +111,10 @@ pub struct DevArgs {
     /// PEM private key of --s3-tls-cert.
     #[arg(long, requires = "s3_tls_cert")]
     s3_tls_key: Option<PathBuf>,
+    /// Memory each disk's read cache of hot blocks may take, MiB (0: off).
+    #[arg(long, default_value_t = storage::READ_CACHE_MIB_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(0..=storage::READ_CACHE_MIB_MAX))]
+    read_cache_mib: u64,
     #[command(flatten)]
     runtime: crate::runtime::RuntimeArgs,
 }
@@ -167,11 +171,11 @@ fn write_private(path: &Path, contents: &str) -> Result<(), String> {
     fs::rename(&temporary, path).map_err(|e| format!("rename to {}: {e}", path.display()))
 }
 
-async fn open_disks(dir: &Path) -> Result<Vec<Arc<ChunkStore>>, String> {
+async fn open_disks(dir: &Path, read_cache_mib: u64) -> Result<Vec<Arc<ChunkStore>>, String> {
     let paths: Vec<PathBuf> = (0..DISK_COUNT)
         .map(|i| dir.join(format!("disk{i}")))
         .collect();
-    storage::open_disks(&paths, false).await
+    storage::open_disks(&paths, false, read_cache_mib).await
 }
 
 async fn serve(args: DevArgs) -> Result<(), String> {
@@ -207,7 +211,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         secret(&dir, "s3.access-key", 10)?.to_ascii_uppercase()
     );
     let s3_secret = secret(&dir, "s3.secret-key", 20)?;
-    let disks = open_disks(&dir).await?;
+    let disks = open_disks(&dir, args.read_cache_mib).await?;
     let ca = ClusterCa::generate().map_err(|e| e.to_string())?;
     let identity = ca.issue(NODE).map_err(|e| e.to_string())?;
     let config = ServerConfig {

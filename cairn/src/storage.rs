@@ -35,7 +35,14 @@ pub struct PoolMap {
     pub pg_map: Vec<Vec<PgMember>>,
 }
 
-/// Opens (formatting on first use) the chunk store in each directory; with `fault_injection`
+/// Memory each disk's read cache may take by default, MiB (`--read-cache-mib`).
+pub const READ_CACHE_MIB_DEFAULT: u64 = 512;
+
+/// The largest `--read-cache-mib`: 1 TiB per disk, far beyond any host's memory.
+pub const READ_CACHE_MIB_MAX: u64 = 1 << 20;
+
+/// Opens (formatting on first use) the chunk store in each directory, each with a read cache
+/// of up to `read_cache_mib`; with `fault_injection`
 /// (chaos runs and tests) each behind a fault-injecting engine ([`fault_routes`]). A disk
 /// that fails to open is left out, loudly: the node serves with the others (the replicas the
 /// missing disk held do not run, and the metadata service replaces them once its heartbeat
@@ -43,6 +50,7 @@ pub struct PoolMap {
 pub async fn open_disks(
     paths: &[PathBuf],
     fault_injection: bool,
+    read_cache_mib: u64,
 ) -> Result<Vec<Arc<ChunkStore>>, String> {
     // A caller polling for its completion holds a runtime worker from the network and Raft
     // tasks while it spins: worth it only with cores to spare (the chunk-store benchmark runs
@@ -61,6 +69,7 @@ pub async fn open_disks(
             ..EngineOptions::default()
         },
         fault_injection,
+        read_cache_bytes: read_cache_mib << 20,
         ..ChunkStoreOptions::default()
     };
     let mut disks = Vec::new();
@@ -435,7 +444,7 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
         counter(name, help, vec![(String::new(), value.load(Relaxed))]);
     }
     type DiskCounter = fn(&ChunkStore) -> &AtomicU64;
-    let disk_counters: [(&str, &str, DiskCounter); 5] = [
+    let disk_counters: [(&str, &str, DiskCounter); 6] = [
         (
             "cairn_disk_read_micros_total",
             "Microseconds spent in chunk-store reads (with the read count: mean latency).",
@@ -460,6 +469,11 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
             "cairn_disk_corrupt_blocks_total",
             "Blocks whose checksum failed on read.",
             |d| &d.stats().corrupt_blocks,
+        ),
+        (
+            "cairn_disk_cached_reads_total",
+            "Chunk-store reads served from the read cache (counted in reads too).",
+            |d| &d.stats().cached_reads,
         ),
     ];
     for (name, help, value) in disk_counters {

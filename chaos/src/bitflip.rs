@@ -46,7 +46,7 @@ use serde_json::Value;
 
 use crate::{
     chunkstore_kill::Rng,
-    cluster::{Cluster, POOL, POOL_PGS, call, path_str, pgs_consistent_and_healthy},
+    cluster::{Cluster, NodeOptions, POOL, POOL_PGS, call, path_str, pgs_consistent_and_healthy},
     dev_kill::{BLOCK, Endpoints, VOLUME, VOLUME_BYTES, Victim, Writes, new_agent, run_with},
     reads::{ReadTally, reader},
     utc_now,
@@ -396,7 +396,15 @@ fn offline_scrub(cairn: &Path, disk: &Path) -> Result<(Vec<(String, u64)>, Value
 
 /// Runs the scenario in `dir` for about `seconds`.
 pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, String> {
-    let cluster = Cluster::start(cairn, dir, 1, NODES)?;
+    // No read cache: the final reads through each node must meet every replica's flipped
+    // blocks on disk to repair them before the offline scrubs. (With a cache, a block served
+    // from memory is good data too, but its damaged disk copy waits for the node's background
+    // scrub, which this run does not wait for.)
+    let options = NodeOptions {
+        read_cache_mib: Some(0),
+        ..NodeOptions::default()
+    };
+    let cluster = Cluster::start_with(cairn, dir, 1, NODES, options)?;
     for index in 0..cluster.len() {
         eprintln!("bitflip: {}", cluster.describe(index));
     }

@@ -65,6 +65,8 @@ pub(crate) struct NodeOptions {
     /// `--fault-injection`: every disk behind a fault-injecting engine, and the node's data
     /// API takes `/v1/debug/disk-faults/{disk}`.
     pub(crate) fault_injection: bool,
+    /// `--read-cache-mib` (`None`: the node's default).
+    pub(crate) read_cache_mib: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -72,6 +74,7 @@ impl Default for NodeOptions {
         NodeOptions {
             disks: 1,
             fault_injection: false,
+            read_cache_mib: None,
         }
     }
 }
@@ -514,6 +517,9 @@ impl Cluster {
                 }
                 if self.options.fault_injection {
                     command.arg("--fault-injection");
+                }
+                if let Some(mib) = self.options.read_cache_mib {
+                    command.args(["--read-cache-mib", &mib.to_string()]);
                 }
                 command
                     .args(["--raft-listen", &format!("{host}:{raft}")])

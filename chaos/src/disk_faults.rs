@@ -292,6 +292,7 @@ pub fn run(cairn: &Path, dir: &Path, seconds: f64, seed: u64) -> Result<Report, 
     let options = NodeOptions {
         disks: DISKS,
         fault_injection: true,
+        ..NodeOptions::default()
     };
     let cluster = Cluster::start_with(cairn, dir, METAS, NODES, options)?;
     let notes = Notes {

@@ -89,10 +89,16 @@ impl ChunkStore {
         };
         let emptied = {
             let _range = chunk.locks.lock(first, last, Mode::Exclusive).await;
-            if chunk.meta().deleted {
-                // Deleted while this discard waited: it reads as zeros.
-                return Ok(());
-            }
+            let generation = {
+                let meta = chunk.meta();
+                if meta.deleted {
+                    // Deleted while this discard waited: it reads as zeros.
+                    return Ok(());
+                }
+                meta.image.generation
+            };
+            // Before any IO, under the exclusive lock (see `cache.rs`).
+            self.cache.invalidate(generation, first, last);
             let edges = self
                 .zero_edges(&chunk, offset_bytes, length_bytes, verify_edges)
                 .await?;

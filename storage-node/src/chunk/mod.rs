@@ -59,6 +59,7 @@
 //! blocks it covers in part by read-modify-write, and deletes a chunk left with no written
 //! block (see `discard.rs` for its crash ordering and replay).
 
+mod cache;
 mod digest;
 mod discard;
 mod files;
@@ -77,6 +78,7 @@ use std::{
     },
 };
 
+use cache::{BlockCache, CACHED_IO_BYTES_MAX};
 use cairn_common::{BLOCK_SIZE, CHUNK_SIZE_DEFAULT, ChunkId, DiskId};
 pub use format::{FORMAT_VERSION, Geometry, MetaImage, SlotState};
 use lock::{Mode, RangeLocks};
@@ -115,6 +117,9 @@ pub struct ChunkStoreOptions {
     /// can be told to fail this disk's IO: for chaos runs and tests, never in production (each
     /// request then takes a lock to match the rules).
     pub fault_injection: bool,
+    /// Memory for the read cache of verified blocks ([`ChunkStore::read_cached`]); 0 turns
+    /// it off. Taken as blocks are cached, not up front.
+    pub read_cache_bytes: u64,
 }
 
 impl Default for ChunkStoreOptions {
@@ -126,6 +131,7 @@ impl Default for ChunkStoreOptions {
             slots_per_file: SLOTS_PER_FILE_DEFAULT,
             engine: EngineOptions::default(),
             fault_injection: false,
+            read_cache_bytes: 0,
         }
     }
 }
@@ -147,6 +153,8 @@ pub struct Stats {
     pub flushes: AtomicU64,
     /// Completed discards of chunks that existed.
     pub discards: AtomicU64,
+    /// Reads served from the read cache (counted in `reads` too).
+    pub cached_reads: AtomicU64,
 }
 
 /// Where a chunk slot is: a pool file and the slot's byte offset in it.
@@ -222,6 +230,8 @@ pub struct ChunkStore {
     failure: OnceLock<String>,
     /// The fault-injecting engine this store runs on, if opened with `fault_injection`.
     faults: Option<Arc<FaultyEngine>>,
+    /// Verified blocks in memory, for client reads.
+    cache: BlockCache,
 }
 
 /// Data read from a chunk: a pool buffer and the window of it that was asked for.
@@ -296,6 +306,7 @@ impl ChunkStore {
             stats: Stats::default(),
             failure: OnceLock::new(),
             faults: None,
+            cache: BlockCache::new(options.read_cache_bytes),
         };
         store.load().await?;
         store.preallocate_to(options.preallocate_slots).await?;
@@ -495,8 +506,31 @@ impl ChunkStore {
         Ok((first, last))
     }
 
-    /// Reads `size_bytes` at `offset_bytes` of a chunk, verifying every block's checksum.
+    /// Reads `size_bytes` at `offset_bytes` of a chunk from the disk, verifying every block's
+    /// checksum. For checks of what the disk holds (scrub, repair, copies): the read cache is
+    /// neither used nor filled.
     pub async fn read(&self, id: ChunkId, offset_bytes: u64, size_bytes: usize) -> Result<ReadBuf> {
+        self.read_with(id, offset_bytes, size_bytes, false).await
+    }
+
+    /// [`ChunkStore::read`] for clients: an IO of at most 64 KiB whose blocks are all in the
+    /// read cache is served from memory, and one that is not fills it (see `cache.rs`).
+    pub async fn read_cached(
+        &self,
+        id: ChunkId,
+        offset_bytes: u64,
+        size_bytes: usize,
+    ) -> Result<ReadBuf> {
+        self.read_with(id, offset_bytes, size_bytes, true).await
+    }
+
+    async fn read_with(
+        &self,
+        id: ChunkId,
+        offset_bytes: u64,
+        size_bytes: usize,
+        cached: bool,
+    ) -> Result<ReadBuf> {
         let started = std::time::Instant::now();
         self.check_in_service()?;
         let (first, last) = self.check_range(id, offset_bytes, size_bytes)?;
@@ -504,19 +538,33 @@ impl ChunkStore {
         let _range = chunk.locks.lock(first, last, Mode::Shared).await;
         let mut buf = self.engine.pool().acquire().await;
         buf.set_len((last - first + 1) as usize * BLOCK_SIZE as usize);
-        let any_written = {
+        let (any_written, generation) = {
             let meta = chunk.meta();
             if meta.deleted {
                 return Err(Error::NotFound { chunk: id });
             }
-            (first..=last).any(|block| meta.image.is_written(block))
+            let any = (first..=last).any(|block| meta.image.is_written(block));
+            (any, meta.image.generation)
         };
-        if any_written {
+        let cached = cached && self.cache.enabled() && buf.len() <= CACHED_IO_BYTES_MAX;
+        if !any_written {
+            buf.fill(0);
+        } else if cached && self.cache.get(generation, first, &mut buf) {
+            self.stats.cached_reads.fetch_add(1, Ordering::Relaxed);
+        } else {
             let offset = chunk.place.base_bytes + self.geometry.block_offset(first);
             buf = engine_io::read(&*self.engine, &chunk.place.file, offset, buf).await?;
             self.verify(&chunk, first, &mut buf)?;
-        } else {
-            buf.fill(0);
+            if cached {
+                let meta = chunk.meta();
+                let block = BLOCK_SIZE as usize;
+                for (i, data) in buf.chunks_exact(block).enumerate() {
+                    let index = first + i as u32;
+                    if meta.image.is_written(index) {
+                        self.cache.insert(generation, index, data);
+                    }
+                }
+            }
         }
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let micros = started.elapsed().as_micros() as u64;
@@ -527,6 +575,11 @@ impl ChunkStore {
             start,
             len: size_bytes,
         })
+    }
+
+    /// Blocks in the read cache now.
+    pub fn cached_blocks(&self) -> usize {
+        self.cache.len()
     }
 
     /// Checks the blocks in `buf` (starting at block `first`) against their checksums and zeroes
@@ -554,7 +607,14 @@ impl ChunkStore {
     /// Writes `data` at `offset_bytes` of a chunk. Partial blocks are read, verified and merged
     /// first (read-modify-write). Visible to reads on return; durable after the next `flush`.
     pub async fn write(&self, id: ChunkId, offset_bytes: u64, data: &[u8]) -> Result<()> {
-        self.write_checked(id, offset_bytes, data, true).await
+        self.write_checked(id, offset_bytes, data, true, false)
+            .await
+    }
+
+    /// [`ChunkStore::write`] whose blocks also go into the read cache (write-through): for
+    /// the replica that serves reads, where a block just written is the likeliest to be read.
+    pub async fn write_cached(&self, id: ChunkId, offset_bytes: u64, data: &[u8]) -> Result<()> {
+        self.write_checked(id, offset_bytes, data, true, true).await
     }
 
     /// [`ChunkStore::write`] for a log replay after a crash: a partial edge block is merged as
@@ -564,7 +624,8 @@ impl ChunkStore {
     /// later replayed write or unchanged since the flush. Only for entries the log held before
     /// the crash: anywhere else a mismatch is corruption and must fail.
     pub async fn write_replaying(&self, id: ChunkId, offset_bytes: u64, data: &[u8]) -> Result<()> {
-        self.write_checked(id, offset_bytes, data, false).await
+        self.write_checked(id, offset_bytes, data, false, false)
+            .await
     }
 
     async fn write_checked(
@@ -573,15 +634,23 @@ impl ChunkStore {
         offset_bytes: u64,
         data: &[u8],
         verify_edges: bool,
+        fill_cache: bool,
     ) -> Result<()> {
         let started = std::time::Instant::now();
         self.check_in_service()?;
         let (first, last) = self.check_range(id, offset_bytes, data.len())?;
         let chunk = self.chunk(id)?;
         let _range = chunk.locks.lock(first, last, Mode::Exclusive).await;
-        if chunk.meta().deleted {
-            return Err(Error::NotFound { chunk: id });
-        }
+        let generation = {
+            let meta = chunk.meta();
+            if meta.deleted {
+                return Err(Error::NotFound { chunk: id });
+            }
+            meta.image.generation
+        };
+        // Dropped before any IO, under the exclusive lock: no reader can cache the old
+        // content again, whether this write completes or fails.
+        self.cache.invalidate(generation, first, last);
         let mut buf = self.engine.pool().acquire().await;
         let block = BLOCK_SIZE as usize;
         let start = (offset_bytes % u64::from(BLOCK_SIZE)) as usize;
@@ -599,7 +668,14 @@ impl ChunkStore {
         let mut crcs = Vec::with_capacity(span / block);
         block_crcs(&buf, &mut crcs);
         let offset = chunk.place.base_bytes + self.geometry.block_offset(first);
-        drop(engine_io::write(&*self.engine, &chunk.place.file, offset, buf).await?);
+        let buf = engine_io::write(&*self.engine, &chunk.place.file, offset, buf).await?;
+        if fill_cache {
+            // Still under the exclusive lock: what goes in is what the disk now holds.
+            for (i, data) in buf.chunks_exact(block).enumerate() {
+                self.cache.insert(generation, first + i as u32, data);
+            }
+        }
+        drop(buf);
         let newly_dirty = {
             let mut meta = chunk.meta();
             for (i, crc) in crcs.into_iter().enumerate() {

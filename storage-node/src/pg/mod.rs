@@ -514,16 +514,13 @@ impl PlainOp {
     }
 
     /// Applies it to `store`: a write creates the chunk if needed; a discard of a chunk that
-    /// does not exist changes nothing. For a replay after a crash if `replaying` (see
-    /// [`ChunkStore::write_replaying`]).
-    async fn apply_to(&self, store: &ChunkStore, replaying: bool) -> Result<(), Error> {
+    /// does not exist changes nothing.
+    async fn apply_to(&self, store: &ChunkStore, how: WriteAs) -> Result<(), Error> {
         match &self.change {
-            Change::Write(data) => {
-                write_chunk_as(store, self.chunk, self.offset, data, replaying).await
-            }
+            Change::Write(data) => write_chunk_as(store, self.chunk, self.offset, data, how).await,
             Change::Discard(length) => {
                 let (offset, length) = (u64::from(self.offset), u64::from(*length));
-                if replaying {
+                if how == WriteAs::Replay {
                     store.discard_replaying(self.chunk, offset, length).await
                 } else {
                     store.discard(self.chunk, offset, length).await
@@ -531,6 +528,18 @@ impl PlainOp {
             }
         }
     }
+}
+
+/// How a write meets a replica's chunk store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteAs {
+    /// A follower's apply, a repair, a restore's copy: written only.
+    Copy,
+    /// The leader's apply: its blocks also go into the store's read cache, since the leader
+    /// serves the PG's reads ([`ChunkStore::write_cached`]).
+    Leader,
+    /// A replay after a crash ([`ChunkStore::write_replaying`]).
+    Replay,
 }
 
 /// A compaction waiting for its store flush (see [`PgHost::compact`]).
@@ -1804,7 +1813,7 @@ impl<L: LogStore> PgHost<L> {
             let store = self.store(read.replica).clone();
             in_flight.spawn(async move {
                 let result =
-                    read_chunk(&store, pending.chunk, pending.offset, pending.length).await;
+                    read_chunk_cached(&store, pending.chunk, pending.offset, pending.length).await;
                 (read.replica, pending, result)
             });
         }
@@ -2186,11 +2195,20 @@ impl<L: LogStore> PgHost<L> {
     ) -> Result<(), PgError> {
         let applying = queued.into_iter().map(|(replica, ops)| {
             let store = self.store(replica).clone();
+            let leads = self
+                .node
+                .status(replica)
+                .is_some_and(|s| s.role == StateRole::Leader);
+            let how = if leads {
+                WriteAs::Leader
+            } else {
+                WriteAs::Copy
+            };
             async move {
                 let mut done = Vec::new();
                 let mut ops = ops.into_iter();
                 for op in ops.by_ref() {
-                    if op.apply_to(&store, false).await.is_err() {
+                    if op.apply_to(&store, how).await.is_err() {
                         let rest: Vec<PlainOp> = std::iter::once(op).chain(ops).collect();
                         return (replica, done, rest);
                     }
@@ -2251,7 +2269,7 @@ impl<L: LogStore> PgHost<L> {
         if replayed && let Err(Error::Corrupt { block_index, .. }) = &result {
             // Written before the crash and not flushed: see `ChunkStore::write_replaying`.
             tracing::info!(%replica, entry_index = op.index, chunk = %op.chunk, block = block_index, "replay merges a block written since the last flush");
-            result = op.apply_to(self.store(replica), true).await;
+            result = op.apply_to(self.store(replica), WriteAs::Replay).await;
         }
         match result {
             Ok(()) => {
@@ -2345,14 +2363,14 @@ impl<L: LogStore> PgHost<L> {
     async fn apply_repairing(&mut self, replica: ReplicaId, op: &PlainOp) -> Result<(), Error> {
         for _ in 0..REPAIRS_PER_IO_MAX {
             let store = self.store(replica).clone();
-            match op.apply_to(&store, false).await {
+            match op.apply_to(&store, WriteAs::Copy).await {
                 Err(Error::Corrupt { block_index, .. }) => {
                     self.repair_block(replica, op.chunk, block_index).await?;
                 }
                 other => return other,
             }
         }
-        op.apply_to(self.store(replica), false).await
+        op.apply_to(self.store(replica), WriteAs::Copy).await
     }
 
     /// Replaces a corrupt block of `replica` with the same block of a sibling replica (same
@@ -2475,24 +2493,21 @@ async fn write_chunk(
     offset: u32,
     data: &[u8],
 ) -> Result<(), Error> {
-    write_chunk_as(store, chunk, offset, data, false).await
+    write_chunk_as(store, chunk, offset, data, WriteAs::Copy).await
 }
 
-/// [`write_chunk`], for a replay after a crash if `replaying` (see
-/// [`ChunkStore::write_replaying`]).
+/// [`write_chunk`] as a leader, a follower or a replay writes.
 async fn write_chunk_as(
     store: &ChunkStore,
     chunk: ChunkId,
     offset: u32,
     data: &[u8],
-    replaying: bool,
+    how: WriteAs,
 ) -> Result<(), Error> {
-    let write = async |offset_bytes: u64, piece: &[u8]| {
-        if replaying {
-            store.write_replaying(chunk, offset_bytes, piece).await
-        } else {
-            store.write(chunk, offset_bytes, piece).await
-        }
+    let write = async |offset_bytes: u64, piece: &[u8]| match how {
+        WriteAs::Copy => store.write(chunk, offset_bytes, piece).await,
+        WriteAs::Leader => store.write_cached(chunk, offset_bytes, piece).await,
+        WriteAs::Replay => store.write_replaying(chunk, offset_bytes, piece).await,
     };
     let mut at = 0;
     while at < data.len() {
@@ -2511,19 +2526,44 @@ async fn write_chunk_as(
     Ok(())
 }
 
-/// Reads from a chunk; a chunk never written reads as zeros.
+/// Reads from a chunk's disk; a chunk never written reads as zeros.
 async fn read_chunk(
     store: &ChunkStore,
     chunk: ChunkId,
     offset: u32,
     length: u32,
 ) -> Result<Vec<u8>, Error> {
+    read_chunk_with(store, chunk, offset, length, false).await
+}
+
+/// [`read_chunk`] for clients, through the store's read cache.
+async fn read_chunk_cached(
+    store: &ChunkStore,
+    chunk: ChunkId,
+    offset: u32,
+    length: u32,
+) -> Result<Vec<u8>, Error> {
+    read_chunk_with(store, chunk, offset, length, true).await
+}
+
+async fn read_chunk_with(
+    store: &ChunkStore,
+    chunk: ChunkId,
+    offset: u32,
+    length: u32,
+    cached: bool,
+) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(length as usize);
     let mut at = 0;
     while at < length {
         let offset_bytes = u64::from(offset) + u64::from(at);
         let piece = piece_length(store, offset_bytes, u64::from(length - at)) as u32;
-        match store.read(chunk, offset_bytes, piece as usize).await {
+        let read = if cached {
+            store.read_cached(chunk, offset_bytes, piece as usize).await
+        } else {
+            store.read(chunk, offset_bytes, piece as usize).await
+        };
+        match read {
             Ok(buf) => out.extend_from_slice(&buf),
             Err(Error::NotFound { .. }) => out.resize(out.len() + piece as usize, 0),
             Err(e) => return Err(e),

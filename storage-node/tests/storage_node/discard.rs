@@ -22,9 +22,11 @@ const CHOICES: [EngineChoice; 2] = [EngineChoice::Uring, EngineChoice::Psync];
 const CHUNK: usize = 64 << 10;
 const BLOCK: usize = BLOCK_SIZE as usize;
 
-/// A whole chunk as the store holds it: a chunk that does not exist reads as zeros.
+/// A whole chunk as the store holds it: a chunk that does not exist reads as zeros. Through
+/// the read cache (the whole chunk is one cacheable IO), so a discard that left a block there
+/// would show.
 async fn content(store: &ChunkStore, at: ChunkId) -> Result<Vec<u8>, Error> {
-    match store.read(at, 0, CHUNK).await {
+    match store.read_cached(at, 0, CHUNK).await {
         Ok(bytes) => Ok(bytes.to_vec()),
         Err(Error::NotFound { .. }) => Ok(vec![0; CHUNK]),
         Err(e) => Err(e),

@@ -1,5 +1,7 @@
 //! Model-based property test: random writes, reads, flushes, clean reopens and crashes against
-//! an in-memory model of exactly what the store promises.
+//! an in-memory model of exactly what the store promises. Reads and writes go through the
+//! read cache or around it at random, and the cache holds only a few blocks, so hits, misses,
+//! evictions and invalidations all meet the model.
 //!
 //! The model keeps, per block, the latest content and the content as of the last flush. A crash
 //! (drop without flush) keeps every completed direct write on disk but only the flushed meta
@@ -24,11 +26,13 @@ enum Op {
         offset: usize,
         len: usize,
         seed: u64,
+        cached: bool,
     },
     Read {
         chunk: u32,
         offset: usize,
         len: usize,
+        cached: bool,
     },
     Flush,
     Reopen,
@@ -39,9 +43,10 @@ fn op() -> impl Strategy<Value = Op> {
     let range = (0..CHUNK_BYTES)
         .prop_flat_map(|offset| (Just(offset), 1..=(CHUNK_BYTES - offset).min(20_000)));
     prop_oneof![
-        6 => (0..CHUNKS, range.clone(), any::<u64>())
-            .prop_map(|(chunk, (offset, len), seed)| Op::Write { chunk, offset, len, seed }),
-        4 => (0..CHUNKS, range).prop_map(|(chunk, (offset, len))| Op::Read { chunk, offset, len }),
+        6 => (0..CHUNKS, range.clone(), any::<u64>(), any::<bool>())
+            .prop_map(|(chunk, (offset, len), seed, cached)| Op::Write { chunk, offset, len, seed, cached }),
+        6 => (0..CHUNKS, range, any::<bool>())
+            .prop_map(|(chunk, (offset, len), cached)| Op::Read { chunk, offset, len, cached }),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
@@ -162,10 +167,15 @@ fn run(choice: EngineChoice, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     offset,
                     len,
                     seed,
+                    cached,
                 } => {
                     let data = pattern(seed, len);
                     let expected = model.write(c, offset, &data);
-                    let got = store.write(chunk(c), offset as u64, &data).await;
+                    let got = if cached {
+                        store.write_cached(chunk(c), offset as u64, &data).await
+                    } else {
+                        store.write(chunk(c), offset as u64, &data).await
+                    };
                     match (got, expected) {
                         (Ok(()), Ok(())) => {}
                         (Err(Error::Corrupt { block_index, .. }), Err(index)) => {
@@ -180,8 +190,13 @@ fn run(choice: EngineChoice, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     chunk: c,
                     offset,
                     len,
+                    cached,
                 } => {
-                    let got = store.read(chunk(c), offset as u64, len).await;
+                    let got = if cached {
+                        store.read_cached(chunk(c), offset as u64, len).await
+                    } else {
+                        store.read(chunk(c), offset as u64, len).await
+                    };
                     match (got, model.read(c, offset, len)) {
                         (Ok(bytes), Ok(expected)) => {
                             prop_assert!(bytes[..] == expected[..], "read mismatch")

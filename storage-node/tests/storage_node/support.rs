@@ -2,7 +2,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use cairn_common::{ChunkId, OwnerId, PoolId};
+use cairn_common::{BLOCK_SIZE, ChunkId, OwnerId, PoolId};
 use cairn_storage_node::{
     ChunkStore, ChunkStoreOptions,
     io::{EngineChoice, EngineKind, EngineOptions, IoEngine, open_engine},
@@ -120,6 +120,9 @@ pub fn small_store(choice: EngineChoice) -> ChunkStoreOptions {
         slots_per_file: 2,
         engine: small_engine(choice),
         fault_injection: false,
+        // A chunk and a half (16 blocks each): whole-chunk reads hit, and the model tests,
+        // over three chunks, meet evictions.
+        read_cache_bytes: 24 * u64::from(BLOCK_SIZE),
     }
 }
 

@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(&page[24..28], &256u32.to_be_bytes());
         assert_eq!(&page[28..32], &8u32.to_be_bytes());
         assert_eq!(&page[32..36], &[0x80, 0, 0, 0]);
-        assert_eq!(&page[36..44], &524_288u64.to_be_bytes());
+        assert_eq!(&page[36..44], &65_535u64.to_be_bytes());
     }
 
     /// READ CAPACITY (16) of a 512-byte LUN of 2^33 blocks, hand-assembled.

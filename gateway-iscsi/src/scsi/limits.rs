@@ -22,6 +22,12 @@ pub const UNMAP_DESCRIPTORS_MAX: u32 = 256;
 /// The most bytes one WRITE SAME may cover; it writes in pieces of [`TRANSFER_BYTES_MAX`].
 pub const WRITE_SAME_BYTES_MAX: u64 = UNMAP_BYTES_MAX;
 
+/// The most blocks one WRITE SAME may cover whatever the block size: what WRITE SAME (10)'s
+/// 16-bit length can say, so both forms share one limit (32 MiB at 512-byte blocks; at
+/// 4096-byte blocks [`WRITE_SAME_BYTES_MAX`] binds first). Initiators discard through
+/// UNMAP, whose limit is larger; this keeps a WRITE SAME's work near a READ's or WRITE's.
+pub const WRITE_SAME_BLOCKS_MAX: u64 = u16::MAX as u64;
+
 /// The most blocks one COMPARE AND WRITE may cover. VMware's ATS uses one; 16 blocks keep
 /// the exclusive section short (64 KiB at 4096-byte blocks).
 pub const COMPARE_AND_WRITE_BLOCKS_MAX: u8 = 16;
@@ -95,7 +101,8 @@ impl BlockLimits {
             optimal_transfer_blocks: CHUNK_SIZE_DEFAULT / block_size,
             unmap_blocks_max: (UNMAP_BYTES_MAX / u64::from(block_size)) as u32,
             unmap_descriptors_max: UNMAP_DESCRIPTORS_MAX,
-            write_same_blocks_max: WRITE_SAME_BYTES_MAX / u64::from(block_size),
+            write_same_blocks_max: (WRITE_SAME_BYTES_MAX / u64::from(block_size))
+                .min(WRITE_SAME_BLOCKS_MAX),
             compare_and_write_blocks_max: COMPARE_AND_WRITE_BLOCKS_MAX,
         }
     }
@@ -120,5 +127,7 @@ mod tests {
         let limits = BlockLimits::for_block_size(4096);
         assert_eq!(limits.transfer_blocks_max, 1024);
         assert_eq!(limits.granularity_blocks, 1);
+        assert_eq!(limits.write_same_blocks_max, 65_535);
+        assert_eq!(BlockLimits::for_block_size(512).write_same_blocks_max, 65_535);
     }
 }

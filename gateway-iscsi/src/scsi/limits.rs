@@ -128,6 +128,9 @@ mod tests {
         assert_eq!(limits.transfer_blocks_max, 1024);
         assert_eq!(limits.granularity_blocks, 1);
         assert_eq!(limits.write_same_blocks_max, 65_535);
-        assert_eq!(BlockLimits::for_block_size(512).write_same_blocks_max, 65_535);
+        assert_eq!(
+            BlockLimits::for_block_size(512).write_same_blocks_max,
+            65_535
+        );
     }
 }

@@ -381,7 +381,7 @@ impl Setup {
         let pgs = service::spawn(
             host,
             NODE,
-            Duration::from_millis(10),
+            storage::PG_TICK,
             None,
             cairn_storage_node::pg::restore::RESTORE_MB_PER_S_DEFAULT,
         );

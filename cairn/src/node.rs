@@ -276,7 +276,7 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
     let pgs = service::spawn(
         host,
         me,
-        Duration::from_millis(10),
+        storage::PG_TICK,
         Some(network),
         args.restore_mb_per_s,
     );

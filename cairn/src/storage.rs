@@ -35,6 +35,9 @@ pub struct PoolMap {
     pub pg_map: Vec<Vec<PgMember>>,
 }
 
+/// The PG hosts' Raft tick.
+pub const PG_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Memory each disk's read cache may take by default, MiB (`--read-cache-mib`).
 pub const READ_CACHE_MIB_DEFAULT: u64 = 512;
 
@@ -312,6 +315,10 @@ pub fn start_host(
     let log = FileLogStore::open(wal).map_err(|e| e.to_string())?;
     let mut config = NodeConfig::new(node);
     config.election_tick_range = (10, 20);
+    // Three quarters of the minimum election timeout: followers that confirmed a leader
+    // vote for no one else for the whole timeout (see `NodeConfig::read_lease`); the
+    // quarter left covers clock rates and the time a confirmation takes to be processed.
+    config.read_lease = Some(PG_TICK * config.election_tick_range.0 as u32 * 3 / 4);
     let mut host =
         PgHost::new(config, log, disks.to_vec(), placement).map_err(|e| e.to_string())?;
     let mut created = 0;

@@ -14,8 +14,10 @@
 //! - state-machine safety: every entry applied at an index, on any node, ever, is the same entry
 //!   (so committed entries are never lost or changed and replicas apply one sequence);
 //! - completeness: after liveness every member has applied every entry anyone ever applied;
-//! - read linearizability: a ReadIndex read started after a write was acknowledged (first
-//!   applied anywhere) is served at a read index at or past that write;
+//! - read linearizability: a read started after a write was acknowledged (first applied
+//!   anywhere) is served at a read index at or past that write, whether a ReadIndex round
+//!   confirmed it or, in runs with leader leases (half the seeds), the leader's lease did
+//!   (simulated time: every node ticks once per step, one step being [`SIM_TICK`]);
 //! - snapshot safety: each node's state machine is a hash chain over the entries it applied;
 //!   a snapshot restored anywhere must carry the very state every node had at its index.
 //!
@@ -39,6 +41,12 @@ use cairn_raft::{
 };
 
 use crate::chunkstore_kill::Rng;
+
+/// The time one step stands for, for leader leases.
+const SIM_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The shortest election timeout a node draws, in ticks: leases stay below it.
+const ELECTION_TICKS_MIN: u64 = 10;
 
 /// Steps after which an unapplied liveness probe is proposed again.
 const PROBE_RETRY_STEPS: u64 = 200;
@@ -76,6 +84,8 @@ pub struct Options {
     pub compact_per_mille: u64,
     /// Per-mille chance per step, per group, that its leader changes the membership.
     pub member_change_per_mille: u64,
+    /// Leaders serve reads under leases (three quarters of the shortest election timeout).
+    pub read_lease: bool,
 }
 
 impl Options {
@@ -102,6 +112,7 @@ impl Options {
             transfer_per_mille: rng.below(4),
             compact_per_mille: rng.below(30),
             member_change_per_mille: rng.below(8),
+            read_lease: rng.below(2) == 0,
         }
     }
 }
@@ -123,6 +134,8 @@ pub struct Report {
     pub liveness_steps: u64,
     /// Reads served (and checked).
     pub reads: u64,
+    /// Reads started under a leader's lease (no round).
+    pub leased_reads: u64,
     /// Leadership transfers asked for.
     pub transfers: u64,
     /// Log compactions.
@@ -233,6 +246,8 @@ struct Sim {
     /// Reads in progress: request id -> (group, highest acknowledged index when it started).
     reads: BTreeMap<u64, (GroupId, u64)>,
     next_read: u64,
+    /// Simulated time zero (step 0).
+    epoch: std::time::Instant,
     /// Per node, the number of its next new replica (replica ids are never reused).
     next_replica: BTreeMap<NodeId, u64>,
 }
@@ -282,8 +297,11 @@ impl Sim {
         for i in 1..=options.nodes {
             let mut config = NodeConfig::new(NodeId(i));
             // A width-one range per node: reproducible, and unequal across nodes.
-            let timeout = 10 + rng.below(20) as usize;
+            let timeout = ELECTION_TICKS_MIN as usize + rng.below(20) as usize;
             config.election_tick_range = (timeout, timeout + 1);
+            if options.read_lease {
+                config.read_lease = Some(SIM_TICK * ELECTION_TICKS_MIN as u32 * 3 / 4);
+            }
             let node =
                 RaftNode::new(config.clone(), MemLogStore::new()).map_err(|e| e.to_string())?;
             nodes.push(SimNode {
@@ -334,6 +352,7 @@ impl Sim {
             acknowledged: BTreeMap::new(),
             reads: BTreeMap::new(),
             next_read: 0,
+            epoch: std::time::Instant::now(),
             next_replica,
         })
     }
@@ -538,9 +557,13 @@ impl Sim {
                 self.next_read += 1;
                 let request = self.next_read;
                 let required = self.acknowledged.get(&group).copied().unwrap_or(0);
+                let now = self.epoch + SIM_TICK * self.now as u32;
                 if let Some(node) = self.node_mut(member.node())
-                    && node.read_index(member, request).is_ok()
+                    && let Ok(path) = node.read(member, request, now)
                 {
+                    if path == cairn_raft::ReadPath::Leased {
+                        self.report.leased_reads += 1;
+                    }
                     self.reads.insert(request, (group, required));
                 }
             }

@@ -54,13 +54,19 @@ fn chunkstore_kill_loses_nothing_acknowledged() {
 #[test]
 fn raft_simulation_200_seeds() {
     let (mut committed, mut crashes_mid_sync, mut reads, mut transfers) = (0, 0, 0, 0);
+    let mut leased_reads = 0;
     for seed in 1..=200 {
         let report = cairn_chaos::raft_sim::run(seed).unwrap_or_else(|e| panic!("{e}"));
         committed += report.committed;
         crashes_mid_sync += report.crashes_mid_sync;
         reads += report.reads;
+        leased_reads += report.leased_reads;
         transfers += report.transfers;
     }
+    assert!(
+        leased_reads > 1_000,
+        "reads under leader leases are checked: {leased_reads}"
+    );
     assert!(committed > 10_000, "the workload commits: {committed}");
     assert!(
         crashes_mid_sync > 50,

@@ -11,9 +11,14 @@
 //!   identities), length-delimited frames, one batch per peer, bounded queues.
 //!
 //! Determinism: nothing here reads a clock, spawns or draws randomness of its own, except
-//! raft-rs's election timeout, which a width-one range in [`node::NodeConfig`] pins.
+//! raft-rs's election timeout, which a width-one range in [`node::NodeConfig`] pins. Leases
+//! take the time from the caller ([`RaftNode::read`]).
 //!
-//! Linearizable reads use ReadIndex (leadership confirmed by a heartbeat round, no clock).
+//! Linearizable reads use ReadIndex (leadership confirmed by a heartbeat round, no clock), or
+//! with [`node::NodeConfig::read_lease`] a leader lease: for a while after a confirmed round
+//! the leader serves reads at its commit index without another (see `read_lease` for why
+//! that is safe, and what it costs: a restarted replica votes for no one for a minimum
+//! election timeout).
 //!
 //! Snapshots: the caller's state machine hands its state to [`RaftNode::compact`]; the log
 //! drops what it covers and lagging or new members receive it. Membership changes go through
@@ -28,7 +33,7 @@ pub mod storage;
 
 pub use node::{
     Apply, GroupStatus, MemberChange, NodeConfig, NodeError, Outbox, ProposeError, RaftNode,
-    ReadReady, conf_change_context,
+    ReadPath, ReadReady, conf_change_context,
 };
 
 /// raft-rs types that appear in this crate's API.

@@ -50,7 +50,10 @@
 //! An error from `process_ready` means the store failed mid-round: the node must be dropped and
 //! restarted from its store, as after a crash.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 use cairn_common::{GroupId, NodeId, ReplicaId};
 use prost::Message as _;
@@ -83,6 +86,14 @@ pub struct NodeConfig {
     pub max_size_per_msg: u64,
     /// Appends in flight per follower.
     pub max_inflight_msgs: usize,
+    /// Leader leases for reads ([`RaftNode::read`]): how long after the start of a ReadIndex
+    /// round that confirmed its leadership a leader serves reads without another round.
+    /// `None` (the default): every read is a ReadIndex round. It must stay below the minimum
+    /// election timeout in real time (ticks times the caller's tick period): a follower that
+    /// heard the confirming heartbeat votes for no one else for that long, and with a lease
+    /// a replica also ignores vote requests for its first minimum election timeout after it
+    /// starts (a restarted follower forgot the leader it heard).
+    pub read_lease: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -96,6 +107,7 @@ impl NodeConfig {
             max_size_per_msg: 1 << 20,
             // 256 appends in flight bounds memory per follower.
             max_inflight_msgs: 256,
+            read_lease: None,
         }
     }
 
@@ -227,6 +239,32 @@ struct Group {
     /// The latest configuration this node applied excludes it: the group goes once everything
     /// known committed is applied (a later entry could still add it back).
     removed: bool,
+    /// The node's `read_lease`.
+    read_lease: Option<Duration>,
+    /// Ticks since this replica started here (saturating): with leases, vote requests are
+    /// ignored until it reaches the minimum election timeout.
+    ticks_alive: u64,
+    /// ReadIndex rounds this replica started as leader, with their term and start: the one
+    /// confirmed extends the lease. Bounded by [`LEASE_PROBES_MAX`].
+    lease_probes: Vec<(u64, u64, Instant)>,
+    /// Reads are served without a round until this instant, in this term.
+    lease: Option<(u64, Instant)>,
+    /// A term in which a leadership transfer started here: no lease in it (the transferee's
+    /// campaign is forced past the followers' memory of this leader).
+    transfer_term: Option<u64>,
+}
+
+/// ReadIndex rounds a leader remembers for its lease; older ones are forgotten (their reads
+/// are still served, they only do not extend the lease).
+const LEASE_PROBES_MAX: usize = 64;
+
+/// How a read was started ([`RaftNode::read`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    /// Under the leader's lease, at its commit index: no round.
+    Leased,
+    /// A ReadIndex round (forwarded to the leader from a follower).
+    ReadIndex,
 }
 
 impl Group {
@@ -333,6 +371,11 @@ impl<L: LogStore> RaftNode<L> {
                 reads_waiting: Vec::new(),
                 restore_pending: snapshot_index > 0,
                 removed: false,
+                read_lease: self.config.read_lease,
+                ticks_alive: 0,
+                lease_probes: Vec::new(),
+                lease: None,
+                transfer_term: None,
             },
         );
         Ok(())
@@ -553,7 +596,7 @@ impl<L: LogStore> RaftNode<L> {
     /// Advances every group's clock by one tick.
     pub fn tick(&mut self) {
         for group in self.groups.values_mut() {
-            group.raw.tick();
+            tick_one(group);
         }
     }
 
@@ -565,7 +608,7 @@ impl<L: LogStore> RaftNode<L> {
         assert!(slice < slices, "slice {slice} of {slices}");
         for (id, group) in &mut self.groups {
             if id.0 % slices == slice {
-                group.raw.tick();
+                tick_one(group);
             }
         }
     }
@@ -620,6 +663,73 @@ impl<L: LogStore> RaftNode<L> {
         Ok(())
     }
 
+    /// Starts a linearizable read at `now`: under the leader's lease, if `replica` leads with
+    /// one (see [`NodeConfig::read_lease`]), at its commit index with no round; otherwise a
+    /// ReadIndex round ([`RaftNode::read_index`]) whose confirmation starts or extends the
+    /// lease. Either way the read shows up in [`RaftNode::take_reads`] once applied. A lease
+    /// past half its life is renewed by a ReadIndex round under the same request id beside
+    /// the leased read (the caller serves a request id once).
+    pub fn read(
+        &mut self,
+        replica: ReplicaId,
+        request: u64,
+        now: Instant,
+    ) -> Result<ReadPath, ProposeError> {
+        let group = self
+            .groups
+            .get_mut(&replica)
+            .ok_or(ProposeError::UnknownReplica)?;
+        let Some(lease_span) = group.read_lease else {
+            self.read_index(replica, request)?;
+            return Ok(ReadPath::ReadIndex);
+        };
+        let raft = &group.raw.raft;
+        let leads = raft.state == StateRole::Leader;
+        let lease_left = group
+            .lease
+            .filter(|(term, _)| *term == raft.term)
+            .and_then(|(_, until)| until.checked_duration_since(now))
+            .filter(|left| !left.is_zero());
+        let leased = leads
+            && lease_left.is_some()
+            && raft.lead_transferee.is_none()
+            && group.transfer_term != Some(raft.term)
+            && raft.raft_log.term(raft.raft_log.committed).ok() == Some(raft.term);
+        if leased {
+            let commit = raft.raft_log.committed;
+            group.reads_waiting.push((request, commit));
+            if lease_left.is_some_and(|left| left < lease_span / 2) {
+                // Best effort: a renewal refused now leaves the lease to run out.
+                let _ = self.read_index_probing(replica, request, now);
+            }
+            return Ok(ReadPath::Leased);
+        }
+        self.read_index_probing(replica, request, now)?;
+        Ok(ReadPath::ReadIndex)
+    }
+
+    /// A ReadIndex round that, started by a leader, extends its lease once confirmed.
+    fn read_index_probing(
+        &mut self,
+        replica: ReplicaId,
+        request: u64,
+        now: Instant,
+    ) -> Result<(), ProposeError> {
+        self.read_index(replica, request)?;
+        let group = self
+            .groups
+            .get_mut(&replica)
+            .expect("invariant: read_index found it");
+        if group.raw.raft.state == StateRole::Leader {
+            if group.lease_probes.len() >= LEASE_PROBES_MAX {
+                group.lease_probes.remove(0);
+            }
+            let term = group.raw.raft.term;
+            group.lease_probes.push((request, term, now));
+        }
+        Ok(())
+    }
+
     /// Asks `replica`, its group's leader, to hand leadership to `to`.
     pub fn transfer_leader(
         &mut self,
@@ -631,6 +741,10 @@ impl<L: LogStore> RaftNode<L> {
             .get_mut(&replica)
             .ok_or(ProposeError::UnknownReplica)?;
         group.ensure_leader()?;
+        // The transferee's campaign is forced past the followers' memory of this leader: no
+        // lease for the rest of this term.
+        group.transfer_term = Some(group.raw.raft.term);
+        group.lease = None;
         group.raw.transfer_leader(to.0);
         Ok(())
     }
@@ -859,7 +973,31 @@ pub fn conf_change_context(entry: &Entry) -> Option<Vec<u8>> {
 }
 
 /// Steps one message into a hosted replica of its group.
+fn tick_one(group: &mut Group) {
+    group.ticks_alive = group.ticks_alive.saturating_add(1);
+    group.raw.tick();
+}
+
 fn step_one(group: &mut Group, mut message: Message) {
+    let vote = message.msg_type == MessageType::MsgRequestVote as i32
+        || message.msg_type == MessageType::MsgRequestPreVote as i32;
+    // With leases, a replica that just started ignores votes for a minimum election timeout:
+    // it may have acknowledged a heartbeat that gave a leader its lease and then restarted,
+    // forgetting the leader (raft-rs refuses votes only while it remembers one). A campaign
+    // forced by a leadership transfer passes: that leader gave up its lease to start it.
+    let min_election = group.raw.raft.election_timeout() as u64;
+    if vote
+        && group.read_lease.is_some()
+        && group.ticks_alive < min_election
+        && message.context != raft::CAMPAIGN_TRANSFER
+    {
+        return;
+    }
+    if message.msg_type == MessageType::MsgTransferLeader as i32 {
+        // A transfer asked by a peer: no lease in this term either (see transfer_leader).
+        group.transfer_term = Some(group.raw.raft.term);
+        group.lease = None;
+    }
     // A leader that still counts entries this member lost with its disk sends a commit index
     // past its log, on which raft-rs would abort; a heartbeat's commit is advisory, so it is
     // clamped.
@@ -870,6 +1008,29 @@ fn step_one(group: &mut Group, mut message: Message) {
     // Errors here are peers the group does not know or local-only message types: a
     // misbehaving or stale peer, never ours to fail on.
     let _ = group.raw.step(message);
+}
+
+/// A ReadIndex round this leader started confirmed its leadership: the lease runs from the
+/// round's start (before its heartbeats went out), in the term it was started in, while that
+/// term lasts and no transfer started in it.
+fn confirm_lease(group: &mut Group, request: u64) {
+    let Some(span) = group.read_lease else {
+        return;
+    };
+    let Some(at) = group.lease_probes.iter().position(|(r, ..)| *r == request) else {
+        return;
+    };
+    let (_, term, started) = group.lease_probes[at];
+    // Rounds are confirmed in order: older ones are confirmed or lost.
+    group.lease_probes.drain(..=at);
+    let raft = &group.raw.raft;
+    if raft.state != StateRole::Leader || raft.term != term || group.transfer_term == Some(term) {
+        return;
+    }
+    let until = started + span;
+    if group.lease.is_none_or(|(t, u)| t != term || u < until) {
+        group.lease = Some((term, until));
+    }
 }
 
 /// Takes `group`'s Ready, if it has one: applies what it commits (and a snapshot it installs)
@@ -903,6 +1064,7 @@ fn take_ready<L: LogStore>(
         // Contexts are ours (8 bytes); anything else came from a confused peer.
         if let Ok(request) = request {
             group.reads_waiting.push((request, read.index));
+            confirm_lease(group, request);
         }
     }
     if !ready.snapshot().is_empty() {

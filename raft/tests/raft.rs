@@ -1174,3 +1174,178 @@ fn a_removed_group_stays_removed_across_segment_cleaning() {
     let reopened = FileLogStore::open_with_segment_size(dir.path(), 2048).expect("reopen");
     assert_eq!(replicas(&reopened), vec![replica(1)]);
 }
+
+/// Leader leases ([`NodeConfig::read_lease`]) on one node hosting a group's three replicas,
+/// as `cairn dev` does: rounds run until quiet, the node's own batch stepped back in.
+mod leases {
+    use std::time::{Duration, Instant};
+
+    use cairn_raft::{
+        ReadPath,
+        raft_types::{Message, MessageType},
+    };
+
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(75);
+
+    fn leased_node(dir: &Path) -> RaftNode<FileLogStore> {
+        let mut config = NodeConfig::new(NodeId(1));
+        // Drawn per election: three replicas ticked together must not always tie.
+        config.election_tick_range = (10, 20);
+        config.read_lease = Some(LEASE);
+        RaftNode::new(config, FileLogStore::open(dir).expect("open")).expect("node")
+    }
+
+    /// Rounds until no message is left for this node.
+    fn settle(node: &mut RaftNode<FileLogStore>) {
+        for _ in 0..20 {
+            let mut outbox = Outbox::default();
+            node.process_ready(&mut outbox, |_, _, _| {})
+                .expect("ready");
+            match outbox.batches.remove(&NodeId(1)) {
+                Some(batch) => node.step(batch),
+                None => return,
+            }
+        }
+    }
+
+    fn leader(node: &RaftNode<FileLogStore>, replicas: &[ReplicaId]) -> Option<ReplicaId> {
+        replicas
+            .iter()
+            .copied()
+            .find(|r| node.status(*r).expect("hosted").role == StateRole::Leader)
+    }
+
+    /// A group of three replicas with a leader that has committed in its term.
+    fn elected(node: &mut RaftNode<FileLogStore>) -> (Vec<ReplicaId>, ReplicaId) {
+        let replicas: Vec<ReplicaId> = (1..=3).map(replica).collect();
+        for r in &replicas {
+            node.create_group(GroupId(1), *r, &replicas)
+                .expect("create");
+        }
+        for _ in 0..60 {
+            node.tick();
+            settle(node);
+            if let Some(leader) = leader(node, &replicas) {
+                node.propose(leader, b"x".to_vec()).expect("propose");
+                settle(node);
+                return (replicas, leader);
+            }
+        }
+        panic!("no leader elected");
+    }
+
+    /// Goal: a leader serves reads without a round only while a confirmed round's lease
+    /// lasts, never in a term where it started a leadership transfer, and reads under the
+    /// lease are served at its commit index. Method: drive the rounds by hand with a
+    /// caller-chosen clock.
+    #[test]
+    fn a_lease_follows_a_confirmed_round_and_ends_with_time_or_a_transfer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = leased_node(dir.path());
+        let (replicas, leader) = elected(&mut node);
+        let start = Instant::now();
+        assert_eq!(
+            node.read(leader, 1, start).expect("read"),
+            ReadPath::ReadIndex,
+            "no lease before a confirmed round"
+        );
+        settle(&mut node);
+        let served = node.take_reads();
+        assert_eq!(served.iter().map(|r| r.request).collect::<Vec<_>>(), [1]);
+        let commit = node.status(leader).expect("status").commit;
+        // Within the lease, past half of it: leased, and renewed by a round beside it.
+        let later = start + LEASE * 3 / 4;
+        assert_eq!(node.read(leader, 2, later).expect("read"), ReadPath::Leased);
+        let served = node.take_reads();
+        assert_eq!(served.len(), 1, "served at once, no round");
+        assert_eq!((served[0].request, served[0].index), (2, commit));
+        settle(&mut node);
+        // The renewal came back under the same id (the caller serves an id once) and moved
+        // the lease on from its own start.
+        assert!(node.take_reads().iter().all(|r| r.request == 2));
+        let renewed = later + LEASE * 3 / 4;
+        assert_eq!(
+            node.read(leader, 3, renewed).expect("read"),
+            ReadPath::Leased
+        );
+        node.take_reads();
+        // Past the lease: a round again.
+        let expired = later + LEASE + Duration::from_millis(1);
+        assert_eq!(
+            node.read(leader, 4, expired).expect("read"),
+            ReadPath::ReadIndex
+        );
+        settle(&mut node);
+        node.take_reads();
+        assert_eq!(
+            node.read(leader, 5, expired).expect("read"),
+            ReadPath::Leased
+        );
+        node.take_reads();
+        // A transfer started: no lease for the rest of the term, even after a round.
+        let heir = *replicas.iter().find(|r| **r != leader).expect("a follower");
+        node.transfer_leader(leader, heir).expect("transfer");
+        if node.status(leader).expect("status").role == StateRole::Leader {
+            let term = node.status(leader).expect("status").term;
+            assert_eq!(
+                node.read(leader, 6, expired).expect("read"),
+                ReadPath::ReadIndex
+            );
+            assert_eq!(node.status(leader).expect("status").term, term);
+        }
+        settle(&mut node);
+        let new_leader = leader_of(&node, &replicas);
+        assert_ne!(new_leader, leader, "leadership moved");
+    }
+
+    fn leader_of(node: &RaftNode<FileLogStore>, replicas: &[ReplicaId]) -> ReplicaId {
+        leader(node, replicas).expect("a leader")
+    }
+
+    /// Goal: with leases, a replica that just started (a restart forgets the leader whose
+    /// heartbeat it may have acknowledged) grants no vote for a minimum election timeout;
+    /// after it, it does. Method: step vote requests into a fresh single-replica node and
+    /// look for an answer.
+    #[test]
+    fn a_fresh_replica_ignores_votes_for_an_election_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = leased_node(dir.path());
+        let me = replica(1);
+        let peer = ReplicaId::new(NodeId(2), 1);
+        node.create_group(GroupId(1), me, &[me, peer])
+            .expect("create");
+        let vote = |term: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgRequestVote);
+            m.from = peer.0;
+            m.to = me.0;
+            m.term = term;
+            m.log_term = 10;
+            m.index = 100;
+            m
+        };
+        let answers = |node: &mut RaftNode<FileLogStore>| -> usize {
+            let mut outbox = Outbox::default();
+            node.process_ready(&mut outbox, |_, _, _| {})
+                .expect("ready");
+            outbox
+                .batches
+                .values()
+                .flatten()
+                .filter(|(_, m)| m.msg_type == MessageType::MsgRequestVoteResponse as i32)
+                .count()
+        };
+        node.step(vec![(GroupId(1), vote(5))]);
+        assert_eq!(answers(&mut node), 0, "a fresh replica does not vote");
+        for _ in 0..9 {
+            node.tick_slice(0, 1);
+        }
+        node.step(vec![(GroupId(1), vote(6))]);
+        assert_eq!(answers(&mut node), 0, "nor one tick short of the timeout");
+        node.tick_slice(0, 1);
+        node.step(vec![(GroupId(1), vote(7))]);
+        assert_eq!(answers(&mut node), 1, "after an election timeout it votes");
+    }
+}

@@ -395,7 +395,7 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let node_counters: [(&str, &str, &AtomicU64); 10] = [
+    let node_counters: [(&str, &str, &AtomicU64); 11] = [
         (
             "cairn_pg_read_repairs_total",
             "Blocks repaired from another replica after a checksum failure.",
@@ -415,6 +415,11 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
             "cairn_pg_reads_served_total",
             "Linearizable reads served.",
             &stats.reads_served,
+        ),
+        (
+            "cairn_pg_reads_leased_total",
+            "Reads started under the leader's lease, without a ReadIndex round.",
+            &stats.reads_leased,
         ),
         (
             "cairn_pg_restores_total",

@@ -78,26 +78,42 @@ impl BlockCache {
     }
 
     /// Copies blocks `first..` of chunk instance `generation` into `out` (whole blocks) if
-    /// every one of them is cached; false, and `out` untouched, otherwise.
-    pub(crate) fn get(&self, generation: u64, first: u32, out: &mut [u8]) -> bool {
+    /// every written one is cached (`written[i]` tells block `first + i`; the others read as
+    /// zeros and are not cached); false, and `out` untouched, otherwise.
+    pub(crate) fn get(
+        &self,
+        generation: u64,
+        first: u32,
+        written: &[bool],
+        out: &mut [u8],
+    ) -> bool {
         let block = BLOCK_SIZE as usize;
         debug_assert!(out.len().is_multiple_of(block));
         let count = out.len() / block;
-        let mut inner = self.inner();
-        let mut found = [0u32; CACHED_IO_BYTES_MAX / BLOCK_SIZE as usize];
-        if count > found.len() {
+        let mut found = [None; CACHED_IO_BYTES_MAX / BLOCK_SIZE as usize];
+        if count > found.len() || written.len() != count {
             return false;
         }
+        let mut inner = self.inner();
         for (i, at) in found.iter_mut().take(count).enumerate() {
+            if !written[i] {
+                continue;
+            }
             match inner.index.get(&(generation, first + i as u32)) {
-                Some(slot) => *at = *slot,
+                Some(slot) => *at = Some(*slot),
                 None => return false,
             }
         }
         for (i, slot) in found.iter().take(count).enumerate() {
-            let slot = &mut inner.slots[*slot as usize];
-            slot.referenced = true;
-            out[i * block..(i + 1) * block].copy_from_slice(&slot.data);
+            let target = &mut out[i * block..(i + 1) * block];
+            match slot {
+                Some(slot) => {
+                    let slot = &mut inner.slots[*slot as usize];
+                    slot.referenced = true;
+                    target.copy_from_slice(&slot.data);
+                }
+                None => target.fill(0),
+            }
         }
         true
     }
@@ -194,25 +210,35 @@ mod tests {
         vec![byte; BLOCK_SIZE as usize]
     }
 
+    /// Every block of `out` written.
+    fn all(out: &[u8]) -> Vec<bool> {
+        vec![true; out.len() / BLOCK_SIZE as usize]
+    }
+
     #[test]
     fn hits_need_every_block_and_invalidation_drops_them() {
         let cache = BlockCache::new(u64::from(BLOCK_SIZE) * 8);
         cache.insert(1, 0, &block(1));
         cache.insert(1, 1, &block(2));
         let mut out = vec![0; 2 * BLOCK_SIZE as usize];
-        assert!(cache.get(1, 0, &mut out));
+        assert!(cache.get(1, 0, &all(&out), &mut out));
         assert_eq!(&out[..BLOCK_SIZE as usize], &block(1)[..]);
         assert_eq!(&out[BLOCK_SIZE as usize..], &block(2)[..]);
         // Another generation of the same chunk id shares nothing.
-        assert!(!cache.get(2, 0, &mut out[..BLOCK_SIZE as usize]));
+        assert!(!cache.get(2, 0, &[true], &mut out[..BLOCK_SIZE as usize]));
         // A range with one block missing is a miss and leaves `out` alone.
         let mut three = vec![7; 3 * BLOCK_SIZE as usize];
-        assert!(!cache.get(1, 0, &mut three));
+        assert!(!cache.get(1, 0, &all(&three), &mut three));
         assert!(three.iter().all(|b| *b == 7));
         cache.invalidate(1, 1, 5);
-        assert!(!cache.get(1, 0, &mut out));
-        assert!(cache.get(1, 0, &mut out[..BLOCK_SIZE as usize]));
+        assert!(!cache.get(1, 0, &all(&out), &mut out));
+        assert!(cache.get(1, 0, &[true], &mut out[..BLOCK_SIZE as usize]));
         assert_eq!(cache.len(), 1);
+        // A block never written is no miss: it reads as zeros.
+        let mut two = vec![7; 2 * BLOCK_SIZE as usize];
+        assert!(cache.get(1, 0, &[true, false], &mut two));
+        assert_eq!(&two[..BLOCK_SIZE as usize], &block(1)[..]);
+        assert!(two[BLOCK_SIZE as usize..].iter().all(|b| *b == 0));
     }
 
     #[test]
@@ -223,15 +249,15 @@ mod tests {
         }
         let mut out = block(0);
         // Block 0 is hot: it survives the next inserts, which evict the cold ones.
-        assert!(cache.get(9, 0, &mut out));
+        assert!(cache.get(9, 0, &all(&out), &mut out));
         for index in 4..7 {
             cache.insert(9, index, &block(index as u8));
         }
         assert_eq!(cache.len(), 4);
-        assert!(cache.get(9, 0, &mut out));
+        assert!(cache.get(9, 0, &all(&out), &mut out));
         assert_eq!(out, block(0));
         for index in 4..7 {
-            assert!(cache.get(9, index, &mut out));
+            assert!(cache.get(9, index, &[true], &mut out));
             assert_eq!(out, block(index as u8));
         }
     }
@@ -242,7 +268,7 @@ mod tests {
         assert!(!cache.enabled());
         cache.insert(1, 0, &block(1));
         let mut out = block(0);
-        assert!(!cache.get(1, 0, &mut out));
+        assert!(!cache.get(1, 0, &all(&out), &mut out));
         assert_eq!(cache.len(), 0);
     }
 
@@ -254,8 +280,11 @@ mod tests {
         cache.invalidate(1, 0, 0);
         cache.insert(1, 2, &block(3));
         let mut out = block(0);
-        assert!(cache.get(1, 1, &mut out), "the live block was not evicted");
-        assert!(cache.get(1, 2, &mut out));
+        assert!(
+            cache.get(1, 1, &all(&out), &mut out),
+            "the live block was not evicted"
+        );
+        assert!(cache.get(1, 2, &all(&out), &mut out));
         assert_eq!(cache.len(), 2);
     }
 }

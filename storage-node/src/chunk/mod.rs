@@ -538,18 +538,29 @@ impl ChunkStore {
         let _range = chunk.locks.lock(first, last, Mode::Shared).await;
         let mut buf = self.engine.pool().acquire().await;
         buf.set_len((last - first + 1) as usize * BLOCK_SIZE as usize);
+        let cached = cached && self.cache.enabled() && buf.len() <= CACHED_IO_BYTES_MAX;
+        let mut written = [false; CACHED_IO_BYTES_MAX / BLOCK_SIZE as usize];
         let (any_written, generation) = {
             let meta = chunk.meta();
             if meta.deleted {
                 return Err(Error::NotFound { chunk: id });
             }
             let any = (first..=last).any(|block| meta.image.is_written(block));
+            if cached {
+                for (flag, block) in written.iter_mut().zip(first..=last) {
+                    *flag = meta.image.is_written(block);
+                }
+            }
             (any, meta.image.generation)
         };
-        let cached = cached && self.cache.enabled() && buf.len() <= CACHED_IO_BYTES_MAX;
+        let span = (last - first + 1) as usize;
         if !any_written {
             buf.fill(0);
-        } else if cached && self.cache.get(generation, first, &mut buf) {
+        } else if cached
+            && self
+                .cache
+                .get(generation, first, &written[..span], &mut buf)
+        {
             self.stats.cached_reads.fetch_add(1, Ordering::Relaxed);
         } else {
             let offset = chunk.place.base_bytes + self.geometry.block_offset(first);

@@ -246,6 +246,8 @@ pub struct PgStats {
     pub discards_applied: AtomicU64,
     /// Reads served.
     pub reads_served: AtomicU64,
+    /// Reads started under the leader's lease, without a ReadIndex round.
+    pub reads_leased: AtomicU64,
     /// Bytes the background scrub read and verified.
     pub scrubbed_bytes: AtomicU64,
     /// Full passes of the background scrub over every replica here.
@@ -1650,9 +1652,13 @@ impl<L: LogStore> PgHost<L> {
             Err(e) => return Err(e),
         };
         let request = self.next_request()?;
-        self.node
+        let path = self
+            .node
             .read(replica, request, std::time::Instant::now())
             .map_err(|e| propose_error(group, e))?;
+        if path == cairn_raft::ReadPath::Leased {
+            self.stats.reads_leased.fetch_add(1, Ordering::Relaxed);
+        }
         let (tx, rx) = oneshot::channel();
         let read = PendingRead {
             taken: self.taken(replica),

@@ -42,8 +42,29 @@ fn group_of(chunk: ChunkId) -> GroupId {
     GroupId(1 + u64::from(chunk.index) % GROUPS)
 }
 
+/// Disks without a read cache: tests that damage a disk behind the store's back read it
+/// through the PG to see the repair (a cached block would be served from memory instead).
 async fn open_disks(dirs: &[&Path]) -> Vec<Arc<ChunkStore>> {
+    let options = ChunkStoreOptions {
+        read_cache_bytes: 0,
+        ..small_store(EngineChoice::Auto)
+    };
+    open_disks_with(dirs, &options).await
+}
+
+/// Disks with `small_store`'s read cache (a chunk and a half): reads through the PG meet
+/// hits, misses, evictions, the leader's write-through and invalidations.
+async fn open_cached_disks(dirs: &[&Path]) -> Vec<Arc<ChunkStore>> {
     open_disks_with(dirs, &small_store(EngineChoice::Auto)).await
+}
+
+/// Disks whose read cache holds four chunks.
+async fn open_roomy_cached_disks(dirs: &[&Path]) -> Vec<Arc<ChunkStore>> {
+    let options = ChunkStoreOptions {
+        read_cache_bytes: 4 * CHUNK as u64,
+        ..small_store(EngineChoice::Auto)
+    };
+    open_disks_with(dirs, &options).await
 }
 
 async fn open_disks_with(dirs: &[&Path], options: &ChunkStoreOptions) -> Vec<Arc<ChunkStore>> {
@@ -168,8 +189,15 @@ fn new_host(disks: &[Arc<ChunkStore>], log_dir: &Path) -> PgHost<FileLogStore> {
 }
 
 fn new_host_on(disks: &[Arc<ChunkStore>], log: FileLogStore) -> PgHost<FileLogStore> {
-    let mut host =
-        PgHost::new(NodeConfig::new(NODE), log, disks.to_vec(), BTreeMap::new()).expect("host");
+    new_host_with(disks, log, NodeConfig::new(NODE))
+}
+
+fn new_host_with(
+    disks: &[Arc<ChunkStore>],
+    log: FileLogStore,
+    config: NodeConfig,
+) -> PgHost<FileLogStore> {
+    let mut host = PgHost::new(config, log, disks.to_vec(), BTreeMap::new()).expect("host");
     for g in 1..=GROUPS {
         let voters: Vec<ReplicaId> = (0..3).map(|k| replica(g, k)).collect();
         for k in 0..3 {
@@ -441,7 +469,7 @@ fn three_replicas_on_three_disks_apply_every_write() {
     let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
     let dirs = [d0.path(), d1.path(), d2.path()];
     block_on(async {
-        let disks = open_disks(&dirs).await;
+        let disks = open_cached_disks(&dirs).await;
         let mut host = new_host(&disks, log_dir.path());
         let mut model: BTreeMap<ChunkId, Vec<u8>> = BTreeMap::new();
         let writes: [(u32, u32, usize); 6] = [
@@ -516,6 +544,8 @@ fn a_failed_disk_stops_its_replicas_and_the_others_go_on() {
     let dirs = [d0.path(), d1.path(), d2.path()];
     let options = ChunkStoreOptions {
         fault_injection: true,
+        // The faults must meet the reads (a cached block would be served from memory).
+        read_cache_bytes: 0,
         ..small_store(EngineChoice::Auto)
     };
     block_on(async {
@@ -1297,8 +1327,8 @@ fn discards_and_writes_replay_after_a_restart_between_compactions() {
 }
 
 /// Goal: writes are answered once committed, before the replicas apply them, and still every
-/// read sees every write answered before it began. Method: the host driven by
-/// `service::spawn`; four clients at once, each writing 4 KiB at a time into its own chunk
+/// read sees every write answered before it began, under leader leases and through the read
+/// cache. Method: the host driven by `service::spawn`; four clients at once, each writing 4 KiB at a time into its own chunk
 /// (offsets overlapping its earlier writes) and reading the whole range back at once, 100
 /// times; then every disk holds every chunk as written.
 #[test]
@@ -1307,9 +1337,15 @@ fn every_read_sees_the_writes_answered_before_it() {
     let (d0, d1, d2, log_dir) = (disk_dir(), disk_dir(), disk_dir(), disk_dir());
     let dirs = [d0.path(), d1.path(), d2.path()];
     block_on(async {
-        let disks = open_disks(&dirs).await;
-        let host = new_host(&disks, log_dir.path());
-        let handle = service::spawn(host, NODE, std::time::Duration::from_millis(1), None, 1000);
+        let disks = open_roomy_cached_disks(&dirs).await;
+        // Leader leases as `cairn` gives them: 3/4 of the minimum election timeout.
+        let tick = std::time::Duration::from_millis(1);
+        let mut config = NodeConfig::new(NODE);
+        config.read_lease = Some(tick * config.election_tick_range.0 as u32 * 3 / 4);
+        let log = FileLogStore::open(log_dir.path()).expect("log");
+        let host = new_host_with(&disks, log, config);
+        let stats = host.stats();
+        let handle = service::spawn(host, NODE, tick, None, 1000);
         let mut clients = tokio::task::JoinSet::new();
         for client in 0..4u32 {
             let handle = handle.clone();
@@ -1339,6 +1375,19 @@ fn every_read_sees_the_writes_answered_before_it() {
             let (at, image) = done.expect("client");
             model.insert(at, image);
         }
+        let leased = stats
+            .reads_leased
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(leased > 0, "reads went under the leader's lease");
+        let cached: u64 = disks
+            .iter()
+            .map(|d| {
+                d.stats()
+                    .cached_reads
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        assert!(cached > 0, "reads were served from the read cache");
         // Followers apply a round or more later; then every replica holds what was written.
         for _ in 0..5000 {
             let mut all = true;

@@ -20,14 +20,15 @@
 //! up to the capacity and is reused after; one mutex guards it (a hit is a hash lookup and a
 //! 4 KiB copy).
 //!
-//! Only small IOs use it ([`CACHED_IO_BYTES_MAX`]): a sequential scan would evict the hot set,
-//! and large reads gain little from memory over a disk's streaming rate.
+//! Only small reads fill it ([`CACHED_IO_BYTES_MAX`]): a sequential scan would evict the hot
+//! set. Reads of any size are served from it when every block they cover is there (blocks
+//! the leader wrote through, or small reads filled).
 
 use std::{collections::HashMap, sync::Mutex};
 
 use cairn_common::BLOCK_SIZE;
 
-/// Reads of at most this many bytes are served from and fill the cache.
+/// Reads of at most this many bytes fill the cache (any read is served from it).
 pub const CACHED_IO_BYTES_MAX: usize = 64 * 1024;
 
 /// A chunk instance's generation and a block index in it.
@@ -79,7 +80,8 @@ impl BlockCache {
 
     /// Copies blocks `first..` of chunk instance `generation` into `out` (whole blocks) if
     /// every written one is cached (`written[i]` tells block `first + i`; the others read as
-    /// zeros and are not cached); false, and `out` untouched, otherwise.
+    /// zeros and are not cached); false, and `out` untouched, otherwise. A miss is found at
+    /// the first written block not cached.
     pub(crate) fn get(
         &self,
         generation: u64,
@@ -90,25 +92,26 @@ impl BlockCache {
         let block = BLOCK_SIZE as usize;
         debug_assert!(out.len().is_multiple_of(block));
         let count = out.len() / block;
-        let mut found = [None; CACHED_IO_BYTES_MAX / BLOCK_SIZE as usize];
-        if count > found.len() || written.len() != count {
+        if written.len() != count {
             return false;
         }
+        let mut found = Vec::with_capacity(count);
         let mut inner = self.inner();
-        for (i, at) in found.iter_mut().take(count).enumerate() {
-            if !written[i] {
+        for (i, written) in written.iter().enumerate() {
+            if !written {
+                found.push(None);
                 continue;
             }
             match inner.index.get(&(generation, first + i as u32)) {
-                Some(slot) => *at = Some(*slot),
+                Some(slot) => found.push(Some(*slot)),
                 None => return false,
             }
         }
-        for (i, slot) in found.iter().take(count).enumerate() {
+        for (i, slot) in found.into_iter().enumerate() {
             let target = &mut out[i * block..(i + 1) * block];
             match slot {
                 Some(slot) => {
-                    let slot = &mut inner.slots[*slot as usize];
+                    let slot = &mut inner.slots[slot as usize];
                     slot.referenced = true;
                     target.copy_from_slice(&slot.data);
                 }

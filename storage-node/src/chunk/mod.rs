@@ -513,8 +513,9 @@ impl ChunkStore {
         self.read_with(id, offset_bytes, size_bytes, false).await
     }
 
-    /// [`ChunkStore::read`] for clients: an IO of at most 64 KiB whose blocks are all in the
-    /// read cache is served from memory, and one that is not fills it (see `cache.rs`).
+    /// [`ChunkStore::read`] for clients: a read whose written blocks are all in the read
+    /// cache is served from memory, and one of at most 64 KiB that is not fills it (see
+    /// `cache.rs`).
     pub async fn read_cached(
         &self,
         id: ChunkId,
@@ -538,35 +539,26 @@ impl ChunkStore {
         let _range = chunk.locks.lock(first, last, Mode::Shared).await;
         let mut buf = self.engine.pool().acquire().await;
         buf.set_len((last - first + 1) as usize * BLOCK_SIZE as usize);
-        let cached = cached && self.cache.enabled() && buf.len() <= CACHED_IO_BYTES_MAX;
-        let mut written = [false; CACHED_IO_BYTES_MAX / BLOCK_SIZE as usize];
-        let (any_written, generation) = {
+        let cached = cached && self.cache.enabled();
+        let (written, generation) = {
             let meta = chunk.meta();
             if meta.deleted {
                 return Err(Error::NotFound { chunk: id });
             }
-            let any = (first..=last).any(|block| meta.image.is_written(block));
-            if cached {
-                for (flag, block) in written.iter_mut().zip(first..=last) {
-                    *flag = meta.image.is_written(block);
-                }
-            }
-            (any, meta.image.generation)
+            let written: Vec<bool> = (first..=last)
+                .map(|block| meta.image.is_written(block))
+                .collect();
+            (written, meta.image.generation)
         };
-        let span = (last - first + 1) as usize;
-        if !any_written {
+        if !written.contains(&true) {
             buf.fill(0);
-        } else if cached
-            && self
-                .cache
-                .get(generation, first, &written[..span], &mut buf)
-        {
+        } else if cached && self.cache.get(generation, first, &written, &mut buf) {
             self.stats.cached_reads.fetch_add(1, Ordering::Relaxed);
         } else {
             let offset = chunk.place.base_bytes + self.geometry.block_offset(first);
             buf = engine_io::read(&*self.engine, &chunk.place.file, offset, buf).await?;
             self.verify(&chunk, first, &mut buf)?;
-            if cached {
+            if cached && buf.len() <= CACHED_IO_BYTES_MAX {
                 let meta = chunk.meta();
                 let block = BLOCK_SIZE as usize;
                 for (i, data) in buf.chunks_exact(block).enumerate() {

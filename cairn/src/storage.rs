@@ -502,6 +502,19 @@ pub fn metrics(stats: &PgStats, disks: &[Arc<ChunkStore>]) -> Response {
     }
     let _ = writeln!(
         out,
+        "# HELP cairn_disk_read_cache_bytes Memory the disk's read cache holds now.\n\
+         # TYPE cairn_disk_read_cache_bytes gauge"
+    );
+    for disk in disks {
+        let bytes = disk.cached_blocks() as u64 * u64::from(cairn_common::BLOCK_SIZE);
+        let _ = writeln!(
+            out,
+            "cairn_disk_read_cache_bytes{{disk=\"{}\"}} {bytes}",
+            disk.disk_id()
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP cairn_disk_failed 1 once the node took the disk out of service after an IO error.\n\
          # TYPE cairn_disk_failed gauge"
     );

@@ -588,6 +588,18 @@ fn cairn_dev_stores_volume_bytes_across_a_kill() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The leaders wrote through their disks' read caches; leased reads are counted.
+    let metrics = http_get(&listen, "/metrics", token);
+    let cached: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cairn_disk_read_cache_bytes{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(cached > 0, "no block in any read cache: {metrics}");
+    assert!(
+        metrics.contains("\ncairn_pg_reads_leased_total "),
+        "{metrics}"
+    );
     assert!(http_get(&listen, "/metrics", "wrong-token").starts_with("HTTP/1.1 401"));
 
     drop(dev);

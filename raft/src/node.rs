@@ -972,12 +972,13 @@ pub fn conf_change_context(entry: &Entry) -> Option<Vec<u8>> {
     (!change.context.is_empty()).then_some(change.context)
 }
 
-/// Steps one message into a hosted replica of its group.
+/// Advances one replica's clock by a tick.
 fn tick_one(group: &mut Group) {
     group.ticks_alive = group.ticks_alive.saturating_add(1);
     group.raw.tick();
 }
 
+/// Steps one message into a hosted replica of its group.
 fn step_one(group: &mut Group, mut message: Message) {
     let vote = message.msg_type == MessageType::MsgRequestVote as i32
         || message.msg_type == MessageType::MsgRequestPreVote as i32;

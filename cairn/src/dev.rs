@@ -111,10 +111,8 @@ pub struct DevArgs {
     /// PEM private key of --s3-tls-cert.
     #[arg(long, requires = "s3_tls_cert")]
     s3_tls_key: Option<PathBuf>,
-    /// Memory each disk's read cache of hot blocks may take, MiB (0: off).
-    #[arg(long, default_value_t = storage::READ_CACHE_MIB_DEFAULT,
-          value_parser = clap::value_parser!(u64).range(0..=storage::READ_CACHE_MIB_MAX))]
-    read_cache_mib: u64,
+    #[command(flatten)]
+    cache: storage::CacheArgs,
     #[command(flatten)]
     runtime: crate::runtime::RuntimeArgs,
 }
@@ -211,7 +209,7 @@ async fn serve(args: DevArgs) -> Result<(), String> {
         secret(&dir, "s3.access-key", 10)?.to_ascii_uppercase()
     );
     let s3_secret = secret(&dir, "s3.secret-key", 20)?;
-    let disks = open_disks(&dir, args.read_cache_mib).await?;
+    let disks = open_disks(&dir, args.cache.read_cache_mib).await?;
     let ca = ClusterCa::generate().map_err(|e| e.to_string())?;
     let identity = ca.issue(NODE).map_err(|e| e.to_string())?;
     let config = ServerConfig {

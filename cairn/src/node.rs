@@ -124,10 +124,8 @@ pub struct NodeArgs {
     /// `/v1/debug/disk-faults/{disk}` (chaos runs and tests only).
     #[arg(long, hide = true)]
     fault_injection: bool,
-    /// Memory each disk's read cache of hot blocks may take, MiB (0: off).
-    #[arg(long, default_value_t = storage::READ_CACHE_MIB_DEFAULT,
-          value_parser = clap::value_parser!(u64).range(0..=storage::READ_CACHE_MIB_MAX))]
-    read_cache_mib: u64,
+    #[command(flatten)]
+    cache: storage::CacheArgs,
     #[command(flatten)]
     runtime: crate::runtime::RuntimeArgs,
 }
@@ -228,7 +226,8 @@ async fn serve(args: NodeArgs, connection: Connection, token: String) -> Result<
         return Err(format!("node id {} out of range", args.id));
     }
     let identity = crate::meta::load_identity(&args.certs, me)?;
-    let disks = storage::open_disks(&args.disks, args.fault_injection, args.read_cache_mib).await?;
+    let disks =
+        storage::open_disks(&args.disks, args.fault_injection, args.cache.read_cache_mib).await?;
     let registration = json!({
         "raft_addr": args.raft_listen.to_string(),
         "data_addr": args.data_listen.to_string(),

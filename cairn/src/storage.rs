@@ -44,6 +44,15 @@ pub const READ_CACHE_MIB_DEFAULT: u64 = 512;
 /// The largest `--read-cache-mib`: 1 TiB per disk, far beyond any host's memory.
 pub const READ_CACHE_MIB_MAX: u64 = 1 << 20;
 
+/// `--read-cache-mib`, shared by the commands that run disks (`cairn dev`, `cairn node run`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct CacheArgs {
+    /// Memory each disk's read cache of hot blocks may take, MiB (0: off).
+    #[arg(long, default_value_t = READ_CACHE_MIB_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(0..=READ_CACHE_MIB_MAX))]
+    pub read_cache_mib: u64,
+}
+
 /// Opens (formatting on first use) the chunk store in each directory, each with a read cache
 /// of up to `read_cache_mib`; with `fault_injection`
 /// (chaos runs and tests) each behind a fault-injecting engine ([`fault_routes`]). A disk

@@ -547,10 +547,7 @@ impl<L: LogStore> RaftNode<L> {
         changes: &[MemberChange],
         context: Vec<u8>,
     ) -> Result<(), ProposeError> {
-        let group = self
-            .groups
-            .get_mut(&replica)
-            .ok_or(ProposeError::UnknownReplica)?;
+        let group = self.group_mut(replica)?;
         group.ensure_leader()?;
         let changes = changes
             .iter()
@@ -625,12 +622,16 @@ impl<L: LogStore> RaftNode<L> {
         }
     }
 
+    /// The hosted replica `replica`.
+    fn group_mut(&mut self, replica: ReplicaId) -> Result<&mut Group, ProposeError> {
+        self.groups
+            .get_mut(&replica)
+            .ok_or(ProposeError::UnknownReplica)
+    }
+
     /// Proposes a command through `replica`, which must be its group's leader.
     pub fn propose(&mut self, replica: ReplicaId, data: Vec<u8>) -> Result<(), ProposeError> {
-        let group = self
-            .groups
-            .get_mut(&replica)
-            .ok_or(ProposeError::UnknownReplica)?;
+        let group = self.group_mut(replica)?;
         group.ensure_leader()?;
         group
             .raw
@@ -645,10 +646,7 @@ impl<L: LogStore> RaftNode<L> {
     /// leader, a leader without a commit in its term yet. A read can still be lost on the way
     /// (a forwarded read whose leader just changed): callers time out and retry.
     pub fn read_index(&mut self, replica: ReplicaId, request: u64) -> Result<(), ProposeError> {
-        let group = self
-            .groups
-            .get_mut(&replica)
-            .ok_or(ProposeError::UnknownReplica)?;
+        let group = self.group_mut(replica)?;
         let raft = &group.raw.raft;
         let servable = match raft.state {
             StateRole::Leader => {
@@ -675,10 +673,7 @@ impl<L: LogStore> RaftNode<L> {
         request: u64,
         now: Instant,
     ) -> Result<ReadPath, ProposeError> {
-        let group = self
-            .groups
-            .get_mut(&replica)
-            .ok_or(ProposeError::UnknownReplica)?;
+        let group = self.group_mut(replica)?;
         let Some(lease_span) = group.read_lease else {
             self.read_index(replica, request)?;
             return Ok(ReadPath::ReadIndex);
@@ -716,10 +711,7 @@ impl<L: LogStore> RaftNode<L> {
         now: Instant,
     ) -> Result<(), ProposeError> {
         self.read_index(replica, request)?;
-        let group = self
-            .groups
-            .get_mut(&replica)
-            .expect("invariant: read_index found it");
+        let group = self.group_mut(replica)?;
         if group.raw.raft.state == StateRole::Leader {
             if group.lease_probes.len() >= LEASE_PROBES_MAX {
                 group.lease_probes.remove(0);
@@ -736,10 +728,7 @@ impl<L: LogStore> RaftNode<L> {
         replica: ReplicaId,
         to: ReplicaId,
     ) -> Result<(), ProposeError> {
-        let group = self
-            .groups
-            .get_mut(&replica)
-            .ok_or(ProposeError::UnknownReplica)?;
+        let group = self.group_mut(replica)?;
         group.ensure_leader()?;
         // The transferee's campaign is forced past the followers' memory of this leader: no
         // lease for the rest of this term.

@@ -1264,7 +1264,8 @@ mod leases {
         settle(&mut node);
         // The renewal came back under the same id (the caller serves an id once) and moved
         // the lease on from its own start.
-        assert!(node.take_reads().iter().all(|r| r.request == 2));
+        let renewal: Vec<u64> = node.take_reads().iter().map(|r| r.request).collect();
+        assert_eq!(renewal, [2], "the renewal round's confirmation");
         let renewed = later + LEASE * 3 / 4;
         assert_eq!(
             node.read(leader, 3, renewed).expect("read"),
@@ -1287,14 +1288,14 @@ mod leases {
         // A transfer started: no lease for the rest of the term, even after a round.
         let heir = *replicas.iter().find(|r| **r != leader).expect("a follower");
         node.transfer_leader(leader, heir).expect("transfer");
-        if node.status(leader).expect("status").role == StateRole::Leader {
-            let term = node.status(leader).expect("status").term;
-            assert_eq!(
-                node.read(leader, 6, expired).expect("read"),
-                ReadPath::ReadIndex
-            );
-            assert_eq!(node.status(leader).expect("status").term, term);
-        }
+        // Still the leader until the transferee's campaign is stepped in, and in the same term.
+        let status = node.status(leader).expect("status");
+        assert_eq!(status.role, StateRole::Leader);
+        assert_eq!(
+            node.read(leader, 6, expired).expect("read"),
+            ReadPath::ReadIndex
+        );
+        assert_eq!(node.status(leader).expect("status").term, status.term);
         settle(&mut node);
         let new_leader = leader_of(&node, &replicas);
         assert_ne!(new_leader, leader, "leadership moved");

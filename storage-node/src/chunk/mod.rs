@@ -540,17 +540,27 @@ impl ChunkStore {
         let mut buf = self.engine.pool().acquire().await;
         buf.set_len((last - first + 1) as usize * BLOCK_SIZE as usize);
         let cached = cached && self.cache.enabled();
-        let (written, generation) = {
+        // Per block, written or not: only a read through the cache needs them one by one
+        // (they hold while this read holds the range lock: writes and discards exclude it).
+        let (any_written, written, generation) = {
             let meta = chunk.meta();
             if meta.deleted {
                 return Err(Error::NotFound { chunk: id });
             }
-            let written: Vec<bool> = (first..=last)
-                .map(|block| meta.image.is_written(block))
-                .collect();
-            (written, meta.image.generation)
+            let blocks = first..=last;
+            let written: Vec<bool> = if cached {
+                blocks.clone().map(|b| meta.image.is_written(b)).collect()
+            } else {
+                Vec::new()
+            };
+            let any = if cached {
+                written.contains(&true)
+            } else {
+                blocks.into_iter().any(|b| meta.image.is_written(b))
+            };
+            (any, written, meta.image.generation)
         };
-        if !written.contains(&true) {
+        if !any_written {
             buf.fill(0);
         } else if cached && self.cache.get(generation, first, &written, &mut buf) {
             self.stats.cached_reads.fetch_add(1, Ordering::Relaxed);
@@ -559,13 +569,9 @@ impl ChunkStore {
             buf = engine_io::read(&*self.engine, &chunk.place.file, offset, buf).await?;
             self.verify(&chunk, first, &mut buf)?;
             if cached && buf.len() <= CACHED_IO_BYTES_MAX {
-                let meta = chunk.meta();
-                let block = BLOCK_SIZE as usize;
-                for (i, data) in buf.chunks_exact(block).enumerate() {
-                    let index = first + i as u32;
-                    if meta.image.is_written(index) {
-                        self.cache.insert(generation, index, data);
-                    }
+                let blocks = buf.chunks_exact(BLOCK_SIZE as usize).zip(&written);
+                for (i, (data, _)) in blocks.enumerate().filter(|(_, (_, w))| **w) {
+                    self.cache.insert(generation, first + i as u32, data);
                 }
             }
         }

@@ -1821,7 +1821,8 @@ impl<L: LogStore> PgHost<L> {
             let store = self.store(read.replica).clone();
             in_flight.spawn(async move {
                 let result =
-                    read_chunk_cached(&store, pending.chunk, pending.offset, pending.length).await;
+                    read_chunk_with(&store, pending.chunk, pending.offset, pending.length, true)
+                        .await;
                 (read.replica, pending, result)
             });
         }
@@ -2544,16 +2545,7 @@ async fn read_chunk(
     read_chunk_with(store, chunk, offset, length, false).await
 }
 
-/// [`read_chunk`] for clients, through the store's read cache.
-async fn read_chunk_cached(
-    store: &ChunkStore,
-    chunk: ChunkId,
-    offset: u32,
-    length: u32,
-) -> Result<Vec<u8>, Error> {
-    read_chunk_with(store, chunk, offset, length, true).await
-}
-
+/// [`read_chunk`], through the store's read cache if `cached` (client reads).
 async fn read_chunk_with(
     store: &ChunkStore,
     chunk: ChunkId,
